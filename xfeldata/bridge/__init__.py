@@ -1,0 +1,1 @@
+"""The Karabo bridge: wire protocol, client, server, simulator and live buffer."""

@@ -1,0 +1,1 @@
+"""The on-disk run format: layout names, per-file index, index cache and writer."""
