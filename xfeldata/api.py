@@ -1,0 +1,183 @@
+"""Opening runs and files: :func:`open_run`, :func:`open_file` and the :class:`Run` they return.
+
+:class:`Run` is the user-facing object: the selection layer of
+:class:`xfeldata.run.RunSelection` plus the labelled views built on it.
+
+Examples
+--------
+>>> import xfeldata as xd
+>>> run = xd.open_run("r0001")                      # doctest: +SKIP
+>>> run.info()                                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .errors import FileFormatError
+from .files.index import FileIndex, read_file_index
+from .files.listing import list_run_files, proposal_run_dir
+from .run import RunFiles, RunSelection
+from .summary import format_info
+
+PathLike = str | os.PathLike
+
+
+class Run(RunSelection):
+    """A run (or any set of run files) with its labelled views.
+
+    Obtain one with :func:`open_run` or :func:`open_file`. Selection methods
+    (:meth:`sel`, :meth:`isel`, :meth:`select`, :meth:`deselect`,
+    :meth:`split_trains`, :meth:`union`) return new :class:`Run` objects sharing
+    the same file indexes.
+
+    Examples
+    --------
+    >>> run = open_run("r0001").select("*XGM*")           # doctest: +SKIP
+    >>> run.sel(trainId=slice(10000, 10009)).train_ids    # doctest: +SKIP
+    """
+
+    def info(self, details: bool = False, file=None) -> None:
+        """Print a summary: trains, duration, detectors and their modules, sources.
+
+        Parameters
+        ----------
+        details
+            Also list every key of every source with its shape and dtype.
+        file
+            Where to print (default: standard output).
+        """
+        print(format_info(self, details=details), file=file or sys.stdout)
+
+
+def index_files(paths: Iterable[PathLike], strict: bool = False,
+                progress: bool | None = None) -> list[FileIndex]:
+    """Index files in parallel threads, skipping unreadable ones with a warning.
+
+    Parameters
+    ----------
+    paths
+        Run files.
+    strict
+        Raise :class:`~xfeldata.errors.FileFormatError` for an unreadable file
+        instead of warning and skipping it.
+    progress
+        Show a progress bar; by default only on a terminal and for many files.
+    """
+    paths = [os.fspath(p) for p in paths]
+    if progress is None:
+        progress = len(paths) > 20 and sys.stderr.isatty()
+    results: list[FileIndex] = []
+    failures: list[FileFormatError] = []
+
+    def index_one(path: str) -> FileIndex | FileFormatError:
+        try:
+            return read_file_index(path)
+        except FileFormatError as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(paths)))) as pool:
+        for result in tqdm(pool.map(index_one, paths), total=len(paths), disable=not progress,
+                           desc="Indexing files", unit="file"):
+            (failures if isinstance(result, FileFormatError) else results).append(result)
+    if failures and (strict or not results):
+        if len(failures) == 1:
+            raise failures[0]
+        raise FileFormatError(failures[0].path, f"{failures[0].problem} (and {len(failures) - 1} "
+                              "more unreadable files: " + ", ".join(f.path for f in failures[1:]) + ")")
+    for exc in failures:
+        warnings.warn(f"skipping unreadable file {exc}", stacklevel=3)
+    return results
+
+
+def open_run(
+    path: PathLike | Iterable[PathLike] | None = None, include: str = "*",
+    inc_suspect_trains: bool = True, strict: bool = False, *,
+    proposal: int | str | None = None, run: int | str | None = None, data: str = "raw",
+    progress: bool | None = None,
+) -> Run:
+    """Open a run directory, a list of run files, or a run of a proposal.
+
+    Parameters
+    ----------
+    path
+        A run directory, one file, or a list of files.
+    include
+        Glob on file names, e.g. ``"*DA*"`` for slow data only.
+    inc_suspect_trains
+        Keep trains the DAQ flagged as suspect (or that are out of order). The
+        default keeps them, so no real data goes missing.
+    strict
+        Raise on an unreadable file instead of skipping it with a warning.
+    proposal, run, data
+        Instead of ``path``: the proposal number, run number and ``"raw"``,
+        ``"proc"`` or ``"all"`` (raw and proc together), found under the facility's
+        data root (``$XFELDATA_ROOT``, default ``/gpfs/exfel/exp``).
+    progress
+        Show a progress bar while indexing (default: on a terminal, for many files).
+
+    Returns
+    -------
+    Run
+
+    Raises
+    ------
+    FileNotFoundError
+        If the path does not exist or holds no run files.
+    FileFormatError
+        If no file (or, with ``strict``, any file) can be read as a run file.
+
+    Examples
+    --------
+    >>> import xfeldata as xd
+    >>> run = xd.open_run("r0001")                          # doctest: +SKIP
+    >>> run = xd.open_run(proposal=700000, run=1)           # doctest: +SKIP
+    """
+    if path is None:
+        if proposal is None or run is None:
+            raise TypeError("open_run needs a path, or both proposal= and run=")
+        if data not in ("raw", "proc", "all"):
+            raise ValueError(f"data must be 'raw', 'proc' or 'all', not {data!r}")
+        kinds = ("raw", "proc") if data == "all" else (data,)
+        paths: list[str] = []
+        for kind in kinds:
+            run_dir = proposal_run_dir(proposal, run, kind)
+            if kind == "proc" and data == "all" and not run_dir.exists():
+                continue
+            paths += list_run_files(run_dir, include)
+    elif isinstance(path, str | os.PathLike):
+        paths = list_run_files(path, include)
+    else:
+        paths = [os.fspath(p) for p in path]
+        if not paths:
+            raise FileNotFoundError("open_run was given an empty list of files")
+        for p in paths:
+            if not os.path.exists(p):
+                raise FileNotFoundError(f"{p}: no such file")
+    files = index_files(paths, strict=strict, progress=progress)
+    return Run(RunFiles(files, inc_suspect_trains=inc_suspect_trains))
+
+
+def open_file(path: PathLike, inc_suspect_trains: bool = True) -> Run:
+    """Open one run file with the same interface as a run.
+
+    Raises
+    ------
+    FileNotFoundError, FileFormatError
+        If the file is missing or is not a readable run file.
+
+    Examples
+    --------
+    >>> f = open_file("RAW-R0450-DA01-S00001.h5")   # doctest: +SKIP
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    return Run(RunFiles([read_file_index(path)], inc_suspect_trains=inc_suspect_trains))

@@ -1,0 +1,183 @@
+"""The ``xfeldata`` command.
+
+Examples
+--------
+.. code-block:: console
+
+    $ xfeldata demo
+    $ xfeldata make-example r0001 --detector AGIPD1M --trains 50 --sequences 2
+    $ xfeldata info r0001 --details
+    $ xfeldata validate r0001
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Sequence
+
+from .files.layout import DETECTORS, FORMAT_VERSIONS
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .api import open_file, open_run
+
+    path = args.path
+    run = open_file(path) if os.path.isfile(path) else open_run(path, include=args.include)
+    run.info(details=args.details)
+    return 0
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    from .errors import FileFormatError
+    from .files.index import read_file_index
+    from .files.listing import list_run_files
+
+    status = 0
+    for given in args.files:
+        for path in list_run_files(given):
+            try:
+                fi = read_file_index(path)
+            except FileFormatError as exc:
+                print(f"{path}: ERROR {exc.problem}")
+                status = 1
+                continue
+            tids = fi.good_train_ids()
+            span = f"{tids[0]}-{tids[-1]}" if len(tids) else "no trains"
+            print(f"{fi.name}  format {fi.format_version}  {len(tids)} trains ({span})  "
+                  f"{fi.size / 1e6:.1f} MB")
+            for source, si in sorted(fi.sources.items()):
+                print(f"    {si.category:<10} {source}  ({len(si.keys)} keys)")
+            for legacy, current in sorted(fi.aliases.items()):
+                print(f"    {'alias':<10} {legacy} -> {current}")
+    return status
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .validate import validate_run
+
+    problems = validate_run(args.path, include=args.include)
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{len(problems)} problem(s) found", file=sys.stderr)
+        return 1
+    print(f"{args.path}: no problems found")
+    return 0
+
+
+def _cmd_make_example(args: argparse.Namespace) -> int:
+    from .files.writer import make_example
+
+    per_seq = math.ceil(args.trains / args.sequences) if args.sequences > 1 else None
+    path = make_example(
+        args.directory,
+        detector=None if args.detector == "none" else args.detector,
+        corrected=args.corrected, new_corr_names=not args.legacy_names,
+        modules=args.modules, n_trains=args.trains, frames_per_train=args.frames,
+        trains_per_sequence=per_seq, format_version=args.format, old_index=args.old_index,
+        compression=None if args.compression == "none" else args.compression,
+        slow_sources=not args.no_slow, first_train_id=args.first_train, seed=args.seed,
+        irregular=args.irregular, proposal=args.proposal, run=args.run,
+        progress=sys.stderr.isatty(),
+    )
+    print(f"wrote example run to {path}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(keep=args.keep)
+    return 0
+
+
+def _module_list(text: str) -> list[int]:
+    """Parse ``0,1,4-7`` into module numbers."""
+    modules: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        modules += list(range(int(lo), int(hi or lo) + 1))
+    return modules
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``xfeldata`` command (subcommands included)."""
+    parser = argparse.ArgumentParser(
+        prog="xfeldata",
+        description="European XFEL runs and Karabo bridge streams as labelled arrays.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("info", help="summarise a run directory or file")
+    p.add_argument("path", help="run directory or single file")
+    p.add_argument("--details", action="store_true", help="list keys with shapes and dtypes")
+    p.add_argument("--include", default="*", help="glob on file names (default: all)")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("ls", help="list what single files hold")
+    p.add_argument("files", nargs="+", help="files or directories")
+    p.set_defaults(func=_cmd_ls)
+
+    p = sub.add_parser("validate", help="check a run's indexes; exit 1 on problems")
+    p.add_argument("path", help="run directory or single file")
+    p.add_argument("--include", default="*", help="glob on file names (default: all)")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("make-example", help="write a synthetic run in the facility's format")
+    p.add_argument("directory", help="where to write the run (created if needed)")
+    p.add_argument("--detector", default="AGIPD1M", choices=[*DETECTORS, "none"])
+    p.add_argument("--corrected", action="store_true", help="corrected (CORR) detector data")
+    p.add_argument("--legacy-names", action="store_true",
+                   help="corrected data under the old .../DET/nCH0:xtdf names only")
+    p.add_argument("--modules", type=_module_list, default=None, help="e.g. 0-3,8")
+    p.add_argument("--trains", type=int, default=20)
+    p.add_argument("--frames", type=int, default=16, help="frames (memory cells) per train")
+    p.add_argument("--sequences", type=int, default=1, help="sequence files per aggregator")
+    p.add_argument("--format", default="1.3", choices=FORMAT_VERSIONS)
+    p.add_argument("--old-index", action="store_true", help="first/last/status index (0.5)")
+    p.add_argument("--compression", default="none", choices=["none", "gzip"])
+    p.add_argument("--no-slow", action="store_true", help="no slow or instrument sources")
+    p.add_argument("--first-train", type=int, default=10000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--irregular", action="store_true",
+                   help="missing modules, varying frames, zero padding, suspect train, empty source")
+    p.add_argument("--proposal", type=int, default=700000)
+    p.add_argument("--run", type=int, default=1)
+    p.set_defaults(func=_cmd_make_example)
+
+    p = sub.add_parser("demo", help="write a synthetic run, open it, summarise it and read it")
+    p.add_argument("--keep", metavar="DIR", default=None,
+                   help="write the run here and keep it (default: a temporary directory)")
+    p.set_defaults(func=_cmd_demo)
+
+    from .bridge.cli import add_commands
+
+    add_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``xfeldata`` command; returns the exit code.
+
+    Errors about the user's input (missing paths, unreadable files, unknown
+    names) are printed in one line without a traceback, with exit code 2.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .errors import XfeldataError
+
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, XfeldataError, KeyError, ValueError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"xfeldata {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

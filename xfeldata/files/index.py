@@ -1,0 +1,481 @@
+"""The index of one run file: trains, sources, keys and where their rows are.
+
+Reading an index touches only the ``METADATA`` and ``INDEX`` groups and the
+metadata (shape, dtype, chunking, attributes) of datasets; it never reads data.
+Files are opened read-only and closed before :func:`read_file_index` returns.
+
+Examples
+--------
+>>> idx = read_file_index("RAW-R0450-DA01-S00001.h5")          # doctest: +SKIP
+>>> idx.train_ids[:3], sorted(idx.sources)[:2]                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from bisect import bisect_left
+from dataclasses import dataclass, field
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ..errors import FileFormatError
+from .layout import parse_file_name, path_to_key
+
+CONTROL = "CONTROL"
+INSTRUMENT = "INSTRUMENT"
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """Where and how one key of one source is stored in one file.
+
+    Attributes
+    ----------
+    source, key
+        The source name and user-facing key (dotted, control keys without ``.value``).
+    group
+        The index group whose ``first``/``count`` locate the rows (``""`` for control data).
+    path
+        The dataset's path in the file.
+    dtype, shape, chunks
+        As h5py reports them; ``shape[0]`` is the number of rows.
+    compression, compression_opts, shuffle
+        The dataset's filters.
+    attrs
+        Attributes of the key (for control keys merged from the key's group and ``value``).
+    """
+
+    source: str
+    key: str
+    group: str
+    path: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...] | None
+    compression: str | None
+    compression_opts: Any
+    shuffle: bool
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def entry_shape(self) -> tuple[int, ...]:
+        """The shape of one row."""
+        return self.shape[1:]
+
+    @property
+    def nrows(self) -> int:
+        """The number of rows in the dataset."""
+        return self.shape[0] if self.shape else 0
+
+
+@dataclass(frozen=True)
+class IndexGroup:
+    """``first``/``count`` of one index group, one entry per train position of the file."""
+
+    first: np.ndarray
+    count: np.ndarray
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """One source of one file: its category, index groups and keys."""
+
+    name: str
+    category: str
+    groups: dict[str, IndexGroup]
+    keys: dict[str, KeyInfo]
+
+
+@dataclass(frozen=True)
+class FileIndex:
+    """Everything xfeldata needs to know about one file without reading its data.
+
+    Train positions run over ``INDEX/trainId`` without the zero padding at its end.
+
+    Attributes
+    ----------
+    path, size, mtime
+        The file, and its size and modification time when it was indexed.
+    format_version
+        ``"0.5"`` ... ``"1.3"``.
+    metadata
+        The length-1 datasets of ``METADATA`` (decoded).
+    train_ids
+        ``INDEX/trainId`` without the padding (uint64).
+    timestamps
+        ``INDEX/timestamp`` (ns since the epoch) or None.
+    valid
+        True where the position holds a train: not zero, not a repeat of a train
+        earlier in the file.
+    suspect
+        True where a valid train is suspect: flagged by the DAQ, or out of order in
+        a file without flags.
+    sources
+        Sources by name.
+    aliases
+        Legacy source name -> current name (soft links in new corrected files).
+    problems
+        Inconsistencies found while indexing, as readable sentences.
+    """
+
+    path: str
+    size: int
+    mtime: float
+    format_version: str
+    metadata: dict[str, Any]
+    train_ids: np.ndarray
+    timestamps: np.ndarray | None
+    valid: np.ndarray
+    suspect: np.ndarray
+    sources: dict[str, SourceInfo]
+    aliases: dict[str, str]
+    problems: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """The file's base name."""
+        return os.path.basename(self.path)
+
+    @property
+    def aggregator(self) -> str | None:
+        """The aggregator in the file name (``DA01``, ``AGIPD00``), or None."""
+        parsed = parse_file_name(self.name)
+        return parsed.aggregator if parsed else None
+
+    def good_train_ids(self, inc_suspect_trains: bool = True) -> np.ndarray:
+        """The file's trains, optionally without suspect ones."""
+        keep = self.valid if inc_suspect_trains else self.valid & ~self.suspect
+        return self.train_ids[keep]
+
+
+def decode_str(value: Any) -> Any:
+    """Decode bytes (also inside numpy scalars) as UTF-8, never failing on bad bytes.
+
+    >>> decode_str(b"1.2")
+    '1.2'
+    """
+    if isinstance(value, np.ndarray) and value.dtype.kind in "OS":
+        return [decode_str(v) for v in value.tolist()]
+    if isinstance(value, bytes | np.bytes_):
+        return bytes(value).decode("utf-8", errors="replace")
+    return value
+
+
+def _read_source_list(f: h5py.File) -> list[str]:
+    for path in ("METADATA/dataSources/dataSourceId", "METADATA/dataSourceId"):
+        if path in f:
+            return [s for s in decode_str(f[path][()]) if s]
+    for root_path, dev_path in (
+        ("METADATA/dataSources/root", "METADATA/dataSources/deviceId"),
+        ("METADATA/root", "METADATA/deviceId"),
+    ):
+        if root_path in f and dev_path in f:
+            roots, devices = decode_str(f[root_path][()]), decode_str(f[dev_path][()])
+            return [f"{r}/{d}" for r, d in zip(roots, devices, strict=False) if r and d]
+    raise FileFormatError(f.filename, "no METADATA source list (dataSourceId): not a run file")
+
+
+def split_source_entry(entry: str) -> tuple[str, str, str] | None:
+    """Split a source-list entry into ``(category, source, index group)``.
+
+    >>> split_source_entry("INSTRUMENT/SA3_XTD10_MCP/ADC/1:channel_5.output/data")
+    ('INSTRUMENT', 'SA3_XTD10_MCP/ADC/1:channel_5.output', 'data')
+    >>> split_source_entry("CONTROL/SA1_XTD2_XGM/DOOCS/MAIN")
+    ('CONTROL', 'SA1_XTD2_XGM/DOOCS/MAIN', '')
+    >>> split_source_entry("Karabo_TimerServer/x") is None
+    True
+    """
+    category, _, rest = entry.partition("/")
+    if category == CONTROL:
+        return CONTROL, rest, ""
+    if category == INSTRUMENT:
+        device, colon, channel_and_group = rest.partition(":")
+        channel, _, group = channel_and_group.partition("/")
+        if not colon or not group:
+            return None
+        return INSTRUMENT, f"{device}:{channel}", group
+    return None
+
+
+def _read_metadata(f: h5py.File) -> tuple[str, dict[str, Any]]:
+    meta: dict[str, Any] = {}
+    if "METADATA/dataFormatVersion" not in f:
+        return "0.5", {"dataFormatVersion": "0.5"}
+    for name, obj in f["METADATA"].items():
+        if isinstance(obj, h5py.Dataset) and obj.shape in ((1,), ()):
+            value = obj[()]
+            value = value[0] if obj.shape == (1,) else value
+            meta[name] = decode_str(value.item() if isinstance(value, np.generic) else value)
+    return str(meta.get("dataFormatVersion", "1.0")), meta
+
+
+def _longest_increasing(ids: np.ndarray) -> np.ndarray:
+    """Mask of a longest strictly increasing subsequence (drops the fewest trains)."""
+    tails: list[int] = []  # smallest tail value of increasing runs of each length
+    tail_pos: list[int] = []
+    prev = np.full(len(ids), -1)
+    for i, v in enumerate(ids.tolist()):
+        j = bisect_left(tails, v)
+        if j == len(tails):
+            tails.append(v)
+            tail_pos.append(i)
+        else:
+            tails[j] = v
+            tail_pos[j] = i
+        prev[i] = tail_pos[j - 1] if j else -1
+    keep = np.zeros(len(ids), dtype=bool)
+    i = tail_pos[-1] if tail_pos else -1
+    while i >= 0:
+        keep[i] = True
+        i = prev[i]
+    return keep
+
+
+def train_validity(
+    train_ids: np.ndarray, flags: np.ndarray | None, format_version: str
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Decide which train positions hold trains and which of those are suspect.
+
+    Zero train IDs are never trains; a train ID repeated in one file is kept once
+    (the first time). Flagged trains are suspect; so are trains out of order,
+    chosen so that the fewest are dropped to leave the rest increasing.
+
+    Returns
+    -------
+    valid, suspect, problems
+
+    Examples
+    --------
+    >>> v, s, _ = train_validity(np.array([10, 11, 999, 12, 0], np.uint64), None, "0.5")
+    >>> v.tolist(), s.tolist()
+    ([True, True, True, True, False], [False, False, True, False, False])
+    """
+    problems: list[str] = []
+    nonzero = train_ids != 0
+    if (~nonzero).any():
+        problems.append(f"{int((~nonzero).sum())} zero train ID(s) inside INDEX/trainId")
+    _, first_seen = np.unique(train_ids, return_index=True)
+    first_time = np.zeros(len(train_ids), dtype=bool)
+    first_time[first_seen] = True
+    repeated = nonzero & ~first_time
+    if repeated.any():
+        problems.append(
+            "repeated train ID(s) " + ", ".join(map(str, train_ids[repeated][:5].tolist()))
+        )
+    valid = nonzero & first_time
+    suspect = np.zeros(len(train_ids), dtype=bool)
+    if flags is not None and len(flags) >= len(train_ids):
+        good_value = 0 if format_version == "1.1" else 1
+        suspect = valid & (flags[: len(train_ids)] != good_value)
+    unflagged = np.flatnonzero(valid & ~suspect)
+    ids = train_ids[unflagged]
+    if len(ids) > 1 and not (np.diff(ids.astype(np.int64)) > 0).all():
+        in_order = _longest_increasing(ids)
+        suspect[unflagged[~in_order]] = True
+        problems.append(
+            "train ID(s) out of order, marked suspect: "
+            + ", ".join(map(str, ids[~in_order][:5].tolist()))
+        )
+    return valid, suspect, problems
+
+
+def _index_arrays(f: h5py.File, index_path: str, n: int, problems: list[str]) -> IndexGroup:
+    grp = f[index_path]
+    if "count" in grp:
+        first = grp["first"][()].astype(np.uint64)
+        count = grp["count"][()].astype(np.uint64)
+    elif "last" in grp and "status" in grp:  # the old index format of early 0.5 files
+        first = grp["first"][()].astype(np.int64)
+        last = grp["last"][()].astype(np.int64)
+        status = grp["status"][()].astype(np.int64)
+        count = np.where(status > 0, last - first + 1, 0).clip(0).astype(np.uint64)
+        first = first.clip(0).astype(np.uint64)
+    else:
+        raise FileFormatError(f.filename, f"{index_path} has neither first/count nor first/last/status")
+    if len(first) < n or len(count) < n:
+        problems.append(f"{index_path}: index shorter ({min(len(first), len(count))}) than INDEX/trainId ({n})")
+        first = np.concatenate([first[:n], np.zeros(max(0, n - len(first)), np.uint64)])
+        count = np.concatenate([count[:n], np.zeros(max(0, n - len(count)), np.uint64)])
+    return IndexGroup(first=first[:n], count=count[:n])
+
+
+def _dataset_info(source: str, key: str, group: str, ds: h5py.Dataset, attrs: dict) -> KeyInfo:
+    merged = dict(attrs)
+    merged.update({k: decode_str(v) for k, v in ds.attrs.items()})
+    return KeyInfo(
+        source=source, key=key, group=group, path=ds.name, dtype=ds.dtype, shape=ds.shape,
+        chunks=ds.chunks, compression=ds.compression, compression_opts=ds.compression_opts,
+        shuffle=bool(ds.shuffle), attrs=merged,
+    )
+
+
+def _attr_dict(obj: h5py.HLObject) -> dict[str, Any]:
+    if not len(obj.attrs):
+        return {}
+    return {k: decode_str(v.item() if isinstance(v, np.generic) else v) for k, v in obj.attrs.items()}
+
+
+def _control_keys(f: h5py.File, source: str) -> dict[str, KeyInfo]:
+    keys: dict[str, KeyInfo] = {}
+    root = f[f"{CONTROL}/{source}"]
+
+    def visit(name: str, obj: h5py.HLObject) -> None:
+        if isinstance(obj, h5py.Dataset) and name.endswith("value") and (
+            name == "value" or name.endswith("/value")
+        ):
+            key_path = name[: -len("/value")] if "/" in name else ""
+            parent = root[key_path] if key_path else root
+            key = path_to_key(key_path)
+            keys[key] = _dataset_info(source, key, "", obj, _attr_dict(parent))
+
+    root.visititems(visit)
+    return keys
+
+
+def _instrument_keys(f: h5py.File, source: str, group: str) -> dict[str, KeyInfo]:
+    keys: dict[str, KeyInfo] = {}
+    root = f[f"{INSTRUMENT}/{source}/{group}"]
+
+    def visit(name: str, obj: h5py.HLObject) -> None:
+        if isinstance(obj, h5py.Dataset):
+            key = f"{group}.{path_to_key(name)}"
+            keys[key] = _dataset_info(source, key, group, obj, {})
+
+    root.visititems(visit)
+    return keys
+
+
+def _alias_target(f: h5py.File, source: str) -> str | None:
+    """If ``INSTRUMENT/<source>`` is reached through a soft link, the source it points to."""
+    parts = f"{INSTRUMENT}/{source}".split("/")
+    for depth in range(2, len(parts) + 1):
+        path = "/".join(parts[:depth])
+        link = f.get(path, getlink=True)
+        if isinstance(link, h5py.SoftLink):
+            target = link.path.lstrip("/")
+            rest = "/".join(parts[depth:])
+            full = f"{target}/{rest}" if rest else target
+            return full.partition("/")[2]
+        if link is None:
+            return None
+    return None
+
+
+def read_file_index(path: str | os.PathLike) -> FileIndex:
+    """Index one run file.
+
+    Parameters
+    ----------
+    path
+        An HDF5 file in the European XFEL format, any version from 0.5 to 1.3.
+
+    Raises
+    ------
+    FileFormatError
+        If the file is missing, not HDF5, truncated, or not in the format.
+
+    Examples
+    --------
+    >>> idx = read_file_index("RAW-R0001-DA01-S00000.h5")   # doctest: +SKIP
+    >>> idx.format_version                                   # doctest: +SKIP
+    '1.3'
+    """
+    path = os.fspath(path)
+    try:
+        st = os.stat(path)
+        f = h5py.File(path, "r")
+    except FileNotFoundError:
+        raise FileFormatError(path, "no such file") from None
+    except OSError as exc:
+        raise FileFormatError(path, f"cannot be opened as HDF5 (truncated or not HDF5?): {exc}") from None
+    try:
+        with f:
+            return _index_open_file(f, path, st)
+    except FileFormatError:
+        raise
+    except (OSError, KeyError, ValueError, RuntimeError) as exc:
+        raise FileFormatError(path, f"unreadable index ({type(exc).__name__}: {exc})") from None
+
+
+def _index_open_file(f: h5py.File, path: str, st: os.stat_result) -> FileIndex:
+    if "INDEX/trainId" not in f or "METADATA" not in f:
+        raise FileFormatError(path, "no INDEX/trainId or METADATA group: not a European XFEL run file")
+    version, metadata = _read_metadata(f)
+    problems: list[str] = []
+    raw_ids = f["INDEX/trainId"][()].astype(np.uint64)
+    nonzero = np.flatnonzero(raw_ids)
+    n = int(nonzero[-1]) + 1 if len(nonzero) else 0  # zero padding at the end is normal
+    train_ids = raw_ids[:n]
+    timestamps = f["INDEX/timestamp"][:n].astype(np.uint64) if "INDEX/timestamp" in f else None
+    flags = f["INDEX/flag"][:n] if "INDEX/flag" in f else None
+    valid, suspect, train_problems = train_validity(train_ids, flags, version)
+    problems.extend(train_problems)
+
+    sources: dict[str, SourceInfo] = {}
+    aliases: dict[str, str] = {}
+    entries: dict[str, tuple[str, list[str]]] = {}
+    for entry in _read_source_list(f):
+        split = split_source_entry(entry)
+        if split is None:
+            continue
+        category, source, group = split
+        entries.setdefault(source, (category, []))[1].append(group)
+
+    for source, (category, groups) in entries.items():
+        if category == INSTRUMENT:
+            target = _alias_target(f, source)
+            if target is not None and target != source:
+                aliases[source] = target
+                continue
+        try:
+            if category == CONTROL:
+                index_groups = {"": _index_arrays(f, f"INDEX/{source}", n, problems)}
+                keys = _control_keys(f, source)
+            else:
+                index_groups, keys = {}, {}
+                for group in groups:
+                    if f"INSTRUMENT/{source}/{group}" not in f or f"INDEX/{source}/{group}" not in f:
+                        problems.append(f"{source}/{group}: listed but no INDEX or INSTRUMENT group")
+                        continue
+                    index_groups[group] = _index_arrays(f, f"INDEX/{source}/{group}", n, problems)
+                    keys.update(_instrument_keys(f, source, group))
+        except KeyError:
+            problems.append(f"{source}: listed in METADATA but missing from INDEX or data")
+            continue
+        sources[source] = SourceInfo(source, category, index_groups, keys)
+        problems.extend(_check_source_index(source, index_groups, keys))
+
+    return FileIndex(
+        path=path, size=st.st_size, mtime=st.st_mtime, format_version=version, metadata=metadata,
+        train_ids=train_ids, timestamps=timestamps, valid=valid, suspect=suspect,
+        sources=sources, aliases=aliases, problems=tuple(problems),
+    )
+
+
+def _check_source_index(
+    source: str, groups: dict[str, IndexGroup], keys: dict[str, KeyInfo]
+) -> list[str]:
+    """The consistency checks of format.md for one source's index."""
+    problems = []
+    for group, idx in groups.items():
+        label = f"{source}/{group}" if group else source
+        has = idx.count > 0
+        if not has.any():
+            continue
+        first, count = idx.first[has].astype(np.int64), idx.count[has].astype(np.int64)
+        if first[0] != 0:
+            problems.append(f"{label}: index does not start at row 0 (first = {first[0]})")
+        step = first[1:] - (first[:-1] + count[:-1])
+        if (step < 0).any():
+            problems.append(f"{label}: index entries overlap ({int((step < 0).sum())} train(s))")
+        if (step > 0).any():
+            problems.append(f"{label}: gaps between index entries ({int((step > 0).sum())} train(s))")
+        end = int((first + count).max())
+        for key in keys.values():
+            if key.group == group and key.nrows < end:
+                problems.append(
+                    f"{label}: index points past the end of {key.key} ({end} rows > {key.nrows})"
+                )
+    return problems

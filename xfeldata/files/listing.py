@@ -1,0 +1,62 @@
+"""Finding run files: in a directory, or for a proposal's run under the data root.
+
+Examples
+--------
+>>> list_run_files("r0001")                     # doctest: +SKIP
+['r0001/RAW-R0001-AGIPD00-S00000.h5', ...]
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import os
+from pathlib import Path
+
+from .layout import DATA_ROOT_ENV, DEFAULT_DATA_ROOT
+
+
+def list_run_files(path: str | os.PathLike, include: str = "*") -> list[str]:
+    """The run files of a directory (``*.h5`` but ``overview.h5``), or the file itself.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the path does not exist, or the directory holds no (matching) run files.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    if path.is_file():
+        return [str(path)]
+    names = sorted(
+        p.name for p in path.iterdir()
+        if p.suffix == ".h5" and p.name != "overview.h5" and p.is_file()
+    )
+    if not names:
+        raise FileNotFoundError(f"{path}: no run files (*.h5) in this directory")
+    picked = [n for n in names if fnmatch.fnmatchcase(n, include)]
+    if not picked:
+        raise FileNotFoundError(
+            f"{path}: no run files match include={include!r} (of {len(names)} files)")
+    return [str(path / n) for n in picked]
+
+
+def proposal_run_dir(proposal: int | str, run: int | str, data: str = "raw") -> Path:
+    """The directory of a run: ``<root>/<INSTRUMENT>/<CYCLE>/p<proposal>/<data>/r<run>``.
+
+    The root is ``$XFELDATA_ROOT`` or the facility's ``/gpfs/exfel/exp``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If no instrument/cycle folder holds the proposal.
+    """
+    root = Path(os.environ.get(DATA_ROOT_ENV, DEFAULT_DATA_ROOT))
+    prop = f"p{int(str(proposal).lstrip('p')):06d}"
+    matches = sorted(glob.glob(str(root / "*" / "*" / prop)))
+    if not matches:
+        raise FileNotFoundError(
+            f"proposal {prop} not found under {root}/<instrument>/<cycle>/ "
+            f"(set {DATA_ROOT_ENV} to use another data root)")
+    return Path(matches[0]) / data / f"r{int(str(run).lstrip('r')):04d}"

@@ -1,0 +1,525 @@
+"""A run as a selection: one train axis and a catalogue of sources and keys.
+
+:class:`RunFiles` combines the indexes of many files once; :class:`RunSelection`
+is an immutable view on it (trains, sources, keys).  Selecting returns a new
+selection sharing the same :class:`RunFiles`.  Nothing here opens a file except
+:meth:`RunSelection.run_values`, and nothing here knows about xarray: the views
+build on top of this module (see :mod:`xfeldata.api`).
+
+Examples
+--------
+>>> sel = run.select("*XGM*", "beamPosition.*").sel(trainId=slice(10000, 10009))  # doctest: +SKIP
+>>> sel.train_ids                                                                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .errors import PropertyNameError, SourceNameError, TrainIdError
+from .files.index import CONTROL, INSTRUMENT, FileIndex, KeyInfo, decode_str
+from .files.layout import path_to_key
+
+SelectionSpec = str | Mapping[str, Iterable[str] | None] | Iterable[tuple[str, str]]
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
+@dataclass(frozen=True)
+class TrainMap:
+    """Where the rows of one source's index group are, for every train that lists it.
+
+    Arrays are aligned and sorted by ``train_ids``.
+    """
+
+    train_ids: np.ndarray
+    file_no: np.ndarray
+    first: np.ndarray
+    count: np.ndarray
+
+    def lookup(self, train_ids: np.ndarray) -> TrainMap:
+        """The entries for the given (sorted) trains that are in this map."""
+        pos = np.searchsorted(self.train_ids, train_ids)
+        pos_clipped = np.minimum(pos, max(len(self.train_ids) - 1, 0))
+        found = (pos < len(self.train_ids)) & (self.train_ids[pos_clipped] == train_ids) \
+            if len(self.train_ids) else np.zeros(len(train_ids), bool)
+        p = pos_clipped[found]
+        return TrainMap(train_ids[found], self.file_no[p], self.first[p], self.count[p])
+
+
+@dataclass(frozen=True)
+class SourceEntry:
+    """One source of a run: its category, index groups and keys (from the first file)."""
+
+    name: str
+    category: str
+    groups: tuple[str, ...]
+    keys: dict[str, KeyInfo]
+
+
+def _timestamp_key(info: KeyInfo) -> KeyInfo:
+    """The ``<key>.timestamp`` companion of a control key's ``value``."""
+    return replace(
+        info, key=f"{info.key}.timestamp" if info.key else "timestamp",
+        path=info.path[: -len("value")] + "timestamp", dtype=np.dtype(np.uint64),
+        shape=info.shape[:1], chunks=None, attrs={},
+    )
+
+
+class RunFiles:
+    """The file indexes of a run combined once: train axis, catalogue and train maps.
+
+    Parameters
+    ----------
+    files
+        File indexes, in any order (they are sorted by path).
+    inc_suspect_trains
+        Keep suspect trains (the default, so no real data goes missing).
+    """
+
+    def __init__(self, files: Iterable[FileIndex], inc_suspect_trains: bool = True):
+        self.files: tuple[FileIndex, ...] = tuple(sorted(files, key=lambda fi: fi.path))
+        self.inc_suspect_trains = inc_suspect_trains
+        self.problems: list[tuple[str, str]] = [
+            (fi.path, p) for fi in self.files for p in fi.problems
+        ]
+        kept = [fi.good_train_ids(inc_suspect_trains) for fi in self.files]
+        self.train_ids = _readonly(np.unique(np.concatenate(kept or [np.zeros(0, np.uint64)])))
+        suspect = [fi.train_ids[fi.valid & fi.suspect] for fi in self.files]
+        self.suspect_train_ids = _readonly(np.unique(np.concatenate(suspect or [np.zeros(0, np.uint64)])))
+        self.sources: dict[str, SourceEntry] = {}
+        self.aliases: dict[str, str] = {}
+        for fi in self.files:
+            self.aliases.update(fi.aliases)
+            for name, si in fi.sources.items():
+                entry = self.sources.get(name)
+                if entry is None:
+                    self.sources[name] = SourceEntry(name, si.category, tuple(si.groups), dict(si.keys))
+                else:
+                    for key, info in si.keys.items():
+                        entry.keys.setdefault(key, info)
+                    if set(si.groups) - set(entry.groups):
+                        self.sources[name] = replace(entry, groups=tuple(sorted(set(entry.groups) | set(si.groups))))
+        self._train_maps: dict[tuple[str, str], TrainMap] = {}
+        self.conflicts: list[str] = []
+        for name, entry in self.sources.items():
+            for group in entry.groups:
+                self._train_maps[name, group] = self._build_train_map(name, group)
+        for message in self.conflicts:
+            warnings.warn(message, stacklevel=3)
+
+    def _build_train_map(self, source: str, group: str) -> TrainMap:
+        parts = []
+        for file_no, fi in enumerate(self.files):
+            si = fi.sources.get(source)
+            if si is None or group not in si.groups:
+                continue
+            keep = fi.valid if self.inc_suspect_trains else fi.valid & ~fi.suspect
+            ig = si.groups[group]
+            parts.append((fi.train_ids[keep], np.full(int(keep.sum()), file_no, np.int32),
+                          ig.first[keep], ig.count[keep]))
+        if not parts:
+            empty = np.zeros(0, np.uint64)
+            return TrainMap(empty, np.zeros(0, np.int32), empty, empty)
+        tids, file_no, first, count = (np.concatenate(a) for a in zip(*parts, strict=True))
+        # Entries with data sort before entries without, so np.unique keeps them.
+        order = np.lexsort((count == 0, tids))
+        tids, file_no, first, count = tids[order], file_no[order], first[order], count[order]
+        with_data = tids[count > 0]
+        clash = np.unique(with_data[1:][with_data[1:] == with_data[:-1]])
+        if len(clash):
+            files = sorted({self.files[i].name for i in file_no[np.isin(tids, clash) & (count > 0)]})
+            label = f"{source}/{group}" if group else source
+            self.conflicts.append(
+                f"{label}: train ID(s) {', '.join(map(str, clash[:5].tolist()))} claimed by "
+                f"several files ({', '.join(files)}); reading the first"
+            )
+        _, unique_pos = np.unique(tids, return_index=True)
+        return TrainMap(*(_readonly(a[unique_pos]) for a in (tids, file_no, first, count)))
+
+    def train_map(self, source: str, group: str) -> TrainMap:
+        """The train map of one source's index group."""
+        return self._train_maps[source, group]
+
+
+class RunSelection:
+    """An immutable selection of trains, sources and keys from a run.
+
+    Use :func:`xfeldata.open_run` to get one; every selection method returns a new
+    object sharing the same file indexes.
+    """
+
+    def __init__(
+        self, files: RunFiles, train_ids: np.ndarray | None = None,
+        selection: Mapping[str, frozenset[str] | None] | None = None,
+    ):
+        self._files = files
+        self._train_ids = files.train_ids if train_ids is None else _readonly(
+            np.asarray(train_ids, dtype=np.uint64))
+        self._selection: dict[str, frozenset[str] | None] = (
+            {name: None for name in files.sources} if selection is None else dict(selection)
+        )
+
+    def _new(self, train_ids: np.ndarray | None = None,
+             selection: Mapping[str, frozenset[str] | None] | None = None) -> RunSelection:
+        return type(self)(
+            self._files, self._train_ids if train_ids is None else train_ids,
+            self._selection if selection is None else selection,
+        )
+
+    # ----- what is here ---------------------------------------------------
+    @property
+    def train_ids(self) -> np.ndarray:
+        """The selected train IDs, sorted (uint64, read-only)."""
+        return self._train_ids
+
+    @property
+    def sources(self) -> list[str]:
+        """The selected sources, sorted."""
+        return sorted(self._selection)
+
+    @property
+    def control_sources(self) -> list[str]:
+        """The selected slow-data (CONTROL) sources, sorted."""
+        return [s for s in self.sources if self._files.sources[s].category == CONTROL]
+
+    @property
+    def instrument_sources(self) -> list[str]:
+        """The selected fast-data (INSTRUMENT) sources, sorted."""
+        return [s for s in self.sources if self._files.sources[s].category == INSTRUMENT]
+
+    @property
+    def files(self) -> list[str]:
+        """Paths of the files that hold the selected sources."""
+        return [fi.path for fi in self._files.files if any(s in self._selection for s in fi.sources)]
+
+    def __contains__(self, source: object) -> bool:
+        return isinstance(source, str) and self._resolve_name(source) in self._selection
+
+    def __len__(self) -> int:
+        return len(self._train_ids)
+
+    def keys(self, source: str, timestamps: bool = False) -> list[str]:
+        """The selected keys of a source, sorted.
+
+        Control keys are named without ``.value``; with ``timestamps=True`` their
+        ``.timestamp`` companions are listed too.
+        """
+        source = self.resolve_source(source)
+        chosen = self._selection[source]
+        entry = self._files.sources[source]
+        keys = set(entry.keys) if chosen is None else set(chosen)
+        if timestamps and entry.category == CONTROL:
+            keys |= {f"{k}.timestamp" for k in list(keys)}
+        return sorted(keys)
+
+    def _resolve_name(self, source: str) -> str:
+        return self._files.aliases.get(source, source)
+
+    def resolve_source(self, source: str) -> str:
+        """The current name of a selected source (legacy names resolve); KeyError if absent."""
+        name = self._resolve_name(source)
+        if name not in self._selection:
+            raise SourceNameError(source, self._selection)
+        return name
+
+    def key_info(self, source: str, key: str) -> KeyInfo:
+        """Where a selected key is stored (from the first file that has it).
+
+        ``key.value`` is accepted for control keys, and ``key.timestamp`` gives the
+        time each value last changed.
+        """
+        source = self.resolve_source(source)
+        return self._file_key_info(self._files.sources[source].keys, source, key)
+
+    def _file_key_info(self, keys: Mapping[str, KeyInfo], source: str, key: str) -> KeyInfo:
+        entry = self._files.sources[source]
+        chosen = self._selection.get(source)
+        name = key
+        is_timestamp = False
+        if entry.category == CONTROL:
+            if name.endswith(".value") and name[:-6] in entry.keys:
+                name = name[:-6]
+            elif name.endswith(".timestamp") and name[:-10] in entry.keys:
+                name, is_timestamp = name[:-10], True
+        if name not in keys or (chosen is not None and name not in chosen):
+            raise PropertyNameError(key, source, self.keys(source))
+        return _timestamp_key(keys[name]) if is_timestamp else keys[name]
+
+    def file_key_info(self, file_no: int, source: str, key: str) -> KeyInfo:
+        """Where a key is stored in one particular file of the run."""
+        source = self.resolve_source(source)
+        fi = self._files.files[file_no]
+        return self._file_key_info(fi.sources[source].keys, source, key)
+
+    def index_groups(self, source: str) -> tuple[str, ...]:
+        """The index groups of a source (``("",)`` for control data)."""
+        return self._files.sources[self.resolve_source(source)].groups
+
+    @property
+    def file_indexes(self) -> tuple[FileIndex, ...]:
+        """The indexes of all files of the run (not only the selected sources')."""
+        return self._files.files
+
+    def file(self, file_no: int) -> FileIndex:
+        """The index of one file of the run, by its number in the train maps."""
+        return self._files.files[file_no]
+
+    def rows(self, source: str, group: str = "") -> TrainMap:
+        """Where the rows of a source's index group are, for the selected trains that list it."""
+        source = self.resolve_source(source)
+        return self._files.train_map(source, group).lookup(self._train_ids)
+
+    def data_counts(self, source: str, group: str | None = None) -> np.ndarray:
+        """Rows of data per selected train (0 where the source has none).
+
+        ``group`` defaults to the source's first index group (``""`` for control data).
+        """
+        source = self.resolve_source(source)
+        if group is None:
+            group = self._files.sources[source].groups[0] if self._files.sources[source].groups else ""
+        found = self.rows(source, group)
+        counts = np.zeros(len(self._train_ids), np.uint64)
+        counts[np.searchsorted(self._train_ids, found.train_ids)] = found.count
+        return counts
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Run metadata (format version, creation date, proposal, run number, ...)."""
+        meta: dict[str, Any] = {}
+        for fi in self._files.files:
+            for k, v in fi.metadata.items():
+                meta.setdefault(k, v)
+        meta.pop("sequenceNumber", None)
+        return meta
+
+    @property
+    def suspect_train_ids(self) -> np.ndarray:
+        """Selected trains that some file marks as suspect."""
+        return self._train_ids[np.isin(self._train_ids, self._files.suspect_train_ids)]
+
+    @property
+    def problems(self) -> list[tuple[str, str]]:
+        """``(file, problem)`` for every inconsistency found while indexing."""
+        return list(self._files.problems) + [("", c) for c in self._files.conflicts]
+
+    def run_values(self, source: str) -> dict[str, Any]:
+        """The values recorded at the start of the run (the ``RUN`` section) for a source.
+
+        Reads the first file that has the source. Keys are named as by :meth:`keys`
+        (scalars unwrapped, strings decoded).
+        """
+        name = self._resolve_name(source)
+        holders = [fi for fi in self._files.files if name in fi.sources]
+        # Sources recorded only in RUN are in no index: look through the other files too.
+        others = [fi for fi in self._files.files if name not in fi.sources]
+        for fi in holders + others:
+            with h5py.File(fi.path, "r") as f:
+                grp = f.get(f"RUN/{name}")
+                if isinstance(grp, h5py.Group):
+                    return _read_run_group(grp)
+        known = set(self._files.sources)
+        raise SourceNameError(source, known)
+
+    # ----- selecting -------------------------------------------------------
+    def sel(self, trainId: Any = None) -> RunSelection:  # noqa: N803 (the label's name)
+        """Select trains by train ID: a scalar, a list/array, or an inclusive slice.
+
+        Raises
+        ------
+        TrainIdError
+            (a ``KeyError``) for scalar or listed train IDs the selection does not have.
+
+        Examples
+        --------
+        >>> run.sel(trainId=slice(10000, 10009))    # doctest: +SKIP
+        """
+        if trainId is None:
+            return self
+        tids = self._train_ids
+        if isinstance(trainId, slice):
+            keep = np.ones(len(tids), bool)
+            if trainId.start is not None:
+                keep &= tids >= np.uint64(trainId.start)
+            if trainId.stop is not None:
+                keep &= tids <= np.uint64(trainId.stop)
+            out = tids[keep]
+            return self._new(train_ids=out[:: trainId.step] if trainId.step else out)
+        wanted = np.atleast_1d(np.asarray(trainId)).astype(np.uint64)
+        missing = np.setdiff1d(wanted, tids)
+        if len(missing):
+            raise TrainIdError(missing, *(tids[[0, -1]].tolist() if len(tids) else (None, None)))
+        return self._new(train_ids=np.unique(wanted))
+
+    def isel(self, trainId: Any = None) -> RunSelection:  # noqa: N803
+        """Select trains by position: an int, a slice, a list/array of ints, or a boolean mask."""
+        if trainId is None:
+            return self
+        if isinstance(trainId, int | np.integer):
+            n = len(self._train_ids)
+            if not -n <= int(trainId) < n:
+                raise IndexError(f"train position {trainId} out of range for {n} trains")
+            return self._new(train_ids=self._train_ids[[int(trainId)]])
+        picked = self._train_ids[trainId]
+        return self._new(train_ids=np.unique(picked))
+
+    def _match(self, spec: SelectionSpec, keys: str) -> dict[str, set[str] | None]:
+        """Expand a selection spec into {source: set of keys or None (all)}."""
+        wanted: dict[str, set[str] | None] = {}
+
+        def add(source_glob: str, key_globs: Iterable[str] | None) -> None:
+            source_glob = self._resolve_name(source_glob)
+            matched = [s for s in self._selection if fnmatch.fnmatchcase(s, source_glob)]
+            if not matched:
+                raise SourceNameError(source_glob, self._selection)
+            for source in matched:
+                globs = list(key_globs) if key_globs else []
+                if not globs or globs == ["*"]:
+                    wanted[source] = None
+                    continue
+                available = self.keys(source)
+                picked = set()
+                for glob in globs:
+                    glob = glob[:-6] if glob.endswith(".value") else glob
+                    hits = [k for k in available if fnmatch.fnmatchcase(k, glob)]
+                    if not hits and not any(c in glob for c in "*?["):
+                        raise PropertyNameError(glob, source, available)
+                    picked.update(hits)
+                if wanted.get(source, set()) is not None:
+                    wanted[source] = (wanted.get(source) or set()) | picked
+
+        if isinstance(spec, str):
+            add(spec, [keys])
+        elif isinstance(spec, Mapping):
+            for source, key_set in spec.items():
+                add(source, [key_set] if isinstance(key_set, str) else key_set)
+        else:
+            for source, key in spec:
+                add(source, [key])
+        return wanted
+
+    def select(self, selection: SelectionSpec, keys: str = "*",
+               require_all: bool = False) -> RunSelection:
+        """Select sources and keys.
+
+        Parameters
+        ----------
+        selection
+            A source glob (with ``keys`` a key glob), a mapping ``{source: {keys}}``
+            where an empty set or None means all keys, or an iterable of
+            ``(source glob, key glob)`` pairs.
+        keys
+            Key glob used with a source glob.
+        require_all
+            Keep only the trains where every selected source has data.
+
+        Examples
+        --------
+        >>> run.select("SPB_DET_AGIPD1M-1/DET/*CH0:xtdf", "image.*")   # doctest: +SKIP
+        >>> run.select({"SA1_XTD2_XGM/DOOCS/MAIN": {"beamPosition.ixPos"}})  # doctest: +SKIP
+        """
+        wanted = self._match(selection, keys)
+        new = {s: (None if k is None else frozenset(k)) for s, k in wanted.items()}
+        result = self._new(selection=new)
+        if require_all:
+            keep = np.ones(len(result._train_ids), bool)
+            for source in new:
+                keep &= result.data_counts(source) > 0
+            result = result._new(train_ids=result._train_ids[keep])
+        return result
+
+    def deselect(self, selection: SelectionSpec, keys: str = "*") -> RunSelection:
+        """Remove sources or keys from the selection (same arguments as :meth:`select`)."""
+        unwanted = self._match(selection, keys)
+        new = dict(self._selection)
+        for source, key_set in unwanted.items():
+            if key_set is None:
+                del new[source]
+            else:
+                remaining = set(self.keys(source)) - key_set
+                new[source] = frozenset(remaining)
+        return self._new(selection=new)
+
+    def split_trains(self, parts: int | None = None,
+                     trains_per_part: int | None = None) -> list[RunSelection]:
+        """Split the selected trains into consecutive, nearly equal parts.
+
+        Parameters
+        ----------
+        parts
+            How many parts (at most one per train).
+        trains_per_part
+            The largest number of trains in a part.
+        """
+        n = len(self._train_ids)
+        if parts is None and trains_per_part is None:
+            raise ValueError("split_trains needs parts or trains_per_part")
+        if (parts is not None and parts < 1) or (trains_per_part is not None and trains_per_part < 1):
+            raise ValueError("parts and trains_per_part must be at least 1")
+        count = parts or 1
+        if trains_per_part:
+            count = max(count, math.ceil(n / trains_per_part))
+        count = max(1, min(count, n))
+        return [self._new(train_ids=chunk) for chunk in np.array_split(self._train_ids, count)]
+
+    def union(self, *others: RunSelection) -> RunSelection:
+        """Combine selections: the union of their trains, sources and keys.
+
+        Selections from different files are merged into one run.
+        """
+        runs = (self, *others)
+        files = self._files
+        if any(r._files is not files for r in others):
+            by_path = {fi.path: fi for r in runs for fi in r._files.files}
+            files = RunFiles(by_path.values(), self._files.inc_suspect_trains)
+        train_ids = np.unique(np.concatenate([r._train_ids for r in runs]))
+        selection: dict[str, frozenset[str] | None] = {}
+        for r in runs:
+            for source, key_set in r._selection.items():
+                if source in selection and (selection[source] is None or key_set is None):
+                    selection[source] = None
+                else:
+                    selection[source] = (selection.get(source) or frozenset()) | key_set
+        return type(self)(files, train_ids, selection)
+
+    def __repr__(self) -> str:
+        tids = self._train_ids
+        span = f"{tids[0]}-{tids[-1]}" if len(tids) else "none"
+        return (f"<{type(self).__module__.split('.')[0]}.{type(self).__name__}: {len(tids)} trains "
+                f"({span}), {len(self._selection)} sources, {len(self.files)} files>")
+
+
+def _read_run_group(grp: h5py.Group) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+
+    def visit(name: str, obj: h5py.HLObject) -> None:
+        if not isinstance(obj, h5py.Dataset):
+            return
+        leaf = name.rpartition("/")[2]
+        key_path = name[: -len(leaf) - 1] if "/" in name else ""
+        if leaf == "value":
+            key = path_to_key(key_path)
+        elif leaf == "timestamp":
+            key = f"{path_to_key(key_path)}.timestamp"
+        else:
+            key = path_to_key(name)
+        value = obj[()]
+        if isinstance(value, np.ndarray) and value.shape[:1] == (1,):
+            value = value[0]
+        if isinstance(value, np.generic):
+            value = value.item()
+        values[key] = decode_str(value)
+
+    grp.visititems(visit)
+    return values
