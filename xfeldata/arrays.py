@@ -1,0 +1,381 @@
+"""Dask arrays over HDF5 rows, built from plain, picklable read tasks.
+
+A :class:`BlockRead` describes one dask chunk: its shape, dtype, fill value and
+the row ranges of HDF5 datasets that go into it (:class:`RowRead`).  Tasks name
+files by path and open them where they run through the per-process handle
+cache, so the same graph computes on threads, processes or a distributed
+cluster.  Chunks are whole multiples of the HDF5 chunks where the selection
+allows, end at file boundaries, and aim at :data:`TARGET_CHUNK_BYTES`.
+
+Examples
+--------
+>>> arr = rows_array(run, "SA1_XTD2_XGM/DOOCS/MAIN:output", "data.intensityTD")  # doctest: +SKIP
+>>> arr.data          # doctest: +SKIP
+dask.array<...>
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dask.array as da
+import numpy as np
+from dask.base import tokenize
+
+from .errors import DataIndexError
+from .files.handles import handles
+from .files.index import KeyInfo
+from .run import RunSelection, TrainMap
+
+#: Size that dask chunks aim at: large enough that per-task overhead stays small.
+TARGET_CHUNK_BYTES = 128 * 2**20
+
+
+@dataclass(frozen=True)
+class RowRead:
+    """Rows ``start:stop`` of one dataset, and where they go in the block.
+
+    ``target`` is either the first row of the block (as ``(-1, *entry)``) that
+    the rows fill contiguously, or an array of block rows, one per dataset row.
+    """
+
+    path: str
+    dataset: str
+    source: str
+    key: str
+    start: int
+    stop: int
+    target: int | np.ndarray
+
+    def __dask_tokenize__(self) -> tuple:
+        target = self.target if isinstance(self.target, int) else tokenize(self.target)
+        return (self.path, self.dataset, self.start, self.stop, target)
+
+
+@dataclass(frozen=True)
+class BlockRead:
+    """A picklable description of one dask chunk.
+
+    Attributes
+    ----------
+    shape, dtype
+        The chunk.
+    entry_ndim
+        Trailing dimensions that belong to one dataset row.
+    fill_value
+        Value of the cells no read fills (None when the reads cover the chunk).
+    reads
+        The row ranges to read.
+    """
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    entry_ndim: int
+    fill_value: Any
+    reads: tuple[RowRead, ...]
+
+    def __dask_tokenize__(self) -> tuple:
+        return ("xfeldata.BlockRead", self.shape, str(self.dtype), self.fill_value,
+                tuple(r.__dask_tokenize__() for r in self.reads))
+
+
+def execute_block(block: BlockRead) -> np.ndarray:
+    """Read one block (the function dask calls for each chunk).
+
+    Raises
+    ------
+    DataIndexError
+        If the file's index points past the end of the dataset.
+    OSError
+        Naming the file if it vanished or became unreadable since opening.
+    """
+    if block.fill_value is None:
+        out = np.empty(block.shape, block.dtype)
+    else:
+        out = np.full(block.shape, block.fill_value, block.dtype)
+    entry = block.shape[len(block.shape) - block.entry_ndim:] if block.entry_ndim else ()
+    flat = out.reshape((-1, *entry))
+    for read in block.reads:
+        f = handles.get(read.path)
+        try:
+            ds = f[read.dataset]
+        except KeyError:
+            handles.forget(read.path)
+            raise OSError(f"{read.path}: dataset {read.dataset} ({read.source} {read.key}) "
+                          "is missing from the file") from None
+        if read.stop > ds.shape[0]:
+            raise DataIndexError(read.path, read.source, read.key,
+                                 f"index points to rows {read.start}:{read.stop} but the dataset "
+                                 f"{read.dataset} has only {ds.shape[0]} rows")
+        n = read.stop - read.start
+        if n == 0:
+            continue
+        if isinstance(read.target, int):
+            dest = flat[read.target: read.target + n]
+            if dest.dtype == ds.dtype and dest.flags.c_contiguous and ds.dtype.kind != "O":
+                ds.read_direct(dest, np.s_[read.start: read.stop])
+            else:
+                dest[...] = ds[read.start: read.stop]
+        else:
+            flat[read.target] = ds[read.start: read.stop]
+    return out
+
+
+def default_fill_value(dtype: np.dtype) -> Any:
+    """NaN for floats, 0 for integers, False for bools, "" for strings (design.md)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "fc":
+        return np.nan
+    if dtype.kind == "b":
+        return False
+    if dtype.kind in "OSU":
+        return b"" if dtype.kind == "S" else ""
+    if dtype.kind == "V":
+        return np.zeros((), dtype)
+    return 0
+
+
+def chunk_rows(info: KeyInfo, target_bytes: int = TARGET_CHUNK_BYTES) -> int:
+    """Rows per dask chunk: a whole multiple of the HDF5 chunk rows near ``target_bytes``."""
+    row_bytes = max(1, int(np.prod(info.entry_shape, dtype=np.int64)) * info.dtype.itemsize)
+    hdf5_rows = info.chunks[0] if info.chunks else 1
+    multiples = max(1, target_bytes // (row_bytes * hdf5_rows))
+    return int(hdf5_rows * multiples)
+
+
+def plan_ranges(ranges: Sequence[tuple[int, int]], rows_per_chunk: int,
+                align: int) -> list[list[tuple[int, int]]]:
+    """Cut row ranges of one file into chunks of at most ``rows_per_chunk`` rows.
+
+    Cuts inside a range fall on multiples of ``align`` (the HDF5 chunk rows) where
+    possible, so each dask chunk reads whole HDF5 chunks.
+
+    >>> plan_ranges([(0, 10)], 4, 2)
+    [[(0, 4)], [(4, 8)], [(8, 10)]]
+    >>> plan_ranges([(0, 2), (5, 6)], 4, 1)
+    [[(0, 2), (5, 6)]]
+    """
+    chunks: list[list[tuple[int, int]]] = []
+    current: list[tuple[int, int]] = []
+    used = 0
+    for start, stop in ranges:
+        while start < stop:
+            end = min(stop, start + rows_per_chunk - used)
+            if end < stop:
+                aligned = (end // align) * align
+                if aligned > start:
+                    end = aligned
+                elif used:
+                    chunks.append(current)
+                    current, used = [], 0
+                    continue
+            current.append((start, end))
+            used += end - start
+            start = end
+            if used >= rows_per_chunk or end < stop:
+                chunks.append(current)
+                current, used = [], 0
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def _contiguous_ranges(first: np.ndarray, count: np.ndarray) -> list[tuple[int, int]]:
+    """Merge per-train row ranges that follow each other into longer ranges."""
+    keep = count > 0
+    first, count = first[keep].astype(np.int64), count[keep].astype(np.int64)
+    if not len(first):
+        return []
+    stops = first + count
+    breaks = np.flatnonzero(first[1:] != stops[:-1]) + 1
+    starts = np.concatenate([[0], breaks])
+    ends = np.concatenate([breaks, [len(first)]])
+    return list(zip(first[starts].tolist(), stops[ends - 1].tolist(), strict=True))
+
+
+def flat_rows_array(run: RunSelection, source: str, key: str,
+                    target_bytes: int = TARGET_CHUNK_BYTES) -> tuple[da.Array, TrainMap]:
+    """All rows of a key for the selected trains, concatenated in train order.
+
+    Returns
+    -------
+    array
+        Dask array ``(rows, *entry_shape)``.
+    found
+        The selected trains that list the source, with their row counts (zeros
+        included); the rows of each train follow those of the trains before it.
+    """
+    source = run.resolve_source(source)
+    info = run.key_info(source, key)
+    found = run.rows(source, info.group)
+    name = "xfeldata-rows-" + tokenize(source, key, found.train_ids, found.file_no,
+                                       found.first, found.count, target_bytes,
+                                       [fi.path for fi in run.file_indexes])
+    blocks: list[BlockRead] = []
+    file_no = found.file_no
+    change = np.flatnonzero(np.diff(file_no)) + 1
+    for seg_start, seg_stop in zip(np.r_[0, change], np.r_[change, len(file_no)], strict=True):
+        if seg_start == seg_stop:
+            continue
+        fno = int(file_no[seg_start])
+        finfo = run.file_key_info(fno, source, key)
+        path = run.file(fno).path
+        ranges = _contiguous_ranges(found.first[seg_start:seg_stop], found.count[seg_start:seg_stop])
+        align = finfo.chunks[0] if finfo.chunks else 1
+        for chunk in plan_ranges(ranges, chunk_rows(finfo, target_bytes), align):
+            reads, offset = [], 0
+            for start, stop in chunk:
+                reads.append(RowRead(path, finfo.path, source, info.key, start, stop, offset))
+                offset += stop - start
+            blocks.append(BlockRead((offset, *info.entry_shape), info.dtype, len(info.entry_shape),
+                                    None, tuple(reads)))
+    return _blocks_to_array(name, blocks, info), found
+
+
+def _blocks_to_array(name: str, blocks: list[BlockRead], info: KeyInfo) -> da.Array:
+    if not blocks:
+        return da.zeros((0, *info.entry_shape), dtype=info.dtype)
+    ndim = len(blocks[0].shape)
+    graph = {(name, i, *([0] * (ndim - 1))): (execute_block, b) for i, b in enumerate(blocks)}
+    chunks = (tuple(b.shape[0] for b in blocks), *((d,) for d in blocks[0].shape[1:]))
+    return da.Array(graph, name, chunks, dtype=info.dtype)
+
+
+def padded_array(
+    run: RunSelection, source: str, key: str, train_ids: np.ndarray, n_slots: int,
+    slot_of_row: np.ndarray | None = None, row_selected: np.ndarray | None = None,
+    fill_value: Any = None, trains_per_block: int | None = None,
+    target_bytes: int = TARGET_CHUNK_BYTES, boundaries: Sequence[int] = (),
+) -> da.Array:
+    """A key as a ``(train, slot, *entry)`` dask array over a given train axis.
+
+    Each selected train's rows go into slots: by ``slot_of_row`` (one slot per
+    row of the key's rows for ``train_ids`` in train order, as in
+    :func:`flat_rows_array`) or positionally.  Trains without data and empty slots
+    hold ``fill_value`` (default: :func:`default_fill_value`).
+
+    Parameters
+    ----------
+    train_ids
+        The train axis (sorted; may include trains where the source has no data).
+    n_slots
+        Size of the slot (pulse) axis.
+    slot_of_row
+        Slot of every row, or None for positions 0, 1, ... within each train.
+    row_selected
+        Boolean per row: read only these rows (pulse selection before reading).
+    trains_per_block
+        Trains per dask chunk; by default from ``target_bytes``.
+    boundaries
+        Train positions where a chunk must end (e.g. other modules' file boundaries).
+    """
+    source = run.resolve_source(source)
+    info = run.key_info(source, key)
+    train_ids = np.asarray(train_ids, np.uint64)
+    found = run.rows(source, info.group)
+    inside = np.isin(found.train_ids, train_ids)
+    found = TrainMap(*(a[inside] for a in (found.train_ids, found.file_no, found.first, found.count)))
+    fill = default_fill_value(info.dtype) if fill_value is None else fill_value
+    n_trains = len(train_ids)
+    counts = np.zeros(n_trains, np.int64)
+    train_pos = np.searchsorted(train_ids, found.train_ids)
+    counts[train_pos] = found.count.astype(np.int64)
+    if slot_of_row is None:
+        slot_of_row = _positions_within(counts)
+    row_train = np.repeat(np.arange(n_trains), counts)
+    if row_selected is None:
+        row_selected = np.ones(len(row_train), bool)
+    row_selected = row_selected & (slot_of_row < n_slots)
+    row_offsets = np.concatenate([[0], np.cumsum(counts)])
+
+    entry_bytes = max(1, int(np.prod(info.entry_shape, dtype=np.int64)) * info.dtype.itemsize)
+    if trains_per_block is None:
+        trains_per_block = max(1, int(target_bytes // max(1, entry_bytes * n_slots)))
+    # Block edges: every trains_per_block, at file changes, and at given boundaries.
+    file_of_train = np.full(n_trains, -1)
+    file_of_train[train_pos] = found.file_no
+    edges = set(range(0, n_trains, trains_per_block)) | set(int(b) for b in boundaries if 0 < b < n_trains)
+    with_data = np.flatnonzero(file_of_train >= 0)
+    changes = with_data[1:][file_of_train[with_data[1:]] != file_of_train[with_data[:-1]]]
+    edges |= set(changes.tolist())
+    edges = sorted(edges | {0}) + [n_trains]
+    # A found entry for each train position (-1 where none)
+    entry_of_train = np.full(n_trains, -1)
+    entry_of_train[train_pos] = np.arange(len(train_pos))
+
+    name = "xfeldata-padded-" + tokenize(source, key, np.asarray(train_ids), n_slots, slot_of_row,
+                                         row_selected, fill, edges, found.first, found.file_no)
+    blocks = []
+    for b0, b1 in zip(edges[:-1], edges[1:], strict=True):
+        if b0 == b1:
+            continue
+        reads = []
+        for t in range(b0, b1):
+            e = entry_of_train[t]
+            if e < 0 or counts[t] == 0:
+                continue
+            fno = int(found.file_no[e])
+            finfo = run.file_key_info(fno, source, key)
+            rows = np.arange(row_offsets[t], row_offsets[t + 1])
+            sel = row_selected[rows]
+            if not sel.any():
+                continue
+            first = int(found.first[e])
+            local = np.flatnonzero(sel)
+            # contiguous runs of selected rows
+            breaks = np.flatnonzero(np.diff(local) != 1) + 1
+            for run_rows in np.split(local, breaks):
+                targets = (t - b0) * n_slots + slot_of_row[rows[run_rows]]
+                start = first + int(run_rows[0])
+                stop = first + int(run_rows[-1]) + 1
+                if np.array_equal(targets, np.arange(targets[0], targets[0] + len(targets))):
+                    target: int | np.ndarray = int(targets[0])
+                else:
+                    target = targets
+                reads.append(RowRead(run.file(fno).path, finfo.path, source, info.key,
+                                     start, stop, target))
+        shape = (b1 - b0, n_slots, *info.entry_shape)
+        covered = sum(r.stop - r.start for r in reads) == (b1 - b0) * n_slots
+        blocks.append(BlockRead(shape, info.dtype, len(info.entry_shape),
+                                None if covered else fill, tuple(_merge_reads(reads))))
+    if not blocks:
+        return da.full((0, n_slots, *info.entry_shape), fill, dtype=info.dtype)
+    graph = {(name, i, 0, *([0] * len(info.entry_shape))): (execute_block, b)
+             for i, b in enumerate(blocks)}
+    chunks = (tuple(b.shape[0] for b in blocks), (n_slots,), *((d,) for d in info.entry_shape))
+    return da.Array(graph, name, chunks, dtype=info.dtype)
+
+
+def _merge_reads(reads: list[RowRead]) -> list[RowRead]:
+    """Join consecutive contiguous reads of the same dataset into one."""
+    merged: list[RowRead] = []
+    for r in reads:
+        if merged:
+            m = merged[-1]
+            if (m.path == r.path and m.dataset == r.dataset and m.stop == r.start
+                    and isinstance(m.target, int) and isinstance(r.target, int)
+                    and m.target + (m.stop - m.start) == r.target):
+                merged[-1] = RowRead(m.path, m.dataset, m.source, m.key, m.start, r.stop, m.target)
+                continue
+        merged.append(r)
+    return merged
+
+
+def _positions_within(counts: np.ndarray) -> np.ndarray:
+    """0, 1, ... within each train's rows.
+
+    >>> _positions_within(np.array([2, 0, 3])).tolist()
+    [0, 1, 0, 1, 2]
+    """
+    counts = np.asarray(counts, np.int64)
+    total = int(counts.sum())
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    return np.arange(total) - starts
+
+
+def read_rows(run: RunSelection, source: str, key: str) -> tuple[np.ndarray, TrainMap]:
+    """Read all rows of a (small) key now: ``(values, trains listing the source)``."""
+    arr, found = flat_rows_array(run, source, key)
+    return arr.compute(scheduler="sync"), found

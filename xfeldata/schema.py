@@ -1,0 +1,211 @@
+"""How data becomes labelled arrays: dimension names, coordinates, stacking and fill rules.
+
+Both the offline views (files) and the live buffer (bridge) build their xarray
+objects through these functions, so a Dataset from a run and one from the
+bridge have the same dims, coordinates, variables and attrs.
+
+Examples
+--------
+>>> import numpy as np
+>>> arr = key_dataarray(np.zeros((3, 2)), np.array([10, 11, 12], np.uint64),
+...                     source="SRC", key="data.x")
+>>> arr.dims
+('trainId', 'dim_0')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+TRAIN_DIM = "trainId"
+PULSE_DIM = "pulseId"
+#: Positional pulse dimension for rows that carry no pulse IDs.
+POSITION_DIM = "pulse"
+MODULE_DIM = "module"
+#: JUNGFRAU memory cells: the pulse-like dimension of one-row-per-train detectors.
+CELL_DIM = "cell"
+GAIN_DIM = "gain"
+PIXEL_DIMS = ("slow_scan", "fast_scan")
+
+#: Variables of a detector Dataset, by the key they come from.
+DETECTOR_VARIABLES = {
+    "image.data": "image.data", "image.mask": "image.mask", "image.gain": "image.gain",
+    "data.adc": "image.data", "data.mask": "image.mask", "data.gain": "image.gain",
+}
+
+#: Fill value of integer data where a module or pulse is missing (documented contract).
+INTEGER_FILL = 0
+
+
+def fill_value_for(dtype: np.dtype, fill_value: Any = None) -> Any:
+    """The fill value of missing cells: the caller's, else NaN for floats and 0 for integers.
+
+    >>> fill_value_for(np.dtype("float32")), fill_value_for(np.dtype("uint16"))
+    (nan, 0)
+    """
+    if fill_value is not None:
+        return fill_value
+    dtype = np.dtype(dtype)
+    if dtype.kind in "fc":
+        return np.nan
+    if dtype.kind == "b":
+        return False
+    if dtype.kind in "OSU":
+        return ""
+    return INTEGER_FILL
+
+
+def entry_dims(entry_ndim: int) -> tuple[str, ...]:
+    """Generic names of the dimensions of one entry: ``dim_0``, ``dim_1``, ..."""
+    return tuple(f"dim_{i}" for i in range(entry_ndim))
+
+
+def units_of(attrs: Mapping[str, Any]) -> str | None:
+    """Units from Karabo key attributes (``metricPrefixSymbol`` + ``unitSymbol``).
+
+    >>> units_of({"unitSymbol": "J", "metricPrefixSymbol": "u"})
+    'uJ'
+    """
+    symbol = attrs.get("unitSymbol")
+    if not symbol or symbol in ("N_A", "#", "NUMBER"):
+        return None
+    prefix = attrs.get("metricPrefixSymbol") or ""
+    return f"{prefix}{symbol}"
+
+
+def key_attrs(source: str, key: str, attrs: Mapping[str, Any] | None = None,
+              files: Sequence[str] = ()) -> dict[str, Any]:
+    """The attrs of a key's DataArray: source, key, units, file attributes, files read."""
+    out: dict[str, Any] = {"source": source, "key": key}
+    attrs = dict(attrs or {})
+    units = units_of(attrs)
+    if units:
+        out["units"] = units
+    for name in ("alias", "displayedName", "description"):
+        if attrs.get(name):
+            out[name] = attrs[name]
+    if files:
+        out["files"] = list(files)
+    return out
+
+
+def key_dataarray(data: Any, train_ids: np.ndarray, *, source: str, key: str,
+                  pulse_ids: np.ndarray | None = None, positional: bool = False,
+                  dims: Sequence[str] | None = None, attrs: Mapping[str, Any] | None = None,
+                  files: Sequence[str] = ()) -> xr.DataArray:
+    """A key's values as a DataArray labelled by train (and pulse).
+
+    Parameters
+    ----------
+    data
+        numpy or dask array ``(trains, *entry)`` or ``(trains, pulses, *entry)``.
+    train_ids
+        The train of each first-axis entry.
+    pulse_ids
+        Pulse IDs of the second axis, or None for per-train data.
+    positional
+        The second axis is a position within the train (no pulse IDs recorded).
+    dims
+        Names of the entry dimensions (default ``dim_0``, ...).
+    """
+    lead = [TRAIN_DIM]
+    coords: dict[str, Any] = {TRAIN_DIM: np.asarray(train_ids, np.uint64)}
+    extra = {}
+    if pulse_ids is not None:
+        pulse_dim = POSITION_DIM if positional else PULSE_DIM
+        lead.append(pulse_dim)
+        coords[pulse_dim] = np.asarray(pulse_ids)
+        if positional:
+            extra["pulse_dim"] = "positional: the rows record no pulse IDs"
+    n_entry = data.ndim - len(lead)
+    names = tuple(dims) if dims is not None else entry_dims(n_entry)
+    all_attrs = {**key_attrs(source, key, attrs, files), **extra}
+    return xr.DataArray(data, dims=(*lead, *names), coords=coords, attrs=all_attrs,
+                        name=f"{source}/{key}" if source else key)
+
+
+def detector_pixel_dims(entry_shape: Sequence[int], kind_raw_shape: Sequence[int] | None = None
+                        ) -> tuple[str, ...]:
+    """Names of a detector frame's dimensions: ``[gain,] slow_scan, fast_scan``.
+
+    >>> detector_pixel_dims((2, 512, 128))
+    ('gain', 'slow_scan', 'fast_scan')
+    """
+    if len(entry_shape) == 2:
+        return PIXEL_DIMS
+    if len(entry_shape) == 3:
+        return (GAIN_DIM, *PIXEL_DIMS)
+    return entry_dims(len(entry_shape))
+
+
+def detector_dataset(
+    variables: Mapping[str, Any], *, train_ids: np.ndarray, pulse_ids: np.ndarray,
+    modules: Sequence[int], present: np.ndarray, pixel_dims: Mapping[str, Sequence[str]],
+    cell_ids: Any = None, pulse_dim: str = PULSE_DIM, attrs: Mapping[str, Any] | None = None,
+) -> xr.Dataset:
+    """Assemble a stacked multi-module detector Dataset.
+
+    Parameters
+    ----------
+    variables
+        ``{"image.data": array (trainId, pulse, module, *pixel), ...}`` (numpy or dask).
+    train_ids, pulse_ids, modules
+        Coordinates of the first three dimensions.
+    present
+        Boolean ``(trainId, module)``: True where the module has data for the train.
+    pixel_dims
+        Names of each variable's pixel dimensions.
+    cell_ids
+        Optional ``(trainId, pulse, module)`` memory cell IDs.
+    pulse_dim
+        ``"pulseId"`` (XTDF detectors) or ``"cell"`` (JUNGFRAU).
+    """
+    lead = (TRAIN_DIM, pulse_dim, MODULE_DIM)
+    data_vars: dict[str, Any] = {
+        name: ((*lead, *pixel_dims[name]), arr) for name, arr in variables.items()
+    }
+    data_vars["present"] = ((TRAIN_DIM, MODULE_DIM), np.asarray(present, bool))
+    if cell_ids is not None:
+        data_vars["cellId"] = (lead, cell_ids)
+    coords = {
+        TRAIN_DIM: np.asarray(train_ids, np.uint64),
+        pulse_dim: np.asarray(pulse_ids),
+        MODULE_DIM: np.asarray(modules, np.int64),
+    }
+    return xr.Dataset(data_vars, coords=coords, attrs=dict(attrs or {}))
+
+
+def control_frame(columns: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
+    """A table indexed by ``trainId`` with one column per ``"source/key"``, outer-joined.
+
+    Parameters
+    ----------
+    columns
+        ``{"source/key": (train_ids, values)}`` with one value per train.
+
+    Examples
+    --------
+    >>> df = control_frame({"A/x": (np.array([1, 2], np.uint64), np.array([0.5, 1.5]))})
+    >>> df.index.name, list(df.columns)
+    ('trainId', ['A/x'])
+    """
+    series = []
+    for name, (train_ids, values) in columns.items():
+        values = np.asarray(values)
+        if values.dtype.kind in "SO":
+            values = np.array([v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+                               for v in values.tolist()], dtype=object)
+        if values.ndim > 1:
+            values = list(values)
+        series.append(pd.Series(values, index=pd.Index(np.asarray(train_ids, np.uint64),
+                                                       name=TRAIN_DIM), name=name))
+    if not series:
+        return pd.DataFrame(index=pd.Index(np.zeros(0, np.uint64), name=TRAIN_DIM))
+    frame = pd.concat(series, axis=1, join="outer").sort_index()
+    frame.index.name = TRAIN_DIM
+    return frame

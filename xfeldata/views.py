@@ -1,0 +1,172 @@
+"""xarray and pandas views of a run selection, built from lazy arrays through the schema.
+
+Examples
+--------
+>>> arr = key_array(run, "SA1_XTD2_XGM/DOOCS/MAIN", "beamPosition.ixPos")   # doctest: +SKIP
+>>> arr.dims                                                                # doctest: +SKIP
+('trainId',)
+"""
+
+from __future__ import annotations
+
+import fnmatch
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from . import schema
+from .arrays import flat_rows_array, padded_array, read_rows
+from .run import RunSelection
+
+
+def _decode_block(block: np.ndarray) -> np.ndarray:
+    out = np.empty(block.shape, dtype=object)
+    flat_in, flat_out = block.reshape(-1), out.reshape(-1)
+    for i, v in enumerate(flat_in.tolist()):
+        flat_out[i] = v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+    return out
+
+
+def _pulse_slots(run: RunSelection, source: str, group: str,
+                 counts: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Pulse IDs (coordinate) and the slot of every row, or None if not recorded/unique."""
+    full = run.select(source)
+    key = f"{group}.pulseId"
+    if key not in full.keys(source):
+        return None
+    pulse_ids, _ = read_rows(full, source, key)
+    pulse_ids = pulse_ids.reshape(len(pulse_ids), -1)[:, 0] if pulse_ids.ndim > 1 else pulse_ids
+    if len(pulse_ids) != int(counts.sum()):
+        return None
+    row_train = np.repeat(np.arange(len(counts)), counts)
+    pairs = np.unique(np.stack([row_train, pulse_ids.astype(np.int64)]), axis=1)
+    if pairs.shape[1] != len(pulse_ids):  # a pulse ID repeats within a train
+        return None
+    coord = np.unique(pulse_ids)
+    return coord, np.searchsorted(coord, pulse_ids)
+
+
+def key_array(run: RunSelection, source: str, key: str) -> xr.DataArray | xr.Dataset:
+    """One key as a lazy, labelled array.
+
+    Control keys and keys with at most one entry per train are ``(trainId, *entry)``;
+    keys with several entries per train are ``(trainId, pulseId, *entry)`` when the
+    index group records pulse IDs, ``(trainId, pulse, *entry)`` (positional) otherwise.
+    Only trains with data are on the train axis.  Structured dtypes give a Dataset
+    with one variable per field.
+
+    Raises
+    ------
+    SourceNameError, PropertyNameError
+        (``KeyError``) for an unknown source or key, naming close matches.
+    """
+    source = run.resolve_source(source)
+    info = run.key_info(source, key)
+    arr, found = flat_rows_array(run, source, key)
+    counts = found.count.astype(np.int64)
+    files = sorted({run.file(int(f)).path for f in np.unique(found.file_no)})
+    has_data = counts > 0
+    if counts.max(initial=0) <= 1:
+        result = arr
+        pulse_ids, positional = None, False
+        train_ids = found.train_ids[has_data]
+    else:
+        train_ids = found.train_ids[has_data]
+        slots = _pulse_slots(run, source, info.group, counts[has_data])
+        if slots is None:
+            n_slots, slot_of_row, positional = int(counts.max()), None, True
+            pulse_ids = np.arange(n_slots)
+        else:
+            pulse_ids, slot_of_row = slots
+            n_slots, positional = len(pulse_ids), False
+        result = padded_array(run, source, key, train_ids, n_slots, slot_of_row=slot_of_row)
+    if info.dtype.kind in "OS":
+        result = result.map_blocks(_decode_block, dtype=object)
+    if info.dtype.names:
+        fields = {
+            name: schema.key_dataarray(result[name], train_ids, source=source, key=f"{info.key}.{name}",
+                                       pulse_ids=pulse_ids, positional=positional, files=files)
+            for name in info.dtype.names
+        }
+        return xr.Dataset(fields, attrs=schema.key_attrs(source, info.key, info.attrs, files))
+    return schema.key_dataarray(result, train_ids, source=source, key=info.key, pulse_ids=pulse_ids,
+                                positional=positional, attrs=info.attrs, files=files)
+
+
+def _variables(run: RunSelection, source: str, prefix: str) -> dict[str, xr.DataArray]:
+    out = {}
+    for key in run.keys(source):
+        arr = key_array(run, source, key)
+        if isinstance(arr, xr.Dataset):
+            out.update({f"{prefix}{name}": var for name, var in arr.data_vars.items()})
+        else:
+            out[f"{prefix}{key}"] = arr
+    return out
+
+
+def _merge(variables: dict[str, xr.DataArray]) -> xr.Dataset:
+    renamed = [v.rename(name) for name, v in variables.items()]
+    if not renamed:
+        return xr.Dataset(coords={schema.TRAIN_DIM: np.zeros(0, np.uint64)})
+    return xr.merge(renamed, join="outer", compat="no_conflicts", combine_attrs="drop")
+
+
+def source_dataset(run: RunSelection, source: str) -> xr.Dataset:
+    """All selected keys of one source, merged on their labels (outer join on trains)."""
+    source = run.resolve_source(source)
+    ds = _merge(_variables(run, source, ""))
+    ds.attrs["source"] = source
+    return ds
+
+
+def run_dataset(run: RunSelection) -> xr.Dataset:
+    """Every selected key of every selected source, named ``"source/key"``, merged on labels."""
+    variables: dict[str, xr.DataArray] = {}
+    for source in run.sources:
+        variables.update(_variables(run, source, f"{source}/"))
+    return _merge(variables)
+
+
+def to_datatree(run: RunSelection) -> xr.DataTree:
+    """One DataTree node per selected source (its Dataset); source names give the paths."""
+    return xr.DataTree.from_dict({source: source_dataset(run, source) for source in run.sources})
+
+
+def control_frame(run: RunSelection, sources: str = "*", keys: str = "*",
+                  timestamps: bool = False) -> pd.DataFrame:
+    """A table of scalar per-train values, indexed by ``trainId``, columns ``"source/key"``.
+
+    Parameters
+    ----------
+    sources, keys
+        Globs on the selected control sources and their keys.
+    timestamps
+        Add a ``"source/key.timestamp"`` column (ns since the epoch) next to each key.
+
+    Keys with array values are left out (see ``frame.attrs["skipped"]``); strings
+    are decoded to ``str``.
+    """
+    columns: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    skipped = []
+    for source in run.control_sources:
+        if not fnmatch.fnmatchcase(source, sources):
+            continue
+        for key in run.keys(source):
+            if not fnmatch.fnmatchcase(key, keys):
+                continue
+            info = run.key_info(source, key)
+            if info.entry_shape or info.dtype.names:
+                skipped.append(f"{source}/{key}")
+                continue
+            wanted = [key, f"{key}.timestamp"] if timestamps else [key]
+            for name in wanted:
+                values, found = read_rows(run, source, name)
+                train_ids = found.train_ids[found.count > 0]
+                columns[f"{source}/{name}"] = (train_ids, values[: len(train_ids)])
+    frame = schema.control_frame(columns)
+    frame.attrs["skipped"] = skipped
+    return frame
+
+
+__all__ = ["control_frame", "key_array", "run_dataset", "source_dataset", "to_datatree"]
