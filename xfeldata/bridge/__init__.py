@@ -1,1 +1,33 @@
-"""The Karabo bridge: wire protocol, client, server, simulator and live buffer."""
+"""The Karabo bridge: wire protocol, client, server, simulator and live buffer.
+
+Examples
+--------
+>>> from xfeldata.bridge import Client, Simulator, serve
+>>> handle = serve(Simulator("AGIPD", modules=[0, 1], frames=4, ntrains=3), background=True)
+>>> with Client(handle.endpoint, timeout=10) as client:
+...     data, metadata = client.next()
+>>> data["SPB_DET_AGIPD1M-1/DET/1CH0:xtdf"]["image.data"].shape
+(4, 2, 512, 128)
+>>> handle.stop()
+"""
+
+from .client import Client, KaraboBridge
+from .protocol import ProtocolError, decode, encode, make_metadata
+from .server import Server, ServerBusy, ServerClosed, Streamer, append_detector_modules, serve
+from .simulate import Simulator
+
+__all__ = [
+    "Client",
+    "KaraboBridge",
+    "ProtocolError",
+    "Server",
+    "ServerBusy",
+    "ServerClosed",
+    "Simulator",
+    "Streamer",
+    "append_detector_modules",
+    "decode",
+    "encode",
+    "make_metadata",
+    "serve",
+]
