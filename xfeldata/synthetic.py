@@ -258,7 +258,9 @@ def _noise_block(kind: str, seed: int, corrected: bool) -> np.ndarray:
     rng = np.random.default_rng([seed, _tag(kind), int(corrected), 1])
     shape = (n, *_frame_shape(det, corrected))
     if corrected:
-        return rng.normal(0.0, 0.08, size=shape).astype(np.float32)
+        # Quantised to 1/32 photon, as corrected data often is after rounding,
+        # so that compressed corrected files are realistically small.
+        return (np.round(rng.normal(0.0, 0.08, size=shape) * 32) / 32).astype(np.float32)
     # Raw noise is stored with an offset of 64 ADU so it fits uint16; the
     # pedestal is stored 64 ADU lower to compensate.
     noise = rng.normal(64.0, prof.noise, size=shape)
@@ -306,12 +308,15 @@ def _pixels(kind: str, module: int, train_id: int, frames: np.ndarray, *,
         drift = int(key[0] % _U64(7))  # per-train pedestal drift
         out += _pedestal(kind, module, seed) + np.uint16(drift)
     # Sparse photon hits on the data plane (plane 0 of raw XTDF frames).
-    plane = out.reshape(n, -1) if (corrected or not det.xtdf) else out[:, 0].reshape(n, -1)
+    # Frame rows of a C-contiguous array: the data plane (plane 0 of raw XTDF
+    # frames, else the whole frame) is the first n_pix elements of each row.
+    n_pix = int(np.prod(out.shape[-2:]))
+    plane = out.reshape(n, int(np.prod(out.shape[1:])))
     n_hits = prof.hits_per_frame
     if n_hits and n:
         j = np.arange(n_hits, dtype=np.uint64)
         hh = _hash(h[:, None], j[None, :])
-        pos = (hh % _U64(plane.shape[1])).astype(np.intp)
+        pos = (hh % _U64(n_pix)).astype(np.intp)
         photons = (1 + (hh >> _U64(40)) % _U64(3)).astype(np.float64)
         rows = np.broadcast_to(np.arange(n)[:, None], pos.shape)
         if corrected:
@@ -327,7 +332,7 @@ def _pixels(kind: str, module: int, train_id: int, frames: np.ndarray, *,
             (n,) + (1,) * (out.ndim - 1))
     if corrected:
         gain = np.zeros(out.shape, dtype=np.uint8)
-        flat_gain = gain.reshape(n, -1)
+        flat_gain = gain.reshape(plane.shape)
         if n_hits and n:
             flat_gain[rows, pos] = (photons >= 3).astype(np.uint8)
         return out, gain
