@@ -279,8 +279,11 @@ def _buffer(frame: Any, index: int) -> memoryview:
     except TypeError:
         raise ProtocolError(f"frame {index}: not a bytes-like object "
                             f"({type(frame).__name__})") from None
-    if view.ndim != 1 or view.itemsize != 1:
-        view = view.cast("B")
+    if view.ndim != 1 or view.itemsize != 1 or view.format not in ("B", "b", "c"):
+        try:
+            view = view.cast("B")
+        except TypeError:  # empty or structured local views (frames off a socket are bytes)
+            view = memoryview(view.tobytes())
     return view
 
 
