@@ -15,12 +15,17 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
+import xarray as xr
 from tqdm.auto import tqdm
 
+from . import trains, views
+from .detectors import detector_dataset
 from .errors import FileFormatError
 from .files.index import FileIndex, read_file_index
 from .files.listing import list_run_files, proposal_run_dir
@@ -43,6 +48,69 @@ class Run(RunSelection):
     >>> run = open_run("r0001").select("*XGM*")           # doctest: +SKIP
     >>> run.sel(trainId=slice(10000, 10009)).train_ids    # doctest: +SKIP
     """
+
+    def __getitem__(self, item: tuple[str, str] | str) -> xr.DataArray | xr.Dataset:
+        """``run[source, key]``: one key as a lazy DataArray; ``run[source]``: a source's Dataset.
+
+        Examples
+        --------
+        >>> run["SA1_XTD2_XGM/DOOCS/MAIN", "beamPosition.ixPos"].to_series()  # doctest: +SKIP
+        """
+        if isinstance(item, tuple):
+            source, key = item
+            return views.key_array(self, source, key)
+        return views.source_dataset(self, item)
+
+    def dataset(self, *select_args: Any, **select_kwargs: Any) -> xr.Dataset:
+        """The selected keys as one Dataset, variables named ``"source/key"``, merged on labels.
+
+        Arguments, if any, are passed to :meth:`select` first.
+        """
+        run = self.select(*select_args, **select_kwargs) if select_args else self
+        return views.run_dataset(run)
+
+    def to_datatree(self) -> xr.DataTree:
+        """One DataTree node per selected source (source names give the paths)."""
+        return views.to_datatree(self)
+
+    def detector(self, name: str | None = None, **options: Any) -> xr.Dataset:
+        """A multi-module detector as one stacked, lazy Dataset.
+
+        See :func:`xfeldata.detectors.detector_dataset` for the options
+        (``modules``, ``fill_value``, ``require_all_modules``, ``pulses``, ``keys``).
+
+        Examples
+        --------
+        >>> ds = run.detector()                                   # doctest: +SKIP
+        >>> ds["image.data"].sel(trainId=10000, module=3)         # doctest: +SKIP
+        """
+        return detector_dataset(self, name, **options)
+
+    def control_frame(self, sources: str = "*", keys: str = "*",
+                      timestamps: bool = False) -> pd.DataFrame:
+        """Scalar control values as a DataFrame indexed by ``trainId``, columns ``"source/key"``.
+
+        See :func:`xfeldata.views.control_frame`.
+        """
+        return views.control_frame(self, sources, keys, timestamps)
+
+    def trains(self, devices: Any = None, require_all: bool = False,
+               keep_dims: bool = False) -> Iterator[tuple[int, dict]]:
+        """Iterate over trains as ``(train_id, {source: {key: value, "metadata": ...}})``.
+
+        The classic per-train API (see :func:`xfeldata.trains.iter_trains`).
+        """
+        return trains.iter_trains(self, devices=devices, require_all=require_all, keep_dims=keep_dims)
+
+    def train_from_id(self, train_id: int, devices: Any = None,
+                      keep_dims: bool = False) -> tuple[int, dict]:
+        """One train's data dicts, by train ID."""
+        return trains.train_from_id(self, train_id, devices=devices, keep_dims=keep_dims)
+
+    def train_from_index(self, index: int, devices: Any = None,
+                         keep_dims: bool = False) -> tuple[int, dict]:
+        """One train's data dicts, by position in the selection."""
+        return trains.train_from_index(self, index, devices=devices, keep_dims=keep_dims)
 
     def info(self, details: bool = False, file=None) -> None:
         """Print a summary: trains, duration, detectors and their modules, sources.

@@ -1,0 +1,358 @@
+"""Multi-module detectors (AGIPD, LPD, DSSC, JUNGFRAU) as one stacked, labelled Dataset.
+
+Modules are stacked on a ``module`` dimension over the union of their trains
+(or the intersection) and the union of their pulse IDs.  Cells a module does
+not have (missing trains, fewer frames) hold the fill value, and ``present``
+says which module has data in which train.
+
+Examples
+--------
+>>> ds = detector_dataset(run, "SPB_DET_AGIPD1M-1")      # doctest: +SKIP
+>>> ds["image.data"].dims                                # doctest: +SKIP
+('trainId', 'pulseId', 'module', 'gain', 'slow_scan', 'fast_scan')
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from . import schema
+from .arrays import TARGET_CHUNK_BYTES, padded_array, read_rows
+from .files.layout import DETECTORS, DetectorKind, detector_kind_of_device, match_detector_source
+from .run import RunSelection
+
+
+@dataclass(frozen=True)
+class _PulseSelector:
+    by: str
+    value: Any
+
+
+class _SelectorFactory:
+    def __init__(self, by: str):
+        self.by = by
+
+    def __getitem__(self, value: Any) -> _PulseSelector:
+        return _PulseSelector(self.by, value)
+
+
+#: Select pulses by pulse ID: ``pulses=by_id[0:100:2]`` (slices are inclusive of labels).
+by_id = _SelectorFactory("id")
+#: Select pulses by position within the train: ``pulses=by_index[:10]``.
+by_index = _SelectorFactory("index")
+
+
+def detector_sources(run: RunSelection) -> dict[str, dict[int, str]]:
+    """Detector module sources of the selection: ``{device: {module number: source}}``.
+
+    >>> detector_sources(run)        # doctest: +SKIP
+    {'SPB_DET_AGIPD1M-1': {0: 'SPB_DET_AGIPD1M-1/DET/0CH0:xtdf', ...}}
+    """
+    found: dict[str, dict[int, str]] = {}
+    for source in run.instrument_sources:
+        match = match_detector_source(source)
+        if match:
+            found.setdefault(match[0], {})[match[1]] = source
+    return {device: dict(sorted(mods.items())) for device, mods in sorted(found.items())}
+
+
+def _pick_detector(run: RunSelection, name: str | None) -> tuple[str, dict[int, str]]:
+    found = detector_sources(run)
+    if not found:
+        raise KeyError("no multi-module detector in this data")
+    if name is None:
+        if len(found) > 1:
+            raise ValueError(f"several detectors in this data, pick one by name: {', '.join(found)}")
+        return next(iter(found.items()))
+    if name in found:
+        return name, found[name]
+    matches = [d for d in found if fnmatch.fnmatchcase(d, name) or name.upper() in d.upper()]
+    if len(matches) == 1:
+        return matches[0], found[matches[0]]
+    hint = f"several match: {', '.join(matches)}" if matches else f"detectors here: {', '.join(found)}"
+    raise KeyError(f"detector {name!r} is not in this data ({hint})")
+
+
+def _select_pulses(pulse_ids: np.ndarray, positions: np.ndarray, pulses: Any) -> np.ndarray:
+    """Boolean per row: is the row's pulse selected."""
+    if pulses is None:
+        return np.ones(len(pulse_ids), bool)
+    sel = pulses if isinstance(pulses, _PulseSelector) else _PulseSelector("id", pulses)
+    values = pulse_ids if sel.by == "id" else positions
+    v = sel.value
+    if isinstance(v, slice):
+        if sel.by == "index":
+            top = int(positions.max(initial=-1)) + 1
+            return np.isin(positions, np.arange(top)[v])
+        keep = np.ones(len(values), bool)
+        if v.start is not None:
+            keep &= values >= v.start
+        if v.stop is not None:
+            keep &= values <= v.stop
+        if v.step:
+            keep &= (values - (v.start or 0)) % v.step == 0
+        return keep
+    if isinstance(v, int | np.integer):
+        return values == v
+    return np.isin(values, np.asarray(list(v) if not isinstance(v, np.ndarray) else v))
+
+
+@dataclass
+class _ModuleRows:
+    source: str
+    counts: np.ndarray        # rows per train on the common axis
+    pulse_ids: np.ndarray     # per row
+    positions: np.ndarray     # per row: position within its train
+    file_changes: np.ndarray  # train positions where the module's file changes
+
+
+def _module_rows(run: RunSelection, source: str, group: str, train_ids: np.ndarray,
+                 xtdf: bool) -> _ModuleRows:
+    found = run.rows(source, group)
+    inside = np.isin(found.train_ids, train_ids)
+    pos = np.searchsorted(train_ids, found.train_ids[inside])
+    counts = np.zeros(len(train_ids), np.int64)
+    counts[pos] = found.count[inside].astype(np.int64)
+    file_no = found.file_no[inside]
+    changes = pos[1:][file_no[1:] != file_no[:-1]] if len(pos) else pos
+    positions = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    if xtdf:
+        full = run.select(source)
+        pids, pid_found = read_rows(full, source, f"{group}.pulseId")
+        pids = pids.reshape(len(pids), -1)[:, 0] if pids.ndim > 1 else pids
+        # rows of trains outside the common axis come out of the flat read: drop them
+        keep_rows = np.repeat(np.isin(pid_found.train_ids, train_ids), pid_found.count.astype(np.int64))
+        pulse_ids = pids[keep_rows].astype(np.int64)
+    else:
+        pulse_ids = positions.copy()
+    return _ModuleRows(source, counts, pulse_ids, positions, changes)
+
+
+def _parallel_gain_stages(rows: _ModuleRows, stages: int = 3) -> np.ndarray | None:
+    """Gain stage per row if every train stores its pulses ``stages`` times in sequence."""
+    stage = np.zeros(len(rows.pulse_ids), np.int64)
+    start = 0
+    for n in rows.counts.tolist():
+        if n:
+            if n % stages:
+                return None
+            ids = rows.pulse_ids[start:start + n].reshape(stages, -1)
+            if not (ids == ids[0]).all():
+                return None
+            stage[start:start + n] = np.repeat(np.arange(stages), n // stages)
+        start += n
+    return stage
+
+
+def _kind_for(device: str, modules: dict[int, str]) -> DetectorKind | None:
+    kind = detector_kind_of_device(device)
+    if kind is None or (kind.name == "AGIPD1M" and max(modules) < 8 and "500K" in device.upper()):
+        return DETECTORS.get("AGIPD500K") if kind else None
+    return kind
+
+
+def detector_dataset(
+    run: RunSelection, name: str | None = None, *, modules: Sequence[int] | None = None,
+    fill_value: Any = None, require_all_modules: bool = False, pulses: Any = None,
+    keys: Sequence[str] | None = None, target_bytes: int = TARGET_CHUNK_BYTES,
+) -> xr.Dataset:
+    """A multi-module detector as one lazy Dataset.
+
+    Parameters
+    ----------
+    run
+        A run or selection.
+    name
+        The detector's device name (``"SPB_DET_AGIPD1M-1"``), a glob, or a part of
+        it (``"AGIPD"``); None picks the only detector.
+    modules
+        Module numbers to stack (default: all of the detector kind).
+    fill_value
+        Value of missing cells (default NaN for floats, 0 for integers).
+    require_all_modules
+        Keep only trains where every stacked module that has any data has data.
+    pulses
+        Pulses to read: pulse IDs (list, array or inclusive slice), ``by_id[...]``
+        or ``by_index[...]`` (positions within the train). Applied before reading.
+    keys
+        Pixel keys to include (default: data, mask and gain where present).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``image.data`` (and ``image.mask``, ``image.gain``) with dims
+        ``(trainId, pulseId, module, [gain,] slow_scan, fast_scan)`` (JUNGFRAU:
+        ``cell`` instead of ``pulseId``), ``present (trainId, module)``, and
+        ``cellId`` where recorded.
+
+    Raises
+    ------
+    KeyError
+        If the detector is not in the data (the message names those that are).
+    ValueError
+        If the modules' data differ in dtype or shape.
+    """
+    device, sources = _pick_detector(run, name)
+    kind = _kind_for(device, sources)
+    xtdf = kind.xtdf if kind else "image" in run.index_groups(next(iter(sources.values())))
+    group = "image" if xtdf else "data"
+    data_key = "image.data" if xtdf else "data.adc"
+    all_modules = list(kind.modules) if kind else sorted(sources)
+    if modules is not None:
+        unknown = sorted(set(modules) - set(all_modules) - set(sources))
+        if unknown:
+            raise KeyError(f"modules {unknown} are not modules of {device} ({kind.name if kind else ''})")
+        all_modules = sorted(modules)
+    present_sources = {m: s for m, s in sources.items() if m in all_modules}
+    if not present_sources:
+        raise KeyError(f"none of modules {all_modules} of {device} is in this data")
+
+    # Variables and their consistency across modules
+    candidates = keys or ([data_key, f"{group}.mask", f"{group}.gain"])
+    var_keys = [k for k in candidates if k in run.select(next(iter(present_sources.values()))).keys(
+        next(iter(present_sources.values())))]
+    infos = {}
+    for key in var_keys:
+        per_module = {m: run.key_info(s, key) for m, s in present_sources.items()
+                      if key in run.keys(s)}
+        shapes = {(i.entry_shape, str(i.dtype)) for i in per_module.values()}
+        if len(shapes) > 1:
+            detail = ", ".join(f"module {m}: {i.entry_shape} {i.dtype}" for m, i in per_module.items())
+            raise ValueError(f"{device} {key}: modules differ in shape or dtype ({detail})")
+        infos[key] = next(iter(per_module.values()))
+
+    # Common train axis
+    counts = {m: run.data_counts(s, group) for m, s in present_sources.items()}
+    has = np.stack([counts[m] > 0 for m in present_sources])
+    keep = has.all(axis=0) if require_all_modules else has.any(axis=0)
+    train_ids = run.train_ids[keep]
+
+    rows = {m: _module_rows(run, s, group, train_ids, xtdf) for m, s in present_sources.items()}
+    if xtdf:
+        selected = {m: _select_pulses(r.pulse_ids, r.positions, pulses) for m, r in rows.items()}
+    else:  # one row per train; memory cells are selected after stacking
+        selected = {m: np.ones(len(r.positions), bool) for m, r in rows.items()}
+    stages = None
+    if kind is not None and kind.name == "LPD1M":
+        per_module_stages = {m: _parallel_gain_stages(r) for m, r in rows.items()}
+        if all(s is not None for s in per_module_stages.values()) and any(
+                (r.counts > 0).any() for r in rows.values()):
+            stages = per_module_stages
+            if all((s == 0).all() for s in stages.values()):
+                stages = None  # each train's pulses stored once: not parallel gain
+    if stages is None and xtdf:
+        for r in rows.values():
+            pairs = np.unique(np.stack([np.repeat(np.arange(len(r.counts)), r.counts), r.pulse_ids]), axis=1)
+            if pairs.shape[1] != len(r.pulse_ids):
+                raise ValueError(f"{r.source}: a pulse ID repeats within a train; "
+                                 "cannot label frames by pulse ID")
+    coord_source = "pulse_ids" if xtdf else "positions"
+    all_ids = [getattr(r, coord_source)[selected[m]] for m, r in rows.items()]
+    pulse_coord = np.unique(np.concatenate(all_ids)) if all_ids else np.zeros(0, np.int64)
+    slots = {m: np.searchsorted(pulse_coord, getattr(r, coord_source)) for m, r in rows.items()}
+    n_slots = len(pulse_coord)
+
+    boundaries = np.unique(np.concatenate([r.file_changes for r in rows.values()]))
+    first_info = infos[data_key] if data_key in infos else next(iter(infos.values()))
+    frame_bytes = max(1, int(np.prod(first_info.entry_shape)) * first_info.dtype.itemsize)
+    trains_per_block = max(1, int(target_bytes // max(1, frame_bytes * max(n_slots, 1))))
+
+    def module_array(m: int, key: str, stage: int | None) -> da.Array:
+        info = infos[key]
+        fill = schema.fill_value_for(info.dtype, fill_value)
+        if m not in present_sources or key not in run.keys(present_sources[m]):
+            return None
+        row_sel = selected[m] if stage is None else selected[m] & (stages[m] == stage)
+        arr = padded_array(run, present_sources[m], key, train_ids, n_slots, slot_of_row=slots[m],
+                           row_selected=row_sel, fill_value=fill, trains_per_block=trains_per_block,
+                           boundaries=boundaries, target_bytes=target_bytes)
+        if not xtdf:  # one row per train holding all cells: (T, 1, cells, ...) -> (T, cells, ...)
+            arr = arr[:, 0]
+        return arr
+
+    def stacked(key: str) -> tuple[da.Array, tuple[str, ...]]:
+        info = infos[key]
+        fill = schema.fill_value_for(info.dtype, fill_value)
+        per_stage = []
+        for stage in (range(3) if stages else [None]):
+            arrays = [module_array(m, key, stage) for m in all_modules]
+            template = next(a for a in arrays if a is not None)
+            arrays = [a if a is not None else da.full(template.shape, fill, dtype=template.dtype,
+                                                      chunks=template.chunks) for a in arrays]
+            per_stage.append(da.stack(arrays, axis=2))
+        arr = per_stage[0] if not stages else da.stack(per_stage, axis=3)
+        entry = info.entry_shape[1:] if not xtdf else info.entry_shape
+        if xtdf and len(entry) == 3 and entry[0] == 1 and not stages:
+            arr, entry = arr[:, :, :, 0], entry[1:]
+        if stages and len(entry) == 3 and entry[0] == 1:
+            arr, entry = arr[:, :, :, :, 0], entry[1:]
+        pixel = schema.detector_pixel_dims(entry)
+        if stages:
+            pixel = (schema.GAIN_DIM, *pixel)
+        return arr, pixel
+
+    variables, pixel_dims = {}, {}
+    for key in infos:
+        var = schema.DETECTOR_VARIABLES.get(key, key)
+        variables[var], pixel_dims[var] = stacked(key)
+
+    if not xtdf:  # JUNGFRAU: the pulse-like axis is the memory cell
+        pulse_coord = np.arange(first_info.entry_shape[0])
+        cell_keep = _select_pulses(pulse_coord, pulse_coord, pulses)
+        if not cell_keep.all():
+            pulse_coord = pulse_coord[cell_keep]
+            variables = {k: v[:, cell_keep] for k, v in variables.items()}
+
+    present = np.zeros((len(train_ids), len(all_modules)), bool)
+    for i, m in enumerate(all_modules):
+        if m in rows:
+            present[:, i] = rows[m].counts > 0
+
+    cell_ids = None
+    cell_key = f"{group}.cellId" if xtdf else "data.memoryCell"
+    first_source = next(iter(present_sources.values()))
+    if cell_key in run.select(first_source).keys(first_source):
+        cell_ids = _cell_ids(run, present_sources, all_modules, cell_key, train_ids, n_slots, slots,
+                             selected, xtdf, stages)
+        if not xtdf:
+            cell_ids = cell_ids[:, cell_keep]
+
+    pulse_dim = schema.PULSE_DIM if xtdf else schema.CELL_DIM
+    attrs = {
+        "detector": device, "kind": kind.name if kind else "unknown",
+        "fill_value": str(schema.fill_value_for(first_info.dtype, fill_value)),
+        "frames_per_pulse": 3 if stages else 1,
+    }
+    return schema.detector_dataset(
+        variables, train_ids=train_ids, pulse_ids=pulse_coord, modules=all_modules, present=present,
+        pixel_dims=pixel_dims, cell_ids=cell_ids, pulse_dim=pulse_dim, attrs=attrs,
+    )
+
+
+def _cell_ids(run: RunSelection, sources: dict[int, str], modules: list[int], key: str,
+              train_ids: np.ndarray, n_slots: int, slots: dict[int, np.ndarray],
+              selected: dict[int, np.ndarray], xtdf: bool, stages: Any) -> da.Array:
+    """Memory cell IDs ``(trainId, pulse, module)``, -1 where missing."""
+    arrays = []
+    for m in modules:
+        if m not in sources:
+            arrays.append(None)
+            continue
+        full = run.select(sources[m])
+        row_sel = selected[m] if stages is None else selected[m] & (stages[m] == 0)
+        arr = padded_array(full, sources[m], key, train_ids, n_slots,
+                           slot_of_row=slots[m] if xtdf else None,
+                           row_selected=row_sel if xtdf else None, fill_value=-1)
+        arr = arr.reshape(arr.shape[:2]) if xtdf else arr[:, 0]
+        arrays.append(arr.astype(np.int64))
+    template = next(a for a in arrays if a is not None)
+    arrays = [a if a is not None else da.full(template.shape, -1, dtype=np.int64) for a in arrays]
+    width = template.shape[1]
+    return da.stack([a.rechunk((len(train_ids) or 1, width or 1)) for a in arrays], axis=2)
