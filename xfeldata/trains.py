@@ -1,0 +1,575 @@
+"""Per-train dicts, the classic API: iterate over trains, fetch one, stack modules.
+
+Each train is ``(train_id, {source: {key: value, ..., "metadata": {...}}})``, the
+same shape as a Karabo bridge message (``bridge-protocol.md``), so code written
+for the live stream runs on files too.
+
+- Control keys are named without ``.value``; their value for the train is
+  unwrapped: a number or a (decoded) string for scalars, the row for arrays.
+- Instrument keys give the rows of the train, ``(count, *entry)``; a single row
+  loses its first dimension unless ``keep_dims=True`` (as in EXtra-data).
+- A key whose source has no rows in a train is left out; the source still
+  appears with its ``metadata`` (as in EXtra-data), unless ``require_all=True``
+  drops the train.
+- ``metadata`` holds ``source``, ``timestamp`` (float Unix seconds),
+  ``timestamp.sec`` and ``timestamp.frac`` (strings: whole seconds and 18 digits
+  of attoseconds) and ``timestamp.tid``, from the file's ``INDEX/timestamp``;
+  the timestamps are 0 (``"0"``) where the files do not record one.
+
+Reading is done in blocks: for each key, the rows of many consecutive trains
+(up to :data:`BLOCK_BYTES` shared among the selected keys) are read with one
+HDF5 call per file and handed out per train as views of that block.  So keeping
+one train's array alive keeps its block alive, and the arrays of different
+trains never overlap.
+
+Examples
+--------
+>>> for tid, data in iter_trains(run, devices={"*/DET/*CH0:xtdf": {"image.data"}}):  # doctest: +SKIP
+...     modules = stack_detector_data(data, "image.data")         # (frames, 16, 512, 128)
+>>> tid, data = train_from_index(run, 100)                          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .errors import DataIndexError, PropertyNameError
+from .files.handles import handles
+from .files.index import decode_str
+from .files.layout import detector_kind_of_device, match_detector_source
+from .run import RunSelection, SelectionSpec
+from .schema import fill_value_for
+
+__all__ = ["iter_trains", "stack_detector_data", "train_from_id", "train_from_index"]
+
+#: Memory that one pass of block reads may use (shared among the selected keys).
+BLOCK_BYTES = 64 * 2**20
+#: The least memory one key's block may use, however many keys are selected.
+MIN_KEY_BLOCK_BYTES = 256 * 2**10
+#: The most trains read in one block.
+MAX_BLOCK_TRAINS = 512
+#: Rows that may be read in vain to join two train's rows into one read (bytes).
+MAX_GAP_BYTES = 2 * 2**20
+
+TrainData = dict[str, dict[str, Any]]
+
+
+# ----- reading ---------------------------------------------------------------
+class _GroupRows:
+    """Where the rows of one index group are, for every selected train position."""
+
+    def __init__(self, run: RunSelection, source: str, group: str):
+        tids = run.train_ids
+        found = run.rows(source, group)
+        pos = np.searchsorted(tids, found.train_ids)
+        self.file_no = np.full(len(tids), -1, np.int64)
+        self.first = np.zeros(len(tids), np.int64)
+        self.count = np.zeros(len(tids), np.int64)
+        self.file_no[pos] = found.file_no
+        self.first[pos] = found.first.astype(np.int64)
+        self.count[pos] = found.count.astype(np.int64)
+        self.count[self.file_no < 0] = 0
+
+
+class _KeyReader:
+    """Rows of one key for consecutive trains, read a block at a time."""
+
+    def __init__(self, run: RunSelection, source: str, key: str, rows: _GroupRows,
+                 unwrap: bool, keep_dims: bool):
+        self.run, self.source, self.key, self.rows = run, source, key, rows
+        self.unwrap, self.keep_dims = unwrap, keep_dims
+        info = run.key_info(source, key)
+        self.row_bytes = max(1, int(np.prod(info.entry_shape, dtype=np.int64)) * info.dtype.itemsize)
+        n = len(rows.count)
+        self.bytes_per_train = self.row_bytes * float(rows.count.sum()) / max(n, 1)
+        self.block_trains = 1
+        self.start = self.stop = 0
+        self.values: list[Any] = []
+        self._datasets: dict[int, Any] = {}
+
+    def get(self, i: int) -> Any:
+        """The value of train position ``i`` (None if the train has no rows)."""
+        if not self.start <= i < self.stop:
+            self._fill(i)
+        return self.values[i - self.start]
+
+    def _dataset(self, file_no: int) -> Any:
+        ds = self._datasets.get(file_no)
+        if ds is None:
+            try:
+                info = self.run.file_key_info(file_no, self.source, self.key)
+            except PropertyNameError:  # this file of the source lacks the key
+                ds = False
+            else:
+                path = self.run.file(file_no).path
+                try:
+                    ds = _Rows(handles.get(path)[info.path])
+                except KeyError:
+                    handles.forget(path)
+                    raise OSError(f"{path}: dataset {info.path} ({self.source} {self.key}) "
+                                  "is missing from the file") from None
+            self._datasets[file_no] = ds
+        return ds
+
+    def _fill(self, i: int) -> None:
+        r = self.rows
+        b0, b1 = i, min(i + self.block_trains, len(r.count))
+        values: list[Any] = [None] * (b1 - b0)
+        file_no, first, count = r.file_no[b0:b1], r.first[b0:b1], r.count[b0:b1]
+        has = np.flatnonzero(count > 0)
+        for fno in np.unique(file_no[has]).tolist():
+            ds = self._dataset(fno)
+            if ds is False:
+                continue
+            local = has[file_no[has] == fno]
+            for lo, hi, members in _plan_reads(first[local], count[local], self.row_bytes):
+                if hi > ds.nrows:
+                    raise DataIndexError(
+                        self.run.file(fno).path, self.source, self.key,
+                        f"index points to rows {lo}:{hi} but {ds.ds.name} has only {ds.nrows} rows")
+                buf = ds.read(lo, hi)
+                for m in members:
+                    t = local[m]
+                    values[t] = self._value(buf, first[t] - lo, count[t])
+        self.start, self.stop, self.values = b0, b1, values
+
+    def _value(self, buf: np.ndarray, offset: int, count: int) -> Any:
+        if self.unwrap:  # control data: one row per train
+            value = buf[offset]
+            if isinstance(value, np.ndarray):
+                return decode_str(value) if value.dtype.kind in "OS" else value
+            return decode_str(value.item() if isinstance(value, np.generic) else value)
+        if count == 1 and not self.keep_dims:
+            return buf[offset]
+        return buf[offset: offset + count]
+
+
+def _plan_reads(first: np.ndarray, count: np.ndarray,
+                row_bytes: int) -> list[tuple[int, int, list[int]]]:
+    """Join the row ranges of several trains into few reads.
+
+    Ranges are joined when the rows read in vain between them stay below
+    :data:`MAX_GAP_BYTES`.  Returns ``(start, stop, [entry numbers])`` per read.
+
+    >>> _plan_reads(np.array([0, 2, 100]), np.array([2, 2, 1]), 10**6)
+    [(0, 4, [0, 1]), (100, 101, [2])]
+    """
+    max_gap = MAX_GAP_BYTES // row_bytes
+    reads: list[tuple[int, int, list[int]]] = []
+    for e in np.argsort(first, kind="stable").tolist():
+        lo, hi = int(first[e]), int(first[e] + count[e])
+        if reads and lo >= reads[-1][0] and lo - reads[-1][1] <= max_gap:
+            start, stop, members = reads[-1]
+            reads[-1] = (start, max(stop, hi), members + [e])
+        else:
+            reads.append((lo, hi, [e]))
+    return reads
+
+
+class _Rows:
+    """Reads rows of one dataset: with ``pread`` where HDF5 stores them plainly.
+
+    Uncompressed, unfiltered datasets of fixed-size types, contiguous or chunked
+    along rows only, hold each row's bytes in one piece of the file.  Those rows
+    are read with :func:`os.preadv` straight into the result, without HDF5's
+    selection machinery and its global lock; everything else goes through h5py.
+    """
+
+    def __init__(self, ds: h5py.Dataset):
+        self.ds = ds
+        self.nrows = ds.shape[0] if ds.shape else 0
+        self.row_bytes = int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize
+        self.fd: int | None = None
+        self.offset: int | None = None  # contiguous layout: where row 0 starts
+        self.chunk_rows = 0  # chunked layout: rows per chunk
+        self._chunk_offsets: dict[int, int | None] = {}
+        try:
+            plist = ds.id.get_create_plist()
+            plain = (not ds.dtype.hasobject and plist.get_nfilters() == 0
+                     and ds.file.driver == "sec2" and self.row_bytes > 0)
+            if not plain:
+                return
+            layout = plist.get_layout()
+            if layout == h5py.h5d.CONTIGUOUS:
+                self.offset = ds.id.get_offset()
+            elif layout == h5py.h5d.CHUNKED and ds.chunks[1:] == ds.shape[1:]:
+                self.chunk_rows = ds.chunks[0]
+            else:
+                return
+            self.fd = ds.file.id.get_vfd_handle()
+        except (AttributeError, ValueError, RuntimeError):  # an h5py without these calls
+            self.fd = None
+
+    def _chunk_offset(self, k: int) -> int | None:
+        if k not in self._chunk_offsets:
+            coord = (k * self.chunk_rows,) + (0,) * (len(self.ds.shape) - 1)
+            self._chunk_offsets[k] = self.ds.id.get_chunk_info_by_coord(coord).byte_offset
+        return self._chunk_offsets[k]
+
+    def read(self, lo: int, hi: int) -> np.ndarray:
+        """Rows ``lo:hi`` as a new array."""
+        ds = self.ds
+        if ds.dtype.hasobject or hi == lo:
+            return ds[lo:hi]
+        out = np.empty((hi - lo, *ds.shape[1:]), ds.dtype)
+        if self.fd is not None and self._pread(lo, hi, out.reshape(-1).view(np.uint8)):
+            return out
+        ds.read_direct(out, np.s_[lo:hi])
+        return out
+
+    def _pread(self, lo: int, hi: int, dest: np.ndarray) -> bool:
+        rb = self.row_bytes
+        if self.chunk_rows == 0:  # contiguous
+            if self.offset is None:
+                return False
+            pieces = [(self.offset + lo * rb, 0, (hi - lo) * rb)]
+        else:
+            c = self.chunk_rows
+            pieces = []
+            for k in range(lo // c, (hi - 1) // c + 1):
+                start, stop = max(lo, k * c), min(hi, (k + 1) * c)
+                base = self._chunk_offset(k)
+                if base is None:  # chunk never written: HDF5 knows the fill value
+                    return False
+                pieces.append((base + (start - k * c) * rb, (start - lo) * rb, (stop - start) * rb))
+        for file_offset, at, size in pieces:
+            if os.preadv(self.fd, [dest[at: at + size]], file_offset) != size:
+                return False
+        return True
+
+
+def _train_timestamps(run: RunSelection) -> np.ndarray:
+    """``INDEX/timestamp`` (ns) of each selected train, 0 where no file records one."""
+    tids = run.train_ids
+    out = np.zeros(len(tids), np.uint64)
+    if not len(tids):
+        return out
+    for fi in run.file_indexes:
+        if fi.timestamps is None:
+            continue
+        ids, ts = fi.train_ids[fi.valid], fi.timestamps[fi.valid]
+        pos = np.minimum(np.searchsorted(tids, ids), len(tids) - 1)
+        hit = (tids[pos] == ids) & (ts != 0)
+        pos, ts = pos[hit], ts[hit]
+        unset = out[pos] == 0
+        out[pos[unset]] = ts[unset]
+    return out
+
+
+def _metadata(source: str, tid: int, ns: int) -> dict[str, Any]:
+    sec, rest = divmod(ns, 10**9)
+    return {"source": source, "timestamp": ns / 1e9, "timestamp.sec": str(sec),
+            "timestamp.frac": f"{rest * 10**9:018d}", "timestamp.tid": tid}
+
+
+def _require_all(run: RunSelection) -> RunSelection:
+    """Only the trains where every selected source has rows in every index group it uses."""
+    keep = np.ones(len(run.train_ids), bool)
+    for source in run.sources:
+        groups = {run.key_info(source, k).group for k in run.keys(source)} or {""}
+        for group in groups:
+            keep &= _GroupRows(run, source, group).count > 0
+    return run.isel(trainId=keep) if not keep.all() else run
+
+
+def iter_trains(run: RunSelection, devices: SelectionSpec | None = None,
+                require_all: bool = False, keep_dims: bool = False) -> Iterator[tuple[int, TrainData]]:
+    """Iterate over the selected trains as ``(train_id, {source: {key: value}})``.
+
+    Parameters
+    ----------
+    run
+        The run or selection to read.
+    devices
+        Sources and keys to read, anything :meth:`RunSelection.select` accepts: a
+        source glob, ``{source: {keys}}`` (an empty set means all keys), or a list
+        of ``(source, key)`` pairs.  Default: everything selected in ``run``.
+    require_all
+        Skip trains in which any selected source (in any index group of the
+        selected keys) has no data.
+    keep_dims
+        Keep the first dimension of instrument data with one row in a train.
+
+    Yields
+    ------
+    train_id : int
+    data : dict
+        ``{source: {key: value, "metadata": {...}}}``; see the module docstring.
+
+    Raises
+    ------
+    DataIndexError
+        When a file's index points past the end of a key's data (on reaching it).
+
+    Examples
+    --------
+    >>> for tid, data in iter_trains(run, devices="SA1_XTD2_XGM/DOOCS/MAIN"):   # doctest: +SKIP
+    ...     print(tid, data["SA1_XTD2_XGM/DOOCS/MAIN"]["beamPosition.ixPos"])
+    """
+    if devices is not None:
+        run = run.select(devices)
+    if require_all:
+        run = _require_all(run)
+    tids = run.train_ids.tolist()
+    timestamps = _train_timestamps(run).tolist()
+    readers: list[tuple[str, list[tuple[str, _KeyReader]]]] = []
+    group_rows: dict[tuple[str, str], _GroupRows] = {}
+    control_sources = set(run.control_sources)
+    for source in run.sources:
+        control = source in control_sources
+        key_readers = []
+        for key in run.keys(source):
+            group = run.key_info(source, key).group
+            rows = group_rows.get((source, group))
+            if rows is None:
+                rows = group_rows[source, group] = _GroupRows(run, source, group)
+            key_readers.append((key, _KeyReader(run, source, key, rows, control, keep_dims)))
+        readers.append((source, key_readers))
+    _size_blocks([kr for _, krs in readers for _, kr in krs])
+
+    for i, tid in enumerate(tids):
+        ns = timestamps[i]
+        train: TrainData = {}
+        for source, key_readers in readers:
+            data: dict[str, Any] = {}
+            for key, reader in key_readers:
+                value = reader.get(i)
+                if value is not None:
+                    data[key] = value
+            data["metadata"] = _metadata(source, tid, ns)
+            train[source] = data
+        yield tid, train
+
+
+def _size_blocks(readers: list[_KeyReader]) -> None:
+    """Share :data:`BLOCK_BYTES` among the key readers: trains per block for each."""
+    if not readers:
+        return
+    per_key = max(MIN_KEY_BLOCK_BYTES, BLOCK_BYTES // len(readers))
+    for r in readers:
+        r.block_trains = int(np.clip(per_key // max(r.bytes_per_train, 1.0), 1, MAX_BLOCK_TRAINS))
+
+
+def train_from_id(run: RunSelection, train_id: int, devices: SelectionSpec | None = None,
+                  keep_dims: bool = False) -> tuple[int, TrainData]:
+    """The data of one train, by train ID.
+
+    Parameters
+    ----------
+    run
+        The run or selection to read.
+    train_id
+        The train ID.
+    devices
+        Sources and keys to read (see :func:`iter_trains`).
+    keep_dims
+        Keep the first dimension of instrument data with one row in the train.
+
+    Returns
+    -------
+    (train_id, data)
+        As :func:`iter_trains` yields them.
+
+    Raises
+    ------
+    TrainIdError
+        (a ``KeyError``) if the train is not in the selection.
+
+    Examples
+    --------
+    >>> tid, data = train_from_id(run, 1541486130)     # doctest: +SKIP
+    """
+    one = run.sel(trainId=int(train_id))
+    return next(iter_trains(one, devices=devices, keep_dims=keep_dims))
+
+
+def train_from_index(run: RunSelection, index: int, devices: SelectionSpec | None = None,
+                     keep_dims: bool = False) -> tuple[int, TrainData]:
+    """The data of the ``index``-th selected train (negative counts from the end).
+
+    Raises
+    ------
+    IndexError
+        If ``index`` is out of range.
+
+    Examples
+    --------
+    >>> devs = {"SPB_DET_AGIPD1M-1/DET/5CH0:xtdf": {"image.data", "image.gain"}}
+    >>> tid, data = train_from_index(run, 12, devices=devs)   # doctest: +SKIP
+    """
+    one = run.isel(trainId=int(index))
+    return next(iter_trains(one, devices=devices, keep_dims=keep_dims))
+
+
+# ----- stacking detector modules ----------------------------------------------
+def _typed_fill(fill_value: Any, dtype: np.dtype) -> Any:
+    """``fill_value`` as a scalar of ``dtype``; ValueError if it does not fit."""
+    try:
+        with np.errstate(all="raise"):
+            typed = np.array(fill_value).astype(dtype, casting="unsafe")[()]
+        fits = typed == fill_value or (dtype.kind in "fc" and np.isnan(typed) and np.isnan(fill_value))
+    except (TypeError, ValueError, OverflowError, FloatingPointError):
+        fits = False
+    if not fits:
+        raise ValueError(f"fill value {fill_value!r} cannot be stored as {dtype}")
+    return typed
+
+
+def stack_detector_data(
+    train: Mapping[str, Mapping[str, Any]], key: str, axis: int = -3,
+    modules: int | None = None, fill_value: Any = None, real_array: bool = True,
+    *, device: str | None = None,
+) -> np.ndarray | StackView:
+    """Stack the modules of a multi-module detector from one train's data.
+
+    The detector's module sources (``.../DET/<n>CH0:xtdf``, ``.../CORR/<n>CH0:output``,
+    ``.../DET/JNGFR<nn>:daqOutput``) are found by name; other sources in
+    ``train`` are ignored.  Semantics follow EXtra-data's function of the same name.
+
+    Parameters
+    ----------
+    train
+        ``{source: {key: array}}``, as :func:`iter_trains` yields it.
+    key
+        The key to stack, e.g. ``"image.data"``.
+    axis
+        Where the new module axis goes in the result (default -3: corrected
+        ``(frames, 512, 128)`` modules give ``(frames, modules, 512, 128)``;
+        note that raw AGIPD ``(frames, 2, 512, 128)`` gives
+        ``(frames, 2, modules, 512, 128)`` with this default, as in EXtra-data,
+        and ``axis=1`` gives ``(frames, modules, 2, 512, 128)``).
+    modules
+        Number of modules; by default that of the detector kind named in the
+        source (16 for AGIPD-1M, LPD-1M, DSSC-1M; 8 for AGIPD-500K and JUNGFRAU),
+        else 16.  JUNGFRAU modules, numbered from 1, go to positions 0, 1, ...
+    fill_value
+        Value of missing modules: default NaN for floats, 0 for integers
+        (:data:`xfeldata.schema.INTEGER_FILL`, as in EXtra-data), False for bools.
+    real_array
+        Return a NumPy array (default).  False returns a :class:`StackView` that
+        copies nothing (enough for assembling images module by module).
+    device
+        The detector device (``SPB_DET_AGIPD1M-1``) when the train holds several.
+
+    Returns
+    -------
+    numpy.ndarray or StackView
+
+    Raises
+    ------
+    ValueError
+        If the train has no module with ``key``, modules of several detectors
+        (and no ``device``), modules whose shapes or dtypes differ, a module
+        number out of range, or a fill value the dtype cannot hold.
+
+    Examples
+    --------
+    >>> tid, data = train_from_index(run, 0)                        # doctest: +SKIP
+    >>> stack_detector_data(data, "image.data").shape               # doctest: +SKIP
+    (64, 16, 512, 128)
+    """
+    found: dict[str, list[tuple[int, str]]] = {}
+    for source in train:
+        matched = match_detector_source(source)
+        if matched is not None and (device is None or matched[0] == device):
+            found.setdefault(matched[0], []).append((matched[1], source))
+    if not found:
+        what = f"of {device} " if device else ""
+        raise ValueError(f"no detector module sources {what}in this train "
+                         f"(sources: {', '.join(sorted(train)) or 'none'})")
+    if len(found) > 1:
+        raise ValueError(f"modules of several detectors in this train ({', '.join(sorted(found))}); "
+                         "pass device= or select one")
+    (dev, mods), = found.items()
+    kind = detector_kind_of_device(dev)
+    starts_at = kind.modules[0] if kind else 0
+    if modules is None:
+        modules = len(kind.modules) if kind else 16
+
+    arrays: dict[int, np.ndarray] = {}
+    for modno, source in sorted(mods):
+        if key not in train[source]:
+            continue
+        array = np.asarray(train[source][key])
+        if array.ndim and array.shape[0] == 0:  # no frames: missing, as in EXtra-data
+            continue
+        index = modno - starts_at
+        if not 0 <= index < modules:
+            raise ValueError(f"module {modno} ({source}) is out of range for {dev} with "
+                             f"{modules} modules numbered from {starts_at}")
+        arrays[index] = array
+    if not arrays:
+        raise ValueError(f"no module of {dev} has key {key!r} in this train")
+    shapes = {a.shape for a in arrays.values()}
+    dtypes = {a.dtype for a in arrays.values()}
+    if len(shapes) > 1 or len(dtypes) > 1:
+        detail = ", ".join(f"{i + starts_at}: {a.shape} {a.dtype}" for i, a in arrays.items())
+        what = "shapes" if len(shapes) > 1 else "dtypes"
+        raise ValueError(f"modules of {dev} have mismatched {what} for {key!r} ({detail})")
+    shape, dtype = shapes.pop(), dtypes.pop()
+    if not -(len(shape) + 1) <= axis <= len(shape):
+        raise ValueError(f"axis {axis} is out of range for {len(shape) + 1}-d stacked data")
+    fill = _typed_fill(fill_value_for(dtype, fill_value), dtype)
+    view = StackView(arrays, modules, shape, dtype, fill, axis)
+    return view.asarray() if real_array else view
+
+
+class StackView:
+    """Detector modules side by side without copying them (``real_array=False``).
+
+    Index it with one module (``view[:, 3]`` for the default axis) or all
+    modules (``view[:, :]``, the same as :meth:`asarray`).
+
+    Attributes
+    ----------
+    shape, dtype, ndim
+        As those of the stacked array.
+    modules
+        ``{position: array}`` of the modules present.
+    """
+
+    def __init__(self, modules: dict[int, np.ndarray], n_modules: int, module_shape: tuple[int, ...],
+                 dtype: np.dtype, fill_value: Any, axis: int = -3):
+        self.modules = modules
+        self.n_modules = n_modules
+        self.dtype = dtype
+        self.fill_value = fill_value
+        self.ndim = len(module_shape) + 1
+        self.axis = axis % self.ndim
+        self.module_shape = module_shape
+        self.shape = module_shape[: self.axis] + (n_modules,) + module_shape[self.axis:]
+
+    def __repr__(self) -> str:
+        return (f"<StackView shape={self.shape} dtype={self.dtype} "
+                f"{len(self.modules)}/{self.n_modules} modules>")
+
+    def asarray(self) -> np.ndarray:
+        """Copy the modules into one array (missing ones filled)."""
+        out = np.empty(self.shape, self.dtype)
+        per_module = np.moveaxis(out, self.axis, 0)
+        for i in range(self.n_modules):
+            per_module[i] = self.modules[i] if i in self.modules else self.fill_value
+        return out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self.asarray()
+        return out if dtype is None else out.astype(dtype)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        index = index if isinstance(index, tuple) else (index,)
+        if Ellipsis in index:
+            at = index.index(Ellipsis)
+            index = index[:at] + (slice(None),) * (self.ndim - len(index) + 1) + index[at + 1:]
+        index = index + (slice(None),) * (self.ndim - len(index))
+        module, rest = index[self.axis], index[: self.axis] + index[self.axis + 1:]
+        if isinstance(module, int | np.integer):
+            i = int(module) % self.n_modules
+            if i in self.modules:
+                return self.modules[i][rest]
+            return np.full(self.module_shape, self.fill_value, self.dtype)[rest]
+        return self.asarray()[index]
