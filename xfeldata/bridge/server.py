@@ -235,8 +235,14 @@ class Server:
             self._queue.append(item)
             self._cond.notify_all()
         if self.policy == "wait":
-            while not item.sent.is_set():
-                self._wait(lambda t: item.sent.wait(t), deadline)
+            try:
+                while not item.sent.is_set():
+                    self._wait(lambda t: item.sent.wait(t), deadline)
+            except (TimeoutError, ServerClosed):
+                with self._cond:  # withdraw the train nobody took
+                    if item in self._queue:
+                        self._queue.remove(item)
+                raise
 
     def _wait(self, wait, deadline: float | None) -> None:
         """One bounded wait step that notices stop() and the caller's timeout."""
