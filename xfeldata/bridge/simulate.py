@@ -48,6 +48,10 @@ def detector_kind(name: str) -> DetectorKind:
     return DETECTORS[key]
 
 
+def _is_record(value: Any) -> bool:
+    return isinstance(value, np.ndarray) and value.dtype.names is not None
+
+
 class Simulator:
     """Iterable of simulated trains ``(data, metadata)`` from one detector.
 
@@ -56,7 +60,10 @@ class Simulator:
     corrected, ``SPB_IRDA_JF4M/DET/JNGFR02:daqOutput``), with the keys,
     dtypes, pulse and cell IDs the file format has, plus the slow and
     instrument sources of :func:`xfeldata.synthetic.slow_train` (an XGM, its
-    pipeline output, motors, a camera, a digitiser).
+    pipeline output, motors, a camera, a digitiser).  Record (structured
+    dtype) arrays such as the REMI hit list are left out: the published
+    ``karabo_bridge`` client cannot decode them in protocol 2.2 (their dtype
+    name is not a numpy dtype string); :func:`~xfeldata.bridge.decode` can.
 
     Parameters
     ----------
@@ -141,7 +148,7 @@ class Simulator:
         if self.slow:
             for source, values in synthetic.slow_train(train_id, seed=self.seed).items():
                 data[source] = {k: (v.item() if isinstance(v, np.generic) else v)
-                                for k, v in values.items()}
+                                for k, v in values.items() if not _is_record(v)}
         metadata = {src: make_metadata(src, train_id, timestamp) for src in data}
         return data, metadata
 
