@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 from . import trains, views
 from .detectors import detector_dataset
 from .errors import FileFormatError
-from .files.index import FileIndex, read_file_index
+from .files.cache import cached_file_index
+from .files.index import FileIndex
 from .files.listing import list_run_files, proposal_run_dir
 from .run import RunFiles, RunSelection
 from .summary import format_info
@@ -126,7 +127,7 @@ class Run(RunSelection):
 
 
 def index_files(paths: Iterable[PathLike], strict: bool = False,
-                progress: bool | None = None) -> list[FileIndex]:
+                progress: bool | None = None, cache: bool = True) -> list[FileIndex]:
     """Index files in parallel threads, skipping unreadable ones with a warning.
 
     Parameters
@@ -138,6 +139,8 @@ def index_files(paths: Iterable[PathLike], strict: bool = False,
         instead of warning and skipping it.
     progress
         Show a progress bar; by default only on a terminal and for many files.
+    cache
+        Use and fill the persistent index cache (:mod:`xfeldata.files.cache`).
     """
     paths = [os.fspath(p) for p in paths]
     if progress is None:
@@ -147,7 +150,7 @@ def index_files(paths: Iterable[PathLike], strict: bool = False,
 
     def index_one(path: str) -> FileIndex | FileFormatError:
         try:
-            return read_file_index(path)
+            return cached_file_index(path, use_cache=cache)
         except FileFormatError as exc:
             return exc
 
@@ -169,7 +172,7 @@ def open_run(
     path: PathLike | Iterable[PathLike] | None = None, include: str = "*",
     inc_suspect_trains: bool = True, strict: bool = False, *,
     proposal: int | str | None = None, run: int | str | None = None, data: str = "raw",
-    progress: bool | None = None,
+    progress: bool | None = None, cache: bool = True,
 ) -> Run:
     """Open a run directory, a list of run files, or a run of a proposal.
 
@@ -190,6 +193,9 @@ def open_run(
         data root (``$XFELDATA_ROOT``, default ``/gpfs/exfel/exp``).
     progress
         Show a progress bar while indexing (default: on a terminal, for many files).
+    cache
+        Use the persistent index cache, so a run opens again without reading its
+        files (``XFELDATA_INDEX_CACHE=0`` turns it off everywhere).
 
     Returns
     -------
@@ -229,11 +235,11 @@ def open_run(
         for p in paths:
             if not os.path.exists(p):
                 raise FileNotFoundError(f"{p}: no such file")
-    files = index_files(paths, strict=strict, progress=progress)
+    files = index_files(paths, strict=strict, progress=progress, cache=cache)
     return Run(RunFiles(files, inc_suspect_trains=inc_suspect_trains))
 
 
-def open_file(path: PathLike, inc_suspect_trains: bool = True) -> Run:
+def open_file(path: PathLike, inc_suspect_trains: bool = True, cache: bool = True) -> Run:
     """Open one run file with the same interface as a run.
 
     Raises
@@ -248,4 +254,4 @@ def open_file(path: PathLike, inc_suspect_trains: bool = True) -> Run:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    return Run(RunFiles([read_file_index(path)], inc_suspect_trains=inc_suspect_trains))
+    return Run(RunFiles([cached_file_index(path, use_cache=cache)], inc_suspect_trains=inc_suspect_trains))
