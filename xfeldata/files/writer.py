@@ -47,9 +47,13 @@ Examples
 
 from __future__ import annotations
 
+import os
 import time
+import zlib
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import h5py
@@ -236,8 +240,22 @@ def _key_attrs(spec: syn.KeySpec) -> tuple[dict, dict]:
     return on_group, on_value
 
 
+def _encode_chunk(block: np.ndarray, shuffle: bool, level: int | None) -> np.ndarray | bytes:
+    """One chunk as stored by HDF5's shuffle and deflate filters (in that order)."""
+    raw = np.ascontiguousarray(block)
+    if shuffle and raw.itemsize > 1:
+        raw = np.ascontiguousarray(raw.view(np.uint8).reshape(-1, raw.itemsize).T)
+    return raw if level is None else zlib.compress(raw, level)
+
+
 class _Appender:
-    """Append rows to a preallocated dataset in whole chunks."""
+    """Append rows to a preallocated chunked dataset, writing whole chunks.
+
+    Numeric datasets that are uncompressed or use shuffle + deflate are
+    written with ``write_direct_chunk`` (deflate done here, in threads: zlib
+    releases the GIL); the last, partial chunk is zero-filled, as HDF5 does.
+    Other datasets (strings, structured dtypes) go through h5py.
+    """
 
     def __init__(self, dset: h5py.Dataset):
         self.dset = dset
@@ -245,6 +263,9 @@ class _Appender:
         self.buf: list[np.ndarray] = []
         self.nbytes = 0
         self.chunk_rows = dset.chunks[0] if dset.chunks else 1
+        self.direct = (dset.chunks is not None and dset.dtype.kind in "uif"
+                       and dset.compression in (None, "gzip"))
+        self.level = dset.compression_opts if dset.compression == "gzip" else None
 
     def append(self, rows: np.ndarray) -> None:
         if len(rows) == 0:
@@ -260,11 +281,33 @@ class _Appender:
         data = self.buf[0] if len(self.buf) == 1 else np.concatenate(self.buf)
         k = len(data) if final else (len(data) // self.chunk_rows) * self.chunk_rows
         if k:
-            self.dset[self.pos:self.pos + k] = data[:k]
+            if self.direct:
+                self._write_chunks(data[:k])
+            else:
+                self.dset[self.pos:self.pos + k] = data[:k]
             self.pos += k
         rest = data[k:]
         self.buf = [rest] if len(rest) else []
         self.nbytes = rest.nbytes
+
+    def _write_chunks(self, data: np.ndarray) -> None:
+        cr = self.chunk_rows
+        blocks = []
+        for i in range(0, len(data), cr):
+            block = data[i:i + cr]
+            if len(block) < cr:
+                block = np.concatenate([block, np.zeros((cr - len(block), *block.shape[1:]),
+                                                        dtype=block.dtype)])
+            blocks.append(block.astype(self.dset.dtype, copy=False))
+        encode = partial(_encode_chunk, shuffle=self.dset.shuffle, level=self.level)
+        if self.level is not None and len(blocks) > 1:
+            with ThreadPoolExecutor(os.cpu_count()) as pool:
+                payloads = list(pool.map(encode, blocks))
+        else:
+            payloads = [encode(b) for b in blocks]
+        zeros = (0,) * (data.ndim - 1)
+        for j, payload in enumerate(payloads):
+            self.dset.id.write_direct_chunk((self.pos + j * cr, *zeros), payload)
 
     def close(self) -> None:
         self._flush(final=True)
