@@ -296,71 +296,53 @@ def padded_array(
     # Block edges: every trains_per_block, at file changes, and at given boundaries.
     file_of_train = np.full(n_trains, -1)
     file_of_train[train_pos] = found.file_no
-    edges = set(range(0, n_trains, trains_per_block)) | set(int(b) for b in boundaries if 0 < b < n_trains)
+    first_of_train = np.zeros(n_trains, np.int64)
+    first_of_train[train_pos] = found.first.astype(np.int64)
+    edge_set = set(range(0, n_trains, trains_per_block)) | {int(b) for b in boundaries if 0 < b < n_trains}
     with_data = np.flatnonzero(file_of_train >= 0)
     changes = with_data[1:][file_of_train[with_data[1:]] != file_of_train[with_data[:-1]]]
-    edges |= set(changes.tolist())
-    edges = sorted(edges | {0}) + [n_trains]
-    # A found entry for each train position (-1 where none)
-    entry_of_train = np.full(n_trains, -1)
-    entry_of_train[train_pos] = np.arange(len(train_pos))
+    edges = np.array(sorted(edge_set | set(changes.tolist()) | {0}) + [n_trains], np.int64)
 
-    name = "xfeldata-padded-" + tokenize(source, key, np.asarray(train_ids), n_slots, slot_of_row,
-                                         row_selected, fill, edges, found.first, found.file_no)
+    # Every selected row: its dataset row, file, block and flat target cell, then
+    # cut into runs that are contiguous in the dataset and in the block.
+    rows = np.flatnonzero(row_selected)
+    r_train = row_train[rows]
+    r_file = file_of_train[r_train]
+    r_start = first_of_train[r_train] + (rows - row_offsets[r_train])
+    r_block = np.searchsorted(edges, r_train, side="right") - 1
+    r_target = (r_train - edges[r_block]) * n_slots + slot_of_row[rows]
+    cut = np.ones(len(rows), bool)
+    if len(rows) > 1:
+        cut[1:] = ((r_start[1:] != r_start[:-1] + 1) | (r_target[1:] != r_target[:-1] + 1)
+                   | (r_file[1:] != r_file[:-1]) | (r_block[1:] != r_block[:-1]))
+    seg_first = np.flatnonzero(cut)
+    seg_last = np.r_[seg_first[1:], len(rows)] - 1
+    locations = {int(f): (run.file(int(f)).path, run.file_key_info(int(f), source, key).path)
+                 for f in np.unique(r_file)}
+    reads_by_block: dict[int, list[RowRead]] = {}
+    for i, j in zip(seg_first.tolist(), seg_last.tolist(), strict=True):
+        path, dataset = locations[int(r_file[i])]
+        reads_by_block.setdefault(int(r_block[i]), []).append(RowRead(
+            path, dataset, source, info.key, int(r_start[i]), int(r_start[j]) + 1, int(r_target[i])))
+
+    name = "xfeldata-padded-" + tokenize(source, key, train_ids, n_slots, slot_of_row,
+                                         row_selected, fill, edges, found.first, found.file_no,
+                                         sorted(p for p, _ in locations.values()))
     blocks = []
-    for b0, b1 in zip(edges[:-1], edges[1:], strict=True):
+    for b, (b0, b1) in enumerate(zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True)):
         if b0 == b1:
             continue
-        reads = []
-        for t in range(b0, b1):
-            e = entry_of_train[t]
-            if e < 0 or counts[t] == 0:
-                continue
-            fno = int(found.file_no[e])
-            finfo = run.file_key_info(fno, source, key)
-            rows = np.arange(row_offsets[t], row_offsets[t + 1])
-            sel = row_selected[rows]
-            if not sel.any():
-                continue
-            first = int(found.first[e])
-            local = np.flatnonzero(sel)
-            # contiguous runs of selected rows
-            breaks = np.flatnonzero(np.diff(local) != 1) + 1
-            for run_rows in np.split(local, breaks):
-                targets = (t - b0) * n_slots + slot_of_row[rows[run_rows]]
-                start = first + int(run_rows[0])
-                stop = first + int(run_rows[-1]) + 1
-                if np.array_equal(targets, np.arange(targets[0], targets[0] + len(targets))):
-                    target: int | np.ndarray = int(targets[0])
-                else:
-                    target = targets
-                reads.append(RowRead(run.file(fno).path, finfo.path, source, info.key,
-                                     start, stop, target))
+        reads = tuple(reads_by_block.get(b, ()))
         shape = (b1 - b0, n_slots, *info.entry_shape)
         covered = sum(r.stop - r.start for r in reads) == (b1 - b0) * n_slots
         blocks.append(BlockRead(shape, info.dtype, len(info.entry_shape),
-                                None if covered else fill, tuple(_merge_reads(reads))))
+                                None if covered else fill, reads))
     if not blocks:
         return da.full((0, n_slots, *info.entry_shape), fill, dtype=info.dtype)
     graph = {(name, i, 0, *([0] * len(info.entry_shape))): (execute_block, b)
              for i, b in enumerate(blocks)}
     chunks = (tuple(b.shape[0] for b in blocks), (n_slots,), *((d,) for d in info.entry_shape))
     return da.Array(graph, name, chunks, dtype=info.dtype)
-
-
-def _merge_reads(reads: list[RowRead]) -> list[RowRead]:
-    """Join consecutive contiguous reads of the same dataset into one."""
-    merged: list[RowRead] = []
-    for r in reads:
-        if merged:
-            m = merged[-1]
-            if (m.path == r.path and m.dataset == r.dataset and m.stop == r.start
-                    and isinstance(m.target, int) and isinstance(r.target, int)
-                    and m.target + (m.stop - m.start) == r.target):
-                merged[-1] = RowRead(m.path, m.dataset, m.source, m.key, m.start, r.stop, m.target)
-                continue
-        merged.append(r)
-    return merged
 
 
 def _positions_within(counts: np.ndarray) -> np.ndarray:
