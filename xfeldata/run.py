@@ -263,6 +263,15 @@ class RunSelection:
         fi = self._files.files[file_no]
         return self._file_key_info(fi.sources[source].keys, source, key)
 
+    def _selected_groups(self, source: str) -> tuple[str, ...]:
+        """The index groups that hold the selected keys of a source."""
+        entry = self._files.sources[source]
+        chosen = self._selection[source]
+        if chosen is None:
+            return entry.groups
+        groups = {entry.keys[k].group for k in chosen if k in entry.keys}
+        return tuple(g for g in entry.groups if g in groups)
+
     def index_groups(self, source: str) -> tuple[str, ...]:
         """The index groups of a source (``("",)`` for control data)."""
         return self._files.sources[self.resolve_source(source)].groups
@@ -356,7 +365,10 @@ class RunSelection:
                 keep &= tids <= np.uint64(trainId.stop)
             out = tids[keep]
             return self._new(train_ids=out[:: trainId.step] if trainId.step else out)
-        wanted = np.atleast_1d(np.asarray(trainId)).astype(np.uint64)
+        given = np.atleast_1d(np.asarray(trainId))
+        if given.dtype.kind in "if" and (given < 0).any():
+            raise TrainIdError(given[given < 0], *(tids[[0, -1]].tolist() if len(tids) else (None, None)))
+        wanted = given.astype(np.uint64)
         missing = np.setdiff1d(wanted, tids)
         if len(missing):
             raise TrainIdError(missing, *(tids[[0, -1]].tolist() if len(tids) else (None, None)))
@@ -381,23 +393,34 @@ class RunSelection:
         def add(source_glob: str, key_globs: Iterable[str] | None) -> None:
             source_glob = self._resolve_name(source_glob)
             matched = [s for s in self._selection if fnmatch.fnmatchcase(s, source_glob)]
+            # Legacy names (soft links) match too, and stand for their current source.
+            matched += [current for legacy, current in self._files.aliases.items()
+                        if current in self._selection and current not in matched
+                        and fnmatch.fnmatchcase(legacy, source_glob)]
             if not matched:
                 raise SourceNameError(source_glob, self._selection)
+            globs = list(key_globs) if key_globs else []
+            any_hits = False
             for source in matched:
-                globs = list(key_globs) if key_globs else []
                 if not globs or globs == ["*"]:
                     wanted[source] = None
+                    any_hits = True
                     continue
                 available = self.keys(source)
                 picked = set()
                 for glob in globs:
                     glob = glob[:-6] if glob.endswith(".value") else glob
                     hits = [k for k in available if fnmatch.fnmatchcase(k, glob)]
-                    if not hits and not any(c in glob for c in "*?["):
+                    if not hits and not _is_glob(glob) and not _is_glob(source_glob):
                         raise PropertyNameError(glob, source, available)
                     picked.update(hits)
+                if not picked:
+                    continue  # no key of this source matches: it is not selected
+                any_hits = True
                 if wanted.get(source, set()) is not None:
                     wanted[source] = (wanted.get(source) or set()) | picked
+            if not any_hits:
+                raise PropertyNameError(", ".join(globs), source_glob, self.keys(matched[0]))
 
         if isinstance(spec, str):
             add(spec, [keys])
@@ -435,7 +458,8 @@ class RunSelection:
         if require_all:
             keep = np.ones(len(result._train_ids), bool)
             for source in new:
-                keep &= result.data_counts(source) > 0
+                for group in result._selected_groups(source):
+                    keep &= result.data_counts(source, group) > 0
             result = result._new(train_ids=result._train_ids[keep])
         return result
 
@@ -448,7 +472,10 @@ class RunSelection:
                 del new[source]
             else:
                 remaining = set(self.keys(source)) - key_set
-                new[source] = frozenset(remaining)
+                if remaining:
+                    new[source] = frozenset(remaining)
+                else:  # no keys left: the source is not selected any more
+                    del new[source]
         return self._new(selection=new)
 
     def split_trains(self, parts: int | None = None,
@@ -487,10 +514,12 @@ class RunSelection:
         selection: dict[str, frozenset[str] | None] = {}
         for r in runs:
             for source, key_set in r._selection.items():
-                if source in selection and (selection[source] is None or key_set is None):
+                if source not in selection:
+                    selection[source] = key_set
+                elif selection[source] is None or key_set is None:
                     selection[source] = None
                 else:
-                    selection[source] = (selection.get(source) or frozenset()) | key_set
+                    selection[source] = selection[source] | key_set
         return type(self)(files, train_ids, selection)
 
     def __repr__(self) -> str:
@@ -498,6 +527,10 @@ class RunSelection:
         span = f"{tids[0]}-{tids[-1]}" if len(tids) else "none"
         return (f"<{type(self).__module__.split('.')[0]}.{type(self).__name__}: {len(tids)} trains "
                 f"({span}), {len(self._selection)} sources, {len(self.files)} files>")
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
 
 
 def _read_run_group(grp: h5py.Group) -> dict[str, Any]:
