@@ -492,3 +492,57 @@ def test_karabo_bridge_demo():
     assert {"image.data", "image.trainId", "image.pulseId", "image.cellId", "metadata"} <= set(det)
     assert det["metadata"]["source"] == "FXE_DET_LPD1M-1/DET/2CH0:xtdf"
     assert det["metadata"]["timestamp.tid"] == int(det["image.trainId"].ravel()[0])
+
+
+# -- command line ------------------------------------------------------------------------
+
+
+def test_monitor_in_process(capsys):
+    from xfeldata.bridge.cli import monitor
+
+    sim = Simulator("AGIPD", modules=[0, 1], frames=2)
+    with serve(sim, background=True, ntrains=20) as handle:
+        assert monitor(handle.endpoint, ntrains=3, timeout=10) == 0
+    out = capsys.readouterr().out
+    import re
+
+    assert re.search(r"SPB_DET_AGIPD1M-1/DET/1CH0:xtdf +image\.data +2x2x512x128 +uint16", out)
+    assert out.count("train ") == 3 and "trains/s" in out and "MB/s" in out and "age" in out
+    assert str(sim.first_train_id + 2) in out
+
+
+def test_monitor_timeout_exit_code():
+    from xfeldata.bridge.cli import monitor
+
+    with Server() as server:
+        assert monitor(server.endpoint, ntrains=1, timeout=0.2) == 1
+
+
+def test_cli_simulate_and_monitor_subprocesses():
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:  # a free port for the simulator
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "xfeldata.cli"]
+    sim = subprocess.Popen([*cmd, "simulate", "--detector", "DSSC", "--modules", "0-1", "--frames", "2",
+                            "--port", str(port), "--rate", "0"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        mon = subprocess.run([*cmd, "monitor", f"tcp://127.0.0.1:{port}", "--ntrains", "3",
+                              "--timeout", "20"], capture_output=True, text=True, timeout=25)
+        assert mon.returncode == 0, mon.stderr
+        assert "SCS_DET_DSSC1M-1/DET/1CH0:xtdf" in mon.stdout and mon.stdout.count("train ") == 3
+    finally:
+        sim.send_signal(signal.SIGINT)
+        try:
+            _, err = sim.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.kill(sim.pid, signal.SIGKILL)
+            sim.communicate()
+            raise
+    assert sim.returncode == 130 and "Traceback" not in err
