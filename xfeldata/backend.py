@@ -1,0 +1,469 @@
+"""The ``xfeldata`` engine for :func:`xarray.open_dataset` and :func:`xarray.open_datatree`.
+
+A run directory opens as one source's :class:`xarray.Dataset` (or a
+:class:`xarray.DataTree` with one node per source).  Variables are lazily indexed
+:class:`xarray.backends.BackendArray` objects: indexing reads only the HDF5 rows
+of the requested trains, and ``chunks={}`` gives dask chunks that follow the
+HDF5 chunks and the file boundaries (``preferred_chunks``).  ``open_run`` is
+where dask-backed objects come from directly.
+
+Labels follow :func:`xfeldata.views.source_dataset`: ``trainId`` (the union of
+the trains with data of the source's keys), ``pulseId`` (or positional
+``pulse``) for pulse-resolved keys, generic entry dims ``dim_0, ...``; keys
+missing a train are filled as :func:`xarray.merge` does (promoted dtype,
+NaN), missing pulses of a train with :func:`xfeldata.arrays.default_fill_value`.
+Where keys of one source disagree on the size of a generic entry dim, the
+entry dims of those keys are named ``<variable>.dim_<i>`` instead.  Variables
+keep the attrs of :func:`xfeldata.views.key_array` (source, key, units, files).
+
+Examples
+--------
+>>> import xarray as xr
+>>> ds = xr.open_dataset("r0001", engine="xfeldata",
+...                      source="SA1_XTD2_XGM/DOOCS/MAIN")       # doctest: +SKIP
+>>> ds["beamPosition.ixPos"].sel(trainId=10003).values         # doctest: +SKIP
+>>> ds = xr.open_dataset("r0001", engine="xfeldata", chunks={},
+...                      source="*/DET/0CH0:xtdf", keys="image.*")  # doctest: +SKIP
+>>> tree = xr.open_datatree("r0001", engine="xfeldata")         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from xarray.backends import BackendArray, BackendEntrypoint
+from xarray.core import dtypes, indexing
+
+from . import schema
+from .api import open_run
+from .arrays import TARGET_CHUNK_BYTES, BlockRead, RowRead, chunk_rows, default_fill_value, execute_block
+from .files.layout import parse_file_name
+from .run import RunSelection
+from .views import _pulse_slots
+
+__all__ = ["XfeldataBackendEntrypoint", "XfeldataBackendArray", "open_source_dataset"]
+
+
+def _decode(values: np.ndarray) -> np.ndarray:
+    """Bytes to ``str`` (UTF-8) in an object array, as the views decode strings."""
+    out = np.empty(values.shape, dtype=object)
+    flat_out = out.reshape(-1)
+    for i, v in enumerate(values.reshape(-1).tolist()):
+        flat_out[i] = v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+    return out
+
+
+@dataclass(frozen=True)
+class _KeyRows:
+    """Where one key's rows are: per train with data, and the slot of every row."""
+
+    source: str
+    key: str
+    dtype: np.dtype               # as stored (structured dtypes included)
+    entry_shape: tuple[int, ...]
+    train_ids: np.ndarray         # trains with data, sorted
+    file_no: np.ndarray
+    first: np.ndarray
+    count: np.ndarray
+    row_offset: np.ndarray        # start of each train's rows in the concatenated rows
+    slot_of_row: np.ndarray       # slot (pulse position) of every row
+    n_slots: int
+    datasets: dict[int, tuple[str, str]]   # file_no -> (file path, dataset path)
+
+
+class XfeldataBackendArray(BackendArray):
+    """One variable of a source Dataset, read lazily by train (and pulse).
+
+    Holds only plain arrays and paths (no h5py objects), so it pickles.  Rows are
+    read through :func:`xfeldata.arrays.execute_block` and the per-process file
+    handle cache.
+
+    Parameters
+    ----------
+    rows
+        Where the key's rows are.
+    train_map
+        For every train of the Dataset's ``trainId`` axis, the key's train
+        position, or -1 where the key has no data.
+    slot_map
+        For every position of the pulse axis, the key's slot (-1: not a pulse of
+        this key); None for per-train keys.
+    dtype, fill_value
+        dtype of the variable and value of cells of trains or pulses the key lacks.
+    field
+        The field of a structured dtype this variable holds.
+
+    Examples
+    --------
+    >>> ds = xr.open_dataset("r0001", engine="xfeldata", source="SA1_XTD2_XGM/DOOCS/MAIN")  # doctest: +SKIP
+    >>> ds["beamPosition.ixPos"].variable._data.array     # doctest: +SKIP
+    <xfeldata.backend.XfeldataBackendArray ...>
+    """
+
+    def __init__(self, rows: _KeyRows, train_map: np.ndarray, slot_map: np.ndarray | None,
+                 dtype: np.dtype, fill_value: Any, field: str | None = None):
+        self.rows = rows
+        self.train_map = np.asarray(train_map, np.int64)
+        self.slot_map = None if slot_map is None else np.asarray(slot_map, np.int64)
+        self.field = field
+        self.dtype = np.dtype(dtype)
+        self.fill_value = fill_value
+        stored = rows.dtype[field] if field else rows.dtype
+        self._entry_shape = (*rows.entry_shape, *stored.shape)
+        lead = (len(self.train_map),) if self.slot_map is None else (len(self.train_map), len(self.slot_map))
+        self.shape = (*lead, *self._entry_shape)
+
+    def __repr__(self) -> str:
+        return (f"<{type(self).__module__}.{type(self).__name__} {self.rows.source} "
+                f"{self.rows.key}{'.' + self.field if self.field else ''} shape={self.shape}>")
+
+    def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
+        return indexing.explicit_indexing_adapter(
+            key, self.shape, indexing.IndexingSupport.OUTER, self._raw_indexing_method)
+
+    def _read_trains(self, wanted: np.ndarray) -> np.ndarray:
+        """Rows of the key's trains ``wanted`` (sorted positions), concatenated."""
+        rows = self.rows
+        reads: list[RowRead] = []
+        offset = 0
+        for j in wanted.tolist():
+            count = int(rows.count[j])
+            path, dataset = rows.datasets[int(rows.file_no[j])]
+            start = int(rows.first[j])
+            last = reads[-1] if reads else None
+            if last is not None and last.path == path and last.dataset == dataset and last.stop == start:
+                reads[-1] = RowRead(path, dataset, rows.source, rows.key, last.start, start + count,
+                                    last.target)
+            else:
+                reads.append(RowRead(path, dataset, rows.source, rows.key, start, start + count, offset))
+            offset += count
+        if not offset:
+            return np.zeros((0, *rows.entry_shape), rows.dtype)
+        return execute_block(BlockRead((offset, *rows.entry_shape), rows.dtype, len(rows.entry_shape),
+                                       None, tuple(reads)))
+
+    def _raw_indexing_method(self, key: tuple) -> np.ndarray:
+        rows = self.rows
+        positions = [np.arange(n)[k] for n, k in zip(self.shape, key, strict=True)]
+        scalar = [p.ndim == 0 for p in positions]
+        positions = [np.atleast_1d(p) for p in positions]
+        n_lead = 1 if self.slot_map is None else 2
+        kt = self.train_map[positions[0]]
+        slots = np.zeros(1, np.int64) if self.slot_map is None else self.slot_map[positions[1]]
+        wanted = np.unique(kt[kt >= 0])
+
+        flat = self._read_trains(wanted)
+        counts = rows.count[wanted].astype(np.int64)
+        row_ids = np.repeat(rows.row_offset[wanted] - np.cumsum(counts) + counts, counts) \
+            + np.arange(int(counts.sum()))
+        padded = np.full((len(wanted), rows.n_slots, *rows.entry_shape),
+                         default_fill_value(rows.dtype), rows.dtype)
+        padded[np.repeat(np.arange(len(wanted)), counts), rows.slot_of_row[row_ids]] = flat
+        if self.field:
+            padded = padded[self.field]
+        if rows.dtype.kind in "OS":
+            padded = _decode(padded)
+
+        out = np.full((len(kt), len(slots), *self._entry_shape), self.fill_value, self.dtype)
+        have_t, have_s = kt >= 0, slots >= 0
+        picked = padded[np.searchsorted(wanted, kt[have_t])][:, slots[have_s]]
+        out[np.ix_(have_t, have_s)] = picked
+        if self.slot_map is None:
+            out = out[:, 0]
+        for axis in range(n_lead, out.ndim):
+            out = np.take(out, positions[axis], axis=axis)
+        drop = tuple(0 if s else slice(None) for s in scalar)
+        return out[drop]
+
+
+def _key_rows(run: RunSelection, source: str, key: str
+              ) -> tuple[_KeyRows, np.ndarray | None, bool, list[str]]:
+    """The rows of a key, its pulse coordinate (or None), whether it is positional, files."""
+    info = run.key_info(source, key)
+    found = run.rows(source, info.group)
+    files = sorted({run.file(int(f)).path for f in np.unique(found.file_no)})
+    has_data = found.count > 0
+    counts = found.count[has_data].astype(np.int64)
+    pulse_ids, positional, slot_of_row = None, False, None
+    if counts.max(initial=0) <= 1:
+        n_slots = 1
+    else:
+        slots = _pulse_slots(run, source, info.group, counts)
+        if slots is None:
+            n_slots, positional = int(counts.max()), True
+            pulse_ids = np.arange(n_slots)
+        else:
+            pulse_ids, slot_of_row = slots
+            n_slots = len(pulse_ids)
+    if slot_of_row is None:
+        slot_of_row = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    file_no = found.file_no[has_data]
+    datasets = {}
+    for fno in np.unique(file_no).tolist():
+        datasets[fno] = (run.file(fno).path, run.file_key_info(fno, source, key).path)
+    rows = _KeyRows(
+        source=source, key=info.key, dtype=info.dtype, entry_shape=info.entry_shape,
+        train_ids=found.train_ids[has_data], file_no=file_no,
+        first=found.first[has_data].astype(np.int64), count=counts,
+        row_offset=np.cumsum(counts) - counts, slot_of_row=np.asarray(slot_of_row, np.int64),
+        n_slots=n_slots, datasets=datasets,
+    )
+    return rows, pulse_ids, positional, files
+
+
+def _train_chunks(run: RunSelection, rows: _KeyRows, train_ids: np.ndarray,
+                  target_bytes: int) -> tuple[int, ...]:
+    """Chunk sizes along the Dataset's train axis: HDF5-chunk-aligned row windows per file."""
+    n = len(train_ids)
+    if not n:
+        return (0,)
+    if not len(rows.train_ids):
+        return (n,)
+    per_file = {fno: chunk_rows(run.file_key_info(fno, rows.source, rows.key), target_bytes)
+                for fno in rows.datasets}
+    window = rows.first // np.array([per_file[int(f)] for f in rows.file_no], np.int64)
+    change = np.flatnonzero((np.diff(rows.file_no) != 0) | (np.diff(window) != 0)) + 1
+    starts = np.searchsorted(train_ids, rows.train_ids[change])
+    edges = np.unique(np.concatenate([[0], starts, [n]]))
+    return tuple(np.diff(edges).tolist())
+
+
+def open_source_dataset(run: RunSelection, source: str,
+                        drop_variables: Iterable[str] = (),
+                        target_bytes: int | None = None) -> xr.Dataset:
+    """One source's selected keys as a Dataset of lazily indexed backend arrays.
+
+    Parameters
+    ----------
+    run
+        A run selection (e.g. from :func:`xfeldata.open_run`).
+    source
+        The source (its name in the run).
+    drop_variables
+        Variable names to leave out.
+    target_bytes
+        Size dask chunks aim at with ``chunks={}`` (default
+        :data:`xfeldata.arrays.TARGET_CHUNK_BYTES`).
+
+    Examples
+    --------
+    >>> ds = open_source_dataset(xd.open_run("r0001"), "SA1_XTD2_XGM/DOOCS/MAIN")  # doctest: +SKIP
+    """
+    source = run.resolve_source(source)
+    target_bytes = TARGET_CHUNK_BYTES if target_bytes is None else target_bytes
+    dropped = set(drop_variables)
+    # name -> (rows, field, pulse dim, pulse coord, attrs)
+    plans: dict[str, tuple[_KeyRows, str | None, str | None, np.ndarray | None, dict]] = {}
+    for key in run.keys(source):
+        info = run.key_info(source, key)
+        names = list(info.dtype.names or [None])
+        if all((name or key) in dropped for name in names):
+            continue
+        rows, pulse_ids, positional, files = _key_rows(run, source, key)
+        pulse_dim = None if pulse_ids is None else (schema.POSITION_DIM if positional else schema.PULSE_DIM)
+        for name in names:
+            if (name or key) in dropped:
+                continue
+            if name is None:
+                attrs = schema.key_attrs(source, info.key, info.attrs, files)
+            else:
+                attrs = schema.key_attrs(source, f"{info.key}.{name}", None, files)
+            if positional:
+                attrs["pulse_dim"] = "positional: the rows record no pulse IDs"
+            plans[name or key] = (rows, name, pulse_dim, pulse_ids, attrs)
+
+    all_tids = [p[0].train_ids for p in plans.values()]
+    train_ids = np.unique(np.concatenate(all_tids)) if all_tids else np.zeros(0, np.uint64)
+    train_ids = train_ids.astype(np.uint64)
+    pulse_axes: dict[str, np.ndarray] = {}
+    for _, _, pulse_dim, pulse_ids, _ in plans.values():
+        if pulse_dim is not None:
+            pulse_axes[pulse_dim] = np.union1d(pulse_axes.get(pulse_dim, pulse_ids), pulse_ids)
+
+    # Entry dims: dim_0, ...; per-variable names where keys disagree on a size.
+    entry_dims: dict[str, tuple[str, ...]] = {}
+    sizes: dict[str, set[int]] = {}
+    for name, (rows, field, *_) in plans.items():
+        shape = (*rows.entry_shape, *(rows.dtype[field].shape if field else ()))
+        entry_dims[name] = schema.entry_dims(len(shape))
+        for dim, size in zip(entry_dims[name], shape, strict=True):
+            sizes.setdefault(dim, set()).add(size)
+    clash = {dim for dim, s in sizes.items() if len(s) > 1}
+    for name, dims in entry_dims.items():
+        if clash & set(dims):
+            entry_dims[name] = tuple(f"{name}.{d}" for d in dims)
+
+    variables = {}
+    for name, (rows, field, pulse_dim, pulse_ids, attrs) in plans.items():
+        stored = rows.dtype[field].base if field else rows.dtype
+        dtype = np.dtype(object) if stored.kind in "OS" else stored
+        train_map = np.full(len(train_ids), -1, np.int64)
+        train_map[np.searchsorted(train_ids, rows.train_ids)] = np.arange(len(rows.train_ids))
+        reindexed = len(rows.train_ids) != len(train_ids)
+        dims: tuple[str, ...] = (schema.TRAIN_DIM,)
+        slot_map = None
+        if pulse_dim is not None:
+            axis = pulse_axes[pulse_dim]
+            slot_map = np.full(len(axis), -1, np.int64)
+            slot_map[np.searchsorted(axis, pulse_ids)] = np.arange(len(pulse_ids))
+            reindexed |= len(pulse_ids) != len(axis)
+            dims += (pulse_dim,)
+        fill: Any = default_fill_value(dtype)
+        if reindexed:
+            dtype, fill = dtypes.maybe_promote(dtype)
+        array = XfeldataBackendArray(rows, train_map, slot_map, dtype, fill, field)
+        dims += entry_dims[name]
+        preferred = dict(zip(dims, array.shape, strict=True))
+        preferred[schema.TRAIN_DIM] = _train_chunks(run, rows, train_ids, target_bytes)
+        variables[name] = xr.Variable(dims, indexing.LazilyIndexedArray(array), attrs=attrs,
+                                      encoding={"preferred_chunks": preferred})
+
+    coords = {schema.TRAIN_DIM: train_ids, **pulse_axes}
+    return xr.Dataset(variables, coords=coords, attrs={"source": source})
+
+
+def _pick_source(run: RunSelection, source: str | None) -> str:
+    """Resolve a source name or a glob matching exactly one source; ValueError otherwise."""
+    available = run.sources
+    if source is None:
+        raise ValueError(
+            "engine='xfeldata' needs source=<name or glob> (use xr.open_datatree for all "
+            f"sources); this run has {len(available)} sources: {', '.join(available)}")
+    if source in run:
+        return run.resolve_source(source)
+    matched = [s for s in available if fnmatch.fnmatchcase(s, source)]
+    if len(matched) == 1:
+        return matched[0]
+    if matched:
+        raise ValueError(f"source={source!r} matches {len(matched)} sources, give one of: "
+                         + ", ".join(matched))
+    close = difflib.get_close_matches(source, available, n=3, cutoff=0.6)
+    hint = f"did you mean: {', '.join(close)}?" if close else f"available: {', '.join(available)}"
+    raise ValueError(f"source {source!r} is not in this run; {hint}")
+
+
+def _select_keys(run: RunSelection, source: str, keys: str | Iterable[str] | None) -> RunSelection:
+    if keys is None:
+        return run.select({source: None})
+    if isinstance(keys, str):
+        return run.select(source, keys)
+    return run.select({source: list(keys)})
+
+
+def _drop_set(drop_variables: str | Iterable[str] | None) -> set[str]:
+    if drop_variables is None:
+        return set()
+    return {drop_variables} if isinstance(drop_variables, str) else set(drop_variables)
+
+
+class XfeldataBackendEntrypoint(BackendEntrypoint):
+    """xarray engine ``"xfeldata"``: European XFEL run directories as lazily indexed Datasets.
+
+    Examples
+    --------
+    >>> ds = xr.open_dataset("r0001", engine="xfeldata", source="SA1_XTD2_XGM/DOOCS/MAIN",
+    ...                      keys="beamPosition.*", chunks={})      # doctest: +SKIP
+    >>> tree = xr.open_datatree("r0001", engine="xfeldata", source="*XGM*")  # doctest: +SKIP
+    """
+
+    description = "European XFEL run directories (one source per Dataset) via xfeldata"
+    url = "https://github.com/European-XFEL/EXtra-data"
+    open_dataset_parameters = ("filename_or_obj", "drop_variables", "source", "keys",
+                               "include", "inc_suspect_trains")
+    supports_groups = True
+
+    def open_dataset(  # type: ignore[override]
+        self, filename_or_obj: str | os.PathLike, *,
+        drop_variables: str | Iterable[str] | None = None,
+        source: str | None = None, keys: str | Iterable[str] | None = None,
+        include: str = "*", inc_suspect_trains: bool = True,
+    ) -> xr.Dataset:
+        """Open one source of a run as a Dataset of lazily indexed variables.
+
+        Parameters
+        ----------
+        filename_or_obj
+            A run directory (or one run file).
+        drop_variables
+            Variable names to leave out.
+        source
+            A source name (legacy names resolve) or a glob matching exactly one source.
+        keys
+            A key glob or a list of keys/globs (default: all keys).
+        include
+            Glob on file names, as for :func:`xfeldata.open_run`.
+        inc_suspect_trains
+            Keep trains flagged as suspect (default True).
+
+        Raises
+        ------
+        ValueError
+            Without ``source``, or if it matches no source or several, listing them.
+
+        Examples
+        --------
+        >>> xr.open_dataset("r0001", engine="xfeldata", source="*XGM/DOOCS/MAIN")  # doctest: +SKIP
+        """
+        run = open_run(filename_or_obj, include=include, inc_suspect_trains=inc_suspect_trains)
+        name = _pick_source(run, source)
+        return open_source_dataset(_select_keys(run, name, keys), name, _drop_set(drop_variables))
+
+    def open_groups_as_dict(  # type: ignore[override]
+        self, filename_or_obj: str | os.PathLike, *,
+        drop_variables: str | Iterable[str] | None = None,
+        source: str = "*", keys: str | Iterable[str] | None = None,
+        include: str = "*", inc_suspect_trains: bool = True,
+    ) -> dict[str, xr.Dataset]:
+        """``{"/<source>": Dataset}`` for every source matching the glob ``source``.
+
+        Sources where no key matches ``keys`` are left out.  The root ``"/"`` is empty.
+        """
+        run = open_run(filename_or_obj, include=include, inc_suspect_trains=inc_suspect_trains)
+        dropped = _drop_set(drop_variables)
+        groups = {"/": xr.Dataset()}
+        for name in run.sources:
+            if not fnmatch.fnmatchcase(name, source):
+                continue
+            selected = (run.select({name: [keys] if isinstance(keys, str) else list(keys)})
+                        if keys is not None else run.select({name: None}))
+            if not selected.keys(name):
+                continue
+            groups[f"/{name}"] = open_source_dataset(selected, name, dropped)
+        return groups
+
+    def open_datatree(  # type: ignore[override]
+        self, filename_or_obj: str | os.PathLike, *,
+        drop_variables: str | Iterable[str] | None = None,
+        source: str = "*", keys: str | Iterable[str] | None = None,
+        include: str = "*", inc_suspect_trains: bool = True,
+    ) -> xr.DataTree:
+        """A DataTree with one node per source (source names give the paths).
+
+        Examples
+        --------
+        >>> tree = xr.open_datatree("r0001", engine="xfeldata")        # doctest: +SKIP
+        >>> tree["SA1_XTD2_XGM/DOOCS/MAIN"].dataset                     # doctest: +SKIP
+        """
+        groups = self.open_groups_as_dict(
+            filename_or_obj, drop_variables=drop_variables, source=source, keys=keys,
+            include=include, inc_suspect_trains=inc_suspect_trains)
+        return xr.DataTree.from_dict(groups)
+
+    def guess_can_open(self, filename_or_obj: Any) -> bool:
+        """True for a directory that holds run files (``RAW-R0001-DA01-S00000.h5`` ...)."""
+        if not isinstance(filename_or_obj, str | os.PathLike):
+            return False
+        try:
+            if not os.path.isdir(filename_or_obj):
+                return False
+            with os.scandir(filename_or_obj) as entries:
+                return any(parse_file_name(e.name) is not None and e.is_file() for e in entries)
+        except OSError:
+            return False
