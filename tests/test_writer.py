@@ -670,3 +670,29 @@ def test_generation_is_fast():
     for train_id in range(10000, 10005):
         nbytes += syn.detector_module_train("AGIPD1M", 1, train_id, 64)["image.data"].nbytes
     assert nbytes / (time.perf_counter() - start) > 100e6
+
+
+@pytest.mark.parametrize("kind, version, extra", [
+    ("AGIPD1M", "0.5", {"old_index": True}),
+    ("AGIPD1M", "1.1", {"corrected": True, "repeated_train": True}),
+    ("AGIPD500K", "1.2", {}),
+    ("LPD1M", "1.3", {"lpd_parallel_gain": True}),
+    ("DSSC1M", "1.0", {"compression": "gzip"}),
+    ("JUNGFRAU", "1.3", {"corrected": True}),
+])
+def test_irregular_runs_keep_a_consistent_index(tmp_path, kind, version, extra):
+    det = DETECTORS[kind]
+    run = make_example(tmp_path / "r", detector=kind, modules=det.modules[:2], n_trains=6,
+                       frames_per_train=2, trains_per_sequence=3, format_version=version,
+                       slow_sources=False, irregular=True, **extra)
+    files = run_files(run)
+    bogus = 0
+    for path in files:
+        with h5py.File(path, "r") as f:
+            check_index(f)
+            tids = f["INDEX/trainId"][:]
+            assert not tids[-IRREGULAR_PADDING:].any()
+            bogus += int((tids > BOGUS_TRAIN_OFFSET).sum())
+    assert bogus == 1  # in the first module's file, as there is no DA01
+    assert any(parse_file_name(p.name).aggregator == det.aggregator(det.modules[1])
+               for p in files)

@@ -636,7 +636,8 @@ def make_example(path: str | Path, *, detector: str | None = "AGIPD1M", correcte
     old_index
         Write the old ``first``/``last``/``status`` index (format 0.5 only).
     compression
-        None or ``"gzip"`` (deflate level 1 with shuffle) for pixel and array data.
+        None or ``"gzip"`` (deflate level 1 with shuffle, as corrected data is
+        stored) for pixel and array data (rows of 1 KiB or more); ``"lzf"`` also works.
     slow_sources
         Write the slow and instrument sources of :mod:`xfeldata.synthetic`
         (``DA01``: XGM, motors, REMI hits, RUN-only source; ``DA02``: camera
@@ -658,9 +659,9 @@ def make_example(path: str | Path, *, detector: str | None = "AGIPD1M", correcte
     lpd_parallel_gain
         LPD parallel-gain mode: 3 gain stages per pulse stored in sequence.
     irregular
-        Turn on a set of irregularities at once: module 1 (or the only module)
-        misses 3 trains, varying frames, 3 rows of zero padding, a suspect
-        train and empty sources.
+        Turn on a set of irregularities at once: the second module written (or
+        the only one) misses 3 trains (run positions 2, 3 and ``n_trains - 2``),
+        varying frames, 3 rows of zero padding, a suspect train and empty sources.
     progress
         Show a tqdm progress bar (one step per train and file).
 
@@ -683,7 +684,7 @@ def make_example(path: str | Path, *, detector: str | None = "AGIPD1M", correcte
     if old_index and format_version != "0.5":
         raise ValueError("old_index (first/last/status) exists only in format 0.5")
     if compression not in (None, "gzip", "lzf"):
-        raise ValueError(f"compression must be None or 'gzip', not {compression!r}")
+        raise ValueError(f"compression must be None, 'gzip' or 'lzf', not {compression!r}")
     if n_trains < 1:
         raise ValueError("n_trains must be at least 1")
     if trains_per_sequence is not None and trains_per_sequence < 1:
