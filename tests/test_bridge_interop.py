@@ -139,3 +139,22 @@ def test_throughput_smoke():
         t.join(10)
     assert data["DET"]["image.data"].shape == arr.shape
     assert elapsed < 10
+
+
+def test_serve_a_written_run_to_the_published_client(tmp_path):
+    writer = pytest.importorskip("xfeldata.files.writer")
+    import xfeldata
+
+    path = writer.make_example(tmp_path / "r0001", detector="AGIPD1M", modules=[0, 1],
+                               n_trains=4, frames_per_train=2)
+    run = xfeldata.open_run(path)
+    with serve(run, background=True, sources="SPB_DET_*", keys="image.*") as handle:
+        client = karabo_bridge.Client(handle.endpoint, timeout=10)
+        try:
+            got = [client.next() for _ in range(4)]
+        finally:
+            client._context.destroy(linger=0)
+    src = "SPB_DET_AGIPD1M-1/DET/1CH0:xtdf"
+    assert [meta[src]["timestamp.tid"] for _, meta in got] == list(run.train_ids[:4])
+    assert all(sorted(data) == ["SPB_DET_AGIPD1M-1/DET/0CH0:xtdf", src] for data, _ in got)
+    assert got[0][0][src]["image.data"].shape == (2, 2, 512, 128)
