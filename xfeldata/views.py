@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 
+import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -47,6 +48,11 @@ def _pulse_slots(run: RunSelection, source: str, group: str,
     return coord, np.searchsorted(coord, pulse_ids)
 
 
+def _no_rows(info) -> da.Array:
+    """An empty ``(0, *entry)`` dask array (dask's own constructors fail for 0 rows)."""
+    return da.from_array(np.empty((0, *info.entry_shape), info.dtype), chunks=-1)
+
+
 def key_array(run: RunSelection, source: str, key: str) -> xr.DataArray | xr.Dataset:
     """One key as a lazy, labelled array.
 
@@ -63,7 +69,10 @@ def key_array(run: RunSelection, source: str, key: str) -> xr.DataArray | xr.Dat
     """
     source = run.resolve_source(source)
     info = run.key_info(source, key)
-    arr, found = flat_rows_array(run, source, key)
+    if run.rows(source, info.group).count.any():
+        arr, found = flat_rows_array(run, source, key)
+    else:  # no rows in the selected trains (or none at all): an empty array with its dims
+        arr, found = _no_rows(info), run.rows(source, info.group)
     counts = found.count.astype(np.int64)
     files = sorted({run.file(int(f)).path for f in np.unique(found.file_no)})
     has_data = counts > 0
@@ -95,11 +104,15 @@ def key_array(run: RunSelection, source: str, key: str) -> xr.DataArray | xr.Dat
 
 
 def _variables(run: RunSelection, source: str, prefix: str) -> dict[str, xr.DataArray]:
+    """The keys' arrays; generic entry dims get the key's name (``"data.image.dims.dim_0"``)
+    so that keys of different shapes merge into one Dataset."""
     out = {}
     for key in run.keys(source):
         arr = key_array(run, source, key)
+        generic = {d: f"{key}.{d}" for d in arr.dims if d.startswith("dim_")}
+        arr = arr.rename(generic) if generic else arr
         if isinstance(arr, xr.Dataset):
-            out.update({f"{prefix}{name}": var for name, var in arr.data_vars.items()})
+            out.update({f"{prefix}{key}.{name}": var for name, var in arr.data_vars.items()})
         else:
             out[f"{prefix}{key}"] = arr
     return out
@@ -161,6 +174,9 @@ def control_frame(run: RunSelection, sources: str = "*", keys: str = "*",
                 continue
             wanted = [key, f"{key}.timestamp"] if timestamps else [key]
             for name in wanted:
+                if not run.rows(source, info.group).count.any():
+                    columns[f"{source}/{name}"] = (np.zeros(0, np.uint64), np.zeros(0, info.dtype))
+                    continue
                 values, found = read_rows(run, source, name)
                 train_ids = found.train_ids[found.count > 0]
                 columns[f"{source}/{name}"] = (train_ids, values[: len(train_ids)])
