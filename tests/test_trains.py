@@ -310,13 +310,27 @@ def test_plain_datasets_are_read_without_hdf5(agipd_raw_run, agipd_corr_run):
     """Uncompressed rows are read with pread; compressed ones go through h5py."""
     raw = sorted(agipd_raw_run.glob("*AGIPD00*"))[0]
     corr = sorted(agipd_corr_run.glob("*AGIPD00*"))[0]
+    files = trains_mod._Files()
     with h5py.File(raw, "r") as f:
         ds = f[f"INSTRUMENT/{mod(0)}/image/data"]
-        rows = trains_mod._Rows(ds)
-        assert rows.fd is not None
+        rows = trains_mod._Rows(ds, str(raw), files)
+        assert rows.plain
         np.testing.assert_array_equal(rows.read(1, 4), ds[1:4])
     with h5py.File(corr, "r") as f:
         ds = f[f"INSTRUMENT/{mod(0, corr=True)}/image/data"]
-        rows = trains_mod._Rows(ds)
-        assert rows.fd is None
+        rows = trains_mod._Rows(ds, str(corr), files)
+        assert not rows.plain
         np.testing.assert_array_equal(rows.read(1, 4), ds[1:4])
+    files.close()
+
+
+def test_iteration_survives_the_handle_cache_closing_files(agipd_raw_run, monkeypatch):
+    from xfeldata.files.handles import handles
+
+    monkeypatch.setattr(trains_mod, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(trains_mod, "MIN_KEY_BLOCK_BYTES", 1)
+    run = xd.open_run(agipd_raw_run).select(mod(2), "image.data")
+    for tid, data in iter_trains(run):
+        handles.clear()  # e.g. evicted because other code opened many files
+        np.testing.assert_array_equal(data[mod(2)]["image.data"],
+                                      h5_rows(agipd_raw_run, mod(2), "image.data", tid))

@@ -32,7 +32,10 @@ Examples
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from typing import Any
 
 import h5py
@@ -53,6 +56,10 @@ BLOCK_BYTES = 64 * 2**20
 MIN_KEY_BLOCK_BYTES = 256 * 2**10
 #: The most trains read in one block.
 MAX_BLOCK_TRAINS = 512
+#: Threads reading the blocks of large keys (e.g. detector modules) side by side.
+READ_THREADS = min(4, os.cpu_count() or 1)
+#: Blocks at least this large are read in the thread pool.
+PARALLEL_MIN_BYTES = 256 * 2**10
 #: Rows that may be read in vain to join two train's rows into one read (bytes).
 MAX_GAP_BYTES = 2 * 2**20
 
@@ -80,8 +87,8 @@ class _KeyReader:
     """Rows of one key for consecutive trains, read a block at a time."""
 
     def __init__(self, run: RunSelection, source: str, key: str, rows: _GroupRows,
-                 unwrap: bool, keep_dims: bool):
-        self.run, self.source, self.key, self.rows = run, source, key, rows
+                 unwrap: bool, keep_dims: bool, files: _Files | None = None):
+        self.run, self.source, self.key, self.rows, self.files = run, source, key, rows, files
         self.unwrap, self.keep_dims = unwrap, keep_dims
         info = run.key_info(source, key)
         self.row_bytes = max(1, int(np.prod(info.entry_shape, dtype=np.int64)) * info.dtype.itemsize)
@@ -95,12 +102,12 @@ class _KeyReader:
     def get(self, i: int) -> Any:
         """The value of train position ``i`` (None if the train has no rows)."""
         if not self.start <= i < self.stop:
-            self._fill(i)
+            self.fill(i)
         return self.values[i - self.start]
 
     def _dataset(self, file_no: int) -> Any:
         ds = self._datasets.get(file_no)
-        if ds is None:
+        if ds is None or (ds is not False and not ds.ds.id.valid):  # new, or closed by the cache
             try:
                 info = self.run.file_key_info(file_no, self.source, self.key)
             except PropertyNameError:  # this file of the source lacks the key
@@ -108,7 +115,7 @@ class _KeyReader:
             else:
                 path = self.run.file(file_no).path
                 try:
-                    ds = _Rows(handles.get(path)[info.path])
+                    ds = _Rows(handles.get(path)[info.path], path, self.files)
                 except KeyError:
                     handles.forget(path)
                     raise OSError(f"{path}: dataset {info.path} ({self.source} {self.key}) "
@@ -116,7 +123,8 @@ class _KeyReader:
             self._datasets[file_no] = ds
         return ds
 
-    def _fill(self, i: int) -> None:
+    def fill(self, i: int) -> None:
+        """Read the block of trains starting at position ``i``."""
         r = self.rows
         b0, b1 = i, min(i + self.block_trains, len(r.count))
         values: list[Any] = [None] * (b1 - b0)
@@ -171,6 +179,36 @@ def _plan_reads(first: np.ndarray, count: np.ndarray,
     return reads
 
 
+class _Files:
+    """Our own read-only OS file descriptors, for the rows read with ``pread``.
+
+    Separate from h5py's handles so that the handle cache closing a file can
+    never make us read another file through a reused descriptor.  At most
+    ``maxsize`` stay open; :meth:`close` closes them all.
+    """
+
+    def __init__(self, maxsize: int = 64):
+        self.maxsize = maxsize
+        self._fds: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def fd(self, path: str) -> int:
+        with self._lock:
+            fd = self._fds.pop(path, None)
+            if fd is None:
+                fd = os.open(path, os.O_RDONLY)
+                while len(self._fds) >= self.maxsize:
+                    os.close(self._fds.pop(next(iter(self._fds))))
+            self._fds[path] = fd  # most recently used last
+            return fd
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+
+
 class _Rows:
     """Reads rows of one dataset: with ``pread`` where HDF5 stores them plainly.
 
@@ -180,19 +218,19 @@ class _Rows:
     selection machinery and its global lock; everything else goes through h5py.
     """
 
-    def __init__(self, ds: h5py.Dataset):
-        self.ds = ds
+    def __init__(self, ds: h5py.Dataset, path: str, files: _Files | None):
+        self.ds, self.path, self.files = ds, path, files
         self.nrows = ds.shape[0] if ds.shape else 0
         self.row_bytes = int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize
-        self.fd: int | None = None
+        self.plain = False
         self.offset: int | None = None  # contiguous layout: where row 0 starts
         self.chunk_rows = 0  # chunked layout: rows per chunk
         self._chunk_offsets: dict[int, int | None] = {}
+        if files is None or ds.dtype.hasobject or self.row_bytes == 0:
+            return
         try:
             plist = ds.id.get_create_plist()
-            plain = (not ds.dtype.hasobject and plist.get_nfilters() == 0
-                     and ds.file.driver == "sec2" and self.row_bytes > 0)
-            if not plain:
+            if plist.get_nfilters() or ds.file.id.get_create_plist().get_userblock():
                 return
             layout = plist.get_layout()
             if layout == h5py.h5d.CONTIGUOUS:
@@ -201,9 +239,9 @@ class _Rows:
                 self.chunk_rows = ds.chunks[0]
             else:
                 return
-            self.fd = ds.file.id.get_vfd_handle()
+            self.plain = True
         except (AttributeError, ValueError, RuntimeError):  # an h5py without these calls
-            self.fd = None
+            self.plain = False
 
     def _chunk_offset(self, k: int) -> int | None:
         if k not in self._chunk_offsets:
@@ -217,7 +255,7 @@ class _Rows:
         if ds.dtype.hasobject or hi == lo:
             return ds[lo:hi]
         out = np.empty((hi - lo, *ds.shape[1:]), ds.dtype)
-        if self.fd is not None and self._pread(lo, hi, out.reshape(-1).view(np.uint8)):
+        if self.plain and self._pread(lo, hi, out.reshape(-1).view(np.uint8)):
             return out
         ds.read_direct(out, np.s_[lo:hi])
         return out
@@ -237,8 +275,9 @@ class _Rows:
                 if base is None:  # chunk never written: HDF5 knows the fill value
                     return False
                 pieces.append((base + (start - k * c) * rb, (start - lo) * rb, (stop - start) * rb))
+        fd = self.files.fd(self.path)
         for file_offset, at, size in pieces:
-            if os.preadv(self.fd, [dest[at: at + size]], file_offset) != size:
+            if os.preadv(fd, [dest[at: at + size]], file_offset) != size:
                 return False
         return True
 
@@ -320,6 +359,7 @@ def iter_trains(run: RunSelection, devices: SelectionSpec | None = None,
     readers: list[tuple[str, list[tuple[str, _KeyReader]]]] = []
     group_rows: dict[tuple[str, str], _GroupRows] = {}
     control_sources = set(run.control_sources)
+    files = _Files()
     for source in run.sources:
         control = source in control_sources
         key_readers = []
@@ -328,22 +368,45 @@ def iter_trains(run: RunSelection, devices: SelectionSpec | None = None,
             rows = group_rows.get((source, group))
             if rows is None:
                 rows = group_rows[source, group] = _GroupRows(run, source, group)
-            key_readers.append((key, _KeyReader(run, source, key, rows, control, keep_dims)))
+            key_readers.append((key, _KeyReader(run, source, key, rows, control, keep_dims, files)))
         readers.append((source, key_readers))
-    _size_blocks([kr for _, krs in readers for _, kr in krs])
+    all_readers = [kr for _, krs in readers for _, kr in krs]
+    _size_blocks(all_readers)
+    return _generate(readers, tids, timestamps, files)
 
-    for i, tid in enumerate(tids):
-        ns = timestamps[i]
-        train: TrainData = {}
-        for source, key_readers in readers:
-            data: dict[str, Any] = {}
-            for key, reader in key_readers:
-                value = reader.get(i)
-                if value is not None:
-                    data[key] = value
-            data["metadata"] = _metadata(source, tid, ns)
-            train[source] = data
-        yield tid, train
+
+def _generate(readers: list[tuple[str, list[tuple[str, _KeyReader]]]], tids: list[int],
+              timestamps: list[int], files: _Files) -> Iterator[tuple[int, TrainData]]:
+    big = [r for _, krs in readers for _, r in krs
+           if r.bytes_per_train * r.block_trains >= PARALLEL_MIN_BYTES]
+    pool = ThreadPoolExecutor(READ_THREADS) if len(big) > 1 and READ_THREADS > 1 else None
+    try:
+        for i, tid in enumerate(tids):
+            if pool is not None:  # read the large blocks this train needs side by side
+                due = [r for r in big if not r.start <= i < r.stop]
+                if len(due) > 1:
+                    for future in [pool.submit(r.fill, i) for r in due]:
+                        future.result()
+            yield tid, _assemble(readers, i, tid, timestamps[i])
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+        files.close()
+
+
+def _assemble(readers: list[tuple[str, list[tuple[str, _KeyReader]]]], i: int, tid: int,
+              ns: int) -> TrainData:
+    """The dict of train position ``i`` from the key readers."""
+    train: TrainData = {}
+    for source, key_readers in readers:
+        data: dict[str, Any] = {}
+        for key, reader in key_readers:
+            value = reader.get(i)
+            if value is not None:
+                data[key] = value
+        data["metadata"] = _metadata(source, tid, ns)
+        train[source] = data
+    return train
 
 
 def _size_blocks(readers: list[_KeyReader]) -> None:
@@ -385,7 +448,8 @@ def train_from_id(run: RunSelection, train_id: int, devices: SelectionSpec | Non
     >>> tid, data = train_from_id(run, 1541486130)     # doctest: +SKIP
     """
     one = run.sel(trainId=int(train_id))
-    return next(iter_trains(one, devices=devices, keep_dims=keep_dims))
+    with closing(iter_trains(one, devices=devices, keep_dims=keep_dims)) as trains:
+        return next(trains)
 
 
 def train_from_index(run: RunSelection, index: int, devices: SelectionSpec | None = None,
@@ -403,7 +467,8 @@ def train_from_index(run: RunSelection, index: int, devices: SelectionSpec | Non
     >>> tid, data = train_from_index(run, 12, devices=devs)   # doctest: +SKIP
     """
     one = run.isel(trainId=int(index))
-    return next(iter_trains(one, devices=devices, keep_dims=keep_dims))
+    with closing(iter_trains(one, devices=devices, keep_dims=keep_dims)) as trains:
+        return next(trains)
 
 
 # ----- stacking detector modules ----------------------------------------------
