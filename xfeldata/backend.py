@@ -9,12 +9,11 @@ where dask-backed objects come from directly.
 
 Labels follow :func:`xfeldata.views.source_dataset`: ``trainId`` (the union of
 the trains with data of the source's keys), ``pulseId`` (or positional
-``pulse``) for pulse-resolved keys, generic entry dims ``dim_0, ...``; keys
-missing a train are filled as :func:`xarray.merge` does (promoted dtype,
-NaN), missing pulses of a train with :func:`xfeldata.arrays.default_fill_value`.
-Where keys of one source disagree on the size of a generic entry dim, the
-entry dims of those keys are named ``<variable>.dim_<i>`` instead.  Variables
-keep the attrs of :func:`xfeldata.views.key_array` (source, key, units, files).
+``pulse``) for pulse-resolved keys, entry dims named after the key
+(``"data.intensityTD.dim_0"``); keys missing a train are filled as
+:func:`xarray.merge` does (promoted dtype, NaN), missing pulses of a train with
+:func:`xfeldata.arrays.default_fill_value`.  Variables keep the attrs of
+:func:`xfeldata.views.key_array` (source, key, units, files).
 
 Examples
 --------
@@ -235,6 +234,11 @@ def _train_chunks(run: RunSelection, rows: _KeyRows, train_ids: np.ndarray,
     return tuple(np.diff(edges).tolist())
 
 
+def _var_name(key: str, field: str | None) -> str:
+    """A key's variable name; fields of structured keys are ``"<key>.<field>"``."""
+    return f"{key}.{field}" if field else key
+
+
 def open_source_dataset(run: RunSelection, source: str,
                         drop_variables: Iterable[str] = (),
                         target_bytes: int | None = None) -> xr.Dataset:
@@ -264,12 +268,12 @@ def open_source_dataset(run: RunSelection, source: str,
     for key in run.keys(source):
         info = run.key_info(source, key)
         names = list(info.dtype.names or [None])
-        if all((name or key) in dropped for name in names):
+        if all(_var_name(key, name) in dropped for name in names):
             continue
         rows, pulse_ids, positional, files = _key_rows(run, source, key)
         pulse_dim = None if pulse_ids is None else (schema.POSITION_DIM if positional else schema.PULSE_DIM)
         for name in names:
-            if (name or key) in dropped:
+            if _var_name(key, name) in dropped:
                 continue
             if name is None:
                 attrs = schema.key_attrs(source, info.key, info.attrs, files)
@@ -277,7 +281,7 @@ def open_source_dataset(run: RunSelection, source: str,
                 attrs = schema.key_attrs(source, f"{info.key}.{name}", None, files)
             if positional:
                 attrs["pulse_dim"] = "positional: the rows record no pulse IDs"
-            plans[name or key] = (rows, name, pulse_dim, pulse_ids, attrs)
+            plans[_var_name(key, name)] = (rows, name, pulse_dim, pulse_ids, attrs)
 
     all_tids = [p[0].train_ids for p in plans.values()]
     train_ids = np.unique(np.concatenate(all_tids)) if all_tids else np.zeros(0, np.uint64)
@@ -287,18 +291,11 @@ def open_source_dataset(run: RunSelection, source: str,
         if pulse_dim is not None:
             pulse_axes[pulse_dim] = np.union1d(pulse_axes.get(pulse_dim, pulse_ids), pulse_ids)
 
-    # Entry dims: dim_0, ...; per-variable names where keys disagree on a size.
+    # Generic entry dims carry the key's name, so keys of any shape merge (as in the views).
     entry_dims: dict[str, tuple[str, ...]] = {}
-    sizes: dict[str, set[int]] = {}
     for name, (rows, field, *_) in plans.items():
-        shape = (*rows.entry_shape, *(rows.dtype[field].shape if field else ()))
-        entry_dims[name] = schema.entry_dims(len(shape))
-        for dim, size in zip(entry_dims[name], shape, strict=True):
-            sizes.setdefault(dim, set()).add(size)
-    clash = {dim for dim, s in sizes.items() if len(s) > 1}
-    for name, dims in entry_dims.items():
-        if clash & set(dims):
-            entry_dims[name] = tuple(f"{name}.{d}" for d in dims)
+        ndim = len(rows.entry_shape) + len(rows.dtype[field].shape if field else ())
+        entry_dims[name] = tuple(f"{rows.key}.{d}" for d in schema.entry_dims(ndim))
 
     variables = {}
     for name, (rows, field, pulse_dim, pulse_ids, attrs) in plans.items():
@@ -355,6 +352,16 @@ def _select_keys(run: RunSelection, source: str, keys: str | Iterable[str] | Non
     if isinstance(keys, str):
         return run.select(source, keys)
     return run.select({source: list(keys)})
+
+
+def _matching_keys(run: RunSelection, source: str, keys: str | Iterable[str] | None) -> list[str]:
+    """The keys of a source that match any of the globs (all keys for None)."""
+    available = run.keys(source)
+    if keys is None:
+        return available
+    globs = [keys] if isinstance(keys, str) else list(keys)
+    globs = [g[:-6] if g.endswith(".value") else g for g in globs]
+    return [k for k in available if any(fnmatch.fnmatchcase(k, g) for g in globs)]
 
 
 def _drop_set(drop_variables: str | Iterable[str] | None) -> set[str]:
@@ -431,11 +438,9 @@ class XfeldataBackendEntrypoint(BackendEntrypoint):
         for name in run.sources:
             if not fnmatch.fnmatchcase(name, source):
                 continue
-            selected = (run.select({name: [keys] if isinstance(keys, str) else list(keys)})
-                        if keys is not None else run.select({name: None}))
-            if not selected.keys(name):
-                continue
-            groups[f"/{name}"] = open_source_dataset(selected, name, dropped)
+            picked = _matching_keys(run, name, keys)
+            if picked:
+                groups[f"/{name}"] = open_source_dataset(run.select({name: picked}), name, dropped)
         return groups
 
     def open_datatree(  # type: ignore[override]
