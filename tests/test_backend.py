@@ -225,6 +225,7 @@ def test_guess_can_open(agipd_raw_run, tmp_path):
     (tmp_path / "other.h5").write_bytes(b"")
     assert not entry.guess_can_open(tmp_path)
     assert not entry.guess_can_open(tmp_path / "missing")
+    assert xr.backends.plugins.guess_engine(str(agipd_raw_run)) == "xfeldata"
     assert entry.description and entry.url
     assert "source" in entry.open_dataset_parameters
 
@@ -261,3 +262,11 @@ def test_bad_source_errors(slow_only_run):
         _open(slow_only_run, source="*")
     with pytest.raises(KeyError, match="nosuchkey"):
         _open(slow_only_run, source=XGM, keys=["nosuchkey"])
+
+
+def test_source_without_data(irregular_run):
+    source = "SA3_XTD10_MCP/ADC/1:channel_6.output"
+    for chunks in (None, {}):
+        ds = _open(irregular_run, source=source, chunks=chunks)
+        assert ds.sizes["trainId"] == 0 and ds.trainId.dtype == np.uint64
+        assert ds["data.rawData"].values.shape == (0, 4096)
