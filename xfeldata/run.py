@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import os
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -25,8 +26,8 @@ import h5py
 import numpy as np
 
 from .errors import PropertyNameError, SourceNameError, TrainIdError
-from .files.index import CONTROL, INSTRUMENT, FileIndex, KeyInfo, decode_str
-from .files.layout import path_to_key
+from .files.index import CONTROL, INSTRUMENT, FileIndex, KeyInfo, _longest_increasing, decode_str
+from .files.layout import parse_file_name, path_to_key
 
 SelectionSpec = str | Mapping[str, Iterable[str] | None] | Iterable[tuple[str, str]]
 
@@ -94,9 +95,10 @@ class RunFiles:
         self.problems: list[tuple[str, str]] = [
             (fi.path, p) for fi in self.files for p in fi.problems
         ]
-        kept = [fi.good_train_ids(inc_suspect_trains) for fi in self.files]
+        self._suspect = self._suspect_masks()
+        kept = [fi.train_ids[self._kept(i)] for i, fi in enumerate(self.files)]
         self.train_ids = _readonly(np.unique(np.concatenate(kept or [np.zeros(0, np.uint64)])))
-        suspect = [fi.train_ids[fi.valid & fi.suspect] for fi in self.files]
+        suspect = [fi.train_ids[fi.valid & self._suspect[i]] for i, fi in enumerate(self.files)]
         self.suspect_train_ids = _readonly(np.unique(np.concatenate(suspect or [np.zeros(0, np.uint64)])))
         self.sources: dict[str, SourceEntry] = {}
         self.aliases: dict[str, str] = {}
@@ -119,13 +121,48 @@ class RunFiles:
         for message in self.conflicts:
             warnings.warn(message, stacklevel=3)
 
+    def _suspect_masks(self) -> list[np.ndarray]:
+        """Per file, the suspect trains: those of the file index, and trains out of
+        order across the sequence files of one aggregator.
+
+        A bogus train ID at the end of a file (in files without flags) is in order
+        within its file; only the next sequence file shows that it is out of order.
+        """
+        masks = [fi.suspect.copy() for fi in self.files]
+        by_aggregator: dict[tuple, list[int]] = {}
+        for i, fi in enumerate(self.files):
+            parsed = parse_file_name(fi.name)
+            group = (os.path.dirname(fi.path), *parsed[:3]) if parsed else (fi.path,)
+            by_aggregator.setdefault(group, []).append(i)
+        for numbers in by_aggregator.values():
+            if len(numbers) < 2:
+                continue
+            positions = [(i, p) for i in numbers  # files sorted by path = by sequence
+                         for p in np.flatnonzero(self.files[i].valid & ~masks[i]).tolist()]
+            ids = np.array([self.files[i].train_ids[p] for i, p in positions], np.uint64)
+            if len(ids) < 2 or (np.diff(ids.astype(np.int64)) > 0).all():
+                continue
+            in_order = _longest_increasing(ids)
+            for (i, p), ok in zip(positions, in_order.tolist(), strict=True):
+                if not ok:
+                    masks[i][p] = True
+                    self.problems.append((self.files[i].path,
+                                          f"train ID {self.files[i].train_ids[p]} out of order with "
+                                          "the other sequence files of this aggregator, marked suspect"))
+        return masks
+
+    def _kept(self, file_no: int) -> np.ndarray:
+        """Mask of the file's positions whose trains are part of the run."""
+        fi = self.files[file_no]
+        return fi.valid if self.inc_suspect_trains else fi.valid & ~self._suspect[file_no]
+
     def _build_train_map(self, source: str, group: str) -> TrainMap:
         parts = []
         for file_no, fi in enumerate(self.files):
             si = fi.sources.get(source)
             if si is None or group not in si.groups:
                 continue
-            keep = fi.valid if self.inc_suspect_trains else fi.valid & ~fi.suspect
+            keep = self._kept(file_no)
             ig = si.groups[group]
             parts.append((fi.train_ids[keep], np.full(int(keep.sum()), file_no, np.int32),
                           ig.first[keep], ig.count[keep]))
