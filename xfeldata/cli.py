@@ -56,11 +56,13 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from .validate import validate_run
+    from .validate import check_run
 
-    problems = validate_run(args.path, include=args.include)
+    problems, notes = check_run(args.path, include=args.include)
     for problem in problems:
         print(problem)
+    for note in notes:
+        print(f"note: {note}")
     if problems:
         print(f"{len(problems)} problem(s) found", file=sys.stderr)
         return 1

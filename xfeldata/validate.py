@@ -48,6 +48,22 @@ def validate_run(path: str | os.PathLike, include: str = "*") -> list[Problem]:
     list of Problem
         Empty when the run is consistent.
     """
+    return check_run(path, include)[0]
+
+
+def check_run(path: str | os.PathLike, include: str = "*") -> tuple[list[Problem], list[str]]:
+    """:func:`validate_run`, plus notes on what is expected but worth knowing.
+
+    Notes are not problems: suspect trains that the DAQ flagged (counted, and
+    listed up to 10) are normal in real runs.
+
+    Returns
+    -------
+    problems : list of Problem
+        As :func:`validate_run`.
+    notes : list of str
+        Readable sentences.
+    """
     problems: list[Problem] = []
     indexes: list[FileIndex] = []
     for file in list_run_files(path, include):
@@ -55,10 +71,17 @@ def validate_run(path: str | os.PathLike, include: str = "*") -> list[Problem]:
             indexes.append(read_file_index(file))
         except FileFormatError as exc:
             problems.append(Problem(exc.path, exc.problem))
-    for fi in indexes:
-        problems += [Problem(fi.path, p) for p in fi.problems]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         combined = RunFiles(indexes)
+    # The files' own problems, and run-wide ones such as trains out of order
+    # across sequence files; then trains claimed by several files.
+    problems += [Problem(file, message) for file, message in combined.problems]
     problems += [Problem("", c) for c in combined.conflicts]
-    return problems
+    notes = []
+    suspect = combined.suspect_train_ids
+    if len(suspect):
+        shown = ", ".join(map(str, suspect[:10].tolist())) + (" ..." if len(suspect) > 10 else "")
+        notes.append(f"{len(suspect)} suspect train(s), kept by default "
+                     f"(open_run(..., inc_suspect_trains=False) drops them): {shown}")
+    return problems, notes
