@@ -126,13 +126,22 @@ def _module_rows(run: RunSelection, source: str, group: str, train_ids: np.ndarr
     if xtdf:
         full = run.select(source)
         pids, pid_found = read_rows(full, source, f"{group}.pulseId")
-        pids = pids.reshape(len(pids), -1)[:, 0] if pids.ndim > 1 else pids
+        pids = pids.reshape(pids.shape[0], int(np.prod(pids.shape[1:])))[:, 0] if pids.ndim > 1 else pids
         # rows of trains outside the common axis come out of the flat read: drop them
         keep_rows = np.repeat(np.isin(pid_found.train_ids, train_ids), pid_found.count.astype(np.int64))
         pulse_ids = pids[keep_rows].astype(np.int64)
     else:
         pulse_ids = positions.copy()
     return _ModuleRows(source, counts, pulse_ids, positions, changes)
+
+
+def _padded(run: RunSelection, source: str, key: str, train_ids: np.ndarray, n_slots: int,
+            **options: Any) -> da.Array:
+    """:func:`padded_array`, also for an empty train axis (dask cannot auto-chunk zero-size arrays)."""
+    if len(train_ids) == 0:
+        info = run.key_info(source, key)
+        return da.from_array(np.empty((0, n_slots, *info.entry_shape), info.dtype), chunks=-1)
+    return padded_array(run, source, key, train_ids, n_slots, **options)
 
 
 def _parallel_gain_stages(rows: _ModuleRows, stages: int = 3) -> np.ndarray | None:
@@ -270,7 +279,7 @@ def detector_dataset(
         if m not in present_sources or key not in run.keys(present_sources[m]):
             return None
         row_sel = selected[m] if stage is None else selected[m] & (stages[m] == stage)
-        arr = padded_array(run, present_sources[m], key, train_ids, n_slots, slot_of_row=slots[m],
+        arr = _padded(run, present_sources[m], key, train_ids, n_slots, slot_of_row=slots[m],
                            row_selected=row_sel, fill_value=fill, trains_per_block=trains_per_block,
                            boundaries=boundaries, target_bytes=target_bytes)
         if not xtdf:  # one row per train holding all cells: (T, 1, cells, ...) -> (T, cells, ...)
@@ -320,7 +329,7 @@ def detector_dataset(
     first_source = next(iter(present_sources.values()))
     if cell_key in run.select(first_source).keys(first_source):
         cell_ids = _cell_ids(run, present_sources, all_modules, cell_key, train_ids, n_slots, slots,
-                             selected, xtdf, stages)
+                             selected, xtdf, stages, {m: r.counts for m, r in rows.items()})
         if not xtdf:
             cell_ids = cell_ids[:, cell_keep]
 
@@ -338,8 +347,13 @@ def detector_dataset(
 
 def _cell_ids(run: RunSelection, sources: dict[int, str], modules: list[int], key: str,
               train_ids: np.ndarray, n_slots: int, slots: dict[int, np.ndarray],
-              selected: dict[int, np.ndarray], xtdf: bool, stages: Any) -> da.Array:
-    """Memory cell IDs ``(trainId, pulse, module)``, -1 where missing."""
+              selected: dict[int, np.ndarray], xtdf: bool, stages: Any,
+              counts: dict[int, np.ndarray]) -> da.Array:
+    """Memory cell IDs ``(trainId, pulse, module)``, -1 where missing.
+
+    The IDs are unsigned on disk: cells are read with fill 0 and the missing ones
+    (known from the row counts and slots, without reading) set to -1 afterwards.
+    """
     arrays = []
     for m in modules:
         if m not in sources:
@@ -347,12 +361,20 @@ def _cell_ids(run: RunSelection, sources: dict[int, str], modules: list[int], ke
             continue
         full = run.select(sources[m])
         row_sel = selected[m] if stages is None else selected[m] & (stages[m] == 0)
-        arr = padded_array(full, sources[m], key, train_ids, n_slots,
-                           slot_of_row=slots[m] if xtdf else None,
-                           row_selected=row_sel if xtdf else None, fill_value=-1)
+        arr = _padded(full, sources[m], key, train_ids, n_slots,
+                      slot_of_row=slots[m] if xtdf else None,
+                      row_selected=row_sel if xtdf else None, fill_value=0)
         arr = arr.reshape(arr.shape[:2]) if xtdf else arr[:, 0]
-        arrays.append(arr.astype(np.int64))
+        filled = np.zeros(arr.shape, bool)
+        if xtdf:
+            row_train = np.repeat(np.arange(len(train_ids)), counts[m])
+            keep = row_sel & (slots[m] < n_slots)
+            filled[row_train[keep], slots[m][keep]] = True
+        else:
+            filled[counts[m] > 0] = True
+        arrays.append(da.where(filled, arr.astype(np.int64), -1))
     template = next(a for a in arrays if a is not None)
-    arrays = [a if a is not None else da.full(template.shape, -1, dtype=np.int64) for a in arrays]
+    arrays = [a if a is not None else da.full(template.shape, -1, dtype=np.int64, chunks=template.chunks)
+              for a in arrays]
     width = template.shape[1]
     return da.stack([a.rechunk((len(train_ids) or 1, width or 1)) for a in arrays], axis=2)

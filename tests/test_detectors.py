@@ -1,0 +1,282 @@
+"""Multi-module detectors stacked into one labelled Dataset (``run.detector()``).
+
+For every detector kind, raw and corrected, the stacked values are compared
+cell by cell with the module files read straight with h5py: each frame must
+sit at its train, pulse ID and module, and every other cell must hold the fill
+value with ``present`` False where a module has no data.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+from conftest import DETECTOR_RUN_MODULES, FIRST_TRAIN_ID
+from h5ref import h5_rows
+
+import xfeldata as xd
+from xfeldata.detectors import by_id, by_index, detector_sources
+from xfeldata.files.layout import DETECTORS
+from xfeldata.files.writer import make_example
+from xfeldata.trains import stack_detector_data
+
+AGIPD = "SPB_DET_AGIPD1M-1"
+
+
+def expected_frames(run_dir, source: str, xtdf: bool, data_key: str):
+    """{train: (pulse IDs, frames)} of one module, frames squeezed as the Dataset holds them."""
+    frames = h5_rows(run_dir, source, data_key)
+    if not xtdf:   # JUNGFRAU: one row per train holding all memory cells
+        return {t: (np.arange(rows.shape[1]), rows[0]) for t, rows in frames.items()}
+    pulse_ids = h5_rows(run_dir, source, "image.pulseId")
+    out = {}
+    for t, rows in frames.items():
+        pids = pulse_ids[t].reshape(len(rows), -1)[:, 0]
+        if rows.ndim == 4 and rows.shape[1] == 1:     # raw LPD/DSSC: (frames, 1, ss, fs)
+            rows = rows[:, 0]
+        out[t] = (pids, rows)
+    return out
+
+
+def assert_detector_matches_h5(ds, run_dir, var: str = "image.data", key: str | None = None,
+                               fill=0) -> None:
+    """Every cell of ``ds[var]`` is the module's frame (h5py) or ``fill`` where it has none."""
+    kind = DETECTORS[ds.attrs["kind"]]
+    key = key or (kind.data_key if var == "image.data" else var)
+    pulse_dim = "pulseId" if kind.xtdf else "cell"
+    sources = detector_sources(xd.open_run(run_dir))[ds.attrs["detector"]]
+    values = ds[var].values
+    present = ds["present"].values
+    pulses = ds[pulse_dim].values
+    for mi, module in enumerate(ds["module"].values.tolist()):
+        frames = expected_frames(run_dir, sources[module], kind.xtdf, key) if module in sources else {}
+        for ti, tid in enumerate(ds["trainId"].values.tolist()):
+            cell = values[ti, :, mi]
+            assert present[ti, mi] == (tid in frames), (tid, module)
+            if tid not in frames:
+                np.testing.assert_array_equal(cell, np.full_like(cell, fill))
+                continue
+            pids, rows = frames[tid]
+            slots = np.searchsorted(pulses, pids)
+            np.testing.assert_array_equal(cell[slots], rows)
+            others = np.setdiff1d(np.arange(len(pulses)), slots)
+            np.testing.assert_array_equal(cell[others], np.full_like(cell[others], fill))
+
+
+# ----- every kind ------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["AGIPD1M", "AGIPD500K", "LPD1M", "DSSC1M"])
+def test_xtdf_detectors_equal_h5py(detector_runs, kind):
+    ds = xd.open_run(detector_runs[kind]).detector()
+    det = DETECTORS[kind]
+    assert ds.attrs["kind"] == kind and ds.attrs["detector"] == det.default_device
+    assert ds["module"].values.tolist() == list(det.modules)     # all modules of the kind
+    pixel = ("gain", "slow_scan", "fast_scan") if det.raw_entry_shape[0] == 2 else ("slow_scan", "fast_scan")
+    assert ds["image.data"].dims == ("trainId", "pulseId", "module", *pixel)
+    assert ds["image.data"].shape[-2:] == det.raw_entry_shape[-2:]
+    assert ds["present"].dims == ("trainId", "module")
+    assert ds["present"].values.sum(axis=0).tolist() == [5 if m in (0, 1) else 0 for m in det.modules]
+    assert ds["cellId"].dims == ("trainId", "pulseId", "module")
+    assert_detector_matches_h5(ds, detector_runs[kind])
+
+
+def test_jungfrau_memory_cells_are_the_pulse_like_dimension(detector_runs):
+    run_dir = detector_runs["JUNGFRAU"]
+    ds = xd.open_run(run_dir).detector()
+    assert ds["image.data"].dims == ("trainId", "cell", "module", "slow_scan", "fast_scan")
+    assert ds["module"].values.tolist() == list(DETECTORS["JUNGFRAU"].modules)   # numbered from 1
+    assert ds.sizes["cell"] == 2
+    assert ds["present"].sel(module=DETECTOR_RUN_MODULES["JUNGFRAU"]).all()
+    assert_detector_matches_h5(ds, run_dir)
+    assert_detector_matches_h5(ds, run_dir, var="image.gain", key="data.gain")
+    cells = h5_rows(run_dir, "SPB_IRDA_JF4M/DET/JNGFR01:daqOutput", "data.memoryCell")
+    np.testing.assert_array_equal(ds["cellId"].sel(module=1).values, np.stack([r[0] for r in cells.values()]))
+    one_cell = xd.open_run(run_dir).detector(pulses=by_index[1:])
+    assert one_cell["cell"].values.tolist() == [1]
+    np.testing.assert_array_equal(one_cell["image.data"].values, ds["image.data"].values[:, 1:])
+
+
+def test_lpd_parallel_gain_has_a_gain_dimension_of_three(detector_runs):
+    run_dir = detector_runs["LPD1M-parallel"]
+    ds = xd.open_run(run_dir).detector(modules=[0, 1])
+    assert ds["image.data"].dims == ("trainId", "pulseId", "module", "gain", "slow_scan", "fast_scan")
+    assert ds.sizes["gain"] == 3 and ds.sizes["pulseId"] == 2
+    assert ds.attrs["frames_per_pulse"] == 3
+    values = ds["image.data"].values
+    for mi, module in enumerate((0, 1)):
+        frames = expected_frames(run_dir, f"FXE_DET_LPD1M-1/DET/{module}CH0:xtdf", True, "image.data")
+        for ti, (pids, rows) in enumerate(frames.values()):
+            # stored stage by stage: the pulses of gain 0, then gain 1, then gain 2
+            stages = rows.reshape(3, -1, *rows.shape[1:])
+            order = np.argsort(pids[: len(pids) // 3])
+            for stage in range(3):
+                np.testing.assert_array_equal(values[ti, :, mi, stage], stages[stage][order])
+
+
+# ----- raw and corrected, names and files ------------------------------------------
+def test_raw_agipd_over_several_sequence_files(agipd_raw_run):
+    ds = xd.open_run(agipd_raw_run).detector()
+    assert ds.sizes == {"trainId": 10, "pulseId": 2, "module": 16, "gain": 2, "slow_scan": 512,
+                        "fast_scan": 128}
+    assert ds["present"].values.all()
+    assert ds["image.data"].dtype == np.uint16
+    assert_detector_matches_h5(ds, agipd_raw_run)
+
+
+def test_corrected_agipd_with_new_names_has_mask_and_gain(agipd_corr_run):
+    ds = xd.open_run(agipd_corr_run).detector("SPB_DET_AGIPD1M-1")
+    assert ds["image.data"].dims == ("trainId", "pulseId", "module", "slow_scan", "fast_scan")
+    assert ds["image.data"].dtype == np.float32
+    assert ds["image.mask"].dtype == np.uint32 and ds["image.gain"].dtype == np.uint8
+    sub = ds.sel(module=[0, 7, 15])
+    assert_detector_matches_h5(sub, agipd_corr_run)
+    assert_detector_matches_h5(sub, agipd_corr_run, var="image.mask")
+    assert_detector_matches_h5(sub, agipd_corr_run, var="image.gain")
+
+
+@pytest.fixture(scope="module")
+def legacy_corr_run(tmp_path_factory):
+    """Corrected data under the old ``/DET/<n>CH0:xtdf`` names, module 1 missing trains,
+    varying frames per train."""
+    return make_example(tmp_path_factory.mktemp("legacy_corr") / "r0001", corrected=True,
+                        new_corr_names=False, modules=[0, 1], n_trains=6, frames_per_train=2,
+                        slow_sources=False, irregular=True, first_train_id=FIRST_TRAIN_ID)
+
+
+def test_corrected_legacy_names_fill_nan_for_floats_and_zero_for_integers(legacy_corr_run):
+    run = xd.open_run(legacy_corr_run)
+    assert "SPB_DET_AGIPD1M-1/DET/0CH0:xtdf" in run.sources
+    ds = run.detector(modules=[0, 1])
+    assert not ds["present"].values.all(), "module 1 misses trains"
+    assert_detector_matches_h5(ds, legacy_corr_run, fill=np.nan)
+    assert_detector_matches_h5(ds, legacy_corr_run, var="image.mask", fill=0)
+    assert_detector_matches_h5(ds, legacy_corr_run, var="image.gain", fill=0)
+
+
+# ----- missing modules and varying frame counts ------------------------------------
+def test_missing_module_trains_and_varying_frames_are_filled_and_masked(irregular_run):
+    run = xd.open_run(irregular_run)
+    ds = run.detector(modules=[0, 1, 2, 3])
+    present = ds["present"].to_pandas()
+    assert not present.loc[[10002, 10003, 10010], 1].any()
+    assert present.loc[[10002, 10003, 10010], [0, 2, 3]].values.all()
+    assert 10001 not in ds["trainId"].values, "a train without any frame is not on the axis"
+    assert_detector_matches_h5(ds, irregular_run)
+    # the frame count varies: fewer frames in a train leave pulse slots filled
+    frames = h5_rows(irregular_run, "SPB_DET_AGIPD1M-1/DET/0CH0:xtdf", "image.data")
+    assert len({len(rows) for rows in frames.values()}) > 1
+    # memory cell IDs where recorded, -1 where the module has no frame
+    cells = ds["cellId"].values
+    assert cells.dtype == np.int64
+    for mi in range(4):
+        source = f"{AGIPD}/DET/{mi}CH0:xtdf"
+        expected = np.full(cells.shape[:2], -1)
+        for tid, (pids, _) in expected_frames(irregular_run, source, True, "image.data").items():
+            ti = ds["trainId"].values.tolist().index(tid)
+            expected[ti, np.searchsorted(ds["pulseId"].values, pids)] = \
+                h5_rows(irregular_run, source, "image.cellId")[tid][:, 0]
+        np.testing.assert_array_equal(cells[:, :, mi], expected)
+
+
+def test_fill_value_option(irregular_run):
+    ds = xd.open_run(irregular_run).detector(modules=[1, 4], fill_value=7)
+    assert ds.attrs["fill_value"] == "7"
+    assert_detector_matches_h5(ds, irregular_run, fill=7)
+    assert (ds["image.data"].sel(module=4).values == 7).all()
+
+
+def test_require_all_modules_keeps_trains_where_every_module_has_data(irregular_run):
+    run = xd.open_run(irregular_run)
+    ds = run.detector(modules=[0, 1, 2, 3], require_all_modules=True)
+    assert not set(ds["trainId"].values.tolist()) & {10001, 10002, 10003, 10010}
+    assert ds["present"].values.all()
+    assert_detector_matches_h5(ds, irregular_run)
+
+
+# ----- options ---------------------------------------------------------------------
+def test_modules_option_stacks_only_those(agipd_raw_run):
+    ds = xd.open_run(agipd_raw_run).detector(modules=[3, 1])
+    assert ds["module"].values.tolist() == [1, 3]
+    assert_detector_matches_h5(ds, agipd_raw_run)
+    with pytest.raises(KeyError, match="16"):
+        xd.open_run(agipd_raw_run).detector(modules=[16])
+
+
+def test_pulse_selection_by_id_by_index_and_list(irregular_run):
+    run = xd.open_run(irregular_run)
+    full = run.detector(modules=[0, 1]).compute()
+    pulse_ids = full["pulseId"].values
+    assert len(pulse_ids) == 3
+    by_list = run.detector(modules=[0, 1], pulses=[pulse_ids[0], pulse_ids[2]])
+    np.testing.assert_array_equal(by_list["image.data"].values,
+                                  full["image.data"].sel(pulseId=[pulse_ids[0], pulse_ids[2]]).values)
+    one = run.detector(modules=[0, 1], pulses=by_id[int(pulse_ids[1])])
+    assert one["pulseId"].values.tolist() == [pulse_ids[1]]
+    inclusive = run.detector(modules=[0, 1], pulses=by_id[int(pulse_ids[0]):int(pulse_ids[1])])
+    assert inclusive["pulseId"].values.tolist() == pulse_ids[:2].tolist()
+    first = run.detector(modules=[0, 1], pulses=by_index[:1]).compute()
+    for m in (0, 1):   # position 0 of each train: its first frame, at that frame's pulse ID
+        frames = expected_frames(irregular_run, f"{AGIPD}/DET/{m}CH0:xtdf", True, "image.data")
+        for tid, (pids, rows) in frames.items():
+            cell = first["image.data"].sel(trainId=tid, module=m)
+            np.testing.assert_array_equal(cell.sel(pulseId=pids[0]).values, rows[0])
+            others = cell.drop_sel(pulseId=pids[0]).values
+            assert (others == 0).all()
+
+
+def test_run_selections_compose_with_detector_datasets(agipd_raw_run):
+    run = xd.open_run(agipd_raw_run)
+    part = run.sel(trainId=slice(10003, 10005)).detector(modules=[2])
+    whole = run.detector(modules=[2])
+    np.testing.assert_array_equal(part["image.data"].values,
+                                  whole["image.data"].sel(trainId=slice(10003, 10005)).values)
+    sub = run.select("*/DET/2CH0:xtdf").detector()
+    assert sub["present"].sel(module=2).all() and not sub["present"].sel(module=3).any()
+
+
+def test_empty_train_selection_gives_an_empty_detector_dataset(agipd_raw_run):
+    ds = xd.open_run(agipd_raw_run).sel(trainId=[]).detector()
+    assert ds["image.data"].dims == ("trainId", "pulseId", "module", "gain", "slow_scan", "fast_scan")
+    assert ds.sizes["trainId"] == 0 and ds.sizes["module"] == 16
+    assert ds["image.data"].values.shape[0] == 0
+
+
+def test_stack_detector_data_matches_the_dataset(agipd_raw_run):
+    run = xd.open_run(agipd_raw_run)
+    ds = run.detector()
+    tid, data = run.train_from_index(4, devices={"*/DET/*CH0:xtdf": {"image.data"}})
+    stacked = stack_detector_data(data, "image.data", axis=1)   # (frames, module, 2, ss, fs)
+    np.testing.assert_array_equal(stacked, ds["image.data"].sel(trainId=tid).values)
+
+
+# ----- choosing a detector, bad input ----------------------------------------------
+def test_detector_name_picks_among_several(detector_runs):
+    paths = sorted(detector_runs["AGIPD1M"].glob("*.h5")) + sorted(detector_runs["LPD1M"].glob("*.h5"))
+    run = xd.open_run(paths)
+    with pytest.raises(ValueError, match="SPB_DET_AGIPD1M-1.*FXE_DET_LPD1M-1|FXE_DET_LPD1M-1.*SPB_DET_AGIPD1M-1"):
+        run.detector()
+    assert run.detector("LPD").attrs["detector"] == "FXE_DET_LPD1M-1"
+    assert run.detector("SPB_DET_AGIPD1M-1").attrs["kind"] == "AGIPD1M"
+    with pytest.raises(KeyError, match="detectors here: FXE_DET_LPD1M-1, SPB_DET_AGIPD1M-1"):
+        run.detector("DSSC")
+
+
+def test_no_detector_is_a_clear_key_error(slow_only_run):
+    with pytest.raises(KeyError, match="no multi-module detector"):
+        xd.open_run(slow_only_run).detector()
+
+
+def test_modules_with_different_dtypes_or_shapes_are_refused(detector_runs, tmp_path):
+    """A damaged copy: module 1's image.data rewritten as float32 and with another frame shape."""
+    for what, new in (("dtype", lambda d: d.astype(np.float32)), ("shape", lambda d: d[..., :64])):
+        run_dir = tmp_path / what
+        shutil.copytree(detector_runs["DSSC1M"], run_dir)
+        path = run_dir / "RAW-R0001-DSSC01-S00000.h5"
+        with h5py.File(path, "r+") as f:
+            name = "INSTRUMENT/SCS_DET_DSSC1M-1/DET/1CH0:xtdf/image/data"
+            data = new(f[name][()])
+            del f[name]
+            f[name] = data
+        with pytest.raises(ValueError, match="modules differ in shape or dtype.*module 1"):
+            xd.open_run(run_dir).detector()
