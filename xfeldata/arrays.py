@@ -25,6 +25,7 @@ import numpy as np
 from dask.base import tokenize
 
 from .errors import DataIndexError
+from .files.direct import read_rows_into
 from .files.handles import handles
 from .files.index import KeyInfo
 from .run import RunSelection, TrainMap
@@ -115,7 +116,7 @@ def execute_block(block: BlockRead) -> np.ndarray:
         if isinstance(read.target, int):
             dest = flat[read.target: read.target + n]
             if dest.dtype == ds.dtype and dest.flags.c_contiguous and ds.dtype.kind != "O":
-                ds.read_direct(dest, np.s_[read.start: read.stop])
+                read_rows_into(ds, read.start, read.stop, dest)
             else:
                 dest[...] = ds[read.start: read.stop]
         else:
