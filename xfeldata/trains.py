@@ -17,10 +17,12 @@ for the live stream runs on files too.
   the timestamps are 0 (``"0"``) where the files do not record one.
 
 Reading is done in blocks: for each key, the rows of many consecutive trains
-(up to :data:`BLOCK_BYTES` shared among the selected keys) are read with one
-HDF5 call per file and handed out per train as views of that block.  So keeping
-one train's array alive keeps its block alive, and the arrays of different
-trains never overlap.
+(up to :data:`BLOCK_BYTES` shared among the selected keys, at least one train)
+are read with one call per file and handed out per train as views of that
+block.  So keeping one train's array alive keeps its block alive; the arrays of
+different trains never overlap.  Uncompressed rows are read with ``pread``
+around HDF5 (see :class:`_Rows`), and large blocks of different keys (detector
+modules) are read by :data:`READ_THREADS` threads side by side.
 
 Examples
 --------
@@ -60,7 +62,7 @@ MAX_BLOCK_TRAINS = 512
 READ_THREADS = min(4, os.cpu_count() or 1)
 #: Blocks at least this large are read in the thread pool.
 PARALLEL_MIN_BYTES = 256 * 2**10
-#: Rows that may be read in vain to join two train's rows into one read (bytes).
+#: Bytes that may be read in vain to join two trains' rows into one read.
 MAX_GAP_BYTES = 2 * 2**20
 
 TrainData = dict[str, dict[str, Any]]
