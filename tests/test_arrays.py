@@ -1,0 +1,247 @@
+"""Dask arrays over HDF5 rows: what the task graphs hold, what they read, how they fail.
+
+Reads are counted by wrapping :func:`xfeldata.arrays.execute_block` (the
+function every chunk task calls) and adding up the rows of the
+:class:`~xfeldata.arrays.RowRead` items it is given.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+from conftest import FIRST_TRAIN_ID
+from dask.base import tokenize
+from h5ref import h5_rows
+
+import xfeldata as xd
+from xfeldata import arrays
+from xfeldata.arrays import BlockRead, flat_rows_array, plan_ranges
+from xfeldata.detectors import by_index
+from xfeldata.errors import DataIndexError
+from xfeldata.files.writer import FRAMES_PER_CHUNK, make_example
+from xfeldata.synthetic import CAMERA_SOURCE, XGM_SOURCE
+
+AGIPD0 = "SPB_DET_AGIPD1M-1/DET/0CH0:xtdf"
+#: The "large" run: 60 trains of 4 frames, 20 trains per sequence file.
+LARGE = {"n_trains": 60, "frames_per_train": 4, "trains_per_sequence": 20, "modules": [0, 1]}
+
+
+@pytest.fixture(scope="module")
+def large_run(tmp_path_factory):
+    """AGIPD modules 0 and 1 with slow data; 80 frames per module file (HDF5 chunks of 32 frames)."""
+    return make_example(tmp_path_factory.mktemp("large") / "r0001", first_train_id=FIRST_TRAIN_ID, **LARGE)
+
+
+@pytest.fixture
+def rows_read(monkeypatch):
+    """Every RowRead executed from now on (arrays must be built after the fixture starts)."""
+    reads = _Reads()
+    real = arrays.execute_block
+
+    def counting(block: BlockRead) -> np.ndarray:
+        reads.blocks.append(block)
+        reads.extend(block.reads)
+        return real(block)
+
+    monkeypatch.setattr(arrays, "execute_block", counting)
+    return reads
+
+
+class _Reads(list):
+    """RowReads executed, and the BlockReads they came in."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks: list[BlockRead] = []
+
+
+def n_rows(reads) -> int:
+    return sum(r.stop - r.start for r in reads)
+
+
+# ----- reading only what is selected ------------------------------------------------
+def test_a_few_trains_of_a_large_run_read_only_their_rows(large_run, rows_read):
+    picked = [10007, 10008, 10041]
+    run = xd.open_run(large_run).sel(trainId=picked)
+    frames = run[AGIPD0, "image.data"].values
+    expected = h5_rows(large_run, AGIPD0, "image.data")
+    pixel_reads = [r for r in rows_read if r.key == "image.data"]
+    assert n_rows(pixel_reads) == sum(len(expected[t]) for t in picked) == 12
+    assert frames.shape[:2] == (3, 4)
+    # labelling the frames by pulse ID read the pulse IDs of those trains only, too
+    assert n_rows([r for r in rows_read if r.key == "image.pulseId"]) == 12
+    # only the two files holding those trains were touched
+    assert {os.path.basename(r.path) for r in pixel_reads} == {
+        "RAW-R0001-AGIPD00-S00000.h5", "RAW-R0001-AGIPD00-S00002.h5"}
+
+
+def test_a_few_trains_of_a_detector_read_only_their_frames(large_run, rows_read):
+    ds = xd.open_run(large_run).sel(trainId=slice(10010, 10012)).detector(keys=["image.data"])
+    ds["image.data"].compute()
+    pixel_reads = [r for r in rows_read if r.key == "image.data"]
+    assert n_rows(pixel_reads) == 3 * 4 * 2          # 3 trains x 4 frames x 2 modules
+
+
+def test_pulse_selection_reads_only_the_selected_frames(large_run, rows_read):
+    ds = xd.open_run(large_run).sel(trainId=slice(10000, 10004)).detector(
+        keys=["image.data"], pulses=by_index[1:3])
+    assert ds.sizes["pulseId"] == 2
+    ds["image.data"].compute()
+    assert n_rows([r for r in rows_read if r.key == "image.data"]) == 5 * 2 * 2
+
+
+def test_control_keys_read_only_the_selected_trains(large_run, rows_read):
+    arr = xd.open_run(large_run).isel(trainId=slice(30, 33))[XGM_SOURCE, "beamPosition.ixPos"]
+    arr.compute()
+    assert n_rows(rows_read) == 3
+
+
+# ----- chunks follow the HDF5 chunks and the files ----------------------------------
+def test_dask_chunks_are_whole_hdf5_chunks_and_end_at_file_boundaries(large_run, rows_read):
+    run = xd.open_run(large_run)
+    frame_bytes = 2 * 512 * 128 * 2
+    # aim at 2 HDF5 chunks (64 frames) per dask chunk; each file holds 80 frames
+    arr, found = flat_rows_array(run, AGIPD0, "image.data", target_bytes=2 * FRAMES_PER_CHUNK * frame_bytes)
+    assert arr.chunks[0] == (64, 16, 64, 16, 64, 16)
+    arr.compute()
+    for block in rows_read.blocks:
+        assert len({r.path for r in block.reads}) == 1, "a chunk never spans two files"
+        for r in block.reads:
+            assert r.start % FRAMES_PER_CHUNK == 0, "chunks start on HDF5 chunk boundaries"
+            assert (r.stop - r.start) % FRAMES_PER_CHUNK == 0 or r.stop == 80, \
+                "and hold whole HDF5 chunks, except at the end of a file"
+    with h5py.File(large_run / "RAW-R0001-AGIPD00-S00000.h5", "r") as f:
+        assert f[f"INSTRUMENT/{AGIPD0}/image/data"].chunks[0] == FRAMES_PER_CHUNK
+
+
+def test_default_chunks_are_large_and_stop_at_files(large_run):
+    run = xd.open_run(large_run)
+    assert run[AGIPD0, "image.data"].chunks[0] == (20, 20, 20)     # one chunk per file (20 trains)
+    ds = run.detector(modules=[0, 1])
+    assert ds["image.data"].chunks[0] == (20, 20, 20)
+    # DA01 has its sequence boundaries shifted by one train: chunks follow its files
+    assert run[XGM_SOURCE, "beamPosition.ixPos"].chunks[0] == (21, 20, 19)
+
+
+def test_graph_size_grows_with_chunks_not_trains(large_run):
+    run = xd.open_run(large_run)
+    for sel in (run, run.isel(trainId=slice(0, 20)), run.isel(trainId=slice(0, 3))):
+        arr = sel[AGIPD0, "image.data"].data
+        assert len(arr.__dask_graph__()) == arr.npartitions       # one task per chunk, whatever the trains
+    assert run[AGIPD0, "image.data"].data.npartitions == 3            # 60 trains, 3 files
+    assert run.isel(trainId=slice(0, 20))[AGIPD0, "image.data"].data.npartitions == 1
+    many, _ = flat_rows_array(run, AGIPD0, "image.data", target_bytes=1)
+    assert many.npartitions == 3 * 3                                  # 32 + 32 + 16 frames per file
+    assert len(many.__dask_graph__()) == many.npartitions
+
+
+# ----- graphs that travel ----------------------------------------------------------
+def test_chunk_tasks_pickle_and_hold_no_h5py_objects(large_run):
+    run = xd.open_run(large_run).isel(trainId=slice(15, 25))
+    arr = run.detector(modules=[0, 1], keys=["image.data"])["image.data"].data
+    graph = dict(arr.__dask_graph__())
+    payload = pickle.dumps(list(graph.values()))
+    assert b"h5py" not in payload
+    restored = pickle.loads(payload)
+    assert len(restored) == len(graph)
+    blocks = [v[1] for v in graph.values() if isinstance(v, tuple) and v and v[0] is arrays.execute_block]
+    assert blocks and all(isinstance(b, BlockRead) for b in blocks)
+    for block in blocks:
+        np.testing.assert_array_equal(arrays.execute_block(pickle.loads(pickle.dumps(block))),
+                                      arrays.execute_block(block))
+
+
+def test_chunk_tasks_tokenize_deterministically(large_run):
+    run = xd.open_run(large_run)
+    a = run[AGIPD0, "image.data"].data
+    b = xd.open_run(large_run)[AGIPD0, "image.data"].data
+    assert a.name == b.name, "the same selection gives the same graph keys in another session"
+    assert tokenize(a) == tokenize(b)
+    c = run.isel(trainId=slice(0, 10))[AGIPD0, "image.data"].data
+    assert c.name != a.name
+    block = next(v[1] for v in dict(a.__dask_graph__()).values() if isinstance(v, tuple))
+    assert tokenize(block) == tokenize(pickle.loads(pickle.dumps(block)))
+    assert tokenize(xd.open_run(large_run).detector(modules=[0])) == tokenize(run.detector(modules=[0]))
+
+
+def test_threads_and_processes_compute_the_same(large_run):
+    arr = xd.open_run(large_run).isel(trainId=slice(18, 23))[AGIPD0, "image.data"].data.sum(axis=(2, 3, 4))
+    expected = arr.compute(scheduler="sync")
+    np.testing.assert_array_equal(arr.compute(scheduler="threads"), expected)
+
+
+# ----- planning --------------------------------------------------------------------
+@pytest.mark.parametrize("ranges,per_chunk,align", [
+    ([(0, 100)], 32, 32), ([(0, 100)], 40, 32), ([(5, 70), (80, 90)], 32, 32),
+    ([(0, 3), (3, 9), (20, 21)], 4, 1), ([(10, 200)], 1000, 16),
+])
+def test_plan_ranges_covers_every_row_once_in_aligned_chunks(ranges, per_chunk, align):
+    chunks = plan_ranges(ranges, per_chunk, align)
+    covered = [i for chunk in chunks for start, stop in chunk for i in range(start, stop)]
+    assert covered == [i for start, stop in ranges for i in range(start, stop)]
+    for chunk in chunks:
+        assert sum(stop - start for start, stop in chunk) <= max(per_chunk, align)
+    range_ends = {stop for _, stop in ranges}
+    for chunk in chunks[:-1]:
+        end = chunk[-1][1]
+        assert end % align == 0 or end in range_ends
+
+
+# ----- bad input -------------------------------------------------------------------
+def _damaged_copy(src, dst, file_name: str, dataset: str, keep_rows: int):
+    shutil.copytree(src, dst)
+    with h5py.File(dst / file_name, "r+") as f:
+        data = f[dataset][:keep_rows]
+        del f[dataset]
+        f[dataset] = data
+    return dst
+
+
+def test_index_past_the_end_of_a_key_fails_when_read_naming_file_source_and_key(slow_only_run, tmp_path):
+    name = "RAW-R0001-DA01-S00000.h5"
+    run_dir = _damaged_copy(slow_only_run, tmp_path / "r0001", name,
+                            f"CONTROL/{XGM_SOURCE}/beamPosition/ixPos/value", keep_rows=2)
+    run = xd.open_run(run_dir)
+    arr = run[XGM_SOURCE, "beamPosition.ixPos"]           # building the array reads nothing
+    with pytest.raises(DataIndexError) as info:
+        arr.compute()
+    message = str(info.value)
+    assert name in message and XGM_SOURCE in message and "beamPosition.ixPos" in message
+    assert isinstance(info.value, IndexError)
+    # the other keys of the same source and file still read, and the good trains of this key too
+    iy = run[XGM_SOURCE, "beamPosition.iyPos"].values
+    np.testing.assert_array_equal(iy, np.concatenate(list(h5_rows(slow_only_run, XGM_SOURCE,
+                                                                  "beamPosition.iyPos").values())))
+    assert run.isel(trainId=[0, 1])[XGM_SOURCE, "beamPosition.ixPos"].values.shape == (2,)
+
+
+def test_index_past_the_end_of_an_instrument_key(slow_only_run, tmp_path):
+    name = "RAW-R0001-DA02-S00001.h5"
+    run_dir = _damaged_copy(slow_only_run, tmp_path / "r0001", name,
+                            f"INSTRUMENT/{CAMERA_SOURCE}/data/image/pixels", keep_rows=1)
+    run = xd.open_run(run_dir)
+    with pytest.raises(DataIndexError, match=f"{name}.*{CAMERA_SOURCE}.*data.image.pixels"):
+        run[CAMERA_SOURCE, "data.image.pixels"].compute()
+    assert run[CAMERA_SOURCE, "data.image.dims"].values.shape == (10, 2)
+
+
+def test_a_file_deleted_after_opening_is_named_when_a_chunk_is_read(agipd_raw_run, tmp_path):
+    run_dir = tmp_path / "r0001"
+    shutil.copytree(agipd_raw_run, run_dir)
+    run = xd.open_run(run_dir)
+    arr = run[XGM_SOURCE, "beamPosition.ixPos"]
+    for gone in ("RAW-R0001-DA01-S00001.h5", "RAW-R0001-AGIPD00-S00001.h5"):
+        (run_dir / gone).unlink()
+    with pytest.raises(FileNotFoundError, match="RAW-R0001-DA01-S00001.h5"):
+        arr.compute()
+    # a detector reads its pulse IDs when the Dataset is built: the error comes then
+    with pytest.raises(FileNotFoundError, match="RAW-R0001-AGIPD00-S00001.h5"):
+        run.detector(modules=[0])
+    # trains in the remaining files still read
+    assert arr.sel(trainId=slice(10000, 10004)).values.shape == (5,)
+
