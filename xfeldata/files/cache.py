@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,10 @@ CACHE_VERSION = 1
 CACHE_ENV = "XFELDATA_CACHE_DIR"
 CACHE_SWITCH_ENV = "XFELDATA_INDEX_CACHE"
 RUN_DIR_CACHE = Path(".xfeldata") / "index"
+# np.load parses npy headers with ast.literal_eval, which is not thread-safe on
+# some CPython 3.11 releases ("AST constructor recursion depth mismatch"); the
+# index is read from several threads, so loads take turns.
+_LOAD_LOCK = threading.Lock()
 
 
 def cache_enabled() -> bool:
@@ -147,14 +152,14 @@ def load_cached(path: str, st: os.stat_result) -> FileIndex | None:
     """The cached index of ``path`` if one matches its size and mtime, else None."""
     for candidate in _candidates(path):
         try:
-            with np.load(candidate, allow_pickle=False) as npz:
+            with _LOAD_LOCK, np.load(candidate, allow_pickle=False) as npz:
                 meta = json.loads(bytes(npz["__meta__"]).decode())
                 if (meta.get("cache_version") != CACHE_VERSION or meta["path"] != path
                         or meta["size"] != st.st_size or meta["mtime"] != st.st_mtime):
                     continue
                 arrays = {name: npz[name] for name in npz.files if name != "__meta__"}
             return _from_arrays(arrays, meta)
-        except (OSError, ValueError, KeyError, json.JSONDecodeError, TypeError):
+        except (OSError, ValueError, KeyError, json.JSONDecodeError, TypeError, SystemError):
             continue
     return None
 
