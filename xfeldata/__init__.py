@@ -10,6 +10,7 @@ Examples
 from importlib.metadata import PackageNotFoundError, version
 
 from .api import Run, open_file, open_run
+from .detectors import by_id, by_index
 from .errors import (
     DataIndexError,
     FileFormatError,
@@ -17,6 +18,7 @@ from .errors import (
     SourceNameError,
     TrainIdError,
 )
+from .trains import stack_detector_data
 
 try:
     __version__ = version("xfeldata")
@@ -30,6 +32,9 @@ __all__ = [
     "Run",
     "SourceNameError",
     "TrainIdError",
+    "by_id",
+    "by_index",
     "open_file",
     "open_run",
+    "stack_detector_data",
 ]
