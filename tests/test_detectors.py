@@ -280,3 +280,11 @@ def test_modules_with_different_dtypes_or_shapes_are_refused(detector_runs, tmp_
             f[name] = data
         with pytest.raises(ValueError, match="modules differ in shape or dtype.*module 1"):
             xd.open_run(run_dir).detector()
+
+
+@pytest.mark.parametrize("version", ["0.5", "0.5-old", "1.0", "1.1", "1.2", "1.3"])
+def test_detector_in_every_format_version(format_runs, version):
+    """Modules 0 and 1 in every format version (0.5-old: first/last/status index)."""
+    ds = xd.open_run(format_runs[version]).detector(modules=[0, 1])
+    assert ds.sizes["trainId"] == 6 and ds["present"].values.all()
+    assert_detector_matches_h5(ds, format_runs[version])
