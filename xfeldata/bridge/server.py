@@ -500,7 +500,7 @@ class Streamer:
         return self
 
     def _feed_all(self) -> None:
-        start = time.monotonic()
+        due = time.monotonic()  # when the next train may go; never catches up in a burst
         while not self._stop.is_set():
             fed_before = self.fed
             for data, metadata in self._trains():
@@ -509,9 +509,10 @@ class Streamer:
                 if self._stack:
                     data, metadata = append_detector_modules(data, metadata)
                 if self._rate:
-                    delay = start + self.fed / self._rate - time.monotonic()
+                    delay = due - time.monotonic()
                     if delay > 0 and self._stop.wait(delay):
                         return
+                    due = max(due, time.monotonic()) + 1 / self._rate
                 self.server.feed(data, metadata)
                 self.fed += 1
             if not self._loop or self.fed == fed_before:

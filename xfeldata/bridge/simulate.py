@@ -153,13 +153,14 @@ class Simulator:
         return data, metadata
 
     def __iter__(self) -> Iterator[tuple[dict, dict]]:
-        start = time.monotonic()
+        due = time.monotonic()  # when the next train may go; a slow consumer gets no burst
         i = 0
         while self.ntrains is None or i < self.ntrains:
             if self.rate is not None:
-                delay = start + i / self.rate - time.monotonic()
+                delay = due - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
+                due = max(due, time.monotonic()) + 1 / self.rate
             yield self.train(self.first_train_id + i)
             i += 1
 
