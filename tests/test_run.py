@@ -517,3 +517,17 @@ def test_open_file_has_the_same_interface(agipd_raw_run):
     assert f.sources == [syn.CAMERA_SOURCE, syn.DIGITISER_SOURCE]
     assert f.train_ids.tolist() == ALL_TRAINS[7:]  # DA02 shifts its boundary by 2 trains
     assert f.files == [str(path)]
+
+
+def test_open_run_by_proposal_and_run_number(tmp_path, monkeypatch):
+    from xfeldata.files.layout import DATA_ROOT_ENV
+    from xfeldata.files.writer import make_example
+    run_dir = tmp_path / "SPB" / "202301" / "p700000" / "raw" / "r0007"
+    make_example(run_dir, detector=None, n_trains=3, run=7)
+    monkeypatch.setenv(DATA_ROOT_ENV, str(tmp_path))
+    run = xd.open_run(proposal=700000, run=7)
+    assert run.train_ids.tolist() == [10000, 10001, 10002]
+    assert run.metadata["runNumber"] == 7
+    assert xd.open_run(proposal="p700000", run="r7", data="all").sources == run.sources
+    with pytest.raises(FileNotFoundError, match="r0008"):
+        xd.open_run(proposal=700000, run=8)
