@@ -20,7 +20,6 @@ import xfeldata as xd
 from xfeldata.detectors import by_id, by_index, detector_sources
 from xfeldata.files.layout import DETECTORS
 from xfeldata.files.writer import make_example
-from xfeldata.trains import stack_detector_data
 
 AGIPD = "SPB_DET_AGIPD1M-1"
 
@@ -246,7 +245,7 @@ def test_stack_detector_data_matches_the_dataset(agipd_raw_run):
     run = xd.open_run(agipd_raw_run)
     ds = run.detector()
     tid, data = run.train_from_index(4, devices={"*/DET/*CH0:xtdf": {"image.data"}})
-    stacked = stack_detector_data(data, "image.data", axis=1)   # (frames, module, 2, ss, fs)
+    stacked = xd.stack_detector_data(data, "image.data", axis=1)   # (frames, module, 2, ss, fs)
     np.testing.assert_array_equal(stacked, ds["image.data"].sel(trainId=tid).values)
 
 
