@@ -287,3 +287,15 @@ def test_detector_in_every_format_version(format_runs, version):
     ds = xd.open_run(format_runs[version]).detector(modules=[0, 1])
     assert ds.sizes["trainId"] == 6 and ds["present"].values.all()
     assert_detector_matches_h5(ds, format_runs[version])
+
+
+def test_a_nan_fill_value_for_integer_data_is_refused(irregular_run):
+    with pytest.raises(ValueError, match="cannot be stored in uint16"):
+        xd.open_run(irregular_run).detector(fill_value=np.nan)
+
+
+def test_pulse_ids_are_labelled_alike_by_key_arrays_and_detectors(agipd_raw_run):
+    run = xd.open_run(agipd_raw_run)
+    det = run.detector()
+    per_key = run["SPB_DET_AGIPD1M-1/DET/0CH0:xtdf", "image.data"]
+    assert det.pulseId.dtype == per_key.pulseId.dtype == np.uint64

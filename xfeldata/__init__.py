@@ -1,5 +1,8 @@
 """xfeldata: European XFEL runs and Karabo bridge streams as labelled xarray objects.
 
+The public names are loaded on first use, so that ``xfeldata info`` and other
+commands that need no xarray start quickly.
+
 Examples
 --------
 >>> import xfeldata as xd
@@ -7,10 +10,12 @@ Examples
 >>> run.info()                                # doctest: +SKIP
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from __future__ import annotations
 
-from .api import Run, open_file, open_run
-from .detectors import by_id, by_index
+import importlib
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     DataIndexError,
     FileFormatError,
@@ -18,12 +23,23 @@ from .errors import (
     SourceNameError,
     TrainIdError,
 )
-from .trains import stack_detector_data
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .api import Run, open_file, open_run
+    from .detectors import by_id, by_index
+    from .trains import stack_detector_data
 
 try:
     __version__ = version("xfeldata")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
+
+#: Public names and the modules that define them (imported on first access).
+_LAZY = {
+    "Run": ".api", "open_file": ".api", "open_run": ".api",
+    "by_id": ".detectors", "by_index": ".detectors",
+    "stack_detector_data": ".trains",
+}
 
 __all__ = [
     "DataIndexError",
@@ -38,3 +54,15 @@ __all__ = [
     "open_run",
     "stack_detector_data",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'xfeldata' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -14,21 +14,17 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import xarray as xr
-from tqdm.auto import tqdm
 
 from . import trains, views
 from .detectors import detector_dataset
-from .errors import FileFormatError
 from .files.cache import cached_file_index
-from .files.index import FileIndex
+from .files.collect import index_files
 from .files.listing import list_run_files, proposal_run_dir
 from .run import RunFiles, RunSelection
 from .summary import format_info
@@ -124,48 +120,6 @@ class Run(RunSelection):
             Where to print (default: standard output).
         """
         print(format_info(self, details=details), file=file or sys.stdout)
-
-
-def index_files(paths: Iterable[PathLike], strict: bool = False,
-                progress: bool | None = None, cache: bool = True) -> list[FileIndex]:
-    """Index files in parallel threads, skipping unreadable ones with a warning.
-
-    Parameters
-    ----------
-    paths
-        Run files.
-    strict
-        Raise :class:`~xfeldata.errors.FileFormatError` for an unreadable file
-        instead of warning and skipping it.
-    progress
-        Show a progress bar; by default only on a terminal and for many files.
-    cache
-        Use and fill the persistent index cache (:mod:`xfeldata.files.cache`).
-    """
-    paths = [os.fspath(p) for p in paths]
-    if progress is None:
-        progress = len(paths) > 20 and sys.stderr.isatty()
-    results: list[FileIndex] = []
-    failures: list[FileFormatError] = []
-
-    def index_one(path: str) -> FileIndex | FileFormatError:
-        try:
-            return cached_file_index(path, use_cache=cache)
-        except FileFormatError as exc:
-            return exc
-
-    with ThreadPoolExecutor(max_workers=max(1, min(8, len(paths)))) as pool:
-        for result in tqdm(pool.map(index_one, paths), total=len(paths), disable=not progress,
-                           desc="Indexing files", unit="file"):
-            (failures if isinstance(result, FileFormatError) else results).append(result)
-    if failures and (strict or not results):
-        if len(failures) == 1:
-            raise failures[0]
-        raise FileFormatError(failures[0].path, f"{failures[0].problem} (and {len(failures) - 1} "
-                              "more unreadable files: " + ", ".join(f.path for f in failures[1:]) + ")")
-    for exc in failures:
-        warnings.warn(f"skipping unreadable file {exc}", stacklevel=3)
-    return results
 
 
 def open_run(

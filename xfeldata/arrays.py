@@ -237,7 +237,7 @@ def flat_rows_array(run: RunSelection, source: str, key: str,
 
 def _blocks_to_array(name: str, blocks: list[BlockRead], info: KeyInfo) -> da.Array:
     if not blocks:
-        return da.zeros((0, *info.entry_shape), dtype=info.dtype)
+        return da.from_array(np.empty((0, *info.entry_shape), info.dtype), chunks=-1)
     ndim = len(blocks[0].shape)
     graph = {(name, i, *([0] * (ndim - 1))): (execute_block, b) for i, b in enumerate(blocks)}
     chunks = (tuple(b.shape[0] for b in blocks), *((d,) for d in blocks[0].shape[1:]))
@@ -339,7 +339,7 @@ def padded_array(
         blocks.append(BlockRead(shape, info.dtype, len(info.entry_shape),
                                 None if covered else fill, reads))
     if not blocks:
-        return da.full((0, n_slots, *info.entry_shape), fill, dtype=info.dtype)
+        return da.from_array(np.empty((0, n_slots, *info.entry_shape), info.dtype), chunks=-1)
     graph = {(name, i, 0, *([0] * len(info.entry_shape))): (execute_block, b)
              for i, b in enumerate(blocks)}
     chunks = (tuple(b.shape[0] for b in blocks), (n_slots,), *((d,) for d in info.entry_shape))

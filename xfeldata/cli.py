@@ -22,11 +22,15 @@ from .files.layout import DETECTORS, FORMAT_VERSIONS
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .api import open_file, open_run
+    # The selection layer is all a summary needs: no xarray, dask or pandas to import.
+    from .files.collect import index_files
+    from .files.listing import list_run_files
+    from .run import RunFiles, RunSelection
+    from .summary import format_info
 
-    path = args.path
-    run = open_file(path) if os.path.isfile(path) else open_run(path, include=args.include)
-    run.info(details=args.details)
+    strict = os.path.isfile(args.path)
+    indexes = index_files(list_run_files(args.path, args.include), strict=strict)
+    print(format_info(RunSelection(RunFiles(indexes)), details=args.details))
     return 0
 
 

@@ -45,12 +45,18 @@ INTEGER_FILL = 0
 def fill_value_for(dtype: np.dtype, fill_value: Any = None) -> Any:
     """The fill value of missing cells: the caller's, else NaN for floats and 0 for integers.
 
+    A fractional or NaN ``fill_value`` for integer data is an error (it would be
+    silently cast).
+
     >>> fill_value_for(np.dtype("float32")), fill_value_for(np.dtype("uint16"))
     (nan, 0)
     """
-    if fill_value is not None:
-        return fill_value
     dtype = np.dtype(dtype)
+    if fill_value is not None:
+        if dtype.kind in "iub" and isinstance(fill_value, float) and not float(fill_value).is_integer():
+            raise ValueError(f"fill_value {fill_value} cannot be stored in {dtype} data; "
+                             "give an integer, or convert the data to float first")
+        return fill_value
     if dtype.kind in "fc":
         return np.nan
     if dtype.kind == "b":
@@ -119,7 +125,7 @@ def key_dataarray(data: Any, train_ids: np.ndarray, *, source: str, key: str,
     if pulse_ids is not None:
         pulse_dim = POSITION_DIM if positional else PULSE_DIM
         lead.append(pulse_dim)
-        coords[pulse_dim] = np.asarray(pulse_ids)
+        coords[pulse_dim] = np.asarray(pulse_ids, np.int64 if positional else np.uint64)
         if positional:
             extra["pulse_dim"] = "positional: the rows record no pulse IDs"
     n_entry = data.ndim - len(lead)
@@ -174,7 +180,7 @@ def detector_dataset(
         data_vars["cellId"] = (lead, cell_ids)
     coords = {
         TRAIN_DIM: np.asarray(train_ids, np.uint64),
-        pulse_dim: np.asarray(pulse_ids),
+        pulse_dim: np.asarray(pulse_ids, np.uint64 if pulse_dim == PULSE_DIM else np.int64),
         MODULE_DIM: np.asarray(modules, np.int64),
     }
     return xr.Dataset(data_vars, coords=coords, attrs=dict(attrs or {}))
