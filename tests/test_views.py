@@ -278,3 +278,14 @@ def test_unknown_source_or_key_names_close_matches(agipd_raw_run):
         run[XGM_SOURCE, "beamPosition.ixPoss"]
     with pytest.raises(KeyError, match="SA1_XTD2_XGM"):
         run["SA1_XTD2_XGM/DOOCS/MAIM"]
+
+
+def test_merged_datasets_keep_each_variables_attrs(agipd_raw_run):
+    run = xd.open_run(agipd_raw_run)
+    xgm = "SA1_XTD2_XGM/DOOCS/MAIN"
+    ds = run[xgm]
+    assert ds.attrs == {"source": xgm}
+    assert ds["beamPosition.ixPos"].attrs["units"] == "mm"
+    assert ds["beamPosition.ixPos"].attrs["key"] == "beamPosition.ixPos"
+    merged = run.select(xgm, "beamPosition.*").dataset()
+    assert merged[f"{xgm}/beamPosition.iyPos"].attrs["source"] == xgm

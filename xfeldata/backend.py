@@ -45,7 +45,7 @@ from .api import open_run
 from .arrays import TARGET_CHUNK_BYTES, BlockRead, RowRead, chunk_rows, default_fill_value, execute_block
 from .files.layout import parse_file_name
 from .run import RunSelection
-from .views import _pulse_slots
+from .views import pulse_slots
 
 __all__ = ["XfeldataBackendEntrypoint", "XfeldataBackendArray", "open_source_dataset"]
 
@@ -194,7 +194,7 @@ def _key_rows(run: RunSelection, source: str, key: str
     if counts.max(initial=0) <= 1:
         n_slots = 1
     else:
-        slots = _pulse_slots(run, source, info.group, counts)
+        slots = pulse_slots(run, source, info.group, counts)
         if slots is None:
             n_slots, positional = int(counts.max()), True
             pulse_ids = np.arange(n_slots)

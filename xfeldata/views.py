@@ -29,8 +29,8 @@ def _decode_block(block: np.ndarray) -> np.ndarray:
     return out
 
 
-def _pulse_slots(run: RunSelection, source: str, group: str,
-                 counts: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+def pulse_slots(run: RunSelection, source: str, group: str,
+                counts: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """Pulse IDs (coordinate) and the slot of every row, or None if not recorded/unique."""
     full = run.select(source)
     key = f"{group}.pulseId"
@@ -82,7 +82,7 @@ def key_array(run: RunSelection, source: str, key: str) -> xr.DataArray | xr.Dat
         train_ids = found.train_ids[has_data]
     else:
         train_ids = found.train_ids[has_data]
-        slots = _pulse_slots(run, source, info.group, counts[has_data])
+        slots = pulse_slots(run, source, info.group, counts[has_data])
         if slots is None:
             n_slots, slot_of_row, positional = int(counts.max()), None, True
             pulse_ids = np.arange(n_slots)
@@ -122,7 +122,10 @@ def _merge(variables: dict[str, xr.DataArray]) -> xr.Dataset:
     renamed = [v.rename(name) for name, v in variables.items()]
     if not renamed:
         return xr.Dataset(coords={schema.TRAIN_DIM: np.zeros(0, np.uint64)})
-    return xr.merge(renamed, join="outer", compat="no_conflicts", combine_attrs="drop")
+    # "drop_conflicts" keeps every variable's own attrs (source, key, units, files).
+    merged = xr.merge(renamed, join="outer", compat="no_conflicts", combine_attrs="drop_conflicts")
+    merged.attrs = {}
+    return merged
 
 
 def source_dataset(run: RunSelection, source: str) -> xr.Dataset:
