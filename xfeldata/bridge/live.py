@@ -1,0 +1,726 @@
+"""A live buffer of the latest trains from a Karabo bridge, with the offline views.
+
+:class:`LiveBuffer` receives trains in a background thread and keeps the last
+``maxlen`` of them, matched by train ID (each source's ``timestamp.tid``).
+Its views build the same xarray/pandas layout as the offline views of a run
+(:func:`xfeldata.detectors.detector_dataset`, :func:`xfeldata.views.run_dataset`,
+:func:`xfeldata.views.control_frame`) through :mod:`xfeldata.schema`, so
+analysis code runs unchanged on live and on recorded data.
+
+What cannot be the same: the wire carries scalars as plain msgpack numbers,
+so scalar values come back as int64/float64/bool/str whatever their dtype in
+the files (arrays keep their dtype).  Pulse IDs are the union over the
+buffered trains (offline: over the selected trains).
+
+Examples
+--------
+>>> from xfeldata.bridge import LiveBuffer, Simulator, serve
+>>> handle = serve(Simulator("AGIPD", modules=[0, 1], frames=2, ntrains=3, slow=False),
+...                background=True)
+>>> with LiveBuffer(handle.endpoint, maxlen=10) as buf:
+...     _ = buf.wait(3, timeout=10)
+...     ds = buf.detector()
+>>> handle.stop()
+>>> ds["image.data"].dims
+('trainId', 'pulseId', 'module', 'gain', 'slow_scan', 'fast_scan')
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import numbers
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+import zmq
+
+from .. import schema
+from ..files.layout import DETECTORS, DetectorKind, detector_kind_of_device, match_detector_source
+from .client import Client
+from .protocol import ProtocolError
+
+__all__ = ["LiveBuffer"]
+
+log = logging.getLogger(__name__)
+
+TrainData = dict[str, dict[str, Any]]
+_MAX_TID = 2**64 - 1
+
+
+def _valid_tid(value: Any) -> int | None:
+    """A train ID from untrusted metadata: a non-negative 64-bit integer, else None."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        return None
+    value = int(value)
+    return value if 0 <= value <= _MAX_TID else None
+
+
+class LiveBuffer:
+    """Keep the last ``maxlen`` trains of a Karabo bridge stream; view them like a run.
+
+    Parameters
+    ----------
+    client_or_endpoint
+        A :class:`~xfeldata.bridge.Client` (with a finite ``timeout``; the
+        buffer uses it from its thread and does not close it) or an endpoint
+        such as ``"tcp://127.0.0.1:4545"`` (the buffer makes its own client).
+    maxlen
+        Number of trains kept; older ones are evicted (and counted).
+    sock, ser
+        Socket type and serialisation of the client made from an endpoint.
+    timeout
+        Receive timeout (seconds) of that client.  After a silent ``timeout``
+        a REQ client asks again on a fresh socket (a restarted server is
+        picked up), but a train the old request would still have brought is
+        lost, so keep it longer than the slowest train interval.  Silent
+        periods are not errors; :meth:`stop` does not wait for the timeout.
+
+    Attributes
+    ----------
+    errors : int
+        Malformed messages received (logged, skipped).
+    last_error : Exception or None
+        The last of them.
+    mismatched_trains : int
+        Messages whose sources carried different train IDs (each source is
+        filed under its own ``timestamp.tid``).
+    trains_evicted, trains_missed : int
+        Trains evicted by ``maxlen``, and train IDs skipped by the stream.
+    received : int
+        Messages received.
+
+    Examples
+    --------
+    >>> buf = LiveBuffer("tcp://127.0.0.1:4545", maxlen=20)      # doctest: +SKIP
+    >>> with buf:                                                  # doctest: +SKIP
+    ...     buf.wait(10, timeout=30)
+    ...     frame = buf.control_frame()
+    ...     mean = buf.detector()["image.data"].mean("pulseId")
+    """
+
+    def __init__(self, client_or_endpoint: Client | str, maxlen: int = 100, sock: str = "REQ",
+                 timeout: float = 10, ser: str = "msgpack") -> None:
+        if maxlen < 1:
+            raise ValueError("maxlen must be at least 1")
+        if isinstance(client_or_endpoint, Client):
+            if client_or_endpoint.timeout is None:
+                raise ValueError("the client needs a finite timeout so that stop() can end the "
+                                 "receiving thread: Client(endpoint, timeout=0.5)")
+            self._client: Client | None = client_or_endpoint
+            self.endpoint = client_or_endpoint.endpoint
+        else:
+            self._client = None
+            self.endpoint = str(client_or_endpoint)
+        self.maxlen = int(maxlen)
+        self.sock, self.ser, self.timeout = sock, ser, timeout
+        self.errors = 0
+        self.last_error: Exception | None = None
+        self.mismatched_trains = 0
+        self.trains_evicted = 0
+        self.trains_missed = 0
+        self.received = 0
+        self._trains: dict[int, tuple[TrainData, TrainData]] = {}
+        self._newest: int | None = None
+        self._oldest_evicted: int | None = None
+        self._cond = threading.Condition()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failure: BaseException | None = None
+        self._context: zmq.Context | None = None
+
+    # -- receiving -------------------------------------------------------------
+
+    def start(self) -> LiveBuffer:
+        """Start the receiving thread (done by ``with LiveBuffer(...)``); returns self."""
+        if self._thread is None or not self._thread.is_alive():
+            self._stopping.clear()
+            if self._client is None:
+                self._context = zmq.Context()
+            self._thread = threading.Thread(target=self._run, args=(self._context,), daemon=True,
+                                            name=f"live-buffer {self.endpoint}")
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = 10) -> None:
+        """Stop receiving; the buffered trains stay.
+
+        A buffer that made its own client interrupts a pending receive at once
+        (by terminating its ZeroMQ context); with a client passed in, the
+        thread ends within that client's timeout.
+        """
+        self._stopping.set()
+        if self._context is not None:
+            self._context.term()  # a blocked receive raises ContextTerminated
+            self._context = None
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self, context: zmq.Context | None) -> None:
+        own = self._client is None
+        try:
+            client = self._client or Client(self.endpoint, sock=self.sock, ser=self.ser,
+                                            timeout=self.timeout, context=context)
+        except Exception as exc:  # e.g. a malformed endpoint
+            self._failure = exc
+            with self._cond:
+                self._cond.notify_all()
+            return
+        try:
+            while not self._stopping.is_set():
+                try:
+                    data, metadata = client.next()
+                except TimeoutError:
+                    continue
+                except ProtocolError as exc:
+                    self._error(exc)
+                    continue
+                self.add(data, metadata)
+        except zmq.ZMQError as exc:
+            if not self._stopping.is_set():  # else: stop() terminated the context
+                log.exception("live buffer: receiving from %s failed", self.endpoint)
+                self._failure = exc
+        except Exception as exc:  # keep it for wait() to report
+            log.exception("live buffer: receiving from %s failed", self.endpoint)
+            self._failure = exc
+        finally:
+            if own:
+                client.close()
+            with self._cond:
+                self._cond.notify_all()
+
+    def _error(self, exc: Exception) -> None:
+        with self._cond:
+            self.errors += 1
+            self.last_error = exc
+        log.warning("live buffer: malformed message from %s skipped: %s", self.endpoint, exc)
+
+    def add(self, data: Mapping[str, Any], metadata: Mapping[str, Any]) -> None:
+        """File one decoded message by train ID (the receiving thread calls this).
+
+        Sources are matched by their ``timestamp.tid``; a message whose
+        sources disagree counts in :attr:`mismatched_trains`, and each source
+        goes to its own train.  Sources without a valid train ID go with the
+        message's most common one; a message without any is an error.
+        """
+        tids = {}
+        for source in data:
+            meta = metadata.get(source) if isinstance(metadata, Mapping) else None
+            tids[source] = _valid_tid(meta.get("timestamp.tid")) if isinstance(meta, Mapping) else None
+        counts = Counter(t for t in tids.values() if t is not None)
+        if not counts:
+            self._error(ProtocolError("message without a valid train ID (timestamp.tid)"))
+            return
+        common = counts.most_common(1)[0][0]
+        with self._cond:
+            self.received += 1
+            if len(counts) > 1:
+                self.mismatched_trains += 1
+                log.warning("live buffer: sources carry different train IDs in one message: %s",
+                            {s: t for s, t in tids.items()})
+            for source, props in data.items():
+                if not isinstance(props, Mapping):
+                    continue
+                self._file(tids[source] if tids[source] is not None else common, source,
+                           props, metadata.get(source) or {})
+            self._cond.notify_all()
+
+    def _file(self, tid: int, source: str, props: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
+        if tid not in self._trains:
+            if self._oldest_evicted is not None and tid <= self._oldest_evicted:
+                return  # a late source of a train already evicted
+            if self._newest is not None and tid > self._newest + 1:
+                self.trains_missed += tid - self._newest - 1
+            self._trains[tid] = ({}, {})
+            if self._newest is None or tid > self._newest:
+                self._newest = tid
+            while len(self._trains) > self.maxlen:
+                oldest = min(self._trains)
+                del self._trains[oldest]
+                self.trains_evicted += 1
+                self._oldest_evicted = max(oldest, self._oldest_evicted or 0)
+        data, metadata = self._trains[tid]
+        data[source] = dict(props)
+        metadata[source] = dict(meta)
+
+    def wait(self, ntrains: int = 1, timeout: float = 10) -> LiveBuffer:
+        """Block until ``ntrains`` trains are buffered; returns self.
+
+        Raises
+        ------
+        TimeoutError
+            Fewer trains arrived within ``timeout`` seconds (a silent endpoint).
+        RuntimeError
+            The receiving thread failed or is not running.
+        """
+        if ntrains > self.maxlen:
+            raise ValueError(f"cannot wait for {ntrains} trains in a buffer of {self.maxlen}")
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self._trains) < ntrains:
+                if self._failure is not None:
+                    raise RuntimeError(f"the live buffer stopped: {self._failure!r}")
+                if not self.running:
+                    raise RuntimeError("the live buffer is not running (call start())")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"{len(self._trains)} of {ntrains} trains from "
+                                       f"{self.endpoint} within {timeout} s")
+                self._cond.wait(min(left, 0.1))
+        return self
+
+    # -- contents --------------------------------------------------------------
+
+    @property
+    def train_ids(self) -> np.ndarray:
+        """IDs of the buffered trains, ascending (uint64)."""
+        with self._cond:
+            return np.array(sorted(self._trains), dtype=np.uint64)
+
+    @property
+    def trains_dropped(self) -> int:
+        """Trains lost: evicted by ``maxlen`` plus gaps in the train IDs received."""
+        return self.trains_evicted + self.trains_missed
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._trains)
+
+    def train(self, train_id: int) -> tuple[TrainData, TrainData]:
+        """The buffered ``(data, metadata)`` of one train (``KeyError`` if not buffered)."""
+        with self._cond:
+            data, metadata = self._trains[int(train_id)]
+            return dict(data), dict(metadata)
+
+    def clear(self) -> None:
+        """Forget the buffered trains (the counters stay)."""
+        with self._cond:
+            self._trains.clear()
+
+    def _snapshot(self) -> list[tuple[int, TrainData]]:
+        with self._cond:
+            return [(tid, dict(self._trains[tid][0])) for tid in sorted(self._trains)]
+
+    # -- views -----------------------------------------------------------------
+
+    def detector(self, name: str | None = None, *, modules: Sequence[int] | None = None,
+                 fill_value: Any = None, require_all_modules: bool = False,
+                 keys: Sequence[str] | None = None) -> xr.Dataset:
+        """The buffered trains of a multi-module detector, stacked as ``run.detector()`` does.
+
+        Parameters are those of :func:`xfeldata.detectors.detector_dataset`.
+
+        Returns
+        -------
+        xarray.Dataset
+            ``image.data`` (and ``image.mask``, ``image.gain``)
+            ``(trainId, pulseId, module, [gain,] slow_scan, fast_scan)``
+            (JUNGFRAU: ``cell``), ``present (trainId, module)``, ``cellId``
+            (int64, -1 where missing).  numpy-backed.
+
+        Examples
+        --------
+        >>> buf.detector("AGIPD", modules=[0, 1])["present"].dims   # doctest: +SKIP
+        ('trainId', 'module')
+        """
+        return _detector(self._snapshot(), name, modules, fill_value, require_all_modules, keys)
+
+    def dataset(self, sources: str = "*", keys: str = "*") -> xr.Dataset:
+        """Every matching key of the buffered trains, as ``run.select(sources, keys).dataset()``.
+
+        Variables are named ``"source/key"``; per-train keys are
+        ``(trainId, *entry)``, frame-resolved detector keys (``image.*``)
+        ``(trainId, pulseId, *entry)``; generic entry dimensions are named
+        ``"<key>.dim_0"``, ....
+
+        Examples
+        --------
+        >>> buf.dataset("SA1_XTD2_XGM/*")     # doctest: +SKIP
+        """
+        return _dataset(self._snapshot(), sources, keys)
+
+    def control_frame(self, sources: str = "*", keys: str = "*") -> pd.DataFrame:
+        """Scalar values of control sources, as ``run.control_frame()``.
+
+        Indexed by ``trainId``, one column per ``"source/key"``; keys with
+        array values are listed in ``frame.attrs["skipped"]``.  Control
+        sources are those without ``:`` in their name (Karabo pipeline outputs
+        have one).
+
+        Examples
+        --------
+        >>> buf.control_frame("*MOTOR*")     # doctest: +SKIP
+        """
+        return _control_frame(self._snapshot(), sources, keys)
+
+    # -- protocol --------------------------------------------------------------
+
+    def __enter__(self) -> LiveBuffer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return (f"<LiveBuffer {self.endpoint} ({state}) {len(self)}/{self.maxlen} trains, "
+                f"{self.trains_dropped} dropped, {self.errors} errors>")
+
+
+# ---------------------------------------------------------------------------
+# Detector stacking (the layout of xfeldata.detectors.detector_dataset)
+# ---------------------------------------------------------------------------
+
+
+def _kind(device: str, modules: Sequence[int]) -> DetectorKind | None:
+    kind = detector_kind_of_device(device)
+    if kind is not None and kind.name == "AGIPD1M" and max(modules) < 8 and "500K" in device.upper():
+        return DETECTORS["AGIPD500K"]
+    return kind
+
+
+def _xtdf_rows(props: Mapping[str, Any], kind: DetectorKind | None) -> tuple[int, dict[str, np.ndarray]]:
+    """Frames of one XTDF module in one train and its ``image.*`` values as rows ``(n, *entry)``.
+
+    Per-train dicts drop the row axis of a single row (as files read train by
+    train do): the detector kind's frame shape tells whether it was dropped.
+    """
+    image = {k: np.asarray(v) for k, v in props.items() if k.startswith("image.")
+             and isinstance(v, np.ndarray | numbers.Number)}
+    data = image.get("image.data")
+    single = False
+    if data is not None and kind is not None:
+        entry = kind.corrected_entry_shape if data.dtype.kind in "fc" else kind.raw_entry_shape
+        single = data.ndim == len(entry)
+    elif data is None and "image.pulseId" in image:
+        single = image["image.pulseId"].ndim == 0
+    if single:
+        image = {k: v[np.newaxis] for k, v in image.items()}
+    lengths = {len(v) for v in image.values() if v.ndim}
+    if len(lengths) > 1:
+        raise ValueError(f"image.* keys differ in their number of frames: "
+                         f"{ {k: v.shape for k, v in image.items()} }")
+    return (lengths.pop() if lengths else 0), image
+
+
+def _pulse_ids(image: Mapping[str, np.ndarray], n: int) -> np.ndarray:
+    pids = image.get("image.pulseId")
+    if pids is None:
+        return np.arange(n)
+    return pids.reshape(n, -1)[:, 0] if pids.ndim > 1 else pids
+
+
+def _pick(found: dict[str, dict[int, str]], name: str | None) -> tuple[str, dict[int, str]]:
+    if not found:
+        raise KeyError("no multi-module detector in the buffered trains")
+    if name is None:
+        if len(found) > 1:
+            raise ValueError(f"several detectors in this data, pick one by name: {', '.join(found)}")
+        return next(iter(found.items()))
+    if name in found:
+        return name, found[name]
+    matches = [d for d in found if fnmatch.fnmatchcase(d, name) or name.upper() in d.upper()]
+    if len(matches) == 1:
+        return matches[0], found[matches[0]]
+    hint = f"several match: {', '.join(matches)}" if matches else f"detectors here: {', '.join(found)}"
+    raise KeyError(f"detector {name!r} is not in the buffered trains ({hint})")
+
+
+def _parallel_stages(frames: list[tuple[int, np.ndarray]], stages: int = 3) -> list[np.ndarray] | None:
+    """Gain stage per frame of each train if its pulses are stored ``stages`` times in sequence."""
+    out = []
+    for n, pids in frames:
+        if n % stages or not (pids.reshape(stages, -1) == pids[: n // stages]).all():
+            return None
+        out.append(np.repeat(np.arange(stages), n // stages))
+    return out
+
+
+def _detector(trains: list[tuple[int, TrainData]], name: str | None, modules: Sequence[int] | None,
+              fill_value: Any, require_all_modules: bool, keys: Sequence[str] | None) -> xr.Dataset:
+    found: dict[str, dict[int, str]] = {}
+    for _, data in trains:
+        for source in data:
+            match = match_detector_source(source)
+            if match:
+                found.setdefault(match[0], {})[match[1]] = source
+    found = {d: dict(sorted(m.items())) for d, m in sorted(found.items())}
+    device, sources = _pick(found, name)
+    kind = _kind(device, list(sources))
+    xtdf = kind.xtdf if kind else any("image.data" in d.get(s, {}) for _, d in trains
+                                      for s in sources.values())
+    group = "image" if xtdf else "data"
+    data_key = "image.data" if xtdf else "data.adc"
+    all_modules = list(kind.modules) if kind else sorted(sources)
+    if modules is not None:
+        unknown = sorted(set(modules) - set(all_modules) - set(sources))
+        if unknown:
+            raise KeyError(f"modules {unknown} are not modules of {device} ({kind.name if kind else ''})")
+        all_modules = sorted(modules)
+    present_sources = {m: s for m, s in sources.items() if m in all_modules}
+    if not present_sources:
+        raise KeyError(f"none of modules {all_modules} of {device} is in the buffered trains")
+
+    # Rows of every module in every train: n frames and the group's values (n, *entry)
+    per_train: list[dict[int, tuple[int, dict[str, np.ndarray]]]] = []
+    for _, data in trains:
+        mods = {}
+        for m, s in present_sources.items():
+            props = data.get(s)
+            if props is None:
+                continue
+            if xtdf:
+                mods[m] = _xtdf_rows(props, kind)
+            else:
+                values = {k: np.asarray(v)[np.newaxis] for k, v in props.items()
+                          if k.startswith("data.") and isinstance(v, np.ndarray | numbers.Number)}
+                mods[m] = (1 if data_key in values else 0, values)
+        per_train.append(mods)
+
+    first = next(iter(present_sources.values()))
+    first_keys = {k for _, d in trains for k in d.get(first, {})}
+    candidates = keys or [data_key, f"{group}.mask", f"{group}.gain"]
+    var_keys = [k for k in candidates if k in first_keys]
+    if not var_keys:
+        raise KeyError(f"{first} has none of the keys {list(candidates)} in the buffered trains")
+    infos: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    for key in var_keys:
+        seen = {(m, v[key].shape[1:], v[key].dtype) for mods in per_train
+                for m, (n, v) in mods.items() if key in v and n}
+        shapes = {(shape, dtype) for _, shape, dtype in seen}
+        if len(shapes) > 1:
+            detail = ", ".join(sorted({f"module {m}: {shape} {dtype}" for m, shape, dtype in seen}))
+            raise ValueError(f"{device} {key}: modules differ in shape or dtype ({detail})")
+        if shapes:
+            infos[key] = shapes.pop()
+
+    # Common train axis: trains where any (require_all_modules: every) module has frames
+    has = np.array([[mods.get(m, (0,))[0] > 0 for m in present_sources] for mods in per_train],
+                   bool).reshape(len(per_train), len(present_sources))
+    seen_modules = has.any(axis=0)
+    keep = has[:, seen_modules].all(axis=1) if require_all_modules else has.any(axis=1)
+    keep &= has.any(axis=1)
+    train_ids = np.array([tid for (tid, _), k in zip(trains, keep, strict=True) if k], np.uint64)
+    per_train = [mods for mods, k in zip(per_train, keep, strict=True) if k]
+
+    # Pulse slots and (LPD) parallel gain stages
+    stages: dict[int, list[np.ndarray]] | None = None
+    if xtdf:
+        pids = {m: [(mods[m][0], _pulse_ids(mods[m][1], mods[m][0]).astype(np.int64)) if m in mods
+                    else (0, np.zeros(0, np.int64)) for mods in per_train] for m in present_sources}
+        if kind is not None and kind.name == "LPD1M":
+            per_module = {m: _parallel_stages(p) for m, p in pids.items()}
+            if all(s is not None for s in per_module.values()) and any(
+                    n for p in pids.values() for n, _ in p):
+                stages = per_module
+        if stages is None:
+            for m, p in pids.items():
+                for n, ids in p:
+                    if len(np.unique(ids)) != n:
+                        raise ValueError(f"{present_sources[m]}: a pulse ID repeats within a train; "
+                                         "cannot label frames by pulse ID")
+        all_ids = [ids for p in pids.values() for _, ids in p]
+        pulse_coord = np.unique(np.concatenate(all_ids)) if all_ids else np.zeros(0, np.int64)
+    else:
+        first_info = infos.get(data_key) or next(iter(infos.values()))
+        pulse_coord = np.arange(first_info[0][0])
+    n_slots = len(pulse_coord)
+
+    def stacked(key: str) -> tuple[np.ndarray, tuple[str, ...]]:
+        entry, dtype = infos[key]
+        fill = schema.fill_value_for(dtype, fill_value)
+        if not xtdf:
+            entry = entry[1:]
+        out = np.full((len(train_ids), n_slots, len(all_modules), *((3,) if stages else ()), *entry),
+                      fill, dtype=dtype)
+        for i, mods in enumerate(per_train):
+            for j, m in enumerate(all_modules):
+                if m not in mods or key not in mods[m][1] or not mods[m][0]:
+                    continue
+                rows = mods[m][1][key]
+                if not xtdf:
+                    out[i, :, j] = rows[0]
+                elif stages:
+                    st = stages[m][i]
+                    for s in range(3):
+                        ids = pids[m][i][1][st == s]
+                        out[i, np.searchsorted(pulse_coord, ids), j, s] = rows[st == s]
+                else:
+                    out[i, np.searchsorted(pulse_coord, pids[m][i][1]), j] = rows
+        if xtdf and len(entry) == 3 and entry[0] == 1:
+            out, entry = out[(slice(None),) * (4 if stages else 3) + (0,)], entry[1:]
+        pixel = schema.detector_pixel_dims(entry)
+        return out, ((schema.GAIN_DIM, *pixel) if stages else pixel)
+
+    variables, pixel_dims = {}, {}
+    for key in infos:
+        var = schema.DETECTOR_VARIABLES.get(key, key)
+        variables[var], pixel_dims[var] = stacked(key)
+
+    present = np.zeros((len(train_ids), len(all_modules)), bool)
+    for i, mods in enumerate(per_train):
+        for j, m in enumerate(all_modules):
+            present[i, j] = m in mods and mods[m][0] > 0
+
+    cell_key = f"{group}.cellId" if xtdf else "data.memoryCell"
+    cell_ids = None
+    if cell_key in first_keys:
+        cell_ids = np.full((len(train_ids), n_slots, len(all_modules)), -1, np.int64)
+        for i, mods in enumerate(per_train):
+            for j, m in enumerate(all_modules):
+                if m not in mods or cell_key not in mods[m][1] or not mods[m][0]:
+                    continue
+                cells = mods[m][1][cell_key]
+                if not xtdf:
+                    cell_ids[i, :, j] = cells.reshape(n_slots)
+                    continue
+                cells = cells.reshape(len(cells), -1)[:, 0].astype(np.int64)
+                ids = pids[m][i][1]
+                if stages:
+                    sel = stages[m][i] == 0
+                    cells, ids = cells[sel], ids[sel]
+                cell_ids[i, np.searchsorted(pulse_coord, ids), j] = cells
+
+    first_dtype = (infos.get(data_key) or next(iter(infos.values())))[1]
+    attrs = {
+        "detector": device, "kind": kind.name if kind else "unknown",
+        "fill_value": str(schema.fill_value_for(first_dtype, fill_value)),
+        "frames_per_pulse": 3 if stages else 1,
+    }
+    return schema.detector_dataset(
+        variables, train_ids=train_ids, pulse_ids=pulse_coord, modules=all_modules, present=present,
+        pixel_dims=pixel_dims, cell_ids=cell_ids,
+        pulse_dim=schema.PULSE_DIM if xtdf else schema.CELL_DIM, attrs=attrs,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Dataset and control frame (the layouts of xfeldata.views)
+# ---------------------------------------------------------------------------
+
+
+def _is_xtdf_source(source: str) -> bool:
+    match = match_detector_source(source)
+    if match is None:
+        return False
+    kind = detector_kind_of_device(match[0])
+    return kind is None or kind.xtdf
+
+
+def _as_array(values: list[Any]) -> np.ndarray:
+    """Stack per-train values; strings become object arrays of ``str`` (as offline)."""
+    if all(isinstance(v, str | bytes) for v in values):
+        return np.array([v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+                         for v in values], dtype=object)
+    arr = np.stack([np.asarray(v) for v in values])
+    if arr.dtype.kind in "SU":
+        arr = arr.astype(object)
+    return arr
+
+
+def _key_variables(source: str, key: str, found: list[tuple[int, Any]],
+                   rows: dict[int, tuple[int, dict[str, np.ndarray]]] | None) -> dict[str, xr.DataArray]:
+    """The DataArray(s) of one key over the trains that have it (cf. views.key_array)."""
+    pulse_ids, positional = None, False
+    if rows is not None:  # frame-resolved XTDF image.* key
+        found = [(tid, rows[tid][1][key]) for tid, _ in found if rows[tid][0] and key in rows[tid][1]]
+        counts = [len(v) for _, v in found]
+        train_ids = np.array([tid for tid, _ in found], np.uint64)
+        if max(counts, default=0) <= 1:
+            data = _as_array([v[0] for _, v in found]) if found else np.zeros(0)
+        else:
+            per_train = [_pulse_ids(rows[tid][1], len(v)) for tid, v in found]
+            unique = all(len(np.unique(p)) == len(p) for p in per_train)
+            if unique and all("image.pulseId" in rows[tid][1] for tid, _ in found):
+                pulse_ids = np.unique(np.concatenate(per_train))
+                slots = [np.searchsorted(pulse_ids, p) for p in per_train]
+            else:
+                pulse_ids, positional = np.arange(max(counts)), True
+                slots = [np.arange(len(v)) for _, v in found]
+            first = np.asarray(found[0][1])
+            data = np.full((len(found), len(pulse_ids), *first.shape[1:]),
+                           _default_fill(first.dtype), dtype=first.dtype)
+            for i, ((_, v), s) in enumerate(zip(found, slots, strict=True)):
+                data[i, s] = v
+    else:
+        train_ids = np.array([tid for tid, _ in found], np.uint64)
+        data = _as_array([v for _, v in found])
+    if data.dtype.names:
+        arrays = {f"{key}.{f}": schema.key_dataarray(data[f], train_ids, source=source, key=f"{key}.{f}",
+                                                     pulse_ids=pulse_ids, positional=positional)
+                  for f in data.dtype.names}
+    else:
+        arrays = {key: schema.key_dataarray(data, train_ids, source=source, key=key,
+                                            pulse_ids=pulse_ids, positional=positional)}
+    out = {}
+    for name, arr in arrays.items():
+        generic = {d: f"{key}.{d}" for d in arr.dims if d.startswith("dim_")}
+        out[f"{source}/{name}"] = arr.rename(generic) if generic else arr
+    return out
+
+
+def _default_fill(dtype: np.dtype) -> Any:
+    return b"" if dtype.kind == "S" else np.zeros((), dtype) if dtype.kind == "V" else \
+        schema.fill_value_for(dtype)
+
+
+def _dataset(trains: list[tuple[int, TrainData]], sources: str, keys: str) -> xr.Dataset:
+    names = sorted({s for _, d in trains for s in d if fnmatch.fnmatchcase(s, sources)})
+    variables: dict[str, xr.DataArray] = {}
+    for source in names:
+        rows = None
+        if _is_xtdf_source(source):
+            match = match_detector_source(source)
+            kind = _kind(match[0], [match[1]]) if match else None
+            rows = {tid: _xtdf_rows(d[source], kind) for tid, d in trains if source in d}
+        source_keys = sorted({k for _, d in trains for k in d.get(source, {})
+                              if k != "metadata" and fnmatch.fnmatchcase(k, keys)})
+        for key in source_keys:
+            found = [(tid, d[source][key]) for tid, d in trains if key in d.get(source, {})]
+            resolved = rows if rows is not None and key.startswith("image.") else None
+            try:
+                variables.update(_key_variables(source, key, found, resolved))
+            except ValueError as exc:  # values of different shapes in different trains
+                log.warning("live buffer: %s/%s left out of the dataset: %s", source, key, exc)
+    # as xfeldata.views._merge
+    renamed = [v.rename(name) for name, v in variables.items()]
+    if not renamed:
+        return xr.Dataset(coords={schema.TRAIN_DIM: np.zeros(0, np.uint64)})
+    return xr.merge(renamed, join="outer", compat="no_conflicts", combine_attrs="drop")
+
+
+def _is_scalar(value: Any) -> bool:
+    if isinstance(value, str | bytes | numbers.Number | np.generic):
+        return not (isinstance(value, np.void) and value.dtype.names)
+    return isinstance(value, np.ndarray) and value.ndim == 0 and not value.dtype.names
+
+
+def _control_frame(trains: list[tuple[int, TrainData]], sources: str, keys: str) -> pd.DataFrame:
+    names = sorted({s for _, d in trains for s in d
+                    if ":" not in s and fnmatch.fnmatchcase(s, sources)})
+    columns: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    skipped = []
+    for source in names:
+        source_keys = sorted({k for _, d in trains for k in d.get(source, {})
+                              if k != "metadata" and fnmatch.fnmatchcase(k, keys)})
+        for key in source_keys:
+            found = [(tid, d[source][key]) for tid, d in trains if key in d.get(source, {})]
+            if not all(_is_scalar(v) for _, v in found):
+                skipped.append(f"{source}/{key}")
+                continue
+            values = [v.item() if isinstance(v, np.ndarray | np.generic) else v for _, v in found]
+            columns[f"{source}/{key}"] = (np.array([t for t, _ in found], np.uint64),
+                                          _as_array(values))
+    frame = schema.control_frame(columns)
+    frame.attrs["skipped"] = skipped
+    return frame
