@@ -12,6 +12,7 @@ Examples
 """
 
 from .client import Client, KaraboBridge
+from .live import LiveBuffer
 from .protocol import ProtocolError, decode, encode, make_metadata
 from .server import Server, ServerBusy, ServerClosed, Streamer, append_detector_modules, serve
 from .simulate import Simulator
@@ -19,6 +20,7 @@ from .simulate import Simulator
 __all__ = [
     "Client",
     "KaraboBridge",
+    "LiveBuffer",
     "ProtocolError",
     "Server",
     "ServerBusy",
