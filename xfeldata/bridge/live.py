@@ -9,8 +9,10 @@ analysis code runs unchanged on live and on recorded data.
 
 What cannot be the same: the wire carries scalars as plain msgpack numbers,
 so scalar values come back as int64/float64/bool/str whatever their dtype in
-the files (arrays keep their dtype).  Pulse IDs are the union over the
-buffered trains (offline: over the selected trains).
+the files (arrays keep their dtype).  Variable attrs hold ``source`` and
+``key`` but not what only files record (units, displayed names, files read).
+Pulse IDs are the union over the buffered trains (offline: over the selected
+trains).  Control sources are told from instrument sources by name (no ``:``).
 
 Examples
 --------
@@ -43,6 +45,7 @@ import zmq
 
 from .. import schema
 from ..files.layout import DETECTORS, DetectorKind, detector_kind_of_device, match_detector_source
+from ..views import _merge as merge_variables
 from .client import Client
 from .protocol import ProtocolError
 
@@ -692,11 +695,7 @@ def _dataset(trains: list[tuple[int, TrainData]], sources: str, keys: str) -> xr
                 variables.update(_key_variables(source, key, found, resolved))
             except ValueError as exc:  # values of different shapes in different trains
                 log.warning("live buffer: %s/%s left out of the dataset: %s", source, key, exc)
-    # as xfeldata.views._merge
-    renamed = [v.rename(name) for name, v in variables.items()]
-    if not renamed:
-        return xr.Dataset(coords={schema.TRAIN_DIM: np.zeros(0, np.uint64)})
-    return xr.merge(renamed, join="outer", compat="no_conflicts", combine_attrs="drop")
+    return merge_variables(variables)  # exactly as the offline run_dataset merges
 
 
 def _is_scalar(value: Any) -> bool:

@@ -1,0 +1,259 @@
+"""LiveBuffer: trains over real ZeroMQ sockets on 127.0.0.1, viewed like an offline run.
+
+Every server and buffer is stopped by its test (context managers); every wait is
+bounded in time and every loop in count.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import msgpack
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+import zmq
+
+import xfeldata as xd
+from xfeldata.bridge import Client, LiveBuffer, ProtocolError, Simulator, encode, make_metadata, serve
+
+pytestmark = pytest.mark.timeout(60)
+
+AGIPD0 = "SPB_DET_AGIPD1M-1/DET/0CH0:xtdf"
+
+
+def receive(trains, ntrains: int, maxlen: int = 100, **serve_kw) -> LiveBuffer:
+    """Serve ``trains`` (a Run, Simulator or iterable), buffer ``ntrains`` of them, stop both."""
+    with serve(trains, background=True, **serve_kw) as handle:
+        with LiveBuffer(handle.endpoint, maxlen=maxlen) as buf:
+            buf.wait(min(ntrains, maxlen), timeout=20)
+            assert handle.join(timeout=20)  # every train fed and sent
+            deadline = 50
+            while buf.received < ntrains and deadline:  # the last messages may still be on their way
+                threading.Event().wait(0.1)
+                deadline -= 1
+    assert not buf.running
+    assert buf.received == ntrains and buf.errors == 0
+    return buf
+
+
+def layout(ds: xr.Dataset) -> dict:
+    """Everything of a Dataset's layout but the values and the lengths."""
+    return {
+        "dims": {n: v.dims for n, v in ds.variables.items()},
+        "dtypes": {n: v.dtype for n, v in ds.variables.items()},
+        "coords": sorted(ds.coords),
+        "attrs": sorted(ds.attrs),
+    }
+
+
+# -- simulated streams ------------------------------------------------------------
+
+
+def test_simulator_detector_layout_matches_offline(detector_runs):
+    sim = Simulator("AGIPD", modules=[0, 3], frames=3, ntrains=4, slow=False)
+    buf = receive(sim, 4)
+    ds = buf.detector()
+    offline = xd.open_run(detector_runs["AGIPD1M"]).detector()
+    assert layout(ds) == layout(offline)
+    assert ds["image.data"].dims == ("trainId", "pulseId", "module", "gain", "slow_scan", "fast_scan")
+    assert ds.sizes["pulseId"] == 3 and ds.sizes["module"] == 16
+    np.testing.assert_array_equal(ds.trainId, sim.first_train_id + np.arange(4))
+    assert ds.present.sel(module=[0, 3]).all() and not ds.present.sel(module=1).any()
+    assert (ds.cellId.sel(module=1) == -1).all() and (ds.cellId.sel(module=0) >= 0).all()
+    for tid in ds.trainId.values:
+        data, meta = sim.train(int(tid))
+        np.testing.assert_array_equal(ds["image.data"].sel(trainId=tid, module=3),
+                                      data["SPB_DET_AGIPD1M-1/DET/3CH0:xtdf"]["image.data"])
+
+
+def test_present_mask_with_a_module_missing():
+    sim = Simulator("AGIPD", raw=False, modules=[0, 1, 2], frames=2, ntrains=3, slow=False)
+    trains = []
+    for data, meta in sim:
+        if meta[AGIPD0.replace("DET/0CH0:xtdf", "CORR/0CH0:output")]["timestamp.tid"] == \
+                sim.first_train_id + 1:
+            del data["SPB_DET_AGIPD1M-1/CORR/1CH0:output"], meta["SPB_DET_AGIPD1M-1/CORR/1CH0:output"]
+        trains.append((data, meta))
+    buf = receive(trains, 3)
+    ds = buf.detector(modules=[0, 1, 2])
+    assert list(ds.module.values) == [0, 1, 2]
+    assert set(ds.data_vars) == {"image.data", "image.mask", "image.gain", "present", "cellId"}
+    assert ds["image.data"].dtype == np.float32
+    np.testing.assert_array_equal(ds.present.values, [[1, 1, 1], [1, 0, 1], [1, 1, 1]])
+    missing = ds.sel(trainId=sim.first_train_id + 1, module=1)
+    assert np.isnan(missing["image.data"]).all() and (missing["image.mask"] == 0).all()
+    assert (missing.cellId == -1).all()
+    assert not np.isnan(ds["image.data"].sel(module=[0, 2])).any()
+    # require_all_modules drops the train where module 1 is missing
+    assert list(buf.detector(require_all_modules=True).trainId.values) == \
+        [sim.first_train_id, sim.first_train_id + 2]
+    assert buf.detector(modules=[0, 1, 2], fill_value=7)["image.data"].sel(
+        trainId=sim.first_train_id + 1, module=1).min() == 7
+
+
+def test_dropped_trains_evicted_and_gaps():
+    sim = Simulator("JUNGFRAU", modules=[1], frames=2, slow=False)
+    tids = [100, 101, 102, 103, 106, 107]  # 104 and 105 never come
+    buf = receive([sim.train(t) for t in tids], 6, maxlen=3)
+    assert list(buf.train_ids) == [103, 106, 107] and len(buf) == 3
+    assert buf.trains_evicted == 3 and buf.trains_missed == 2 and buf.trains_dropped == 5
+    ds = buf.detector()
+    assert ds["image.data"].dims == ("trainId", "cell", "module", "slow_scan", "fast_scan")
+    assert list(ds.cell.values) == [0, 1]
+
+
+def test_mismatched_train_ids_are_reported_and_matched_by_tid():
+    sim = Simulator("AGIPD", modules=[0, 1], frames=2, slow=False)
+    good = [sim.train(t) for t in (10, 11)]
+    data, meta = sim.train(12)
+    data1, _ = sim.train(13)
+    data["SPB_DET_AGIPD1M-1/DET/1CH0:xtdf"] = data1["SPB_DET_AGIPD1M-1/DET/1CH0:xtdf"]
+    meta["SPB_DET_AGIPD1M-1/DET/1CH0:xtdf"] = make_metadata("SPB_DET_AGIPD1M-1/DET/1CH0:xtdf", 13)
+    buf = receive([*good, (data, meta)], 3)
+    assert buf.mismatched_trains == 1
+    assert list(buf.train_ids) == [10, 11, 12, 13]
+    assert sorted(buf.train(12)[0]) == [AGIPD0] and sorted(buf.train(13)[0]) == [
+        "SPB_DET_AGIPD1M-1/DET/1CH0:xtdf"]
+    present = buf.detector(modules=[0, 1]).present
+    np.testing.assert_array_equal(present.sel(trainId=[12, 13]).values, [[1, 0], [0, 1]])
+
+
+def test_malformed_messages_are_counted_and_the_thread_survives(caplog):
+    """A raw REP socket answers with an odd frame count, bad msgpack, no train ID, then a train."""
+    good = encode({"SRC": {"x": 1.5}}, {"SRC": make_metadata("SRC", 7)})
+    no_tid = [msgpack.packb({"source": "SRC", "content": "msgpack", "metadata": {"source": "SRC"}}),
+              msgpack.packb({"x": 1})]
+    replies = [[b"a", b"b", b"c"], [b"\xc1", b"\xc1"], no_tid, good]
+    ctx = zmq.Context()
+    rep = ctx.socket(zmq.REP)
+    rep.setsockopt(zmq.LINGER, 0)
+    port = rep.bind_to_random_port("tcp://127.0.0.1")
+
+    def answer():
+        for frames in replies:
+            if not rep.poll(10_000):
+                return
+            rep.recv()
+            rep.send_multipart(frames)
+
+    server = threading.Thread(target=answer, daemon=True)
+    server.start()
+    try:
+        with LiveBuffer(f"tcp://127.0.0.1:{port}", maxlen=5, timeout=5) as buf:
+            buf.wait(1, timeout=20)
+            assert buf.running
+        server.join(10)
+    finally:
+        rep.close(linger=0)
+        ctx.term()
+    assert buf.errors == 3 and isinstance(buf.last_error, ProtocolError)
+    assert list(buf.train_ids) == [7]
+    assert buf.control_frame().loc[7, "SRC/x"] == 1.5
+    assert "malformed message" in caplog.text
+
+
+def test_silent_endpoint_times_out_and_stops_promptly():
+    ctx = zmq.Context()
+    rep = ctx.socket(zmq.REP)  # takes requests, never answers
+    rep.setsockopt(zmq.LINGER, 0)
+    port = rep.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        buf = LiveBuffer(f"tcp://127.0.0.1:{port}", timeout=30)
+        with buf:
+            with pytest.raises(TimeoutError):
+                buf.wait(1, timeout=0.3)
+        assert not buf.running  # stop() did not wait for the 30 s receive timeout
+        assert len(buf) == 0 and buf.train_ids.dtype == np.uint64 and buf.errors == 0
+        with pytest.raises(KeyError, match="no multi-module detector"):
+            buf.detector()
+        assert buf.dataset().sizes == {"trainId": 0}
+        assert buf.control_frame().empty
+    finally:
+        rep.close(linger=0)
+        ctx.term()
+
+
+def test_client_passed_in_and_argument_checks():
+    with pytest.raises(ValueError, match="finite timeout"):
+        with Client("tcp://127.0.0.1:1", timeout=None) as client:
+            LiveBuffer(client)
+    with pytest.raises(ValueError):
+        LiveBuffer("tcp://127.0.0.1:1", maxlen=0)
+    sim = Simulator("AGIPD", modules=[0], frames=1, ntrains=2, slow=False)
+    with serve(sim, background=True) as handle:
+        with Client(handle.endpoint, timeout=1) as client:
+            with LiveBuffer(client, maxlen=2) as buf:
+                with pytest.raises(ValueError):
+                    buf.wait(3)
+                buf.wait(2, timeout=20)
+            assert not client.closed  # the caller's client stays the caller's
+    assert "2/2 trains" in repr(buf)
+    with pytest.raises(RuntimeError, match="not running"):
+        buf.clear()
+        buf.wait(1, timeout=1)
+
+
+# -- the acceptance test: a run served from files equals the run opened from files -----
+
+
+@pytest.mark.timeout(90)
+def test_served_run_equals_open_run(agipd_raw_run):
+    run = xd.open_run(agipd_raw_run)
+    buf = receive(run, len(run.train_ids), maxlen=4)
+    tids = buf.train_ids
+    np.testing.assert_array_equal(tids, run.train_ids[-4:])
+    assert buf.trains_evicted == len(run.train_ids) - 4 and buf.trains_missed == 0
+    assert buf.mismatched_trains == 0
+
+    # detector: values, layout and attrs
+    xr.testing.assert_identical(buf.detector(), run.detector().sel(trainId=tids).compute())
+    xr.testing.assert_identical(buf.detector(modules=[3, 5]),
+                                run.detector(modules=[3, 5]).sel(trainId=tids).compute())
+
+    # control frame: the same rows, columns and values; scalars travel as int64/float64
+    live, offline = buf.control_frame(), run.control_frame().loc[tids]
+    pd.testing.assert_frame_equal(live, offline, check_dtype=False)
+    assert live.attrs["skipped"] == offline.attrs["skipped"]
+
+    # dataset: names, dims, coords, values; arrays keep their dtype
+    live, offline = buf.dataset(), run.dataset().sel(trainId=tids).compute()
+    assert set(live.variables) == set(offline.variables)
+    for name, var in offline.variables.items():
+        assert live[name].dims == var.dims, name
+        # source and key; the files' key attributes (units, names) and files read are not on the wire
+        assert live[name].attrs.items() <= var.attrs.items(), name
+        np.testing.assert_array_equal(live[name].values, var.values, err_msg=name)
+        if var.ndim > 1 or name in live.coords:
+            assert live[name].dtype == var.dtype, name
+        else:  # a scalar per train: a plain msgpack number on the wire
+            assert live[name].dtype.kind == var.dtype.kind or var.dtype.kind in "uib", name
+    sel = buf.dataset("SA1_XTD2_XGM/*", "data.*")
+    assert set(sel.data_vars) == set(run.select("SA1_XTD2_XGM/*", "data.*").dataset().data_vars)
+
+
+@pytest.mark.parametrize("kind", ["AGIPD500K", "LPD1M", "LPD1M-parallel", "DSSC1M", "JUNGFRAU"])
+def test_served_detector_equals_open_run_for_every_kind(detector_runs, kind):
+    run = xd.open_run(detector_runs[kind])
+    buf = receive(run, len(run.train_ids), maxlen=10)
+    np.testing.assert_array_equal(buf.train_ids, run.train_ids)
+    xr.testing.assert_identical(buf.detector(), run.detector().compute())
+
+
+def test_served_corrected_and_irregular_runs(agipd_corr_run, irregular_run):
+    run = xd.open_run(agipd_corr_run).select("*/CORR/*", "*")
+    buf = receive(run, len(run.train_ids), maxlen=20)
+    xr.testing.assert_identical(buf.detector(), run.detector().compute())
+
+    # missing module trains, varying frames per train, a train without frames
+    run = xd.open_run(irregular_run).select("SPB_DET*", "image.*")
+    buf = receive(run, len(run.train_ids), maxlen=20)
+    offline = run.detector().compute()
+    xr.testing.assert_identical(buf.detector(), offline)
+    live = buf.dataset("*/1CH0:xtdf", "image.data")
+    offline = run.select("*/1CH0:xtdf", "image.data").dataset().compute()
+    xr.testing.assert_equal(live, offline)
+    name = "SPB_DET_AGIPD1M-1/DET/1CH0:xtdf/image.data"
+    assert live[name].dtype == offline[name].dtype
+    assert live[name].attrs == {"source": offline[name].attrs["source"], "key": "image.data"}
