@@ -25,7 +25,7 @@ import xarray as xr
 
 from . import schema
 from .arrays import TARGET_CHUNK_BYTES, padded_array, read_rows
-from .files.layout import DETECTORS, DetectorKind, detector_kind_of_device, match_detector_source
+from .files.layout import DETECTORS, DetectorKind, detector_kind_of_device, group_detector_sources
 from .run import RunSelection
 
 
@@ -55,12 +55,7 @@ def detector_sources(run: RunSelection) -> dict[str, dict[int, str]]:
     >>> detector_sources(run)        # doctest: +SKIP
     {'SPB_DET_AGIPD1M-1': {0: 'SPB_DET_AGIPD1M-1/DET/0CH0:xtdf', ...}}
     """
-    found: dict[str, dict[int, str]] = {}
-    for source in run.instrument_sources:
-        match = match_detector_source(source)
-        if match:
-            found.setdefault(match[0], {})[match[1]] = source
-    return {device: dict(sorted(mods.items())) for device, mods in sorted(found.items())}
+    return group_detector_sources(run.instrument_sources)
 
 
 def _pick_detector(run: RunSelection, name: str | None) -> tuple[str, dict[int, str]]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .files.layout import detector_kind_of_device, match_detector_source
+from .files.layout import detector_kind_of_device, group_detector_sources
 from .run import RunSelection
 
 #: Trains a second at European XFEL; used for the duration when timestamps are missing.
@@ -43,13 +43,8 @@ def detector_main_group(run: RunSelection, source: str) -> str:
 
 def find_detectors(run: RunSelection) -> list[DetectorSummary]:
     """Group the run's detector module sources by detector."""
-    by_device: dict[str, dict[int, str]] = {}
-    for source in run.instrument_sources:
-        match = match_detector_source(source)
-        if match:
-            by_device.setdefault(match[0], {})[match[1]] = source
     summaries = []
-    for device, modules in sorted(by_device.items()):
+    for device, modules in group_detector_sources(run.instrument_sources).items():
         kind = detector_kind_of_device(device)
         counts = {m: run.data_counts(src, detector_main_group(run, src)) for m, src in modules.items()}
         stacked = np.stack([counts[m] for m in sorted(modules)]) if counts else np.zeros((0, 0))

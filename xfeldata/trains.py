@@ -46,7 +46,7 @@ import numpy as np
 from .errors import DataIndexError, PropertyNameError
 from .files.handles import handles
 from .files.index import decode_str
-from .files.layout import detector_kind_of_device, match_detector_source
+from .files.layout import detector_kind_of_device, group_detector_sources
 from .run import RunSelection, SelectionSpec
 from .schema import fill_value_for
 
@@ -540,11 +540,8 @@ def stack_detector_data(
     >>> stack_detector_data(data, "image.data").shape               # doctest: +SKIP
     (64, 16, 512, 128)
     """
-    found: dict[str, list[tuple[int, str]]] = {}
-    for source in train:
-        matched = match_detector_source(source)
-        if matched is not None and (device is None or matched[0] == device):
-            found.setdefault(matched[0], []).append((matched[1], source))
+    found = {dev: mods for dev, mods in group_detector_sources(train).items()
+             if device is None or dev == device}
     if not found:
         what = f"of {device} " if device else ""
         raise ValueError(f"no detector module sources {what}in this train "
@@ -559,7 +556,7 @@ def stack_detector_data(
         modules = len(kind.modules) if kind else 16
 
     arrays: dict[int, np.ndarray] = {}
-    for modno, source in sorted(mods):
+    for modno, source in mods.items():
         if key not in train[source]:
             continue
         array = np.asarray(train[source][key])

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from ..files.layout import detector_kind_of_device, match_detector_source
+from ..files.layout import detector_kind_of_device, group_detector_sources
 from .protocol import ENCODE_VERSIONS, encode, make_metadata
 
 __all__ = ["POLICIES", "Server", "ServerBusy", "ServerClosed", "Streamer",
@@ -413,11 +413,7 @@ def append_detector_modules(data: dict, metadata: dict) -> tuple[dict, dict]:
     >>> sorted(data), data["SPB_DET_AGIPD1M-1/CAL/APPEND"]["image.data"].shape
     (['SPB_DET_AGIPD1M-1/CAL/APPEND'], (16, 2, 2, 512, 128))
     """
-    groups: dict[str, dict[int, str]] = {}
-    for source in data:
-        found = match_detector_source(source)
-        if found is not None:
-            groups.setdefault(found[0], {})[found[1]] = source
+    groups = group_detector_sources(data)
     if not groups:
         return data, metadata
     data, metadata = dict(data), dict(metadata)

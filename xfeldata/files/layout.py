@@ -16,6 +16,7 @@ FileName(data_class='RAW', run=450, aggregator='DA01', sequence=1)
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -199,3 +200,18 @@ def match_detector_source(source: str) -> tuple[str, int] | None:
         if m:
             return m["device"], int(m["module"])
     return None
+
+
+def group_detector_sources(sources: Iterable[str]) -> dict[str, dict[int, str]]:
+    """The detector module sources among ``sources``: ``{device: {module: source}}``, sorted.
+
+    >>> group_detector_sources(["SPB_DET_AGIPD1M-1/DET/1CH0:xtdf", "SA1_XTD2_XGM/DOOCS/MAIN",
+    ...                         "SPB_DET_AGIPD1M-1/DET/0CH0:xtdf"])
+    {'SPB_DET_AGIPD1M-1': {0: 'SPB_DET_AGIPD1M-1/DET/0CH0:xtdf', 1: 'SPB_DET_AGIPD1M-1/DET/1CH0:xtdf'}}
+    """
+    found: dict[str, dict[int, str]] = {}
+    for source in sources:
+        match = match_detector_source(source)
+        if match:
+            found.setdefault(match[0], {})[match[1]] = source
+    return {device: dict(sorted(mods.items())) for device, mods in sorted(found.items())}
