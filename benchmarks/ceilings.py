@@ -1,0 +1,202 @@
+"""Hardware ceilings: the fastest plain way to get the same bytes, without any labelling.
+
+Every reader here is built once (files opened, buffers preallocated) and
+returns a function to time.  None of them uses xfeldata.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import zlib_into
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Rows ``start:stop`` of dataset ``dataset`` in file ``path``."""
+
+    path: str
+    dataset: str
+    start: int
+    stop: int
+
+
+def _index_groups(index: h5py.Group) -> list[h5py.Group]:
+    """Every group under INDEX with ``first`` and ``count`` arrays."""
+    groups: list[h5py.Group] = []
+
+    def visit(name: str, obj: object) -> None:
+        if isinstance(obj, h5py.Group) and "first" in obj and "count" in obj:
+            groups.append(obj)
+    index.visititems(visit)
+    return groups
+
+
+def read_indexes(paths: list[Path]) -> int:
+    """Read every INDEX array (``trainId`` and each group's ``first``/``count``) with h5py.
+
+    The ceiling of opening a run: what any reader must at least read.
+    Returns the number of arrays read.
+    """
+    n = 0
+    for p in paths:
+        with h5py.File(p, "r") as f:
+            index = f["INDEX"]
+            index["trainId"][()]
+            n += 1
+            for g in _index_groups(index):
+                g["first"][()]
+                g["count"][()]
+                n += 2
+    return n
+
+
+def run_files(run_dir: Path) -> list[Path]:
+    """The HDF5 files of a run directory, sorted."""
+    return sorted(Path(run_dir).glob("*.h5"))
+
+
+def detector_rows(run_dir: Path, train_ids: np.ndarray, key: str = "image.data") -> list[Rows]:
+    """Where the detector ``key`` rows of ``train_ids`` lie, one :class:`Rows` per module file.
+
+    Read from each file's INDEX with h5py (modules sorted by file name).
+    """
+    group, _, rest = key.partition(".")
+    wanted = set(int(t) for t in train_ids)
+    out = []
+    for p in run_files(run_dir):
+        if "AGIPD" not in p.name:
+            continue
+        with h5py.File(p, "r") as f:
+            tids = f["INDEX/trainId"][()]
+            ids = f["METADATA/dataSources/dataSourceId"].asstr()[()]
+            # entries are "INSTRUMENT/<source>/<index group>"; the detector group is "image"
+            src = next(s for s in ids if s.startswith("INSTRUMENT/") and s.endswith("/" + group))
+            src = src[len("INSTRUMENT/"):-len(group) - 1]
+            first = f[f"INDEX/{src}/{group}/first"][()]
+            count = f[f"INDEX/{src}/{group}/count"][()]
+            sel = np.array([int(t) in wanted for t in tids]) & (count > 0)
+            if not sel.any():
+                continue
+            start = int(first[sel].min())
+            stop = int((first[sel] + count[sel]).max())
+            out.append(Rows(str(p), f"INSTRUMENT/{src}/{group}/{rest.replace('.', '/')}",
+                            start, stop))
+    return out
+
+
+def _chunk_starts(ds: h5py.Dataset, start: int, stop: int) -> range:
+    step = ds.chunks[0]
+    return range(start - start % step, stop, step)
+
+
+class _Opened:
+    """Open datasets of a list of :class:`Rows` (kept open, like the libraries' handle caches)."""
+
+    def __init__(self, rows: list[Rows]) -> None:
+        self.rows = rows
+        self.files = {r.path: h5py.File(r.path, "r") for r in rows}
+        self.datasets = [self.files[r.path][r.dataset] for r in rows]
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+
+    def useful_bytes(self) -> int:
+        return sum((r.stop - r.start) * int(np.prod(ds.shape[1:])) * ds.dtype.itemsize
+                   for r, ds in zip(self.rows, self.datasets, strict=True))
+
+
+def h5py_reader(rows: list[Rows]) -> tuple[Callable[[], None], Callable[[], None], int]:
+    """``Dataset.read_direct`` of the rows into one preallocated array (HDF5's own filters).
+
+    Returns ``(read, close, useful_bytes)``.
+    """
+    op = _Opened(rows)
+    outs = [np.empty((r.stop - r.start, *ds.shape[1:]), ds.dtype)
+            for r, ds in zip(rows, op.datasets, strict=True)]
+
+    def read() -> None:
+        for r, ds, out in zip(rows, op.datasets, outs, strict=True):
+            ds.read_direct(out, np.s_[r.start:r.stop])
+    return read, op.close, op.useful_bytes()
+
+
+def direct_chunk_reader(rows: list[Rows]) -> tuple[Callable[[], None], Callable[[], None], int]:
+    """``read_direct_chunk`` of every chunk covering the rows into one preallocated buffer.
+
+    No decoding (for uncompressed data that is the data itself).  Returns
+    ``(read, close, useful_bytes)``.
+    """
+    op = _Opened(rows)
+    plan = []
+    total = 0
+    for r, ds in zip(rows, op.datasets, strict=True):
+        chunk_bytes = int(np.prod(ds.chunks)) * ds.dtype.itemsize
+        zeros = (0,) * (ds.ndim - 1)
+        for c in _chunk_starts(ds, r.start, r.stop):
+            plan.append((ds.id, (c, *zeros), total, chunk_bytes))
+            total += chunk_bytes
+    buf = np.empty(total, np.uint8)
+
+    def read() -> None:
+        for dsid, offset, at, n in plan:
+            dsid.read_direct_chunk(offset, out=buf[at:at + n])
+    return read, op.close, op.useful_bytes()
+
+
+def threaded_decode_reader(rows: list[Rows], workers: int | None = None
+                           ) -> tuple[Callable[[], None], Callable[[], None], int]:
+    """Raw chunks read (``read_direct_chunk``, under h5py's lock) and inflated + unshuffled
+    with ``zlib_into`` (outside the lock) on a thread pool, into one preallocated array.
+
+    The ceiling of compressed reads with deflate+shuffle.  Returns
+    ``(read, close, useful_bytes)``.
+    """
+    op = _Opened(rows)
+    workers = workers or os.cpu_count() or 2
+    plan = []
+    total = 0
+    for r, ds in zip(rows, op.datasets, strict=True):
+        chunk_bytes = int(np.prod(ds.chunks)) * ds.dtype.itemsize
+        zeros = (0,) * (ds.ndim - 1)
+        for c in _chunk_starts(ds, r.start, r.stop):
+            plan.append((ds.id, (c, *zeros), total, chunk_bytes, ds.dtype.itemsize))
+            total += chunk_bytes
+    out = np.empty(total, np.uint8)
+    pool = ThreadPoolExecutor(workers)
+    local = threading.local()  # one inflate buffer per worker thread
+
+    def one(item: tuple) -> None:
+        dsid, offset, at, n, itemsize = item
+        _, raw = dsid.read_direct_chunk(offset)
+        tmp = getattr(local, "buf", None)
+        if tmp is None or tmp.size != n:
+            tmp = local.buf = np.empty(n, np.uint8)
+        zlib_into.decompress_into(raw, tmp)
+        zlib_into.unshuffle(tmp, out[at:at + n], itemsize)
+
+    def read() -> None:
+        list(pool.map(one, plan))
+
+    def close() -> None:
+        pool.shutdown()
+        op.close()
+    return read, close, op.useful_bytes()
+
+
+def memcpy(nbytes: int) -> tuple[Callable[[], None], Callable[[], None], int]:
+    """numpy copy of ``nbytes`` between two preallocated arrays (memory bandwidth)."""
+    src = np.ones(nbytes, np.uint8)
+    dst = np.empty_like(src)
+
+    def copy() -> None:
+        np.copyto(dst, src)
+    return copy, lambda: None, nbytes
