@@ -58,13 +58,24 @@ def detector_sources(run: RunSelection) -> dict[str, dict[int, str]]:
     return group_detector_sources(run.instrument_sources)
 
 
-def _pick_detector(run: RunSelection, name: str | None) -> tuple[str, dict[int, str]]:
-    found = detector_sources(run)
+def choose_detector(found: dict[str, dict[int, str]], name: str | None,
+                    where: str = "this data") -> tuple[str, dict[int, str]]:
+    """Pick one detector from ``{device: {module: source}}`` by name, glob or part of a name.
+
+    ``name=None`` picks the only one.
+
+    Raises
+    ------
+    KeyError
+        No detector, or none matching (the message names those present).
+    ValueError
+        Several detectors and no name.
+    """
     if not found:
-        raise KeyError("no multi-module detector in this data")
+        raise KeyError(f"no multi-module detector in {where}")
     if name is None:
         if len(found) > 1:
-            raise ValueError(f"several detectors in this data, pick one by name: {', '.join(found)}")
+            raise ValueError(f"several detectors in {where}, pick one by name: {', '.join(found)}")
         return next(iter(found.items()))
     if name in found:
         return name, found[name]
@@ -72,7 +83,15 @@ def _pick_detector(run: RunSelection, name: str | None) -> tuple[str, dict[int, 
     if len(matches) == 1:
         return matches[0], found[matches[0]]
     hint = f"several match: {', '.join(matches)}" if matches else f"detectors here: {', '.join(found)}"
-    raise KeyError(f"detector {name!r} is not in this data ({hint})")
+    raise KeyError(f"detector {name!r} is not in {where} ({hint})")
+
+
+def detector_kind(device: str, modules: Sequence[int]) -> DetectorKind | None:
+    """The kind of a detector from its device name (AGIPD-500K told apart by its name)."""
+    kind = detector_kind_of_device(device)
+    if kind is not None and kind.name == "AGIPD1M" and max(modules) < 8 and "500K" in device.upper():
+        return DETECTORS["AGIPD500K"]
+    return kind
 
 
 def _select_pulses(pulse_ids: np.ndarray, positions: np.ndarray, pulses: Any) -> np.ndarray:
@@ -155,13 +174,6 @@ def _parallel_gain_stages(rows: _ModuleRows, stages: int = 3) -> np.ndarray | No
     return stage
 
 
-def _kind_for(device: str, modules: dict[int, str]) -> DetectorKind | None:
-    kind = detector_kind_of_device(device)
-    if kind is None or (kind.name == "AGIPD1M" and max(modules) < 8 and "500K" in device.upper()):
-        return DETECTORS.get("AGIPD500K") if kind else None
-    return kind
-
-
 def detector_dataset(
     run: RunSelection, name: str | None = None, *, modules: Sequence[int] | None = None,
     fill_value: Any = None, require_all_modules: bool = False, pulses: Any = None,
@@ -203,8 +215,8 @@ def detector_dataset(
     ValueError
         If the modules' data differ in dtype or shape.
     """
-    device, sources = _pick_detector(run, name)
-    kind = _kind_for(device, sources)
+    device, sources = choose_detector(detector_sources(run), name)
+    kind = detector_kind(device, list(sources))
     xtdf = kind.xtdf if kind else "image" in run.index_groups(next(iter(sources.values())))
     group = "image" if xtdf else "data"
     data_key = "image.data" if xtdf else "data.adc"

@@ -118,7 +118,8 @@ def _variables(run: RunSelection, source: str, prefix: str) -> dict[str, xr.Data
     return out
 
 
-def _merge(variables: dict[str, xr.DataArray]) -> xr.Dataset:
+def merge_variables(variables: dict[str, xr.DataArray]) -> xr.Dataset:
+    """Merge named DataArrays on their labels (outer join), keeping each one's attrs."""
     renamed = [v.rename(name) for name, v in variables.items()]
     if not renamed:
         return xr.Dataset(coords={schema.TRAIN_DIM: np.zeros(0, np.uint64)})
@@ -131,7 +132,7 @@ def _merge(variables: dict[str, xr.DataArray]) -> xr.Dataset:
 def source_dataset(run: RunSelection, source: str) -> xr.Dataset:
     """All selected keys of one source, merged on their labels (outer join on trains)."""
     source = run.resolve_source(source)
-    ds = _merge(_variables(run, source, ""))
+    ds = merge_variables(_variables(run, source, ""))
     ds.attrs["source"] = source
     return ds
 
@@ -141,7 +142,7 @@ def run_dataset(run: RunSelection) -> xr.Dataset:
     variables: dict[str, xr.DataArray] = {}
     for source in run.sources:
         variables.update(_variables(run, source, f"{source}/"))
-    return _merge(variables)
+    return merge_variables(variables)
 
 
 def to_datatree(run: RunSelection) -> xr.DataTree:

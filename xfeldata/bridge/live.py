@@ -44,8 +44,9 @@ import xarray as xr
 import zmq
 
 from .. import schema
-from ..files.layout import DETECTORS, DetectorKind, detector_kind_of_device, match_detector_source
-from ..views import _merge as merge_variables
+from ..detectors import choose_detector, detector_kind
+from ..files.layout import DetectorKind, detector_kind_of_device, group_detector_sources, match_detector_source
+from ..views import merge_variables
 from .client import Client
 from .protocol import ProtocolError
 
@@ -385,13 +386,6 @@ class LiveBuffer:
 # ---------------------------------------------------------------------------
 
 
-def _kind(device: str, modules: Sequence[int]) -> DetectorKind | None:
-    kind = detector_kind_of_device(device)
-    if kind is not None and kind.name == "AGIPD1M" and max(modules) < 8 and "500K" in device.upper():
-        return DETECTORS["AGIPD500K"]
-    return kind
-
-
 def _xtdf_rows(props: Mapping[str, Any], kind: DetectorKind | None) -> tuple[int, dict[str, np.ndarray]]:
     """Frames of one XTDF module in one train and its ``image.*`` values as rows ``(n, *entry)``.
 
@@ -423,22 +417,6 @@ def _pulse_ids(image: Mapping[str, np.ndarray], n: int) -> np.ndarray:
     return pids.reshape(n, -1)[:, 0] if pids.ndim > 1 else pids
 
 
-def _pick(found: dict[str, dict[int, str]], name: str | None) -> tuple[str, dict[int, str]]:
-    if not found:
-        raise KeyError("no multi-module detector in the buffered trains")
-    if name is None:
-        if len(found) > 1:
-            raise ValueError(f"several detectors in this data, pick one by name: {', '.join(found)}")
-        return next(iter(found.items()))
-    if name in found:
-        return name, found[name]
-    matches = [d for d in found if fnmatch.fnmatchcase(d, name) or name.upper() in d.upper()]
-    if len(matches) == 1:
-        return matches[0], found[matches[0]]
-    hint = f"several match: {', '.join(matches)}" if matches else f"detectors here: {', '.join(found)}"
-    raise KeyError(f"detector {name!r} is not in the buffered trains ({hint})")
-
-
 def _parallel_stages(frames: list[tuple[int, np.ndarray]], stages: int = 3) -> list[np.ndarray] | None:
     """Gain stage per frame of each train if its pulses are stored ``stages`` times in sequence."""
     out = []
@@ -451,15 +429,9 @@ def _parallel_stages(frames: list[tuple[int, np.ndarray]], stages: int = 3) -> l
 
 def _detector(trains: list[tuple[int, TrainData]], name: str | None, modules: Sequence[int] | None,
               fill_value: Any, require_all_modules: bool, keys: Sequence[str] | None) -> xr.Dataset:
-    found: dict[str, dict[int, str]] = {}
-    for _, data in trains:
-        for source in data:
-            match = match_detector_source(source)
-            if match:
-                found.setdefault(match[0], {})[match[1]] = source
-    found = {d: dict(sorted(m.items())) for d, m in sorted(found.items())}
-    device, sources = _pick(found, name)
-    kind = _kind(device, list(sources))
+    found = group_detector_sources({s for _, data in trains for s in data})
+    device, sources = choose_detector(found, name, "the buffered trains")
+    kind = detector_kind(device, list(sources))
     xtdf = kind.xtdf if kind else any("image.data" in d.get(s, {}) for _, d in trains
                                       for s in sources.values())
     group = "image" if xtdf else "data"
@@ -684,7 +656,7 @@ def _dataset(trains: list[tuple[int, TrainData]], sources: str, keys: str) -> xr
         rows = None
         if _is_xtdf_source(source):
             match = match_detector_source(source)
-            kind = _kind(match[0], [match[1]]) if match else None
+            kind = detector_kind(match[0], [match[1]]) if match else None
             rows = {tid: _xtdf_rows(d[source], kind) for tid, d in trains if source in d}
         source_keys = sorted({k for _, d in trains for k in d.get(source, {})
                               if k != "metadata" and fnmatch.fnmatchcase(k, keys)})

@@ -306,9 +306,19 @@ class Server:
                 item = self._next_item()
                 if item is None:
                     break
-                if self.sock == "PUSH" and not self._wait_socket(zmq.POLLOUT):
-                    break
-                self._socket.send_multipart(item.frames, copy=False)
+                if self.sock == "PUSH":
+                    # The peer may go between poll and send: never block in send, or
+                    # stop() could not join this thread.
+                    if not self._wait_socket(zmq.POLLOUT):
+                        break
+                    try:
+                        self._socket.send_multipart(item.frames, flags=zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        with self._cond:
+                            self._queue.appendleft(item)
+                        continue
+                else:
+                    self._socket.send_multipart(item.frames, copy=False)
                 self.sent += 1
                 item.sent.set()
         except BaseException as exc:  # keep it for feed() to report
