@@ -299,3 +299,12 @@ def test_pulse_ids_are_labelled_alike_by_key_arrays_and_detectors(agipd_raw_run)
     det = run.detector()
     per_key = run["SPB_DET_AGIPD1M-1/DET/0CH0:xtdf", "image.data"]
     assert det.pulseId.dtype == per_key.pulseId.dtype == np.uint64
+
+
+def test_fill_value_applies_to_pixel_data_and_masks_keep_their_default(agipd_corr_run):
+    run = xd.open_run(agipd_corr_run).deselect("SPB_DET_AGIPD1M-1/CORR/3CH0:output")
+    det = run.detector(fill_value=-1)
+    assert not det["present"].sel(module=3).any()
+    assert (det["image.data"].sel(module=3).values == -1).all()
+    assert (det["image.mask"].sel(module=3).values == 0).all()  # uint32: no overflow
+    assert (det["image.data"].sel(module=2).values != -1).any()

@@ -282,7 +282,7 @@ def detector_dataset(
 
     def module_array(m: int, key: str, stage: int | None) -> da.Array:
         info = infos[key]
-        fill = schema.fill_value_for(info.dtype, fill_value)
+        fill = schema.detector_fill_value(key, info.dtype, fill_value)
         if m not in present_sources or key not in run.keys(present_sources[m]):
             return None
         row_sel = selected[m] if stage is None else selected[m] & (stages[m] == stage)
@@ -295,7 +295,7 @@ def detector_dataset(
 
     def stacked(key: str) -> tuple[da.Array, tuple[str, ...]]:
         info = infos[key]
-        fill = schema.fill_value_for(info.dtype, fill_value)
+        fill = schema.detector_fill_value(key, info.dtype, fill_value)
         per_stage = []
         for stage in (range(3) if stages else [None]):
             arrays = [module_array(m, key, stage) for m in all_modules]

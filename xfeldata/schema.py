@@ -66,6 +66,17 @@ def fill_value_for(dtype: np.dtype, fill_value: Any = None) -> Any:
     return INTEGER_FILL
 
 
+def detector_fill_value(key: str, dtype: np.dtype, fill_value: Any = None) -> Any:
+    """Fill value of one detector variable: the caller's applies to the pixel data
+    (``image.data``/``data.adc``); masks and gains keep their defaults.
+
+    >>> detector_fill_value("image.mask", np.dtype("uint32"), -1)
+    0
+    """
+    is_data = DETECTOR_VARIABLES.get(key, key) == "image.data"
+    return fill_value_for(dtype, fill_value if is_data else None)
+
+
 def entry_dims(entry_ndim: int) -> tuple[str, ...]:
     """Generic names of the dimensions of one entry: ``dim_0``, ``dim_1``, ..."""
     return tuple(f"dim_{i}" for i in range(entry_ndim))

@@ -513,7 +513,7 @@ def _detector(trains: list[tuple[int, TrainData]], name: str | None, modules: Se
 
     def stacked(key: str) -> tuple[np.ndarray, tuple[str, ...]]:
         entry, dtype = infos[key]
-        fill = schema.fill_value_for(dtype, fill_value)
+        fill = schema.detector_fill_value(key, dtype, fill_value)
         if not xtdf:
             entry = entry[1:]
         out = np.full((len(train_ids), n_slots, len(all_modules), *((3,) if stages else ()), *entry),
