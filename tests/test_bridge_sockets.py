@@ -291,6 +291,14 @@ def test_req_client_recovers_after_server_restart():
         server.stop()
 
 
+def test_req_client_gets_a_reply_that_came_after_its_timeout():
+    with Server(policy="queue") as server, Client(server.endpoint, timeout=0.3) as client:
+        with pytest.raises(TimeoutError):
+            client.next()  # the request is out; nothing to send yet
+        server.feed(train(7), train_id=7)  # answers the request that timed out
+        assert tid_of(client.next()[0]) == 7  # not lost to a socket reset
+
+
 def test_bad_request_gets_error_reply():
     with Server(policy="queue") as server:
         ctx = zmq.Context()

@@ -92,6 +92,10 @@ class Client:
     def recv_frames(self) -> list[zmq.Frame]:
         """Receive one raw message (list of ``zmq.Frame``) without decoding it.
 
+        A REQ client whose request timed out keeps it: the next call first waits
+        for that reply (a late train is not lost), and only if it still does not
+        come resets the socket and asks again (a restarted server answers).
+
         Raises
         ------
         TimeoutError
@@ -99,15 +103,21 @@ class Client:
         """
         if self._socket is None:
             raise RuntimeError("the client is closed")
-        if self.sock == "REQ" and not self._waiting:
+        if self.sock == "REQ" and self._waiting:
+            try:
+                return self._receive()
+            except zmq.Again:
+                self._reset()  # the request went to a server that is gone: ask again
+        if self.sock == "REQ":
             self._socket.send(b"next")
             self._waiting = True
         try:
-            frames = self._socket.recv_multipart(copy=False)
+            return self._receive()
         except zmq.Again:
-            if self.sock == "REQ":
-                self._reset()
             raise TimeoutError(f"no data from {self.endpoint} within {self.timeout} s") from None
+
+    def _receive(self) -> list[zmq.Frame]:
+        frames = self._socket.recv_multipart(copy=False)
         self._waiting = False
         return frames
 
