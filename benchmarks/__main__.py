@@ -41,7 +41,8 @@ def machine() -> dict[str, str]:
         except ImportError:
             versions[mod] = "not installed"
     return {"cores": str(os.cpu_count()), "ram_gib": f"{psutil.virtual_memory().total / 2**30:.1f}",
-            "cpu": cpu, "os": platform.platform(terse=True), **versions}
+            "cpu": cpu, "os": platform.platform(terse=True),
+            "loadavg_1min_at_start": f"{os.getloadavg()[0]:.2f}", **versions}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", choices=list(SIZES), default="default",
                    help="benchmark data size (default: %(default)s; large adds the "
                         "peak-memory case on a run larger than half of 24 GB RAM)")
-    p.add_argument("--repeat", type=int, default=3, help="measured repetitions (default 3)")
+    p.add_argument("--repeat", type=int, default=5, help="measured repetitions (default 5)")
     p.add_argument("--only", action="append", choices=list(CASES), metavar="CASE",
                    help=f"run only this case (repeatable): {', '.join(CASES)}")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA,

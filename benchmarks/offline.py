@@ -16,6 +16,7 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import h5py
@@ -205,8 +206,10 @@ def _stacked(ctx: Context, run_dir: Path, corrected: bool) -> CaseResult:
     rows = ceilings.detector_rows(run_dir, tids[lo:lo + n])
     readers = [("h5py read_direct of the rows (HDF5 filters)", "ref", ceilings.h5py_reader)]
     if corrected:
-        readers.append((f"read_direct_chunk + zlib_into on {os.cpu_count()} threads", "ceiling",
+        readers.append((f"read_direct_chunk + libdeflate on {os.cpu_count()} threads", "ceiling",
                         ceilings.threaded_decode_reader))
+        readers.append((f"read_direct_chunk + zlib_into on {os.cpu_count()} threads", "ref",
+                        partial(ceilings.threaded_decode_reader, inflater="zlib_into")))
     else:
         readers.append(("read_direct_chunk into a preallocated array", "ceiling",
                         ceilings.direct_chunk_reader))
