@@ -98,6 +98,7 @@ def execute_block(block: BlockRead) -> np.ndarray:
         out = np.full(block.shape, block.fill_value, block.dtype)
     entry = block.shape[len(block.shape) - block.entry_ndim:] if block.entry_ndim else ()
     flat = out.reshape((-1, *entry))
+    decoded: dict = {}  # the last partly used compressed chunk, decoded once
     for read in block.reads:
         f = handles.get(read.path)
         try:
@@ -116,7 +117,7 @@ def execute_block(block: BlockRead) -> np.ndarray:
         if isinstance(read.target, int):
             dest = flat[read.target: read.target + n]
             if dest.dtype == ds.dtype and dest.flags.c_contiguous and ds.dtype.kind != "O":
-                read_rows_into(ds, read.start, read.stop, dest)
+                read_rows_into(ds, read.start, read.stop, dest, decoded)
             else:
                 dest[...] = ds[read.start: read.stop]
         else:

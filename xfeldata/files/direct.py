@@ -67,11 +67,18 @@ def _decode(raw: bytes | memoryview, filters: tuple[int, ...], nbytes: int, item
     return buf
 
 
-def read_rows_into(ds: h5py.Dataset, start: int, stop: int, dest: np.ndarray) -> None:
+def read_rows_into(ds: h5py.Dataset, start: int, stop: int, dest: np.ndarray,
+                   decoded: dict | None = None) -> None:
     """Read ``ds[start:stop]`` into ``dest`` (same dtype, C-contiguous, ``stop - start`` rows).
 
     Uses raw chunk reads and decodes outside the HDF5 lock when
     :func:`direct_readable`; otherwise h5py's ``read_direct``.
+
+    Parameters
+    ----------
+    decoded
+        A dict that keeps decoded chunks between calls (e.g. for the reads of one
+        dask block), so rows picked from the same chunk decode it once.
     """
     if stop <= start:
         return
@@ -84,15 +91,20 @@ def read_rows_into(ds: h5py.Dataset, start: int, stop: int, dest: np.ndarray) ->
     chunk_bytes = rows_per_chunk * row_bytes
     flat_dest = dest.reshape(-1).view(np.uint8)
     zeros = (0,) * (ds.ndim - 1)
+    where = (ds.file.filename, ds.name) if decoded is not None else None
     for chunk_start in range(start - start % rows_per_chunk, stop, rows_per_chunk):
         lo, hi = max(start, chunk_start), min(stop, chunk_start + rows_per_chunk)
-        mask, raw = ds.id.read_direct_chunk((chunk_start, *zeros))
-        if mask:  # some filter was skipped for this chunk: let HDF5 decode it
-            ds.read_direct(dest, np.s_[lo:hi], np.s_[lo - start:hi - start])
-            continue
-        if filters:
-            chunk = _decode(raw, filters, chunk_bytes, ds.dtype.itemsize)
-        else:
-            chunk = np.frombuffer(raw, np.uint8)
+        cache_key = (where, chunk_start)
+        chunk = decoded.get(cache_key) if decoded is not None else None
+        if chunk is None:
+            mask, raw = ds.id.read_direct_chunk((chunk_start, *zeros))
+            if mask:  # some filter was skipped for this chunk: let HDF5 decode it
+                ds.read_direct(dest, np.s_[lo:hi], np.s_[lo - start:hi - start])
+                continue
+            chunk = _decode(raw, filters, chunk_bytes, ds.dtype.itemsize) if filters \
+                else np.frombuffer(raw, np.uint8)
+            if decoded is not None and (lo > chunk_start or hi < chunk_start + rows_per_chunk):
+                decoded.clear()  # keep only the chunk being picked from
+                decoded[cache_key] = chunk
         a, b = (lo - chunk_start) * row_bytes, (hi - chunk_start) * row_bytes
         flat_dest[(lo - start) * row_bytes:(hi - start) * row_bytes] = chunk[a:b]

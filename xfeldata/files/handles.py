@@ -23,6 +23,9 @@ import h5py
 
 #: How many files one process keeps open at most.
 MAX_OPEN_FILES = 128
+#: HDF5 chunk cache per dataset: large enough for a detector chunk, so reads that
+#: do not align with chunks (and are not read raw by files.direct) decode it once.
+CHUNK_CACHE_BYTES = 16 * 2**20
 
 
 class FileHandleCache:
@@ -57,7 +60,7 @@ class FileHandleCache:
                 self._files.move_to_end(path)
                 return f
             try:
-                f = h5py.File(path, "r")
+                f = h5py.File(path, "r", rdcc_nbytes=CHUNK_CACHE_BYTES)
             except FileNotFoundError:
                 raise FileNotFoundError(f"{path}: run file vanished since the run was opened") from None
             except OSError as exc:
