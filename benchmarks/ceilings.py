@@ -103,7 +103,7 @@ class _Opened:
 
     def __init__(self, rows: list[Rows]) -> None:
         self.rows = rows
-        self.files = {r.path: h5py.File(r.path, "r") for r in rows}
+        self.files = {r.path: h5py.File(r.path, "r", rdcc_nbytes=0) for r in rows}
         self.datasets = [self.files[r.path][r.dataset] for r in rows]
 
     def close(self) -> None:
@@ -118,16 +118,24 @@ class _Opened:
 def h5py_reader(rows: list[Rows]) -> tuple[Callable[[], None], Callable[[], None], int]:
     """``Dataset.read_direct`` of the rows into one preallocated array (HDF5's own filters).
 
-    Returns ``(read, close, useful_bytes)``.
+    The files are opened again for every call: HDF5 keeps decoded chunks of
+    open datasets cached, so repeated reads through one handle would not
+    decode again.  Returns ``(read, close, useful_bytes)``.
     """
     op = _Opened(rows)
     outs = [np.empty((r.stop - r.start, *ds.shape[1:]), ds.dtype)
             for r, ds in zip(rows, op.datasets, strict=True)]
+    useful = op.useful_bytes()
+    op.close()
 
     def read() -> None:
-        for r, ds, out in zip(rows, op.datasets, outs, strict=True):
-            ds.read_direct(out, np.s_[r.start:r.stop])
-    return read, op.close, op.useful_bytes()
+        fresh = _Opened(rows)
+        try:
+            for r, ds, out in zip(rows, fresh.datasets, outs, strict=True):
+                ds.read_direct(out, np.s_[r.start:r.stop])
+        finally:
+            fresh.close()
+    return read, lambda: None, useful
 
 
 def direct_chunk_reader(rows: list[Rows]) -> tuple[Callable[[], None], Callable[[], None], int]:
