@@ -19,14 +19,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
 
 from . import schema
-from .arrays import TARGET_CHUNK_BYTES, padded_array, read_rows
+from .arrays import TARGET_CHUNK_BYTES, flat_rows_array, padded_array
 from .files.layout import DETECTORS, DetectorKind, detector_kind_of_device, group_detector_sources
-from .run import RunSelection
+from .run import RunSelection, TrainMap
 
 
 @dataclass(frozen=True)
@@ -127,8 +128,16 @@ class _ModuleRows:
     file_changes: np.ndarray  # train positions where the module's file changes
 
 
+def _read_pulse_ids(run: RunSelection, sources: dict[int, str], group: str
+                    ) -> dict[int, tuple[np.ndarray, TrainMap]]:
+    """Every module's pulse IDs (flat rows) and the trains they belong to, in one compute."""
+    flat = {m: flat_rows_array(run.select(s), s, f"{group}.pulseId") for m, s in sources.items()}
+    values = dask.compute(*(arr for arr, _ in flat.values()), scheduler="threads")
+    return {m: (v, found) for (m, (_, found)), v in zip(flat.items(), values, strict=True)}
+
+
 def _module_rows(run: RunSelection, source: str, group: str, train_ids: np.ndarray,
-                 xtdf: bool) -> _ModuleRows:
+                 pulse_rows: tuple[np.ndarray, TrainMap] | None) -> _ModuleRows:
     found = run.rows(source, group)
     inside = np.isin(found.train_ids, train_ids)
     pos = np.searchsorted(train_ids, found.train_ids[inside])
@@ -137,9 +146,8 @@ def _module_rows(run: RunSelection, source: str, group: str, train_ids: np.ndarr
     file_no = found.file_no[inside]
     changes = pos[1:][file_no[1:] != file_no[:-1]] if len(pos) else pos
     positions = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
-    if xtdf:
-        full = run.select(source)
-        pids, pid_found = read_rows(full, source, f"{group}.pulseId")
+    if pulse_rows is not None:
+        pids, pid_found = pulse_rows
         pids = pids.reshape(pids.shape[0], int(np.prod(pids.shape[1:])))[:, 0] if pids.ndim > 1 else pids
         # rows of trains outside the common axis come out of the flat read: drop them
         keep_rows = np.repeat(np.isin(pid_found.train_ids, train_ids), pid_found.count.astype(np.int64))
@@ -250,7 +258,9 @@ def detector_dataset(
     keep = has.all(axis=0) if require_all_modules else has.any(axis=0)
     train_ids = run.train_ids[keep]
 
-    rows = {m: _module_rows(run, s, group, train_ids, xtdf) for m, s in present_sources.items()}
+    pulse_rows = _read_pulse_ids(run, present_sources, group) if xtdf else {}
+    rows = {m: _module_rows(run, s, group, train_ids, pulse_rows.get(m))
+            for m, s in present_sources.items()}
     if xtdf:
         selected = {m: _select_pulses(r.pulse_ids, r.positions, pulses) for m, r in rows.items()}
     else:  # one row per train; memory cells are selected after stacking
