@@ -180,7 +180,7 @@ def test_missing_module_trains_and_varying_frames_are_filled_and_masked(irregula
 
 def test_fill_value_option(irregular_run):
     ds = xd.open_run(irregular_run).detector(modules=[1, 4], fill_value=7)
-    assert ds.attrs["fill_value"] == "7"
+    assert ds.attrs["fill_value"] == 7
     assert_detector_matches_h5(ds, irregular_run, fill=7)
     assert (ds["image.data"].sel(module=4).values == 7).all()
 
@@ -308,3 +308,20 @@ def test_fill_value_applies_to_pixel_data_and_masks_keep_their_default(agipd_cor
     assert (det["image.data"].sel(module=3).values == -1).all()
     assert (det["image.mask"].sel(module=3).values == 0).all()  # uint32: no overflow
     assert (det["image.data"].sel(module=2).values != -1).any()
+
+
+@pytest.mark.parametrize("fill", [-1, 70000])
+def test_a_fill_value_outside_the_integer_range_is_refused_up_front(irregular_run, fill):
+    with pytest.raises(ValueError, match="outside the range of uint16"):
+        xd.open_run(irregular_run).detector(fill_value=fill)
+
+
+@pytest.mark.parametrize("pulses", [by_id[500:600], by_index[100:200], [999]])
+def test_a_pulse_selection_matching_no_frame_gives_an_empty_pulse_axis(agipd_raw_run, pulses):
+    data = xd.open_run(agipd_raw_run).detector(pulses=pulses)["image.data"]
+    assert data.sizes["pulseId"] == 0 and data.values.size == 0
+
+
+def test_an_unknown_detector_key_names_the_key(agipd_raw_run):
+    with pytest.raises(KeyError, match="image.nokey"):
+        xd.open_run(agipd_raw_run).detector(keys=["image.nokey"])

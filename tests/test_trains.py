@@ -334,3 +334,10 @@ def test_iteration_survives_the_handle_cache_closing_files(agipd_raw_run, monkey
         handles.clear()  # e.g. evicted because other code opened many files
         np.testing.assert_array_equal(data[mod(2)]["image.data"],
                                       h5_rows(agipd_raw_run, mod(2), "image.data", tid))
+
+
+def test_devices_can_be_a_list_of_source_names(agipd_raw_run):
+    run = xd.open_run(agipd_raw_run)
+    tid, data = run.train_from_index(0, devices=["SA1_XTD2_XGM/DOOCS/MAIN"])
+    assert set(data) == {"SA1_XTD2_XGM/DOOCS/MAIN"}
+    assert "beamPosition.ixPos" in data["SA1_XTD2_XGM/DOOCS/MAIN"]

@@ -289,3 +289,19 @@ def test_merged_datasets_keep_each_variables_attrs(agipd_raw_run):
     assert ds["beamPosition.ixPos"].attrs["key"] == "beamPosition.ixPos"
     merged = run.select(xgm, "beamPosition.*").dataset()
     assert merged[f"{xgm}/beamPosition.iyPos"].attrs["source"] == xgm
+
+
+def test_control_frame_rejects_unknown_sources_keys_and_instrument_sources(agipd_raw_run):
+    run = xd.open_run(agipd_raw_run)
+    with pytest.raises(KeyError, match="NOPE"):
+        run.control_frame(sources="NOPE")
+    with pytest.raises(KeyError, match="nokey"):
+        run.control_frame(keys="nokey")
+    with pytest.raises(KeyError, match="instrument source"):
+        run.control_frame(sources="SA1_XTD2_XGM/DOOCS/MAIN:output")
+
+
+def test_run_values_of_an_instrument_source_say_why_there_are_none(agipd_raw_run):
+    run = xd.open_run(agipd_raw_run)
+    with pytest.raises(KeyError, match="instrument source"):
+        run.run_values("SA1_XTD2_XGM/DOOCS/MAIN:output")

@@ -318,7 +318,7 @@ def padded_array(
         cut[1:] = ((r_start[1:] != r_start[:-1] + 1) | (r_target[1:] != r_target[:-1] + 1)
                    | (r_file[1:] != r_file[:-1]) | (r_block[1:] != r_block[:-1]))
     seg_first = np.flatnonzero(cut)
-    seg_last = np.r_[seg_first[1:], len(rows)] - 1
+    seg_last = np.concatenate([seg_first[1:], [len(rows)]]).astype(np.int64)[: len(seg_first)] - 1
     locations = {int(f): (run.file(int(f)).path, run.file_key_info(int(f), source, key).path)
                  for f in np.unique(r_file)}
     reads_by_block: dict[int, list[RowRead]] = {}

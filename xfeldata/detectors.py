@@ -26,6 +26,7 @@ import xarray as xr
 
 from . import schema
 from .arrays import TARGET_CHUNK_BYTES, flat_rows_array, padded_array
+from .errors import PropertyNameError
 from .files.layout import DETECTORS, DetectorKind, detector_kind_of_device, group_detector_sources
 from .run import RunSelection, TrainMap
 
@@ -239,9 +240,16 @@ def detector_dataset(
         raise KeyError(f"none of modules {all_modules} of {device} is in this data")
 
     # Variables and their consistency across modules
-    candidates = keys or ([data_key, f"{group}.mask", f"{group}.gain"])
-    var_keys = [k for k in candidates if k in run.select(next(iter(present_sources.values()))).keys(
-        next(iter(present_sources.values())))]
+    first_source = next(iter(present_sources.values()))
+    module_keys = run.select(first_source).keys(first_source)
+    if keys is not None:
+        unknown = [k for k in keys if k not in module_keys]
+        if unknown:
+            raise PropertyNameError(unknown[0], first_source, module_keys)
+    candidates = keys or [data_key, f"{group}.mask", f"{group}.gain"]
+    var_keys = [k for k in candidates if k in module_keys]
+    if not var_keys:
+        raise PropertyNameError(data_key, first_source, module_keys)
     infos = {}
     for key in var_keys:
         per_module = {m: run.key_info(s, key) for m, s in present_sources.items()
@@ -353,7 +361,7 @@ def detector_dataset(
     pulse_dim = schema.PULSE_DIM if xtdf else schema.CELL_DIM
     attrs = {
         "detector": device, "kind": kind.name if kind else "unknown",
-        "fill_value": str(schema.fill_value_for(first_info.dtype, fill_value)),
+        "fill_value": schema.fill_value_for(first_info.dtype, fill_value),
         "frames_per_pulse": 3 if stages else 1,
     }
     return schema.detector_dataset(

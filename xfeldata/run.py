@@ -26,8 +26,8 @@ import h5py
 import numpy as np
 
 from .errors import PropertyNameError, SourceNameError, TrainIdError
-from .files.index import CONTROL, INSTRUMENT, FileIndex, KeyInfo, _longest_increasing, decode_str
-from .files.layout import parse_file_name, path_to_key
+from .files.index import CONTROL, INSTRUMENT, FileIndex, KeyInfo, decode_str, longest_increasing
+from .files.layout import match_detector_source, parse_file_name, path_to_key
 
 SelectionSpec = str | Mapping[str, Iterable[str] | None] | Iterable[tuple[str, str]]
 
@@ -142,7 +142,7 @@ class RunFiles:
             ids = np.array([self.files[i].train_ids[p] for i, p in positions], np.uint64)
             if len(ids) < 2 or (np.diff(ids.astype(np.int64)) > 0).all():
                 continue
-            in_order = _longest_increasing(ids)
+            in_order = longest_increasing(ids)
             for (i, p), ok in zip(positions, in_order.tolist(), strict=True):
                 if not ok:
                     masks[i][p] = True
@@ -368,15 +368,20 @@ class RunSelection:
         """
         name = self._resolve_name(source)
         holders = [fi for fi in self._files.files if name in fi.sources]
-        # Sources recorded only in RUN are in no index: look through the other files too.
-        others = [fi for fi in self._files.files if name not in fi.sources]
-        for fi in holders + others:
+        if holders and self._files.sources[name].category == INSTRUMENT:
+            raise KeyError(f"source {name} is an instrument source: only control sources "
+                           "have values recorded at the start of the run")
+        # Sources recorded only in RUN are in no index: then look through the slow-data
+        # files (not detector modules, which hold no RUN section of other sources).
+        candidates = holders or [fi for fi in self._files.files if not _is_detector_file(fi)]
+        for fi in candidates:
             with h5py.File(fi.path, "r") as f:
                 grp = f.get(f"RUN/{name}")
                 if isinstance(grp, h5py.Group):
                     return _read_run_group(grp)
-        known = set(self._files.sources)
-        raise SourceNameError(source, known)
+        if holders:
+            raise KeyError(f"source {name} has no RUN values in {holders[0].name}")
+        raise SourceNameError(source, set(self._files.sources))
 
     # ----- selecting -------------------------------------------------------
     def sel(self, trainId: Any = None) -> RunSelection:  # noqa: N803 (the label's name)
@@ -465,8 +470,12 @@ class RunSelection:
             for source, key_set in spec.items():
                 add(source, [key_set] if isinstance(key_set, str) else key_set)
         else:
-            for source, key in spec:
-                add(source, [key])
+            for item in spec:
+                if isinstance(item, str):  # a list of source names: all their keys
+                    add(item, None)
+                else:
+                    source, key = item
+                    add(source, [key])
         return wanted
 
     def select(self, selection: SelectionSpec, keys: str = "*",
@@ -478,7 +487,7 @@ class RunSelection:
         selection
             A source glob (with ``keys`` a key glob), a mapping ``{source: {keys}}``
             where an empty set or None means all keys, or an iterable of
-            ``(source glob, key glob)`` pairs.
+            ``(source glob, key glob)`` pairs or of source globs (all their keys).
         keys
             Key glob used with a source glob.
         require_all
@@ -568,6 +577,11 @@ class RunSelection:
 
 def _is_glob(pattern: str) -> bool:
     return any(c in pattern for c in "*?[")
+
+
+def _is_detector_file(fi: FileIndex) -> bool:
+    """True for a file that holds only detector module sources."""
+    return bool(fi.sources) and all(match_detector_source(s) for s in fi.sources)
 
 
 def _read_run_group(grp: h5py.Group) -> dict[str, Any]:

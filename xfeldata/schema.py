@@ -53,9 +53,14 @@ def fill_value_for(dtype: np.dtype, fill_value: Any = None) -> Any:
     """
     dtype = np.dtype(dtype)
     if fill_value is not None:
-        if dtype.kind in "iub" and isinstance(fill_value, float) and not float(fill_value).is_integer():
-            raise ValueError(f"fill_value {fill_value} cannot be stored in {dtype} data; "
-                             "give an integer, or convert the data to float first")
+        if dtype.kind in "iu":
+            if isinstance(fill_value, float) and not float(fill_value).is_integer():
+                raise ValueError(f"fill_value {fill_value} cannot be stored in {dtype} data; "
+                                 "give an integer, or convert the data to float first")
+            limits = np.iinfo(dtype)
+            if not limits.min <= fill_value <= limits.max:
+                raise ValueError(f"fill_value {fill_value} is outside the range of {dtype} data "
+                                 f"({limits.min} to {limits.max})")
         return fill_value
     if dtype.kind in "fc":
         return np.nan

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 
+import dask
 import dask.array as da
 import numpy as np
 import pandas as pd
@@ -18,6 +19,7 @@ import xarray as xr
 
 from . import schema
 from .arrays import flat_rows_array, padded_array, read_rows
+from .errors import PropertyNameError, SourceNameError
 from .run import RunSelection
 
 
@@ -164,11 +166,17 @@ def control_frame(run: RunSelection, sources: str = "*", keys: str = "*",
     Keys with array values are left out (see ``frame.attrs["skipped"]``); strings
     are decoded to ``str``.
     """
-    columns: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    matched = [s for s in run.control_sources if fnmatch.fnmatchcase(s, sources)]
+    if not matched:
+        instrument = [s for s in run.instrument_sources if fnmatch.fnmatchcase(s, sources)]
+        if instrument:
+            raise KeyError(f"{instrument[0]} is an instrument source; control_frame tables the "
+                           "per-train values of control sources (use run[source, key] instead)")
+        raise SourceNameError(sources, run.control_sources)
+    empty: dict[str, np.dtype] = {}
+    pending: dict[str, tuple] = {}  # column -> (lazy rows, trains that list the source)
     skipped = []
-    for source in run.control_sources:
-        if not fnmatch.fnmatchcase(source, sources):
-            continue
+    for source in matched:
         for key in run.keys(source):
             if not fnmatch.fnmatchcase(key, keys):
                 continue
@@ -176,14 +184,23 @@ def control_frame(run: RunSelection, sources: str = "*", keys: str = "*",
             if info.entry_shape or info.dtype.names:
                 skipped.append(f"{source}/{key}")
                 continue
-            wanted = [key, f"{key}.timestamp"] if timestamps else [key]
-            for name in wanted:
-                if not run.rows(source, info.group).count.any():
-                    columns[f"{source}/{name}"] = (np.zeros(0, np.uint64), np.zeros(0, info.dtype))
-                    continue
-                values, found = read_rows(run, source, name)
-                train_ids = found.train_ids[found.count > 0]
-                columns[f"{source}/{name}"] = (train_ids, values[: len(train_ids)])
+            has_rows = run.rows(source, info.group).count.any()
+            for name in ([key, f"{key}.timestamp"] if timestamps else [key]):
+                if has_rows:
+                    pending[f"{source}/{name}"] = flat_rows_array(run, source, name)
+                else:
+                    empty[f"{source}/{name}"] = info.dtype
+    if not pending and not empty and not skipped:
+        known = sorted({k for s in matched for k in run.keys(s)})
+        where = matched[0] if len(matched) == 1 else f"any control source matching {sources!r}"
+        raise PropertyNameError(keys, where, known)
+    values = dask.compute(*(arr for arr, _ in pending.values()), scheduler="threads")
+    columns: dict[str, tuple[np.ndarray, np.ndarray]] = {
+        name: (np.zeros(0, np.uint64), np.zeros(0, dtype)) for name, dtype in empty.items()}
+    for (name, (_, found)), vals in zip(pending.items(), values, strict=True):
+        train_ids = found.train_ids[found.count > 0]
+        columns[name] = (train_ids, vals[: len(train_ids)])
+    columns = {name: columns[name] for name in sorted(columns)}
     frame = schema.control_frame(columns)
     frame.attrs["skipped"] = skipped
     return frame

@@ -569,7 +569,7 @@ def _detector(trains: list[tuple[int, TrainData]], name: str | None, modules: Se
     first_dtype = (infos.get(data_key) or next(iter(infos.values())))[1]
     attrs = {
         "detector": device, "kind": kind.name if kind else "unknown",
-        "fill_value": str(schema.fill_value_for(first_dtype, fill_value)),
+        "fill_value": schema.fill_value_for(first_dtype, fill_value),
         "frames_per_pulse": 3 if stages else 1,
     }
     return schema.detector_dataset(

@@ -211,7 +211,7 @@ def _read_metadata(f: h5py.File) -> tuple[str, dict[str, Any]]:
     return str(meta.get("dataFormatVersion", "1.0")), meta
 
 
-def _longest_increasing(ids: np.ndarray) -> np.ndarray:
+def longest_increasing(ids: np.ndarray) -> np.ndarray:
     """Mask of a longest strictly increasing subsequence (drops the fewest trains)."""
     tails: list[int] = []  # smallest tail value of increasing runs of each length
     tail_pos: list[int] = []
@@ -272,7 +272,7 @@ def train_validity(
     unflagged = np.flatnonzero(valid & ~suspect)
     ids = train_ids[unflagged]
     if len(ids) > 1 and not (np.diff(ids.astype(np.int64)) > 0).all():
-        in_order = _longest_increasing(ids)
+        in_order = longest_increasing(ids)
         suspect[unflagged[~in_order]] = True
         problems.append(
             "train ID(s) out of order, marked suspect: "
