@@ -38,8 +38,19 @@ class _PulseSelector:
 
 
 class _SelectorFactory:
+    """Pulse selection for ``detector(pulses=...)``.
+
+    ``by_id[...]`` selects by pulse ID, with label slices that include both ends
+    (like ``run.sel``): ``by_id[0:10]`` is pulse IDs 0 to 10. ``by_index[...]``
+    selects by position within the train, with Python slices: ``by_index[0:3]``
+    is the first three frames. A plain list, array or slice means pulse IDs.
+    """
+
     def __init__(self, by: str):
         self.by = by
+
+    def __repr__(self) -> str:
+        return f"xfeldata.by_{self.by}"
 
     def __getitem__(self, value: Any) -> _PulseSelector:
         return _PulseSelector(self.by, value)
@@ -298,7 +309,7 @@ def detector_dataset(
     frame_bytes = max(1, int(np.prod(first_info.entry_shape)) * first_info.dtype.itemsize)
     trains_per_block = max(1, int(target_bytes // max(1, frame_bytes * max(n_slots, 1))))
 
-    def module_array(m: int, key: str, stage: int | None) -> da.Array:
+    def module_array(m: int, key: str, stage: int | None) -> da.Array | None:
         info = infos[key]
         fill = schema.detector_fill_value(key, info.dtype, fill_value)
         if m not in present_sources or key not in run.keys(present_sources[m]):

@@ -6,7 +6,7 @@ Examples
 --------
 >>> err = SourceNameError("SA1_XTD2_XGM/DOOCS/MIAN", ["SA1_XTD2_XGM/DOOCS/MAIN"])
 >>> print(err)
-'source SA1_XTD2_XGM/DOOCS/MIAN is not in this data; did you mean: SA1_XTD2_XGM/DOOCS/MAIN?'
+source SA1_XTD2_XGM/DOOCS/MIAN is not in this data; did you mean: SA1_XTD2_XGM/DOOCS/MAIN?
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ class SourceNameError(XfeldataError, KeyError):
         hint = f"; did you mean: {', '.join(self.matches)}?" if self.matches else ""
         super().__init__(f"source {source} is not in this data{hint}")
 
-    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
-        return repr(self.args[0])
+    def __str__(self) -> str:  # KeyError would print its message in quotes
+        return str(self.args[0])
 
 
 class PropertyNameError(XfeldataError, KeyError):
@@ -79,7 +79,7 @@ class PropertyNameError(XfeldataError, KeyError):
         super().__init__(f"key {key} is not in source {source}{hint}")
 
     def __str__(self) -> str:
-        return repr(self.args[0])
+        return str(self.args[0])
 
 
 class TrainIdError(XfeldataError, KeyError):
@@ -93,4 +93,4 @@ class TrainIdError(XfeldataError, KeyError):
         super().__init__(f"train ID {shown} not in this data{span}")
 
     def __str__(self) -> str:
-        return repr(self.args[0])
+        return str(self.args[0])

@@ -151,8 +151,7 @@ def key_dataarray(data: Any, train_ids: np.ndarray, *, source: str, key: str,
                         name=f"{source}/{key}" if source else key)
 
 
-def detector_pixel_dims(entry_shape: Sequence[int], kind_raw_shape: Sequence[int] | None = None
-                        ) -> tuple[str, ...]:
+def detector_pixel_dims(entry_shape: Sequence[int]) -> tuple[str, ...]:
     """Names of a detector frame's dimensions: ``[gain,] slow_scan, fast_scan``.
 
     >>> detector_pixel_dims((2, 512, 128))

@@ -7,8 +7,7 @@ After a fork the child starts with an empty cache.
 
 Examples
 --------
->>> with open_dataset("RAW-R0001-DA01-S00000.h5", "INDEX/trainId") as ds:   # doctest: +SKIP
-...     ds.shape
+>>> handles.get("RAW-R0001-DA01-S00000.h5")["INDEX/trainId"].shape   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -16,8 +15,6 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import h5py
 
@@ -91,14 +88,3 @@ class FileHandleCache:
 
 #: The cache used by xfeldata's readers in this process.
 handles = FileHandleCache()
-
-
-@contextmanager
-def open_dataset(path: str, dataset: str) -> Iterator[h5py.Dataset]:
-    """A dataset from a cached file; the file is dropped from the cache if reading fails."""
-    f = handles.get(path)
-    try:
-        yield f[dataset]
-    except (OSError, KeyError):
-        handles.forget(path)
-        raise
