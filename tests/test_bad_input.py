@@ -337,3 +337,18 @@ def test_input_files_are_never_modified(agipd_corr_run, irregular_run, format_ru
     capsys.readouterr()
 
     assert _digest(paths) == before
+
+
+def test_open_file_on_a_directory_points_to_open_run(agipd_raw_run):
+    with pytest.raises(IsADirectoryError, match="open_run"):
+        xd.open_file(agipd_raw_run)
+
+
+def test_open_run_refuses_a_path_and_a_proposal_together(agipd_raw_run):
+    with pytest.raises(TypeError, match="not both"):
+        xd.open_run(agipd_raw_run, proposal=700000, run=1)
+
+
+def test_indexing_a_run_by_position_says_how_to_select_trains(agipd_raw_run):
+    with pytest.raises(TypeError, match="isel"):
+        xd.open_run(agipd_raw_run)[3]

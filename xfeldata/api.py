@@ -53,10 +53,13 @@ class Run(RunSelection):
         --------
         >>> run["SA1_XTD2_XGM/DOOCS/MAIN", "beamPosition.ixPos"].to_series()  # doctest: +SKIP
         """
-        if isinstance(item, tuple):
+        if isinstance(item, tuple) and len(item) == 2:
             source, key = item
             return views.key_array(self, source, key)
-        return views.source_dataset(self, item)
+        if isinstance(item, str):
+            return views.source_dataset(self, item)
+        raise TypeError(f"use run[source, key] or run[source] (names as str), not run[{item!r}]; "
+                        "select trains with run.sel(trainId=...) or run.isel(trainId=...)")
 
     def dataset(self, *select_args: Any, **select_kwargs: Any) -> xr.Dataset:
         """The selected keys as one Dataset, variables named ``"source/key"``, merged on labels.
@@ -168,6 +171,8 @@ def open_run(
     >>> run = xd.open_run("r0001")                          # doctest: +SKIP
     >>> run = xd.open_run(proposal=700000, run=1)           # doctest: +SKIP
     """
+    if path is not None and (proposal is not None or run is not None):
+        raise TypeError("open_run takes a path, or proposal= and run=, not both")
     if path is None:
         if proposal is None or run is None:
             raise TypeError("open_run needs a path, or both proposal= and run=")
@@ -206,6 +211,9 @@ def open_file(path: PathLike, inc_suspect_trains: bool = True, cache: bool = Tru
     >>> f = open_file("RAW-R0450-DA01-S00001.h5")   # doctest: +SKIP
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a directory; open_file opens one file, "
+                                "open_run opens a run directory")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     return Run(RunFiles([cached_file_index(path, use_cache=cache)], inc_suspect_trains=inc_suspect_trains))
