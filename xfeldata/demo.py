@@ -30,8 +30,11 @@ def run_demo(keep: str | None = None, n_trains: int = 20, frames: int = 4) -> No
         t0 = time.perf_counter()
         path = make_example(target, detector="AGIPD1M", n_trains=n_trains, frames_per_train=frames,
                             trains_per_sequence=max(1, n_trains // 2), irregular=True)
-        print(f"Wrote a synthetic AGIPD-1M run ({n_trains} trains, {frames} frames per train, "
-              f"2 sequence files, with a module missing trains) in {time.perf_counter() - t0:.1f} s\n")
+        print(f"Wrote a synthetic AGIPD-1M run ({n_trains} trains, up to {frames} frames per train, "
+              f"2 sequence files) in {time.perf_counter() - t0:.1f} s. It is irregular on purpose, "
+              "like real runs: one bogus, flagged train ID (kept as a suspect train, so the run has "
+              "one train more), a train without detector data, a module missing trains and frame "
+              "counts that vary.\n")
 
         t0 = time.perf_counter()
         run = open_run(path)
@@ -50,7 +53,7 @@ def run_demo(keep: str | None = None, n_trains: int = 20, frames: int = 4) -> No
         print(det)
         first = int(det.trainId[0])
         print(f"\n>>> det['image.data'].sel(trainId={first}).isel(gain=0).mean(['slow_scan', 'fast_scan'])"
-              ".values   # mean signal per pulse and module")
+              ".values   # mean signal per pulse and module; frames a train lacks are filled with 0")
         means = det["image.data"].sel(trainId=first).isel(gain=0).mean(["slow_scan", "fast_scan"])
         print(means.values.round(1))
         missing = (~det.present).sum("module")
