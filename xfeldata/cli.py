@@ -16,9 +16,21 @@ import argparse
 import math
 import os
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from functools import partial
+from typing import TextIO
 
-from .files.layout import DETECTORS, FORMAT_VERSIONS
+from .bridge.cli import (
+    DETECTOR_CHOICES,
+    add_commands,
+    check_detector_options,
+    detector_name,
+    module_list,
+    positive_int,
+)
+from .files.layout import FORMAT_VERSIONS
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -100,13 +112,32 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _module_list(text: str) -> list[int]:
-    """Parse ``0,1,4-7`` into module numbers."""
-    modules: list[int] = []
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        modules += list(range(int(lo), int(hi or lo) + 1))
-    return modules
+def _detector_or_none(text: str) -> str:
+    """``--detector`` of make-example: a detector name or alias (any case), or ``none``."""
+    if text.strip().lower() == "none":
+        return "none"
+    try:
+        return detector_name(text)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}, or none for no detector") from None
+
+
+def _check_make_example(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Reject make-example options that do not fit together (argparse error, exit 2)."""
+    if args.detector == "none":
+        if args.modules is not None:
+            parser.error("argument --modules: no detector to take modules from (--detector none)")
+        if args.no_slow:
+            parser.error("nothing to write: --detector none and --no-slow")
+    else:
+        problem = check_detector_options(args.detector, args.modules, args.frames)
+        if problem:
+            parser.error(problem)
+    if args.sequences > args.trains:
+        parser.error(f"argument --sequences: {args.sequences} sequence files need at least "
+                     f"as many trains, not --trains {args.trains}")
+    if args.old_index and args.format != "0.5":
+        parser.error("argument --old-index: the first/last/status index needs --format 0.5")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,53 +164,108 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("make-example", help="write a synthetic run in the facility's format")
     p.add_argument("directory", help="where to write the run (created if needed)")
-    p.add_argument("--detector", default="AGIPD1M", choices=[*DETECTORS, "none"])
+    p.add_argument("--detector", default="AGIPD1M", choices=[*DETECTOR_CHOICES, "none"],
+                   type=_detector_or_none,
+                   help="detector kind, any case (AGIPD, LPD and DSSC stand for the 1M ones)")
     p.add_argument("--corrected", action="store_true", help="corrected (CORR) detector data")
     p.add_argument("--legacy-names", action="store_true",
                    help="corrected data under the old .../DET/nCH0:xtdf names only")
-    p.add_argument("--modules", type=_module_list, default=None, help="e.g. 0-3,8")
-    p.add_argument("--trains", type=int, default=20)
-    p.add_argument("--frames", type=int, default=16, help="frames (memory cells) per train")
-    p.add_argument("--sequences", type=int, default=1, help="sequence files per aggregator")
+    p.add_argument("--modules", type=module_list, default=None, help="e.g. 0-3,8")
+    p.add_argument("--trains", type=positive_int, default=20)
+    p.add_argument("--frames", type=positive_int, default=16,
+                   help="frames (memory cells) per train")
+    p.add_argument("--sequences", type=positive_int, default=1,
+                   help="sequence files per aggregator")
     p.add_argument("--format", default="1.3", choices=FORMAT_VERSIONS)
     p.add_argument("--old-index", action="store_true", help="first/last/status index (0.5)")
     p.add_argument("--compression", default="none", choices=["none", "gzip"])
     p.add_argument("--no-slow", action="store_true", help="no slow or instrument sources")
-    p.add_argument("--first-train", type=int, default=10000)
+    p.add_argument("--first-train", type=positive_int, default=10000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--irregular", action="store_true",
                    help="missing modules, varying frames, zero padding, suspect train, empty source")
     p.add_argument("--proposal", type=int, default=700000)
     p.add_argument("--run", type=int, default=1)
-    p.set_defaults(func=_cmd_make_example)
+    p.set_defaults(func=_cmd_make_example, check=partial(_check_make_example, p))
 
     p = sub.add_parser("demo", help="write a synthetic run, open it, summarise it and read it")
     p.add_argument("--keep", metavar="DIR", default=None,
                    help="write the run here and keep it (default: a temporary directory)")
     p.set_defaults(func=_cmd_demo)
 
-    from .bridge.cli import add_commands
-
     add_commands(sub)
     return parser
+
+
+@contextmanager
+def _warnings_as_lines(command: str) -> Iterator[None]:
+    """Show warnings as ``xfeldata <command>: warning: <message>`` lines while inside."""
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: TextIO | None = None, line: str | None = None) -> None:
+        try:
+            print(f"xfeldata {command}: warning: {message}", file=file or sys.stderr)
+        except OSError:  # like warnings.showwarning: a warning has nowhere to go
+            pass
+
+    saved = warnings.showwarning
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = saved
+
+
+def _silence_stdout() -> None:
+    """Point stdout at devnull after a broken pipe, so that the flush at exit is quiet.
+
+    See the note on SIGPIPE in the documentation of Python's :mod:`signal`.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout is no real file (e.g. captured)
+        pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``xfeldata`` command; returns the exit code.
 
-    Errors about the user's input (missing paths, unreadable files, unknown
-    names) are printed in one line without a traceback, with exit code 2.
+    Errors about the user's input (missing paths, unreadable or existing
+    files, unknown names, bad options) are printed in one line without a
+    traceback, with exit code 2; warnings are printed as one line each.  When
+    the reader of stdout goes away (``xfeldata ls r0001 | head``), the command
+    stops quietly with exit code 1.
+
+    Parameters
+    ----------
+    argv
+        The arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The exit code.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    check = getattr(args, "check", None)
+    if check is not None:
+        check(args)
     from .errors import XfeldataError
 
     try:
-        return int(args.func(args) or 0)
+        with _warnings_as_lines(args.command):
+            status = int(args.func(args) or 0)
+            sys.stdout.flush()  # a broken pipe shows here rather than at exit
+        return status
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, XfeldataError, KeyError, ValueError) as exc:
+    except BrokenPipeError:
+        _silence_stdout()
+        return 1
+    except (OSError, XfeldataError, KeyError, ValueError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"xfeldata {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -12,32 +12,153 @@ Examples
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from collections import deque
-from typing import TextIO
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any, TextIO
 
+import zmq
+
+from ..files.layout import DETECTORS
 from .client import Client
 from .protocol import ProtocolError, decode
 from .server import POLICIES, Streamer, serve
 from .simulate import DETECTOR_ALIASES, Simulator
 
-__all__ = ["add_commands", "monitor"]
+__all__ = ["DETECTOR_CHOICES", "add_commands", "check_detector_options", "detector_name",
+           "endpoint_arg", "module_list", "monitor", "positive_int"]
 
 _SERVER_SOCKS = ("REP", "PUB", "PUSH")
 _CLIENT_SOCKS = ("REQ", "SUB", "PULL")
 
+#: Names ``--detector`` accepts (any case): the kinds of ``layout.DETECTORS``, then aliases.
+DETECTOR_CHOICES = [*DETECTORS, *(a for a in DETECTOR_ALIASES if a not in DETECTORS)]
 
-def _modules(text: str) -> list[int]:
-    """``"0-3,8"`` -> ``[0, 1, 2, 3, 8]``."""
-    out: list[int] = []
-    try:
-        for part in text.split(","):
-            lo, _, hi = part.partition("-")
-            out += range(int(lo), int(hi or lo) + 1)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad module list {text!r} (e.g. 0-3,8)") from None
-    return out
+_TCP_RE = re.compile(r"tcp://(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(\d{1,5})")
+_HOST_PORT_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(\d{1,5})")
+
+
+def module_list(text: str) -> list[int]:
+    """Parse a module list such as ``"0-3,8"`` into sorted module numbers (an argparse type).
+
+    Parameters
+    ----------
+    text
+        Comma-separated module numbers and inclusive ranges ``lo-hi``.
+
+    Returns
+    -------
+    list of int
+        The module numbers, sorted, each once.
+
+    Raises
+    ------
+    argparse.ArgumentTypeError
+        On anything but non-negative numbers and increasing ranges.
+
+    Examples
+    --------
+    >>> module_list("0-3,8")
+    [0, 1, 2, 3, 8]
+    """
+    out: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        lo, dash, hi = part.partition("-")
+        if not lo.strip().isdigit() or (dash and not hi.strip().isdigit()):
+            raise argparse.ArgumentTypeError(
+                f"bad module list {text!r}: use module numbers and ranges, e.g. 0-3,8")
+        first, last = int(lo), int(hi) if dash else int(lo)
+        if last < first:
+            raise argparse.ArgumentTypeError(
+                f"module range {part} runs backwards; write {last}-{first}")
+        out.update(range(first, last + 1))
+    return sorted(out)
+
+
+def detector_name(text: str) -> str:
+    """The kind name in ``layout.DETECTORS`` for a detector name or alias, any case (argparse type).
+
+    >>> detector_name("lpd"), detector_name("JUNGFRAU")
+    ('LPD1M', 'JUNGFRAU')
+    """
+    key = text.strip().upper()
+    key = DETECTOR_ALIASES.get(key, key)
+    if key not in DETECTORS:
+        raise argparse.ArgumentTypeError(
+            f"unknown detector {text!r} (choose from {', '.join(DETECTOR_CHOICES)})")
+    return key
+
+
+def check_detector_options(kind_name: str, modules: Sequence[int] | None,
+                           frames: int | None) -> str | None:
+    """Why ``--modules`` or ``--frames`` do not fit a detector kind, or None if they do.
+
+    Parameters
+    ----------
+    kind_name
+        A kind in ``layout.DETECTORS``.
+    modules
+        Module numbers asked for (None: all).
+    frames
+        Frames (memory cells for JUNGFRAU) per train asked for (None: the default).
+    """
+    kind = DETECTORS[kind_name]
+    unknown = sorted(set(modules or ()) - set(kind.modules))
+    if unknown:
+        lo, hi = min(kind.modules), max(kind.modules)
+        return (f"argument --modules: {kind.name} has no module(s) "
+                f"{', '.join(map(str, unknown))}; its modules are {lo}-{hi}")
+    if frames is not None and frames > kind.max_frames:
+        what = "memory cells" if not kind.xtdf else "frames"
+        return f"argument --frames: {kind.name} has at most {kind.max_frames} {what} per train"
+    return None
+
+
+def _number(convert: Callable[[str], float], what: str,
+            ok: Callable[[float], bool]) -> Callable[[str], float]:
+    """An argparse type: a number (``convert``) for which ``ok`` holds, described as ``what``."""
+    def parse(text: str) -> float:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, not {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, not {text}")
+        return value
+    return parse
+
+
+positive_int = _number(int, "a positive integer", lambda v: v > 0)
+non_negative_int = _number(int, "a non-negative integer", lambda v: v >= 0)
+non_negative_float = _number(float, "a non-negative number", lambda v: v >= 0)
+positive_float = _number(float, "a positive number", lambda v: v > 0)
+
+
+def _port(text: str) -> int:
+    port = non_negative_int(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0..65535, not {text}")
+    return port
+
+
+def endpoint_arg(text: str) -> str:
+    """Check a ZeroMQ endpoint to connect to: ``tcp://host:port`` or ``ipc://path`` (argparse type).
+
+    >>> endpoint_arg("tcp://127.0.0.1:4545")
+    'tcp://127.0.0.1:4545'
+    """
+    m = _TCP_RE.fullmatch(text)
+    if (m and 0 < int(m.group(2)) <= 65535) or (text.startswith("ipc://") and len(text) > 6):
+        return text
+    hint = ""
+    if _HOST_PORT_RE.fullmatch(text):
+        hint = f" (did you mean tcp://{text}?)"
+    raise argparse.ArgumentTypeError(
+        f"endpoint must look like tcp://host:port or ipc://path, not {text!r}{hint}")
 
 
 def _endpoint(args: argparse.Namespace) -> str:
@@ -45,17 +166,18 @@ def _endpoint(args: argparse.Namespace) -> str:
 
 
 def _add_server_options(p: argparse.ArgumentParser, rate: float | None) -> None:
-    p.add_argument("--port", type=int, default=4545, help="TCP port (default 4545; 0 = any free)")
+    p.add_argument("--port", type=_port, default=4545, help="TCP port (default 4545; 0 = any free)")
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to bind (default 127.0.0.1; '*' for every interface)")
     p.add_argument("--sock", default="REP", choices=_SERVER_SOCKS, type=str.upper)
     p.add_argument("--protocol", default="2.2", choices=("1.0", "2.2"))
     p.add_argument("--policy", default="wait", choices=POLICIES,
                    help="when clients are slower than the source (default: wait)")
-    p.add_argument("--maxlen", type=int, default=10, help="trains queued by queue/drop/raise")
-    p.add_argument("--rate", type=float, default=rate,
+    p.add_argument("--maxlen", type=positive_int, default=10, help="trains queued by queue/drop/raise")
+    p.add_argument("--rate", type=non_negative_float, default=rate,
                    help=f"trains per second at most (default {rate or 'no limit'}; 0 = no limit)")
-    p.add_argument("--ntrains", type=int, default=None, help="stop after this many trains")
+    p.add_argument("--ntrains", type=positive_int, default=None,
+                   help="stop after this many trains")
     p.add_argument("--stack-detector", action="store_true",
                    help="send detector modules as one stacked <device>/CAL/APPEND source")
 
@@ -73,10 +195,28 @@ def _run_streamer(handle: Streamer, what: str) -> int:
     return 0
 
 
+def _check_selection(run: Any, source_glob: str | None, key_glob: str | None) -> None:
+    """Raise a one-line error if the ``--source``/``--key`` globs select nothing in ``run``."""
+    from ..errors import PropertyNameError
+
+    if source_glob is None and key_glob is None:
+        return
+    try:
+        run.select(source_glob or "*", key_glob or "*")
+    except PropertyNameError as exc:
+        looked = run.select(source_glob or "*").sources
+        shown = ", ".join(looked[:5]) + (f", ... ({len(looked)} in all)" if len(looked) > 5 else "")
+        hint = f"; did you mean: {', '.join(exc.matches)}?" if exc.matches else ""
+        where = "the run" if source_glob is None else f"sources matching {source_glob!r}"
+        raise ValueError(f"no key matching {key_glob!r} in {where} (looked in {shown}){hint}") \
+            from None
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .. import open_run
 
     run = open_run(args.run)
+    _check_selection(run, args.source, args.key)
     handle = serve(run, _endpoint(args), sock=args.sock, protocol=args.protocol,
                    policy=args.policy, maxlen=args.maxlen, rate=args.rate or None, loop=args.loop,
                    sources=args.source, keys=args.key, stack_detector=args.stack_detector,
@@ -95,7 +235,16 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_monitor(args: argparse.Namespace) -> int:
-    return monitor(args.endpoint, sock=args.sock, ntrains=args.ntrains, timeout=args.timeout)
+    try:
+        return monitor(args.endpoint, sock=args.sock, ntrains=args.ntrains, timeout=args.timeout)
+    except zmq.ZMQError as exc:  # e.g. an ipc path too long for the system
+        raise OSError(f"cannot connect to {args.endpoint}: {exc.strerror}") from None
+
+
+def _check_simulate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    problem = check_detector_options(args.detector, args.modules, args.frames)
+    if problem:
+        parser.error(problem)
 
 
 def _describe(value: object) -> tuple[str, str]:
@@ -215,23 +364,24 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_serve)
 
     p = subparsers.add_parser("simulate", help="stream simulated detector trains")
-    p.add_argument("--detector", default="AGIPD",
-                   choices=sorted({*DETECTOR_ALIASES, "AGIPD500K", "JUNGFRAU"}), type=str.upper)
+    p.add_argument("--detector", default="AGIPD1M", choices=DETECTOR_CHOICES, type=detector_name,
+                   help="detector kind, any case (AGIPD, LPD and DSSC stand for the 1M ones)")
     _add_server_options(p, rate=10.0)
     raw = p.add_mutually_exclusive_group()
     raw.add_argument("--raw", dest="raw", action="store_true", default=True,
                      help="raw uint16 data (default)")
     raw.add_argument("--corrected", dest="raw", action="store_false", help="corrected float32 data")
-    p.add_argument("--frames", type=int, default=None,
+    p.add_argument("--frames", type=positive_int, default=None,
                    help="frames per train (default 64; JUNGFRAU memory cells, default 16)")
-    p.add_argument("--modules", type=_modules, default=None, help="e.g. 0-3,8 (default: all)")
+    p.add_argument("--modules", type=module_list, default=None, help="e.g. 0-3,8 (default: all)")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_cmd_simulate)
+    p.set_defaults(func=_cmd_simulate, check=partial(_check_simulate, p))
 
     p = subparsers.add_parser("monitor", help="show what a Karabo bridge endpoint sends")
-    p.add_argument("endpoint", help="e.g. tcp://127.0.0.1:4545")
+    p.add_argument("endpoint", type=endpoint_arg, help="e.g. tcp://127.0.0.1:4545")
     p.add_argument("--sock", default="REQ", choices=_CLIENT_SOCKS, type=str.upper)
-    p.add_argument("--ntrains", type=int, default=None, help="stop after this many trains")
-    p.add_argument("--timeout", type=float, default=None,
+    p.add_argument("--ntrains", type=positive_int, default=None,
+                   help="stop after this many trains")
+    p.add_argument("--timeout", type=positive_float, default=None,
                    help="exit with code 1 after this many seconds without data")
     p.set_defaults(func=_cmd_monitor)
