@@ -301,13 +301,31 @@ def _index_arrays(f: h5py.File, index_path: str, n: int, problems: list[str]) ->
     return IndexGroup(first=first[:n], count=count[:n])
 
 
-def _dataset_info(source: str, key: str, group: str, ds: h5py.Dataset, attrs: dict) -> KeyInfo:
+_COMPRESSION_NAMES = {h5py.h5z.FILTER_DEFLATE: "gzip", h5py.h5z.FILTER_SZIP: "szip", 32000: "lzf"}
+
+
+def _dataset_info(source: str, key: str, group: str, dsid: h5py.h5d.DatasetID, path: str,
+                  attrs: dict) -> KeyInfo:
+    """KeyInfo from a low-level dataset id (much cheaper than h5py's Dataset objects)."""
+    plist = dsid.get_create_plist()
+    chunks = tuple(plist.get_chunk()) if plist.get_layout() == h5py.h5d.CHUNKED else None
+    compression, opts, shuffle = None, None, False
+    for i in range(plist.get_nfilters()):
+        code, _, values, _ = plist.get_filter(i)
+        if code == h5py.h5z.FILTER_SHUFFLE:
+            shuffle = True
+        elif code in _COMPRESSION_NAMES:
+            compression = _COMPRESSION_NAMES[code]
+            opts = values[0] if code == h5py.h5z.FILTER_DEFLATE and values else None
+        elif compression is None:
+            compression = str(code)
     merged = dict(attrs)
-    merged.update({k: decode_str(v) for k, v in ds.attrs.items()})
+    if h5py.h5a.get_num_attrs(dsid):
+        merged.update(_attr_dict(h5py.Dataset(dsid)))
     return KeyInfo(
-        source=source, key=key, group=group, path=ds.name, dtype=ds.dtype, shape=ds.shape,
-        chunks=ds.chunks, compression=ds.compression, compression_opts=ds.compression_opts,
-        shuffle=bool(ds.shuffle), attrs=merged,
+        source=source, key=key, group=group, path=path, dtype=dsid.dtype, shape=dsid.shape,
+        chunks=chunks, compression=compression, compression_opts=opts, shuffle=shuffle,
+        attrs=merged,
     )
 
 
@@ -317,33 +335,39 @@ def _attr_dict(obj: h5py.HLObject) -> dict[str, Any]:
     return {k: decode_str(v.item() if isinstance(v, np.generic) else v) for k, v in obj.attrs.items()}
 
 
+def _datasets_below(group: h5py.Group) -> list[tuple[str, h5py.h5d.DatasetID]]:
+    """``(relative name, dataset id)`` of every dataset below a group, in visiting order."""
+    found: list[tuple[str, h5py.h5d.DatasetID]] = []
+
+    def visit(name: bytes) -> None:
+        obj = h5py.h5o.open(group.id, name)
+        if isinstance(obj, h5py.h5d.DatasetID):
+            found.append((name.decode("utf-8", "surrogateescape"), obj))
+
+    h5py.h5o.visit(group.id, visit)
+    return found
+
+
 def _control_keys(f: h5py.File, source: str) -> dict[str, KeyInfo]:
     keys: dict[str, KeyInfo] = {}
-    root = f[f"{CONTROL}/{source}"]
-
-    def visit(name: str, obj: h5py.HLObject) -> None:
-        if isinstance(obj, h5py.Dataset) and name.endswith("value") and (
-            name == "value" or name.endswith("/value")
-        ):
+    root_path = f"{CONTROL}/{source}"
+    root = f[root_path]
+    for name, dsid in _datasets_below(root):
+        if name == "value" or name.endswith("/value"):
             key_path = name[: -len("/value")] if "/" in name else ""
-            parent = root[key_path] if key_path else root
+            parent = h5py.h5o.open(root.id, key_path.encode()) if key_path else root.id
+            attrs = _attr_dict(h5py.Group(parent)) if h5py.h5a.get_num_attrs(parent) else {}
             key = path_to_key(key_path)
-            keys[key] = _dataset_info(source, key, "", obj, _attr_dict(parent))
-
-    root.visititems(visit)
+            keys[key] = _dataset_info(source, key, "", dsid, f"/{root_path}/{name}", attrs)
     return keys
 
 
 def _instrument_keys(f: h5py.File, source: str, group: str) -> dict[str, KeyInfo]:
     keys: dict[str, KeyInfo] = {}
-    root = f[f"{INSTRUMENT}/{source}/{group}"]
-
-    def visit(name: str, obj: h5py.HLObject) -> None:
-        if isinstance(obj, h5py.Dataset):
-            key = f"{group}.{path_to_key(name)}"
-            keys[key] = _dataset_info(source, key, group, obj, {})
-
-    root.visititems(visit)
+    root_path = f"{INSTRUMENT}/{source}/{group}"
+    for name, dsid in _datasets_below(f[root_path]):
+        key = f"{group}.{path_to_key(name)}"
+        keys[key] = _dataset_info(source, key, group, dsid, f"/{root_path}/{name}", {})
     return keys
 
 
