@@ -1,4 +1,4 @@
-"""The persistent index cache: same index from the cache, refreshed when a file changes."""
+"""The persistent index cache: one bundle per run directory, refreshed when a file changes."""
 
 import os
 import shutil
@@ -41,17 +41,24 @@ def _same_index(a, b):
             np.testing.assert_array_equal(ga.count, sb.groups[group].count)
 
 
-def test_cached_index_equals_a_fresh_one(run_copy, user_cache):
-    for path in sorted(run_copy.glob("*.h5")):
-        fresh = read_file_index(os.path.abspath(path))
-        cache.cached_file_index(path)  # fills the cache
-        assert cache.load_cached(fresh.path, os.stat(path)) is not None
-        _same_index(cache.cached_file_index(path), fresh)
+def test_cached_indexes_equal_fresh_ones(run_copy, user_cache):
+    paths = [os.path.abspath(p) for p in sorted(run_copy.glob("*.h5"))]
+    cache.index_files_cached(paths)  # fills the cache
+    assert set(cache.read_bundle(str(run_copy))) == set(paths)
+    for path, cached in zip(paths, cache.index_files_cached(paths), strict=True):
+        _same_index(cached, read_file_index(path))
 
 
-def test_cache_goes_into_the_run_directory_when_writable(run_copy, user_cache):
+def test_opening_again_reads_no_file(run_copy, user_cache, monkeypatch):
     xd.open_run(run_copy)
-    assert len(list((run_copy / ".xfeldata" / "index").glob("*.npz"))) == len(list(run_copy.glob("*.h5")))
+    monkeypatch.setattr(cache, "read_file_index", lambda path: pytest.fail(f"indexed {path}"))
+    assert len(xd.open_run(run_copy).train_ids)
+
+
+def test_one_cache_file_goes_into_the_run_directory_when_writable(run_copy, user_cache):
+    xd.open_run(run_copy)
+    bundle = run_copy / ".xfeldata" / "index.npz"
+    assert bundle.is_file() and bundle.stat().st_mode & 0o044  # readable by others too
     assert not user_cache.exists()
 
 
@@ -63,19 +70,23 @@ def test_read_only_run_directory_falls_back_to_the_user_cache(run_copy, user_cac
         run_copy.chmod(0o555)
     try:
         run = xd.open_run(run_copy)
-        assert len(list(user_cache.glob("*.npz"))) == len(run.file_indexes)
+        assert len(list(user_cache.glob("*.npz"))) == 1
         again = xd.open_run(run_copy)
         np.testing.assert_array_equal(again.train_ids, run.train_ids)
     finally:
         run_copy.chmod(0o755)
 
 
-def test_a_changed_file_is_indexed_again(run_copy, user_cache):
+def test_a_changed_file_is_indexed_again(run_copy, user_cache, monkeypatch):
+    xd.open_run(run_copy)
     path = sorted(run_copy.glob("*DA01*.h5"))[0]
-    first = cache.cached_file_index(path)
     os.utime(path, ns=(0, 10**18))  # a different mtime: the entry no longer matches
-    assert cache.load_cached(first.path, os.stat(path)) is None
-    assert cache.cached_file_index(path).mtime == os.stat(path).st_mtime
+    indexed = []
+    original = cache.read_file_index
+    monkeypatch.setattr(cache, "read_file_index", lambda p: indexed.append(p) or original(p))
+    run = xd.open_run(run_copy)
+    assert indexed == [os.path.abspath(path)]
+    assert any(fi.mtime == os.stat(path).st_mtime for fi in run.file_indexes)
 
 
 def test_reading_through_the_cache_gives_the_same_data(run_copy, user_cache):
@@ -87,12 +98,13 @@ def test_reading_through_the_cache_gives_the_same_data(run_copy, user_cache):
     assert int(cached.detector()["image.data"].sum()) == int(uncached.detector()["image.data"].sum())
 
 
-def test_a_corrupt_cache_entry_is_ignored(run_copy, user_cache):
-    path = sorted(run_copy.glob("*.h5"))[0]
-    where = cache.save_cached(read_file_index(os.path.abspath(path)))
-    where.write_bytes(b"garbage")
-    assert cache.load_cached(os.path.abspath(path), os.stat(path)) is None
-    assert cache.cached_file_index(path).path == os.path.abspath(path)
+def test_a_corrupt_cache_is_ignored_and_replaced(run_copy, user_cache):
+    xd.open_run(run_copy)
+    bundle = run_copy / ".xfeldata" / "index.npz"
+    bundle.write_bytes(b"garbage")
+    assert cache.read_bundle(str(run_copy)) == {}
+    xd.open_run(run_copy)
+    assert len(cache.read_bundle(str(run_copy))) == len(list(run_copy.glob("*.h5")))
 
 
 def test_cache_can_be_switched_off(run_copy, user_cache, monkeypatch):

@@ -1,15 +1,16 @@
 """A persistent cache of file indexes, so a run opens again without reading its files.
 
-Each file's :class:`~xfeldata.files.index.FileIndex` is stored as one ``.npz``
-(numpy arrays plus a JSON description; loaded with ``allow_pickle=False``, so a
-cache file written by someone else cannot run code).  Entries are keyed on the
-file's absolute path and checked against its size and modification time, so a
-changed file is indexed again.  Entries are written atomically (a temporary file
-renamed into place).
+The :class:`~xfeldata.files.index.FileIndex` of every file of a directory is kept
+in one ``.npz`` per directory (the arrays of all files in one blob plus a JSON
+description; loaded with ``allow_pickle=False``, so a cache written by someone
+else cannot run code).  Entries are keyed on each file's absolute path and
+checked against its size and modification time, so a changed file is indexed
+again.  The cache is written atomically (a temporary file renamed into place).
 
-Where: ``<run directory>/.xfeldata/index/`` when the run directory is writable,
-else a per-user directory (``$XFELDATA_CACHE_DIR`` or ``~/.cache/xfeldata/index``).
-Both are read.  ``XFELDATA_INDEX_CACHE=0`` turns the cache off.
+Where: ``<run directory>/.xfeldata/index.npz`` when the run directory is
+writable, else a per-user directory (``$XFELDATA_CACHE_DIR`` or
+``~/.cache/xfeldata/index``).  Both are read.  ``XFELDATA_INDEX_CACHE=0`` turns
+the cache off.
 
 Examples
 --------
@@ -27,14 +28,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from ..errors import FileFormatError
 from .index import FileIndex, IndexGroup, KeyInfo, SourceInfo, read_file_index
 
 #: Bump when the stored layout changes; older entries are then ignored.
 CACHE_VERSION = 1
 CACHE_ENV = "XFELDATA_CACHE_DIR"
 CACHE_SWITCH_ENV = "XFELDATA_INDEX_CACHE"
-RUN_DIR_CACHE = Path(".xfeldata") / "index"
+RUN_DIR_CACHE = Path(".xfeldata") / "index.npz"
 # np.load parses npy headers with ast.literal_eval, which is not thread-safe on
 # some CPython 3.11 releases ("AST constructor recursion depth mismatch"); the
 # index is read from several threads, so loads take turns.
@@ -52,16 +55,6 @@ def user_cache_dir() -> Path:
         return Path(os.environ[CACHE_ENV])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "xfeldata" / "index"
-
-
-def _entry_name(path: str) -> str:
-    digest = hashlib.sha1(path.encode("utf-8", "surrogateescape")).hexdigest()[:16]
-    return f"{Path(path).name}.{digest}.npz"
-
-
-def _candidates(path: str) -> list[Path]:
-    name = _entry_name(path)
-    return [Path(path).parent / RUN_DIR_CACHE / name, user_cache_dir() / name]
 
 
 def _jsonable(value: Any) -> Any:
@@ -148,33 +141,62 @@ def _from_arrays(arrays: Any, meta: dict[str, Any]) -> FileIndex:
     )
 
 
-def load_cached(path: str, st: os.stat_result) -> FileIndex | None:
-    """The cached index of ``path`` if one matches its size and mtime, else None."""
-    for candidate in _candidates(path):
+def _bundle_paths(directory: str) -> list[Path]:
+    digest = hashlib.sha1(directory.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return [Path(directory) / RUN_DIR_CACHE, user_cache_dir() / f"{Path(directory).name}.{digest}.npz"]
+
+
+Entry = tuple[dict[str, Any], dict[str, np.ndarray]]
+
+
+def read_bundle(directory: str) -> dict[str, Entry]:
+    """The cached entries of a directory's files, ``{path: (meta, arrays)}`` (not yet validated)."""
+    for candidate in _bundle_paths(directory):
         try:
             with _LOAD_LOCK, np.load(candidate, allow_pickle=False) as npz:
                 meta = json.loads(bytes(npz["__meta__"]).decode())
-                if (meta.get("cache_version") != CACHE_VERSION or meta["path"] != path
-                        or meta["size"] != st.st_size or meta["mtime"] != st.st_mtime):
-                    continue
-                arrays = {name: npz[name] for name in npz.files if name != "__meta__"}
-            return _from_arrays(arrays, meta)
+                blob = npz["blob"]
+            if meta.get("cache_version") != CACHE_VERSION:
+                continue
+            entries = {}
+            for entry in meta["files"]:
+                arrays = {}
+                for name, (offset, descr, shape) in entry.pop("arrays").items():
+                    dtype = _descr_dtype(descr)
+                    count = int(np.prod(shape, dtype=np.int64))
+                    arrays[name] = np.frombuffer(blob, dtype, count, offset).reshape(shape)
+                entries[entry["path"]] = (entry, arrays)
+            return entries
         except (OSError, ValueError, KeyError, json.JSONDecodeError, TypeError, SystemError):
             continue
-    return None
+    return {}
 
 
-def save_cached(fi: FileIndex) -> Path | None:
-    """Store an index atomically; returns where, or None if no cache directory is writable."""
-    arrays, meta = _to_arrays(fi)
-    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    for candidate in _candidates(fi.path):
+def write_bundle(directory: str, entries: dict[str, Entry]) -> Path | None:
+    """Store a directory's entries atomically; returns where, or None if nowhere is writable."""
+    parts, files, offset = [], [], 0
+    for meta, arrays in entries.values():
+        layout = {}
+        for name, arr in arrays.items():
+            raw = np.ascontiguousarray(arr).tobytes()
+            layout[name] = [offset, _dtype_descr(arr.dtype), list(arr.shape)]
+            parts.append(raw)
+            offset += len(raw)
+            pad = -offset % 8  # keep every array aligned
+            parts.append(b"\0" * pad)
+            offset += pad
+        files.append({**meta, "arrays": layout})
+    blob = np.frombuffer(b"".join(parts), np.uint8)
+    meta_bytes = np.frombuffer(json.dumps({"cache_version": CACHE_VERSION, "files": files}).encode(),
+                               np.uint8)
+    for candidate in _bundle_paths(directory):
         try:
             candidate.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=candidate.parent, prefix=".tmp-", suffix=".npz")
             try:
                 with os.fdopen(fd, "wb") as out:
-                    np.savez(out, **arrays)
+                    np.savez(out, __meta__=meta_bytes, blob=blob)
+                os.chmod(tmp, 0o644)  # others who read the run may use it too
                 os.replace(tmp, candidate)
             finally:
                 if os.path.exists(tmp):
@@ -185,8 +207,52 @@ def save_cached(fi: FileIndex) -> Path | None:
     return None
 
 
+def _stat(path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
+def index_files_cached(paths: list[str], progress: bool = False) -> list[FileIndex | FileFormatError]:
+    """Index files through the cache of their directories; errors are returned, not raised.
+
+    Files whose cache entry matches their size and mtime are not opened; the
+    others are indexed and their directory's cache is rewritten once.
+    """
+    paths = [os.path.abspath(p) for p in paths]
+    results: dict[str, FileIndex | FileFormatError] = {}
+    by_dir: dict[str, list[str]] = {}
+    for path in paths:
+        by_dir.setdefault(os.path.dirname(path), []).append(path)
+    bar = tqdm(total=len(paths), disable=not progress, desc="Indexing files", unit="file")
+    for directory, dir_paths in by_dir.items():
+        entries = read_bundle(directory)
+        changed = False
+        for path in dir_paths:
+            st, entry = _stat(path), entries.get(path)
+            if st is not None and entry and (entry[0]["size"], entry[0]["mtime"]) == (st.st_size, st.st_mtime):
+                results[path] = _from_arrays(entry[1], entry[0])
+            else:
+                try:
+                    fi = read_file_index(path)
+                except FileFormatError as exc:
+                    results[path] = exc
+                else:
+                    results[path] = fi
+                    if st is not None and (fi.size, fi.mtime) == (st.st_size, st.st_mtime):
+                        meta_arrays = _to_arrays(fi)
+                        entries[path] = (meta_arrays[1], meta_arrays[0])
+                        changed = True
+            bar.update()
+        if changed:
+            write_bundle(directory, entries)
+    bar.close()
+    return [results[p] for p in paths]
+
+
 def cached_file_index(path: str | os.PathLike, use_cache: bool = True) -> FileIndex:
-    """Index a file, from the cache when it is up to date (and store it there otherwise).
+    """Index one file, from its directory's cache when it is up to date.
 
     Raises
     ------
@@ -196,14 +262,7 @@ def cached_file_index(path: str | os.PathLike, use_cache: bool = True) -> FileIn
     path = os.path.abspath(os.fspath(path))
     if not (use_cache and cache_enabled()):
         return read_file_index(path)
-    try:
-        st = os.stat(path)
-    except OSError:
-        return read_file_index(path)  # raises the proper error
-    cached = load_cached(path, st)
-    if cached is not None:
-        return cached
-    fi = read_file_index(path)
-    if fi.size == st.st_size and fi.mtime == st.st_mtime:
-        save_cached(fi)
-    return fi
+    result = index_files_cached([path])[0]
+    if isinstance(result, FileFormatError):
+        raise result
+    return result
