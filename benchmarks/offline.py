@@ -203,6 +203,9 @@ def _stacked(ctx: Context, run_dir: Path, corrected: bool) -> CaseResult:
                                ours, ctx.repeat, nbytes=nbytes))
     res.timings.append(measure("AGIPD1M(run)['image.data'].xarray()", "peer",
                                theirs, ctx.repeat, nbytes=nbytes))
+    res.timings.append(measure("run.sel(trainId=...).detector()['image.data'].values", "ref",
+                               lambda: run.sel(trainId=slice(first, last)).detector()["image.data"].values,
+                               ctx.repeat, nbytes=nbytes))
     rows = ceilings.detector_rows(run_dir, tids[lo:lo + n])
     readers = [("h5py read_direct of the rows (HDF5 filters)", "ref", ceilings.h5py_reader)]
     if corrected:

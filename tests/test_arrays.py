@@ -21,7 +21,7 @@ from h5ref import h5_rows
 import xfeldata as xd
 from xfeldata import arrays
 from xfeldata.arrays import BlockRead, flat_rows_array, plan_ranges
-from xfeldata.detectors import by_index
+from xfeldata.detectors import MODULE_CHUNK_BYTES, by_index
 from xfeldata.errors import DataIndexError
 from xfeldata.files.writer import FRAMES_PER_CHUNK, make_example
 from xfeldata.synthetic import CAMERA_SOURCE, XGM_SOURCE
@@ -123,7 +123,10 @@ def test_default_chunks_are_large_and_stop_at_files(large_run):
     run = xd.open_run(large_run)
     assert run[AGIPD0, "image.data"].chunks[0] == (20, 20, 20)     # one chunk per file (20 trains)
     ds = run.detector(modules=[0, 1])
-    assert ds["image.data"].chunks[0] == (20, 20, 20)
+    train_chunks = ds["image.data"].chunks[0]
+    assert {20, 40, 60} <= set(np.cumsum(train_chunks))              # chunks stop at the files
+    module_train_bytes = ds["image.data"].isel(trainId=0, module=0).nbytes
+    assert max(train_chunks) * module_train_bytes <= MODULE_CHUNK_BYTES  # one module's chunk
     # DA01 has its sequence boundaries shifted by one train: chunks follow its files
     assert run[XGM_SOURCE, "beamPosition.ixPos"].chunks[0] == (21, 20, 19)
 

@@ -25,10 +25,17 @@ import numpy as np
 import xarray as xr
 
 from . import schema
-from .arrays import TARGET_CHUNK_BYTES, flat_rows_array, padded_array
+from .arrays import flat_rows_array, padded_array
 from .errors import PropertyNameError
 from .files.layout import DETECTORS, DetectorKind, detector_kind_of_device, group_detector_sources
 from .run import RunSelection, TrainMap
+
+#: Size one module's dask chunk aims at.  Smaller than the per-key target: a
+#: stacked chunk is one module, so sixteen of them make one train block, and
+#: selecting a few trains after building reads whole chunks (dask cannot push the
+#: selection into the read).  A train of 352 AGIPD frames (88 MiB a module) is one
+#: chunk either way.
+MODULE_CHUNK_BYTES = 32 * 2**20
 
 
 @dataclass(frozen=True)
@@ -197,7 +204,7 @@ def _parallel_gain_stages(rows: _ModuleRows, stages: int = 3) -> np.ndarray | No
 def detector_dataset(
     run: RunSelection, name: str | None = None, *, modules: Sequence[int] | None = None,
     fill_value: Any = None, require_all_modules: bool = False, pulses: Any = None,
-    keys: Sequence[str] | None = None, target_bytes: int = TARGET_CHUNK_BYTES,
+    keys: Sequence[str] | None = None, target_bytes: int = MODULE_CHUNK_BYTES,
 ) -> xr.Dataset:
     """A multi-module detector as one lazy Dataset.
 
