@@ -106,6 +106,31 @@ def choose_detector(found: dict[str, dict[int, str]], name: str | None,
     raise KeyError(f"detector {name!r} is not in {where} ({hint})")
 
 
+def stacked_modules(device: str, kind: DetectorKind | None, sources: dict[int, str],
+                    modules: Sequence[int] | None, where: str = "this data"
+                    ) -> tuple[list[int], dict[int, str]]:
+    """The module numbers to stack and the sources of those present.
+
+    All modules of the detector kind by default (missing ones are filled), or
+    the ``modules`` asked for.
+
+    Raises
+    ------
+    KeyError
+        For module numbers the detector does not have, or none present.
+    """
+    all_modules = list(kind.modules) if kind else sorted(sources)
+    if modules is not None:
+        unknown = sorted(set(modules) - set(all_modules) - set(sources))
+        if unknown:
+            raise KeyError(f"modules {unknown} are not modules of {device} ({kind.name if kind else ''})")
+        all_modules = sorted(modules)
+    present_sources = {m: s for m, s in sources.items() if m in all_modules}
+    if not present_sources:
+        raise KeyError(f"none of modules {all_modules} of {device} is in {where}")
+    return all_modules, present_sources
+
+
 def detector_kind(device: str, modules: Sequence[int]) -> DetectorKind | None:
     """The kind of a detector from its device name (AGIPD-500K told apart by its name)."""
     kind = detector_kind_of_device(device)
@@ -247,15 +272,7 @@ def detector_dataset(
     xtdf = kind.xtdf if kind else "image" in run.index_groups(next(iter(sources.values())))
     group = "image" if xtdf else "data"
     data_key = "image.data" if xtdf else "data.adc"
-    all_modules = list(kind.modules) if kind else sorted(sources)
-    if modules is not None:
-        unknown = sorted(set(modules) - set(all_modules) - set(sources))
-        if unknown:
-            raise KeyError(f"modules {unknown} are not modules of {device} ({kind.name if kind else ''})")
-        all_modules = sorted(modules)
-    present_sources = {m: s for m, s in sources.items() if m in all_modules}
-    if not present_sources:
-        raise KeyError(f"none of modules {all_modules} of {device} is in this data")
+    all_modules, present_sources = stacked_modules(device, kind, sources, modules)
 
     # Variables and their consistency across modules
     first_source = next(iter(present_sources.values()))

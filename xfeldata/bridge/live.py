@@ -44,7 +44,7 @@ import xarray as xr
 import zmq
 
 from .. import schema
-from ..detectors import choose_detector, detector_kind
+from ..detectors import choose_detector, detector_kind, stacked_modules
 from ..files.layout import DetectorKind, detector_kind_of_device, group_detector_sources, match_detector_source
 from ..views import merge_variables
 from .client import Client
@@ -436,15 +436,7 @@ def _detector(trains: list[tuple[int, TrainData]], name: str | None, modules: Se
                                       for s in sources.values())
     group = "image" if xtdf else "data"
     data_key = "image.data" if xtdf else "data.adc"
-    all_modules = list(kind.modules) if kind else sorted(sources)
-    if modules is not None:
-        unknown = sorted(set(modules) - set(all_modules) - set(sources))
-        if unknown:
-            raise KeyError(f"modules {unknown} are not modules of {device} ({kind.name if kind else ''})")
-        all_modules = sorted(modules)
-    present_sources = {m: s for m, s in sources.items() if m in all_modules}
-    if not present_sources:
-        raise KeyError(f"none of modules {all_modules} of {device} is in the buffered trains")
+    all_modules, present_sources = stacked_modules(device, kind, sources, modules, "the buffered trains")
 
     # Rows of every module in every train: n frames and the group's values (n, *entry)
     per_train: list[dict[int, tuple[int, dict[str, np.ndarray]]]] = []
