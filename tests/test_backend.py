@@ -104,7 +104,7 @@ def test_pulse_resolved_detector_padded(irregular_run):
     ds = _open(irregular_run, source=AGIPD1, keys=["image.data", "image.pulseId", "header.*"])
     data = ds["image.data"]
     assert data.dims[:2] == ("trainId", "pulseId")
-    assert data.dims[2:] == ("image.data.dim_0", "image.data.dim_1", "image.data.dim_2")
+    assert data.dims[2:] == ("gain", "slow_scan", "fast_scan")  # as run.detector() names them
     # Trains with a header but no frames are on the axis (outer join), filled with NaN.
     assert data.dtype == np.float32
     _assert_matches_key_array(ds, run, AGIPD1, "image.data", "image.data")
@@ -170,7 +170,7 @@ def test_indexing_reads_only_requested_trains(agipd_raw_run, monkeypatch):
     assert rows == [4]  # 2 trains x 2 frames, in one block
     assert values.shape[:2] == (2, 2)
     rows.clear()
-    one = ds["image.data"].isel(trainId=slice(3, 4), pulseId=0, **{"image.data.dim_1": slice(0, 8)})
+    one = ds["image.data"].isel(trainId=slice(3, 4), pulseId=0, slow_scan=slice(0, 8))
     assert one.values.shape == (1, 2, 8, 128)
     assert rows == [2]
     rows.clear()

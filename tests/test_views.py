@@ -187,7 +187,7 @@ def test_empty_train_selection_gives_empty_arrays_with_their_dims(agipd_raw_run)
         (XGM_SOURCE, "beamPosition.ixPos"): ("trainId",),
         (XGM_SOURCE, "state"): ("trainId",),
         (CAMERA_SOURCE, "data.image.pixels"): ("trainId", "dim_0", "dim_1"),
-        (AGIPD0, "image.data"): ("trainId", "dim_0", "dim_1", "dim_2"),
+        (AGIPD0, "image.data"): ("trainId", "gain", "slow_scan", "fast_scan"),
     }
     for (source, key), dims in cases.items():
         arr = run[source, key]
@@ -305,3 +305,13 @@ def test_run_values_of_an_instrument_source_say_why_there_are_none(agipd_raw_run
     run = xd.open_run(agipd_raw_run)
     with pytest.raises(KeyError, match="instrument source"):
         run.run_values("SA1_XTD2_XGM/DOOCS/MAIN:output")
+
+
+def test_detector_pixel_keys_are_labelled_as_in_the_stacked_detector(agipd_raw_run, detector_runs):
+    run = xd.open_run(agipd_raw_run)
+    per_key = run[AGIPD0, "image.data"]
+    stacked = run.detector()["image.data"]
+    assert per_key.dims[-3:] == stacked.dims[-3:] == ("gain", "slow_scan", "fast_scan")
+    jf = xd.open_run(detector_runs["JUNGFRAU"])
+    source = next(s for s in jf.instrument_sources if "JNGFR" in s)
+    assert jf[source, "data.adc"].dims[-3:] == ("cell", "slow_scan", "fast_scan")

@@ -291,11 +291,13 @@ def open_source_dataset(run: RunSelection, source: str,
         if pulse_dim is not None:
             pulse_axes[pulse_dim] = np.union1d(pulse_axes.get(pulse_dim, pulse_ids), pulse_ids)
 
-    # Generic entry dims carry the key's name, so keys of any shape merge (as in the views).
+    # Detector pixel keys get the detector's dim names; generic entry dims carry the
+    # key's name, so keys of any shape merge (as in the views).
     entry_dims: dict[str, tuple[str, ...]] = {}
     for name, (rows, field, *_) in plans.items():
         ndim = len(rows.entry_shape) + len(rows.dtype[field].shape if field else ())
-        entry_dims[name] = tuple(f"{rows.key}.{d}" for d in schema.entry_dims(ndim))
+        pixel = None if field else schema.detector_key_dims(rows.source, rows.key, rows.entry_shape)
+        entry_dims[name] = pixel or tuple(f"{rows.key}.{d}" for d in schema.entry_dims(ndim))
 
     variables = {}
     for name, (rows, field, pulse_dim, pulse_ids, attrs) in plans.items():

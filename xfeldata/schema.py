@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from .files.layout import detector_kind_of_device, match_detector_source
+
 TRAIN_DIM = "trainId"
 PULSE_DIM = "pulseId"
 #: Positional pulse dimension for rows that carry no pulse IDs.
@@ -133,7 +135,8 @@ def key_dataarray(data: Any, train_ids: np.ndarray, *, source: str, key: str,
     positional
         The second axis is a position within the train (no pulse IDs recorded).
     dims
-        Names of the entry dimensions (default ``dim_0``, ...).
+        Names of the entry dimensions (default: a detector module's pixel keys
+        as :func:`detector_key_dims` names them, else ``dim_0``, ...).
     """
     lead = [TRAIN_DIM]
     coords: dict[str, Any] = {TRAIN_DIM: np.asarray(train_ids, np.uint64)}
@@ -145,10 +148,33 @@ def key_dataarray(data: Any, train_ids: np.ndarray, *, source: str, key: str,
         if positional:
             extra["pulse_dim"] = "positional: the rows record no pulse IDs"
     n_entry = data.ndim - len(lead)
-    names = tuple(dims) if dims is not None else entry_dims(n_entry)
+    if dims is None:
+        dims = detector_key_dims(source, key, data.shape[data.ndim - n_entry:]) or entry_dims(n_entry)
+    names = tuple(dims)
     all_attrs = {**key_attrs(source, key, attrs, files), **extra}
     return xr.DataArray(data, dims=(*lead, *names), coords=coords, attrs=all_attrs,
                         name=f"{source}/{key}" if source else key)
+
+
+def detector_key_dims(source: str, key: str, entry_shape: Sequence[int]) -> tuple[str, ...] | None:
+    """Entry dimension names of a detector module's pixel keys, as ``detector()`` names them.
+
+    ``image.data``/``image.mask``/``image.gain`` (XTDF) are ``[gain,] slow_scan,
+    fast_scan``; JUNGFRAU's ``data.adc``/``data.mask``/``data.gain`` are ``cell,
+    slow_scan, fast_scan``.  None for every other key (generic names apply).
+
+    >>> detector_key_dims("SPB_DET_AGIPD1M-1/DET/0CH0:xtdf", "image.data", (2, 512, 128))
+    ('gain', 'slow_scan', 'fast_scan')
+    >>> detector_key_dims("SA1_XTD2_XGM/DOOCS/MAIN:output", "data.intensityTD", (1000,)) is None
+    True
+    """
+    match = match_detector_source(source)
+    if match is None or key not in DETECTOR_VARIABLES or len(entry_shape) not in (2, 3):
+        return None
+    kind = detector_kind_of_device(match[0])
+    if kind is not None and not kind.xtdf:
+        return (CELL_DIM, *PIXEL_DIMS) if len(entry_shape) == 3 else PIXEL_DIMS
+    return detector_pixel_dims(entry_shape)
 
 
 def detector_pixel_dims(entry_shape: Sequence[int]) -> tuple[str, ...]:
