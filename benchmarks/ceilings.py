@@ -138,6 +138,19 @@ def h5py_reader(rows: list[Rows]) -> tuple[Callable[[], None], Callable[[], None
     return read, lambda: None, useful
 
 
+def _chunk_plan(rows: list[Rows], op: _Opened) -> tuple[list[tuple], int]:
+    """Every chunk covering the rows: ``(dataset id, chunk offset, byte position in
+    one output buffer, chunk bytes, item size)``, and the buffer's total size."""
+    plan, total = [], 0
+    for r, ds in zip(rows, op.datasets, strict=True):
+        chunk_bytes = int(np.prod(ds.chunks)) * ds.dtype.itemsize
+        zeros = (0,) * (ds.ndim - 1)
+        for c in _chunk_starts(ds, r.start, r.stop):
+            plan.append((ds.id, (c, *zeros), total, chunk_bytes, ds.dtype.itemsize))
+            total += chunk_bytes
+    return plan, total
+
+
 def direct_chunk_reader(rows: list[Rows]) -> tuple[Callable[[], None], Callable[[], None], int]:
     """``read_direct_chunk`` of every chunk covering the rows into one preallocated buffer.
 
@@ -145,18 +158,11 @@ def direct_chunk_reader(rows: list[Rows]) -> tuple[Callable[[], None], Callable[
     ``(read, close, useful_bytes)``.
     """
     op = _Opened(rows)
-    plan = []
-    total = 0
-    for r, ds in zip(rows, op.datasets, strict=True):
-        chunk_bytes = int(np.prod(ds.chunks)) * ds.dtype.itemsize
-        zeros = (0,) * (ds.ndim - 1)
-        for c in _chunk_starts(ds, r.start, r.stop):
-            plan.append((ds.id, (c, *zeros), total, chunk_bytes))
-            total += chunk_bytes
+    plan, total = _chunk_plan(rows, op)
     buf = np.empty(total, np.uint8)
 
     def read() -> None:
-        for dsid, offset, at, n in plan:
+        for dsid, offset, at, n, _ in plan:
             dsid.read_direct_chunk(offset, out=buf[at:at + n])
     return read, op.close, op.useful_bytes()
 
@@ -174,14 +180,7 @@ def threaded_decode_reader(rows: list[Rows], workers: int | None = None,
     """
     op = _Opened(rows)
     workers = workers or os.cpu_count() or 2
-    plan = []
-    total = 0
-    for r, ds in zip(rows, op.datasets, strict=True):
-        chunk_bytes = int(np.prod(ds.chunks)) * ds.dtype.itemsize
-        zeros = (0,) * (ds.ndim - 1)
-        for c in _chunk_starts(ds, r.start, r.stop):
-            plan.append((ds.id, (c, *zeros), total, chunk_bytes, ds.dtype.itemsize))
-            total += chunk_bytes
+    plan, total = _chunk_plan(rows, op)
     out = np.empty(total, np.uint8)
     pool = ThreadPoolExecutor(workers)
     local = threading.local()  # one inflate buffer per worker thread
