@@ -297,3 +297,14 @@ def test_cli_error_on_missing_path_is_one_line_with_exit_2(tmp_path, capsys):
     assert str(missing) in err
     assert "Traceback" not in err
     assert main(["validate", str(missing)]) == 2
+
+
+def test_the_command_line_starts_without_importing_xarray_dask_or_pandas():
+    # `xfeldata info` must stay quick: the summary needs the index only
+    import subprocess
+    import sys
+
+    code = ("import sys, xfeldata.cli; xfeldata.cli.build_parser(); "
+            "print(sorted(m for m in ('xarray', 'dask', 'pandas') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stderr

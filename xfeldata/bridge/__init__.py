@@ -11,11 +11,15 @@ Examples
 >>> handle.stop()
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .client import Client, KaraboBridge
-from .live import LiveBuffer
 from .protocol import ProtocolError, decode, encode, make_metadata
 from .server import Server, ServerBusy, ServerClosed, Streamer, append_detector_modules, serve
 from .simulate import Simulator
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .live import LiveBuffer
 
 __all__ = [
     "Client",
@@ -33,3 +37,14 @@ __all__ = [
     "make_metadata",
     "serve",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # LiveBuffer builds xarray objects: import it (and xarray, dask, pandas) on first
+    # use, so the bridge's command-line tools start quickly.
+    if name == "LiveBuffer":
+        from .live import LiveBuffer
+
+        globals()["LiveBuffer"] = LiveBuffer
+        return LiveBuffer
+    raise AttributeError(f"module 'xfeldata.bridge' has no attribute {name!r}")
