@@ -43,27 +43,32 @@ def _filters(ds: h5py.Dataset) -> tuple[int, ...] | None:
     return None
 
 
+def _direct_filters(ds: h5py.Dataset) -> tuple[int, ...] | None:
+    """The filter ids to undo if rows can be read chunk by chunk, else None."""
+    if ds.chunks is None or ds.chunks[1:] != ds.shape[1:] or ds.dtype.kind not in "biufc" \
+            or ds.dtype.metadata:
+        return None
+    return _filters(ds)
+
+
 def direct_readable(ds: h5py.Dataset) -> bool:
     """True if rows can be read chunk by chunk: chunked along rows only, no filters or
     deflate (maybe with shuffle)."""
-    return (
-        ds.chunks is not None and ds.chunks[1:] == ds.shape[1:] and ds.dtype.kind in "biufc"
-        and not ds.dtype.metadata and _filters(ds) is not None
-    )
+    return _direct_filters(ds) is not None
 
 
 def _decode(raw: bytes | memoryview, filters: tuple[int, ...], nbytes: int, itemsize: int) -> np.ndarray:
     """Undo the filter pipeline of one chunk: inflate, then unshuffle."""
     buf = np.frombuffer(raw, np.uint8)
     if _GZIP in filters:
-        out = np.empty(nbytes, np.uint8)
         if deflate is not None:
-            out = np.frombuffer(deflate.zlib_decompress(raw, nbytes), np.uint8)
-        elif zlib_into is not None:
-            zlib_into.decompress_into(raw, out)
+            buf = np.frombuffer(deflate.zlib_decompress(raw, nbytes), np.uint8)
         else:
-            out[:] = np.frombuffer(zlib.decompress(raw), np.uint8)
-        buf = out
+            buf = np.empty(nbytes, np.uint8)
+            if zlib_into is not None:
+                zlib_into.decompress_into(raw, buf)
+            else:
+                buf[:] = np.frombuffer(zlib.decompress(raw), np.uint8)
     if _SHUFFLE in filters and itemsize > 1:
         if zlib_into is not None:
             plain = np.empty(nbytes, np.uint8)
@@ -89,10 +94,10 @@ def read_rows_into(ds: h5py.Dataset, start: int, stop: int, dest: np.ndarray,
     """
     if stop <= start:
         return
-    if not direct_readable(ds) or dest.dtype != ds.dtype:
+    filters = _direct_filters(ds) if dest.dtype == ds.dtype else None
+    if filters is None:
         ds.read_direct(dest, np.s_[start:stop])
         return
-    filters = _filters(ds)
     rows_per_chunk = ds.chunks[0]
     row_bytes = int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize
     chunk_bytes = rows_per_chunk * row_bytes
