@@ -99,14 +99,17 @@ def execute_block(block: BlockRead) -> np.ndarray:
     entry = block.shape[len(block.shape) - block.entry_ndim:] if block.entry_ndim else ()
     flat = out.reshape((-1, *entry))
     decoded: dict = {}  # the last partly used compressed chunk, decoded once
+    ds, where = None, None  # the dataset of the previous read, reused by the next one
     for read in block.reads:
-        f = handles.get(read.path)
-        try:
-            ds = f[read.dataset]
-        except KeyError:
-            handles.forget(read.path)
-            raise OSError(f"{read.path}: dataset {read.dataset} ({read.source} {read.key}) "
-                          "is missing from the file") from None
+        if ds is None or where != (read.path, read.dataset) or not ds.id.valid:
+            f = handles.get(read.path)
+            try:
+                ds = f[read.dataset]
+            except KeyError:
+                handles.forget(read.path)
+                raise OSError(f"{read.path}: dataset {read.dataset} ({read.source} {read.key}) "
+                              "is missing from the file") from None
+            where = (read.path, read.dataset)
         if read.stop > ds.shape[0]:
             raise DataIndexError(read.path, read.source, read.key,
                                  f"index points to rows {read.start}:{read.stop} but the dataset "
