@@ -236,16 +236,17 @@ def flat_rows_array(run: RunSelection, source: str, key: str,
                 offset += stop - start
             blocks.append(BlockRead((offset, *info.entry_shape), info.dtype, len(info.entry_shape),
                                     None, tuple(reads)))
-    return _blocks_to_array(name, blocks, info), found
+    return _blocks_to_array(name, blocks, info.entry_shape, info.dtype), found
 
 
-def _blocks_to_array(name: str, blocks: list[BlockRead], info: KeyInfo) -> da.Array:
-    if not blocks:
-        return da.from_array(np.empty((0, *info.entry_shape), info.dtype), chunks=-1)
-    ndim = len(blocks[0].shape)
-    graph = {(name, i, *([0] * (ndim - 1))): (execute_block, b) for i, b in enumerate(blocks)}
-    chunks = (tuple(b.shape[0] for b in blocks), *((d,) for d in blocks[0].shape[1:]))
-    return da.Array(graph, name, chunks, dtype=info.dtype)
+def _blocks_to_array(name: str, blocks: list[BlockRead], inner_shape: tuple[int, ...],
+                     dtype: np.dtype) -> da.Array:
+    """Blocks stacked along the first axis; ``inner_shape`` is every block's shape but the first."""
+    if not blocks:  # dask's own constructors fail for zero-size arrays
+        return da.from_array(np.empty((0, *inner_shape), dtype), chunks=-1)
+    graph = {(name, i, *([0] * len(inner_shape))): (execute_block, b) for i, b in enumerate(blocks)}
+    chunks = (tuple(b.shape[0] for b in blocks), *((d,) for d in inner_shape))
+    return da.Array(graph, name, chunks, dtype=dtype)
 
 
 def padded_array(
@@ -279,16 +280,14 @@ def padded_array(
     source = run.resolve_source(source)
     info = run.key_info(source, key)
     train_ids = np.asarray(train_ids, np.uint64)
-    found = run.rows(source, info.group)
-    inside = np.isin(found.train_ids, train_ids)
-    found = TrainMap(*(a[inside] for a in (found.train_ids, found.file_no, found.first, found.count)))
+    found = run.rows(source, info.group).lookup(train_ids)
     fill = default_fill_value(info.dtype) if fill_value is None else fill_value
     n_trains = len(train_ids)
     counts = np.zeros(n_trains, np.int64)
     train_pos = np.searchsorted(train_ids, found.train_ids)
     counts[train_pos] = found.count.astype(np.int64)
     if slot_of_row is None:
-        slot_of_row = _positions_within(counts)
+        slot_of_row = positions_within(counts)
     row_train = np.repeat(np.arange(n_trains), counts)
     if row_selected is None:
         row_selected = np.ones(len(row_train), bool)
@@ -342,18 +341,13 @@ def padded_array(
         covered = sum(r.stop - r.start for r in reads) == (b1 - b0) * n_slots
         blocks.append(BlockRead(shape, info.dtype, len(info.entry_shape),
                                 None if covered else fill, reads))
-    if not blocks:
-        return da.from_array(np.empty((0, n_slots, *info.entry_shape), info.dtype), chunks=-1)
-    graph = {(name, i, 0, *([0] * len(info.entry_shape))): (execute_block, b)
-             for i, b in enumerate(blocks)}
-    chunks = (tuple(b.shape[0] for b in blocks), (n_slots,), *((d,) for d in info.entry_shape))
-    return da.Array(graph, name, chunks, dtype=info.dtype)
+    return _blocks_to_array(name, blocks, (n_slots, *info.entry_shape), info.dtype)
 
 
-def _positions_within(counts: np.ndarray) -> np.ndarray:
+def positions_within(counts: np.ndarray) -> np.ndarray:
     """0, 1, ... within each train's rows.
 
-    >>> _positions_within(np.array([2, 0, 3])).tolist()
+    >>> positions_within(np.array([2, 0, 3])).tolist()
     [0, 1, 0, 1, 2]
     """
     counts = np.asarray(counts, np.int64)

@@ -42,21 +42,20 @@ from xarray.core import dtypes, indexing
 
 from . import schema
 from .api import open_run
-from .arrays import TARGET_CHUNK_BYTES, BlockRead, RowRead, chunk_rows, default_fill_value, execute_block
+from .arrays import (
+    TARGET_CHUNK_BYTES,
+    BlockRead,
+    RowRead,
+    chunk_rows,
+    default_fill_value,
+    execute_block,
+    positions_within,
+)
 from .files.layout import parse_file_name
 from .run import RunSelection
-from .views import pulse_slots
+from .views import decode_strings, pulse_slots
 
 __all__ = ["XfeldataBackendEntrypoint", "XfeldataBackendArray", "open_source_dataset"]
-
-
-def _decode(values: np.ndarray) -> np.ndarray:
-    """Bytes to ``str`` (UTF-8) in an object array, as the views decode strings."""
-    out = np.empty(values.shape, dtype=object)
-    flat_out = out.reshape(-1)
-    for i, v in enumerate(values.reshape(-1).tolist()):
-        flat_out[i] = v.decode("utf-8", "replace") if isinstance(v, bytes) else v
-    return out
 
 
 @dataclass(frozen=True)
@@ -168,7 +167,7 @@ class XfeldataBackendArray(BackendArray):
         if self.field:
             padded = padded[self.field]
         if rows.dtype.kind in "OS":
-            padded = _decode(padded)
+            padded = decode_strings(padded)
 
         out = np.full((len(kt), len(slots), *self._entry_shape), self.fill_value, self.dtype)
         have_t, have_s = kt >= 0, slots >= 0
@@ -202,7 +201,7 @@ def _key_rows(run: RunSelection, source: str, key: str
             pulse_ids, slot_of_row = slots
             n_slots = len(pulse_ids)
     if slot_of_row is None:
-        slot_of_row = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        slot_of_row = positions_within(counts)
     file_no = found.file_no[has_data]
     datasets = {}
     for fno in np.unique(file_no).tolist():

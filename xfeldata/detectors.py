@@ -25,7 +25,7 @@ import numpy as np
 import xarray as xr
 
 from . import schema
-from .arrays import flat_rows_array, padded_array
+from .arrays import flat_rows_array, padded_array, positions_within
 from .errors import PropertyNameError
 from .files.layout import DETECTORS, DetectorKind, detector_kind_of_device, group_detector_sources
 from .run import RunSelection, TrainMap
@@ -182,14 +182,13 @@ def _read_pulse_ids(run: RunSelection, sources: dict[int, str], group: str
 
 def _module_rows(run: RunSelection, source: str, group: str, train_ids: np.ndarray,
                  pulse_rows: tuple[np.ndarray, TrainMap] | None) -> _ModuleRows:
-    found = run.rows(source, group)
-    inside = np.isin(found.train_ids, train_ids)
-    pos = np.searchsorted(train_ids, found.train_ids[inside])
+    found = run.rows(source, group).lookup(train_ids)
+    pos = np.searchsorted(train_ids, found.train_ids)
     counts = np.zeros(len(train_ids), np.int64)
-    counts[pos] = found.count[inside].astype(np.int64)
-    file_no = found.file_no[inside]
+    counts[pos] = found.count.astype(np.int64)
+    file_no = found.file_no
     changes = pos[1:][file_no[1:] != file_no[:-1]] if len(pos) else pos
-    positions = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    positions = positions_within(counts)
     if pulse_rows is not None:
         pids, pid_found = pulse_rows
         pids = pids.reshape(pids.shape[0], int(np.prod(pids.shape[1:])))[:, 0] if pids.ndim > 1 else pids
@@ -199,15 +198,6 @@ def _module_rows(run: RunSelection, source: str, group: str, train_ids: np.ndarr
     else:
         pulse_ids = positions.copy()
     return _ModuleRows(source, counts, pulse_ids, positions, changes)
-
-
-def _padded(run: RunSelection, source: str, key: str, train_ids: np.ndarray, n_slots: int,
-            **options: Any) -> da.Array:
-    """:func:`padded_array`, also for an empty train axis (dask cannot auto-chunk zero-size arrays)."""
-    if len(train_ids) == 0:
-        info = run.key_info(source, key)
-        return da.from_array(np.empty((0, n_slots, *info.entry_shape), info.dtype), chunks=-1)
-    return padded_array(run, source, key, train_ids, n_slots, **options)
 
 
 def _parallel_gain_stages(rows: _ModuleRows, stages: int = 3) -> np.ndarray | None:
@@ -339,7 +329,7 @@ def detector_dataset(
         if m not in present_sources or key not in run.keys(present_sources[m]):
             return None
         row_sel = selected[m] if stage is None else selected[m] & (stages[m] == stage)
-        arr = _padded(run, present_sources[m], key, train_ids, n_slots, slot_of_row=slots[m],
+        arr = padded_array(run, present_sources[m], key, train_ids, n_slots, slot_of_row=slots[m],
                            row_selected=row_sel, fill_value=fill, trains_per_block=trains_per_block,
                            boundaries=boundaries, target_bytes=target_bytes)
         if not xtdf:  # one row per train holding all cells: (T, 1, cells, ...) -> (T, cells, ...)
@@ -386,8 +376,7 @@ def detector_dataset(
 
     cell_ids = None
     cell_key = f"{group}.cellId" if xtdf else "data.memoryCell"
-    first_source = next(iter(present_sources.values()))
-    if cell_key in run.select(first_source).keys(first_source):
+    if cell_key in module_keys:
         cell_ids = _cell_ids(run, present_sources, all_modules, cell_key, train_ids, n_slots, slots,
                              selected, xtdf, stages, {m: r.counts for m, r in rows.items()})
         if not xtdf:
@@ -421,9 +410,9 @@ def _cell_ids(run: RunSelection, sources: dict[int, str], modules: list[int], ke
             continue
         full = run.select(sources[m])
         row_sel = selected[m] if stages is None else selected[m] & (stages[m] == 0)
-        arr = _padded(full, sources[m], key, train_ids, n_slots,
-                      slot_of_row=slots[m] if xtdf else None,
-                      row_selected=row_sel if xtdf else None, fill_value=0)
+        arr = padded_array(full, sources[m], key, train_ids, n_slots,
+                           slot_of_row=slots[m] if xtdf else None,
+                           row_selected=row_sel if xtdf else None, fill_value=0)
         arr = arr.reshape(arr.shape[:2]) if xtdf else arr[:, 0]
         filled = np.zeros(arr.shape, bool)
         if xtdf:

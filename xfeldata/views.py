@@ -23,7 +23,8 @@ from .errors import PropertyNameError, SourceNameError
 from .run import RunSelection
 
 
-def _decode_block(block: np.ndarray) -> np.ndarray:
+def decode_strings(block: np.ndarray) -> np.ndarray:
+    """Bytes to ``str`` (UTF-8) in an object array of the same shape."""
     out = np.empty(block.shape, dtype=object)
     flat_in, flat_out = block.reshape(-1), out.reshape(-1)
     for i, v in enumerate(flat_in.tolist()):
@@ -78,12 +79,11 @@ def key_array(run: RunSelection, source: str, key: str) -> xr.DataArray | xr.Dat
     counts = found.count.astype(np.int64)
     files = sorted({run.file(int(f)).path for f in np.unique(found.file_no)})
     has_data = counts > 0
+    train_ids = found.train_ids[has_data]
     if counts.max(initial=0) <= 1:
         result = arr
         pulse_ids, positional = None, False
-        train_ids = found.train_ids[has_data]
     else:
-        train_ids = found.train_ids[has_data]
         slots = pulse_slots(run, source, info.group, counts[has_data])
         if slots is None:
             n_slots, slot_of_row, positional = int(counts.max()), None, True
@@ -93,7 +93,7 @@ def key_array(run: RunSelection, source: str, key: str) -> xr.DataArray | xr.Dat
             n_slots, positional = len(pulse_ids), False
         result = padded_array(run, source, key, train_ids, n_slots, slot_of_row=slot_of_row)
     if info.dtype.kind in "OS":
-        result = result.map_blocks(_decode_block, dtype=object)
+        result = result.map_blocks(decode_strings, dtype=object)
     if info.dtype.names:
         fields = {
             name: schema.key_dataarray(result[name], train_ids, source=source, key=f"{info.key}.{name}",
