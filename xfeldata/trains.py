@@ -82,7 +82,6 @@ class _GroupRows:
         self.file_no[pos] = found.file_no
         self.first[pos] = found.first.astype(np.int64)
         self.count[pos] = found.count.astype(np.int64)
-        self.count[self.file_no < 0] = 0
 
 
 class _KeyReader:
