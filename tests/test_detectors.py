@@ -325,3 +325,9 @@ def test_a_pulse_selection_matching_no_frame_gives_an_empty_pulse_axis(agipd_raw
 def test_an_unknown_detector_key_names_the_key(agipd_raw_run):
     with pytest.raises(KeyError, match="image.nokey"):
         xd.open_run(agipd_raw_run).detector(keys=["image.nokey"])
+
+
+def test_an_empty_train_selection_of_jungfrau_gives_an_empty_dataset(detector_runs):
+    det = xd.open_run(detector_runs["JUNGFRAU"]).sel(trainId=[]).detector()
+    assert det.sizes["trainId"] == 0 and det["image.data"].dims[1] == "cell"
+    assert det["image.data"].values.size == 0

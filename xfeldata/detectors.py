@@ -312,10 +312,13 @@ def detector_dataset(
             if pairs.shape[1] != len(r.pulse_ids):
                 raise ValueError(f"{r.source}: a pulse ID repeats within a train; "
                                  "cannot label frames by pulse ID")
-    coord_source = "pulse_ids" if xtdf else "positions"
-    all_ids = [getattr(r, coord_source)[selected[m]] for m, r in rows.items()]
-    pulse_coord = np.unique(np.concatenate(all_ids)) if all_ids else np.zeros(0, np.int64)
-    slots = {m: np.searchsorted(pulse_coord, getattr(r, coord_source)) for m, r in rows.items()}
+    if xtdf:  # frames go to slots by pulse ID
+        all_ids = [r.pulse_ids[selected[m]] for m, r in rows.items()]
+        pulse_coord = np.unique(np.concatenate(all_ids)) if all_ids else np.zeros(0, np.int64)
+        slots = {m: np.searchsorted(pulse_coord, r.pulse_ids) for m, r in rows.items()}
+    else:  # one row per train holding every memory cell: one slot, even with no trains
+        pulse_coord = np.zeros(1, np.int64)
+        slots = {m: np.zeros(len(r.positions), np.int64) for m, r in rows.items()}
     n_slots = len(pulse_coord)
 
     boundaries = np.unique(np.concatenate([r.file_changes for r in rows.values()]))
