@@ -139,7 +139,7 @@ def default_fill_value(dtype: np.dtype) -> Any:
         return b"" if dtype.kind == "S" else ""
     if dtype.kind == "V":
         return np.zeros((), dtype)
-    return 0
+    return 0  # schema.INTEGER_FILL
 
 
 def chunk_rows(info: KeyInfo, target_bytes: int = TARGET_CHUNK_BYTES) -> int:

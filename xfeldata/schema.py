@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from .arrays import default_fill_value
 from .files.layout import detector_kind_of_device, match_detector_source
 
 TRAIN_DIM = "trainId"
@@ -40,7 +41,8 @@ DETECTOR_VARIABLES = {
     "data.adc": "image.data", "data.mask": "image.mask", "data.gain": "image.gain",
 }
 
-#: Fill value of integer data where a module or pulse is missing (documented contract).
+#: Fill value of integer data where a module or pulse is missing (documented contract;
+#: :func:`xfeldata.arrays.default_fill_value` applies it).
 INTEGER_FILL = 0
 
 
@@ -64,13 +66,7 @@ def fill_value_for(dtype: np.dtype, fill_value: Any = None) -> Any:
                 raise ValueError(f"fill_value {fill_value} is outside the range of {dtype} data "
                                  f"({limits.min} to {limits.max})")
         return fill_value
-    if dtype.kind in "fc":
-        return np.nan
-    if dtype.kind == "b":
-        return False
-    if dtype.kind in "OSU":
-        return ""
-    return INTEGER_FILL
+    return default_fill_value(dtype)
 
 
 def detector_fill_value(key: str, dtype: np.dtype, fill_value: Any = None) -> Any:
