@@ -15,29 +15,18 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import (
+    AGIPD_RUN,
+    DETECTOR_RUN,
+    DETECTOR_RUN_MODULES,
+    FIRST_TRAIN_ID,
+    FORMAT_RUN,
+    IRREGULAR_RUN,
+)
 
 from xfeldata import synthetic as syn
 from xfeldata.files.layout import DETECTORS, file_name, parse_file_name
 from xfeldata.files.writer import BOGUS_TRAIN_OFFSET, IRREGULAR_PADDING, make_example
-
-try:  # tests/ may or may not become a package
-    from .conftest import (
-        AGIPD_RUN,
-        DETECTOR_RUN,
-        DETECTOR_RUN_MODULES,
-        FIRST_TRAIN_ID,
-        FORMAT_RUN,
-        IRREGULAR_RUN,
-    )
-except ImportError:
-    from conftest import (
-        AGIPD_RUN,
-        DETECTOR_RUN,
-        DETECTOR_RUN_MODULES,
-        FIRST_TRAIN_ID,
-        FORMAT_RUN,
-        IRREGULAR_RUN,
-    )
 
 AGIPD = DETECTORS["AGIPD1M"]
 
