@@ -24,7 +24,7 @@ import xarray as xr
 from . import trains, views
 from .detectors import detector_dataset
 from .files.cache import cached_file_index
-from .files.collect import index_files
+from .files.collect import index_files, paused_gc
 from .files.listing import list_run_files, proposal_run_dir
 from .run import RunFiles, RunSelection
 from .summary import format_info
@@ -194,8 +194,9 @@ def open_run(
         for p in paths:
             if not os.path.exists(p):
                 raise FileNotFoundError(f"{p}: no such file")
-    files = index_files(paths, strict=strict, progress=progress, cache=cache)
-    return Run(RunFiles(files, inc_suspect_trains=inc_suspect_trains))
+    with paused_gc():
+        files = index_files(paths, strict=strict, progress=progress, cache=cache)
+        return Run(RunFiles(files, inc_suspect_trains=inc_suspect_trains))
 
 
 def open_file(path: PathLike, inc_suspect_trains: bool = True, cache: bool = True) -> Run:

