@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import groupby
 from typing import Any
 
 import dask.array as da
@@ -26,8 +27,9 @@ from dask.base import tokenize
 
 from .errors import DataIndexError
 from .files.direct import read_rows_into
-from .files.handles import handles
+from .files.handles import OpenFile, handles
 from .files.index import KeyInfo
+from .files.plain import pread_rows
 from .run import RunSelection, TrainMap
 
 #: Size that dask chunks aim at: large enough that per-task overhead stays small.
@@ -99,33 +101,43 @@ def execute_block(block: BlockRead) -> np.ndarray:
     entry = block.shape[len(block.shape) - block.entry_ndim:] if block.entry_ndim else ()
     flat = out.reshape((-1, *entry))
     decoded: dict = {}  # the last partly used compressed chunk, decoded once
-    ds, where = None, None  # the dataset of the previous read, reused by the next one
-    for read in block.reads:
-        if ds is None or where != (read.path, read.dataset) or not ds.id.valid:
-            f = handles.get(read.path)
-            try:
-                ds = f[read.dataset]
-            except KeyError:
-                handles.forget(read.path)
-                raise OSError(f"{read.path}: dataset {read.dataset} ({read.source} {read.key}) "
-                              "is missing from the file") from None
-            where = (read.path, read.dataset)
-        if read.stop > ds.shape[0]:
-            raise DataIndexError(read.path, read.source, read.key,
-                                 f"index points to rows {read.start}:{read.stop} but the dataset "
-                                 f"{read.dataset} has only {ds.shape[0]} rows")
-        n = read.stop - read.start
-        if n == 0:
-            continue
-        if isinstance(read.target, int):
-            dest = flat[read.target: read.target + n]
-            if dest.dtype == ds.dtype and dest.flags.c_contiguous and ds.dtype.kind != "O":
-                read_rows_into(ds, read.start, read.stop, dest, decoded)
-            else:
-                dest[...] = ds[read.start: read.stop]
-        else:
-            flat[read.target] = ds[read.start: read.stop]
+    for path, reads in groupby(block.reads, key=lambda r: r.path):
+        with handles.use(path) as opened:
+            for read in reads:
+                _read_rows(opened, read, flat, decoded)
     return out
+
+
+def _read_rows(opened: OpenFile, read: RowRead, flat: np.ndarray, decoded: dict) -> None:
+    """One :class:`RowRead` into the block ``flat`` (rows, *entry)."""
+    try:
+        layout = opened.plain_layout(read.dataset)
+        ds = opened.file[read.dataset] if layout is None else None
+    except KeyError:
+        handles.forget(read.path)
+        raise OSError(f"{read.path}: dataset {read.dataset} ({read.source} {read.key}) "
+                      "is missing from the file") from None
+    nrows = layout.nrows if layout is not None else ds.shape[0]
+    if read.stop > nrows:
+        raise DataIndexError(read.path, read.source, read.key,
+                             f"index points to rows {read.start}:{read.stop} but the dataset "
+                             f"{read.dataset} has only {nrows} rows")
+    n = read.stop - read.start
+    if n == 0:
+        return
+    if not isinstance(read.target, int):
+        ds = opened.file[read.dataset] if ds is None else ds
+        flat[read.target] = ds[read.start: read.stop]
+        return
+    dest = flat[read.target: read.target + n]
+    if layout is not None and opened.fd is not None \
+            and pread_rows(opened.fd, layout, read.start, read.stop, dest):
+        return
+    ds = opened.file[read.dataset] if ds is None else ds
+    if dest.dtype == ds.dtype and dest.flags.c_contiguous and ds.dtype.kind != "O":
+        read_rows_into(ds, read.start, read.stop, dest, decoded)
+    else:
+        dest[...] = ds[read.start: read.stop]
 
 
 def default_fill_value(dtype: np.dtype) -> Any:

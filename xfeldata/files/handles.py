@@ -3,11 +3,15 @@
 Chunk tasks open files where they run (on a thread, in another process or on a
 dask worker); h5py objects never travel in a task graph.  The cache keeps the
 most recently used files open and closes the least recently used one when full.
-After a fork the child starts with an empty cache.
+A file used inside :meth:`FileHandleCache.use` is closed only once that use
+ends, so its OS descriptor is never reused under a running ``pread``.  After a
+fork the child starts with an empty cache.
 
 Examples
 --------
 >>> handles.get("RAW-R0001-DA01-S00000.h5")["INDEX/trainId"].shape   # doctest: +SKIP
+>>> with handles.use("RAW-R0001-AGIPD00-S00000.h5") as opened:       # doctest: +SKIP
+...     layout = opened.plain_layout("INSTRUMENT/SPB_DET_AGIPD1M-1/DET/0CH0:xtdf/image/data")
 """
 
 from __future__ import annotations
@@ -15,8 +19,12 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import h5py
+
+from .plain import PlainLayout, plain_layout
 
 #: How many files one process keeps open at most.
 MAX_OPEN_FILES = 128
@@ -25,20 +33,72 @@ MAX_OPEN_FILES = 128
 CHUNK_CACHE_BYTES = 16 * 2**20
 
 
+class OpenFile:
+    """One cached, read-only file: the h5py handle, its OS descriptor and the
+    plain layouts of its datasets (found once)."""
+
+    def __init__(self, file: h5py.File):
+        self.file = file
+        self.users = 0
+        self.evicted = False
+        self._layouts: dict[str, PlainLayout | None] = {}
+        try:  # HDF5's own descriptor: same file, same lifetime as the handle
+            self.fd: int | None = file.id.get_vfd_handle() if file.driver == "sec2" else None
+        except (AttributeError, ValueError, RuntimeError):
+            self.fd = None
+
+    def plain_layout(self, dataset: str) -> PlainLayout | None:
+        """The :func:`~xfeldata.files.plain.plain_layout` of one dataset, found once."""
+        if dataset not in self._layouts:
+            self._layouts[dataset] = plain_layout(self.file[dataset])
+        return self._layouts[dataset]
+
+    def close(self) -> None:
+        self.file.close()
+
+
 class FileHandleCache:
     """Least-recently-used cache of open, read-only h5py files.
 
     Parameters
     ----------
     maxsize
-        The most files kept open.
+        The most files kept open (files in use stay open until their use ends).
     """
 
     def __init__(self, maxsize: int = MAX_OPEN_FILES):
         self.maxsize = maxsize
-        self._files: OrderedDict[str, h5py.File] = OrderedDict()
+        self._files: OrderedDict[str, OpenFile] = OrderedDict()
         self._lock = threading.Lock()
         self._pid = os.getpid()
+
+    def _open(self, path: str) -> OpenFile:
+        """The cached entry of ``path``, opened if needed (call with the lock held)."""
+        if self._pid != os.getpid():  # forked: handles belong to the parent
+            self._files = OrderedDict()
+            self._pid = os.getpid()
+        entry = self._files.get(path)
+        if entry is not None and entry.file.id.valid:
+            self._files.move_to_end(path)
+            return entry
+        try:
+            entry = OpenFile(h5py.File(path, "r", rdcc_nbytes=CHUNK_CACHE_BYTES))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: run file vanished since the run was opened") from None
+        except OSError as exc:
+            raise OSError(f"{path}: run file cannot be read any more ({exc})") from None
+        self._files[path] = entry
+        while len(self._files) > self.maxsize:
+            _, old = self._files.popitem(last=False)
+            self._retire(old)
+        return entry
+
+    @staticmethod
+    def _retire(entry: OpenFile) -> None:
+        """Close a dropped entry now, or when its last use ends."""
+        entry.evicted = True
+        if entry.users == 0:
+            entry.close()
 
     def get(self, path: str) -> h5py.File:
         """An open, read-only handle of ``path``.
@@ -49,37 +109,40 @@ class FileHandleCache:
             (``FileNotFoundError`` included) naming the file if it cannot be opened.
         """
         with self._lock:
-            if self._pid != os.getpid():  # forked: handles belong to the parent
-                self._files = OrderedDict()
-                self._pid = os.getpid()
-            f = self._files.get(path)
-            if f is not None and f.id.valid:
-                self._files.move_to_end(path)
-                return f
-            try:
-                f = h5py.File(path, "r", rdcc_nbytes=CHUNK_CACHE_BYTES)
-            except FileNotFoundError:
-                raise FileNotFoundError(f"{path}: run file vanished since the run was opened") from None
-            except OSError as exc:
-                raise OSError(f"{path}: run file cannot be read any more ({exc})") from None
-            self._files[path] = f
-            while len(self._files) > self.maxsize:
-                _, old = self._files.popitem(last=False)
-                old.close()
-            return f
+            return self._open(path).file
+
+    @contextmanager
+    def use(self, path: str) -> Iterator[OpenFile]:
+        """The open file of ``path``, kept open until the ``with`` block ends.
+
+        Raises
+        ------
+        OSError
+            (``FileNotFoundError`` included) naming the file if it cannot be opened.
+        """
+        with self._lock:
+            entry = self._open(path)
+            entry.users += 1
+        try:
+            yield entry
+        finally:
+            with self._lock:
+                entry.users -= 1
+                if entry.evicted and entry.users == 0:
+                    entry.close()
 
     def forget(self, path: str) -> None:
         """Close and drop one file (e.g. after it failed)."""
         with self._lock:
-            f = self._files.pop(path, None)
-            if f is not None:
-                f.close()
+            entry = self._files.pop(path, None)
+            if entry is not None:
+                self._retire(entry)
 
     def clear(self) -> None:
-        """Close every cached file."""
+        """Close every cached file (those in use when their use ends)."""
         with self._lock:
-            for f in self._files.values():
-                f.close()
+            for entry in self._files.values():
+                self._retire(entry)
             self._files.clear()
 
     def __len__(self) -> int:

@@ -1,0 +1,115 @@
+"""Plainly stored rows read with pread, and the handle cache that keeps their files open.
+
+Rows of datasets without filters are read with ``os.preadv`` at offsets HDF5
+reports; everything else is left to HDF5.  These tests write small HDF5 files
+of each layout and compare with h5py.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import h5py
+import numpy as np
+import pytest
+
+from xfeldata.files.handles import FileHandleCache
+from xfeldata.files.plain import PlainLayout, plain_layout, pread_rows
+
+ROWS = np.arange(40 * 6, dtype=np.uint16).reshape(40, 2, 3)
+
+
+@pytest.fixture
+def layouts(tmp_path):
+    """One file with the same rows stored in every layout, and some not plain."""
+    path = tmp_path / "layouts.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("contiguous", data=ROWS)
+        f.create_dataset("chunked", data=ROWS, chunks=(16, 2, 3))
+        f.create_dataset("deflate", data=ROWS, chunks=(16, 2, 3), compression="gzip")
+        f.create_dataset("split_rows", data=ROWS, chunks=(16, 1, 3))
+        f.create_dataset("strings", data=np.array([b"a", b"bc"], dtype=h5py.string_dtype()))
+        partly = f.create_dataset("partly_written", shape=ROWS.shape, dtype=ROWS.dtype,
+                                  chunks=(16, 2, 3), fillvalue=7)
+        partly[:16] = ROWS[:16]
+        f.create_dataset("never_written", shape=ROWS.shape, dtype=ROWS.dtype)
+    return path
+
+
+@pytest.mark.parametrize("name", ["contiguous", "chunked"])
+@pytest.mark.parametrize("lo, hi", [(0, 40), (3, 5), (15, 17), (10, 40), (39, 40), (7, 7)])
+def test_plain_rows_read_with_pread_equal_h5py(layouts, name, lo, hi):
+    with h5py.File(layouts, "r") as f:
+        layout = plain_layout(f[name])
+        out = np.full((hi - lo, 2, 3), 9999, np.uint16)
+        assert pread_rows(f.id.get_vfd_handle(), layout, lo, hi, out)
+    np.testing.assert_array_equal(out, ROWS[lo:hi])
+
+
+@pytest.mark.parametrize("name", ["deflate", "split_rows", "strings", "never_written"])
+def test_filtered_split_or_unallocated_datasets_are_not_plain(layouts, name):
+    with h5py.File(layouts, "r") as f:
+        assert plain_layout(f[name]) is None
+
+
+def test_rows_in_a_chunk_never_written_are_left_to_hdf5(layouts):
+    with h5py.File(layouts, "r") as f:
+        layout = plain_layout(f["partly_written"])
+        out = np.zeros((4, 2, 3), np.uint16)
+        assert pread_rows(f.id.get_vfd_handle(), layout, 12, 16, out)   # written chunk
+        np.testing.assert_array_equal(out, ROWS[12:16])
+        assert not pread_rows(f.id.get_vfd_handle(), layout, 14, 18, out)  # reaches chunk 1
+
+
+def test_a_layout_past_the_end_of_a_truncated_file_reads_nothing_and_says_so(layouts):
+    with h5py.File(layouts, "r") as f:
+        layout = plain_layout(f["contiguous"])
+        beyond = PlainLayout(layout.nrows, layout.row_bytes, offset=layouts.stat().st_size)
+        assert not pread_rows(f.id.get_vfd_handle(), beyond, 0, 1, np.zeros((1, 2, 3), np.uint16))
+
+
+def test_a_file_in_use_is_closed_only_when_its_use_ends(layouts, tmp_path):
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["x"] = np.zeros(3)
+    cache = FileHandleCache(maxsize=1)
+    with cache.use(str(layouts)) as opened:
+        cache.get(str(other))  # evicts layouts.h5 from the cache
+        assert len(cache) == 1
+        assert opened.file.id.valid  # but it stays open while in use
+        out = np.zeros((2, 2, 3), np.uint16)
+        assert pread_rows(opened.fd, opened.plain_layout("chunked"), 0, 2, out)
+        np.testing.assert_array_equal(out, ROWS[:2])
+    assert not opened.file.id.valid
+    cache.clear()
+
+
+def test_files_in_use_on_threads_stay_valid_while_others_evict_them(layouts, tmp_path):
+    paths = [str(layouts)]
+    for i in range(3):
+        p = tmp_path / f"f{i}.h5"
+        with h5py.File(p, "w") as f:
+            f["x"] = np.zeros(3)
+        paths.append(str(p))
+    cache, failures = FileHandleCache(maxsize=1), []
+
+    def reader() -> None:
+        for _ in range(50):
+            with cache.use(paths[0]) as opened:
+                out = np.zeros((40, 2, 3), np.uint16)
+                ok = pread_rows(opened.fd, opened.plain_layout("contiguous"), 0, 40, out)
+                if not ok or not np.array_equal(out, ROWS):
+                    failures.append(out)
+
+    def evicter() -> None:
+        for i in range(150):
+            cache.get(paths[1 + i % 3])
+
+    threads = [threading.Thread(target=reader), threading.Thread(target=evicter)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    assert not failures
+    cache.clear()
