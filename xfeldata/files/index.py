@@ -3,6 +3,9 @@
 Reading an index touches only the ``METADATA`` and ``INDEX`` groups and the
 metadata (shape, dtype, chunking, attributes) of datasets; it never reads data.
 Files are opened read-only and closed before :func:`read_file_index` returns.
+Everything goes through h5py's low-level object API (object ids, whole-dataset
+reads into numpy arrays): its high-level ``File``/``Group``/``Dataset`` wrappers
+cost more than the HDF5 calls themselves for the few small objects read here.
 
 Examples
 --------
@@ -163,18 +166,50 @@ def decode_str(value: Any) -> Any:
     return value
 
 
-def _read_source_list(f: h5py.File) -> list[str]:
-    for path in ("METADATA/dataSources/dataSourceId", "METADATA/dataSourceId"):
-        if path in f:
-            return [s for s in decode_str(f[path][()]) if s]
+def _open(loc: h5py.h5g.GroupID, path: str) -> Any:
+    """The low-level id of the object at ``path`` below ``loc``, or None if there is none."""
+    try:
+        return h5py.h5o.open(loc, path.encode())
+    except KeyError:
+        return None
+
+
+def _dataset(loc: h5py.h5g.GroupID, path: str) -> h5py.h5d.DatasetID | None:
+    """The dataset at ``path`` below ``loc``, or None if there is none (or it is a group)."""
+    obj = _open(loc, path)
+    return obj if isinstance(obj, h5py.h5d.DatasetID) else None
+
+
+def _read(dsid: h5py.h5d.DatasetID) -> np.ndarray:
+    """A whole dataset as a numpy array (variable-length strings as bytes objects)."""
+    out = np.empty(dsid.shape or (), dsid.dtype)
+    if out.size:
+        dsid.read(h5py.h5s.ALL, h5py.h5s.ALL, out)
+    return out
+
+
+def _read_member(grp: h5py.h5g.GroupID, name: str) -> np.ndarray:
+    """The whole dataset ``name`` of a group; KeyError if there is none."""
+    dsid = _dataset(grp, name)
+    if dsid is None:
+        raise KeyError(name)
+    return _read(dsid)
+
+
+def _read_source_list(fid: h5py.h5f.FileID, path: str) -> list[str]:
+    for list_path in ("METADATA/dataSources/dataSourceId", "METADATA/dataSourceId"):
+        dsid = _dataset(fid, list_path)
+        if dsid is not None:
+            return [s for s in decode_str(_read(dsid)) if s]
     for root_path, dev_path in (
         ("METADATA/dataSources/root", "METADATA/dataSources/deviceId"),
         ("METADATA/root", "METADATA/deviceId"),
     ):
-        if root_path in f and dev_path in f:
-            roots, devices = decode_str(f[root_path][()]), decode_str(f[dev_path][()])
+        root_ds, dev_ds = _dataset(fid, root_path), _dataset(fid, dev_path)
+        if root_ds is not None and dev_ds is not None:
+            roots, devices = decode_str(_read(root_ds)), decode_str(_read(dev_ds))
             return [f"{r}/{d}" for r, d in zip(roots, devices, strict=False) if r and d]
-    raise FileFormatError(f.filename, "no METADATA source list (dataSourceId): not a run file")
+    raise FileFormatError(path, "no METADATA source list (dataSourceId): not a run file")
 
 
 def split_source_entry(entry: str) -> tuple[str, str, str] | None:
@@ -199,15 +234,20 @@ def split_source_entry(entry: str) -> tuple[str, str, str] | None:
     return None
 
 
-def _read_metadata(f: h5py.File) -> tuple[str, dict[str, Any]]:
+def _read_metadata(fid: h5py.h5f.FileID) -> tuple[str, dict[str, Any]]:
     meta: dict[str, Any] = {}
-    if "METADATA/dataFormatVersion" not in f:
+    if _dataset(fid, "METADATA/dataFormatVersion") is None:
         return "0.5", {"dataFormatVersion": "0.5"}
-    for name, obj in f["METADATA"].items():
-        if isinstance(obj, h5py.Dataset) and obj.shape in ((1,), ()):
-            value = obj[()]
-            value = value[0] if obj.shape == (1,) else value
-            meta[name] = decode_str(value.item() if isinstance(value, np.generic) else value)
+    group = h5py.h5o.open(fid, b"METADATA")
+    names: list[bytes] = []
+    group.links.iterate(names.append)
+    for name in names:
+        obj = h5py.h5o.open(group, name)
+        if isinstance(obj, h5py.h5d.DatasetID) and obj.shape in ((1,), ()):
+            value = _read(obj)
+            value = value[0] if obj.shape == (1,) else value[()]
+            meta[name.decode("utf-8", "surrogateescape")] = decode_str(
+                value.item() if isinstance(value, np.generic) else value)
     return str(meta.get("dataFormatVersion", "1.0")), meta
 
 
@@ -281,19 +321,24 @@ def train_validity(
     return valid, suspect, problems
 
 
-def _index_arrays(f: h5py.File, index_path: str, n: int, problems: list[str]) -> IndexGroup:
-    grp = f[index_path]
-    if "count" in grp:
-        first = grp["first"][()].astype(np.uint64)
-        count = grp["count"][()].astype(np.uint64)
-    elif "last" in grp and "status" in grp:  # the old index format of early 0.5 files
-        first = grp["first"][()].astype(np.int64)
-        last = grp["last"][()].astype(np.int64)
-        status = grp["status"][()].astype(np.int64)
+def _index_arrays(fid: h5py.h5f.FileID, path: str, index_path: str, n: int,
+                  problems: list[str]) -> IndexGroup:
+    grp = _open(fid, index_path)
+    if grp is None:
+        raise KeyError(index_path)
+    count_ds = _dataset(grp, "count")
+    if count_ds is not None:
+        first = _read_member(grp, "first").astype(np.uint64)
+        count = _read(count_ds).astype(np.uint64)
+    elif _dataset(grp, "last") is not None and _dataset(grp, "status") is not None:
+        # the old index format of early 0.5 files
+        first = _read_member(grp, "first").astype(np.int64)
+        last = _read_member(grp, "last").astype(np.int64)
+        status = _read_member(grp, "status").astype(np.int64)
         count = np.where(status > 0, last - first + 1, 0).clip(0).astype(np.uint64)
         first = first.clip(0).astype(np.uint64)
     else:
-        raise FileFormatError(f.filename, f"{index_path} has neither first/count nor first/last/status")
+        raise FileFormatError(path, f"{index_path} has neither first/count nor first/last/status")
     if len(first) < n or len(count) < n:
         problems.append(f"{index_path}: index shorter ({min(len(first), len(count))}) than INDEX/trainId ({n})")
         first = np.concatenate([first[:n], np.zeros(max(0, n - len(first)), np.uint64)])
@@ -335,55 +380,62 @@ def _attr_dict(obj: h5py.HLObject) -> dict[str, Any]:
     return {k: decode_str(v.item() if isinstance(v, np.generic) else v) for k, v in obj.attrs.items()}
 
 
-def _datasets_below(group: h5py.Group) -> list[tuple[str, h5py.h5d.DatasetID]]:
+def _datasets_below(group: h5py.h5g.GroupID) -> list[tuple[str, h5py.h5d.DatasetID]]:
     """``(relative name, dataset id)`` of every dataset below a group, in visiting order."""
     found: list[tuple[str, h5py.h5d.DatasetID]] = []
 
     def visit(name: bytes) -> None:
-        obj = h5py.h5o.open(group.id, name)
+        obj = h5py.h5o.open(group, name)
         if isinstance(obj, h5py.h5d.DatasetID):
             found.append((name.decode("utf-8", "surrogateescape"), obj))
 
-    h5py.h5o.visit(group.id, visit)
+    h5py.h5o.visit(group, visit)
     return found
 
 
-def _control_keys(f: h5py.File, source: str) -> dict[str, KeyInfo]:
+def _required(fid: h5py.h5f.FileID, path: str) -> Any:
+    """The low-level id of the object at ``path``; KeyError if there is none."""
+    obj = _open(fid, path)
+    if obj is None:
+        raise KeyError(path)
+    return obj
+
+
+def _control_keys(fid: h5py.h5f.FileID, source: str) -> dict[str, KeyInfo]:
     keys: dict[str, KeyInfo] = {}
     root_path = f"{CONTROL}/{source}"
-    root = f[root_path]
+    root = _required(fid, root_path)
     for name, dsid in _datasets_below(root):
         if name == "value" or name.endswith("/value"):
             key_path = name[: -len("/value")] if "/" in name else ""
-            parent = h5py.h5o.open(root.id, key_path.encode()) if key_path else root.id
+            parent = h5py.h5o.open(root, key_path.encode()) if key_path else root
             attrs = _attr_dict(h5py.Group(parent)) if h5py.h5a.get_num_attrs(parent) else {}
             key = path_to_key(key_path)
             keys[key] = _dataset_info(source, key, "", dsid, f"/{root_path}/{name}", attrs)
     return keys
 
 
-def _instrument_keys(f: h5py.File, source: str, group: str) -> dict[str, KeyInfo]:
+def _instrument_keys(data: h5py.h5g.GroupID, source: str, group: str) -> dict[str, KeyInfo]:
     keys: dict[str, KeyInfo] = {}
     root_path = f"{INSTRUMENT}/{source}/{group}"
-    for name, dsid in _datasets_below(f[root_path]):
+    for name, dsid in _datasets_below(data):
         key = f"{group}.{path_to_key(name)}"
         keys[key] = _dataset_info(source, key, group, dsid, f"/{root_path}/{name}", {})
     return keys
 
 
-def _alias_target(f: h5py.File, source: str) -> str | None:
+def _alias_target(fid: h5py.h5f.FileID, source: str) -> str | None:
     """If ``INSTRUMENT/<source>`` is reached through a soft link, the source it points to."""
     parts = f"{INSTRUMENT}/{source}".split("/")
     for depth in range(2, len(parts) + 1):
         path = "/".join(parts[:depth])
-        link = f.get(path, getlink=True)
-        if isinstance(link, h5py.SoftLink):
-            target = link.path.lstrip("/")
+        if _open(fid, path) is None:  # missing, or a dangling link
+            return None
+        if fid.links.get_info(path.encode()).type == h5py.h5l.TYPE_SOFT:
+            target = fid.links.get_val(path.encode()).decode("utf-8", "surrogateescape").lstrip("/")
             rest = "/".join(parts[depth:])
             full = f"{target}/{rest}" if rest else target
             return full.partition("/")[2]
-        if link is None:
-            return None
     return None
 
 
@@ -409,38 +461,48 @@ def read_file_index(path: str | os.PathLike) -> FileIndex:
     path = os.fspath(path)
     try:
         st = os.stat(path)
-        f = h5py.File(path, "r")
+        fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY, fapl=_file_access())
     except FileNotFoundError:
         raise FileFormatError(path, "no such file") from None
     except OSError as exc:
         raise FileFormatError(path, f"cannot be opened as HDF5 (truncated or not HDF5?): {exc}") from None
     try:
-        with f:
-            return _index_open_file(f, path, st)
+        return _index_open_file(fid, path, st)
     except FileFormatError:
         raise
     except (OSError, KeyError, ValueError, RuntimeError) as exc:
         raise FileFormatError(path, f"unreadable index ({type(exc).__name__}: {exc})") from None
+    finally:
+        fid.close()
 
 
-def _index_open_file(f: h5py.File, path: str, st: os.stat_result) -> FileIndex:
-    if "INDEX/trainId" not in f or "METADATA" not in f:
+def _file_access() -> h5py.h5p.PropFAID:
+    """File access for indexing: closing the file closes every object opened in it."""
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_fclose_degree(h5py.h5f.CLOSE_STRONG)
+    return fapl
+
+
+def _index_open_file(fid: h5py.h5f.FileID, path: str, st: os.stat_result) -> FileIndex:
+    train_ds = _dataset(fid, "INDEX/trainId")
+    if train_ds is None or _open(fid, "METADATA") is None:
         raise FileFormatError(path, "no INDEX/trainId or METADATA group: not a European XFEL run file")
-    version, metadata = _read_metadata(f)
+    version, metadata = _read_metadata(fid)
     problems: list[str] = []
-    raw_ids = f["INDEX/trainId"][()].astype(np.uint64)
+    raw_ids = _read(train_ds).astype(np.uint64)
     nonzero = np.flatnonzero(raw_ids)
     n = int(nonzero[-1]) + 1 if len(nonzero) else 0  # zero padding at the end is normal
     train_ids = raw_ids[:n]
-    timestamps = f["INDEX/timestamp"][:n].astype(np.uint64) if "INDEX/timestamp" in f else None
-    flags = f["INDEX/flag"][:n] if "INDEX/flag" in f else None
+    stamp_ds, flag_ds = _dataset(fid, "INDEX/timestamp"), _dataset(fid, "INDEX/flag")
+    timestamps = _read(stamp_ds)[:n].astype(np.uint64) if stamp_ds is not None else None
+    flags = _read(flag_ds)[:n] if flag_ds is not None else None
     valid, suspect, train_problems = train_validity(train_ids, flags, version)
     problems.extend(train_problems)
 
     sources: dict[str, SourceInfo] = {}
     aliases: dict[str, str] = {}
     entries: dict[str, tuple[str, list[str]]] = {}
-    for entry in _read_source_list(f):
+    for entry in _read_source_list(fid, path):
         split = split_source_entry(entry)
         if split is None:
             continue
@@ -449,22 +511,23 @@ def _index_open_file(f: h5py.File, path: str, st: os.stat_result) -> FileIndex:
 
     for source, (category, groups) in entries.items():
         if category == INSTRUMENT:
-            target = _alias_target(f, source)
+            target = _alias_target(fid, source)
             if target is not None and target != source:
                 aliases[source] = target
                 continue
         try:
             if category == CONTROL:
-                index_groups = {"": _index_arrays(f, f"INDEX/{source}", n, problems)}
-                keys = _control_keys(f, source)
+                index_groups = {"": _index_arrays(fid, path, f"INDEX/{source}", n, problems)}
+                keys = _control_keys(fid, source)
             else:
                 index_groups, keys = {}, {}
                 for group in groups:
-                    if f"INSTRUMENT/{source}/{group}" not in f or f"INDEX/{source}/{group}" not in f:
+                    data = _open(fid, f"INSTRUMENT/{source}/{group}")
+                    if data is None or _open(fid, f"INDEX/{source}/{group}") is None:
                         problems.append(f"{source}/{group}: listed but no INDEX or INSTRUMENT group")
                         continue
-                    index_groups[group] = _index_arrays(f, f"INDEX/{source}/{group}", n, problems)
-                    keys.update(_instrument_keys(f, source, group))
+                    index_groups[group] = _index_arrays(fid, path, f"INDEX/{source}/{group}", n, problems)
+                    keys.update(_instrument_keys(data, source, group))
         except KeyError:
             problems.append(f"{source}: listed in METADATA but missing from INDEX or data")
             continue
