@@ -313,12 +313,12 @@ def test_plain_datasets_are_read_without_hdf5(agipd_raw_run, agipd_corr_run):
     files = trains_mod._Files()
     with h5py.File(raw, "r") as f:
         ds = f[f"INSTRUMENT/{mod(0)}/image/data"]
-        rows = trains_mod._Rows(ds, str(raw), files)
+        rows = trains_mod._Rows(ds.id, str(raw), files)
         assert rows.plain
         np.testing.assert_array_equal(rows.read(1, 4), ds[1:4])
     with h5py.File(corr, "r") as f:
         ds = f[f"INSTRUMENT/{mod(0, corr=True)}/image/data"]
-        rows = trains_mod._Rows(ds, str(corr), files)
+        rows = trains_mod._Rows(ds.id, str(corr), files)
         assert not rows.plain
         np.testing.assert_array_equal(rows.read(1, 4), ds[1:4])
     files.close()

@@ -108,7 +108,7 @@ class _KeyReader:
 
     def _dataset(self, file_no: int) -> Any:
         ds = self._datasets.get(file_no)
-        if ds is None or (ds is not False and not ds.ds.id.valid):  # new, or closed by the cache
+        if ds is None or (ds is not False and not ds.dsid.valid):  # new, or closed by the cache
             try:
                 info = self.run.file_key_info(file_no, self.source, self.key)
             except PropertyNameError:  # this file of the source lacks the key
@@ -116,11 +116,12 @@ class _KeyReader:
             else:
                 path = self.run.file(file_no).path
                 try:
-                    ds = _Rows(handles.get(path)[info.path], path, self.files)
+                    dsid = h5py.h5d.open(handles.get(path).id, info.path.encode())
                 except KeyError:
                     handles.forget(path)
                     raise OSError(f"{path}: dataset {info.path} ({self.source} {self.key}) "
                                   "is missing from the file") from None
+                ds = _Rows(dsid, path, self.files)
             self._datasets[file_no] = ds
         return ds
 
@@ -140,7 +141,7 @@ class _KeyReader:
                 if hi > ds.nrows:
                     raise DataIndexError(
                         self.run.file(fno).path, self.source, self.key,
-                        f"index points to rows {lo}:{hi} but {ds.ds.name} has only {ds.nrows} rows")
+                        f"index points to rows {lo}:{hi} but {ds.name} has only {ds.nrows} rows")
                 buf = ds.read(lo, hi)
                 for m in members:
                     t = local[m]
@@ -191,6 +192,7 @@ class _Files:
     def __init__(self, maxsize: int = 64):
         self.maxsize = maxsize
         self._fds: dict[str, int] = {}
+        self._userblocks: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def fd(self, path: str) -> int:
@@ -202,6 +204,13 @@ class _Files:
                     os.close(self._fds.pop(next(iter(self._fds))))
             self._fds[path] = fd  # most recently used last
             return fd
+
+    def userblock(self, path: str, dsid: h5py.h5d.DatasetID) -> int:
+        """The size of the user block of ``path`` (the file that holds ``dsid``)."""
+        size = self._userblocks.get(path)
+        if size is None:
+            size = self._userblocks[path] = h5py.h5i.get_file_id(dsid).get_create_plist().get_userblock()
+        return size
 
     def close(self) -> None:
         with self._lock:
@@ -217,27 +226,38 @@ class _Rows:
     along rows only, hold each row's bytes in one piece of the file.  Those rows
     are read with :func:`os.preadv` straight into the result, without HDF5's
     selection machinery and its global lock; everything else goes through h5py.
+    The dataset is held by its low-level identifier: opening thousands of
+    datasets (every key of every sequence file) costs less that way.
     """
 
-    def __init__(self, ds: h5py.Dataset, path: str, files: _Files | None):
-        self.ds, self.path, self.files = ds, path, files
-        self.nrows = ds.shape[0] if ds.shape else 0
-        self.row_bytes = int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize
+    def __init__(self, dsid: h5py.h5d.DatasetID, path: str, files: _Files | None):
+        self.dsid, self.path, self.files = dsid, path, files
+        self.shape, self.dtype = dsid.shape, dsid.dtype
+        self.nrows = self.shape[0] if self.shape else 0
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
         self.plain = False
         self.offset: int | None = None  # contiguous layout: where row 0 starts
         self.chunk_rows = 0  # chunked layout: rows per chunk
         self._chunk_offsets: dict[int, int | None] = {}
-        if files is None or ds.dtype.hasobject or self.row_bytes == 0:
-            return
+        if files is not None and not self.dtype.hasobject and self.row_bytes:
+            self._find_layout(files.userblock(path, dsid))
+
+    @property
+    def name(self) -> str:
+        """The dataset's path in its file."""
+        return h5py.h5i.get_name(self.dsid).decode()
+
+    def _find_layout(self, userblock: int) -> None:
+        """Set :attr:`plain` and where the rows are, for rows that ``pread`` can read."""
         try:
-            plist = ds.id.get_create_plist()
-            if plist.get_nfilters() or ds.file.id.get_create_plist().get_userblock():
+            plist = self.dsid.get_create_plist()
+            if plist.get_nfilters() or userblock:
                 return
             layout = plist.get_layout()
             if layout == h5py.h5d.CONTIGUOUS:
-                self.offset = ds.id.get_offset()
-            elif layout == h5py.h5d.CHUNKED and ds.chunks[1:] == ds.shape[1:]:
-                self.chunk_rows = ds.chunks[0]
+                self.offset = self.dsid.get_offset()
+            elif layout == h5py.h5d.CHUNKED and plist.get_chunk()[1:] == self.shape[1:]:
+                self.chunk_rows = plist.get_chunk()[0]
             else:
                 return
             self.plain = True
@@ -246,19 +266,18 @@ class _Rows:
 
     def _chunk_offset(self, k: int) -> int | None:
         if k not in self._chunk_offsets:
-            coord = (k * self.chunk_rows,) + (0,) * (len(self.ds.shape) - 1)
-            self._chunk_offsets[k] = self.ds.id.get_chunk_info_by_coord(coord).byte_offset
+            coord = (k * self.chunk_rows,) + (0,) * (len(self.shape) - 1)
+            self._chunk_offsets[k] = self.dsid.get_chunk_info_by_coord(coord).byte_offset
         return self._chunk_offsets[k]
 
     def read(self, lo: int, hi: int) -> np.ndarray:
         """Rows ``lo:hi`` as a new array."""
-        ds = self.ds
-        if ds.dtype.hasobject or hi == lo:
-            return ds[lo:hi]
-        out = np.empty((hi - lo, *ds.shape[1:]), ds.dtype)
+        if self.dtype.hasobject or hi == lo:
+            return h5py.Dataset(self.dsid)[lo:hi]
+        out = np.empty((hi - lo, *self.shape[1:]), self.dtype)
         if self.plain and self._pread(lo, hi, out.reshape(-1).view(np.uint8)):
             return out
-        ds.read_direct(out, np.s_[lo:hi])
+        h5py.Dataset(self.dsid).read_direct(out, np.s_[lo:hi])
         return out
 
     def _pread(self, lo: int, hi: int, dest: np.ndarray) -> bool:
