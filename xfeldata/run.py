@@ -20,13 +20,14 @@ import os
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import h5py
 import numpy as np
 
 from .errors import PropertyNameError, SourceNameError, TrainIdError
-from .files.index import CONTROL, INSTRUMENT, FileIndex, KeyInfo, decode_str, longest_increasing
+from .files.index import CONTROL, INSTRUMENT, FileIndex, KeyInfo, LazyKeys, decode_str, longest_increasing
 from .files.layout import match_detector_source, parse_file_name, path_to_key
 
 SelectionSpec = str | Mapping[str, Iterable[str] | None] | Iterable[tuple[str, str]]
@@ -66,7 +67,16 @@ class SourceEntry:
     name: str
     category: str
     groups: tuple[str, ...]
-    keys: dict[str, KeyInfo]
+    keys: Mapping[str, KeyInfo]
+
+
+def _merged_keys(per_file: list[Mapping[str, KeyInfo]]) -> dict[str, KeyInfo]:
+    """Keys of a source over several files; a key's information is from the first file."""
+    merged: dict[str, KeyInfo] = {}
+    for keys in per_file:
+        for key, info in keys.items():
+            merged.setdefault(key, info)
+    return merged
 
 
 def _timestamp_key(info: KeyInfo) -> KeyInfo:
@@ -100,26 +110,31 @@ class RunFiles:
         self.train_ids = _readonly(np.unique(np.concatenate(kept or [np.zeros(0, np.uint64)])))
         suspect = [fi.train_ids[fi.valid & self._suspect[i]] for i, fi in enumerate(self.files)]
         self.suspect_train_ids = _readonly(np.unique(np.concatenate(suspect or [np.zeros(0, np.uint64)])))
-        self.sources: dict[str, SourceEntry] = {}
-        self.aliases: dict[str, str] = {}
-        for fi in self.files:
-            self.aliases.update(fi.aliases)
-            for name, si in fi.sources.items():
-                entry = self.sources.get(name)
-                if entry is None:
-                    self.sources[name] = SourceEntry(name, si.category, tuple(si.groups), dict(si.keys))
-                else:
-                    for key, info in si.keys.items():
-                        entry.keys.setdefault(key, info)
-                    if set(si.groups) - set(entry.groups):
-                        self.sources[name] = replace(entry, groups=tuple(sorted(set(entry.groups) | set(si.groups))))
-        self._train_maps: dict[tuple[str, str], TrainMap] = {}
+        self.sources, self.aliases = self._catalogue()
         self.conflicts: list[str] = []
-        for name, entry in self.sources.items():
-            for group in entry.groups:
-                self._train_maps[name, group] = self._build_train_map(name, group)
+        self._train_maps = self._build_train_maps()
         for message in self.conflicts:
             warnings.warn(message, stacklevel=3)
+
+    def _catalogue(self) -> tuple[dict[str, SourceEntry], dict[str, str]]:
+        """Sources (category and index groups from the first file that has them, keys
+        merged over all files and listed on first use) and legacy source names."""
+        sources: dict[str, SourceEntry] = {}
+        per_file_keys: dict[str, list[Mapping[str, KeyInfo]]] = {}
+        aliases: dict[str, str] = {}
+        for fi in self.files:
+            aliases.update(fi.aliases)
+            for name, si in fi.sources.items():
+                entry = sources.get(name)
+                if entry is None:
+                    per_file_keys[name] = [si.keys]
+                    sources[name] = SourceEntry(name, si.category, tuple(si.groups),
+                                                LazyKeys(partial(_merged_keys, per_file_keys[name])))
+                else:
+                    per_file_keys[name].append(si.keys)
+                    if set(si.groups) - set(entry.groups):
+                        sources[name] = replace(entry, groups=tuple(sorted(set(entry.groups) | set(si.groups))))
+        return sources, aliases
 
     def _suspect_masks(self) -> list[np.ndarray]:
         """Per file, the suspect trains: those of the file index, and trains out of
@@ -137,11 +152,12 @@ class RunFiles:
         for numbers in by_aggregator.values():
             if len(numbers) < 2:
                 continue
-            positions = [(i, p) for i in numbers  # files sorted by path = by sequence
-                         for p in np.flatnonzero(self.files[i].valid & ~masks[i]).tolist()]
-            ids = np.array([self.files[i].train_ids[p] for i, p in positions], np.uint64)
+            ids = np.concatenate([self.files[i].train_ids[self.files[i].valid & ~masks[i]]
+                                  for i in numbers])  # files sorted by path = by sequence
             if len(ids) < 2 or (np.diff(ids.astype(np.int64)) > 0).all():
                 continue
+            positions = [(i, p) for i in numbers
+                         for p in np.flatnonzero(self.files[i].valid & ~masks[i]).tolist()]
             in_order = longest_increasing(ids)
             for (i, p), ok in zip(positions, in_order.tolist(), strict=True):
                 if not ok:
@@ -156,34 +172,64 @@ class RunFiles:
         fi = self.files[file_no]
         return fi.valid if self.inc_suspect_trains else fi.valid & ~self._suspect[file_no]
 
-    def _build_train_map(self, source: str, group: str) -> TrainMap:
-        parts = []
-        for file_no, fi in enumerate(self.files):
-            si = fi.sources.get(source)
-            if si is None or group not in si.groups:
-                continue
-            keep = self._kept(file_no)
-            ig = si.groups[group]
-            parts.append((fi.train_ids[keep], np.full(int(keep.sum()), file_no, np.int32),
-                          ig.first[keep], ig.count[keep]))
-        if not parts:
+    def _index_entries(self, maps: dict[tuple[str, str], int]) -> tuple[np.ndarray, ...]:
+        """Every kept train position of every index group of every file, concatenated:
+        ``(map number, train ID, file number, first, count)``, in file order."""
+        tids, keep, first, count, file_no, map_no = [], [], [], [], [], []
+        for i, fi in enumerate(self.files):
+            kept = self._kept(i)
+            for name, si in fi.sources.items():
+                for group, ig in si.groups.items():
+                    tids.append(fi.train_ids)
+                    keep.append(kept)
+                    first.append(ig.first)
+                    count.append(ig.count)
+                    file_no.append(i)
+                    map_no.append(maps[name, group])
+        if not tids:
             empty = np.zeros(0, np.uint64)
-            return TrainMap(empty, np.zeros(0, np.int32), empty, empty)
-        tids, file_no, first, count = (np.concatenate(a) for a in zip(*parts, strict=True))
-        # Entries with data sort before entries without, so np.unique keeps them.
-        order = np.lexsort((count == 0, tids))
-        tids, file_no, first, count = tids[order], file_no[order], first[order], count[order]
+            return np.zeros(0, np.int64), empty, np.zeros(0, np.int32), empty, empty
+        lengths = [len(t) for t in tids]
+        mask = np.concatenate(keep)
+        return (np.repeat(np.array(map_no, np.int64), lengths)[mask],
+                np.concatenate(tids)[mask],
+                np.repeat(np.array(file_no, np.int32), lengths)[mask],
+                np.concatenate(first).astype(np.uint64, copy=False)[mask],
+                np.concatenate(count).astype(np.uint64, copy=False)[mask])
+
+    def _build_train_maps(self) -> dict[tuple[str, str], TrainMap]:
+        """The train maps of all index groups, built together (one sort for the run)."""
+        names = [(name, group) for name, entry in self.sources.items() for group in entry.groups]
+        maps = {name_group: n for n, name_group in enumerate(names)}
+        map_no, tids, file_no, first, count = self._index_entries(maps)
+        # By map, then train; entries with data sort before entries without, and
+        # files stay in name order, so the first entry of a train is the one to read.
+        order = np.lexsort((count == 0, tids, map_no))
+        map_no, tids, file_no, first, count = (a[order] for a in (map_no, tids, file_no, first, count))
+        repeat = (map_no[1:] == map_no[:-1]) & (tids[1:] == tids[:-1])
+        claimed_twice = repeat & (count[1:] > 0) & (count[:-1] > 0)
+        bounds = np.searchsorted(map_no, np.arange(len(names) + 1))
+        for n in np.unique(map_no[1:][claimed_twice]).tolist():
+            part = slice(bounds[n], bounds[n + 1])
+            self._report_conflict(*names[n], tids[part], file_no[part], count[part])
+        first_entry = np.concatenate([[True], ~repeat]) if len(tids) else np.zeros(0, bool)
+        map_no, tids, file_no, first, count = (
+            _readonly(a[first_entry]) for a in (map_no, tids, file_no, first, count))
+        bounds = np.searchsorted(map_no, np.arange(len(names) + 1))
+        return {name_group: TrainMap(*(a[bounds[n]:bounds[n + 1]] for a in (tids, file_no, first, count)))
+                for n, name_group in enumerate(names)}
+
+    def _report_conflict(self, source: str, group: str, tids: np.ndarray, file_no: np.ndarray,
+                         count: np.ndarray) -> None:
+        """Note the trains of one index group that several files claim (sorted entries)."""
         with_data = tids[count > 0]
         clash = np.unique(with_data[1:][with_data[1:] == with_data[:-1]])
-        if len(clash):
-            files = sorted({self.files[i].name for i in file_no[np.isin(tids, clash) & (count > 0)]})
-            label = f"{source}/{group}" if group else source
-            self.conflicts.append(
-                f"{label}: train ID(s) {', '.join(map(str, clash[:5].tolist()))} claimed by "
-                f"several files ({', '.join(files)}); reading the first"
-            )
-        _, unique_pos = np.unique(tids, return_index=True)
-        return TrainMap(*(_readonly(a[unique_pos]) for a in (tids, file_no, first, count)))
+        files = sorted({self.files[i].name for i in file_no[np.isin(tids, clash) & (count > 0)]})
+        label = f"{source}/{group}" if group else source
+        self.conflicts.append(
+            f"{label}: train ID(s) {', '.join(map(str, clash[:5].tolist()))} claimed by "
+            f"several files ({', '.join(files)}); reading the first"
+        )
 
     def train_map(self, source: str, group: str) -> TrainMap:
         """The train map of one source's index group."""

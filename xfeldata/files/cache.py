@@ -1,11 +1,14 @@
 """A persistent cache of file indexes, so a run opens again without reading its files.
 
 The :class:`~xfeldata.files.index.FileIndex` of every file of a directory is kept
-in one ``.npz`` per directory (the arrays of all files in one blob plus a JSON
-description; loaded with ``allow_pickle=False``, so a cache written by someone
-else cannot run code).  Entries are keyed on each file's absolute path and
-checked against its size and modification time, so a changed file is indexed
-again.  The cache is written atomically (a temporary file renamed into place).
+in one ``.npz`` per directory: each kind of array (train IDs, flags, index
+``first``/``count``, ...) concatenated over all files, a compact JSON header
+(per file: path, size, mtime, metadata, sources and their index groups), and the
+keys' metadata as JSON per file, decoded only when a source's keys are used.  It
+is loaded with ``allow_pickle=False``, so a cache written by someone else cannot
+run code.  Entries are keyed on each file's absolute path and checked against its
+size and modification time, so a changed file is indexed again.  The cache is
+written atomically (a temporary file renamed into place).
 
 Where: ``<run directory>/.xfeldata/index.npz`` when the run directory is
 writable, else a per-user directory (``$XFELDATA_CACHE_DIR`` or
@@ -24,6 +27,8 @@ import json
 import os
 import tempfile
 import threading
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +36,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import FileFormatError
-from .index import FileIndex, IndexGroup, KeyInfo, SourceInfo, read_file_index
+from .index import FileIndex, IndexGroup, KeyInfo, LazyKeys, SourceInfo, read_file_index
 
 #: Bump when the stored layout changes; older entries are then ignored.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 CACHE_ENV = "XFELDATA_CACHE_DIR"
 CACHE_SWITCH_ENV = "XFELDATA_INDEX_CACHE"
 RUN_DIR_CACHE = Path(".xfeldata") / "index.npz"
@@ -91,53 +96,106 @@ def _descr_dtype(descr: Any) -> np.dtype:
     return np.lib.format.descr_to_dtype(descr)
 
 
-def _to_arrays(fi: FileIndex) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    arrays = {"train_ids": fi.train_ids, "valid": fi.valid, "suspect": fi.suspect}
-    if fi.timestamps is not None:
-        arrays["timestamps"] = fi.timestamps
-    sources = []
-    for si in fi.sources.values():
-        groups = []
-        for group, ig in si.groups.items():
-            n = len(arrays)
-            arrays[f"first_{n}"], arrays[f"count_{n}"] = ig.first, ig.count
-            groups.append([group, n])
-        keys = [{
-            "key": k.key, "group": k.group, "path": k.path, "dtype": _dtype_descr(k.dtype),
-            "shape": list(k.shape), "chunks": list(k.chunks) if k.chunks else None,
-            "compression": k.compression, "compression_opts": _jsonable(k.compression_opts),
-            "shuffle": k.shuffle, "attrs": _jsonable(k.attrs),
-        } for k in si.keys.values()]
-        sources.append({"name": si.name, "category": si.category, "groups": groups, "keys": keys})
-    meta = {
-        "cache_version": CACHE_VERSION, "path": fi.path, "size": fi.size, "mtime": fi.mtime,
-        "format_version": fi.format_version, "metadata": _jsonable(fi.metadata),
-        "sources": sources, "aliases": fi.aliases, "problems": list(fi.problems),
+@dataclass(frozen=True)
+class Entry:
+    """One file's cache entry.
+
+    Attributes
+    ----------
+    header
+        JSON-able: path, size, mtime, format version, metadata, aliases, problems,
+        the number of train positions ``n``, whether there are timestamps, and the
+        sources as ``[name, category, [index group, ...]]``.
+    arrays
+        ``train_ids``, ``valid``, ``suspect``, ``timestamps`` (empty if none), and
+        ``first``/``count`` of every index group in header order, shape ``(groups, n)``.
+    keys_json
+        The sources' keys as JSON (a list per source), decoded only when used.
+    """
+
+    header: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+    keys_json: bytes
+
+
+#: The arrays of an entry, each stored concatenated over the files of a bundle.
+_ARRAY_DTYPES = {"train_ids": np.uint64, "valid": np.bool_, "suspect": np.bool_,
+                 "timestamps": np.uint64, "first": np.uint64, "count": np.uint64}
+
+
+def _key_json(k: KeyInfo) -> dict[str, Any]:
+    return {
+        "key": k.key, "group": k.group, "path": k.path, "dtype": _dtype_descr(k.dtype),
+        "shape": list(k.shape), "chunks": list(k.chunks) if k.chunks else None,
+        "compression": k.compression, "compression_opts": _jsonable(k.compression_opts),
+        "shuffle": k.shuffle, "attrs": _jsonable(k.attrs),
     }
-    return arrays, meta
 
 
-def _from_arrays(arrays: Any, meta: dict[str, Any]) -> FileIndex:
-    sources = {}
-    for s in meta["sources"]:
-        groups = {g: IndexGroup(arrays[f"first_{n}"], arrays[f"count_{n}"]) for g, n in s["groups"]}
-        keys = {}
-        for k in s["keys"]:
-            opts = k["compression_opts"]
-            keys[k["key"]] = KeyInfo(
-                source=s["name"], key=k["key"], group=k["group"], path=k["path"],
-                dtype=_descr_dtype(k["dtype"]), shape=tuple(k["shape"]),
-                chunks=tuple(k["chunks"]) if k["chunks"] else None, compression=k["compression"],
-                compression_opts=tuple(opts) if isinstance(opts, list) else opts,
-                shuffle=k["shuffle"], attrs={a: _from_json(v) for a, v in k["attrs"].items()},
-            )
-        sources[s["name"]] = SourceInfo(s["name"], s["category"], groups, keys)
+def _key_info(source: str, k: dict[str, Any]) -> KeyInfo:
+    opts = k["compression_opts"]
+    return KeyInfo(
+        source=source, key=k["key"], group=k["group"], path=k["path"],
+        dtype=_descr_dtype(k["dtype"]), shape=tuple(k["shape"]),
+        chunks=tuple(k["chunks"]) if k["chunks"] else None, compression=k["compression"],
+        compression_opts=tuple(opts) if isinstance(opts, list) else opts,
+        shuffle=k["shuffle"], attrs={a: _from_json(v) for a, v in k["attrs"].items()},
+    )
+
+
+def entry_of(fi: FileIndex) -> Entry:
+    """The cache entry of a file index."""
+    n = len(fi.train_ids)
+    groups = [ig for si in fi.sources.values() for ig in si.groups.values()]
+    header = {
+        "path": fi.path, "size": fi.size, "mtime": fi.mtime, "format_version": fi.format_version,
+        "metadata": _jsonable(fi.metadata), "aliases": fi.aliases, "problems": list(fi.problems),
+        "n": n, "timestamps": fi.timestamps is not None,
+        "sources": [[si.name, si.category, list(si.groups)] for si in fi.sources.values()],
+    }
+    arrays = {
+        "train_ids": fi.train_ids, "valid": fi.valid, "suspect": fi.suspect,
+        "timestamps": fi.timestamps if fi.timestamps is not None else np.zeros(0, np.uint64),
+        "first": np.array([ig.first for ig in groups], np.uint64).reshape(len(groups), n),
+        "count": np.array([ig.count for ig in groups], np.uint64).reshape(len(groups), n),
+    }
+    keys = [[_key_json(k) for k in si.keys.values()] for si in fi.sources.values()]
+    return Entry(header, arrays, json.dumps(keys).encode())
+
+
+class _FileKeys:
+    """The keys of one cached file, decoded from JSON the first time a source's are used."""
+
+    def __init__(self, keys_json: bytes, sources: list[str]):
+        self._json = keys_json
+        self._sources = sources
+        self._decoded: dict[str, dict[str, KeyInfo]] | None = None
+
+    def source(self, name: str) -> dict[str, KeyInfo]:
+        """The keys of one source."""
+        if self._decoded is None:
+            per_source = json.loads(self._json)
+            self._decoded = {s: {k["key"]: _key_info(s, k) for k in keys}
+                             for s, keys in zip(self._sources, per_source, strict=True)}
+        return self._decoded[name]
+
+
+def file_index_of(entry: Entry) -> FileIndex:
+    """The file index of a cache entry; its keys are decoded on first use."""
+    h, a = entry.header, entry.arrays
+    file_keys = _FileKeys(entry.keys_json, [name for name, _, _ in h["sources"]])
+    sources, row = {}, 0
+    for name, category, group_names in h["sources"]:
+        groups = {}
+        for group in group_names:
+            groups[group] = IndexGroup(a["first"][row], a["count"][row])
+            row += 1
+        sources[name] = SourceInfo(name, category, groups, LazyKeys(partial(file_keys.source, name)))
     return FileIndex(
-        path=meta["path"], size=meta["size"], mtime=meta["mtime"],
-        format_version=meta["format_version"], metadata=meta["metadata"],
-        train_ids=arrays["train_ids"], timestamps=arrays["timestamps"] if "timestamps" in arrays else None,
-        valid=arrays["valid"], suspect=arrays["suspect"], sources=sources,
-        aliases=meta["aliases"], problems=tuple(meta["problems"]),
+        path=h["path"], size=h["size"], mtime=h["mtime"], format_version=h["format_version"],
+        metadata=h["metadata"], train_ids=a["train_ids"],
+        timestamps=a["timestamps"] if h["timestamps"] else None, valid=a["valid"],
+        suspect=a["suspect"], sources=sources, aliases=h["aliases"], problems=tuple(h["problems"]),
     )
 
 
@@ -146,27 +204,45 @@ def _bundle_paths(directory: str) -> list[Path]:
     return [Path(directory) / RUN_DIR_CACHE, user_cache_dir() / f"{Path(directory).name}.{digest}.npz"]
 
 
-Entry = tuple[dict[str, Any], dict[str, np.ndarray]]
+def _split_bundle(header: dict[str, Any], stored: dict[str, np.ndarray]) -> dict[str, Entry]:
+    """Cut a bundle's concatenated arrays into per-file entries (views, no copies).
+
+    Raises
+    ------
+    ValueError
+        If the arrays do not have the lengths the header says.
+    """
+    entries, at = {}, dict.fromkeys(stored, 0)
+    for h, keys_at in zip(header["files"], header["keys_at"], strict=True):
+        n, rows = h["n"], sum(len(groups) for _, _, groups in h["sources"])
+        sizes = {"train_ids": n, "valid": n, "suspect": n, "timestamps": n if h["timestamps"] else 0,
+                 "first": rows * n, "count": rows * n}
+        arrays = {}
+        for name, size in sizes.items():
+            arrays[name] = stored[name][at[name]:at[name] + size]
+            at[name] += size
+        arrays["first"] = arrays["first"].reshape(rows, n)
+        arrays["count"] = arrays["count"].reshape(rows, n)
+        keys_json = stored["keys"][keys_at[0]:keys_at[0] + keys_at[1]].tobytes()
+        entries[h["path"]] = Entry(h, arrays, keys_json)
+    at["keys"] = len(stored["keys"])
+    if any(at[name] != len(stored[name]) for name in stored):
+        raise ValueError("index cache arrays do not match its header")
+    return entries
 
 
 def read_bundle(directory: str) -> dict[str, Entry]:
-    """The cached entries of a directory's files, ``{path: (meta, arrays)}`` (not yet validated)."""
+    """The cached entries of a directory's files, ``{path: Entry}`` (not yet validated)."""
     for candidate in _bundle_paths(directory):
         try:
             with _LOAD_LOCK, np.load(candidate, allow_pickle=False) as npz:
-                meta = json.loads(bytes(npz["__meta__"]).decode())
-                blob = npz["blob"]
-            if meta.get("cache_version") != CACHE_VERSION:
+                header = json.loads(npz["header"].tobytes())
+                if header.get("cache_version") != CACHE_VERSION:
+                    continue
+                stored = {name: npz[name] for name in (*_ARRAY_DTYPES, "keys")}
+            if any(stored[name].dtype != dtype for name, dtype in _ARRAY_DTYPES.items()):
                 continue
-            entries = {}
-            for entry in meta["files"]:
-                arrays = {}
-                for name, (offset, descr, shape) in entry.pop("arrays").items():
-                    dtype = _descr_dtype(descr)
-                    count = int(np.prod(shape, dtype=np.int64))
-                    arrays[name] = np.frombuffer(blob, dtype, count, offset).reshape(shape)
-                entries[entry["path"]] = (entry, arrays)
-            return entries
+            return _split_bundle(header, stored)
         except (OSError, ValueError, KeyError, json.JSONDecodeError, TypeError, SystemError):
             continue
     return {}
@@ -174,28 +250,23 @@ def read_bundle(directory: str) -> dict[str, Entry]:
 
 def write_bundle(directory: str, entries: dict[str, Entry]) -> Path | None:
     """Store a directory's entries atomically; returns where, or None if nowhere is writable."""
-    parts, files, offset = [], [], 0
-    for meta, arrays in entries.values():
-        layout = {}
-        for name, arr in arrays.items():
-            raw = np.ascontiguousarray(arr).tobytes()
-            layout[name] = [offset, _dtype_descr(arr.dtype), list(arr.shape)]
-            parts.append(raw)
-            offset += len(raw)
-            pad = -offset % 8  # keep every array aligned
-            parts.append(b"\0" * pad)
-            offset += pad
-        files.append({**meta, "arrays": layout})
-    blob = np.frombuffer(b"".join(parts), np.uint8)
-    meta_bytes = np.frombuffer(json.dumps({"cache_version": CACHE_VERSION, "files": files}).encode(),
-                               np.uint8)
+    values = list(entries.values())
+    keys_at, offset = [], 0
+    for e in values:
+        keys_at.append([offset, len(e.keys_json)])
+        offset += len(e.keys_json)
+    header = {"cache_version": CACHE_VERSION, "files": [e.header for e in values], "keys_at": keys_at}
+    stored = {name: np.concatenate([e.arrays[name].ravel() for e in values] or [np.zeros(0)])
+              .astype(dtype, copy=False) for name, dtype in _ARRAY_DTYPES.items()}
+    stored["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    stored["keys"] = np.frombuffer(b"".join(e.keys_json for e in values), np.uint8)
     for candidate in _bundle_paths(directory):
         try:
             candidate.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=candidate.parent, prefix=".tmp-", suffix=".npz")
             try:
                 with os.fdopen(fd, "wb") as out:
-                    np.savez(out, __meta__=meta_bytes, blob=blob)
+                    np.savez(out, **stored)
                 os.chmod(tmp, 0o644)  # others who read the run may use it too
                 os.replace(tmp, candidate)
             finally:
@@ -231,8 +302,8 @@ def index_files_cached(paths: list[str], progress: bool = False) -> list[FileInd
         changed = False
         for path in dir_paths:
             st, entry = _stat(path), entries.get(path)
-            if st is not None and entry and (entry[0]["size"], entry[0]["mtime"]) == (st.st_size, st.st_mtime):
-                results[path] = _from_arrays(entry[1], entry[0])
+            if st is not None and entry and (entry.header["size"], entry.header["mtime"]) == (st.st_size, st.st_mtime):
+                results[path] = file_index_of(entry)
             else:
                 try:
                     fi = read_file_index(path)
@@ -241,8 +312,7 @@ def index_files_cached(paths: list[str], progress: bool = False) -> list[FileInd
                 else:
                     results[path] = fi
                     if st is not None and (fi.size, fi.mtime) == (st.st_size, st.st_mtime):
-                        meta_arrays = _to_arrays(fi)
-                        entries[path] = (meta_arrays[1], meta_arrays[0])
+                        entries[path] = entry_of(fi)
                         changed = True
             bar.update()
         if changed:

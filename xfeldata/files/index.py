@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from bisect import bisect_left
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +74,44 @@ class KeyInfo:
         return self.shape[0] if self.shape else 0
 
 
+class LazyKeys(Mapping[str, KeyInfo]):
+    """A read-only mapping of keys that is made on first use.
+
+    Parameters
+    ----------
+    load
+        Returns the keys, ``{key: KeyInfo}``; called at most once (twice if two
+        threads race, which gives equal results).
+
+    Examples
+    --------
+    >>> keys = LazyKeys(dict)
+    >>> len(keys)
+    0
+    """
+
+    def __init__(self, load: Callable[[], Mapping[str, KeyInfo]]):
+        self._load = load
+        self._keys: Mapping[str, KeyInfo] | None = None
+
+    def _loaded(self) -> Mapping[str, KeyInfo]:
+        if self._keys is None:
+            self._keys = self._load()
+        return self._keys
+
+    def __getitem__(self, key: str) -> KeyInfo:
+        return self._loaded()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._loaded())
+
+    def __len__(self) -> int:
+        return len(self._loaded())
+
+    def __repr__(self) -> str:
+        return f"LazyKeys({dict(self._loaded())!r})"
+
+
 @dataclass(frozen=True)
 class IndexGroup:
     """``first``/``count`` of one index group, one entry per train position of the file."""
@@ -83,12 +122,16 @@ class IndexGroup:
 
 @dataclass(frozen=True)
 class SourceInfo:
-    """One source of one file: its category, index groups and keys."""
+    """One source of one file: its category, index groups and keys.
+
+    ``keys`` is a dict when the file was just indexed, a :class:`LazyKeys` when it
+    comes from the index cache (decoded on first use).
+    """
 
     name: str
     category: str
     groups: dict[str, IndexGroup]
-    keys: dict[str, KeyInfo]
+    keys: Mapping[str, KeyInfo]
 
 
 @dataclass(frozen=True)
@@ -461,7 +504,7 @@ def read_file_index(path: str | os.PathLike) -> FileIndex:
     path = os.fspath(path)
     try:
         st = os.stat(path)
-        fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY, fapl=_file_access())
+        fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY)
     except FileNotFoundError:
         raise FileFormatError(path, "no such file") from None
     except OSError as exc:
@@ -474,13 +517,6 @@ def read_file_index(path: str | os.PathLike) -> FileIndex:
         raise FileFormatError(path, f"unreadable index ({type(exc).__name__}: {exc})") from None
     finally:
         fid.close()
-
-
-def _file_access() -> h5py.h5p.PropFAID:
-    """File access for indexing: closing the file closes every object opened in it."""
-    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
-    fapl.set_fclose_degree(h5py.h5f.CLOSE_STRONG)
-    return fapl
 
 
 def _index_open_file(fid: h5py.h5f.FileID, path: str, st: os.stat_result) -> FileIndex:
