@@ -87,6 +87,36 @@ def test_a_few_trains_of_a_detector_read_only_their_frames(large_run, rows_read)
     assert n_rows(pixel_reads) == 3 * 4 * 2          # 3 trains x 4 frames x 2 modules
 
 
+def test_selecting_on_a_built_detector_reads_only_the_selected_frames(large_run, rows_read):
+    run = xd.open_run(large_run)
+    ds = run.detector(keys=["image.data"])                    # whole run, built first
+    # one selection call: dask fuses one indexing step into the read tasks
+    values = ds["image.data"].isel(trainId=slice(10, 13), module=1, pulseId=slice(1, 3)).values
+    pixel_reads = [r for r in rows_read if r.key == "image.data"]
+    assert n_rows(pixel_reads) == 3 * 2                       # 3 trains x 2 frames x 1 module
+    expected = h5_rows(large_run, "SPB_DET_AGIPD1M-1/DET/1CH0:xtdf", "image.data")
+    np.testing.assert_array_equal(values[0], expected[10010][1:3])
+
+
+def test_selecting_on_a_per_key_array_reads_only_the_selected_trains(large_run, rows_read):
+    arr = xd.open_run(large_run)[AGIPD0, "image.data"]
+    arr.isel(trainId=slice(39, 41)).values                     # across two files
+    assert n_rows([r for r in rows_read if r.key == "image.data"]) == 2 * 4
+
+
+@pytest.mark.parametrize("key", [
+    (), (slice(None),), (3,), (slice(2, 7), 1), (slice(None, None, 3),), (np.array([0, 5, 9]),),
+    (Ellipsis, 0), (slice(1, 4), Ellipsis, slice(0, 2)), (np.arange(10) % 2 == 0, slice(1, 3)),
+    (np.array([5, 2]),), (None, 1), (-1, -1),
+])
+def test_a_block_indexed_like_numpy_reads_the_same_as_reading_it_all(large_run, key):
+    run = xd.open_run(large_run).isel(trainId=slice(0, 10))
+    block = next(v for v in dict(run.detector(keys=["image.data"])["image.data"].data
+                                 .__dask_graph__()).values() if isinstance(v, BlockRead))
+    whole = arrays.execute_block(block)
+    np.testing.assert_array_equal(block[key], whole[key])
+
+
 def test_pulse_selection_reads_only_the_selected_frames(large_run, rows_read):
     ds = xd.open_run(large_run).sel(trainId=slice(10000, 10004)).detector(
         keys=["image.data"], pulses=by_index[1:3])
@@ -135,12 +165,13 @@ def test_graph_size_grows_with_chunks_not_trains(large_run):
     run = xd.open_run(large_run)
     for sel in (run, run.isel(trainId=slice(0, 20)), run.isel(trainId=slice(0, 3))):
         arr = sel[AGIPD0, "image.data"].data
-        assert len(arr.__dask_graph__()) == arr.npartitions       # one task per chunk, whatever the trains
+        # per chunk: its BlockRead and one getter task, whatever the trains
+        assert len(arr.__dask_graph__()) == 2 * arr.npartitions
     assert run[AGIPD0, "image.data"].data.npartitions == 3            # 60 trains, 3 files
     assert run.isel(trainId=slice(0, 20))[AGIPD0, "image.data"].data.npartitions == 1
     many, _ = flat_rows_array(run, AGIPD0, "image.data", target_bytes=1)
     assert many.npartitions == 3 * 3                                  # 32 + 32 + 16 frames per file
-    assert len(many.__dask_graph__()) == many.npartitions
+    assert len(many.__dask_graph__()) == 2 * many.npartitions
 
 
 # ----- graphs that travel ----------------------------------------------------------
@@ -152,8 +183,8 @@ def test_chunk_tasks_pickle_and_hold_no_h5py_objects(large_run):
     assert b"h5py" not in payload
     restored = pickle.loads(payload)
     assert len(restored) == len(graph)
-    blocks = [v[1] for v in graph.values() if isinstance(v, tuple) and v and v[0] is arrays.execute_block]
-    assert blocks and all(isinstance(b, BlockRead) for b in blocks)
+    blocks = [v for v in graph.values() if isinstance(v, BlockRead)]
+    assert len(blocks) == arr.npartitions
     for block in blocks:
         np.testing.assert_array_equal(arrays.execute_block(pickle.loads(pickle.dumps(block))),
                                       arrays.execute_block(block))

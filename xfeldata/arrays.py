@@ -17,12 +17,13 @@ dask.array<...>
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import groupby
 from typing import Any
 
 import dask.array as da
 import numpy as np
+from dask.array.core import getter
 from dask.base import tokenize
 
 from .errors import DataIndexError
@@ -83,6 +84,118 @@ class BlockRead:
         return ("xfeldata.BlockRead", self.shape, str(self.dtype), self.fill_value,
                 tuple(r.__dask_tokenize__() for r in self.reads))
 
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        """Read the part of the block that ``key`` selects (numpy indexing).
+
+        The dask graph holds ``getter(block, index)`` tasks, so dask's optimiser
+        fuses later slicing (``.sel``, ``.isel``) into the index and only the
+        selected rows are read.  Keys of ints, slices and one increasing 1-d
+        integer or boolean array restrict the reads; anything else reads the
+        whole block and indexes it.
+        """
+        parts = _grid_and_entry_key(key, self.shape, self.entry_ndim)
+        if parts is None:
+            return execute_block(self)[key]
+        grid_key, entry_key = parts
+        sub = self.restrict(grid_key)
+        out = execute_block(sub)
+        drop = tuple(0 if isinstance(k, int) else slice(None) for k in grid_key)
+        return out[drop + entry_key]
+
+    def restrict(self, grid_key: tuple) -> BlockRead:
+        """The block of the cells that ``grid_key`` (ints, slices, increasing index
+        arrays on the leading, non-entry axes) selects; int axes are kept with length 1."""
+        grid_shape = self.shape[: self.ndim - self.entry_ndim]
+        picked = [np.atleast_1d(np.arange(n)[k]) for n, k in zip(grid_shape, grid_key, strict=True)]
+        box = tuple(len(p) for p in picked)
+        if box == grid_shape:
+            return self
+        new_pos = []
+        for n, p in zip(grid_shape, picked, strict=True):
+            pos = np.full(n, -1, np.int64)
+            pos[p] = np.arange(len(p))
+            new_pos.append(pos)
+        read_no, row, cell = _cells_of(self.reads)
+        coords = [pos[c] for pos, c in zip(new_pos, np.unravel_index(cell, grid_shape), strict=True)]
+        keep = np.logical_and.reduce([c >= 0 for c in coords]) if coords else np.ones(len(cell), bool)
+        new_cell = np.ravel_multi_index([c[keep] for c in coords], box) if len(box) else cell[keep]
+        read_no, row = read_no[keep], row[keep]
+        reads = []
+        for i, j in zip(*contiguous_runs(read_no, row, new_cell), strict=True):
+            r = self.reads[int(read_no[i])]
+            reads.append(replace(r, start=int(row[i]), stop=int(row[j]) + 1, target=int(new_cell[i])))
+        covered = len(row) == int(np.prod(box))
+        return BlockRead((*box, *self.shape[self.ndim - self.entry_ndim:]), self.dtype, self.entry_ndim,
+                         None if covered else self.fill_value, tuple(reads))
+
+
+def _grid_and_entry_key(key: Any, shape: tuple[int, ...], entry_ndim: int) -> tuple[tuple, tuple] | None:
+    """Split a numpy index into its part on the grid (leading) axes and on the entry axes.
+
+    None for keys that :meth:`BlockRead.restrict` cannot apply (new axes, several
+    or unsorted index arrays, multi-dimensional arrays).
+    """
+    key = key if isinstance(key, tuple) else (key,)
+    if any(k is None for k in key) or sum(k is Ellipsis for k in key) > 1:
+        return None
+    if any(k is Ellipsis for k in key):
+        at = next(i for i, k in enumerate(key) if k is Ellipsis)
+        key = key[:at] + (slice(None),) * (len(shape) - len(key) + 1) + key[at + 1:]
+    if len(key) > len(shape):
+        return None
+    key = key + (slice(None),) * (len(shape) - len(key))
+    arrays = 0
+    normal = []
+    for k in key:
+        if isinstance(k, int | np.integer):
+            normal.append(int(k))
+        elif isinstance(k, slice):
+            normal.append(k)
+        else:
+            a = np.asarray(k)
+            if a.ndim != 1 or a.dtype.kind not in "iub":
+                return None
+            if a.dtype.kind != "b" and len(a) > 1 and not (np.diff(a) > 0).all():
+                return None
+            arrays += 1
+            normal.append(a)
+    if arrays > 1:
+        return None
+    split = len(shape) - entry_ndim
+    return tuple(normal[:split]), tuple(normal[split:])
+
+
+def _cells_of(reads: Sequence[RowRead]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per dataset row of the reads: the read's number, the row and the block cell it fills."""
+    counts = np.array([r.stop - r.start for r in reads], np.int64)
+    read_no = np.repeat(np.arange(len(reads)), counts)
+    within = positions_within(counts)
+    starts = np.array([r.start for r in reads], np.int64)
+    row = np.repeat(starts, counts) + within
+    cell = np.concatenate([r.target + np.arange(r.stop - r.start) if isinstance(r.target, int)
+                           else np.asarray(r.target, np.int64) for r in reads] or [np.zeros(0, np.int64)])
+    return read_no, row, cell.astype(np.int64)
+
+
+def contiguous_runs(group: np.ndarray, row: np.ndarray, cell: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First and last index of each run of entries in the same ``group`` whose dataset
+    ``row`` and block ``cell`` both go up by one: each run is one contiguous read.
+
+    >>> first, last = contiguous_runs(np.array([0, 0, 0, 1]), np.array([4, 5, 7, 8]), np.array([0, 1, 2, 3]))
+    >>> first.tolist(), last.tolist()
+    ([0, 2, 3], [1, 2, 3])
+    """
+    cut = np.ones(len(row), bool)
+    if len(row) > 1:
+        cut[1:] = (row[1:] != row[:-1] + 1) | (cell[1:] != cell[:-1] + 1) | (group[1:] != group[:-1])
+    first = np.flatnonzero(cut)
+    last = np.append(first[1:], len(row)) - 1 if len(first) else first
+    return first, last
+
 
 def execute_block(block: BlockRead) -> np.ndarray:
     """Read one block (the function dask calls for each chunk).
@@ -134,6 +247,7 @@ def _read_rows(opened: OpenFile, read: RowRead, flat: np.ndarray, decoded: dict)
             and pread_rows(opened.fd, layout, read.start, read.stop, dest):
         return
     ds = opened.file[read.dataset] if ds is None else ds
+    dest = dest.reshape((n, *ds.shape[1:]))  # the block may drop or add length-1 axes
     if dest.dtype == ds.dtype and dest.flags.c_contiguous and ds.dtype.kind != "O":
         read_rows_into(ds, read.start, read.stop, dest, decoded)
     else:
@@ -256,9 +370,25 @@ def _blocks_to_array(name: str, blocks: list[BlockRead], inner_shape: tuple[int,
     """Blocks stacked along the first axis; ``inner_shape`` is every block's shape but the first."""
     if not blocks:  # dask's own constructors fail for zero-size arrays
         return da.from_array(np.empty((0, *inner_shape), dtype), chunks=-1)
-    graph = {(name, i, *([0] * len(inner_shape))): (execute_block, b) for i, b in enumerate(blocks)}
     chunks = (tuple(b.shape[0] for b in blocks), *((d,) for d in inner_shape))
-    return da.Array(graph, name, chunks, dtype=dtype)
+    return blocks_array(name, {(i, *([0] * len(inner_shape))): b for i, b in enumerate(blocks)},
+                        chunks, dtype)
+
+
+def blocks_array(name: str, blocks: dict[tuple[int, ...], BlockRead],
+                 chunks: tuple[tuple[int, ...], ...], dtype: np.dtype) -> da.Array:
+    """A dask array whose chunk at each block index is read by a :class:`BlockRead`.
+
+    Each chunk is the task ``getter(block, whole block)``, the form of
+    :func:`dask.array.from_array`: dask's optimiser fuses later slicing into the
+    index, so a selection reads only its rows.
+    """
+    graph: dict = {}
+    for index, block in blocks.items():
+        graph[(f"{name}-read", *index)] = block
+        graph[(name, *index)] = (getter, (f"{name}-read", *index),
+                                 tuple(slice(0, n) for n in block.shape))
+    return da.Array(graph, name, chunks, dtype=dtype, meta=np.empty((0,) * len(chunks), dtype))
 
 
 def padded_array(
@@ -268,6 +398,22 @@ def padded_array(
     target_bytes: int = TARGET_CHUNK_BYTES, boundaries: Sequence[int] = (),
 ) -> da.Array:
     """A key as a ``(train, slot, *entry)`` dask array over a given train axis.
+
+    The chunks are the :func:`padded_blocks` (same parameters).
+    """
+    name, blocks = padded_blocks(run, source, key, train_ids, n_slots, slot_of_row, row_selected,
+                                 fill_value, trains_per_block, target_bytes, boundaries)
+    info = run.key_info(run.resolve_source(source), key)
+    return _blocks_to_array(name, blocks, (n_slots, *info.entry_shape), info.dtype)
+
+
+def padded_blocks(
+    run: RunSelection, source: str, key: str, train_ids: np.ndarray, n_slots: int,
+    slot_of_row: np.ndarray | None = None, row_selected: np.ndarray | None = None,
+    fill_value: Any = None, trains_per_block: int | None = None,
+    target_bytes: int = TARGET_CHUNK_BYTES, boundaries: Sequence[int] = (),
+) -> tuple[str, list[BlockRead]]:
+    """The blocks of a key as a ``(train, slot, *entry)`` array over a given train axis.
 
     Each selected train's rows go into slots: by ``slot_of_row`` (one slot per
     row of the key's rows for ``train_ids`` in train order, as in
@@ -327,12 +473,8 @@ def padded_array(
     r_start = first_of_train[r_train] + (rows - row_offsets[r_train])
     r_block = np.searchsorted(edges, r_train, side="right") - 1
     r_target = (r_train - edges[r_block]) * n_slots + slot_of_row[rows]
-    cut = np.ones(len(rows), bool)
-    if len(rows) > 1:
-        cut[1:] = ((r_start[1:] != r_start[:-1] + 1) | (r_target[1:] != r_target[:-1] + 1)
-                   | (r_file[1:] != r_file[:-1]) | (r_block[1:] != r_block[:-1]))
-    seg_first = np.flatnonzero(cut)
-    seg_last = np.concatenate([seg_first[1:], [len(rows)]]).astype(np.int64)[: len(seg_first)] - 1
+    seg_first, seg_last = contiguous_runs(r_block * (int(r_file.max(initial=0)) + 1) + r_file,
+                                          r_start, r_target)
     locations = {int(f): (run.file(int(f)).path, run.file_key_info(int(f), source, key).path)
                  for f in np.unique(r_file)}
     reads_by_block: dict[int, list[RowRead]] = {}
@@ -353,7 +495,7 @@ def padded_array(
         covered = sum(r.stop - r.start for r in reads) == (b1 - b0) * n_slots
         blocks.append(BlockRead(shape, info.dtype, len(info.entry_shape),
                                 None if covered else fill, reads))
-    return _blocks_to_array(name, blocks, (n_slots, *info.entry_shape), info.dtype)
+    return name, blocks
 
 
 def positions_within(counts: np.ndarray) -> np.ndarray:

@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+from dask.base import tokenize
 
 from . import schema
-from .arrays import flat_rows_array, padded_array, positions_within
+from .arrays import BlockRead, blocks_array, flat_rows_array, padded_blocks, positions_within
 from .errors import PropertyNameError
 from .files.layout import DETECTORS, DetectorKind, detector_kind_of_device, group_detector_sources
 from .run import RunSelection, TrainMap
@@ -326,35 +327,31 @@ def detector_dataset(
     frame_bytes = max(1, int(np.prod(first_info.entry_shape)) * first_info.dtype.itemsize)
     trains_per_block = max(1, int(target_bytes // max(1, frame_bytes * max(n_slots, 1))))
 
-    def module_array(m: int, key: str, stage: int | None) -> da.Array | None:
-        info = infos[key]
-        fill = schema.detector_fill_value(key, info.dtype, fill_value)
+    def module_blocks(m: int, key: str, stage: int | None, fill: Any) -> list[BlockRead] | None:
+        """One module's blocks of ``(train, slot, *entry)``, None if it lacks the key."""
         if m not in present_sources or key not in run.keys(present_sources[m]):
             return None
         row_sel = selected[m] if stage is None else selected[m] & (stages[m] == stage)
-        arr = padded_array(run, present_sources[m], key, train_ids, n_slots, slot_of_row=slots[m],
-                           row_selected=row_sel, fill_value=fill, trains_per_block=trains_per_block,
-                           boundaries=boundaries, target_bytes=target_bytes)
-        if not xtdf:  # one row per train holding all cells: (T, 1, cells, ...) -> (T, cells, ...)
-            arr = arr[:, 0]
-        return arr
+        _, blocks = padded_blocks(run, present_sources[m], key, train_ids, n_slots, slot_of_row=slots[m],
+                                  row_selected=row_sel, fill_value=fill, trains_per_block=trains_per_block,
+                                  boundaries=boundaries, target_bytes=target_bytes)
+        return blocks
 
     def stacked(key: str) -> tuple[da.Array, tuple[str, ...]]:
+        """The key of every module (and gain stage) in one array: each chunk is one
+        module's block, so slicing the array later reads only the selected rows."""
         info = infos[key]
         fill = schema.detector_fill_value(key, info.dtype, fill_value)
-        per_stage = []
-        for stage in (range(3) if stages else [None]):
-            arrays = [module_array(m, key, stage) for m in all_modules]
-            template = next(a for a in arrays if a is not None)
-            arrays = [a if a is not None else da.full(template.shape, fill, dtype=template.dtype,
-                                                      chunks=template.chunks) for a in arrays]
-            per_stage.append(da.stack(arrays, axis=2))
-        arr = per_stage[0] if not stages else da.stack(per_stage, axis=3)
-        entry = info.entry_shape[1:] if not xtdf else info.entry_shape
-        if xtdf and len(entry) == 3 and entry[0] == 1 and not stages:
-            arr, entry = arr[:, :, :, 0], entry[1:]
-        if stages and len(entry) == 3 and entry[0] == 1:
-            arr, entry = arr[:, :, :, :, 0], entry[1:]
+        if xtdf:  # (train, pulse, module, [stage,] *pixels): a frame per row
+            entry = info.entry_shape[1:] if len(info.entry_shape) == 3 and info.entry_shape[0] == 1 \
+                else info.entry_shape
+            slots_here = n_slots
+        else:  # (train, cell, module, *pixels): a row per train holding every cell
+            entry, slots_here = info.entry_shape[1:], info.entry_shape[0]
+        per_part = {(j, g): module_blocks(m, key, g if stages else None, fill)
+                    for j, m in enumerate(all_modules) for g in range(3 if stages else 1)}
+        arr = stack_module_blocks(per_part, slots_here, entry, not xtdf, fill, info.dtype,
+                                  f"{device} {key}")
         pixel = schema.detector_pixel_dims(entry)
         if stages:
             pixel = (schema.GAIN_DIM, *pixel)
@@ -381,7 +378,8 @@ def detector_dataset(
     cell_key = f"{group}.cellId" if xtdf else "data.memoryCell"
     if cell_key in module_keys:
         cell_ids = _cell_ids(run, present_sources, all_modules, cell_key, train_ids, n_slots, slots,
-                             selected, xtdf, stages, {m: r.counts for m, r in rows.items()})
+                             selected, xtdf, stages, {m: r.counts for m, r in rows.items()},
+                             boundaries)
         if not xtdf:
             cell_ids = cell_ids[:, cell_keep]
 
@@ -397,36 +395,70 @@ def detector_dataset(
     )
 
 
+def stack_module_blocks(per_part: dict[tuple[int, int], list[BlockRead] | None], n_slots: int,
+                        entry: tuple[int, ...], row_holds_slots: bool, fill: Any, dtype: np.dtype,
+                        what: str) -> da.Array:
+    """One array ``(train, slot, module, [stage,] *entry)`` of every module's blocks.
+
+    ``per_part[(j, g)]`` are the ``(train, slot, ...)`` blocks of module position
+    ``j`` and gain stage ``g`` (None: the module is missing, its cells hold
+    ``fill``).  A dataset row fills one ``entry`` of one slot, or with
+    ``row_holds_slots`` all slots of a train (JUNGFRAU's memory cells).  Each
+    chunk is one module's block, so slicing the array later reads only the
+    selected rows.
+    """
+    n_stages = 1 + max(g for _, g in per_part)
+    n_modules = 1 + max(j for j, _ in per_part)
+    lead = (n_slots, 1, 1) if n_stages > 1 else (n_slots, 1)
+    entry_ndim = len(lead) + len(entry) if row_holds_slots else len(entry)
+    template = next(b for b in per_part.values() if b is not None)
+    train_chunks = tuple(b.shape[0] for b in template)
+    blocks = {}
+    for (j, g), parts in per_part.items():
+        if parts is not None and tuple(b.shape[0] for b in parts) != train_chunks:
+            raise RuntimeError(f"{what}: module position {j} is cut into other train blocks "
+                               "than the others")  # a bug, not bad data
+        for i, t in enumerate(train_chunks):
+            shape = (t, *lead, *entry)
+            block = BlockRead(shape, dtype, entry_ndim, fill, ()) if parts is None \
+                else replace(parts[i], shape=shape, entry_ndim=entry_ndim)
+            index = (i, 0, j, g)[: 1 + len(lead)]
+            blocks[index + (0,) * len(entry)] = block
+    chunks = (train_chunks, (n_slots,), (1,) * n_modules,
+              *([(1,) * n_stages] if n_stages > 1 else []), *((d,) for d in entry))
+    if not train_chunks:  # no trains: dask's own constructors fail for zero-size arrays
+        return da.from_array(np.empty(tuple(sum(c) for c in chunks), dtype), chunks=-1)
+    return blocks_array("xfeldata-detector-" + tokenize(what, chunks, *blocks.values()),
+                        blocks, chunks, dtype)
+
+
 def _cell_ids(run: RunSelection, sources: dict[int, str], modules: list[int], key: str,
               train_ids: np.ndarray, n_slots: int, slots: dict[int, np.ndarray],
               selected: dict[int, np.ndarray], xtdf: bool, stages: Any,
-              counts: dict[int, np.ndarray]) -> da.Array:
+              counts: dict[int, np.ndarray], boundaries: np.ndarray) -> da.Array:
     """Memory cell IDs ``(trainId, pulse, module)``, -1 where missing.
 
     The IDs are unsigned on disk: cells are read with fill 0 and the missing ones
     (known from the row counts and slots, without reading) set to -1 afterwards.
     """
-    arrays = []
-    for m in modules:
+    info = run.key_info(next(iter(sources.values())), key)
+    width = n_slots if xtdf else info.entry_shape[0]
+    filled = np.zeros((len(train_ids), width, len(modules)), bool)
+    per_part: dict[tuple[int, int], list[BlockRead] | None] = {}
+    for j, m in enumerate(modules):
         if m not in sources:
-            arrays.append(None)
+            per_part[j, 0] = None
             continue
-        full = run.select(sources[m])
         row_sel = selected[m] if stages is None else selected[m] & (stages[m] == 0)
-        arr = padded_array(full, sources[m], key, train_ids, n_slots,
-                           slot_of_row=slots[m] if xtdf else None,
-                           row_selected=row_sel if xtdf else None, fill_value=0)
-        arr = arr.reshape(arr.shape[:2]) if xtdf else arr[:, 0]
-        filled = np.zeros(arr.shape, bool)
+        _, per_part[j, 0] = padded_blocks(
+            run.select(sources[m]), sources[m], key, train_ids, n_slots,
+            slot_of_row=slots[m] if xtdf else None, row_selected=row_sel if xtdf else None,
+            fill_value=0, trains_per_block=max(1, len(train_ids)), boundaries=boundaries)
         if xtdf:
             row_train = np.repeat(np.arange(len(train_ids)), counts[m])
             keep = row_sel & (slots[m] < n_slots)
-            filled[row_train[keep], slots[m][keep]] = True
+            filled[row_train[keep], slots[m][keep], j] = True
         else:
-            filled[counts[m] > 0] = True
-        arrays.append(da.where(filled, arr.astype(np.int64), -1))
-    template = next(a for a in arrays if a is not None)
-    arrays = [a if a is not None else da.full(template.shape, -1, dtype=np.int64, chunks=template.chunks)
-              for a in arrays]
-    width = template.shape[1]
-    return da.stack([a.rechunk((len(train_ids) or 1, width or 1)) for a in arrays], axis=2)
+            filled[counts[m] > 0, :, j] = True
+    arr = stack_module_blocks(per_part, width, (), not xtdf, 0, info.dtype, f"{key} of {modules}")
+    return da.where(filled, arr.astype(np.int64), -1)
