@@ -296,7 +296,8 @@ def index_files_cached(paths: list[str], progress: bool = False) -> list[FileInd
     by_dir: dict[str, list[str]] = {}
     for path in paths:
         by_dir.setdefault(os.path.dirname(path), []).append(path)
-    bar = tqdm(total=len(paths), disable=not progress, desc="Indexing files", unit="file")
+    # No bar object at all unless asked: tqdm's lock imports multiprocessing (ms at open)
+    bar = tqdm(total=len(paths), desc="Indexing files", unit="file") if progress else None
     for directory, dir_paths in by_dir.items():
         entries = read_bundle(directory)
         changed = False
@@ -314,10 +315,12 @@ def index_files_cached(paths: list[str], progress: bool = False) -> list[FileInd
                     if st is not None and (fi.size, fi.mtime) == (st.st_size, st.st_mtime):
                         entries[path] = entry_of(fi)
                         changed = True
-            bar.update()
+            if bar is not None:
+                bar.update()
         if changed:
             write_bundle(directory, entries)
-    bar.close()
+    if bar is not None:
+        bar.close()
     return [results[p] for p in paths]
 
 

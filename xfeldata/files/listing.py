@@ -29,10 +29,11 @@ def list_run_files(path: str | os.PathLike, include: str = "*") -> list[str]:
         raise FileNotFoundError(f"{path}: no such file or directory")
     if path.is_file():
         return [str(path)]
-    names = sorted(
-        p.name for p in path.iterdir()
-        if p.suffix == ".h5" and p.name != "overview.h5" and p.is_file()
-    )
+    with os.scandir(path) as entries:  # file types from the directory listing, no stat each
+        names = sorted(
+            e.name for e in entries
+            if os.path.splitext(e.name)[1] == ".h5" and e.name != "overview.h5" and e.is_file()
+        )
     if not names:
         raise FileNotFoundError(f"{path}: no run files (*.h5) in this directory")
     picked = [n for n in names if fnmatch.fnmatchcase(n, include)]
