@@ -77,7 +77,8 @@ class Run(RunSelection):
         """A multi-module detector as one stacked, lazy Dataset.
 
         See :func:`xfeldata.detectors.detector_dataset` for the options
-        (``modules``, ``fill_value``, ``require_all_modules``, ``pulses``, ``keys``).
+        (``modules``, ``fill_value``, ``require_all_modules``, ``pulses``, ``keys``,
+        ``target_bytes``).
 
         Examples
         --------

@@ -31,12 +31,11 @@ from .errors import PropertyNameError
 from .files.layout import DETECTORS, DetectorKind, detector_kind_of_device, group_detector_sources
 from .run import RunSelection, TrainMap
 
-#: Size one module's dask chunk aims at.  Smaller than the per-key target: a
-#: stacked chunk is one module, so sixteen of them make one train block, and
-#: selecting a few trains after building reads whole chunks (dask cannot push the
-#: selection into the read).  A train of 352 AGIPD frames (88 MiB a module) is one
-#: chunk either way.
-MODULE_CHUNK_BYTES = 32 * 2**20
+#: Size one module's dask chunk aims at.  Selecting after building reads only the
+#: selected rows (dask folds the selection into the read tasks), so chunks can be
+#: as large as whole-run reductions like; a train of 352 AGIPD frames (88 MiB a
+#: module) is one chunk.
+MODULE_CHUNK_BYTES = 128 * 2**20
 
 
 @dataclass(frozen=True)
@@ -242,6 +241,9 @@ def detector_dataset(
         or ``by_index[...]`` (positions within the train). Applied before reading.
     keys
         Pixel keys to include (default: data, mask and gain where present).
+    target_bytes
+        Size one module's dask chunk aims at (default :data:`MODULE_CHUNK_BYTES`,
+        128 MiB); chunks hold whole trains and end at file boundaries.
 
     Returns
     -------
