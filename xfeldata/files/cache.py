@@ -39,7 +39,7 @@ from ..errors import FileFormatError
 from .index import FileIndex, IndexGroup, KeyInfo, LazyKeys, SourceInfo, read_file_index
 
 #: Bump when the stored layout changes; older entries are then ignored.
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 CACHE_ENV = "XFELDATA_CACHE_DIR"
 CACHE_SWITCH_ENV = "XFELDATA_INDEX_CACHE"
 RUN_DIR_CACHE = Path(".xfeldata") / "index.npz"
@@ -239,13 +239,28 @@ def read_bundle(directory: str) -> dict[str, Entry]:
                 header = json.loads(npz["header"].tobytes())
                 if header.get("cache_version") != CACHE_VERSION:
                     continue
-                stored = {name: npz[name] for name in (*_ARRAY_DTYPES, "keys")}
-            if any(stored[name].dtype != dtype for name, dtype in _ARRAY_DTYPES.items()):
+                blob = npz["blob"]
+            stored = {name: np.frombuffer(blob, dtype, count, offset)
+                      for name, (dtype, offset, count) in header["arrays"].items()}
+            expected = {**_ARRAY_DTYPES, "keys": np.uint8}
+            if stored.keys() != expected.keys() or any(
+                    stored[name].dtype != dtype for name, dtype in expected.items()):
                 continue
             return _split_bundle(header, stored)
         except (OSError, ValueError, KeyError, json.JSONDecodeError, TypeError, SystemError):
             continue
     return {}
+
+
+def _concatenate(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, list]]:
+    """One byte blob holding 1-d arrays, each 8-byte aligned, and where each one is:
+    ``{name: [dtype descr, offset, count]}`` (one npz member loads much faster than many)."""
+    parts, layout, offset = [], {}, 0
+    for name, arr in arrays.items():
+        layout[name] = [arr.dtype.str, offset, len(arr)]
+        parts += [arr.tobytes(), b"\0" * (-arr.nbytes % 8)]
+        offset += arr.nbytes + (-arr.nbytes % 8)
+    return np.frombuffer(b"".join(parts), np.uint8), layout
 
 
 def write_bundle(directory: str, entries: dict[str, Entry]) -> Path | None:
@@ -255,18 +270,20 @@ def write_bundle(directory: str, entries: dict[str, Entry]) -> Path | None:
     for e in values:
         keys_at.append([offset, len(e.keys_json)])
         offset += len(e.keys_json)
-    header = {"cache_version": CACHE_VERSION, "files": [e.header for e in values], "keys_at": keys_at}
     stored = {name: np.concatenate([e.arrays[name].ravel() for e in values] or [np.zeros(0)])
               .astype(dtype, copy=False) for name, dtype in _ARRAY_DTYPES.items()}
-    stored["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
     stored["keys"] = np.frombuffer(b"".join(e.keys_json for e in values), np.uint8)
+    blob, layout = _concatenate(stored)
+    header = {"cache_version": CACHE_VERSION, "files": [e.header for e in values],
+              "keys_at": keys_at, "arrays": layout}
     for candidate in _bundle_paths(directory):
         try:
             candidate.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=candidate.parent, prefix=".tmp-", suffix=".npz")
             try:
                 with os.fdopen(fd, "wb") as out:
-                    np.savez(out, **stored)
+                    np.savez(out, header=np.frombuffer(json.dumps(header).encode(), np.uint8),
+                             blob=blob)
                 os.chmod(tmp, 0o644)  # others who read the run may use it too
                 os.replace(tmp, candidate)
             finally:
