@@ -340,10 +340,19 @@ def flat_rows_array(run: RunSelection, source: str, key: str,
     """
     source = run.resolve_source(source)
     info = run.key_info(source, key)
-    found = run.rows(source, info.group)
+    blocks, found = flat_rows_blocks(run, source, key, target_bytes)
     name = "xfeldata-rows-" + tokenize(source, key, found.train_ids, found.file_no,
                                        found.first, found.count, target_bytes,
                                        [fi.path for fi in run.file_indexes])
+    return _blocks_to_array(name, blocks, info.entry_shape, info.dtype), found
+
+
+def flat_rows_blocks(run: RunSelection, source: str, key: str,
+                     target_bytes: int = TARGET_CHUNK_BYTES) -> tuple[list[BlockRead], TrainMap]:
+    """The blocks of :func:`flat_rows_array` (same parameters and ``found``)."""
+    source = run.resolve_source(source)
+    info = run.key_info(source, key)
+    found = run.rows(source, info.group)
     blocks: list[BlockRead] = []
     file_no = found.file_no
     change = np.flatnonzero(np.diff(file_no)) + 1
@@ -362,7 +371,7 @@ def flat_rows_array(run: RunSelection, source: str, key: str,
                 offset += stop - start
             blocks.append(BlockRead((offset, *info.entry_shape), info.dtype, len(info.entry_shape),
                                     None, tuple(reads)))
-    return _blocks_to_array(name, blocks, info.entry_shape, info.dtype), found
+    return blocks, found
 
 
 def _blocks_to_array(name: str, blocks: list[BlockRead], inner_shape: tuple[int, ...],
@@ -511,6 +520,10 @@ def positions_within(counts: np.ndarray) -> np.ndarray:
 
 
 def read_rows(run: RunSelection, source: str, key: str) -> tuple[np.ndarray, TrainMap]:
-    """Read all rows of a (small) key now: ``(values, trains listing the source)``."""
-    arr, found = flat_rows_array(run, source, key)
-    return arr.compute(scheduler="sync"), found
+    """Read all rows of a (small) key now, one block after another, without dask:
+    ``(values, trains listing the source)``."""
+    blocks, found = flat_rows_blocks(run, source, key)
+    if not blocks:
+        info = run.key_info(run.resolve_source(source), key)
+        return np.empty((0, *info.entry_shape), info.dtype), found
+    return np.concatenate([execute_block(b) for b in blocks]), found

@@ -19,14 +19,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
 from dask.base import tokenize
 
 from . import schema
-from .arrays import BlockRead, blocks_array, flat_rows_array, padded_blocks, positions_within
+from .arrays import BlockRead, blocks_array, padded_blocks, positions_within, read_rows
 from .errors import PropertyNameError
 from .files.layout import DETECTORS, DetectorKind, detector_kind_of_device, group_detector_sources
 from .run import RunSelection, TrainMap
@@ -174,10 +173,8 @@ class _ModuleRows:
 
 def _read_pulse_ids(run: RunSelection, sources: dict[int, str], group: str
                     ) -> dict[int, tuple[np.ndarray, TrainMap]]:
-    """Every module's pulse IDs (flat rows) and the trains they belong to, in one compute."""
-    flat = {m: flat_rows_array(run.select(s), s, f"{group}.pulseId") for m, s in sources.items()}
-    values = dask.compute(*(arr for arr, _ in flat.values()), scheduler="threads")
-    return {m: (v, found) for (m, (_, found)), v in zip(flat.items(), values, strict=True)}
+    """Every module's pulse IDs (flat rows) and the trains they belong to."""
+    return {m: read_rows(run.select(s), s, f"{group}.pulseId") for m, s in sources.items()}
 
 
 def _module_rows(run: RunSelection, source: str, group: str, train_ids: np.ndarray,
