@@ -17,6 +17,7 @@ from conftest import FIRST_TRAIN_ID
 import xfeldata as xd
 from xfeldata import trains as trains_mod
 from xfeldata.errors import DataIndexError, TrainIdError
+from xfeldata.files.handles import handles
 from xfeldata.trains import StackView, iter_trains, stack_detector_data, train_from_id, train_from_index
 
 XGM = "SA1_XTD2_XGM/DOOCS/MAIN"
@@ -306,27 +307,28 @@ def test_stack_ignores_other_sources_and_empty_modules():
     assert stack_detector_data(lpd, "image.data", device="FXE_DET_LPD1M-1")[:, 2].sum() == a.sum()
 
 
+def _first_file_rows(run_dir: Path, source: str, files: trains_mod._Files) -> trains_mod._Rows:
+    """The reader of image.data in the run's first file of ``source``."""
+    run = xd.open_run(run_dir)
+    file_no = int(run.rows(source, "image").file_no[0])
+    info = run.file_key_info(file_no, source, "image.data")
+    path = run.file(file_no).path
+    return trains_mod._Rows(h5py.h5d.open(handles.get(path).id, info.path.encode()), info, path, files)
+
+
 def test_plain_datasets_are_read_without_hdf5(agipd_raw_run, agipd_corr_run):
     """Uncompressed rows are read with pread; compressed ones go through h5py."""
-    raw = sorted(agipd_raw_run.glob("*AGIPD00*"))[0]
-    corr = sorted(agipd_corr_run.glob("*AGIPD00*"))[0]
     files = trains_mod._Files()
-    with h5py.File(raw, "r") as f:
-        ds = f[f"INSTRUMENT/{mod(0)}/image/data"]
-        rows = trains_mod._Rows(ds.id, str(raw), files)
-        assert rows.plain
-        np.testing.assert_array_equal(rows.read(1, 4), ds[1:4])
-    with h5py.File(corr, "r") as f:
-        ds = f[f"INSTRUMENT/{mod(0, corr=True)}/image/data"]
-        rows = trains_mod._Rows(ds.id, str(corr), files)
-        assert not rows.plain
-        np.testing.assert_array_equal(rows.read(1, 4), ds[1:4])
+    raw = _first_file_rows(agipd_raw_run, mod(0), files)
+    assert raw.plain and raw.pieces(1, 4) is not None
+    np.testing.assert_array_equal(raw.read(1, 4), h5py.Dataset(raw.dsid)[1:4])
+    corr = _first_file_rows(agipd_corr_run, mod(0, corr=True), files)
+    assert not corr.plain and corr.pieces(1, 4) is None
+    np.testing.assert_array_equal(corr.read(1, 4), h5py.Dataset(corr.dsid)[1:4])
     files.close()
 
 
 def test_iteration_survives_the_handle_cache_closing_files(agipd_raw_run, monkeypatch):
-    from xfeldata.files.handles import handles
-
     monkeypatch.setattr(trains_mod, "BLOCK_BYTES", 1)
     monkeypatch.setattr(trains_mod, "MIN_KEY_BLOCK_BYTES", 1)
     run = xd.open_run(agipd_raw_run).select(mod(2), "image.data")

@@ -37,7 +37,7 @@ import os
 import threading
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
+from contextlib import closing, contextmanager
 from typing import Any
 
 import h5py
@@ -45,7 +45,7 @@ import numpy as np
 
 from .errors import DataIndexError, PropertyNameError
 from .files.handles import handles
-from .files.index import decode_str
+from .files.index import KeyInfo, decode_str
 from .files.layout import detector_kind_of_device, group_detector_sources
 from .run import RunSelection, SelectionSpec
 from .schema import fill_value_for
@@ -121,17 +121,27 @@ class _KeyReader:
                     handles.forget(path)
                     raise OSError(f"{path}: dataset {info.path} ({self.source} {self.key}) "
                                   "is missing from the file") from None
-                ds = _Rows(dsid, path, self.files)
+                ds = _Rows(dsid, info, path, self.files)
             self._datasets[file_no] = ds
         return ds
 
     def fill(self, i: int) -> None:
         """Read the block of trains starting at position ``i``."""
+        block = self.plan(i)
+        block.fetch()
+        self.install(block)
+
+    def install(self, block: _Block) -> None:
+        """Make a fetched block the current one."""
+        self.start, self.stop, self.values = block.start, block.stop, self._values(block)
+
+    def plan(self, i: int) -> _Block:
+        """The reads of the block of trains starting at position ``i``."""
         r = self.rows
         b0, b1 = i, min(i + self.block_trains, len(r.count))
-        values: list[Any] = [None] * (b1 - b0)
         file_no, first, count = r.file_no[b0:b1], r.first[b0:b1], r.count[b0:b1]
         has = np.flatnonzero(count > 0)
+        reads = []
         for fno in np.unique(file_no[has]).tolist():
             ds = self._dataset(fno)
             if ds is False:
@@ -142,11 +152,19 @@ class _KeyReader:
                     raise DataIndexError(
                         self.run.file(fno).path, self.source, self.key,
                         f"index points to rows {lo}:{hi} but {ds.name} has only {ds.nrows} rows")
-                buf = ds.read(lo, hi)
-                for m in members:
-                    t = local[m]
-                    values[t] = self._value(buf, first[t] - lo, count[t])
-        self.start, self.stop, self.values = b0, b1, values
+                t = local[members]
+                trains = list(zip(t.tolist(), (first[t] - lo).tolist(), count[t].tolist(), strict=True))
+                reads.append(_Read(ds, lo, hi, trains))
+        return _Block(b0, b1, reads)
+
+    def _values(self, block: _Block) -> list[Any]:
+        """The value of each train of a fetched block (None where a train has no rows)."""
+        values: list[Any] = [None] * (block.stop - block.start)
+        for read in block.reads:
+            buf = read.result()
+            for t, offset, count in read.trains:
+                values[t] = self._value(buf, offset, count)
+        return values
 
     def _value(self, buf: np.ndarray, offset: int, count: int) -> Any:
         if self.unwrap:  # control data: one row per train
@@ -157,6 +175,43 @@ class _KeyReader:
         if count == 1 and not self.keep_dims:
             return buf[offset]
         return buf[offset: offset + count]
+
+
+class _Read:
+    """Rows ``lo:hi`` of one dataset, holding the rows of some trains of a block.
+
+    ``trains`` lists ``(train position in the block, first row - lo, rows)``.
+    Where in the file the rows are is found when the read is made (HDF5 calls
+    stay in the iterating thread); :meth:`fetch` then only calls ``pread``.
+    """
+
+    def __init__(self, rows: _Rows, lo: int, hi: int, trains: list[tuple[int, int, int]]):
+        self.rows, self.lo, self.hi, self.trains = rows, lo, hi, trains
+        self.pieces = rows.pieces(lo, hi)
+        self.buf: np.ndarray | None = None
+
+    def fetch(self) -> None:
+        """Read the rows if ``pread`` can (no HDF5 calls: safe in any thread)."""
+        if self.pieces is not None:
+            self.buf = self.rows.pread(self.lo, self.hi, self.pieces)
+
+    def result(self) -> np.ndarray:
+        """The rows, read now through HDF5 unless :meth:`fetch` read them."""
+        if self.buf is None:
+            self.buf = self.rows.read_hdf5(self.lo, self.hi)
+        return self.buf
+
+
+class _Block:
+    """The reads of one key for the trains at positions ``start:stop``."""
+
+    def __init__(self, start: int, stop: int, reads: list[_Read]):
+        self.start, self.stop, self.reads = start, stop, reads
+
+    def fetch(self) -> None:
+        """Read what ``pread`` can read (safe in any thread)."""
+        for read in self.reads:
+            read.fetch()
 
 
 def _plan_reads(first: np.ndarray, count: np.ndarray,
@@ -186,24 +241,40 @@ class _Files:
 
     Separate from h5py's handles so that the handle cache closing a file can
     never make us read another file through a reused descriptor.  At most
-    ``maxsize`` stay open; :meth:`close` closes them all.
+    ``maxsize`` stay open unless more are in use (:meth:`use`); :meth:`close`
+    closes them all.
     """
 
     def __init__(self, maxsize: int = 64):
         self.maxsize = maxsize
         self._fds: dict[str, int] = {}
+        self._users: dict[str, int] = {}
         self._userblocks: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def fd(self, path: str) -> int:
+    @contextmanager
+    def use(self, path: str) -> Iterator[int]:
+        """A descriptor of ``path``, kept open while in use (by any thread)."""
         with self._lock:
             fd = self._fds.pop(path, None)
             if fd is None:
                 fd = os.open(path, os.O_RDONLY)
-                while len(self._fds) >= self.maxsize:
-                    os.close(self._fds.pop(next(iter(self._fds))))
+                self._make_room()
             self._fds[path] = fd  # most recently used last
-            return fd
+            self._users[path] = self._users.get(path, 0) + 1
+        try:
+            yield fd
+        finally:
+            with self._lock:
+                self._users[path] -= 1
+
+    def _make_room(self) -> None:
+        """Close the least recently used descriptors not in use, down to ``maxsize - 1``."""
+        for path in list(self._fds):
+            if len(self._fds) < self.maxsize:
+                return
+            if not self._users.get(path):
+                os.close(self._fds.pop(path))
 
     def userblock(self, path: str, dsid: h5py.h5d.DatasetID) -> int:
         """The size of the user block of ``path`` (the file that holds ``dsid``)."""
@@ -213,6 +284,7 @@ class _Files:
         return size
 
     def close(self) -> None:
+        """Close every descriptor (none may be in use)."""
         with self._lock:
             for fd in self._fds.values():
                 os.close(fd)
@@ -222,47 +294,36 @@ class _Files:
 class _Rows:
     """Reads rows of one dataset: with ``pread`` where HDF5 stores them plainly.
 
-    Uncompressed, unfiltered datasets of fixed-size types, contiguous or chunked
-    along rows only, hold each row's bytes in one piece of the file.  Those rows
-    are read with :func:`os.preadv` straight into the result, without HDF5's
-    selection machinery and its global lock; everything else goes through h5py.
-    The dataset is held by its low-level identifier: opening thousands of
-    datasets (every key of every sequence file) costs less that way.
+    Unfiltered datasets of fixed-size types, contiguous or chunked along rows
+    only, hold each row's bytes in one piece of the file.  Those rows are read
+    with :func:`os.preadv` straight into the result, without HDF5's selection
+    machinery and its global lock; everything else goes through h5py.  The
+    layout and filters come from the file's index (``info``) and the dataset is
+    held by its low-level identifier: opening thousands of datasets (every key
+    of every sequence file) costs less that way.
     """
 
-    def __init__(self, dsid: h5py.h5d.DatasetID, path: str, files: _Files | None):
+    def __init__(self, dsid: h5py.h5d.DatasetID, info: KeyInfo, path: str, files: _Files | None):
         self.dsid, self.path, self.files = dsid, path, files
-        self.shape, self.dtype = dsid.shape, dsid.dtype
+        self.shape, self.dtype = info.shape, info.dtype
         self.nrows = self.shape[0] if self.shape else 0
         self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
-        self.plain = False
         self.offset: int | None = None  # contiguous layout: where row 0 starts
         self.chunk_rows = 0  # chunked layout: rows per chunk
         self._chunk_offsets: dict[int, int | None] = {}
-        if files is not None and not self.dtype.hasobject and self.row_bytes:
-            self._find_layout(files.userblock(path, dsid))
+        self.plain = (files is not None and not self.dtype.hasobject and self.row_bytes > 0
+                      and info.compression is None and not info.shuffle
+                      and (info.chunks is None or info.chunks[1:] == self.shape[1:])
+                      and not files.userblock(path, dsid))
+        if self.plain and info.chunks is None:
+            self.offset = dsid.get_offset()
+        elif self.plain:
+            self.chunk_rows = info.chunks[0]
 
     @property
     def name(self) -> str:
         """The dataset's path in its file."""
         return h5py.h5i.get_name(self.dsid).decode()
-
-    def _find_layout(self, userblock: int) -> None:
-        """Set :attr:`plain` and where the rows are, for rows that ``pread`` can read."""
-        try:
-            plist = self.dsid.get_create_plist()
-            if plist.get_nfilters() or userblock:
-                return
-            layout = plist.get_layout()
-            if layout == h5py.h5d.CONTIGUOUS:
-                self.offset = self.dsid.get_offset()
-            elif layout == h5py.h5d.CHUNKED and plist.get_chunk()[1:] == self.shape[1:]:
-                self.chunk_rows = plist.get_chunk()[0]
-            else:
-                return
-            self.plain = True
-        except (AttributeError, ValueError, RuntimeError):  # an h5py without these calls
-            self.plain = False
 
     def _chunk_offset(self, k: int) -> int | None:
         if k not in self._chunk_offsets:
@@ -272,34 +333,49 @@ class _Rows:
 
     def read(self, lo: int, hi: int) -> np.ndarray:
         """Rows ``lo:hi`` as a new array."""
+        pieces = self.pieces(lo, hi)
+        out = self.pread(lo, hi, pieces) if pieces is not None else None
+        return self.read_hdf5(lo, hi) if out is None else out
+
+    def read_hdf5(self, lo: int, hi: int) -> np.ndarray:
+        """Rows ``lo:hi`` as a new array, read through HDF5."""
+        ds = h5py.Dataset(self.dsid)
         if self.dtype.hasobject or hi == lo:
-            return h5py.Dataset(self.dsid)[lo:hi]
+            return ds[lo:hi]
         out = np.empty((hi - lo, *self.shape[1:]), self.dtype)
-        if self.plain and self._pread(lo, hi, out.reshape(-1).view(np.uint8)):
-            return out
-        h5py.Dataset(self.dsid).read_direct(out, np.s_[lo:hi])
+        ds.read_direct(out, np.s_[lo:hi])
         return out
 
-    def _pread(self, lo: int, hi: int, dest: np.ndarray) -> bool:
+    def pieces(self, lo: int, hi: int) -> list[tuple[int, int, int]] | None:
+        """Where rows ``lo:hi`` are: ``(file offset, offset in the rows, bytes)`` each.
+
+        None if HDF5 must read them (not stored plainly, no rows, or in a chunk
+        never written, whose fill value HDF5 knows).
+        """
+        if not self.plain or hi == lo:
+            return None
         rb = self.row_bytes
         if self.chunk_rows == 0:  # contiguous
-            if self.offset is None:
-                return False
-            pieces = [(self.offset + lo * rb, 0, (hi - lo) * rb)]
-        else:
-            c = self.chunk_rows
-            pieces = []
-            for k in range(lo // c, (hi - 1) // c + 1):
-                start, stop = max(lo, k * c), min(hi, (k + 1) * c)
-                base = self._chunk_offset(k)
-                if base is None:  # chunk never written: HDF5 knows the fill value
-                    return False
-                pieces.append((base + (start - k * c) * rb, (start - lo) * rb, (stop - start) * rb))
-        fd = self.files.fd(self.path)
-        for file_offset, at, size in pieces:
-            if os.preadv(fd, [dest[at: at + size]], file_offset) != size:
-                return False
-        return True
+            return None if self.offset is None else [(self.offset + lo * rb, 0, (hi - lo) * rb)]
+        c = self.chunk_rows
+        pieces = []
+        for k in range(lo // c, (hi - 1) // c + 1):
+            start, stop = max(lo, k * c), min(hi, (k + 1) * c)
+            base = self._chunk_offset(k)
+            if base is None:
+                return None
+            pieces.append((base + (start - k * c) * rb, (start - lo) * rb, (stop - start) * rb))
+        return pieces
+
+    def pread(self, lo: int, hi: int, pieces: list[tuple[int, int, int]]) -> np.ndarray | None:
+        """Rows ``lo:hi`` read at ``pieces`` with ``pread`` (no HDF5 calls); None if the file is short."""
+        out = np.empty((hi - lo, *self.shape[1:]), self.dtype)
+        dest = out.reshape(-1).view(np.uint8)
+        with self.files.use(self.path) as fd:
+            for file_offset, at, size in pieces:
+                if os.preadv(fd, [dest[at: at + size]], file_offset) != size:
+                    return None
+        return out
 
 
 def _train_timestamps(run: RunSelection) -> np.ndarray:
@@ -402,16 +478,27 @@ def _generate(readers: list[tuple[str, list[tuple[str, _KeyReader]]]], tids: lis
     pool = ThreadPoolExecutor(READ_THREADS) if len(big) > 1 and READ_THREADS > 1 else None
     try:
         for i, tid in enumerate(tids):
-            if pool is not None:  # read the large blocks this train needs side by side
-                due = [r for r in big if not r.start <= i < r.stop]
-                if len(due) > 1:
-                    for future in [pool.submit(r.fill, i) for r in due]:
-                        future.result()
+            if pool is not None:
+                _fill_side_by_side([r for r in big if not r.start <= i < r.stop], i, pool)
             yield tid, _assemble(readers, i, tid, timestamps[i])
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
         files.close()
+
+
+def _fill_side_by_side(readers: list[_KeyReader], i: int, pool: ThreadPoolExecutor) -> None:
+    """Read the blocks of several keys starting at train position ``i`` in the pool's threads.
+
+    The reads are planned here (HDF5 calls stay in this thread); the threads only ``pread``.
+    """
+    if len(readers) < 2:
+        return
+    blocks = [r.plan(i) for r in readers]
+    for future in [pool.submit(block.fetch) for block in blocks]:
+        future.result()
+    for r, block in zip(readers, blocks, strict=True):
+        r.install(block)
 
 
 def _assemble(readers: list[tuple[str, list[tuple[str, _KeyReader]]]], i: int, tid: int,
