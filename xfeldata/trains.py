@@ -38,6 +38,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
+from itertools import pairwise
 from typing import Any
 
 import h5py
@@ -162,16 +163,21 @@ class _KeyReader:
         values: list[Any] = [None] * (block.stop - block.start)
         for read in block.reads:
             buf = read.result()
-            for t, offset, count in read.trains:
-                values[t] = self._value(buf, offset, count)
+            if self.unwrap and buf.ndim == 1:  # control scalars: all rows to Python at once
+                rows = buf.tolist()
+                if buf.dtype.kind in "OS":
+                    rows = [decode_str(v) for v in rows]
+                for t, offset, _ in read.trains:
+                    values[t] = rows[offset]
+            else:
+                for t, offset, count in read.trains:
+                    values[t] = self._value(buf, offset, count)
         return values
 
     def _value(self, buf: np.ndarray, offset: int, count: int) -> Any:
-        if self.unwrap:  # control data: one row per train
+        if self.unwrap:  # control data: one row per train, an array here
             value = buf[offset]
-            if isinstance(value, np.ndarray):
-                return decode_str(value) if value.dtype.kind in "OS" else value
-            return decode_str(value.item() if isinstance(value, np.generic) else value)
+            return decode_str(value) if value.dtype.kind in "OS" else value
         if count == 1 and not self.keep_dims:
             return buf[offset]
         return buf[offset: offset + count]
@@ -215,25 +221,22 @@ class _Block:
 
 
 def _plan_reads(first: np.ndarray, count: np.ndarray,
-                row_bytes: int) -> list[tuple[int, int, list[int]]]:
+                row_bytes: int) -> list[tuple[int, int, np.ndarray]]:
     """Join the row ranges of several trains into few reads.
 
     Ranges are joined when the rows read in vain between them stay below
-    :data:`MAX_GAP_BYTES`.  Returns ``(start, stop, [entry numbers])`` per read.
+    :data:`MAX_GAP_BYTES`.  Returns ``(start, stop, entry numbers)`` per read.
 
-    >>> _plan_reads(np.array([0, 2, 100]), np.array([2, 2, 1]), 10**6)
+    >>> [(lo, hi, e.tolist()) for lo, hi, e in _plan_reads(np.array([0, 2, 100]),
+    ...                                                    np.array([2, 2, 1]), 10**6)]
     [(0, 4, [0, 1]), (100, 101, [2])]
     """
-    max_gap = MAX_GAP_BYTES // row_bytes
-    reads: list[tuple[int, int, list[int]]] = []
-    for e in np.argsort(first, kind="stable").tolist():
-        lo, hi = int(first[e]), int(first[e] + count[e])
-        if reads and lo >= reads[-1][0] and lo - reads[-1][1] <= max_gap:
-            start, stop, members = reads[-1]
-            reads[-1] = (start, max(stop, hi), members + [e])
-        else:
-            reads.append((lo, hi, [e]))
-    return reads
+    order = np.argsort(first, kind="stable")
+    lo = first[order]
+    reach = np.maximum.accumulate(lo + count[order])  # the end of the rows read so far
+    cuts = (np.flatnonzero(lo[1:] - reach[:-1] > MAX_GAP_BYTES // row_bytes) + 1).tolist()
+    bounds = [0, *cuts, len(order)]
+    return [(int(lo[a]), int(reach[b - 1]), order[a:b]) for a, b in pairwise(bounds)]
 
 
 class _Files:
