@@ -167,6 +167,42 @@ def direct_chunk_reader(rows: list[Rows]) -> tuple[Callable[[], None], Callable[
     return read, op.close, op.useful_bytes()
 
 
+def pread_reader(rows: list[Rows], workers: int | None = None
+                 ) -> tuple[Callable[[], None], Callable[[], None], int]:
+    """``os.preadv`` of exactly the rows (uncompressed, at the offsets HDF5 reports) into
+    one preallocated buffer, on a thread pool: the page cache's copy speed.
+
+    Returns ``(read, close, useful_bytes)``.
+    """
+    op = _Opened(rows)
+    fds = {path: os.open(path, os.O_RDONLY) for path in op.files}
+    pieces, total = [], 0
+    for r, ds in zip(rows, op.datasets, strict=True):
+        row_bytes = int(np.prod(ds.shape[1:])) * ds.dtype.itemsize
+        c = ds.chunks[0]
+        for k in range(r.start // c, (r.stop - 1) // c + 1):
+            lo, hi = max(r.start, k * c), min(r.stop, (k + 1) * c)
+            base = ds.id.get_chunk_info_by_coord((k * c,) + (0,) * (ds.ndim - 1)).byte_offset
+            pieces.append((fds[r.path], base + (lo - k * c) * row_bytes, total, (hi - lo) * row_bytes))
+            total += (hi - lo) * row_bytes
+    buf = np.empty(total, np.uint8)
+    pool = ThreadPoolExecutor(workers or os.cpu_count() or 2)
+
+    def one(piece: tuple) -> None:
+        fd, offset, at, n = piece
+        os.preadv(fd, [buf[at:at + n]], offset)
+
+    def read() -> None:
+        list(pool.map(one, pieces))
+
+    def close() -> None:
+        pool.shutdown()
+        for fd in fds.values():
+            os.close(fd)
+        op.close()
+    return read, close, op.useful_bytes()
+
+
 def threaded_decode_reader(rows: list[Rows], workers: int | None = None,
                            inflater: str = "libdeflate"
                            ) -> tuple[Callable[[], None], Callable[[], None], int]:

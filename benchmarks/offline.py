@@ -216,6 +216,8 @@ def _stacked(ctx: Context, run_dir: Path, corrected: bool) -> CaseResult:
     else:
         readers.append(("read_direct_chunk into a preallocated array", "ceiling",
                         ceilings.direct_chunk_reader))
+        readers.append((f"preadv of just the rows into a preallocated array, {os.cpu_count()} "
+                        "threads", "ref", ceilings.pread_reader))
     for label, role, make in readers:
         fn, close, useful = make(rows)
         try:

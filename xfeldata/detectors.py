@@ -197,6 +197,22 @@ def _module_rows(run: RunSelection, source: str, group: str, train_ids: np.ndarr
     return _ModuleRows(source, counts, pulse_ids, positions, changes)
 
 
+def _repeats_within_trains(counts: np.ndarray, pulse_ids: np.ndarray) -> bool:
+    """True if a pulse ID appears twice among the rows of one train.
+
+    >>> _repeats_within_trains(np.array([2, 2]), np.array([0, 1, 1, 2]))
+    False
+    >>> _repeats_within_trains(np.array([3]), np.array([0, 1, 0]))
+    True
+    """
+    if len(pulse_ids) < 2:
+        return False
+    span = int(pulse_ids.max()) - int(pulse_ids.min()) + 1
+    keys = np.repeat(np.arange(len(counts), dtype=np.int64), counts) * span + (pulse_ids - pulse_ids.min())
+    keys.sort()
+    return bool((keys[1:] == keys[:-1]).any())
+
+
 def _parallel_gain_stages(rows: _ModuleRows, stages: int = 3) -> np.ndarray | None:
     """Gain stage per row if every train stores its pulses ``stages`` times in sequence."""
     stage = np.zeros(len(rows.pulse_ids), np.int64)
@@ -308,8 +324,7 @@ def detector_dataset(
                 stages = None  # each train's pulses stored once: not parallel gain
     if stages is None and xtdf:
         for r in rows.values():
-            pairs = np.unique(np.stack([np.repeat(np.arange(len(r.counts)), r.counts), r.pulse_ids]), axis=1)
-            if pairs.shape[1] != len(r.pulse_ids):
+            if _repeats_within_trains(r.counts, r.pulse_ids):
                 raise ValueError(f"{r.source}: a pulse ID repeats within a train; "
                                  "cannot label frames by pulse ID")
     if xtdf:  # frames go to slots by pulse ID
@@ -460,4 +475,4 @@ def _cell_ids(run: RunSelection, sources: dict[int, str], modules: list[int], ke
         else:
             filled[counts[m] > 0, :, j] = True
     arr = stack_module_blocks(per_part, width, (), not xtdf, 0, info.dtype, f"{key} of {modules}")
-    return da.where(filled, arr.astype(np.int64), -1)
+    return da.where(da.from_array(filled, chunks=arr.chunks), arr.astype(np.int64), -1)
