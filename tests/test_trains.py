@@ -307,25 +307,23 @@ def test_stack_ignores_other_sources_and_empty_modules():
     assert stack_detector_data(lpd, "image.data", device="FXE_DET_LPD1M-1")[:, 2].sum() == a.sum()
 
 
-def _first_file_rows(run_dir: Path, source: str, files: trains_mod._Files) -> trains_mod._Rows:
+def _first_file_rows(run_dir: Path, source: str) -> trains_mod._Rows:
     """The reader of image.data in the run's first file of ``source``."""
     run = xd.open_run(run_dir)
     file_no = int(run.rows(source, "image").file_no[0])
     info = run.file_key_info(file_no, source, "image.data")
     path = run.file(file_no).path
-    return trains_mod._Rows(h5py.h5d.open(handles.get(path).id, info.path.encode()), info, path, files)
+    return trains_mod._Rows(h5py.h5d.open(handles.get(path).id, info.path.encode()), info, path)
 
 
 def test_plain_datasets_are_read_without_hdf5(agipd_raw_run, agipd_corr_run):
     """Uncompressed rows are read with pread; compressed ones go through h5py."""
-    files = trains_mod._Files()
-    raw = _first_file_rows(agipd_raw_run, mod(0), files)
+    raw = _first_file_rows(agipd_raw_run, mod(0))
     assert raw.plain and raw.pieces(1, 4) is not None
     np.testing.assert_array_equal(raw.read(1, 4), h5py.Dataset(raw.dsid)[1:4])
-    corr = _first_file_rows(agipd_corr_run, mod(0, corr=True), files)
+    corr = _first_file_rows(agipd_corr_run, mod(0, corr=True))
     assert not corr.plain and corr.pieces(1, 4) is None
     np.testing.assert_array_equal(corr.read(1, 4), h5py.Dataset(corr.dsid)[1:4])
-    files.close()
 
 
 def test_iteration_survives_the_handle_cache_closing_files(agipd_raw_run, monkeypatch):

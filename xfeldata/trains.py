@@ -21,8 +21,10 @@ Reading is done in blocks: for each key, the rows of many consecutive trains
 are read with one call per file and handed out per train as views of that
 block.  So keeping one train's array alive keeps its block alive; the arrays of
 different trains never overlap.  Uncompressed rows are read with ``pread``
-around HDF5 (see :class:`_Rows`), and large blocks of different keys (detector
-modules) are read by :data:`READ_THREADS` threads side by side.
+around HDF5 (see :class:`_Rows`), through the descriptor of the handle cache's
+open file, and large blocks of different keys (detector modules) are read by
+:data:`READ_THREADS` threads side by side: the iterating thread opens the
+datasets and finds where the rows are, the threads only ``pread``.
 
 Examples
 --------
@@ -34,10 +36,9 @@ Examples
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing, contextmanager
+from contextlib import closing
 from itertools import pairwise
 from typing import Any
 
@@ -89,8 +90,9 @@ class _KeyReader:
     """Rows of one key for consecutive trains, read a block at a time."""
 
     def __init__(self, run: RunSelection, source: str, key: str, rows: _GroupRows,
-                 unwrap: bool, keep_dims: bool, files: _Files | None = None):
-        self.run, self.source, self.key, self.rows, self.files = run, source, key, rows, files
+                 unwrap: bool, keep_dims: bool, userblocks: dict[str, int] | None = None):
+        self.run, self.source, self.key, self.rows = run, source, key, rows
+        self.userblocks = {} if userblocks is None else userblocks  # user block size of each file
         self.unwrap, self.keep_dims = unwrap, keep_dims
         info = run.key_info(source, key)
         self.row_bytes = max(1, int(np.prod(info.entry_shape, dtype=np.int64)) * info.dtype.itemsize)
@@ -116,13 +118,16 @@ class _KeyReader:
                 ds = False
             else:
                 path = self.run.file(file_no).path
+                fid = handles.get(path).id
                 try:
-                    dsid = h5py.h5d.open(handles.get(path).id, info.path.encode())
+                    dsid = h5py.h5d.open(fid, info.path.encode())
                 except KeyError:
                     handles.forget(path)
                     raise OSError(f"{path}: dataset {info.path} ({self.source} {self.key}) "
                                   "is missing from the file") from None
-                ds = _Rows(dsid, info, path, self.files)
+                if path not in self.userblocks:
+                    self.userblocks[path] = fid.get_create_plist().get_userblock()
+                ds = _Rows(dsid, info, path, self.userblocks[path])
             self._datasets[file_no] = ds
         return ds
 
@@ -239,61 +244,6 @@ def _plan_reads(first: np.ndarray, count: np.ndarray,
     return [(int(lo[a]), int(reach[b - 1]), order[a:b]) for a, b in pairwise(bounds)]
 
 
-class _Files:
-    """Our own read-only OS file descriptors, for the rows read with ``pread``.
-
-    Separate from h5py's handles so that the handle cache closing a file can
-    never make us read another file through a reused descriptor.  At most
-    ``maxsize`` stay open unless more are in use (:meth:`use`); :meth:`close`
-    closes them all.
-    """
-
-    def __init__(self, maxsize: int = 64):
-        self.maxsize = maxsize
-        self._fds: dict[str, int] = {}
-        self._users: dict[str, int] = {}
-        self._userblocks: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    @contextmanager
-    def use(self, path: str) -> Iterator[int]:
-        """A descriptor of ``path``, kept open while in use (by any thread)."""
-        with self._lock:
-            fd = self._fds.pop(path, None)
-            if fd is None:
-                fd = os.open(path, os.O_RDONLY)
-                self._make_room()
-            self._fds[path] = fd  # most recently used last
-            self._users[path] = self._users.get(path, 0) + 1
-        try:
-            yield fd
-        finally:
-            with self._lock:
-                self._users[path] -= 1
-
-    def _make_room(self) -> None:
-        """Close the least recently used descriptors not in use, down to ``maxsize - 1``."""
-        for path in list(self._fds):
-            if len(self._fds) < self.maxsize:
-                return
-            if not self._users.get(path):
-                os.close(self._fds.pop(path))
-
-    def userblock(self, path: str, dsid: h5py.h5d.DatasetID) -> int:
-        """The size of the user block of ``path`` (the file that holds ``dsid``)."""
-        size = self._userblocks.get(path)
-        if size is None:
-            size = self._userblocks[path] = h5py.h5i.get_file_id(dsid).get_create_plist().get_userblock()
-        return size
-
-    def close(self) -> None:
-        """Close every descriptor (none may be in use)."""
-        with self._lock:
-            for fd in self._fds.values():
-                os.close(fd)
-            self._fds.clear()
-
-
 class _Rows:
     """Reads rows of one dataset: with ``pread`` where HDF5 stores them plainly.
 
@@ -306,18 +256,17 @@ class _Rows:
     of every sequence file) costs less that way.
     """
 
-    def __init__(self, dsid: h5py.h5d.DatasetID, info: KeyInfo, path: str, files: _Files | None):
-        self.dsid, self.path, self.files = dsid, path, files
+    def __init__(self, dsid: h5py.h5d.DatasetID, info: KeyInfo, path: str, userblock: int = 0):
+        self.dsid, self.path = dsid, path
         self.shape, self.dtype = info.shape, info.dtype
         self.nrows = self.shape[0] if self.shape else 0
         self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
         self.offset: int | None = None  # contiguous layout: where row 0 starts
         self.chunk_rows = 0  # chunked layout: rows per chunk
         self._chunk_offsets: dict[int, int | None] = {}
-        self.plain = (files is not None and not self.dtype.hasobject and self.row_bytes > 0
+        self.plain = (not self.dtype.hasobject and self.row_bytes > 0 and not userblock
                       and info.compression is None and not info.shuffle
-                      and (info.chunks is None or info.chunks[1:] == self.shape[1:])
-                      and not files.userblock(path, dsid))
+                      and (info.chunks is None or info.chunks[1:] == self.shape[1:]))
         if self.plain and info.chunks is None:
             self.offset = dsid.get_offset()
         elif self.plain:
@@ -374,9 +323,11 @@ class _Rows:
         """Rows ``lo:hi`` read at ``pieces`` with ``pread`` (no HDF5 calls); None if the file is short."""
         out = np.empty((hi - lo, *self.shape[1:]), self.dtype)
         dest = out.reshape(-1).view(np.uint8)
-        with self.files.use(self.path) as fd:
+        with handles.use(self.path) as entry:  # kept open (its descriptor valid) meanwhile
+            if entry.fd is None:  # not HDF5's default file driver
+                return None
             for file_offset, at, size in pieces:
-                if os.preadv(fd, [dest[at: at + size]], file_offset) != size:
+                if os.preadv(entry.fd, [dest[at: at + size]], file_offset) != size:
                     return None
         return out
 
@@ -458,7 +409,7 @@ def iter_trains(run: RunSelection, devices: SelectionSpec | None = None,
     readers: list[tuple[str, list[tuple[str, _KeyReader]]]] = []
     group_rows: dict[tuple[str, str], _GroupRows] = {}
     control_sources = set(run.control_sources)
-    files = _Files()
+    userblocks: dict[str, int] = {}
     for source in run.sources:
         control = source in control_sources
         key_readers = []
@@ -467,15 +418,15 @@ def iter_trains(run: RunSelection, devices: SelectionSpec | None = None,
             rows = group_rows.get((source, group))
             if rows is None:
                 rows = group_rows[source, group] = _GroupRows(run, source, group)
-            key_readers.append((key, _KeyReader(run, source, key, rows, control, keep_dims, files)))
+            key_readers.append((key, _KeyReader(run, source, key, rows, control, keep_dims, userblocks)))
         readers.append((source, key_readers))
     all_readers = [kr for _, krs in readers for _, kr in krs]
     _size_blocks(all_readers)
-    return _generate(readers, tids, timestamps, files)
+    return _generate(readers, tids, timestamps)
 
 
 def _generate(readers: list[tuple[str, list[tuple[str, _KeyReader]]]], tids: list[int],
-              timestamps: list[int], files: _Files) -> Iterator[tuple[int, TrainData]]:
+              timestamps: list[int]) -> Iterator[tuple[int, TrainData]]:
     big = [r for _, krs in readers for _, r in krs
            if r.bytes_per_train * r.block_trains >= PARALLEL_MIN_BYTES]
     pool = ThreadPoolExecutor(READ_THREADS) if len(big) > 1 and READ_THREADS > 1 else None
@@ -487,7 +438,6 @@ def _generate(readers: list[tuple[str, list[tuple[str, _KeyReader]]]], tids: lis
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-        files.close()
 
 
 def _fill_side_by_side(readers: list[_KeyReader], i: int, pool: ThreadPoolExecutor) -> None:
