@@ -107,7 +107,8 @@ def test_selecting_on_a_per_key_array_reads_only_the_selected_trains(large_run, 
 @pytest.mark.parametrize("key", [
     (), (slice(None),), (3,), (slice(2, 7), 1), (slice(None, None, 3),), (np.array([0, 5, 9]),),
     (Ellipsis, 0), (slice(1, 4), Ellipsis, slice(0, 2)), (np.arange(10) % 2 == 0, slice(1, 3)),
-    (np.array([5, 2]),), (None, 1), (-1, -1),
+    (np.array([5, 2]),), (None, 1), (-1, -1), (0, slice(None), np.array([0])),
+    (slice(None), slice(1, 3), 0, np.array([1])),
 ])
 def test_a_block_indexed_like_numpy_reads_the_same_as_reading_it_all(large_run, key):
     run = xd.open_run(large_run).isel(trainId=slice(0, 10))

@@ -137,7 +137,7 @@ def _grid_and_entry_key(key: Any, shape: tuple[int, ...], entry_ndim: int) -> tu
     """Split a numpy index into its part on the grid (leading) axes and on the entry axes.
 
     None for keys that :meth:`BlockRead.restrict` cannot apply (new axes, several
-    or unsorted index arrays, multi-dimensional arrays).
+    or unsorted index arrays, an index array with integers, multi-dimensional arrays).
     """
     key = key if isinstance(key, tuple) else (key,)
     if any(k is None for k in key) or sum(k is Ellipsis for k in key) > 1:
@@ -163,8 +163,8 @@ def _grid_and_entry_key(key: Any, shape: tuple[int, ...], entry_ndim: int) -> tu
                 return None
             arrays += 1
             normal.append(a)
-    if arrays > 1:
-        return None
+    if arrays > 1 or (arrays and any(isinstance(k, int) for k in normal)):
+        return None  # numpy would move the broadcast axes: leave it to numpy
     split = len(shape) - entry_ndim
     return tuple(normal[:split]), tuple(normal[split:])
 
