@@ -100,7 +100,8 @@ def test_selecting_on_a_built_detector_reads_only_the_selected_frames(large_run,
 
 def test_selecting_on_a_per_key_array_reads_only_the_selected_trains(large_run, rows_read):
     arr = xd.open_run(large_run)[AGIPD0, "image.data"]
-    arr.isel(trainId=slice(39, 41)).values                     # across two files
+    values = arr.isel(trainId=slice(39, 41)).values            # across two files
+    assert values.shape[:2] == (2, 4)
     assert n_rows([r for r in rows_read if r.key == "image.data"]) == 2 * 4
 
 
