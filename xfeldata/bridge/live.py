@@ -34,16 +34,20 @@ import logging
 import numbers
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
 import zmq
 
 from .. import schema
+from ..arrays import BlockRead, blocks_array
 from ..detectors import choose_detector, detector_kind, stacked_modules
 from ..files.layout import DetectorKind, detector_kind_of_device, group_detector_sources, match_detector_source
 from ..views import merge_variables
@@ -427,6 +431,184 @@ def _parallel_stages(frames: list[tuple[int, np.ndarray]], stages: int = 3) -> l
     return out
 
 
+@dataclass
+class _Frames:
+    """What stacking needs of the buffered trains of one detector.
+
+    Attributes
+    ----------
+    per_train
+        Per kept train, ``{module: (frames, {key: rows (frames, *entry)})}``
+        (JUNGFRAU: one row per train holding every memory cell).
+    modules
+        The stacked module numbers, in order.
+    xtdf
+        Frames are labelled by pulse ID (else the slots are memory cells).
+    pulse_coord
+        The slot axis: sorted pulse IDs (XTDF) or memory cells.
+    pids
+        XTDF: per module, per kept train, ``(frames, pulse ID per frame)``.
+    stages
+        LPD parallel gain: per module, per kept train, the gain stage per frame.
+    """
+
+    per_train: list[dict[int, tuple[int, dict[str, np.ndarray]]]]
+    modules: list[int]
+    xtdf: bool
+    pulse_coord: np.ndarray
+    pids: dict[int, list[tuple[int, np.ndarray]]]
+    stages: dict[int, list[np.ndarray]] | None
+
+
+@dataclass(frozen=True)
+class _PlacedFrames:
+    """One ``(train, module)`` chunk whose frames do not fill the pulse slots in order.
+
+    Built when dask computes the chunk (the form of
+    :class:`xfeldata.arrays.BlockRead`: a ``shape`` and ``__getitem__``).
+
+    Attributes
+    ----------
+    rows
+        The module's frames ``(n, *entry)``, as buffered.
+    slots
+        Pulse slot of every frame.
+    stages
+        Gain stage of every frame (LPD parallel gain), else None.
+    shape
+        The chunk: ``(1, slots, 1, [3,] *entry)``.
+    dtype
+        Of the chunk.
+    fill_value
+        Value of the cells no frame fills; None when the frames cover the chunk.
+    """
+
+    rows: np.ndarray
+    slots: np.ndarray
+    stages: np.ndarray | None
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fill_value: Any
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        """The part of the chunk that ``key`` selects (the whole chunk is built)."""
+        return self.build()[key]
+
+    def build(self) -> np.ndarray:
+        """The chunk with every frame in its slot (and gain stage)."""
+        if self.fill_value is None:
+            out = np.empty(self.shape, self.dtype)
+        else:
+            out = np.full(self.shape, self.fill_value, self.dtype)
+        if self.stages is None:
+            out[0, self.slots, 0] = self.rows
+        else:
+            out[0, self.slots, 0, self.stages] = self.rows
+        return out
+
+
+def _module_frames(frames: _Frames, i: int, m: int, key: str, entry: tuple[int, ...]
+                   ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Frames ``(n, *entry)`` of module ``m`` in kept train ``i`` and their slot labels.
+
+    None where the module has no frames or not the key.  The frames are views
+    of the buffered arrays (a length-1 axis that the stacked entry drops is
+    indexed away).
+    """
+    mods = frames.per_train[i]
+    if m not in mods or key not in mods[m][1] or not mods[m][0]:
+        return None
+    rows = mods[m][1][key]
+    if not frames.xtdf:  # one row holding every memory cell, in order
+        return rows[0], frames.pulse_coord
+    if rows.ndim == len(entry) + 2:
+        rows = rows[:, 0]
+    return rows, frames.pids[m][i][1]
+
+
+def _module_chunk(frames: _Frames, i: int, j: int, key: str, entry: tuple[int, ...],
+                  dtype: np.dtype, fill: Any) -> np.ndarray | _PlacedFrames | BlockRead:
+    """The ``(train i, module position j)`` chunk of a stacked key, without copying frames.
+
+    A view of the buffered frames where they fill the pulse slots in order (the
+    usual case), a :class:`_PlacedFrames` where frames are missing, reordered
+    or stored per gain stage out of that order, and a filled block where the
+    module has no frames.
+    """
+    m = frames.modules[j]
+    n_stages = 3 if frames.stages else 1
+    n_slots = len(frames.pulse_coord)
+    shape = (1, n_slots, 1, *((n_stages,) if frames.stages else ()), *entry)
+    found = _module_frames(frames, i, m, key, entry)
+    if found is None:
+        return BlockRead(shape, dtype, len(entry), fill, ())
+    rows, ids = found
+    in_order = len(ids) == n_slots * n_stages and (ids[:n_slots] == frames.pulse_coord).all()
+    if in_order and frames.stages is None:
+        return rows[np.newaxis, :, np.newaxis]
+    if in_order:  # parallel gain: every stage's pulses in order, one stage after the other
+        return rows.reshape(n_stages, n_slots, *entry).swapaxes(0, 1)[np.newaxis, :, np.newaxis]
+    slots = np.searchsorted(frames.pulse_coord, ids)
+    stages = frames.stages[m][i] if frames.stages else None
+    cells = slots * n_stages + (stages if stages is not None else 0)
+    covered = len(np.unique(cells)) == n_slots * n_stages
+    return _PlacedFrames(rows, slots, stages, shape, dtype, None if covered else fill)
+
+
+def _stacked_array(frames: _Frames, key: str, entry: tuple[int, ...], dtype: np.dtype,
+                   fill: Any) -> da.Array:
+    """One key of every module, ``(train, slot, module, [stage,] *entry)``, as a lazy array.
+
+    One chunk per train and module (:func:`_module_chunk`): building it copies
+    nothing; computing copies only the chunks that a selection touches.  The
+    chunks keep the buffered arrays alive, so the array stays valid while later
+    trains arrive, evict these or the buffer is cleared.
+    """
+    n_trains, n_modules = len(frames.per_train), len(frames.modules)
+    stage_chunks = ((3,),) if frames.stages else ()
+    chunks = (tuple([1] * n_trains), (len(frames.pulse_coord),), tuple([1] * n_modules),
+              *stage_chunks, *((d,) for d in entry))
+    if not n_trains:  # dask's own constructors fail for zero-size arrays
+        return da.from_array(np.empty(tuple(sum(c) for c in chunks), dtype), chunks=-1)
+    blocks = {}
+    for i in range(n_trains):
+        for j in range(n_modules):
+            index = (i, 0, j) + (0,) * (len(stage_chunks) + len(entry))
+            blocks[index] = _module_chunk(frames, i, j, key, entry, dtype, fill)
+    # The name cannot be a token of the contents (hashing them would copy as much
+    # as stacking); each snapshot gets its own.
+    return blocks_array(f"xfeldata-live-{key}-{uuid.uuid4().hex}", blocks, chunks, dtype)
+
+
+def _stacked_entry(shape: tuple[int, ...], xtdf: bool) -> tuple[int, ...]:
+    """The stacked entry of a key's rows ``(n, *shape)``: JUNGFRAU's cells are the slot
+    axis, and raw LPD/DSSC's length-1 axis is dropped."""
+    if not xtdf:
+        return shape[1:]
+    return shape[1:] if len(shape) == 3 and shape[0] == 1 else shape
+
+
+def _cell_ids(frames: _Frames, cell_key: str) -> np.ndarray:
+    """Memory cell IDs ``(trainId, slot, module)`` as int64, -1 where missing."""
+    n_slots = len(frames.pulse_coord)
+    cell_ids = np.full((len(frames.per_train), n_slots, len(frames.modules)), -1, np.int64)
+    for i, mods in enumerate(frames.per_train):
+        for j, m in enumerate(frames.modules):
+            if m not in mods or cell_key not in mods[m][1] or not mods[m][0]:
+                continue
+            cells = mods[m][1][cell_key]
+            if not frames.xtdf:
+                cell_ids[i, :, j] = cells.reshape(n_slots)
+                continue
+            cells = cells.reshape(len(cells), -1)[:, 0].astype(np.int64)
+            ids = frames.pids[m][i][1]
+            if frames.stages:
+                sel = frames.stages[m][i] == 0
+                cells, ids = cells[sel], ids[sel]
+            cell_ids[i, np.searchsorted(frames.pulse_coord, ids), j] = cells
+    return cell_ids
+
+
 def _detector(trains: list[tuple[int, TrainData]], name: str | None, modules: Sequence[int] | None,
               fill_value: Any, require_all_modules: bool, keys: Sequence[str] | None) -> xr.Dataset:
     found = group_detector_sources({s for _, data in trains for s in data})
@@ -482,6 +664,7 @@ def _detector(trains: list[tuple[int, TrainData]], name: str | None, modules: Se
 
     # Pulse slots and (LPD) parallel gain stages
     stages: dict[int, list[np.ndarray]] | None = None
+    pids: dict[int, list[tuple[int, np.ndarray]]] = {}
     if xtdf:
         pids = {m: [(mods[m][0], _pulse_ids(mods[m][1], mods[m][0]).astype(np.int64)) if m in mods
                     else (0, np.zeros(0, np.int64)) for mods in per_train] for m in present_sources}
@@ -501,38 +684,16 @@ def _detector(trains: list[tuple[int, TrainData]], name: str | None, modules: Se
     else:
         first_info = infos.get(data_key) or next(iter(infos.values()))
         pulse_coord = np.arange(first_info[0][0])
-    n_slots = len(pulse_coord)
-
-    def stacked(key: str) -> tuple[np.ndarray, tuple[str, ...]]:
-        entry, dtype = infos[key]
-        fill = schema.detector_fill_value(key, dtype, fill_value)
-        if not xtdf:
-            entry = entry[1:]
-        out = np.full((len(train_ids), n_slots, len(all_modules), *((3,) if stages else ()), *entry),
-                      fill, dtype=dtype)
-        for i, mods in enumerate(per_train):
-            for j, m in enumerate(all_modules):
-                if m not in mods or key not in mods[m][1] or not mods[m][0]:
-                    continue
-                rows = mods[m][1][key]
-                if not xtdf:
-                    out[i, :, j] = rows[0]
-                elif stages:
-                    st = stages[m][i]
-                    for s in range(3):
-                        ids = pids[m][i][1][st == s]
-                        out[i, np.searchsorted(pulse_coord, ids), j, s] = rows[st == s]
-                else:
-                    out[i, np.searchsorted(pulse_coord, pids[m][i][1]), j] = rows
-        if xtdf and len(entry) == 3 and entry[0] == 1:
-            out, entry = out[(slice(None),) * (4 if stages else 3) + (0,)], entry[1:]
-        pixel = schema.detector_pixel_dims(entry)
-        return out, ((schema.GAIN_DIM, *pixel) if stages else pixel)
+    frames = _Frames(per_train, all_modules, xtdf, pulse_coord, pids, stages)
 
     variables, pixel_dims = {}, {}
-    for key in infos:
+    for key, (shape, dtype) in infos.items():
         var = schema.DETECTOR_VARIABLES.get(key, key)
-        variables[var], pixel_dims[var] = stacked(key)
+        entry = _stacked_entry(shape, xtdf)
+        fill = schema.detector_fill_value(key, dtype, fill_value)
+        variables[var] = _stacked_array(frames, key, entry, dtype, fill)
+        pixel = schema.detector_pixel_dims(entry)
+        pixel_dims[var] = (schema.GAIN_DIM, *pixel) if stages else pixel
 
     present = np.zeros((len(train_ids), len(all_modules)), bool)
     for i, mods in enumerate(per_train):
@@ -540,23 +701,7 @@ def _detector(trains: list[tuple[int, TrainData]], name: str | None, modules: Se
             present[i, j] = m in mods and mods[m][0] > 0
 
     cell_key = f"{group}.cellId" if xtdf else "data.memoryCell"
-    cell_ids = None
-    if cell_key in first_keys:
-        cell_ids = np.full((len(train_ids), n_slots, len(all_modules)), -1, np.int64)
-        for i, mods in enumerate(per_train):
-            for j, m in enumerate(all_modules):
-                if m not in mods or cell_key not in mods[m][1] or not mods[m][0]:
-                    continue
-                cells = mods[m][1][cell_key]
-                if not xtdf:
-                    cell_ids[i, :, j] = cells.reshape(n_slots)
-                    continue
-                cells = cells.reshape(len(cells), -1)[:, 0].astype(np.int64)
-                ids = pids[m][i][1]
-                if stages:
-                    sel = stages[m][i] == 0
-                    cells, ids = cells[sel], ids[sel]
-                cell_ids[i, np.searchsorted(pulse_coord, ids), j] = cells
+    cell_ids = _cell_ids(frames, cell_key) if cell_key in first_keys else None
 
     first_dtype = (infos.get(data_key) or next(iter(infos.values())))[1]
     attrs = {
