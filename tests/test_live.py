@@ -7,7 +7,9 @@ bounded in time and every loop in count.
 from __future__ import annotations
 
 import threading
+import tracemalloc
 
+import dask.array as da
 import msgpack
 import numpy as np
 import pandas as pd
@@ -21,6 +23,7 @@ from xfeldata.bridge import Client, LiveBuffer, ProtocolError, Simulator, encode
 pytestmark = pytest.mark.timeout(60)
 
 AGIPD0 = "SPB_DET_AGIPD1M-1/DET/0CH0:xtdf"
+AGIPD_CORR = "SPB_DET_AGIPD1M-1/CORR/{}CH0:output"
 
 
 def receive(trains, ntrains: int, maxlen: int = 100, **serve_kw) -> LiveBuffer:
@@ -193,6 +196,114 @@ def test_client_passed_in_and_argument_checks():
     with pytest.raises(RuntimeError, match="not running"):
         buf.clear()
         buf.wait(1, timeout=1)
+
+
+# -- lazy stacking: buffers fed with add() as the receiving thread feeds them (no sockets) --
+
+
+def fed(trains, maxlen: int = 10) -> LiveBuffer:
+    """A buffer that is never started, fed with ``(data, metadata)`` pairs."""
+    buf = LiveBuffer("tcp://127.0.0.1:1", maxlen=maxlen)
+    for data, meta in trains:
+        buf.add(data, meta)
+    return buf
+
+
+def with_frames(train, source: str, order) -> tuple[dict, dict]:
+    """A copy of a train whose ``source`` has the frames ``order`` (indices) of every image.* key."""
+    data, meta = train
+    props = {k: (v[order] if k.startswith("image.") else v) for k, v in data[source].items()}
+    return {**data, source: props}, meta
+
+
+def test_detector_is_lazy_and_stays_valid_after_eviction_and_clear():
+    sim = Simulator("AGIPD", modules=[0, 2], frames=4, slow=False)
+    tids = [sim.first_train_id + i for i in range(3)]
+    buf = fed([sim.train(t) for t in tids], maxlen=3)
+    tracemalloc.start()
+    try:
+        ds = buf.detector(modules=[0, 1, 2])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    data = ds["image.data"].data
+    assert isinstance(data, da.Array) and data.numblocks == (3, 1, 3, 1, 1, 1)  # a chunk per train x module
+    assert peak < data.nbytes / 10  # building copied no frames
+    buffered = buf.train(tids[0])[0][AGIPD0]["image.data"]
+    assert not buffered.flags.writeable  # what the Dataset reads cannot be changed through the buffer
+    computed = ds["image.data"].isel(trainId=0, module=0).values
+    assert computed.flags.writeable and not np.shares_memory(computed, buffered)
+
+    for t in range(tids[-1] + 1, tids[-1] + 4):  # evicts every train of ds
+        buf.add(*sim.train(t))
+    assert buf.trains_evicted == 3
+    buf.clear()
+    values = ds["image.data"].values
+    for i, t in enumerate(tids):
+        sent, _ = sim.train(t)
+        for j, m in enumerate([0, 1, 2]):
+            expected = sent[sim.kind.source(m)]["image.data"] if m != 1 else 0
+            np.testing.assert_array_equal(values[i, :, j], expected)
+    assert (ds.cellId.sel(module=1) == -1).all() and ds.present.sel(module=[0, 2]).all()
+
+
+def test_added_arrays_stay_writeable_for_their_owner():
+    sim = Simulator("AGIPD", modules=[0], frames=2, slow=False)
+    data, meta = sim.train(5)
+    buf = fed([(data, meta)])
+    assert data[AGIPD0]["image.data"].flags.writeable
+    assert not buf.train(5)[0][AGIPD0]["image.data"].flags.writeable
+
+
+def test_reordered_and_missing_frames_are_placed_by_pulse_id():
+    sim = Simulator("AGIPD", raw=False, modules=[0, 1], frames=4, slow=False)
+    tids = [sim.first_train_id + i for i in range(3)]
+    plain = fed([sim.train(t) for t in tids]).detector()
+    reordered = [with_frames(sim.train(tids[0]), AGIPD_CORR.format(1), [3, 1, 0, 2]),
+                 sim.train(tids[1]),
+                 with_frames(sim.train(tids[2]), AGIPD_CORR.format(0), [3, 2, 1, 0])]
+    xr.testing.assert_identical(fed(reordered).detector(), plain)
+
+    gaps = [with_frames(sim.train(tids[0]), AGIPD_CORR.format(1), [2, 0, 1]),  # frame 3 missing
+            *[sim.train(t) for t in tids[1:]]]
+    ds = fed(gaps).detector(modules=[0, 1], fill_value=-5)
+    missing = {"trainId": tids[0], "module": 1, "pulseId": plain.pulseId[3]}
+    assert (ds["image.data"].sel(missing) == -5).all() and (ds["image.mask"].sel(missing) == 0).all()
+    assert ds.cellId.sel(missing) == -1
+    others = ~((ds.trainId == tids[0]) & (ds.module == 1) & (ds.pulseId == plain.pulseId[3]))
+    xr.testing.assert_equal(ds.where(others), plain.sel(module=[0, 1]).where(others))  # attrs: fill_value
+    xr.testing.assert_equal(ds.isel(trainId=[0], pulseId=[1, 3]).compute(),
+                            ds.compute().isel(trainId=[0], pulseId=[1, 3]))
+
+
+def parallel_gain(train, order) -> tuple[dict, dict]:
+    """An LPD train whose frames are stored three times (gain stages 0, 1, 2: data + stage),
+    each stage with the frames ``order``."""
+    data, meta = train
+    out = {}
+    for source, props in data.items():
+        stages = []
+        for s in range(3):
+            stage = {k: v[order] for k, v in props.items() if k.startswith("image.")}
+            stage["image.data"] = stage["image.data"] + np.uint16(s)
+            stages.append(stage)
+        out[source] = {**props, **{k: np.concatenate([st[k] for st in stages]) for k in stages[0]}}
+    return out, meta
+
+
+def test_lpd_parallel_gain_in_order_and_reordered():
+    sim = Simulator("LPD", modules=[0, 3], frames=3, slow=False)
+    tids = [sim.first_train_id + i for i in range(2)]
+    ds = fed([parallel_gain(sim.train(t), [0, 1, 2]) for t in tids]).detector(modules=[0, 3])
+    assert ds["image.data"].dims == ("trainId", "pulseId", "module", "gain", "slow_scan", "fast_scan")
+    assert ds.attrs["frames_per_pulse"] == 3
+    for i, t in enumerate(tids):
+        frames = sim.train(t)[0][sim.kind.source(3)]["image.data"][:, 0]
+        for s in range(3):
+            np.testing.assert_array_equal(ds["image.data"].isel(trainId=i, gain=s).sel(module=3), frames + s)
+    reordered = fed([parallel_gain(sim.train(tids[0]), [2, 0, 1]),
+                     parallel_gain(sim.train(tids[1]), [0, 1, 2])]).detector(modules=[0, 3])
+    xr.testing.assert_identical(reordered, ds)
 
 
 # -- the acceptance test: a run served from files equals the run opened from files -----

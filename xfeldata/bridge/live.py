@@ -62,6 +62,15 @@ TrainData = dict[str, dict[str, Any]]
 _MAX_TID = 2**64 - 1
 
 
+def _read_only(value: Any) -> Any:
+    """A read-only view of a writeable array (the array itself stays writeable);
+    other values as they are."""
+    if isinstance(value, np.ndarray) and value.flags.writeable:
+        value = value.view()
+        value.flags.writeable = False
+    return value
+
+
 def _valid_tid(value: Any) -> int | None:
     """A train ID from untrusted metadata: a non-negative 64-bit integer, else None."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -220,6 +229,10 @@ class LiveBuffer:
         sources disagree counts in :attr:`mismatched_trains`, and each source
         goes to its own train.  Sources without a valid train ID go with the
         message's most common one; a message without any is an error.
+
+        Arrays are kept without copying, as read-only views: Datasets built
+        by :meth:`detector` read them when computed, after later trains came.
+        A caller that adds arrays itself must not modify them afterwards.
         """
         tids = {}
         for source in data:
@@ -258,7 +271,7 @@ class LiveBuffer:
                 self.trains_evicted += 1
                 self._oldest_evicted = max(oldest, self._oldest_evicted or 0)
         data, metadata = self._trains[tid]
-        data[source] = dict(props)
+        data[source] = {k: _read_only(v) for k, v in props.items()}
         metadata[source] = dict(meta)
 
     def wait(self, ntrains: int = 1, timeout: float = 10) -> LiveBuffer:
@@ -305,7 +318,10 @@ class LiveBuffer:
             return len(self._trains)
 
     def train(self, train_id: int) -> tuple[TrainData, TrainData]:
-        """The buffered ``(data, metadata)`` of one train (``KeyError`` if not buffered)."""
+        """The buffered ``(data, metadata)`` of one train (``KeyError`` if not buffered).
+
+        Arrays are read-only views of the received data.
+        """
         with self._cond:
             data, metadata = self._trains[int(train_id)]
             return dict(data), dict(metadata)
@@ -334,7 +350,12 @@ class LiveBuffer:
             ``image.data`` (and ``image.mask``, ``image.gain``)
             ``(trainId, pulseId, module, [gain,] slow_scan, fast_scan)``
             (JUNGFRAU: ``cell``), ``present (trainId, module)``, ``cellId``
-            (int64, -1 where missing).  numpy-backed.
+            (int64, -1 where missing).  The pixel variables are dask arrays
+            with one chunk per train and module, views of the buffered arrays:
+            building copies nothing, and computing copies only what a selection
+            touches.  The Dataset keeps its trains' arrays alive, so it stays
+            valid when later trains evict them or the buffer is cleared.
+            ``present`` and ``cellId`` are numpy arrays.
 
         Examples
         --------
