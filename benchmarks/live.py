@@ -4,7 +4,11 @@ The buffer is fed in-process with :meth:`LiveBuffer.add` (what its receiving
 thread calls after decoding a message), so the figure is the buffer's own
 latency, without the socket transfer measured by the bridge case.  The buffer
 already holds ``maxlen - 1`` trains, so each measurement files one new train and
-stacks the ``maxlen`` buffered trains of all 16 modules.  No peer has this.
+builds the Dataset of the ``maxlen`` buffered trains of all 16 modules.  The
+Dataset is lazy (one dask chunk per train and module, views of the buffered
+frames), so that figure is the build; two ref lines add computing values: the
+newest train only (what a live display reads), and every buffered train (one
+copy of all frames into one array).  No peer has this.
 """
 
 from __future__ import annotations
@@ -51,6 +55,11 @@ def case_live(ctx: Context) -> list[CaseResult]:
                                setup=setup, nbytes=nbytes))
     res.timings.append(measure("detector() alone", "ref", buf.detector, ctx.repeat,
                                nbytes=nbytes))
+    res.timings.append(measure("detector(), newest train computed", "ref",
+                               lambda: buf.detector()["image.data"].isel(trainId=-1).values,
+                               ctx.repeat, nbytes=nbytes // MAXLEN))
+    res.timings.append(measure("detector().compute(), every train", "ref",
+                               lambda: buf.detector().compute(), ctx.repeat, nbytes=nbytes))
     if ds is not None:
         res.notes.append(f"Dataset {dict(ds.sizes)}; newest train {tid} present: "
                          f"{int(ds.trainId[-1]) == tid}; at 10 trains/s the budget is 100 ms")
