@@ -64,7 +64,7 @@ def test_rows_in_a_chunk_never_written_are_left_to_hdf5(layouts):
 def test_a_layout_past_the_end_of_a_truncated_file_reads_nothing_and_says_so(layouts):
     with h5py.File(layouts, "r") as f:
         layout = plain_layout(f["contiguous"])
-        beyond = PlainLayout(layout.nrows, layout.row_bytes, offset=layouts.stat().st_size)
+        beyond = PlainLayout(None, layout.nrows, layout.row_bytes, offset=layouts.stat().st_size)
         assert not pread_rows(f.id.get_vfd_handle(), beyond, 0, 1, np.zeros((1, 2, 3), np.uint16))
 
 

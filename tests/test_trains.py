@@ -319,10 +319,10 @@ def _first_file_rows(run_dir: Path, source: str) -> trains_mod._Rows:
 def test_plain_datasets_are_read_without_hdf5(agipd_raw_run, agipd_corr_run):
     """Uncompressed rows are read with pread; compressed ones go through h5py."""
     raw = _first_file_rows(agipd_raw_run, mod(0))
-    assert raw.plain and raw.pieces(1, 4) is not None
+    assert raw.layout is not None and raw.pieces(1, 4) is not None
     np.testing.assert_array_equal(raw.read(1, 4), h5py.Dataset(raw.dsid)[1:4])
     corr = _first_file_rows(agipd_corr_run, mod(0, corr=True))
-    assert not corr.plain and corr.pieces(1, 4) is None
+    assert corr.layout is None and corr.pieces(1, 4) is None
     np.testing.assert_array_equal(corr.read(1, 4), h5py.Dataset(corr.dsid)[1:4])
 
 

@@ -49,6 +49,7 @@ from .errors import DataIndexError, PropertyNameError
 from .files.handles import handles
 from .files.index import KeyInfo, decode_str
 from .files.layout import detector_kind_of_device, group_detector_sources
+from .files.plain import layout_of, pread_pieces
 from .run import RunSelection, SelectionSpec
 from .schema import fill_value_for
 
@@ -248,40 +249,26 @@ class _Rows:
     """Reads rows of one dataset: with ``pread`` where HDF5 stores them plainly.
 
     Unfiltered datasets of fixed-size types, contiguous or chunked along rows
-    only, hold each row's bytes in one piece of the file.  Those rows are read
-    with :func:`os.preadv` straight into the result, without HDF5's selection
-    machinery and its global lock; everything else goes through h5py.  The
-    layout and filters come from the file's index (``info``) and the dataset is
-    held by its low-level identifier: opening thousands of datasets (every key
-    of every sequence file) costs less that way.
+    only, hold each row's bytes in one piece of the file
+    (:class:`~xfeldata.files.plain.PlainLayout`).  Those rows are read with
+    :func:`~xfeldata.files.plain.pread_rows` straight into the result, without
+    HDF5's selection machinery and its global lock; everything else goes
+    through h5py.  The layout and filters come from the file's index (``info``)
+    and the dataset is held by its low-level identifier: opening thousands of
+    datasets (every key of every sequence file) costs less that way.
     """
 
     def __init__(self, dsid: h5py.h5d.DatasetID, info: KeyInfo, path: str, userblock: int = 0):
         self.dsid, self.path = dsid, path
         self.shape, self.dtype = info.shape, info.dtype
         self.nrows = self.shape[0] if self.shape else 0
-        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
-        self.offset: int | None = None  # contiguous layout: where row 0 starts
-        self.chunk_rows = 0  # chunked layout: rows per chunk
-        self._chunk_offsets: dict[int, int | None] = {}
-        self.plain = (not self.dtype.hasobject and self.row_bytes > 0 and not userblock
-                      and info.compression is None and not info.shuffle
-                      and (info.chunks is None or info.chunks[1:] == self.shape[1:]))
-        if self.plain and info.chunks is None:
-            self.offset = dsid.get_offset()
-        elif self.plain:
-            self.chunk_rows = info.chunks[0]
+        self.layout = layout_of(dsid, info.shape, info.dtype, info.chunks,
+                                info.compression is not None or info.shuffle, userblock)
 
     @property
     def name(self) -> str:
         """The dataset's path in its file."""
         return h5py.h5i.get_name(self.dsid).decode()
-
-    def _chunk_offset(self, k: int) -> int | None:
-        if k not in self._chunk_offsets:
-            coord = (k * self.chunk_rows,) + (0,) * (len(self.shape) - 1)
-            self._chunk_offsets[k] = self.dsid.get_chunk_info_by_coord(coord).byte_offset
-        return self._chunk_offsets[k]
 
     def read(self, lo: int, hi: int) -> np.ndarray:
         """Rows ``lo:hi`` as a new array."""
@@ -299,36 +286,19 @@ class _Rows:
         return out
 
     def pieces(self, lo: int, hi: int) -> list[tuple[int, int, int]] | None:
-        """Where rows ``lo:hi`` are: ``(file offset, offset in the rows, bytes)`` each.
-
-        None if HDF5 must read them (not stored plainly, no rows, or in a chunk
-        never written, whose fill value HDF5 knows).
-        """
-        if not self.plain or hi == lo:
+        """Where rows ``lo:hi`` are (see :meth:`PlainLayout.pieces`); None if HDF5
+        must read them.  Asks HDF5 (under its lock) for chunk offsets not seen yet,
+        so call it in the iterating thread."""
+        if self.layout is None or hi == lo:
             return None
-        rb = self.row_bytes
-        if self.chunk_rows == 0:  # contiguous
-            return None if self.offset is None else [(self.offset + lo * rb, 0, (hi - lo) * rb)]
-        c = self.chunk_rows
-        pieces = []
-        for k in range(lo // c, (hi - 1) // c + 1):
-            start, stop = max(lo, k * c), min(hi, (k + 1) * c)
-            base = self._chunk_offset(k)
-            if base is None:
-                return None
-            pieces.append((base + (start - k * c) * rb, (start - lo) * rb, (stop - start) * rb))
-        return pieces
+        return self.layout.pieces(lo, hi)
 
     def pread(self, lo: int, hi: int, pieces: list[tuple[int, int, int]]) -> np.ndarray | None:
         """Rows ``lo:hi`` read at ``pieces`` with ``pread`` (no HDF5 calls); None if the file is short."""
         out = np.empty((hi - lo, *self.shape[1:]), self.dtype)
-        dest = out.reshape(-1).view(np.uint8)
         with handles.use(self.path) as entry:  # kept open (its descriptor valid) meanwhile
-            if entry.fd is None:  # not HDF5's default file driver
+            if entry.fd is None or not pread_pieces(entry.fd, pieces, out):  # not HDF5's sec2 driver
                 return None
-            for file_offset, at, size in pieces:
-                if os.preadv(entry.fd, [dest[at: at + size]], file_offset) != size:
-                    return None
         return out
 
 

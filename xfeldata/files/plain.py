@@ -19,33 +19,45 @@ True
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import h5py
 import numpy as np
 
 
-@dataclass(frozen=True)
 class PlainLayout:
     """Where a plainly stored dataset's rows are in its file.
 
-    Attributes
+    Chunk offsets are asked of HDF5 once per chunk, when first needed.
+
+    Parameters
     ----------
+    dsid
+        The dataset's low-level identifier (chunked layout; may be None for contiguous).
     nrows, row_bytes
         The dataset's rows and the bytes of one row.
     offset
         Contiguous layout: the file offset of row 0 (None for chunked layout).
     chunk_rows
         Chunked layout: rows per chunk (0 for contiguous layout).
-    chunk_offsets
-        Chunked layout: the file offset of each chunk, -1 where HDF5 never wrote it.
     """
 
-    nrows: int
-    row_bytes: int
-    offset: int | None = None
-    chunk_rows: int = 0
-    chunk_offsets: np.ndarray | None = None
+    def __init__(self, dsid: h5py.h5d.DatasetID | None, nrows: int, row_bytes: int,
+                 offset: int | None = None, chunk_rows: int = 0):
+        self.dsid, self.nrows, self.row_bytes = dsid, nrows, row_bytes
+        self.offset, self.chunk_rows = offset, chunk_rows
+        self._chunk_offsets: dict[int, int | None] = {}
+
+    def __repr__(self) -> str:
+        where = f"offset={self.offset}" if self.offset is not None else f"chunk_rows={self.chunk_rows}"
+        return f"PlainLayout(nrows={self.nrows}, row_bytes={self.row_bytes}, {where})"
+
+    def chunk_offset(self, k: int) -> int | None:
+        """File offset of chunk ``k`` (along the rows); None if HDF5 never wrote it."""
+        if k not in self._chunk_offsets:
+            coord = (k * self.chunk_rows,) + (0,) * (len(self.dsid.shape) - 1)
+            info = self.dsid.get_chunk_info_by_coord(coord)
+            self._chunk_offsets[k] = info.byte_offset if info.filter_mask == 0 else None
+        return self._chunk_offsets[k]
 
     def pieces(self, lo: int, hi: int) -> list[tuple[int, int, int]] | None:
         """``(file offset, offset in the destination, bytes)`` of rows ``lo:hi``.
@@ -53,10 +65,8 @@ class PlainLayout:
         None if some of the rows are in a chunk that was never written (HDF5
         knows its fill value).
 
-        >>> PlainLayout(10, 4, offset=100).pieces(2, 5)
+        >>> PlainLayout(None, 10, 4, offset=100).pieces(2, 5)
         [(108, 0, 12)]
-        >>> PlainLayout(10, 4, chunk_rows=4, chunk_offsets=np.array([0, 64, -1])).pieces(3, 6)
-        [(12, 0, 4), (64, 4, 8)]
         """
         rb = self.row_bytes
         if self.offset is not None:
@@ -65,23 +75,29 @@ class PlainLayout:
         pieces = []
         for k in range(lo // c, (hi - 1) // c + 1):
             start, stop = max(lo, k * c), min(hi, (k + 1) * c)
-            base = int(self.chunk_offsets[k]) if k < len(self.chunk_offsets) else -1
-            if base < 0:
+            base = self.chunk_offset(k)
+            if base is None:
                 return None
             pieces.append((base + (start - k * c) * rb, (start - lo) * rb, (stop - start) * rb))
         return pieces
 
 
-def _chunk_offsets(dsid: h5py.h5d.DatasetID, nchunks: int, chunk_rows: int) -> np.ndarray:
-    """File offset of every chunk along the rows (-1: not written)."""
-    offsets = np.full(nchunks, -1, np.int64)
-
-    def visit(info: h5py.h5d.StoreInfo) -> None:
-        if info.filter_mask == 0 and info.byte_offset is not None:
-            offsets[info.chunk_offset[0] // chunk_rows] = info.byte_offset
-
-    dsid.chunk_iter(visit)
-    return offsets
+def layout_of(dsid: h5py.h5d.DatasetID, shape: tuple[int, ...], dtype: np.dtype,
+              chunks: tuple[int, ...] | None, filtered: bool, userblock: int) -> PlainLayout | None:
+    """The plain layout of a dataset from facts already known (e.g. its file index
+    entry), else None: filters, a user block, a type that is not fixed-size
+    numbers, or chunks that split rows rule ``pread`` out."""
+    if filtered or userblock or not shape or dtype.kind not in "biufc" or dtype.metadata:
+        return None
+    row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+    if row_bytes == 0:
+        return None
+    if chunks is None:
+        offset = dsid.get_offset()
+        return None if offset is None else PlainLayout(dsid, shape[0], row_bytes, offset=offset)
+    if tuple(chunks[1:]) != tuple(shape[1:]):
+        return None
+    return PlainLayout(dsid, shape[0], row_bytes, chunk_rows=chunks[0])
 
 
 def plain_layout(ds: h5py.Dataset) -> PlainLayout | None:
@@ -93,31 +109,21 @@ def plain_layout(ds: h5py.Dataset) -> PlainLayout | None:
     Examples
     --------
     >>> plain_layout(f["INSTRUMENT/SPB_DET_AGIPD1M-1/DET/0CH0:xtdf/image/data"])  # doctest: +SKIP
-    PlainLayout(nrows=200, row_bytes=262144, offset=None, chunk_rows=32, ...)
+    PlainLayout(nrows=200, row_bytes=262144, chunk_rows=32)
     """
-    if not ds.shape or ds.dtype.kind not in "biufc" or ds.dtype.metadata:
-        return None
-    row_bytes = int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize
-    nrows = ds.shape[0]
     try:
         plist = ds.id.get_create_plist()
-        if plist.get_nfilters() or ds.file.userblock_size or row_bytes == 0:
-            return None
         layout = plist.get_layout()
-        if layout == h5py.h5d.CONTIGUOUS:
-            offset = ds.id.get_offset()
-            return None if offset is None else PlainLayout(nrows, row_bytes, offset=offset)
-        if layout == h5py.h5d.CHUNKED and ds.chunks[1:] == ds.shape[1:]:
-            c = ds.chunks[0]
-            return PlainLayout(nrows, row_bytes, chunk_rows=c,
-                               chunk_offsets=_chunk_offsets(ds.id, -(-nrows // c), c))
+        if layout not in (h5py.h5d.CONTIGUOUS, h5py.h5d.CHUNKED):
+            return None
+        return layout_of(ds.id, ds.shape, ds.dtype, ds.chunks, bool(plist.get_nfilters()),
+                         ds.file.userblock_size)
     except (AttributeError, ValueError, RuntimeError):  # an h5py or HDF5 without these calls
         return None
-    return None
 
 
 def pread_rows(fd: int, layout: PlainLayout, lo: int, hi: int, dest: np.ndarray) -> bool:
-    """Read rows ``lo:hi`` into ``dest`` (C-contiguous, the dataset's dtype and row shape).
+    """Read rows ``lo:hi`` into ``dest`` (C-contiguous, the dataset's dtype and row size).
 
     Returns False, having read nothing useful, if a chunk was never written or the
     file is shorter than the layout says; the caller then reads through HDF5.
@@ -125,8 +131,14 @@ def pread_rows(fd: int, layout: PlainLayout, lo: int, hi: int, dest: np.ndarray)
     if hi <= lo:
         return True
     pieces = layout.pieces(lo, hi)
-    if pieces is None:
-        return False
+    return pieces is not None and pread_pieces(fd, pieces, dest)
+
+
+def pread_pieces(fd: int, pieces: list[tuple[int, int, int]], dest: np.ndarray) -> bool:
+    """Read ``(file offset, offset in dest, bytes)`` pieces into ``dest`` with ``preadv``.
+
+    False if the file ends early.  No HDF5 call: safe on any thread.
+    """
     flat = dest.reshape(-1).view(np.uint8)
     for file_offset, at, size in pieces:
         if os.preadv(fd, [flat[at: at + size]], file_offset) != size:
