@@ -59,6 +59,8 @@ __all__ = ["LiveBuffer"]
 log = logging.getLogger(__name__)
 
 TrainData = dict[str, dict[str, Any]]
+#: Values that detector views stack (numbers and arrays).
+_VALUE_TYPES = (np.ndarray, numbers.Number)
 _MAX_TID = 2**64 - 1
 
 
@@ -418,7 +420,7 @@ def _xtdf_rows(props: Mapping[str, Any], kind: DetectorKind | None) -> tuple[int
     train do): the detector kind's frame shape tells whether it was dropped.
     """
     image = {k: np.asarray(v) for k, v in props.items() if k.startswith("image.")
-             and isinstance(v, np.ndarray | numbers.Number)}
+             and isinstance(v, _VALUE_TYPES)}
     data = image.get("image.data")
     single = False
     if data is not None and kind is not None:
@@ -653,7 +655,7 @@ def _detector(trains: list[tuple[int, TrainData]], name: str | None, modules: Se
                 mods[m] = _xtdf_rows(props, kind)
             else:
                 values = {k: np.asarray(v)[np.newaxis] for k, v in props.items()
-                          if k.startswith("data.") and isinstance(v, np.ndarray | numbers.Number)}
+                          if k.startswith("data.") and isinstance(v, _VALUE_TYPES)}
                 mods[m] = (1 if data_key in values else 0, values)
         per_train.append(mods)
 
@@ -781,8 +783,11 @@ def _key_variables(source: str, key: str, found: list[tuple[int, Any]],
                 pulse_ids, positional = np.arange(max(counts)), True
                 slots = [np.arange(len(v)) for _, v in found]
             first = np.asarray(found[0][1])
-            data = np.full((len(found), len(pulse_ids), *first.shape[1:]),
-                           _default_fill(first.dtype), dtype=first.dtype)
+            shape = (len(found), len(pulse_ids), *first.shape[1:])
+            if all(len(s) == len(pulse_ids) for s in slots):  # every slot of every train filled
+                data = np.empty(shape, first.dtype)
+            else:
+                data = np.full(shape, _default_fill(first.dtype), dtype=first.dtype)
             for i, ((_, v), s) in enumerate(zip(found, slots, strict=True)):
                 data[i, s] = v
     else:
