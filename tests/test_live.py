@@ -255,6 +255,18 @@ def test_added_arrays_stay_writeable_for_their_owner():
     assert not buf.train(5)[0][AGIPD0]["image.data"].flags.writeable
 
 
+def test_no_common_train_gives_empty_lazy_variables():
+    first = Simulator("AGIPD", modules=[0], frames=2, slow=False)
+    second = Simulator("AGIPD", modules=[1], frames=2, slow=False)
+    buf = fed([first.train(1), second.train(2)])
+    ds = buf.detector(modules=[0, 1], require_all_modules=True)
+    assert isinstance(ds["image.data"].data, da.Array)
+    assert ds.compute()["image.data"].shape == (0, 0, 2, 2, 512, 128)
+    ds = buf.detector(modules=[0, 1])
+    assert ds["image.data"].data.numblocks == (2, 1, 2, 1, 1, 1)
+    np.testing.assert_array_equal(ds.present.values, [[1, 0], [0, 1]])
+
+
 def test_reordered_and_missing_frames_are_placed_by_pulse_id():
     sim = Simulator("AGIPD", raw=False, modules=[0, 1], frames=4, slow=False)
     tids = [sim.first_train_id + i for i in range(3)]

@@ -483,7 +483,7 @@ class _Frames:
     stages: dict[int, list[np.ndarray]] | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays: compared and hashed by identity
 class _PlacedFrames:
     """One ``(train, module)`` chunk whose frames do not fill the pulse slots in order.
 
