@@ -57,8 +57,14 @@ def direct_readable(ds: h5py.Dataset) -> bool:
     return _direct_filters(ds) is not None
 
 
-def _decode(raw: bytes | memoryview, filters: tuple[int, ...], nbytes: int, itemsize: int) -> np.ndarray:
-    """Undo the filter pipeline of one chunk: inflate, then unshuffle."""
+def _decode(raw: bytes | memoryview, filters: tuple[int, ...], nbytes: int, itemsize: int,
+            out: np.ndarray | None = None) -> np.ndarray:
+    """Undo the filter pipeline of one chunk: inflate, then unshuffle.
+
+    ``out`` (``nbytes`` uint8, contiguous), if given, receives the last step's
+    result where that step can write into place; the decoded chunk is returned
+    either way.
+    """
     buf = np.frombuffer(raw, np.uint8)
     if _GZIP in filters:
         if deflate is not None:
@@ -71,7 +77,7 @@ def _decode(raw: bytes | memoryview, filters: tuple[int, ...], nbytes: int, item
                 buf[:] = np.frombuffer(zlib.decompress(raw), np.uint8)
     if _SHUFFLE in filters and itemsize > 1:
         if zlib_into is not None:
-            plain = np.empty(nbytes, np.uint8)
+            plain = np.empty(nbytes, np.uint8) if out is None else out
             zlib_into.unshuffle(buf, plain, itemsize)
             buf = plain
         else:
@@ -119,8 +125,11 @@ def read_rows_into(ds: h5py.Dataset, start: int, stop: int, dest: np.ndarray,
             if mask:  # some filter was skipped for this chunk: let HDF5 decode it
                 ds.read_direct(dest, np.s_[lo:hi], np.s_[lo - start:hi - start])
                 continue
-            chunk = _decode(raw, filters, chunk_bytes, ds.dtype.itemsize) if filters \
+            in_place = flat_dest[a:b] if hi - lo == rows_per_chunk else None
+            chunk = _decode(raw, filters, chunk_bytes, ds.dtype.itemsize, in_place) if filters \
                 else np.frombuffer(raw, np.uint8)
+            if chunk is in_place:
+                continue  # a whole chunk, unshuffled straight into place
             if decoded is not None and (lo > chunk_start or hi < chunk_start + rows_per_chunk):
                 decoded.clear()  # keep only the chunk being picked from
                 decoded[cache_key] = chunk
