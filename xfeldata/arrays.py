@@ -16,7 +16,7 @@ dask.array<...>
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from itertools import groupby
 from typing import Any
@@ -384,13 +384,16 @@ def _blocks_to_array(name: str, blocks: list[BlockRead], inner_shape: tuple[int,
                         chunks, dtype)
 
 
-def blocks_array(name: str, blocks: dict[tuple[int, ...], BlockRead],
+def blocks_array(name: str, blocks: Mapping[tuple[int, ...], BlockRead | np.ndarray | Any],
                  chunks: tuple[tuple[int, ...], ...], dtype: np.dtype) -> da.Array:
-    """A dask array whose chunk at each block index is read by a :class:`BlockRead`.
+    """A dask array whose chunk at each block index is one block.
 
-    Each chunk is the task ``getter(block, whole block)``, the form of
-    :func:`dask.array.from_array`: dask's optimiser fuses later slicing into the
-    index, so a selection reads only its rows.
+    A block is anything with ``shape`` that numpy-style indexing turns into an
+    array: a :class:`BlockRead` (read when computed), a numpy array (e.g. a
+    live buffer's frames), or another such description.  Each chunk is the task
+    ``getter(block, whole block)``, the form of :func:`dask.array.from_array`:
+    dask's optimiser fuses later slicing into the index, so a selection reads
+    only its rows.
     """
     graph: dict = {}
     for index, block in blocks.items():
