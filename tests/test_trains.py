@@ -7,6 +7,7 @@ through the files' own INDEX (not through xfeldata's index).
 from __future__ import annotations
 
 import shutil
+import threading
 from pathlib import Path
 
 import h5py
@@ -313,7 +314,8 @@ def _first_file_rows(run_dir: Path, source: str) -> trains_mod._Rows:
     file_no = int(run.rows(source, "image").file_no[0])
     info = run.file_key_info(file_no, source, "image.data")
     path = run.file(file_no).path
-    return trains_mod._Rows(h5py.h5d.open(handles.get(path).id, info.path.encode()), info, path)
+    with handles.use(path) as entry:
+        return trains_mod._Rows(entry, info, path)
 
 
 def test_plain_datasets_are_read_without_hdf5(agipd_raw_run, agipd_corr_run):
@@ -334,6 +336,28 @@ def test_iteration_survives_the_handle_cache_closing_files(agipd_raw_run, monkey
         handles.clear()  # e.g. evicted because other code opened many files
         np.testing.assert_array_equal(data[mod(2)]["image.data"],
                                       h5_rows(agipd_raw_run, mod(2), "image.data", tid))
+
+
+def test_iteration_survives_another_thread_closing_files_meanwhile(agipd_raw_run):
+    """Files a block reads stay open (leased) until the block is handed out."""
+    run = xd.open_run(agipd_raw_run).select("*/DET/*", "image.cellId")
+    expected = {tid: data[mod(1)]["image.cellId"] for tid, data in run.trains()}
+    stop = threading.Event()
+
+    def closer() -> None:
+        while not stop.is_set():
+            handles.clear()
+
+    thread = threading.Thread(target=closer)
+    thread.start()
+    try:
+        for _ in range(30):
+            for tid, data in run.trains():
+                np.testing.assert_array_equal(data[mod(1)]["image.cellId"], expected[tid])
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
 
 
 def test_devices_can_be_a_list_of_source_names(agipd_raw_run):

@@ -38,7 +38,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
+from contextlib import ExitStack, closing
 from itertools import pairwise
 from typing import Any
 
@@ -46,7 +46,7 @@ import h5py
 import numpy as np
 
 from .errors import DataIndexError, PropertyNameError
-from .files.handles import handles
+from .files.handles import OpenFile, handles
 from .files.index import KeyInfo, decode_str
 from .files.layout import detector_kind_of_device, group_detector_sources
 from .files.plain import layout_of, pread_pieces
@@ -91,9 +91,8 @@ class _KeyReader:
     """Rows of one key for consecutive trains, read a block at a time."""
 
     def __init__(self, run: RunSelection, source: str, key: str, rows: _GroupRows,
-                 unwrap: bool, keep_dims: bool, userblocks: dict[str, int] | None = None):
+                 unwrap: bool, keep_dims: bool):
         self.run, self.source, self.key, self.rows = run, source, key, rows
-        self.userblocks = {} if userblocks is None else userblocks  # user block size of each file
         self.unwrap, self.keep_dims = unwrap, keep_dims
         info = run.key_info(source, key)
         self.row_bytes = max(1, int(np.prod(info.entry_shape, dtype=np.int64)) * info.dtype.itemsize)
@@ -110,59 +109,68 @@ class _KeyReader:
             self.fill(i)
         return self.values[i - self.start]
 
-    def _dataset(self, file_no: int) -> Any:
+    def _dataset(self, file_no: int, leases: ExitStack) -> Any:
+        """The key's dataset in one file (False if the file lacks the key), its file
+        kept open by a lease in ``leases`` until the block is installed."""
         ds = self._datasets.get(file_no)
-        if ds is None or (ds is not False and not ds.dsid.valid):  # new, or closed by the cache
+        if ds is False:
+            return ds
+        try:
+            info = self.run.file_key_info(file_no, self.source, self.key)
+        except PropertyNameError:  # this file of the source lacks the key
+            self._datasets[file_no] = False
+            return False
+        path = self.run.file(file_no).path
+        entry = leases.enter_context(handles.use(path))
+        if ds is None or ds.entry is not entry:  # new, or the cache reopened the file
             try:
-                info = self.run.file_key_info(file_no, self.source, self.key)
-            except PropertyNameError:  # this file of the source lacks the key
-                ds = False
-            else:
-                path = self.run.file(file_no).path
-                fid = handles.get(path).id
-                try:
-                    dsid = h5py.h5d.open(fid, info.path.encode())
-                except KeyError:
-                    handles.forget(path)
-                    raise OSError(f"{path}: dataset {info.path} ({self.source} {self.key}) "
-                                  "is missing from the file") from None
-                if path not in self.userblocks:
-                    self.userblocks[path] = fid.get_create_plist().get_userblock()
-                ds = _Rows(dsid, info, path, self.userblocks[path])
+                ds = _Rows(entry, info, path)
+            except KeyError:
+                handles.forget(path)
+                raise OSError(f"{path}: dataset {info.path} ({self.source} {self.key}) "
+                              "is missing from the file") from None
             self._datasets[file_no] = ds
         return ds
 
     def fill(self, i: int) -> None:
         """Read the block of trains starting at position ``i``."""
         block = self.plan(i)
-        block.fetch()
-        self.install(block)
+        with block:
+            block.fetch()
+            self.install(block)
 
     def install(self, block: _Block) -> None:
         """Make a fetched block the current one."""
         self.start, self.stop, self.values = block.start, block.stop, self._values(block)
 
     def plan(self, i: int) -> _Block:
-        """The reads of the block of trains starting at position ``i``."""
+        """The reads of the block of trains starting at position ``i``.
+
+        The block holds leases on its files: use it in a ``with`` statement.
+        """
         r = self.rows
         b0, b1 = i, min(i + self.block_trains, len(r.count))
         file_no, first, count = r.file_no[b0:b1], r.first[b0:b1], r.count[b0:b1]
         has = np.flatnonzero(count > 0)
-        reads = []
-        for fno in np.unique(file_no[has]).tolist():
-            ds = self._dataset(fno)
-            if ds is False:
-                continue
-            local = has[file_no[has] == fno]
-            for lo, hi, members in _plan_reads(first[local], count[local], self.row_bytes):
-                if hi > ds.nrows:
-                    raise DataIndexError(
-                        self.run.file(fno).path, self.source, self.key,
-                        f"index points to rows {lo}:{hi} but {ds.name} has only {ds.nrows} rows")
-                t = local[members]
-                trains = list(zip(t.tolist(), (first[t] - lo).tolist(), count[t].tolist(), strict=True))
-                reads.append(_Read(ds, lo, hi, trains))
-        return _Block(b0, b1, reads)
+        block = _Block(b0, b1)
+        try:
+            for fno in np.unique(file_no[has]).tolist():
+                ds = self._dataset(fno, block.leases)
+                if ds is False:
+                    continue
+                local = has[file_no[has] == fno]
+                for lo, hi, members in _plan_reads(first[local], count[local], self.row_bytes):
+                    if hi > ds.nrows:
+                        raise DataIndexError(
+                            self.run.file(fno).path, self.source, self.key,
+                            f"index points to rows {lo}:{hi} but {ds.name} has only {ds.nrows} rows")
+                    t = local[members]
+                    trains = list(zip(t.tolist(), (first[t] - lo).tolist(), count[t].tolist(), strict=True))
+                    block.reads.append(_Read(ds, lo, hi, trains))
+        except BaseException:
+            block.leases.close()
+            raise
+        return block
 
     def _values(self, block: _Block) -> list[Any]:
         """The value of each train of a fetched block (None where a train has no rows)."""
@@ -215,15 +223,27 @@ class _Read:
 
 
 class _Block:
-    """The reads of one key for the trains at positions ``start:stop``."""
+    """The reads of one key for the trains at positions ``start:stop``.
 
-    def __init__(self, start: int, stop: int, reads: list[_Read]):
-        self.start, self.stop, self.reads = start, stop, reads
+    It holds leases on the files it reads (:meth:`FileHandleCache.use`), so their
+    datasets and descriptors stay valid until the ``with`` block using it ends.
+    """
+
+    def __init__(self, start: int, stop: int):
+        self.start, self.stop = start, stop
+        self.reads: list[_Read] = []
+        self.leases = ExitStack()
 
     def fetch(self) -> None:
         """Read what ``pread`` can read (safe in any thread)."""
         for read in self.reads:
             read.fetch()
+
+    def __enter__(self) -> _Block:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.leases.close()
 
 
 def _plan_reads(first: np.ndarray, count: np.ndarray,
@@ -258,12 +278,13 @@ class _Rows:
     datasets (every key of every sequence file) costs less that way.
     """
 
-    def __init__(self, dsid: h5py.h5d.DatasetID, info: KeyInfo, path: str, userblock: int = 0):
-        self.dsid, self.path = dsid, path
+    def __init__(self, entry: OpenFile, info: KeyInfo, path: str):
+        self.entry, self.path = entry, path
+        self.dsid = h5py.h5d.open(entry.file.id, info.path.encode())  # KeyError if missing
         self.shape, self.dtype = info.shape, info.dtype
         self.nrows = self.shape[0] if self.shape else 0
-        self.layout = layout_of(dsid, info.shape, info.dtype, info.chunks,
-                                info.compression is not None or info.shuffle, userblock)
+        self.layout = layout_of(self.dsid, info.shape, info.dtype, info.chunks,
+                                info.compression is not None or info.shuffle, entry.userblock)
 
     @property
     def name(self) -> str:
@@ -296,9 +317,9 @@ class _Rows:
     def pread(self, lo: int, hi: int, pieces: list[tuple[int, int, int]]) -> np.ndarray | None:
         """Rows ``lo:hi`` read at ``pieces`` with ``pread`` (no HDF5 calls); None if the file is short."""
         out = np.empty((hi - lo, *self.shape[1:]), self.dtype)
-        with handles.use(self.path) as entry:  # kept open (its descriptor valid) meanwhile
-            if entry.fd is None or not pread_pieces(entry.fd, pieces, out):  # not HDF5's sec2 driver
-                return None
+        # the block's lease keeps the entry's file open, its descriptor valid
+        if self.entry.fd is None or not pread_pieces(self.entry.fd, pieces, out):  # not sec2
+            return None
         return out
 
 
@@ -379,7 +400,6 @@ def iter_trains(run: RunSelection, devices: SelectionSpec | None = None,
     readers: list[tuple[str, list[tuple[str, _KeyReader]]]] = []
     group_rows: dict[tuple[str, str], _GroupRows] = {}
     control_sources = set(run.control_sources)
-    userblocks: dict[str, int] = {}
     for source in run.sources:
         control = source in control_sources
         key_readers = []
@@ -388,7 +408,7 @@ def iter_trains(run: RunSelection, devices: SelectionSpec | None = None,
             rows = group_rows.get((source, group))
             if rows is None:
                 rows = group_rows[source, group] = _GroupRows(run, source, group)
-            key_readers.append((key, _KeyReader(run, source, key, rows, control, keep_dims, userblocks)))
+            key_readers.append((key, _KeyReader(run, source, key, rows, control, keep_dims)))
         readers.append((source, key_readers))
     all_readers = [kr for _, krs in readers for _, kr in krs]
     _size_blocks(all_readers)
@@ -417,11 +437,12 @@ def _fill_side_by_side(readers: list[_KeyReader], i: int, pool: ThreadPoolExecut
     """
     if len(readers) < 2:
         return
-    blocks = [r.plan(i) for r in readers]
-    for future in [pool.submit(block.fetch) for block in blocks]:
-        future.result()
-    for r, block in zip(readers, blocks, strict=True):
-        r.install(block)
+    with ExitStack() as stack:
+        blocks = [stack.enter_context(r.plan(i)) for r in readers]
+        for future in [pool.submit(block.fetch) for block in blocks]:
+            future.result()
+        for r, block in zip(readers, blocks, strict=True):
+            r.install(block)
 
 
 def _assemble(readers: list[tuple[str, list[tuple[str, _KeyReader]]]], i: int, tid: int,

@@ -42,10 +42,18 @@ class OpenFile:
         self.users = 0
         self.evicted = False
         self._layouts: dict[str, PlainLayout | None] = {}
+        self._userblock: int | None = None
         try:  # HDF5's own descriptor: same file, same lifetime as the handle
             self.fd: int | None = file.id.get_vfd_handle() if file.driver == "sec2" else None
         except (AttributeError, ValueError, RuntimeError):
             self.fd = None
+
+    @property
+    def userblock(self) -> int:
+        """The size of the file's user block (read once)."""
+        if self._userblock is None:
+            self._userblock = self.file.id.get_create_plist().get_userblock()
+        return self._userblock
 
     def plain_layout(self, dataset: str) -> PlainLayout | None:
         """The :func:`~xfeldata.files.plain.plain_layout` of one dataset, found once."""
