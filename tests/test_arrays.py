@@ -109,7 +109,9 @@ def test_selecting_on_a_per_key_array_reads_only_the_selected_trains(large_run, 
     (), (slice(None),), (3,), (slice(2, 7), 1), (slice(None, None, 3),), (np.array([0, 5, 9]),),
     (Ellipsis, 0), (slice(1, 4), Ellipsis, slice(0, 2)), (np.arange(10) % 2 == 0, slice(1, 3)),
     (np.array([5, 2]),), (None, 1), (-1, -1), (0, slice(None), np.array([0])),
-    (slice(None), slice(1, 3), 0, np.array([1])),
+    (slice(None), slice(1, 3), 0, np.array([1])), (slice(None, None, -1),),
+    (slice(None), slice(None, None, -2)), (np.array([-1, 9]),), (np.array([-10, 2]),), (True,),
+    (np.bool_(False),),
 ])
 def test_a_block_indexed_like_numpy_reads_the_same_as_reading_it_all(large_run, key):
     run = xd.open_run(large_run).isel(trainId=slice(0, 10))
@@ -264,6 +266,32 @@ def test_index_past_the_end_of_an_instrument_key(slow_only_run, tmp_path):
     with pytest.raises(DataIndexError, match=f"{name}.*{CAMERA_SOURCE}.*data.image.pixels"):
         run[CAMERA_SOURCE, "data.image.pixels"].compute()
     assert run[CAMERA_SOURCE, "data.image.dims"].values.shape == (10, 2)
+
+
+def test_a_key_stored_with_another_byte_order_in_one_file_reads_its_values(tmp_path):
+    run_dir = make_example(tmp_path / "r0001", modules=[0], n_trains=4, frames_per_train=3,
+                           trains_per_sequence=2, slow_sources=False)
+    path = f"INSTRUMENT/{AGIPD0}/image/cellId"
+    with h5py.File(run_dir / "RAW-R0001-AGIPD00-S00001.h5", "r+") as f:
+        values = f[path][()]
+        del f[path]
+        f.create_dataset(path, data=values.astype(">u2"))
+    got = xd.open_run(run_dir)[AGIPD0, "image.cellId"].values
+    np.testing.assert_array_equal(got.reshape(4, 3), [[0, 1, 2]] * 4)
+
+
+def test_rows_in_a_chunk_hdf5_never_wrote_read_its_fill_value(tmp_path):
+    run_dir = make_example(tmp_path / "r0001", modules=[0], n_trains=4, frames_per_train=3,
+                           slow_sources=False)
+    path = f"INSTRUMENT/{AGIPD0}/image/cellId"
+    with h5py.File(run_dir / "RAW-R0001-AGIPD00-S00000.h5", "r+") as f:
+        values = f[path][()]
+        del f[path]
+        ds = f.create_dataset(path, shape=values.shape, dtype=values.dtype, chunks=(4, 1), fillvalue=77)
+        ds[:4], ds[8:] = values[:4], values[8:]          # rows 4:8: a chunk never written
+    got = xd.open_run(run_dir)[AGIPD0, "image.cellId"].values.reshape(-1)
+    np.testing.assert_array_equal(got[4:8], 77)
+    np.testing.assert_array_equal(got[:4], values[:4, 0])
 
 
 def test_a_file_deleted_after_opening_is_named_when_a_chunk_is_read(agipd_raw_run, tmp_path):

@@ -112,7 +112,7 @@ class BlockRead:
         grid_shape = self.shape[: self.ndim - self.entry_ndim]
         picked = [np.atleast_1d(np.arange(n)[k]) for n, k in zip(grid_shape, grid_key, strict=True)]
         box = tuple(len(p) for p in picked)
-        if box == grid_shape:
+        if all(np.array_equal(p, np.arange(n)) for p, n in zip(picked, grid_shape, strict=True)):
             return self
         new_pos = []
         for n, p in zip(grid_shape, picked, strict=True):
@@ -136,8 +136,9 @@ class BlockRead:
 def _grid_and_entry_key(key: Any, shape: tuple[int, ...], entry_ndim: int) -> tuple[tuple, tuple] | None:
     """Split a numpy index into its part on the grid (leading) axes and on the entry axes.
 
-    None for keys that :meth:`BlockRead.restrict` cannot apply (new axes, several
-    or unsorted index arrays, an index array with integers, multi-dimensional arrays).
+    None for keys that :meth:`BlockRead.restrict` cannot apply (new axes, lone
+    bools, several, unsorted, repeating or out-of-range index arrays, an index
+    array with integers, multi-dimensional arrays).
     """
     key = key if isinstance(key, tuple) else (key,)
     if any(k is None for k in key) or sum(k is Ellipsis for k in key) > 1:
@@ -150,7 +151,9 @@ def _grid_and_entry_key(key: Any, shape: tuple[int, ...], entry_ndim: int) -> tu
     key = key + (slice(None),) * (len(shape) - len(key))
     arrays = 0
     normal = []
-    for k in key:
+    for k, n in zip(key, shape, strict=False):
+        if isinstance(k, bool | np.bool_):
+            return None  # numpy reads a lone bool as a new axis
         if isinstance(k, int | np.integer):
             normal.append(int(k))
         elif isinstance(k, slice):
@@ -159,8 +162,12 @@ def _grid_and_entry_key(key: Any, shape: tuple[int, ...], entry_ndim: int) -> tu
             a = np.asarray(k)
             if a.ndim != 1 or a.dtype.kind not in "iub":
                 return None
-            if a.dtype.kind != "b" and len(a) > 1 and not (np.diff(a) > 0).all():
-                return None
+            if a.dtype.kind != "b":
+                if len(a) and (a.min() < -n or a.max() >= n):
+                    return None  # let numpy raise its IndexError
+                a = np.where(a < 0, a + n, a)
+                if len(a) > 1 and not (np.diff(a) > 0).all():
+                    return None
             arrays += 1
             normal.append(a)
     if arrays > 1 or (arrays and any(isinstance(k, int) for k in normal)):

@@ -204,13 +204,15 @@ def _repeats_within_trains(counts: np.ndarray, pulse_ids: np.ndarray) -> bool:
     False
     >>> _repeats_within_trains(np.array([3]), np.array([0, 1, 0]))
     True
+    >>> _repeats_within_trains(np.array([2, 0, 0, 0, 1]), np.array([0, 2**62 - 1, 0]))
+    False
     """
     if len(pulse_ids) < 2:
         return False
-    span = int(pulse_ids.max()) - int(pulse_ids.min()) + 1
-    keys = np.repeat(np.arange(len(counts), dtype=np.int64), counts) * span + (pulse_ids - pulse_ids.min())
-    keys.sort()
-    return bool((keys[1:] == keys[:-1]).any())
+    train = np.repeat(np.arange(len(counts)), counts)
+    order = np.lexsort((pulse_ids, train))
+    p, t = pulse_ids[order], train[order]
+    return bool(((p[1:] == p[:-1]) & (t[1:] == t[:-1])).any())
 
 
 def _parallel_gain_stages(rows: _ModuleRows, stages: int = 3) -> np.ndarray | None:

@@ -21,6 +21,8 @@ import zlib
 import h5py
 import numpy as np
 
+from .plain import stored_as
+
 try:  # libdeflate: about twice as fast as zlib at inflating, releases the GIL
     import deflate
 except ImportError:  # pragma: no cover - optional speed-up
@@ -45,8 +47,7 @@ def _filters(ds: h5py.Dataset) -> tuple[int, ...] | None:
 
 def _direct_filters(ds: h5py.Dataset) -> tuple[int, ...] | None:
     """The filter ids to undo if rows can be read chunk by chunk, else None."""
-    if ds.chunks is None or ds.chunks[1:] != ds.shape[1:] or ds.dtype.kind not in "biufc" \
-            or ds.dtype.metadata:
+    if ds.chunks is None or ds.chunks[1:] != ds.shape[1:] or not stored_as(ds.id, ds.dtype):
         return None
     return _filters(ds)
 
@@ -113,6 +114,10 @@ def read_rows_into(ds: h5py.Dataset, start: int, stop: int, dest: np.ndarray,
     for chunk_start in range(start - start % rows_per_chunk, stop, rows_per_chunk):
         lo, hi = max(start, chunk_start), min(stop, chunk_start + rows_per_chunk)
         a, b = (lo - start) * row_bytes, (hi - start) * row_bytes
+        hdf5_reads = np.s_[lo:hi], np.s_[lo - start:hi - start]
+        if ds.id.get_chunk_info_by_coord((chunk_start, *zeros)).byte_offset is None:
+            ds.read_direct(dest, *hdf5_reads)  # never written: HDF5 knows the fill value
+            continue
         if not filters and hi - lo == rows_per_chunk:
             # a whole uncompressed chunk: straight from the file into place
             mask, _ = ds.id.read_direct_chunk((chunk_start, *zeros), out=flat_dest[a:b])
@@ -123,7 +128,7 @@ def read_rows_into(ds: h5py.Dataset, start: int, stop: int, dest: np.ndarray,
         if chunk is None:
             mask, raw = ds.id.read_direct_chunk((chunk_start, *zeros))
             if mask:  # some filter was skipped for this chunk: let HDF5 decode it
-                ds.read_direct(dest, np.s_[lo:hi], np.s_[lo - start:hi - start])
+                ds.read_direct(dest, *hdf5_reads)
                 continue
             in_place = flat_dest[a:b] if hi - lo == rows_per_chunk else None
             chunk = _decode(raw, filters, chunk_bytes, ds.dtype.itemsize, in_place) if filters \

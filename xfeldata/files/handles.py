@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -71,20 +72,24 @@ class FileHandleCache:
     Parameters
     ----------
     maxsize
-        The most files kept open (files in use stay open until their use ends).
+        The most files kept in the cache; files evicted while in use stay open
+        until their use ends, so more may be open for a moment.
     """
 
     def __init__(self, maxsize: int = MAX_OPEN_FILES):
         self.maxsize = maxsize
         self._files: OrderedDict[str, OpenFile] = OrderedDict()
         self._lock = threading.Lock()
-        self._pid = os.getpid()
+        _after_fork_in_child(self)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: start empty, with a fresh lock (another thread of the
+        parent may have held it; the handles belong to the parent)."""
+        self._lock = threading.Lock()
+        self._files = OrderedDict()
 
     def _open(self, path: str) -> OpenFile:
         """The cached entry of ``path``, opened if needed (call with the lock held)."""
-        if self._pid != os.getpid():  # forked: handles belong to the parent
-            self._files = OrderedDict()
-            self._pid = os.getpid()
         entry = self._files.get(path)
         if entry is not None and entry.file.id.valid:
             self._files.move_to_end(path)
@@ -110,6 +115,10 @@ class FileHandleCache:
 
     def get(self, path: str) -> h5py.File:
         """An open, read-only handle of ``path``.
+
+        Another thread may close it at any time (when the cache is full); code that
+        keeps using the file, or reads through its descriptor, should use
+        :meth:`use` instead.
 
         Raises
         ------
@@ -155,6 +164,18 @@ class FileHandleCache:
 
     def __len__(self) -> int:
         return len(self._files)
+
+
+def _after_fork_in_child(cache: FileHandleCache) -> None:
+    """Make a forked child's copy of ``cache`` start empty (holding it weakly)."""
+    ref = weakref.ref(cache)
+
+    def reset() -> None:
+        alive = ref()
+        if alive is not None:
+            alive._forget_parent()
+
+    os.register_at_fork(after_in_child=reset)
 
 
 #: The cache used by xfeldata's readers in this process.

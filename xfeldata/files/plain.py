@@ -32,7 +32,9 @@ class PlainLayout:
     Parameters
     ----------
     dsid
-        The dataset's low-level identifier (chunked layout; may be None for contiguous).
+        The dataset's low-level identifier (asked for chunk offsets).
+    dtype
+        The numpy dtype whose bytes the file holds (byte order included).
     nrows, row_bytes
         The dataset's rows and the bytes of one row.
     offset
@@ -41,9 +43,9 @@ class PlainLayout:
         Chunked layout: rows per chunk (0 for contiguous layout).
     """
 
-    def __init__(self, dsid: h5py.h5d.DatasetID | None, nrows: int, row_bytes: int,
+    def __init__(self, dsid: h5py.h5d.DatasetID | None, dtype: np.dtype, nrows: int, row_bytes: int,
                  offset: int | None = None, chunk_rows: int = 0):
-        self.dsid, self.nrows, self.row_bytes = dsid, nrows, row_bytes
+        self.dsid, self.dtype, self.nrows, self.row_bytes = dsid, np.dtype(dtype), nrows, row_bytes
         self.offset, self.chunk_rows = offset, chunk_rows
         self._chunk_offsets: dict[int, int | None] = {}
 
@@ -65,7 +67,7 @@ class PlainLayout:
         None if some of the rows are in a chunk that was never written (HDF5
         knows its fill value).
 
-        >>> PlainLayout(None, 10, 4, offset=100).pieces(2, 5)
+        >>> PlainLayout(None, np.float32, 10, 4, offset=100).pieces(2, 5)
         [(108, 0, 12)]
         """
         rb = self.row_bytes
@@ -82,22 +84,36 @@ class PlainLayout:
         return pieces
 
 
+def stored_as(dsid: h5py.h5d.DatasetID, dtype: np.dtype) -> bool:
+    """True if the file holds the dataset's values as the bytes of ``dtype``: a
+    fixed-size number or bool type whose HDF5 type is exactly numpy's (not, say, a
+    12-bit integer or a float with an unusual exponent bias that HDF5 converts)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "biufc" or dtype.metadata:
+        return False
+    try:
+        stored = dsid.get_type()
+        return stored.get_size() == dtype.itemsize and stored.equal(h5py.h5t.py_create(dtype))
+    except (TypeError, ValueError, RuntimeError):
+        return False
+
+
 def layout_of(dsid: h5py.h5d.DatasetID, shape: tuple[int, ...], dtype: np.dtype,
               chunks: tuple[int, ...] | None, filtered: bool, userblock: int) -> PlainLayout | None:
     """The plain layout of a dataset from facts already known (e.g. its file index
     entry), else None: filters, a user block, a type that is not fixed-size
     numbers, or chunks that split rows rule ``pread`` out."""
-    if filtered or userblock or not shape or dtype.kind not in "biufc" or dtype.metadata:
+    if filtered or userblock or not shape or not stored_as(dsid, dtype):
         return None
     row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
     if row_bytes == 0:
         return None
     if chunks is None:
         offset = dsid.get_offset()
-        return None if offset is None else PlainLayout(dsid, shape[0], row_bytes, offset=offset)
+        return None if offset is None else PlainLayout(dsid, dtype, shape[0], row_bytes, offset=offset)
     if tuple(chunks[1:]) != tuple(shape[1:]):
         return None
-    return PlainLayout(dsid, shape[0], row_bytes, chunk_rows=chunks[0])
+    return PlainLayout(dsid, dtype, shape[0], row_bytes, chunk_rows=chunks[0])
 
 
 def plain_layout(ds: h5py.Dataset) -> PlainLayout | None:
@@ -125,11 +141,14 @@ def plain_layout(ds: h5py.Dataset) -> PlainLayout | None:
 def pread_rows(fd: int, layout: PlainLayout, lo: int, hi: int, dest: np.ndarray) -> bool:
     """Read rows ``lo:hi`` into ``dest`` (C-contiguous, the dataset's dtype and row size).
 
-    Returns False, having read nothing useful, if a chunk was never written or the
-    file is shorter than the layout says; the caller then reads through HDF5.
+    Returns False, having read nothing useful, if ``dest`` does not match the
+    layout's dtype and size, a chunk was never written, or the file is shorter
+    than the layout says; the caller then reads through HDF5.
     """
     if hi <= lo:
         return True
+    if dest.dtype != layout.dtype or dest.nbytes != (hi - lo) * layout.row_bytes:
+        return False
     pieces = layout.pieces(lo, hi)
     return pieces is not None and pread_pieces(fd, pieces, dest)
 
@@ -137,8 +156,11 @@ def pread_rows(fd: int, layout: PlainLayout, lo: int, hi: int, dest: np.ndarray)
 def pread_pieces(fd: int, pieces: list[tuple[int, int, int]], dest: np.ndarray) -> bool:
     """Read ``(file offset, offset in dest, bytes)`` pieces into ``dest`` with ``preadv``.
 
-    False if the file ends early.  No HDF5 call: safe on any thread.
+    False if the file ends early or ``dest`` is not C-contiguous.  No HDF5 call:
+    safe on any thread.
     """
+    if not dest.flags.c_contiguous:
+        return False
     flat = dest.reshape(-1).view(np.uint8)
     for file_offset, at, size in pieces:
         if os.preadv(fd, [flat[at: at + size]], file_offset) != size:
