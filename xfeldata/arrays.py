@@ -81,7 +81,7 @@ class BlockRead:
     reads: tuple[RowRead, ...]
 
     def __dask_tokenize__(self) -> tuple:
-        return ("xfeldata.BlockRead", self.shape, str(self.dtype), self.fill_value,
+        return ("xfeldata.BlockRead", self.shape, str(self.dtype), self.entry_ndim, self.fill_value,
                 tuple(r.__dask_tokenize__() for r in self.reads))
 
     @property
