@@ -331,3 +331,51 @@ def test_an_empty_train_selection_of_jungfrau_gives_an_empty_dataset(detector_ru
     det = xd.open_run(detector_runs["JUNGFRAU"]).sel(trainId=[]).detector()
     assert det.sizes["trainId"] == 0 and det["image.data"].dims[1] == "cell"
     assert det["image.data"].values.size == 0
+
+
+# ----- dask=False: lazily indexed pixel data, read in one pass ---------------------
+_SELECTIONS = [
+    {},                                                    # everything
+    {"trainId": slice(2, 4)},                              # a few trains
+    {"trainId": [0, 3], "module": 1},                      # trains by list, one module
+    {"pulseId": slice(1, 2), "module": slice(None, None, -1)},  # a pulse, modules reversed
+    {"trainId": -1, "slow_scan": slice(10, 20), "fast_scan": 5},  # a region of pixels
+]
+
+
+@pytest.mark.parametrize("kind", ["AGIPD1M", "LPD1M", "LPD1M-parallel", "DSSC1M", "JUNGFRAU"])
+@pytest.mark.parametrize("selection", _SELECTIONS)
+def test_without_dask_every_selection_reads_what_the_dask_graph_computes(detector_runs, kind, selection):
+    run = xd.open_run(detector_runs[kind])
+    pulse_dim = "cell" if kind == "JUNGFRAU" else "pulseId"
+    selection = {(pulse_dim if k == "pulseId" else k): v for k, v in selection.items()}
+    lazy, graph = run.detector(dask=False), run.detector()
+    assert not isinstance(lazy["image.data"].variable._data, np.ndarray)  # nothing read yet
+    for var in graph.data_vars:
+        expected = graph[var].isel(selection, missing_dims="ignore").values
+        np.testing.assert_array_equal(lazy[var].isel(selection, missing_dims="ignore").values, expected)
+
+
+def test_without_dask_missing_modules_and_frames_hold_the_fill_value(irregular_run):
+    run = xd.open_run(irregular_run)
+    for fill in (None, 7):
+        lazy = run.detector(dask=False, fill_value=fill)
+        np.testing.assert_array_equal(lazy["image.data"].values, run.detector(fill_value=fill)["image.data"].values)
+
+
+def test_without_dask_a_selection_reads_only_its_frames(agipd_raw_run, monkeypatch):
+    from xfeldata import arrays
+
+    rows = []
+    real = arrays.execute_block
+
+    def counting(block, out=None):
+        rows.extend(r.stop - r.start for r in block.reads if r.key == "image.data")
+        return real(block, out)
+
+    monkeypatch.setattr(arrays, "execute_block", counting)
+    ds = xd.open_run(agipd_raw_run).detector(dask=False, keys=["image.data"])
+    assert not rows                                          # building reads no pixels
+    frames = ds["image.data"].isel(trainId=slice(1, 3), module=[0, 2], pulseId=0).values
+    assert frames.shape[:2] == (2, 2)
+    assert sum(rows) == 2 * 2                                # 2 trains x 2 modules x 1 frame

@@ -16,7 +16,9 @@ dask.array<...>
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from itertools import groupby
 from typing import Any
@@ -30,9 +32,11 @@ from .errors import DataIndexError
 from .files.direct import read_rows_into
 from .files.handles import OpenFile, handles
 from .files.index import KeyInfo
-from .files.plain import pread_rows
+from .files.plain import PlainLayout, pread_rows, pread_rows_to_frames
 from .run import RunSelection, TrainMap
 
+#: Threads reading the blocks of one in-memory selection (:class:`BlockGrid`).
+READ_THREADS = min(4, os.cpu_count() or 1)
 #: Size that dask chunks aim at: large enough that per-task overhead stays small.
 TARGET_CHUNK_BYTES = 128 * 2**20
 
@@ -204,8 +208,15 @@ def contiguous_runs(group: np.ndarray, row: np.ndarray, cell: np.ndarray) -> tup
     return first, last
 
 
-def execute_block(block: BlockRead) -> np.ndarray:
+def execute_block(block: BlockRead, out: np.ndarray | None = None) -> np.ndarray:
     """Read one block (the function dask calls for each chunk).
+
+    Parameters
+    ----------
+    out
+        Where to read to (the block's shape and dtype), e.g. a view of a larger
+        array; each entry (trailing ``entry_ndim`` axes) must be C-contiguous.
+        Default: a new array.
 
     Raises
     ------
@@ -214,22 +225,27 @@ def execute_block(block: BlockRead) -> np.ndarray:
     OSError
         Naming the file if it vanished or became unreadable since opening.
     """
-    if block.fill_value is None:
-        out = np.empty(block.shape, block.dtype)
-    else:
-        out = np.full(block.shape, block.fill_value, block.dtype)
-    entry = block.shape[len(block.shape) - block.entry_ndim:] if block.entry_ndim else ()
-    flat = out.reshape((-1, *entry))
+    if out is None:
+        out = np.empty(block.shape, block.dtype) if block.fill_value is None \
+            else np.full(block.shape, block.fill_value, block.dtype)
+    elif block.fill_value is not None:
+        out[...] = block.fill_value
+    grid_shape = block.shape[: block.ndim - block.entry_ndim]
+    flat = out.reshape((-1, *block.shape[len(grid_shape):])) if out.flags.c_contiguous else None
     decoded: dict = {}  # the last partly used compressed chunk, decoded once
     for path, reads in groupby(block.reads, key=lambda r: r.path):
         with handles.use(path) as opened:
             for read in reads:
-                _read_rows(opened, read, flat, decoded)
+                if flat is not None:
+                    _read_rows(opened, read, flat, decoded)
+                else:
+                    _read_rows_strided(opened, read, out, grid_shape, decoded)
     return out
 
 
-def _read_rows(opened: OpenFile, read: RowRead, flat: np.ndarray, decoded: dict) -> None:
-    """One :class:`RowRead` into the block ``flat`` (rows, *entry)."""
+def _locate(opened: OpenFile, read: RowRead) -> tuple[PlainLayout | None, Any]:
+    """The read's plain layout (or None) and its h5py dataset (None when plain),
+    checking that the dataset exists and holds the rows."""
     try:
         layout = opened.plain_layout(read.dataset)
         ds = opened.file[read.dataset] if layout is None else None
@@ -242,6 +258,12 @@ def _read_rows(opened: OpenFile, read: RowRead, flat: np.ndarray, decoded: dict)
         raise DataIndexError(read.path, read.source, read.key,
                              f"index points to rows {read.start}:{read.stop} but the dataset "
                              f"{read.dataset} has only {nrows} rows")
+    return layout, ds
+
+
+def _read_rows(opened: OpenFile, read: RowRead, flat: np.ndarray, decoded: dict) -> None:
+    """One :class:`RowRead` into the block ``flat`` (rows, *entry)."""
+    layout, ds = _locate(opened, read)
     n = read.stop - read.start
     if n == 0:
         return
@@ -253,12 +275,36 @@ def _read_rows(opened: OpenFile, read: RowRead, flat: np.ndarray, decoded: dict)
     if layout is not None and opened.fd is not None \
             and pread_rows(opened.fd, layout, read.start, read.stop, dest):
         return
-    ds = opened.file[read.dataset] if ds is None else ds
-    dest = dest.reshape((n, *ds.shape[1:]))  # the block may drop or add length-1 axes
+    _read_through_hdf5(opened.file[read.dataset] if ds is None else ds, read, dest, decoded)
+
+
+def _read_through_hdf5(ds: Any, read: RowRead, dest: np.ndarray, decoded: dict) -> None:
+    """Rows of ``read`` into ``dest`` (contiguous) with raw chunk reads or h5py."""
+    dest = dest.reshape((read.stop - read.start, *ds.shape[1:]))  # blocks may drop length-1 axes
     if dest.dtype == ds.dtype and dest.flags.c_contiguous and ds.dtype.kind != "O":
         read_rows_into(ds, read.start, read.stop, dest, decoded)
     else:
         dest[...] = ds[read.start: read.stop]
+
+
+def _read_rows_strided(opened: OpenFile, read: RowRead, out: np.ndarray,
+                       grid_shape: tuple[int, ...], decoded: dict) -> None:
+    """One :class:`RowRead` into a block-shaped ``out`` that is not contiguous (a view
+    of a larger array): each row goes to its own entry of ``out``."""
+    layout, ds = _locate(opened, read)
+    n = read.stop - read.start
+    if n == 0:
+        return
+    cells = read.target + np.arange(n) if isinstance(read.target, int) else np.asarray(read.target)
+    coords = np.unravel_index(cells, grid_shape)
+    if layout is not None and opened.fd is not None:
+        frames = [out[index] for index in zip(*(c.tolist() for c in coords), strict=True)]
+        if pread_rows_to_frames(opened.fd, layout, read.start, read.stop, frames):
+            return
+    rows = np.empty((n, *out.shape[len(grid_shape):]), out.dtype)
+    _read_through_hdf5(opened.file[read.dataset] if ds is None else ds,
+                       replace(read, target=0), rows, decoded)
+    out[coords] = rows
 
 
 def default_fill_value(dtype: np.dtype) -> Any:
@@ -515,6 +561,79 @@ def padded_blocks(
         blocks.append(BlockRead(shape, info.dtype, len(info.entry_shape),
                                 None if covered else fill, reads))
     return name, blocks
+
+
+class BlockGrid:
+    """Blocks tiling one array, read without dask: any outer selection is read
+    straight into its place in one new array.
+
+    The in-memory counterpart of :func:`blocks_array` (same blocks and chunks):
+    each block intersecting the selection reads its part into a view of the
+    result, on :data:`READ_THREADS` threads, so a selection costs one pass over
+    its bytes and no concatenation.
+
+    Examples
+    --------
+    >>> grid = BlockGrid(blocks, chunks, np.uint16)      # doctest: +SKIP
+    >>> grid[2:5, :, [0, 3]].shape                        # doctest: +SKIP
+    (3, 8, 2, 2, 512, 128)
+    """
+
+    def __init__(self, blocks: Mapping[tuple[int, ...], BlockRead],
+                 chunks: tuple[tuple[int, ...], ...], dtype: np.dtype):
+        self.blocks = dict(blocks)
+        self.chunks, self.dtype = chunks, np.dtype(dtype)
+        self.shape = tuple(sum(c) for c in chunks)
+        self._edges = [np.cumsum((0, *c)) for c in chunks]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        """Outer indexing: per axis an int, a slice or a 1-d integer array."""
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (self.ndim - len(key))
+        picked = [np.arange(n)[k] for n, k in zip(self.shape, key, strict=True)]
+        drop = tuple(0 if p.ndim == 0 else slice(None) for p in picked)
+        picked = [np.atleast_1d(p) for p in picked]
+        out = np.empty(tuple(len(p) for p in picked), self.dtype)
+        jobs = []
+        for index, block in self.blocks.items():
+            parts = []
+            for axis, p in enumerate(picked):
+                lo, hi = self._edges[axis][index[axis]], self._edges[axis][index[axis] + 1]
+                where = np.flatnonzero((p >= lo) & (p < hi))
+                if not len(where):
+                    break
+                parts.append((where, p[where] - lo))
+            else:
+                jobs.append((block, parts))
+        if len(jobs) > 1 and READ_THREADS > 1:
+            with ThreadPoolExecutor(READ_THREADS) as pool:
+                list(pool.map(lambda job: _read_part(out, *job), jobs))
+        else:
+            for job in jobs:
+                _read_part(out, *job)
+        return out[drop]
+
+
+def _read_part(out: np.ndarray, block: BlockRead, parts: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    """The cells of ``block`` at local positions ``parts[axis][1]`` into ``out`` at
+    positions ``parts[axis][0]``."""
+    grid_ndim = block.ndim - block.entry_ndim
+    wheres, local = zip(*parts, strict=True)
+    if any(len(w) > 1 and not (np.diff(w) == 1).all() for w in wheres):
+        out[np.ix_(*wheres)] = execute_block(block)[np.ix_(*local)]
+        return
+    view = out[tuple(slice(int(w[0]), int(w[-1]) + 1) for w in wheres)]
+    sub = block.restrict(tuple(local[:grid_ndim]))
+    entry_whole = all(np.array_equal(p, np.arange(n)) for p, n in
+                      zip(local[grid_ndim:], block.shape[grid_ndim:], strict=True))
+    if entry_whole:
+        execute_block(sub, out=view)
+    else:  # a part of each entry (a region of pixels): read whole entries, keep the part
+        view[...] = execute_block(sub)[(slice(None),) * grid_ndim + np.ix_(*local[grid_ndim:])]
 
 
 def positions_within(counts: np.ndarray) -> np.ndarray:

@@ -23,9 +23,11 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 from dask.base import tokenize
+from xarray.backends import BackendArray
+from xarray.core import indexing
 
 from . import schema
-from .arrays import BlockRead, blocks_array, padded_blocks, positions_within, read_rows
+from .arrays import BlockGrid, BlockRead, blocks_array, padded_blocks, positions_within, read_rows
 from .errors import PropertyNameError
 from .files.layout import DETECTORS, DetectorKind, detector_kind_of_device, group_detector_sources
 from .run import RunSelection, TrainMap
@@ -235,6 +237,7 @@ def detector_dataset(
     run: RunSelection, name: str | None = None, *, modules: Sequence[int] | None = None,
     fill_value: Any = None, require_all_modules: bool = False, pulses: Any = None,
     keys: Sequence[str] | None = None, target_bytes: int = MODULE_CHUNK_BYTES,
+    dask: bool = True,
 ) -> xr.Dataset:
     """A multi-module detector as one lazy Dataset.
 
@@ -259,6 +262,13 @@ def detector_dataset(
     target_bytes
         Size one module's dask chunk aims at (default :data:`MODULE_CHUNK_BYTES`,
         128 MiB); chunks hold whole trains and end at file boundaries.
+    dask
+        True (default): pixel variables are dask arrays, for reductions over
+        any amount of data.  False: they are lazily indexed arrays (as
+        ``xarray.open_dataset`` gives without ``chunks``): selecting stays lazy
+        and ``.values`` / ``.load()`` read the selection straight into one array,
+        the fastest way to get a selection that fits in memory.  ``cellId``
+        stays a dask array either way.
 
     Returns
     -------
@@ -367,7 +377,7 @@ def detector_dataset(
         per_part = {(j, g): module_blocks(m, key, g if stages else None, fill)
                     for j, m in enumerate(all_modules) for g in range(3 if stages else 1)}
         arr = stack_module_blocks(per_part, slots_here, entry, not xtdf, fill, info.dtype,
-                                  f"{device} {key}")
+                                  f"{device} {key}", as_dask=dask)
         pixel = schema.detector_pixel_dims(entry)
         if stages:
             pixel = (schema.GAIN_DIM, *pixel)
@@ -378,12 +388,8 @@ def detector_dataset(
         var = schema.DETECTOR_VARIABLES.get(key, key)
         variables[var], pixel_dims[var] = stacked(key)
 
-    if not xtdf:  # JUNGFRAU: the pulse-like axis is the memory cell
+    if not xtdf:  # JUNGFRAU: the pulse-like axis is the memory cell, selected at the end
         pulse_coord = np.arange(first_info.entry_shape[0])
-        cell_keep = _select_pulses(pulse_coord, pulse_coord, pulses)
-        if not cell_keep.all():
-            pulse_coord = pulse_coord[cell_keep]
-            variables = {k: v[:, cell_keep] for k, v in variables.items()}
 
     present = np.zeros((len(train_ids), len(all_modules)), bool)
     for i, m in enumerate(all_modules):
@@ -396,8 +402,6 @@ def detector_dataset(
         cell_ids = _cell_ids(run, present_sources, all_modules, cell_key, train_ids, n_slots, slots,
                              selected, xtdf, stages, {m: r.counts for m, r in rows.items()},
                              boundaries)
-        if not xtdf:
-            cell_ids = cell_ids[:, cell_keep]
 
     pulse_dim = schema.PULSE_DIM if xtdf else schema.CELL_DIM
     attrs = {
@@ -405,15 +409,20 @@ def detector_dataset(
         "fill_value": schema.fill_value_for(first_info.dtype, fill_value),
         "frames_per_pulse": 3 if stages else 1,
     }
-    return schema.detector_dataset(
+    ds = schema.detector_dataset(
         variables, train_ids=train_ids, pulse_ids=pulse_coord, modules=all_modules, present=present,
         pixel_dims=pixel_dims, cell_ids=cell_ids, pulse_dim=pulse_dim, attrs=attrs,
     )
+    if not xtdf:
+        cell_keep = _select_pulses(pulse_coord, pulse_coord, pulses)
+        if not cell_keep.all():
+            ds = ds.isel({schema.CELL_DIM: np.flatnonzero(cell_keep)})
+    return ds
 
 
 def stack_module_blocks(per_part: dict[tuple[int, int], list[BlockRead] | None], n_slots: int,
                         entry: tuple[int, ...], row_holds_slots: bool, fill: Any, dtype: np.dtype,
-                        what: str) -> da.Array:
+                        what: str, as_dask: bool = True) -> Any:
     """One array ``(train, slot, module, [stage,] *entry)`` of every module's blocks.
 
     ``per_part[(j, g)]`` are the ``(train, slot, ...)`` blocks of module position
@@ -421,7 +430,8 @@ def stack_module_blocks(per_part: dict[tuple[int, int], list[BlockRead] | None],
     ``fill``).  A dataset row fills one ``entry`` of one slot, or with
     ``row_holds_slots`` all slots of a train (JUNGFRAU's memory cells).  Each
     chunk is one module's block, so slicing the array later reads only the
-    selected rows.
+    selected rows.  ``as_dask=False`` gives a lazily indexed
+    :class:`~xfeldata.arrays.BlockGrid` instead (see ``detector_dataset(dask=False)``).
     """
     n_stages = 1 + max(g for _, g in per_part)
     n_modules = 1 + max(j for j, _ in per_part)
@@ -442,10 +452,23 @@ def stack_module_blocks(per_part: dict[tuple[int, int], list[BlockRead] | None],
             blocks[index + (0,) * len(entry)] = block
     chunks = (train_chunks, (n_slots,), (1,) * n_modules,
               *([(1,) * n_stages] if n_stages > 1 else []), *((d,) for d in entry))
+    if not as_dask:
+        return indexing.LazilyIndexedArray(_GridArray(BlockGrid(blocks, chunks, dtype)))
     if not train_chunks:  # no trains: dask's own constructors fail for zero-size arrays
         return da.from_array(np.empty(tuple(sum(c) for c in chunks), dtype), chunks=-1)
     return blocks_array("xfeldata-detector-" + tokenize(what, chunks, *blocks.values()),
                         blocks, chunks, dtype)
+
+
+class _GridArray(BackendArray):
+    """A :class:`~xfeldata.arrays.BlockGrid` as an xarray backend array (outer indexing)."""
+
+    def __init__(self, grid: BlockGrid):
+        self.grid, self.shape, self.dtype = grid, grid.shape, grid.dtype
+
+    def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
+        return indexing.explicit_indexing_adapter(
+            key, self.shape, indexing.IndexingSupport.OUTER, self.grid.__getitem__)
 
 
 def _cell_ids(run: RunSelection, sources: dict[int, str], modules: list[int], key: str,

@@ -166,3 +166,34 @@ def pread_pieces(fd: int, pieces: list[tuple[int, int, int]], dest: np.ndarray) 
         if os.preadv(fd, [flat[at: at + size]], file_offset) != size:
             return False
     return True
+
+
+def pread_rows_to_frames(fd: int, layout: PlainLayout, lo: int, hi: int,
+                         frames: list[np.ndarray]) -> bool:
+    """Read rows ``lo:hi`` into one destination per row (each C-contiguous, the
+    dataset's dtype and row size), with one ``preadv`` per contiguous piece of the file.
+
+    The destinations may lie anywhere (e.g. one module's frames in a stacked
+    array); returns False, like :func:`pread_rows`, when HDF5 must read instead.
+    """
+    if hi <= lo:
+        return True
+    rb = layout.row_bytes
+    if len(frames) != hi - lo or any(f.dtype != layout.dtype or f.nbytes != rb
+                                     or not f.flags.c_contiguous for f in frames):
+        return False
+    pieces = layout.pieces(lo, hi)
+    if pieces is None:
+        return False
+    buffers = [f.reshape(-1).view(np.uint8) for f in frames]
+    for file_offset, at, size in pieces:
+        first, last = at // rb, (at + size) // rb
+        for i in range(first, last, _IOV_MAX):
+            part = buffers[i: min(last, i + _IOV_MAX)]
+            if os.preadv(fd, part, file_offset + (i - first) * rb) != len(part) * rb:
+                return False
+    return True
+
+
+#: Buffers one ``preadv`` call takes at most (POSIX guarantees at least 16; Linux 1024).
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16
