@@ -466,9 +466,10 @@ def padded_array(
 
     The chunks are the :func:`padded_blocks` (same parameters).
     """
-    name, blocks = padded_blocks(run, source, key, train_ids, n_slots, slot_of_row, row_selected,
-                                 fill_value, trains_per_block, target_bytes, boundaries)
+    blocks = padded_blocks(run, source, key, train_ids, n_slots, slot_of_row, row_selected,
+                           fill_value, trains_per_block, target_bytes, boundaries)
     info = run.key_info(run.resolve_source(source), key)
+    name = "xfeldata-padded-" + tokenize(source, key, n_slots, *blocks)  # blocks tokenize their reads
     return _blocks_to_array(name, blocks, (n_slots, *info.entry_shape), info.dtype)
 
 
@@ -477,7 +478,7 @@ def padded_blocks(
     slot_of_row: np.ndarray | None = None, row_selected: np.ndarray | None = None,
     fill_value: Any = None, trains_per_block: int | None = None,
     target_bytes: int = TARGET_CHUNK_BYTES, boundaries: Sequence[int] = (),
-) -> tuple[str, list[BlockRead]]:
+) -> list[BlockRead]:
     """The blocks of a key as a ``(train, slot, *entry)`` array over a given train axis.
 
     Each selected train's rows go into slots: by ``slot_of_row`` (one slot per
@@ -548,9 +549,6 @@ def padded_blocks(
         reads_by_block.setdefault(int(r_block[i]), []).append(RowRead(
             path, dataset, source, info.key, int(r_start[i]), int(r_start[j]) + 1, int(r_target[i])))
 
-    name = "xfeldata-padded-" + tokenize(source, key, train_ids, n_slots, slot_of_row,
-                                         row_selected, fill, edges, found.first, found.file_no,
-                                         sorted(p for p, _ in locations.values()))
     blocks = []
     for b, (b0, b1) in enumerate(zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True)):
         if b0 == b1:
@@ -560,7 +558,7 @@ def padded_blocks(
         covered = sum(r.stop - r.start for r in reads) == (b1 - b0) * n_slots
         blocks.append(BlockRead(shape, info.dtype, len(info.entry_shape),
                                 None if covered else fill, reads))
-    return name, blocks
+    return blocks
 
 
 class BlockGrid:

@@ -267,8 +267,7 @@ def detector_dataset(
         any amount of data.  False: they are lazily indexed arrays (as
         ``xarray.open_dataset`` gives without ``chunks``): selecting stays lazy
         and ``.values`` / ``.load()`` read the selection straight into one array,
-        the fastest way to get a selection that fits in memory.  ``cellId``
-        stays a dask array either way.
+        the fastest way to get a selection that fits in memory (``cellId`` too).
 
     Returns
     -------
@@ -358,7 +357,7 @@ def detector_dataset(
         if m not in present_sources or key not in run.keys(present_sources[m]):
             return None
         row_sel = selected[m] if stage is None else selected[m] & (stages[m] == stage)
-        _, blocks = padded_blocks(run, present_sources[m], key, train_ids, n_slots, slot_of_row=slots[m],
+        blocks = padded_blocks(run, present_sources[m], key, train_ids, n_slots, slot_of_row=slots[m],
                                   row_selected=row_sel, fill_value=fill, trains_per_block=trains_per_block,
                                   boundaries=boundaries, target_bytes=target_bytes)
         return blocks
@@ -400,8 +399,7 @@ def detector_dataset(
     cell_key = f"{group}.cellId" if xtdf else "data.memoryCell"
     if cell_key in module_keys:
         cell_ids = _cell_ids(run, present_sources, all_modules, cell_key, train_ids, n_slots, slots,
-                             selected, xtdf, stages, {m: r.counts for m, r in rows.items()},
-                             boundaries)
+                             selected, xtdf, stages, boundaries, dask)
 
     pulse_dim = schema.PULSE_DIM if xtdf else schema.CELL_DIM
     attrs = {
@@ -427,7 +425,8 @@ def stack_module_blocks(per_part: dict[tuple[int, int], list[BlockRead] | None],
 
     ``per_part[(j, g)]`` are the ``(train, slot, ...)`` blocks of module position
     ``j`` and gain stage ``g`` (None: the module is missing, its cells hold
-    ``fill``).  A dataset row fills one ``entry`` of one slot, or with
+    ``fill``); they are read as ``dtype`` (e.g. unsigned cell IDs into int64),
+    and cells no row fills hold ``fill``.  A dataset row fills one ``entry`` of one slot, or with
     ``row_holds_slots`` all slots of a train (JUNGFRAU's memory cells).  Each
     chunk is one module's block, so slicing the array later reads only the
     selected rows.  ``as_dask=False`` gives a lazily indexed
@@ -446,8 +445,10 @@ def stack_module_blocks(per_part: dict[tuple[int, int], list[BlockRead] | None],
                                "than the others")  # a bug, not bad data
         for i, t in enumerate(train_chunks):
             shape = (t, *lead, *entry)
-            block = BlockRead(shape, dtype, entry_ndim, fill, ()) if parts is None \
-                else replace(parts[i], shape=shape, entry_ndim=entry_ndim)
+            part = None if parts is None else parts[i]
+            block = BlockRead(shape, dtype, entry_ndim, fill, ()) if part is None else replace(
+                part, shape=shape, entry_ndim=entry_ndim, dtype=dtype,
+                fill_value=None if part.fill_value is None else fill)
             index = (i, 0, j, g)[: 1 + len(lead)]
             blocks[index + (0,) * len(entry)] = block
     chunks = (train_chunks, (n_slots,), (1,) * n_modules,
@@ -474,30 +475,23 @@ class _GridArray(BackendArray):
 def _cell_ids(run: RunSelection, sources: dict[int, str], modules: list[int], key: str,
               train_ids: np.ndarray, n_slots: int, slots: dict[int, np.ndarray],
               selected: dict[int, np.ndarray], xtdf: bool, stages: Any,
-              counts: dict[int, np.ndarray], boundaries: np.ndarray) -> da.Array:
-    """Memory cell IDs ``(trainId, pulse, module)``, -1 where missing.
+              boundaries: np.ndarray, as_dask: bool) -> Any:
+    """Memory cell IDs ``(trainId, pulse, module)`` as int64, -1 where missing.
 
-    The IDs are unsigned on disk: cells are read with fill 0 and the missing ones
-    (known from the row counts and slots, without reading) set to -1 afterwards.
+    The IDs are unsigned on disk; the blocks read them into int64 cells that
+    start at -1, so cells without a frame keep -1.
     """
     info = run.key_info(next(iter(sources.values())), key)
     width = n_slots if xtdf else info.entry_shape[0]
-    filled = np.zeros((len(train_ids), width, len(modules)), bool)
     per_part: dict[tuple[int, int], list[BlockRead] | None] = {}
     for j, m in enumerate(modules):
         if m not in sources:
             per_part[j, 0] = None
             continue
         row_sel = selected[m] if stages is None else selected[m] & (stages[m] == 0)
-        _, per_part[j, 0] = padded_blocks(
+        per_part[j, 0] = padded_blocks(
             run.select(sources[m]), sources[m], key, train_ids, n_slots,
             slot_of_row=slots[m] if xtdf else None, row_selected=row_sel if xtdf else None,
             fill_value=0, trains_per_block=max(1, len(train_ids)), boundaries=boundaries)
-        if xtdf:
-            row_train = np.repeat(np.arange(len(train_ids)), counts[m])
-            keep = row_sel & (slots[m] < n_slots)
-            filled[row_train[keep], slots[m][keep], j] = True
-        else:
-            filled[counts[m] > 0, :, j] = True
-    arr = stack_module_blocks(per_part, width, (), not xtdf, 0, info.dtype, f"{key} of {modules}")
-    return da.where(da.from_array(filled, chunks=arr.chunks), arr.astype(np.int64), -1)
+    return stack_module_blocks(per_part, width, (), not xtdf, -1, np.dtype(np.int64),
+                               f"{key} of {modules}", as_dask=as_dask)
