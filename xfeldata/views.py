@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fnmatch
 
-import dask
 import dask.array as da
 import numpy as np
 import pandas as pd
@@ -174,7 +173,7 @@ def control_frame(run: RunSelection, sources: str = "*", keys: str = "*",
                            "per-train values of control sources (use run[source, key] instead)")
         raise SourceNameError(sources, run.control_sources)
     empty: dict[str, np.dtype] = {}
-    pending: dict[str, tuple] = {}  # column -> (lazy rows, trains that list the source)
+    pending: dict[str, tuple] = {}  # column -> (rows, trains that list the source)
     skipped = []
     for source in matched:
         for key in run.keys(source):
@@ -187,17 +186,16 @@ def control_frame(run: RunSelection, sources: str = "*", keys: str = "*",
             has_rows = run.rows(source, info.group).count.any()
             for name in ([key, f"{key}.timestamp"] if timestamps else [key]):
                 if has_rows:
-                    pending[f"{source}/{name}"] = flat_rows_array(run, source, name)
+                    pending[f"{source}/{name}"] = read_rows(run, source, name)
                 else:
                     empty[f"{source}/{name}"] = info.dtype
     if not pending and not empty and not skipped:
         known = sorted({k for s in matched for k in run.keys(s)})
         where = matched[0] if len(matched) == 1 else f"any control source matching {sources!r}"
         raise PropertyNameError(keys, where, known)
-    values = dask.compute(*(arr for arr, _ in pending.values()), scheduler="threads")
     columns: dict[str, tuple[np.ndarray, np.ndarray]] = {
         name: (np.zeros(0, np.uint64), np.zeros(0, dtype)) for name, dtype in empty.items()}
-    for (name, (_, found)), vals in zip(pending.items(), values, strict=True):
+    for name, (vals, found) in pending.items():
         train_ids = found.train_ids[found.count > 0]
         columns[name] = (train_ids, vals[: len(train_ids)])
     columns = {name: columns[name] for name in sorted(columns)}
