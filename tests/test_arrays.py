@@ -161,6 +161,13 @@ def test_default_chunks_are_large_and_stop_at_files(large_run):
     assert {20, 40, 60} <= set(np.cumsum(train_chunks))              # chunks stop at the files
     module_train_bytes = ds["image.data"].isel(trainId=0, module=0).nbytes
     assert max(train_chunks) * module_train_bytes <= MODULE_CHUNK_BYTES  # one module's chunk
+    # a small key is one chunk across its files (dask's overhead would cost more than the reads)
+    assert run[XGM_SOURCE, "beamPosition.ixPos"].chunks[0] == (60,)
+
+
+def test_keys_larger_than_the_small_key_limit_follow_their_files(large_run, monkeypatch):
+    monkeypatch.setattr(arrays, "SMALL_KEY_BYTES", 64)
+    run = xd.open_run(large_run)
     # DA01 has its sequence boundaries shifted by one train: chunks follow its files
     assert run[XGM_SOURCE, "beamPosition.ixPos"].chunks[0] == (21, 20, 19)
 

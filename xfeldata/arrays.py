@@ -35,6 +35,9 @@ from .files.index import KeyInfo
 from .files.plain import PlainLayout, pread_rows, pread_rows_to_frames
 from .run import RunSelection, TrainMap
 
+#: Keys with at most this many bytes in the selection are one dask chunk, across
+#: files: for slow data, dask's per-chunk overhead costs more than the reads.
+SMALL_KEY_BYTES = 16 * 2**20
 #: Threads reading the blocks of one in-memory selection (:class:`BlockGrid`).
 READ_THREADS = min(4, os.cpu_count() or 1)
 #: Size that dask chunks aim at: large enough that per-task overhead stays small.
@@ -424,7 +427,20 @@ def flat_rows_blocks(run: RunSelection, source: str, key: str,
                 offset += stop - start
             blocks.append(BlockRead((offset, *info.entry_shape), info.dtype, len(info.entry_shape),
                                     None, tuple(reads)))
+    if len(blocks) > 1 and sum(int(np.prod(b.shape)) for b in blocks) * info.dtype.itemsize \
+            <= SMALL_KEY_BYTES:
+        blocks = [_joined(blocks)]
     return blocks, found
+
+
+def _joined(blocks: Sequence[BlockRead]) -> BlockRead:
+    """Row blocks one after another as one block (their reads may span several files)."""
+    reads, offset = [], 0
+    for block in blocks:
+        reads += [replace(r, target=offset + r.target) for r in block.reads]
+        offset += block.shape[0]
+    first = blocks[0]
+    return BlockRead((offset, *first.shape[1:]), first.dtype, first.entry_ndim, None, tuple(reads))
 
 
 def _blocks_to_array(name: str, blocks: list[BlockRead], inner_shape: tuple[int, ...],
