@@ -340,6 +340,8 @@ _SELECTIONS = [
     {"trainId": [0, 3], "module": 1},                      # trains by list, one module
     {"pulseId": slice(1, 2), "module": slice(None, None, -1)},  # a pulse, modules reversed
     {"trainId": -1, "slow_scan": slice(10, 20), "fast_scan": 5},  # a region of pixels
+    {"trainId": slice(0, 1, -1)},                          # nothing
+    {"trainId": [3, 1, 1], "module": [1, 0]},              # out of order, repeated
 ]
 
 

@@ -605,7 +605,8 @@ class BlockGrid:
         return len(self.shape)
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        """Outer indexing: per axis an int, a slice or a 1-d integer array."""
+        """Outer indexing: per axis an int, a slice or a 1-d integer array (any order,
+        repeats allowed)."""
         key = key if isinstance(key, tuple) else (key,)
         key = key + (slice(None),) * (self.ndim - len(key))
         picked = [np.arange(n)[k] for n, k in zip(self.shape, key, strict=True)]
@@ -637,7 +638,8 @@ def _read_part(out: np.ndarray, block: BlockRead, parts: list[tuple[np.ndarray, 
     positions ``parts[axis][0]``."""
     grid_ndim = block.ndim - block.entry_ndim
     wheres, local = zip(*parts, strict=True)
-    if any(len(w) > 1 and not (np.diff(w) == 1).all() for w in wheres):
+    if any(len(w) > 1 and not (np.diff(w) == 1).all() for w in wheres) \
+            or any(len(np.unique(p)) != len(p) for p in local[:grid_ndim]):
         out[np.ix_(*wheres)] = execute_block(block)[np.ix_(*local)]
         return
     view = out[tuple(slice(int(w[0]), int(w[-1]) + 1) for w in wheres)]

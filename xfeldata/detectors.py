@@ -468,6 +468,8 @@ class _GridArray(BackendArray):
         self.grid, self.shape, self.dtype = grid, grid.shape, grid.dtype
 
     def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
+        if isinstance(key, indexing.BasicIndexer | indexing.OuterIndexer):
+            return self.grid[key.tuple]  # any ints, slices and index arrays, as numpy's outer indexing
         return indexing.explicit_indexing_adapter(
             key, self.shape, indexing.IndexingSupport.OUTER, self.grid.__getitem__)
 
