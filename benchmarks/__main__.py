@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     p.add_argument("--size", choices=list(SIZES), default="default",
                    help="benchmark data size (default: %(default)s; large adds the "
-                        "peak-memory case on a run larger than half of 24 GB RAM)")
+                        "peak-memory case on a run larger than half of this machine's RAM)")
     p.add_argument("--repeat", type=int, default=5, help="measured repetitions (default 5)")
     p.add_argument("--only", action="append", choices=list(CASES), metavar="CASE",
                    help=f"run only this case (repeatable): {', '.join(CASES)}")
