@@ -43,10 +43,10 @@ def rows_read(monkeypatch):
     reads = _Reads()
     real = arrays.execute_block
 
-    def counting(block: BlockRead) -> np.ndarray:
+    def counting(block: BlockRead, out: np.ndarray | None = None) -> np.ndarray:
         reads.blocks.append(block)
         reads.extend(block.reads)
-        return real(block)
+        return real(block, out)
 
     monkeypatch.setattr(arrays, "execute_block", counting)
     return reads

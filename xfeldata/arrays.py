@@ -20,7 +20,7 @@ import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from itertools import groupby
+from itertools import groupby, product
 from typing import Any
 
 import dask.array as da
@@ -443,14 +443,18 @@ def _joined(blocks: Sequence[BlockRead]) -> BlockRead:
     return BlockRead((offset, *first.shape[1:]), first.dtype, first.entry_ndim, None, tuple(reads))
 
 
+def _stacked_rows(blocks: list[BlockRead], inner_shape: tuple[int, ...]
+                  ) -> tuple[dict[tuple[int, ...], BlockRead], tuple[tuple[int, ...], ...]]:
+    """Blocks one after another along the first axis, as block indices and chunks;
+    ``inner_shape`` is every block's shape but the first."""
+    chunks = (tuple(b.shape[0] for b in blocks), *((d,) for d in inner_shape))
+    return {(i, *([0] * len(inner_shape))): b for i, b in enumerate(blocks)}, chunks
+
+
 def _blocks_to_array(name: str, blocks: list[BlockRead], inner_shape: tuple[int, ...],
                      dtype: np.dtype) -> da.Array:
     """Blocks stacked along the first axis; ``inner_shape`` is every block's shape but the first."""
-    if not blocks:  # dask's own constructors fail for zero-size arrays
-        return da.from_array(np.empty((0, *inner_shape), dtype), chunks=-1)
-    chunks = (tuple(b.shape[0] for b in blocks), *((d,) for d in inner_shape))
-    return blocks_array(name, {(i, *([0] * len(inner_shape))): b for i, b in enumerate(blocks)},
-                        chunks, dtype)
+    return blocks_array(name, *_stacked_rows(blocks, inner_shape), dtype)
 
 
 def blocks_array(name: str, blocks: Mapping[tuple[int, ...], BlockRead | np.ndarray | Any],
@@ -464,6 +468,8 @@ def blocks_array(name: str, blocks: Mapping[tuple[int, ...], BlockRead | np.ndar
     dask's optimiser fuses later slicing into the index, so a selection reads
     only its rows.
     """
+    if not all(chunks):  # no blocks: dask's own constructors fail for zero-size arrays
+        return da.from_array(np.empty(tuple(sum(c) for c in chunks), dtype), chunks=-1)
     graph: dict = {}
     for index, block in blocks.items():
         graph[(f"{name}-read", *index)] = block
@@ -613,17 +619,9 @@ class BlockGrid:
         drop = tuple(0 if p.ndim == 0 else slice(None) for p in picked)
         picked = [np.atleast_1d(p) for p in picked]
         out = np.empty(tuple(len(p) for p in picked), self.dtype)
-        jobs = []
-        for index, block in self.blocks.items():
-            parts = []
-            for axis, p in enumerate(picked):
-                lo, hi = self._edges[axis][index[axis]], self._edges[axis][index[axis] + 1]
-                where = np.flatnonzero((p >= lo) & (p < hi))
-                if not len(where):
-                    break
-                parts.append((where, p[where] - lo))
-            else:
-                jobs.append((block, parts))
+        per_axis = [self._parts(axis, p) for axis, p in enumerate(picked)]
+        jobs = [(self.blocks[index], [per_axis[axis][b] for axis, b in enumerate(index)])
+                for index in product(*per_axis) if index in self.blocks]
         if len(jobs) > 1 and READ_THREADS > 1:
             with ThreadPoolExecutor(READ_THREADS) as pool:
                 list(pool.map(lambda job: _read_part(out, *job), jobs))
@@ -631,6 +629,17 @@ class BlockGrid:
             for job in jobs:
                 _read_part(out, *job)
         return out[drop]
+
+    def _parts(self, axis: int, picked: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """For each block along ``axis`` that holds picked positions: where they go in
+        the result and where they are in the block."""
+        edges = self._edges[axis]
+        block_of = np.searchsorted(edges, picked, side="right") - 1
+        parts = {}
+        for b in np.unique(block_of).tolist():
+            where = np.flatnonzero(block_of == b)
+            parts[b] = (where, picked[where] - edges[b])
+        return parts
 
 
 def _read_part(out: np.ndarray, block: BlockRead, parts: list[tuple[np.ndarray, np.ndarray]]) -> None:
@@ -665,10 +674,10 @@ def positions_within(counts: np.ndarray) -> np.ndarray:
 
 
 def read_rows(run: RunSelection, source: str, key: str) -> tuple[np.ndarray, TrainMap]:
-    """Read all rows of a (small) key now, one block after another, without dask:
+    """Read all rows of a (small) key now, straight into one array, without dask:
     ``(values, trains listing the source)``."""
     blocks, found = flat_rows_blocks(run, source, key)
-    if not blocks:
-        info = run.key_info(run.resolve_source(source), key)
-        return np.empty((0, *info.entry_shape), info.dtype), found
-    return np.concatenate([execute_block(b) for b in blocks]), found
+    if len(blocks) == 1:  # the usual case (small keys are one block): no concatenation
+        return execute_block(blocks[0]), found
+    info = run.key_info(run.resolve_source(source), key)
+    return BlockGrid(*_stacked_rows(blocks, info.entry_shape), info.dtype)[()], found

@@ -455,8 +455,6 @@ def stack_module_blocks(per_part: dict[tuple[int, int], list[BlockRead] | None],
               *([(1,) * n_stages] if n_stages > 1 else []), *((d,) for d in entry))
     if not as_dask:
         return indexing.LazilyIndexedArray(_GridArray(BlockGrid(blocks, chunks, dtype)))
-    if not train_chunks:  # no trains: dask's own constructors fail for zero-size arrays
-        return da.from_array(np.empty(tuple(sum(c) for c in chunks), dtype), chunks=-1)
     return blocks_array("xfeldata-detector-" + tokenize(what, chunks, *blocks.values()),
                         blocks, chunks, dtype)
 
