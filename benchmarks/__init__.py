@@ -2,7 +2,7 @@
 
 Run with ``python -m benchmarks [--size tiny|small|default|large] [--repeat N]
 [--only CASE] [--data-dir DIR] [--json FILE]``.  The suite writes its own runs
-with :func:`xfeldata.files.writer.make_example` into ``--data-dir`` (default
+with :func:`xfeldata.testing.make_example` into ``--data-dir`` (default
 ``benchmarks/_data``, git-ignored) and reuses them on later invocations.
 
 All timings are warm-cache: each measured call runs once unmeasured (which also

@@ -67,7 +67,7 @@ SIZES = {
 
 def ensure_run(data_dir: Path, size: str, kind: str, spec: RunSpec, log=print) -> Path:
     """The run directory of ``kind`` (``raw``/``corr``) at ``size``, written if needed."""
-    from xfeldata.files.writer import make_example
+    from xfeldata.testing import make_example
 
     path = Path(data_dir) / size / kind
     marker = path / ".complete"

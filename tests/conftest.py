@@ -1,13 +1,13 @@
 """Shared test fixtures: synthetic runs written once per test session.
 
 Every run fixture returns the run directory (a :class:`pathlib.Path`) written by
-:func:`xfeldata.files.writer.make_example` into a session temporary directory.
+:func:`xfeldata.testing.make_example` into a session temporary directory.
 Runs are small (a few frames per train, 5-12 trains) so that the whole set is
 written in a few seconds.  Tests must treat them as read-only: they are shared.
 
 Content is deterministic: any train can be recomputed with
-:func:`xfeldata.synthetic.detector_module_train` and
-:func:`xfeldata.synthetic.slow_trains`.  Trains start at
+:func:`xfeldata.testing.synthetic.detector_module_train` and
+:func:`xfeldata.testing.synthetic.slow_trains`.  Trains start at
 :data:`FIRST_TRAIN_ID`.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from xfeldata.files.layout import DETECTORS, FORMAT_VERSIONS
-from xfeldata.files.writer import make_example
+from xfeldata.testing import make_example
 
 #: First train ID of every fixture run.
 FIRST_TRAIN_ID = 10000
@@ -67,7 +67,7 @@ def irregular_run(tmp_path_factory) -> Path:
     Module 1 misses trains 10002, 10003 and 10010 (absent from its INDEX);
     frames vary per train and train 10001 has none; every INDEX array has 3
     zero-padded rows; ``DA01`` has a suspect train (ID 1000010011, flagged,
-    timestamp 0) and the empty sources of ``xfeldata.synthetic.EMPTY_SOURCES``.
+    timestamp 0) and the empty sources of ``xfeldata.testing.synthetic.EMPTY_SOURCES``.
     """
     return _make(tmp_path_factory, "irregular", **IRREGULAR_RUN)
 

@@ -23,8 +23,8 @@ from xfeldata import arrays
 from xfeldata.arrays import BlockRead, flat_rows_array, plan_ranges
 from xfeldata.detectors import MODULE_CHUNK_BYTES, by_index
 from xfeldata.errors import DataIndexError
-from xfeldata.files.writer import FRAMES_PER_CHUNK, make_example
-from xfeldata.synthetic import CAMERA_SOURCE, XGM_SOURCE
+from xfeldata.testing import FRAMES_PER_CHUNK, make_example
+from xfeldata.testing.synthetic import CAMERA_SOURCE, XGM_SOURCE
 
 AGIPD0 = "SPB_DET_AGIPD1M-1/DET/0CH0:xtdf"
 #: The "large" run: 60 trains of 4 frames, 20 trains per sequence file.

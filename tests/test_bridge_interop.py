@@ -142,7 +142,7 @@ def test_throughput_smoke():
 
 
 def test_serve_a_written_run_to_the_published_client(tmp_path):
-    writer = pytest.importorskip("xfeldata.files.writer")
+    writer = pytest.importorskip("xfeldata.testing")
     import xfeldata
 
     path = writer.make_example(tmp_path / "r0001", detector="AGIPD1M", modules=[0, 1],

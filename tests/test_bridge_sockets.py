@@ -466,7 +466,7 @@ def test_simulator_detectors(detector, source, key, shape, dtype):
 
 
 def test_simulator_corrected_and_same_content_as_synthetic():
-    from xfeldata import synthetic
+    from xfeldata.testing import synthetic
 
     sim = Simulator("AGIPD", raw=False, modules=[2], frames=3, slow=False, seed=4)
     data, _ = sim.train(10003)

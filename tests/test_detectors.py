@@ -19,7 +19,7 @@ from h5ref import h5_rows
 import xfeldata as xd
 from xfeldata.detectors import by_id, by_index, detector_sources
 from xfeldata.files.layout import DETECTORS
-from xfeldata.files.writer import make_example
+from xfeldata.testing import make_example
 
 AGIPD = "SPB_DET_AGIPD1M-1"
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import xfeldata as xd
-from xfeldata.synthetic import XGM_SOURCE
+from xfeldata.testing.synthetic import XGM_SOURCE
 
 distributed = pytest.importorskip("distributed")
 

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from conftest import FIRST_TRAIN_ID, FORMAT_RUN
 
-from xfeldata import synthetic as syn
 from xfeldata.files.index import read_file_index, split_source_entry, train_validity
 from xfeldata.files.layout import DETECTORS, FORMAT_VERSIONS
-from xfeldata.files.writer import BOGUS_TRAIN_OFFSET, IRREGULAR_PADDING, make_example
+from xfeldata.testing import BOGUS_TRAIN_OFFSET, IRREGULAR_PADDING, make_example
+from xfeldata.testing import synthetic as syn
 
 XGM = syn.XGM_SOURCE
 FORMAT_KEYS = [*FORMAT_VERSIONS, "0.5-old"]

@@ -15,10 +15,10 @@ import pytest
 from conftest import FIRST_TRAIN_ID, IRREGULAR_RUN
 
 import xfeldata as xd
-from xfeldata import synthetic as syn
 from xfeldata.cli import main
 from xfeldata.files.layout import DETECTORS
-from xfeldata.files.writer import BOGUS_TRAIN_OFFSET
+from xfeldata.testing import BOGUS_TRAIN_OFFSET
+from xfeldata.testing import synthetic as syn
 
 AGIPD = DETECTORS["AGIPD1M"]
 IRREGULAR_SUSPECT = FIRST_TRAIN_ID + IRREGULAR_RUN["n_trains"] - 1 + BOGUS_TRAIN_OFFSET

@@ -10,10 +10,10 @@ import pytest
 from conftest import AGIPD_RUN, FIRST_TRAIN_ID, FORMAT_RUN, IRREGULAR_RUN
 
 import xfeldata as xd
-from xfeldata import synthetic as syn
 from xfeldata.errors import PropertyNameError, SourceNameError, TrainIdError
 from xfeldata.files.layout import DETECTORS, FORMAT_VERSIONS
-from xfeldata.files.writer import BOGUS_TRAIN_OFFSET
+from xfeldata.testing import BOGUS_TRAIN_OFFSET
+from xfeldata.testing import synthetic as syn
 
 AGIPD = DETECTORS["AGIPD1M"]
 XGM = syn.XGM_SOURCE
@@ -217,7 +217,7 @@ def test_control_source_has_one_row_per_train_across_sequence_files(raw):
 
 
 def test_repeated_train_is_one_train_of_the_run(tmp_path):
-    from xfeldata.files.writer import make_example
+    from xfeldata.testing import make_example
     path = make_example(tmp_path / "r0001", detector=None, n_trains=6, repeated_train=True)
     run = xd.open_run(path)
     assert run.train_ids.tolist() == list(range(10000, 10006))
@@ -521,7 +521,7 @@ def test_open_file_has_the_same_interface(agipd_raw_run):
 
 def test_open_run_by_proposal_and_run_number(tmp_path, monkeypatch):
     from xfeldata.files.layout import DATA_ROOT_ENV
-    from xfeldata.files.writer import make_example
+    from xfeldata.testing import make_example
     run_dir = tmp_path / "SPB" / "202301" / "p700000" / "raw" / "r0007"
     make_example(run_dir, detector=None, n_trains=3, run=7)
     monkeypatch.setenv(DATA_ROOT_ENV, str(tmp_path))

@@ -15,7 +15,7 @@ from h5ref import decode, h5_rows
 import xfeldata as xd
 from xfeldata import schema
 from xfeldata.files.layout import FORMAT_VERSIONS
-from xfeldata.synthetic import (
+from xfeldata.testing.synthetic import (
     CAMERA_SOURCE,
     DIGITISER_SOURCE,
     MOTOR_SOURCES,

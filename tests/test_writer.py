@@ -24,9 +24,9 @@ from conftest import (
     IRREGULAR_RUN,
 )
 
-from xfeldata import synthetic as syn
 from xfeldata.files.layout import DETECTORS, file_name, parse_file_name
-from xfeldata.files.writer import BOGUS_TRAIN_OFFSET, IRREGULAR_PADDING, make_example
+from xfeldata.testing import BOGUS_TRAIN_OFFSET, IRREGULAR_PADDING, make_example
+from xfeldata.testing import synthetic as syn
 
 AGIPD = DETECTORS["AGIPD1M"]
 

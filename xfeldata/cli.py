@@ -87,7 +87,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_make_example(args: argparse.Namespace) -> int:
-    from .files.writer import make_example
+    from .testing import make_example
 
     per_seq = math.ceil(args.trains / args.sequences) if args.sequences > 1 else None
     path = make_example(

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from .api import open_run
-from .files.writer import make_example
+from .testing import make_example
 
 
 def run_demo(keep: str | None = None, n_trains: int = 20, frames: int = 4) -> None:

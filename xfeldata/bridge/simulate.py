@@ -1,6 +1,6 @@
 """Simulated detector trains, shaped like the live stream of a facility detector.
 
-The content comes from :mod:`xfeldata.synthetic`, the same generator the
+The content comes from :mod:`xfeldata.testing.synthetic`, the same generator the
 synthetic run writer uses, so a simulated stream and an example run hold the
 same values for the same train IDs and seed.
 
@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import synthetic
 from ..files.layout import DETECTORS, DetectorKind
+from ..testing import synthetic
 from .protocol import make_metadata
 
 __all__ = ["DETECTOR_ALIASES", "Simulator"]
@@ -59,7 +59,7 @@ class Simulator:
     (``SPB_DET_AGIPD1M-1/DET/3CH0:xtdf`` raw, ``.../CORR/3CH0:output``
     corrected, ``SPB_IRDA_JF4M/DET/JNGFR02:daqOutput``), with the keys,
     dtypes, pulse and cell IDs the file format has, plus the slow and
-    instrument sources of :func:`xfeldata.synthetic.slow_train` (an XGM, its
+    instrument sources of :func:`xfeldata.testing.synthetic.slow_train` (an XGM, its
     pipeline output, motors, a camera, a digitiser).  Record (structured
     dtype) arrays such as the REMI hit list are left out: the published
     ``karabo_bridge`` client cannot decode them in protocol 2.2 (their dtype

@@ -1,5 +1,5 @@
 """Realistic synthetic content for European XFEL runs, shared by the file writer
-(:mod:`xfeldata.files.writer`) and the live-bridge simulator.
+(:mod:`xfeldata.testing.example`) and the live-bridge simulator.
 
 Everything here is pure numpy and deterministic: a value depends only on the
 ``seed``, the source (detector kind and module, or slow source and key), the
@@ -34,7 +34,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .files.layout import DETECTORS, DetectorKind
+from ..files.layout import DETECTORS, DetectorKind
 
 __all__ = [
     "CAMERA_SOURCE", "CONTROL_SOURCES", "DIGITISER_SOURCE", "EMPTY_SOURCES",

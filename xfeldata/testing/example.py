@@ -5,7 +5,7 @@ facility's DAQ writes them (see ``format.md``): one file per detector module
 and sequence, slow data in ``DA01``/``DA02``, every format version from 0.5 to
 1.3, raw or corrected data, and on request the irregularities real runs have
 (missing trains, zero padding, suspect and repeated train IDs, empty sources).
-Content comes from :mod:`xfeldata.synthetic`, so a test can recompute what any
+Content comes from :mod:`xfeldata.testing.synthetic`, so a test can recompute what any
 train must contain.
 
 Choices where the format leaves room (documented here, relied on by tests):
@@ -29,7 +29,7 @@ Choices where the format leaves room (documented here, relied on by tests):
 - Zero padding appends zero rows to ``INDEX/trainId``, ``timestamp``, ``flag``,
   ``origin`` and every per-source ``first``/``count`` (counts 0), and the same
   number of zero rows to CONTROL datasets (as a DAQ preallocating rows does).
-- Empty sources (:data:`xfeldata.synthetic.EMPTY_SOURCES`) go into the primary
+- Empty sources (:data:`xfeldata.testing.synthetic.EMPTY_SOURCES`) go into the primary
   aggregator; their RUN entries exist with default values.
 - RUN-only sources are written to ``DA01`` only, and are not listed in METADATA.
 
@@ -60,8 +60,8 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
-from .. import synthetic as syn
-from .layout import DETECTORS, FORMAT_VERSIONS, DetectorKind, file_name, key_to_path, parse_file_name
+from ..files.layout import DETECTORS, FORMAT_VERSIONS, DetectorKind, file_name, key_to_path, parse_file_name
+from . import synthetic as syn
 
 __all__ = ["make_example", "IRREGULAR_PADDING", "BOGUS_TRAIN_OFFSET"]
 
@@ -639,7 +639,7 @@ def make_example(path: str | Path, *, detector: str | None = "AGIPD1M", correcte
         None or ``"gzip"`` (deflate level 1 with shuffle, as corrected data is
         stored) for pixel and array data (rows of 1 KiB or more); ``"lzf"`` also works.
     slow_sources
-        Write the slow and instrument sources of :mod:`xfeldata.synthetic`
+        Write the slow and instrument sources of :mod:`xfeldata.testing.synthetic`
         (``DA01``: XGM, motors, REMI hits, RUN-only source; ``DA02``: camera
         and digitiser).
     proposal, run, seed
@@ -647,14 +647,14 @@ def make_example(path: str | Path, *, detector: str | None = "AGIPD1M", correcte
     missing_module_trains
         ``{module: [train IDs]}`` that this module's files leave out.
     varying_frames
-        Vary the frames per train (see :func:`xfeldata.synthetic.train_frame_counts`).
+        Vary the frames per train (see :func:`xfeldata.testing.synthetic.train_frame_counts`).
     zero_padding
         Zero rows appended to every INDEX array.
     suspect_train, repeated_train
         Add a bogus out-of-order train ID (flagged suspect from format 1.0),
         or repeat a train ID (see the module docstring).
     empty_source
-        Add the sources of :data:`xfeldata.synthetic.EMPTY_SOURCES`, listed but
+        Add the sources of :data:`xfeldata.testing.synthetic.EMPTY_SOURCES`, listed but
         without data.
     lpd_parallel_gain
         LPD parallel-gain mode: 3 gain stages per pulse stored in sequence.
