@@ -23,18 +23,21 @@ from xfeldata import arrays
 from xfeldata.arrays import BlockRead, flat_rows_array, plan_ranges
 from xfeldata.detectors import MODULE_CHUNK_BYTES, by_index
 from xfeldata.errors import DataIndexError
-from xfeldata.testing import FRAMES_PER_CHUNK, make_example
+from xfeldata.testing import make_example
 from xfeldata.testing.synthetic import CAMERA_SOURCE, XGM_SOURCE
 
 AGIPD0 = "SPB_DET_AGIPD1M-1/DET/0CH0:xtdf"
 #: The "large" run: 60 trains of 4 frames, 20 trains per sequence file.
 LARGE = {"n_trains": 60, "frames_per_train": 4, "trains_per_sequence": 20, "modules": [0, 1]}
+#: Frames per HDF5 chunk of the large run's pixel data (the facility writes 1; 32 tests alignment).
+FRAMES_PER_CHUNK = 32
 
 
 @pytest.fixture(scope="module")
 def large_run(tmp_path_factory):
     """AGIPD modules 0 and 1 with slow data; 80 frames per module file (HDF5 chunks of 32 frames)."""
-    return make_example(tmp_path_factory.mktemp("large") / "r0001", first_train_id=FIRST_TRAIN_ID, **LARGE)
+    return make_example(tmp_path_factory.mktemp("large") / "r0001", first_train_id=FIRST_TRAIN_ID,
+                        pixel_chunk_frames=FRAMES_PER_CHUNK, **LARGE)
 
 
 @pytest.fixture

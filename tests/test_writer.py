@@ -212,12 +212,37 @@ def test_xtdf_raw_module_layout(agipd_raw_run):
                                       np.repeat(f["INDEX/trainId"][:], count))
 
 
-def test_pixel_data_is_chunked_by_frames_and_uncompressed_when_raw(agipd_raw_run):
+def test_pixel_data_is_one_frame_per_chunk_and_uncompressed_when_raw(agipd_raw_run):
     with h5py.File(agipd_raw_run / "RAW-R0001-AGIPD00-S00000.h5", "r") as f:
         ds = f[f"INSTRUMENT/{AGIPD.source(0)}/image/data"]
-        assert ds.chunks == (min(32, len(ds)), 2, 512, 128)
+        assert ds.chunks == (1, 2, 512, 128)
         assert ds.compression is None
         assert ds.maxshape[0] is None
+
+
+def test_corrected_pixel_data_by_default_is_one_frame_per_chunk_deflate_1_with_shuffle(tmp_path):
+    run = make_example(tmp_path / "r", corrected=True, modules=[0], n_trains=2,
+                       frames_per_train=3, slow_sources=False)
+    with h5py.File(run / "CORR-R0001-AGIPD00-S00000.h5", "r") as f:
+        img = f[f"INSTRUMENT/{AGIPD.source(0, corrected=True)}/image"]
+        for key in ("data", "mask", "gain"):
+            assert img[key].chunks == (1, 512, 128), key
+            assert (img[key].compression, img[key].compression_opts, img[key].shuffle) \
+                == ("gzip", 1, True), key
+        assert img["cellId"].compression is None
+        np.testing.assert_array_equal(
+            img["data"][3:6], syn.detector_module_train("AGIPD1M", 0, 10001, 3,
+                                                        corrected=True)["image.data"])
+
+
+def test_other_pixel_layouts_are_options(tmp_path):
+    run = make_example(tmp_path / "r", modules=[0], n_trains=3, frames_per_train=4,
+                       slow_sources=False, compression="gzip", pixel_chunk_frames=8)
+    with h5py.File(run / "RAW-R0001-AGIPD00-S00000.h5", "r") as f:
+        ds = f[f"INSTRUMENT/{AGIPD.source(0)}/image/data"]
+        assert ds.chunks == (8, 2, 512, 128) and ds.compression == "gzip" and ds.shuffle
+        np.testing.assert_array_equal(
+            ds[4:8], syn.detector_module_train("AGIPD1M", 0, 10001, 4)["image.data"])
 
 
 def test_module_data_equals_synthetic_train(agipd_raw_run):

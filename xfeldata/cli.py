@@ -97,6 +97,7 @@ def _cmd_make_example(args: argparse.Namespace) -> int:
         modules=args.modules, n_trains=args.trains, frames_per_train=args.frames,
         trains_per_sequence=per_seq, format_version=args.format, old_index=args.old_index,
         compression=None if args.compression == "none" else args.compression,
+        pixel_chunk_frames=args.pixel_chunk_frames,
         slow_sources=not args.no_slow, first_train_id=args.first_train, seed=args.seed,
         irregular=args.irregular, proposal=args.proposal, run=args.run,
         progress=sys.stderr.isatty(),
@@ -178,7 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sequence files per aggregator")
     p.add_argument("--format", default="1.3", choices=FORMAT_VERSIONS)
     p.add_argument("--old-index", action="store_true", help="first/last/status index (0.5)")
-    p.add_argument("--compression", default="none", choices=["none", "gzip"])
+    p.add_argument("--compression", default="facility", choices=["facility", "none", "gzip", "lzf"],
+                   help="facility: raw pixels uncompressed, corrected deflate 1 + shuffle")
+    p.add_argument("--pixel-chunk-frames", type=positive_int, default=1,
+                   help="frames per HDF5 chunk of pixel data (the facility writes 1)")
     p.add_argument("--no-slow", action="store_true", help="no slow or instrument sources")
     p.add_argument("--first-train", type=positive_int, default=10000)
     p.add_argument("--seed", type=int, default=0)

@@ -20,6 +20,6 @@ Examples
 """
 
 from . import synthetic
-from .example import BOGUS_TRAIN_OFFSET, FRAMES_PER_CHUNK, IRREGULAR_PADDING, make_example
+from .example import BOGUS_TRAIN_OFFSET, IRREGULAR_PADDING, make_example
 
-__all__ = ["make_example", "synthetic", "BOGUS_TRAIN_OFFSET", "FRAMES_PER_CHUNK", "IRREGULAR_PADDING"]
+__all__ = ["make_example", "synthetic", "BOGUS_TRAIN_OFFSET", "IRREGULAR_PADDING"]

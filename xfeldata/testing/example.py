@@ -6,7 +6,7 @@ and sequence, slow data in ``DA01``/``DA02``, every format version from 0.5 to
 1.3, raw or corrected data, and on request the irregularities real runs have
 (missing trains, zero padding, suspect and repeated train IDs, empty sources).
 Content comes from :mod:`xfeldata.testing.synthetic`, so a test can recompute what any
-train must contain.
+train must contain; the HDF5 writing is :class:`xfeldata.files.writer.FileWriter`'s.
 
 Choices where the format leaves room (documented here, relied on by tests):
 
@@ -47,37 +47,31 @@ Examples
 
 from __future__ import annotations
 
-import os
 import time
-import zlib
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..files.layout import DETECTORS, FORMAT_VERSIONS, DetectorKind, file_name, key_to_path, parse_file_name
+from ..files.layout import DETECTORS, FORMAT_VERSIONS, DetectorKind, file_name, parse_file_name
+from ..files.writer import FileWriter, Key, Storage, pixel_storage
 from . import synthetic as syn
 
 __all__ = ["make_example", "IRREGULAR_PADDING", "BOGUS_TRAIN_OFFSET"]
+
 
 #: Zero-padding rows used by ``irregular=True`` (unless ``zero_padding`` is larger).
 IRREGULAR_PADDING = 3
 #: The suspect train's ID is the last real train ID plus this.
 BOGUS_TRAIN_OFFSET = 10**9
-#: Pixel data chunks hold this many frames (XTDF); JUNGFRAU chunks hold one train.
-FRAMES_PER_CHUNK = 32
-#: Datasets whose rows are at least this large are compressed (with ``compression``).
+#: Detector pixel keys besides the kind's data key, stored like it (one frame per chunk).
+_PIXEL_KEYS = frozenset({"image.mask", "image.gain", "data.gain", "data.mask"})
+#: Other datasets are compressed (with an explicit ``compression``) from this row size.
 _COMPRESS_MIN_ROW_BYTES = 1024
-_FLUSH_BYTES = 64 << 20
-_VLEN_BYTES = h5py.special_dtype(vlen=bytes)
 #: Seconds between the last change of a slow value before the run and the run start.
 _PRE_RUN_CHANGE_S = 3600
-_TIMESERVER_ENTRY = "Karabo_TimerServer/SA1_RR_UTC/TSYS/TIMESERVER"
 
 
 # --------------------------------------------------------------------------
@@ -95,6 +89,7 @@ class _Options:
     version: str
     old_index: bool
     compression: str | None
+    pixel_chunk_frames: int
     proposal: int
     run: int
     seed: int
@@ -111,16 +106,6 @@ class _Options:
     @property
     def data_class(self) -> str:
         return "CORR" if self.corrected else "RAW"
-
-    @property
-    def v(self) -> tuple[int, int]:
-        major, minor = self.version.split(".")
-        return int(major), int(minor)
-
-    def flag_value(self, good: np.ndarray) -> np.ndarray:
-        """INDEX/flag values: 1 = good (0 = good in format 1.1)."""
-        good = np.asarray(good, dtype=bool)
-        return (~good if self.version == "1.1" else good).astype(np.int32)
 
 
 @dataclass
@@ -182,213 +167,31 @@ def _insert_row(rows: _Rows, after: int, train_id: int, *, suspect: bool,
 
 
 # --------------------------------------------------------------------------
-# Small HDF5 helpers
+# Keys and their storage
 # --------------------------------------------------------------------------
 
 
-def _chunks(entry_shape: tuple[int, ...], itemsize: int, n_rows: int,
-            rows_per_chunk: int | None = None) -> tuple[int, ...]:
-    row_bytes = max(1, int(np.prod(entry_shape, dtype=np.int64)) * itemsize)
-    rows = rows_per_chunk or max(1, (1 << 20) // row_bytes)
-    return (max(1, min(rows, n_rows)), *entry_shape)
-
-
-def _create_rows(group: h5py.Group, path: str, n_rows: int, dtype, entry_shape=(), *,
-                 opts: _Options, rows_per_chunk: int | None = None,
-                 compress: bool | None = None) -> h5py.Dataset:
-    """Create a chunked, extendible dataset of ``n_rows`` rows."""
-    dtype = np.dtype(dtype) if dtype is not _VLEN_BYTES else dtype
-    itemsize = 16 if dtype is _VLEN_BYTES else dtype.itemsize
-    entry_shape = tuple(entry_shape)
-    kw = {}
-    row_bytes = int(np.prod(entry_shape, dtype=np.int64)) * itemsize
-    if compress is None:
-        compress = row_bytes >= _COMPRESS_MIN_ROW_BYTES
-    if opts.compression and compress:
-        kw = {"compression": opts.compression, "shuffle": True}
-        if opts.compression == "gzip":
-            kw["compression_opts"] = 1
-    return group.create_dataset(
-        path, shape=(n_rows, *entry_shape), dtype=dtype, maxshape=(None, *entry_shape),
-        chunks=_chunks(entry_shape, itemsize, n_rows, rows_per_chunk), **kw)
-
-
-def _strings(values) -> list[bytes]:
-    return [str(v).encode("utf-8") for v in values]
-
-
-def _as_written(spec: syn.KeySpec, values: np.ndarray) -> np.ndarray:
-    if spec.is_string:
-        return np.array(_strings(values), dtype=object)
-    return np.asarray(values)
-
-
-def _spec_dtype(spec: syn.KeySpec):
-    return _VLEN_BYTES if spec.is_string else np.dtype(spec.dtype)
-
-
-def _ascii_attrs(obj, attrs: Mapping[str, str]) -> None:
-    for name, value in attrs.items():
-        obj.attrs[name] = str(value).encode("ascii", "replace")
-
-
-def _key_attrs(spec: syn.KeySpec) -> tuple[dict, dict]:
-    """1.3 key attributes split into (on the key's group, on ``value``)."""
+def _key(spec: syn.KeySpec) -> Key:
+    """A synthetic key as the file writer takes it (1.3 attributes with a display name)."""
     attrs = {"displayedName": spec.key.rsplit(".", 1)[-1], **spec.attrs}
-    on_value = {k: v for k, v in attrs.items() if k == "description"}
-    on_group = {k: v for k, v in attrs.items() if k != "description"}
-    return on_group, on_value
+    return Key(spec.key, spec.dtype, tuple(spec.shape), attrs)
 
 
-def _encode_chunk(block: np.ndarray, shuffle: bool, level: int | None) -> np.ndarray | bytes:
-    """One chunk as stored by HDF5's shuffle and deflate filters (in that order)."""
-    raw = np.ascontiguousarray(block)
-    if shuffle and raw.itemsize > 1:
-        raw = np.ascontiguousarray(raw.view(np.uint8).reshape(-1, raw.itemsize).T)
-    return raw if level is None else zlib.compress(raw, level)
+def _array_storage(key: Key, opts: _Options) -> Storage:
+    """Storage of non-pixel keys: compressed with an explicit ``compression`` when
+    rows are at least 1 KiB, else as the DAQ writes them (uncompressed)."""
+    if opts.compression in ("gzip", "lzf") and not key.is_string \
+            and key.row_bytes >= _COMPRESS_MIN_ROW_BYTES:
+        return Storage(compression=opts.compression)
+    return Storage()
 
 
-class _Appender:
-    """Append rows to a preallocated chunked dataset, writing whole chunks.
-
-    Numeric datasets that are uncompressed or use shuffle + deflate are
-    written with ``write_direct_chunk`` (deflate done here, in threads: zlib
-    releases the GIL); the last, partial chunk is zero-filled, as HDF5 does.
-    Other datasets (strings, structured dtypes) go through h5py.
-    """
-
-    def __init__(self, dset: h5py.Dataset):
-        self.dset = dset
-        self.pos = 0
-        self.buf: list[np.ndarray] = []
-        self.nbytes = 0
-        self.chunk_rows = dset.chunks[0] if dset.chunks else 1
-        self.direct = (dset.chunks is not None and dset.dtype.kind in "uif"
-                       and dset.compression in (None, "gzip"))
-        self.level = dset.compression_opts if dset.compression == "gzip" else None
-
-    def append(self, rows: np.ndarray) -> None:
-        if len(rows) == 0:
-            return
-        self.buf.append(rows)
-        self.nbytes += rows.nbytes
-        if self.nbytes >= _FLUSH_BYTES:
-            self._flush(final=False)
-
-    def _flush(self, final: bool) -> None:
-        if not self.buf:
-            return
-        data = self.buf[0] if len(self.buf) == 1 else np.concatenate(self.buf)
-        k = len(data) if final else (len(data) // self.chunk_rows) * self.chunk_rows
-        if k:
-            if self.direct:
-                self._write_chunks(data[:k])
-            else:
-                self.dset[self.pos:self.pos + k] = data[:k]
-            self.pos += k
-        rest = data[k:]
-        self.buf = [rest] if len(rest) else []
-        self.nbytes = rest.nbytes
-
-    def _write_chunks(self, data: np.ndarray) -> None:
-        cr = self.chunk_rows
-        blocks = []
-        for i in range(0, len(data), cr):
-            block = data[i:i + cr]
-            if len(block) < cr:
-                block = np.concatenate([block, np.zeros((cr - len(block), *block.shape[1:]),
-                                                        dtype=block.dtype)])
-            blocks.append(block.astype(self.dset.dtype, copy=False))
-        encode = partial(_encode_chunk, shuffle=self.dset.shuffle, level=self.level)
-        if self.level is not None and len(blocks) > 1:
-            with ThreadPoolExecutor(os.cpu_count()) as pool:
-                payloads = list(pool.map(encode, blocks))
-        else:
-            payloads = [encode(b) for b in blocks]
-        zeros = (0,) * (data.ndim - 1)
-        for j, payload in enumerate(payloads):
-            self.dset.id.write_direct_chunk((self.pos + j * cr, *zeros), payload)
-
-    def close(self) -> None:
-        self._flush(final=True)
-        assert self.pos <= self.dset.shape[0]
-
-
-# --------------------------------------------------------------------------
-# INDEX and METADATA
-# --------------------------------------------------------------------------
-
-
-def _write_source_index(f: h5py.File, path: str, counts: np.ndarray, opts: _Options) -> None:
-    """``INDEX/<path>/{first,count}`` (or first/last/status), zero-padded."""
-    counts = np.asarray(counts, dtype=np.uint64)
-    first = np.cumsum(counts) - counts
-    pad = np.zeros(opts.zero_padding, dtype=np.uint64)
-    grp = f.require_group(f"INDEX/{path}")
-    grp["first"] = np.concatenate([first, pad])
-    if opts.old_index:
-        status = (counts > 0).astype(np.uint64)
-        last = np.where(counts > 0, first + counts - np.uint64(1), first)
-        grp["last"] = np.concatenate([last, pad])
-        grp["status"] = np.concatenate([status, pad])
-    else:
-        grp["count"] = np.concatenate([counts, pad])
-
-
-def _write_train_index(f: h5py.File, rows: _Rows, sources: list[str], origin_source: str,
-                       opts: _Options) -> None:
-    pad = opts.zero_padding
-    f["INDEX/trainId"] = np.concatenate([rows.train_ids, np.zeros(pad, np.uint64)])
-    if opts.v >= (1, 0):
-        f["INDEX/timestamp"] = np.concatenate([rows.index_timestamp, np.zeros(pad, np.uint64)])
-        f["INDEX/flag"] = np.concatenate([opts.flag_value(~rows.suspect),
-                                          np.zeros(pad, np.int32)])
-    if opts.v >= (1, 2):
-        origin = np.where(rows.suspect, sources.index(origin_source), -1).astype(np.int32)
-        f["INDEX/origin"] = np.concatenate([origin, np.zeros(pad, np.int32)])
-
-
-def _source_list(f_sources: list[str], opts: _Options) -> list[str]:
-    entries = list(f_sources)
-    if opts.version == "1.1":
-        entries.insert(0, _TIMESERVER_ENTRY)
-    return entries
-
-
-def _date(ns: int) -> bytes:
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(ns / 1e9)).encode()
-
-
-def _write_metadata(f: h5py.File, entries: list[str], rows: _Rows, sequence: int,
-                    opts: _Options) -> None:
-    roots = [e.split("/", 1)[0] for e in entries]
-    devices = [e.split("/", 1)[1] for e in entries]
-    if opts.version == "0.5":
-        n = (len(entries) // 16 + 1) * 16  # padded with empty strings, as the DAQ did
-        pad = [b""] * (n - len(entries))
-        for name, values in (("dataSourceId", entries), ("root", roots), ("deviceId", devices)):
-            f.create_dataset(f"METADATA/{name}", data=_strings(values) + pad,
-                             dtype=_VLEN_BYTES, maxshape=(None,))
-        return
-    for name, values in (("dataSourceId", entries), ("root", roots), ("deviceId", devices)):
-        f.create_dataset(f"METADATA/dataSources/{name}", data=_strings(values),
-                         dtype=_VLEN_BYTES, maxshape=(None,))
-    t0 = int(rows.real_time.min()) if len(rows) else syn.TRAIN_EPOCH_NS
-    t1 = int(rows.real_time.max()) if len(rows) else t0
-    meta = {
-        "dataFormatVersion": opts.version.encode(),
-        "creationDate": _date(t0),
-        "updateDate": _date(t1 + 10**9),
-        "daqLibrary": b"1.10.4",
-        "karaboFramework": b"2.16.2",
-        "runType": b"Synthetic run",
-        "sample": b"lysozyme",
-    }
-    for name, value in meta.items():
-        f.create_dataset(f"METADATA/{name}", data=[value], dtype=_VLEN_BYTES)
-    for name, value in (("proposalNumber", opts.proposal), ("runNumber", opts.run),
-                        ("sequenceNumber", sequence)):
-        f.create_dataset(f"METADATA/{name}", data=[value], dtype=np.uint32)
+def _pixel_storage(opts: _Options) -> Storage:
+    """Storage of detector pixel keys: the facility's unless asked otherwise."""
+    rows = opts.pixel_chunk_frames if opts.det.xtdf else 1
+    if opts.compression == "facility":
+        return replace(pixel_storage(opts.corrected), rows_per_chunk=rows)
+    return Storage(rows_per_chunk=rows, compression=opts.compression)
 
 
 # --------------------------------------------------------------------------
@@ -419,71 +222,36 @@ class _ControlState:
         return ts.astype(np.uint64)
 
 
-def _write_control(f: h5py.File, src: syn.SlowSource, rows: _Rows,
+def _write_control(f: FileWriter, src: syn.SlowSource, rows: _Rows,
                    values: Mapping[str, np.ndarray] | None, run_start: Mapping[str, object],
-                   state: _ControlState, opts: _Options) -> list[str]:
+                   state: _ControlState, opts: _Options) -> None:
     """CONTROL and RUN of one control source; ``values`` None for an empty source."""
     has = rows.has_data & (values is not None)
-    _write_source_index(f, src.name, has.astype(np.uint64), opts)
-    n_data = int(has.sum())
-    pad = opts.zero_padding if values is not None else 0
-    grp = f.require_group(f"CONTROL/{src.name}")
-    run_grp = f.require_group(f"RUN/{src.name}")
+    keys = [_key(spec) for spec in src.keys]
+    writers = f.add_control(src.name, keys, has.astype(np.uint64),
+                            run_values={**run_start, **src.run_values},
+                            run_timestamp=opts.pre_run_time,
+                            storage={k.name: _array_storage(k, opts) for k in keys},
+                            spare_rows=opts.zero_padding if values is not None else 0)
+    if not has.any():
+        return
     times = rows.real_time[has]
     for spec in src.keys:
-        path = key_to_path(spec.key)
-        dtype = _spec_dtype(spec)
-        val = _create_rows(grp, f"{path}/value", n_data + pad, dtype, spec.shape, opts=opts)
-        tsd = _create_rows(grp, f"{path}/timestamp", n_data + pad, np.uint64, opts=opts)
-        if n_data:
-            v = values[spec.key]
-            val[:n_data] = _as_written(spec, v)
-            tsd[:n_data] = state.timestamps(src.name, spec.key, np.asarray(v), times)
-        # RUN: the value at the start of the run.
-        start = run_start.get(spec.key, "" if spec.is_string else np.zeros(spec.shape, dtype))
-        run_grp.create_dataset(f"{path}/value", data=_as_written(spec, np.asarray([start])),
-                               dtype=dtype, maxshape=(None, *spec.shape))
-        run_grp.create_dataset(f"{path}/timestamp", dtype=np.uint64, maxshape=(None,),
-                               data=[opts.pre_run_time])
-        if opts.v >= (1, 3):
-            on_group, on_value = _key_attrs(spec)
-            for g in (grp, run_grp):
-                _ascii_attrs(g[path], on_group)
-                _ascii_attrs(g[f"{path}/value"], on_value)
-    _write_run_values(run_grp, src.run_values, opts.pre_run_time)
-    return [f"CONTROL/{src.name}"]
+        v = np.asarray(values[spec.key])
+        writers[spec.key].append(v)
+        writers[f"{spec.key}.timestamp"].append(state.timestamps(src.name, spec.key, v, times))
 
 
-def _write_run_values(grp: h5py.Group, run_values: Mapping[str, object], ts: int) -> None:
-    for key, value in run_values.items():
-        path = key_to_path(key)
-        if isinstance(value, str):
-            grp.create_dataset(f"{path}/value", data=[value.encode()], dtype=_VLEN_BYTES,
-                               maxshape=(None,))
-        else:
-            arr = np.asarray(value)[None]
-            grp.create_dataset(f"{path}/value", data=arr, maxshape=(None, *arr.shape[1:]))
-        grp.create_dataset(f"{path}/timestamp", data=[ts],
-                           dtype=np.uint64, maxshape=(None,))
-
-
-def _write_instrument(f: h5py.File, src: syn.SlowSource, rows: _Rows,
-                      values: Mapping[str, np.ndarray] | None, opts: _Options) -> list[str]:
+def _write_instrument(f: FileWriter, src: syn.SlowSource, rows: _Rows,
+                      values: Mapping[str, np.ndarray] | None, opts: _Options) -> None:
     """INSTRUMENT data (one row per train with data) of a slow instrument source."""
     has = rows.has_data & (values is not None)
-    n_data = int(has.sum())
-    for group in src.index_groups:
-        _write_source_index(f, f"{src.name}/{group}", has.astype(np.uint64), opts)
-    grp = f.require_group(f"INSTRUMENT/{src.name}")
-    for spec in src.keys:
-        dset = _create_rows(grp, key_to_path(spec.key), n_data, _spec_dtype(spec), spec.shape,
-                            opts=opts)
-        if n_data:
-            dset[:] = _as_written(spec, values[spec.key])
-        if opts.v >= (1, 3):
-            on_group, on_value = _key_attrs(spec)
-            _ascii_attrs(dset, {**on_group, **on_value})
-    return [f"INSTRUMENT/{src.name}/{g}" for g in src.index_groups]
+    keys = [_key(spec) for spec in src.keys]
+    writers = f.add_instrument(src.name, keys, has.astype(np.uint64),
+                               storage={k.name: _array_storage(k, opts) for k in keys})
+    if has.any():
+        for spec in src.keys:
+            writers[spec.key].append(values[spec.key])
 
 
 def _detector_counts(rows: _Rows, opts: _Options) -> np.ndarray:
@@ -499,82 +267,72 @@ def _detector_counts(rows: _Rows, opts: _Options) -> np.ndarray:
     return np.where(rows.has_data, n, 0)
 
 
-def _write_detector(f: h5py.File, module: int, rows: _Rows, opts: _Options,
-                    progress) -> list[str]:
-    """INSTRUMENT data of one detector module, written train by train in whole chunks."""
+def _write_detector(f: FileWriter, module: int, rows: _Rows, opts: _Options,
+                    progress) -> str:
+    """INSTRUMENT data of one detector module, written train by train; returns the
+    source-list entry of its first index group."""
     det = opts.det
     source = det.source(module, corrected=opts.corrected and opts.new_corr_names)
     counts = _detector_counts(rows, opts)
     per_train = rows.has_data.astype(np.int64)
     cells = opts.frames_per_train
     specs = syn.detector_keys(det.name, corrected=opts.corrected, n_cells=cells)
-    grp = f.require_group(f"INSTRUMENT/{source}")
-    pixel_keys = {det.data_key, "image.mask", "image.gain", "data.gain", "data.mask"}
-    groups: dict[str, np.ndarray] = {}
-    appenders: dict[str, _Appender] = {}
-    for key, (dtype, shape) in specs.items():
-        group = key.split(".", 1)[0]
-        group_counts = counts if (det.xtdf and group == "image") or not det.xtdf else per_train
-        groups[group] = group_counts
-        rpc = (FRAMES_PER_CHUNK if det.xtdf else 1) if key in pixel_keys else None
-        dset = _create_rows(grp, key_to_path(key), int(group_counts.sum()), dtype, shape,
-                            opts=opts, rows_per_chunk=rpc, compress=key in pixel_keys or None)
-        appenders[key] = _Appender(dset)
+    keys = [Key(name, dtype, tuple(shape)) for name, (dtype, shape) in specs.items()]
+    pixel_keys = _PIXEL_KEYS | {det.data_key}
+    storage = {k.name: _pixel_storage(opts) if k.name in pixel_keys else _array_storage(k, opts)
+               for k in keys}
+    groups = dict.fromkeys(k.name.split(".", 1)[0] for k in keys)
+    group_counts = {g: counts if (g == "image" or not det.xtdf) else per_train for g in groups}
+    writers = f.add_instrument(source, keys, group_counts, storage=storage)
     for tid, n, has in zip(rows.train_ids, counts, rows.has_data, strict=True):
         if has:
             data = syn.detector_module_train(det.name, module, int(tid),
                                              int(n) if det.xtdf else cells,
                                              corrected=opts.corrected, seed=opts.seed,
                                              parallel_gain=opts.parallel_gain)
-            for key, app in appenders.items():
-                app.append(data[key])
+            for key, rows_out in writers.items():
+                rows_out.append(data[key])
         progress.update(1)
-    for app in appenders.values():
-        app.close()
-    entries = []
-    for group, group_counts in groups.items():
-        _write_source_index(f, f"{source}/{group}", group_counts, opts)
-        entries.append(f"INSTRUMENT/{source}/{group}")
     if det.xtdf and opts.corrected and opts.new_corr_names:
-        legacy = det.legacy_source(module)
-        for top in ("INSTRUMENT", "INDEX"):
-            parent, name = f"{top}/{legacy}".rsplit("/", 1)
-            f.require_group(parent)[name] = h5py.SoftLink(f"/{top}/{source}")
-        entries += [f"INSTRUMENT/{legacy}/{group}" for group in groups]
-    return entries
+        f.add_alias(det.legacy_source(module), source)
+    return f"INSTRUMENT/{source}/{next(iter(groups))}"
 
 
 def _write_file(path: Path, agg: _Aggregator, rows: _Rows, sequence: int, opts: _Options,
                 state: _ControlState, run_start: Mapping[str, Mapping[str, object]],
                 progress) -> None:
-    with h5py.File(path, "w") as f:
-        control: list[str] = []
-        instrument: list[str] = []
+    t0 = int(rows.real_time.min()) if len(rows) else syn.TRAIN_EPOCH_NS
+    t1 = int(rows.real_time.max()) if len(rows) else t0
+    metadata = {"creationDate": _date(t0), "updateDate": _date(t1 + 10**9),
+                "daqLibrary": "1.10.4", "karaboFramework": "2.16.2",
+                "runType": "Synthetic run", "sample": "lysozyme"}
+    suspect_rows = np.flatnonzero(rows.suspect)
+    origin = f"CONTROL/{syn.XGM_SOURCE}"
+    with FileWriter(path, rows.train_ids, format_version=opts.version, timestamps=rows.index_timestamp,
+                    good=~rows.suspect, zero_padding=opts.zero_padding,
+                    old_index=opts.old_index, proposal=opts.proposal, run=opts.run,
+                    sequence=sequence, metadata=metadata) as f:
         values = syn.slow_trains(rows.train_ids[rows.has_data], seed=opts.seed) \
             if agg.slow else {}
         for src in agg.slow + agg.empty:
             v = values.get(src.name) if src in agg.slow else None
             if src.section == "CONTROL":
-                control += _write_control(f, src, rows, v, run_start.get(src.name, {}),
-                                          state, opts)
+                _write_control(f, src, rows, v, run_start.get(src.name, {}), state, opts)
             else:
-                instrument += _write_instrument(f, src, rows, v, opts)
+                _write_instrument(f, src, rows, v, opts)
         if agg.module is None:
             progress.update(len(rows))
-        origin = f"CONTROL/{syn.XGM_SOURCE}"
-        if agg.module is not None:
-            entries = _write_detector(f, agg.module, rows, opts, progress)
-            instrument += entries
-            origin = entries[0]
+        else:
+            origin = _write_detector(f, agg.module, rows, opts, progress)
         if agg.run_only:
             for name, run_values in syn.RUN_ONLY_SOURCES.items():
-                _write_run_values(f.require_group(f"RUN/{name}"), run_values,
-                                  opts.pre_run_time)
-        for section in ("CONTROL", "RUN", "INSTRUMENT"):
-            f.require_group(section)
-        entries = _source_list(sorted(control) + sorted(instrument), opts)
-        _write_train_index(f, rows, entries, origin if origin in entries else entries[-1], opts)
-        _write_metadata(f, entries, rows, sequence, opts)
+                f.add_run_values(name, run_values, opts.pre_run_time)
+        entries = f.source_list
+        f.origin = {int(r): origin if origin in entries else entries[-1] for r in suspect_rows}
+
+
+def _date(ns: int) -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(ns / 1e9))
 
 
 # --------------------------------------------------------------------------
@@ -598,7 +356,8 @@ def make_example(path: str | Path, *, detector: str | None = "AGIPD1M", correcte
                  new_corr_names: bool = True, modules: Sequence[int] | None = None,
                  n_trains: int = 20, frames_per_train: int = 16,
                  trains_per_sequence: int | None = None, format_version: str = "1.3",
-                 old_index: bool = False, compression: str | None = None,
+                 old_index: bool = False, compression: str | None = "facility",
+                 pixel_chunk_frames: int = 1,
                  slow_sources: bool = True, first_train_id: int = 10000,
                  proposal: int = 700000, run: int = 1, seed: int = 0,
                  missing_module_trains: Mapping[int, Sequence[int]] | None = None,
@@ -636,8 +395,14 @@ def make_example(path: str | Path, *, detector: str | None = "AGIPD1M", correcte
     old_index
         Write the old ``first``/``last``/``status`` index (format 0.5 only).
     compression
-        None or ``"gzip"`` (deflate level 1 with shuffle, as corrected data is
-        stored) for pixel and array data (rows of 1 KiB or more); ``"lzf"`` also works.
+        ``"facility"`` (default): as the facility stores data, raw pixel data
+        uncompressed, corrected pixel data (data, mask, gain) deflated at level 1
+        after shuffle, everything else uncompressed.  None: nothing compressed.
+        ``"gzip"`` (deflate level 1 with shuffle) or ``"lzf"``: pixel data and
+        other array data (rows of 1 KiB or more) compressed so.
+    pixel_chunk_frames
+        Frames per HDF5 chunk of XTDF pixel data (default 1, as the facility
+        writes it); JUNGFRAU pixel chunks always hold one train (one row).
     slow_sources
         Write the slow and instrument sources of :mod:`xfeldata.testing.synthetic`
         (``DA01``: XGM, motors, REMI hits, RUN-only source; ``DA02``: camera
@@ -683,8 +448,11 @@ def make_example(path: str | Path, *, detector: str | None = "AGIPD1M", correcte
                          f"not {format_version!r}")
     if old_index and format_version != "0.5":
         raise ValueError("old_index (first/last/status) exists only in format 0.5")
-    if compression not in (None, "gzip", "lzf"):
-        raise ValueError(f"compression must be None, 'gzip' or 'lzf', not {compression!r}")
+    if compression not in ("facility", None, "gzip", "lzf"):
+        raise ValueError("compression must be 'facility', None, 'gzip' or 'lzf', "
+                         f"not {compression!r}")
+    if pixel_chunk_frames < 1:
+        raise ValueError(f"pixel_chunk_frames must be at least 1, not {pixel_chunk_frames}")
     if n_trains < 1:
         raise ValueError("n_trains must be at least 1")
     if trains_per_sequence is not None and trains_per_sequence < 1:
@@ -721,7 +489,7 @@ def make_example(path: str | Path, *, detector: str | None = "AGIPD1M", correcte
         suspect_train = True
         empty_source = True
     opts = _Options(det, corrected, new_corr_names, tuple(modules), frames_per_train,
-                    format_version, old_index, compression, proposal, run, seed,
+                    format_version, old_index, compression, pixel_chunk_frames, proposal, run, seed,
                     varying_frames and (det is None or det.xtdf), zero_padding,
                     lpd_parallel_gain, int(syn.train_timestamp_ns(first_train_id)[0]))
 
