@@ -28,10 +28,10 @@ import numpy as np
 from dask.array.core import getter
 from dask.base import tokenize
 
-from .errors import DataIndexError
+from .errors import DataIndexError, DataReadError, FileChangedError
 from .files.direct import read_rows_into
-from .files.handles import OpenFile, handles
-from .files.index import KeyInfo
+from .files.handles import FileStamp, OpenFile, handles
+from .files.index import FileIndex, KeyInfo
 from .files.plain import PlainLayout, pread_rows, pread_rows_to_frames
 from .run import RunSelection, TrainMap
 
@@ -50,6 +50,8 @@ class RowRead:
 
     ``target`` is either the first row of the block (as ``(-1, *entry)``) that
     the rows fill contiguously, or an array of block rows, one per dataset row.
+    ``stamp`` is the file's size, mtime and inode when it was indexed: a file
+    that no longer matches is not read (None: not checked).
     """
 
     path: str
@@ -59,6 +61,7 @@ class RowRead:
     start: int
     stop: int
     target: int | np.ndarray
+    stamp: FileStamp | None = None
 
     def __dask_tokenize__(self) -> tuple:
         target = self.target if isinstance(self.target, int) else tokenize(self.target)
@@ -225,6 +228,11 @@ def execute_block(block: BlockRead, out: np.ndarray | None = None) -> np.ndarray
     ------
     DataIndexError
         If the file's index points past the end of the dataset.
+    FileChangedError
+        If a file is no longer the one indexed (replaced, truncated, rewritten).
+    DataReadError
+        Naming file, dataset, source, key and rows if reading the rows failed
+        (e.g. a corrupt compressed chunk).
     OSError
         Naming the file if it vanished or became unreadable since opening.
     """
@@ -236,14 +244,25 @@ def execute_block(block: BlockRead, out: np.ndarray | None = None) -> np.ndarray
     grid_shape = block.shape[: block.ndim - block.entry_ndim]
     flat = out.reshape((-1, *block.shape[len(grid_shape):])) if out.flags.c_contiguous else None
     decoded: dict = {}  # the last partly used compressed chunk, decoded once
-    for path, reads in groupby(block.reads, key=lambda r: r.path):
-        with handles.use(path) as opened:
+    for (path, stamp), reads in groupby(block.reads, key=lambda r: (r.path, r.stamp)):
+        with handles.use(path, stamp) as opened:
             for read in reads:
-                if flat is not None:
-                    _read_rows(opened, read, flat, decoded)
-                else:
-                    _read_rows_strided(opened, read, out, grid_shape, decoded)
+                try:
+                    if flat is not None:
+                        _read_rows(opened, read, flat, decoded)
+                    else:
+                        _read_rows_strided(opened, read, out, grid_shape, decoded)
+                except (DataIndexError, FileChangedError, DataReadError):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - h5py, HDF5 filters, libdeflate, zlib
+                    raise DataReadError(read.path, read.dataset, read.source, read.key,
+                                        read.start, read.stop, exc) from exc
     return out
+
+
+def file_stamp(fi: FileIndex) -> FileStamp:
+    """The :data:`~xfeldata.files.handles.FileStamp` a file had when it was indexed."""
+    return fi.size, fi.mtime, fi.inode
 
 
 def _locate(opened: OpenFile, read: RowRead) -> tuple[PlainLayout | None, Any]:
@@ -257,7 +276,7 @@ def _locate(opened: OpenFile, read: RowRead) -> tuple[PlainLayout | None, Any]:
         raise OSError(f"{read.path}: dataset {read.dataset} ({read.source} {read.key}) "
                       "is missing from the file") from None
     nrows = layout.nrows if layout is not None else ds.shape[0]
-    if read.stop > nrows:
+    if not 0 <= read.start <= read.stop <= nrows:
         raise DataIndexError(read.path, read.source, read.key,
                              f"index points to rows {read.start}:{read.stop} but the dataset "
                              f"{read.dataset} has only {nrows} rows")
@@ -408,6 +427,7 @@ def flat_rows_blocks(run: RunSelection, source: str, key: str,
     """The blocks of :func:`flat_rows_array` (same parameters and ``found``)."""
     source = run.resolve_source(source)
     info = run.key_info(source, key)
+    run.check_index(source, key)
     found = run.rows(source, info.group)
     blocks: list[BlockRead] = []
     file_no = found.file_no
@@ -417,13 +437,13 @@ def flat_rows_blocks(run: RunSelection, source: str, key: str,
             continue
         fno = int(file_no[seg_start])
         finfo = run.file_key_info(fno, source, key)
-        path = run.file(fno).path
+        path, stamp = run.file(fno).path, file_stamp(run.file(fno))
         ranges = _contiguous_ranges(found.first[seg_start:seg_stop], found.count[seg_start:seg_stop])
         align = finfo.chunks[0] if finfo.chunks else 1
         for chunk in plan_ranges(ranges, chunk_rows(finfo, target_bytes), align):
             reads, offset = [], 0
             for start, stop in chunk:
-                reads.append(RowRead(path, finfo.path, source, info.key, start, stop, offset))
+                reads.append(RowRead(path, finfo.path, source, info.key, start, stop, offset, stamp))
                 offset += stop - start
             blocks.append(BlockRead((offset, *info.entry_shape), info.dtype, len(info.entry_shape),
                                     None, tuple(reads)))
@@ -526,6 +546,7 @@ def padded_blocks(
     source = run.resolve_source(source)
     info = run.key_info(source, key)
     train_ids = np.asarray(train_ids, np.uint64)
+    run.check_index(source, key)
     found = run.rows(source, info.group).lookup(train_ids)
     fill = default_fill_value(info.dtype) if fill_value is None else fill_value
     n_trains = len(train_ids)
@@ -563,13 +584,14 @@ def padded_blocks(
     r_target = (r_train - edges[r_block]) * n_slots + slot_of_row[rows]
     seg_first, seg_last = contiguous_runs(r_block * (int(r_file.max(initial=0)) + 1) + r_file,
                                           r_start, r_target)
-    locations = {int(f): (run.file(int(f)).path, run.file_key_info(int(f), source, key).path)
-                 for f in np.unique(r_file)}
+    locations = {int(f): (run.file(int(f)).path, run.file_key_info(int(f), source, key),
+                          file_stamp(run.file(int(f)))) for f in np.unique(r_file)}
     reads_by_block: dict[int, list[RowRead]] = {}
     for i, j in zip(seg_first.tolist(), seg_last.tolist(), strict=True):
-        path, dataset = locations[int(r_file[i])]
+        path, finfo, stamp = locations[int(r_file[i])]
         reads_by_block.setdefault(int(r_block[i]), []).append(RowRead(
-            path, dataset, source, info.key, int(r_start[i]), int(r_start[j]) + 1, int(r_target[i])))
+            path, finfo.path, source, info.key, int(r_start[i]), int(r_start[j]) + 1, int(r_target[i]), stamp))
+
 
     blocks = []
     for b, (b0, b1) in enumerate(zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True)):

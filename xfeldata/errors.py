@@ -47,6 +47,38 @@ class DataIndexError(XfeldataError, IndexError):
         super().__init__(f"{self.path}: source {source}, key {key}: {problem}")
 
 
+class DataReadError(XfeldataError, OSError):
+    """Rows of one dataset could not be read (a corrupt chunk, an I/O error).
+
+    The message names the file, the dataset (with source and key) and the rows.
+    """
+
+    def __init__(self, path: str, dataset: str, source: str, key: str, start: int, stop: int,
+                 cause: BaseException):
+        self.path, self.dataset, self.source, self.key = str(path), dataset, source, key
+        self.rows = (start, stop)
+        super().__init__(f"{self.path}: cannot read rows {start}:{stop} of {dataset} "
+                         f"(source {source}, key {key}): {type(cause).__name__}: {cause}")
+
+    def __str__(self) -> str:  # OSError would format its arguments as a tuple
+        return str(self.args[0])
+
+
+class FileChangedError(XfeldataError, OSError):
+    """A run file is no longer the file that was indexed (replaced, truncated or rewritten).
+
+    Open the run again to index the new content.
+    """
+
+    def __init__(self, path: str, problem: str):
+        self.path = str(path)
+        super().__init__(f"{self.path}: file changed since the run was opened ({problem}); "
+                         "open the run again to read its new content")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 def _close_matches(word: str, candidates: Iterable[str], n: int = 3) -> list[str]:
     candidates = list(candidates)
     matches = difflib.get_close_matches(word, candidates, n=n, cutoff=0.6)

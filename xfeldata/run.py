@@ -26,8 +26,17 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .errors import PropertyNameError, SourceNameError, TrainIdError
-from .files.index import CONTROL, INSTRUMENT, FileIndex, KeyInfo, LazyKeys, decode_str, longest_increasing
+from .errors import DataIndexError, FileFormatError, PropertyNameError, SourceNameError, TrainIdError
+from .files.index import (
+    CONTROL,
+    INSTRUMENT,
+    DamagedEntries,
+    FileIndex,
+    KeyInfo,
+    LazyKeys,
+    decode_str,
+    longest_increasing,
+)
 from .files.layout import match_detector_source, parse_file_name, path_to_key
 
 SelectionSpec = str | Mapping[str, Iterable[str] | None] | Iterable[tuple[str, str]]
@@ -70,12 +79,39 @@ class SourceEntry:
     keys: Mapping[str, KeyInfo]
 
 
-def _merged_keys(per_file: list[Mapping[str, KeyInfo]]) -> dict[str, KeyInfo]:
-    """Keys of a source over several files; a key's information is from the first file."""
+def _merged_keys(per_file: list[tuple[str, Mapping[str, KeyInfo]]],
+                 clashes: dict[str, tuple[str, str, bool]]) -> dict[str, KeyInfo]:
+    """Keys of a source over several files ``[(path, keys)]``.
+
+    A key's information is from the first file, its dtype the common type of
+    all files' numeric dtypes (int16 and float64 read as float64, never
+    truncated).  Keys whose dtypes have no common type, or whose entry shapes
+    differ, are noted in ``clashes``: key -> (the later file, a sentence naming
+    both, whether the key cannot be read); so are dtypes read as a common type.
+    """
     merged: dict[str, KeyInfo] = {}
-    for keys in per_file:
+    seen_in: dict[str, str] = {}
+    seen_dtype: dict[str, np.dtype] = {}
+    for path, keys in per_file:
         for key, info in keys.items():
-            merged.setdefault(key, info)
+            known = merged.get(key)
+            if known is None:
+                merged[key], seen_in[key], seen_dtype[key] = info, path, info.dtype
+                continue
+            if (key in clashes and clashes[key][2]) or (
+                    known.dtype == info.dtype and known.entry_shape == info.entry_shape):
+                continue
+            where = f"in {seen_in[key]}, but {{}} in {path}"
+            if known.entry_shape != info.entry_shape:
+                clashes[key] = (path, f"entry shape {known.entry_shape} " + where.format(info.entry_shape), True)
+            elif known.dtype.kind in "biufc" and info.dtype.kind in "biufc":
+                common = np.promote_types(known.dtype, info.dtype)
+                merged[key] = replace(known, dtype=common)
+                clashes[key] = (path, f"dtype {seen_dtype[key]} " + where.format(info.dtype)
+                                + f": read as {common}", False)
+            else:
+                clashes[key] = (path, f"dtype {known.dtype} " + where.format(info.dtype)
+                                + ": no common type", True)
     return merged
 
 
@@ -105,6 +141,10 @@ class RunFiles:
         self.problems: list[tuple[str, str]] = [
             (fi.path, p) for fi in self.files for p in fi.problems
         ]
+        #: Per source, keys whose files disagree on dtype or entry shape (found when
+        #: the source's keys are first used): key -> (file, sentence naming the files,
+        #: True if the key cannot be read, False if it is read as a common dtype).
+        self.key_clashes: dict[str, dict[str, tuple[str, str, bool]]] = {}
         self._suspect = self._suspect_masks()
         kept = [fi.train_ids[self._kept(i)] for i, fi in enumerate(self.files)]
         self.train_ids = _readonly(np.unique(np.concatenate(kept or [np.zeros(0, np.uint64)])))
@@ -115,23 +155,46 @@ class RunFiles:
         self._train_maps = self._build_train_maps()
         for message in self.conflicts:
             warnings.warn(message, stacklevel=3)
+        self._damaged: dict[tuple[str, str], list[tuple[FileIndex, DamagedEntries]]] = {}
+        for fi in self.files:
+            for damage in fi.damaged:
+                self._damaged.setdefault((damage.source, damage.group), []).append((fi, damage))
+            if not len(fi.train_ids):
+                warnings.warn(f"{fi.path}: no trains (INDEX/trainId is empty or all zero); "
+                              "none of its data is read", stacklevel=3)
+            for damage in fi.damaged:
+                warnings.warn(f"{fi.path}: {damage.message}", stacklevel=3)
+
+    def damaged_entries(self, source: str, group: str) -> list[tuple[FileIndex, DamagedEntries]]:
+        """The index entries of one source's group that indexing set aside, per file."""
+        return self._damaged.get((source, group), [])
+
+    def all_key_clashes(self) -> list[tuple[str, str]]:
+        """``(file, sentence)`` for every key whose files disagree on dtype or entry
+        shape (merges the keys of every source)."""
+        out = []
+        for name, entry in self.sources.items():
+            len(entry.keys)  # merges the source's keys, noting clashes
+            out += [(path, f"source {name}, key {key}: {message}")
+                    for key, (path, message, _) in self.key_clashes[name].items()]
+        return out
 
     def _catalogue(self) -> tuple[dict[str, SourceEntry], dict[str, str]]:
         """Sources (category and index groups from the first file that has them, keys
         merged over all files and listed on first use) and legacy source names."""
         sources: dict[str, SourceEntry] = {}
-        per_file_keys: dict[str, list[Mapping[str, KeyInfo]]] = {}
+        per_file_keys: dict[str, list[tuple[str, Mapping[str, KeyInfo]]]] = {}
         aliases: dict[str, str] = {}
         for fi in self.files:
             aliases.update(fi.aliases)
             for name, si in fi.sources.items():
                 entry = sources.get(name)
                 if entry is None:
-                    per_file_keys[name] = [si.keys]
-                    sources[name] = SourceEntry(name, si.category, tuple(si.groups),
-                                                LazyKeys(partial(_merged_keys, per_file_keys[name])))
+                    per_file_keys[name] = [(fi.path, si.keys)]
+                    merge = partial(_merged_keys, per_file_keys[name], self.key_clashes.setdefault(name, {}))
+                    sources[name] = SourceEntry(name, si.category, tuple(si.groups), LazyKeys(merge))
                 else:
-                    per_file_keys[name].append(si.keys)
+                    per_file_keys[name].append((fi.path, si.keys))
                     if set(si.groups) - set(entry.groups):
                         sources[name] = replace(entry, groups=tuple(sorted(set(entry.groups) | set(si.groups))))
         return sources, aliases
@@ -324,7 +387,38 @@ class RunSelection:
         time each value last changed.
         """
         source = self.resolve_source(source)
-        return self._file_key_info(self._files.sources[source].keys, source, key)
+        info = self._file_key_info(self._files.sources[source].keys, source, key)
+        clash = self._files.key_clashes.get(source, {}).get(info.key)
+        if clash is not None and clash[2]:
+            raise FileFormatError(clash[0], f"source {source}, key {info.key}: {clash[1]}")
+        return info
+
+    def check_index(self, source: str, key: str) -> None:
+        """Raise if the selected trains include index entries of the key's group that
+        indexing set aside (pointing outside the data, negative, overflowing).
+
+        Raises
+        ------
+        DataIndexError
+            Naming the file, source, key, index group and trains.
+        """
+        damage = self.index_damage(source, key)
+        if damage:
+            raise damage[0][2]
+
+    def index_damage(self, source: str, key: str) -> list[tuple[str, np.ndarray, DataIndexError]]:
+        """Per file, the selected trains whose index entries for the key's group were
+        set aside when indexing, and the error that reading them raises."""
+        source = self.resolve_source(source)
+        info = self.key_info(source, key)
+        found = []
+        for fi, damage in self._files.damaged_entries(source, info.group):
+            hit = damage.train_ids[np.isin(damage.train_ids, self._train_ids)]
+            if len(hit):
+                shown = ", ".join(map(str, hit[:5].tolist())) + (" ..." if len(hit) > 5 else "")
+                found.append((fi.path, hit, DataIndexError(
+                    fi.path, source, info.key, f"selected train(s) {shown} have a bad index: {damage.message}")))
+        return found
 
     def _file_key_info(self, keys: Mapping[str, KeyInfo], source: str, key: str) -> KeyInfo:
         entry = self._files.sources[source]

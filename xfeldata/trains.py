@@ -45,7 +45,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .errors import DataIndexError, PropertyNameError
+from .errors import DataIndexError, DataReadError, PropertyNameError
 from .files.handles import OpenFile, handles
 from .files.index import KeyInfo, decode_str
 from .files.layout import detector_kind_of_device, group_detector_sources
@@ -102,6 +102,7 @@ class _KeyReader:
         self.start = self.stop = 0
         self.values: list[Any] = []
         self._datasets: dict[int, Any] = {}
+        self._damage = [(np.isin(run.train_ids, tids), error) for _, tids, error in run.index_damage(source, key)]
 
     def get(self, i: int) -> Any:
         """The value of train position ``i`` (None if the train has no rows)."""
@@ -120,8 +121,9 @@ class _KeyReader:
         except PropertyNameError:  # this file of the source lacks the key
             self._datasets[file_no] = False
             return False
-        path = self.run.file(file_no).path
-        entry = leases.enter_context(handles.use(path))
+        fi = self.run.file(file_no)
+        path = fi.path
+        entry = leases.enter_context(handles.use(path, (fi.size, fi.mtime, fi.inode)))
         if ds is None or ds.entry is not entry:  # new, or the cache reopened the file
             try:
                 ds = _Rows(entry, info, path)
@@ -150,6 +152,9 @@ class _KeyReader:
         """
         r = self.rows
         b0, b1 = i, min(i + self.block_trains, len(r.count))
+        for damaged, error in self._damage:
+            if damaged[b0:b1].any():
+                raise error
         file_no, first, count = r.file_no[b0:b1], r.first[b0:b1], r.count[b0:b1]
         has = np.flatnonzero(count > 0)
         block = _Block(b0, b1)
@@ -218,7 +223,12 @@ class _Read:
     def result(self) -> np.ndarray:
         """The rows, read now through HDF5 unless :meth:`fetch` read them."""
         if self.buf is None:
-            self.buf = self.rows.read_hdf5(self.lo, self.hi)
+            try:
+                self.buf = self.rows.read_hdf5(self.lo, self.hi)
+            except Exception as exc:  # noqa: BLE001 - h5py and HDF5 filters: name what failed
+                info = self.rows.info
+                raise DataReadError(self.rows.path, info.path, info.source, info.key,
+                                    self.lo, self.hi, exc) from exc
         return self.buf
 
 
@@ -279,7 +289,7 @@ class _Rows:
     """
 
     def __init__(self, entry: OpenFile, info: KeyInfo, path: str):
-        self.entry, self.path = entry, path
+        self.entry, self.path, self.info = entry, path, info
         self.dsid = h5py.h5d.open(entry.file.id, info.path.encode())  # KeyError if missing
         self.shape, self.dtype = info.shape, info.dtype
         self.nrows = self.shape[0] if self.shape else 0

@@ -32,9 +32,12 @@ class Problem:
 def validate_run(path: str | os.PathLike, include: str = "*") -> list[Problem]:
     """Check every file of a run against the format's index rules.
 
-    Reports unreadable files, zero, repeated and out-of-order train IDs, index
-    entries that do not start at 0, overlap, leave gaps or point past the end of
-    a dataset, and trains that two files claim for the same source.
+    Reports unreadable files, files without trains (``INDEX/trainId`` empty or
+    all zero), zero, repeated and out-of-order train IDs, index entries that are
+    not integers, negative, overflowing, do not start at 0, overlap, leave gaps
+    or point past the end of a dataset, trains that two files claim for the same
+    source, and keys whose dtype or entry shape changes between files (a dtype
+    change with a common type is read as that type, and still reported).
 
     Parameters
     ----------
@@ -78,6 +81,7 @@ def check_run(path: str | os.PathLike, include: str = "*") -> tuple[list[Problem
     # across sequence files; then trains claimed by several files.
     problems += [Problem(file, message) for file, message in combined.problems]
     problems += [Problem("", c) for c in combined.conflicts]
+    problems += [Problem(file, message) for file, message in combined.all_key_clashes()]
     notes = []
     suspect = combined.suspect_train_ids
     if len(suspect):

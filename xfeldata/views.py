@@ -71,6 +71,7 @@ def key_array(run: RunSelection, source: str, key: str) -> xr.DataArray | xr.Dat
     """
     source = run.resolve_source(source)
     info = run.key_info(source, key)
+    run.check_index(source, key)  # trains whose index entries were set aside raise here
     if run.rows(source, info.group).count.any():
         arr, found = flat_rows_array(run, source, key)
     else:  # no rows in the selected trains (or none at all): an empty array with its dims

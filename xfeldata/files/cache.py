@@ -7,7 +7,10 @@ in one ``.npz`` per directory: each kind of array (train IDs, flags, index
 keys' metadata as JSON per file, decoded only when a source's keys are used.  It
 is loaded with ``allow_pickle=False``, so a cache written by someone else cannot
 run code.  Entries are keyed on each file's absolute path and checked against its
-size and modification time, so a changed file is indexed again.  The cache is
+size, modification time and inode number, so a changed or replaced file is
+indexed again.  A file rewritten in place with the same size and the same mtime
+is a known limit of stat-based keys: open it with ``cache=False``.  A damaged
+cache is ignored with a warning and rewritten.  The cache is
 written atomically (a temporary file renamed into place).
 
 Where: ``<run directory>/.xfeldata/index.npz`` when the run directory is
@@ -27,6 +30,7 @@ import json
 import os
 import tempfile
 import threading
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -36,10 +40,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import FileFormatError
-from .index import FileIndex, IndexGroup, KeyInfo, LazyKeys, SourceInfo, read_file_index
+from .index import DamagedEntries, FileIndex, IndexGroup, KeyInfo, LazyKeys, SourceInfo, read_file_index
 
 #: Bump when the stored layout changes; older entries are then ignored.
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 CACHE_ENV = "XFELDATA_CACHE_DIR"
 CACHE_SWITCH_ENV = "XFELDATA_INDEX_CACHE"
 RUN_DIR_CACHE = Path(".xfeldata") / "index.npz"
@@ -148,7 +152,9 @@ def entry_of(fi: FileIndex) -> Entry:
     n = len(fi.train_ids)
     groups = [ig for si in fi.sources.values() for ig in si.groups.values()]
     header = {
-        "path": fi.path, "size": fi.size, "mtime": fi.mtime, "format_version": fi.format_version,
+        "path": fi.path, "size": fi.size, "mtime": fi.mtime, "inode": fi.inode,
+        "format_version": fi.format_version,
+        "damaged": [[d.source, d.group, d.train_ids.tolist(), d.message] for d in fi.damaged],
         "metadata": _jsonable(fi.metadata), "aliases": fi.aliases, "problems": list(fi.problems),
         "n": n, "timestamps": fi.timestamps is not None,
         "sources": [[si.name, si.category, list(si.groups)] for si in fi.sources.values()],
@@ -196,6 +202,8 @@ def file_index_of(entry: Entry) -> FileIndex:
         metadata=h["metadata"], train_ids=a["train_ids"],
         timestamps=a["timestamps"] if h["timestamps"] else None, valid=a["valid"],
         suspect=a["suspect"], sources=sources, aliases=h["aliases"], problems=tuple(h["problems"]),
+        inode=h["inode"], damaged=tuple(DamagedEntries(source, group, np.array(tids, np.uint64), message)
+                                        for source, group, tids, message in h["damaged"]),
     )
 
 
@@ -232,24 +240,48 @@ def _split_bundle(header: dict[str, Any], stored: dict[str, np.ndarray]) -> dict
 
 
 def read_bundle(directory: str) -> dict[str, Entry]:
-    """The cached entries of a directory's files, ``{path: Entry}`` (not yet validated)."""
+    """The cached entries of a directory's files, ``{path: Entry}`` (not yet validated).
+
+    A cache that cannot be read (truncated, emptied, bit-flipped, a hostile
+    header) is ignored with a warning naming it; the files are then indexed
+    again and the cache is rewritten.
+    """
     for candidate in _bundle_paths(directory):
         try:
-            with _LOAD_LOCK, np.load(candidate, allow_pickle=False) as npz:
-                header = json.loads(npz["header"].tobytes())
-                if header.get("cache_version") != CACHE_VERSION:
-                    continue
-                blob = npz["blob"]
-            stored = {name: np.frombuffer(blob, dtype, count, offset)
-                      for name, (dtype, offset, count) in header["arrays"].items()}
-            expected = {**_ARRAY_DTYPES, "keys": np.uint8}
-            if stored.keys() != expected.keys() or any(
-                    stored[name].dtype != dtype for name, dtype in expected.items()):
-                continue
-            return _split_bundle(header, stored)
-        except (OSError, ValueError, KeyError, json.JSONDecodeError, TypeError, SystemError):
+            entries = _load_bundle(candidate)
+        except FileNotFoundError:
             continue
+        except Exception as exc:  # noqa: BLE001 - whatever the damage, the files are still there
+            warnings.warn(f"{candidate}: damaged index cache ignored, indexing the files again "
+                          f"({type(exc).__name__}: {str(exc)[:200]})", stacklevel=4)
+            continue
+        if entries is not None:
+            return entries
     return {}
+
+
+def _load_bundle(candidate: Path) -> dict[str, Entry] | None:
+    """The entries of one cache file; None if it is of another cache version.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no such cache.
+    Exception
+        Of many kinds if it is damaged.
+    """
+    with _LOAD_LOCK, np.load(candidate, allow_pickle=False) as npz:
+        header = json.loads(npz["header"].tobytes())
+        if not isinstance(header, dict) or header.get("cache_version") != CACHE_VERSION:
+            return None
+        blob = npz["blob"]
+    stored = {name: np.frombuffer(blob, dtype, count, offset)
+              for name, (dtype, offset, count) in header["arrays"].items()}
+    expected = {**_ARRAY_DTYPES, "keys": np.uint8}
+    if stored.keys() != expected.keys() or any(
+            stored[name].dtype != dtype for name, dtype in expected.items()):
+        raise ValueError("unexpected arrays in the index cache")
+    return _split_bundle(header, stored)
 
 
 def _concatenate(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, list]]:
@@ -302,11 +334,34 @@ def _stat(path: str) -> os.stat_result | None:
         return None
 
 
+def _stamp(st: os.stat_result) -> tuple[int, float, int]:
+    """What a cache entry is checked against: size, modification time and inode."""
+    return st.st_size, st.st_mtime, st.st_ino
+
+
+def _cached_index(entry: Entry, st: os.stat_result) -> FileIndex | None:
+    """The file index of an entry that matches the file's stat, else None.
+
+    A damaged entry (fields of the wrong kind) counts as not matching, with a warning.
+    """
+    h = entry.header
+    try:
+        if (h["size"], h["mtime"], h["inode"]) != _stamp(st):
+            return None
+        return file_index_of(entry)
+    except Exception as exc:  # noqa: BLE001 - a damaged entry: index the file again
+        warnings.warn(f"{h.get('path') if isinstance(h, dict) else '?'}: damaged index cache entry "
+                      f"ignored ({type(exc).__name__}: {str(exc)[:200]})", stacklevel=4)
+        return None
+
+
 def index_files_cached(paths: list[str], progress: bool = False) -> list[FileIndex | FileFormatError]:
     """Index files through the cache of their directories; errors are returned, not raised.
 
-    Files whose cache entry matches their size and mtime are not opened; the
-    others are indexed and their directory's cache is rewritten once.
+    Files whose cache entry matches their size, mtime and inode are not opened;
+    the others are indexed and their directory's cache is rewritten once.  A
+    file rewritten with the same size and mtime in place (same inode) is not
+    noticed: pass ``use_cache=False`` (``open_run(..., cache=False)``) then.
     """
     paths = [os.path.abspath(p) for p in paths]
     results: dict[str, FileIndex | FileFormatError] = {}
@@ -320,8 +375,9 @@ def index_files_cached(paths: list[str], progress: bool = False) -> list[FileInd
         changed = False
         for path in dir_paths:
             st, entry = _stat(path), entries.get(path)
-            if st is not None and entry and (entry.header["size"], entry.header["mtime"]) == (st.st_size, st.st_mtime):
-                results[path] = file_index_of(entry)
+            cached = _cached_index(entry, st) if st is not None and entry else None
+            if cached is not None:
+                results[path] = cached
             else:
                 try:
                     fi = read_file_index(path)
@@ -329,7 +385,7 @@ def index_files_cached(paths: list[str], progress: bool = False) -> list[FileInd
                     results[path] = exc
                 else:
                     results[path] = fi
-                    if st is not None and (fi.size, fi.mtime) == (st.st_size, st.st_mtime):
+                    if st is not None and (fi.size, fi.mtime, fi.inode) == _stamp(st):
                         entries[path] = entry_of(fi)
                         changed = True
             if bar is not None:

@@ -7,6 +7,12 @@ A file used inside :meth:`FileHandleCache.use` is closed only once that use
 ends, so its OS descriptor is never reused under a running ``pread``.  After a
 fork the child starts with an empty cache.
 
+Readers pass the :data:`FileStamp` (size, mtime, inode) the file had when it
+was indexed: a file opened under a path that now holds another file, or whose
+open file was truncated or rewritten, raises
+:class:`~xfeldata.errors.FileChangedError` instead of being read under the old
+index.
+
 Examples
 --------
 >>> handles.get("RAW-R0001-DA01-S00000.h5")["INDEX/trainId"].shape   # doctest: +SKIP
@@ -25,7 +31,11 @@ from contextlib import contextmanager
 
 import h5py
 
+from ..errors import FileChangedError
 from .plain import PlainLayout, plain_layout
+
+#: ``(size, mtime, inode)`` of a file when it was indexed (inode 0: not checked).
+FileStamp = tuple[int, float, int]
 
 #: How many files one process keeps open at most.
 MAX_OPEN_FILES = 128
@@ -88,18 +98,39 @@ class FileHandleCache:
         self._lock = threading.Lock()
         self._files = OrderedDict()
 
-    def _open(self, path: str) -> OpenFile:
-        """The cached entry of ``path``, opened if needed (call with the lock held)."""
+    def _open(self, path: str, stamp: FileStamp | None = None) -> OpenFile:
+        """The cached entry of ``path``, opened if needed (call with the lock held).
+
+        With ``stamp``, the file must still be the one indexed: checked with a
+        ``stat`` of the path when opening, an ``fstat`` of the open file after.
+        """
         entry = self._files.get(path)
         if entry is not None and entry.file.id.valid:
+            if stamp is not None and entry.fd is not None:
+                try:
+                    _check_stamp(path, os.fstat(entry.fd), stamp)
+                except FileChangedError:  # HDF5's view of the file is stale: never reuse it
+                    self._retire(self._files.pop(path))
+                    raise
             self._files.move_to_end(path)
             return entry
+        if stamp is not None:
+            try:
+                _check_stamp(path, os.stat(path), stamp)
+            except FileNotFoundError:
+                raise FileNotFoundError(f"{path}: run file vanished since the run was opened") from None
         try:
             entry = OpenFile(h5py.File(path, "r", rdcc_nbytes=CHUNK_CACHE_BYTES))
         except FileNotFoundError:
             raise FileNotFoundError(f"{path}: run file vanished since the run was opened") from None
         except OSError as exc:
             raise OSError(f"{path}: run file cannot be read any more ({exc})") from None
+        if stamp is not None and entry.fd is not None:  # replaced between stat and open?
+            try:
+                _check_stamp(path, os.fstat(entry.fd), stamp)
+            except FileChangedError:
+                entry.close()
+                raise
         self._files[path] = entry
         while len(self._files) > self.maxsize:
             _, old = self._files.popitem(last=False)
@@ -129,16 +160,24 @@ class FileHandleCache:
             return self._open(path).file
 
     @contextmanager
-    def use(self, path: str) -> Iterator[OpenFile]:
+    def use(self, path: str, stamp: FileStamp | None = None) -> Iterator[OpenFile]:
         """The open file of ``path``, kept open until the ``with`` block ends.
+
+        Parameters
+        ----------
+        stamp
+            The file's size, mtime and inode when it was indexed; if given, the
+            file must still match it.
 
         Raises
         ------
+        FileChangedError
+            If the file does not match ``stamp``.
         OSError
             (``FileNotFoundError`` included) naming the file if it cannot be opened.
         """
         with self._lock:
-            entry = self._open(path)
+            entry = self._open(path, stamp)
             entry.users += 1
         try:
             yield entry
@@ -164,6 +203,20 @@ class FileHandleCache:
 
     def __len__(self) -> int:
         return len(self._files)
+
+
+def _check_stamp(path: str, st: os.stat_result, stamp: FileStamp) -> None:
+    """Raise :class:`~xfeldata.errors.FileChangedError` if ``st`` does not match ``stamp``."""
+    size, mtime, inode = stamp
+    changes = []
+    if inode and st.st_ino != inode:
+        changes.append("another file now has its name")
+    if st.st_size != size:
+        changes.append(f"size {st.st_size} bytes, indexed at {size}")
+    if st.st_mtime != mtime:
+        changes.append("modified")
+    if changes:
+        raise FileChangedError(path, "; ".join(changes))
 
 
 def _after_fork_in_child(cache: FileHandleCache) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import h5py
@@ -121,6 +121,21 @@ class IndexGroup:
 
 
 @dataclass(frozen=True)
+class DamagedEntries:
+    """Entries of one index group that cannot be right, set to no rows when indexing.
+
+    Their ``first``/``count`` point before the start of the data, past the end
+    of every dataset of the group, or overflow; reading a key of the group for
+    these trains raises :class:`~xfeldata.errors.DataIndexError` with ``message``.
+    """
+
+    source: str
+    group: str
+    train_ids: np.ndarray
+    message: str
+
+
+@dataclass(frozen=True)
 class SourceInfo:
     """One source of one file: its category, index groups and keys.
 
@@ -142,8 +157,9 @@ class FileIndex:
 
     Attributes
     ----------
-    path, size, mtime
-        The file, and its size and modification time when it was indexed.
+    path, size, mtime, inode
+        The file, and its size, modification time and inode number when it was
+        indexed (inode 0: unknown).
     format_version
         ``"0.5"`` ... ``"1.3"``.
     metadata
@@ -164,6 +180,8 @@ class FileIndex:
         Legacy source name -> current name (soft links in new corrected files).
     problems
         Inconsistencies found while indexing, as readable sentences.
+    damaged
+        Index entries that cannot be right (see :class:`DamagedEntries`).
     """
 
     path: str
@@ -178,6 +196,8 @@ class FileIndex:
     sources: dict[str, SourceInfo]
     aliases: dict[str, str]
     problems: tuple[str, ...] = ()
+    inode: int = 0
+    damaged: tuple[DamagedEntries, ...] = ()
 
     @property
     def name(self) -> str:
@@ -364,29 +384,82 @@ def train_validity(
     return valid, suspect, problems
 
 
-def _index_arrays(fid: h5py.h5f.FileID, path: str, index_path: str, n: int,
-                  problems: list[str]) -> IndexGroup:
+def _integer_index(values: np.ndarray, name: str, problems: list[str]) -> np.ndarray | None:
+    """An INDEX ``first``/``count``/``last`` array as int64, with -1 for values no
+    dataset can have (negative, or 2**63 and more); None if it is not integers.
+
+    >>> _integer_index(np.array([0, 2**64 - 1], np.uint64), "first", []).tolist()
+    [0, -1]
+    """
+    if values.ndim != 1 or values.dtype.kind not in "iu":
+        problems.append(f"{name} is not a 1-d integer array ({values.dtype}, shape {values.shape})")
+        return None
+    out = values.astype(np.int64)  # uint64 of 2**63 and more wrap to negative values
+    out[out < 0] = -1
+    return out
+
+
+def _index_arrays(fid: h5py.h5f.FileID, path: str, index_path: str, train_ids: np.ndarray,
+                  keys: Mapping[str, KeyInfo], problems: list[str]) -> tuple[IndexGroup, DamagedEntries | None]:
+    """``first``/``count`` of one index group, checked against the rows of its datasets.
+
+    Entries that cannot be right (negative or overflowing values, rows past the
+    end of every dataset of the group, ``keys``) are set to no rows
+    and returned as :class:`DamagedEntries` (source and group left empty for the
+    caller); the problems name the group and the trains.
+    """
+    n = len(train_ids)
+    nrows = max((k.nrows for k in keys.values()), default=0)
     grp = _open(fid, index_path)
     if grp is None:
         raise KeyError(index_path)
-    count_ds = _dataset(grp, "count")
-    if count_ds is not None:
-        first = _read_member(grp, "first").astype(np.uint64)
-        count = _read(count_ds).astype(np.uint64)
+    if _dataset(grp, "count") is not None:
+        raw = {name: _read_member(grp, name) for name in ("first", "count")}
+        first = _integer_index(raw["first"], f"{index_path}/first", problems)
+        count = _integer_index(raw["count"], f"{index_path}/count", problems)
     elif _dataset(grp, "last") is not None and _dataset(grp, "status") is not None:
-        # the old index format of early 0.5 files
-        first = _read_member(grp, "first").astype(np.int64)
-        last = _read_member(grp, "last").astype(np.int64)
-        status = _read_member(grp, "status").astype(np.int64)
-        count = np.where(status > 0, last - first + 1, 0).clip(0).astype(np.uint64)
-        first = first.clip(0).astype(np.uint64)
+        # the old index format of early 0.5 files: count = (last - first + 1) * status
+        raw = {name: _read_member(grp, name) for name in ("first", "last", "status")}
+        first = _integer_index(raw["first"], f"{index_path}/first", problems)
+        last = _integer_index(raw["last"], f"{index_path}/last", problems)
+        status = _integer_index(raw["status"], f"{index_path}/status", problems)
+        count = None
+        if first is not None and last is not None and status is not None:
+            m = min(len(first), len(last), len(status))
+            first, last, on = first[:m], last[:m], status[:m] > 0
+            ok = (first >= 0) & (last >= first - 1)
+            count = np.where(on, np.where(ok, last - first + 1, -1), 0)
+            first = np.where(on, first, 0)
     else:
         raise FileFormatError(path, f"{index_path} has neither first/count nor first/last/status")
+    if first is None or count is None:  # not integers: no entry can be located
+        first, count = np.zeros(n, np.int64), np.full(n, -1, np.int64)
+    elif len(first) != len(count):
+        problems.append(f"{index_path}: first and count differ in length ({len(first)} and {len(count)})")
     if len(first) < n or len(count) < n:
         problems.append(f"{index_path}: index shorter ({min(len(first), len(count))}) than INDEX/trainId ({n})")
-        first = np.concatenate([first[:n], np.zeros(max(0, n - len(first)), np.uint64)])
-        count = np.concatenate([count[:n], np.zeros(max(0, n - len(count)), np.uint64)])
-    return IndexGroup(first=first[:n], count=count[:n])
+        first = np.concatenate([first[:n], np.zeros(max(0, n - len(first)), np.int64)])
+        count = np.concatenate([count[:n], np.zeros(max(0, n - len(count)), np.int64)])
+    first, count = first[:n], count[:n]
+    # first + count <= nrows, tested so that nothing overflows (both are >= -1 here)
+    bad = (count < 0) | ((count > 0) & ((first < 0) | (first > nrows) | (count > nrows - first)))
+    if bad.any():
+        shown = "; ".join(
+            f"train {train_ids[i]}: " + ", ".join(
+                f"{name}={values[i].item() if values.ndim == 1 and i < len(values) else '?'}"
+                for name, values in raw.items())
+            for i in np.flatnonzero(bad)[:3].tolist())
+        names = ", ".join(sorted(keys)[:5]) + (" ..." if len(keys) > 5 else "") if keys else "no datasets"
+        message = (f"{index_path}: {int(bad.sum())} index entr{'y' if bad.sum() == 1 else 'ies'} "
+                   f"negative, overflowing or past the end of the data ({nrows} rows: {names}), "
+                   f"not read: {shown}")
+        problems.append(message)
+        damaged = DamagedEntries("", "", train_ids[bad], message)
+        count = np.where(bad, 0, count)
+    else:
+        damaged = None
+    first = np.where(count > 0, first, np.maximum(first, 0))
+    return IndexGroup(first=first.astype(np.uint64), count=count.astype(np.uint64)), damaged
 
 
 _COMPRESSION_NAMES = {h5py.h5z.FILTER_DEFLATE: "gzip", h5py.h5z.FILTER_SZIP: "szip", 32000: "lzf"}
@@ -534,9 +607,13 @@ def _index_open_file(fid: h5py.h5f.FileID, path: str, st: os.stat_result) -> Fil
     flags = _read(flag_ds)[:n] if flag_ds is not None else None
     valid, suspect, train_problems = train_validity(train_ids, flags, version)
     problems.extend(train_problems)
+    if n == 0:
+        problems.append(f"no trains: INDEX/trainId is {'all zero' if len(raw_ids) else 'empty'} "
+                        f"({len(raw_ids)} entries), so no data of this file is read")
 
     sources: dict[str, SourceInfo] = {}
     aliases: dict[str, str] = {}
+    damaged: list[DamagedEntries] = []
     entries: dict[str, tuple[str, list[str]]] = {}
     for entry in _read_source_list(fid, path):
         split = split_source_entry(entry)
@@ -552,18 +629,24 @@ def _index_open_file(fid: h5py.h5f.FileID, path: str, st: os.stat_result) -> Fil
                 aliases[source] = target
                 continue
         try:
+            index_groups, keys = {}, {}
             if category == CONTROL:
-                index_groups = {"": _index_arrays(fid, path, f"INDEX/{source}", n, problems)}
                 keys = _control_keys(fid, source)
+                located = [("", f"INDEX/{source}", keys)]
             else:
-                index_groups, keys = {}, {}
+                located = []
                 for group in groups:
                     data = _open(fid, f"INSTRUMENT/{source}/{group}")
                     if data is None or _open(fid, f"INDEX/{source}/{group}") is None:
                         problems.append(f"{source}/{group}: listed but no INDEX or INSTRUMENT group")
                         continue
-                    index_groups[group] = _index_arrays(fid, path, f"INDEX/{source}/{group}", n, problems)
-                    keys.update(_instrument_keys(data, source, group))
+                    group_keys = _instrument_keys(data, source, group)
+                    keys.update(group_keys)
+                    located.append((group, f"INDEX/{source}/{group}", group_keys))
+            for group, index_path, group_keys in located:
+                index_groups[group], bad = _index_arrays(fid, path, index_path, train_ids, group_keys, problems)
+                if bad is not None:
+                    damaged.append(replace(bad, source=source, group=group))
         except KeyError:
             problems.append(f"{source}: listed in METADATA but missing from INDEX or data")
             continue
@@ -573,7 +656,8 @@ def _index_open_file(fid: h5py.h5f.FileID, path: str, st: os.stat_result) -> Fil
     return FileIndex(
         path=path, size=st.st_size, mtime=st.st_mtime, format_version=version, metadata=metadata,
         train_ids=train_ids, timestamps=timestamps, valid=valid, suspect=suspect,
-        sources=sources, aliases=aliases, problems=tuple(problems),
+        sources=sources, aliases=aliases, problems=tuple(problems), inode=st.st_ino,
+        damaged=tuple(damaged),
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import glob
 import os
+import warnings
 from pathlib import Path
 
 from .layout import DATA_ROOT_ENV, DEFAULT_DATA_ROOT
@@ -18,6 +19,9 @@ from .layout import DATA_ROOT_ENV, DEFAULT_DATA_ROOT
 
 def list_run_files(path: str | os.PathLike, include: str = "*") -> list[str]:
     """The run files of a directory (``*.h5`` but ``overview.h5``), or the file itself.
+
+    Dangling links and directories named ``*.h5`` are skipped; links that
+    cannot be followed (a symlink loop) are skipped with a warning.
 
     Raises
     ------
@@ -32,7 +36,7 @@ def list_run_files(path: str | os.PathLike, include: str = "*") -> list[str]:
     with os.scandir(path) as entries:  # file types from the directory listing, no stat each
         names = sorted(
             e.name for e in entries
-            if os.path.splitext(e.name)[1] == ".h5" and e.name != "overview.h5" and e.is_file()
+            if os.path.splitext(e.name)[1] == ".h5" and e.name != "overview.h5" and _is_file(e)
         )
     if not names:
         raise FileNotFoundError(f"{path}: no run files (*.h5) in this directory")
@@ -41,6 +45,16 @@ def list_run_files(path: str | os.PathLike, include: str = "*") -> list[str]:
         raise FileNotFoundError(
             f"{path}: no run files match include={include!r} (of {len(names)} files)")
     return [str(path / n) for n in picked]
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    """True for a file or a link to one; False, with a warning, for a link that
+    cannot be followed (a loop, no permission); False for dangling links and directories."""
+    try:
+        return entry.is_file()
+    except OSError as exc:
+        warnings.warn(f"{entry.path}: skipped, cannot be followed ({exc.strerror or exc})", stacklevel=4)
+        return False
 
 
 def proposal_run_dir(proposal: int | str, run: int | str, data: str = "raw") -> Path:
