@@ -12,7 +12,7 @@ Examples
 >>> import zmq
 >>> ctx = zmq.Context.instance()
 >>> a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
->>> a.bind("inproc://sockets-doc"); b.connect("inproc://sockets-doc")
+>>> _ = a.bind("inproc://sockets-doc"), b.connect("inproc://sockets-doc")
 >>> a.send_multipart([b"x" * 10, b"y" * 10])
 >>> try:
 ...     recv_message(b, max_bytes=15, peer="inproc://sockets-doc")
