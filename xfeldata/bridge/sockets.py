@@ -101,7 +101,7 @@ class Throttle:
     >>> warn = Throttle(lines.append, first_interval=1, clock=lambda: now[0])
     >>> for t in (0, 0.1, 0.2, 1.5):
     ...     now[0] = t
-    ...     warn("bad message from tcp://h:1")
+    ...     _ = warn("bad message from tcp://h:1")
     >>> lines
     ['bad message from tcp://h:1', 'bad message from tcp://h:1 (and 2 more like it in the last 1.5 s)']
     """
