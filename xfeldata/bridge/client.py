@@ -96,8 +96,9 @@ class Client:
             socket.setsockopt(zmq.SUBSCRIBE, b"")
         if self.timeout is not None:
             socket.setsockopt(zmq.RCVTIMEO, max(int(self.timeout * 1000), 0))
-        if self.sock == "REQ":  # tells when a request's connection is lost
-            self._monitor = socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        # Tells when the connection is lost: a REQ request with it, and ZeroMQ does not
+        # reconnect after dropping a peer that sent a frame over MAXMSGSIZE.
+        self._monitor = socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         try:
             socket.connect(self.endpoint)
         except BaseException:
@@ -116,7 +117,7 @@ class Client:
             self._socket = None
 
     def _reset(self) -> None:
-        """Drop the socket and connect a fresh one (REQ whose connection was lost)."""
+        """Drop the socket and connect a fresh one (after the connection was lost)."""
         self._close_sockets()
         self._connect()
 
@@ -134,7 +135,8 @@ class Client:
         A REQ client whose request timed out keeps it: the next call waits
         for that reply again (a late train is not lost).  Only if the
         connection was lost meanwhile does it reset the socket and ask again
-        (a restarted server answers).
+        (a restarted server answers); other clients reset and reconnect then
+        too.
 
         Raises
         ------
@@ -155,6 +157,8 @@ class Client:
         try:
             frames = recv_message(self._socket, self.max_bytes, self.endpoint)
         except zmq.Again:
+            if self._connection_lost():
+                self._reset()  # reconnect; a REQ client asks again in the next call
             raise TimeoutError(f"no data from {self.endpoint} within {self.timeout} s") from None
         except ProtocolError:
             self._waiting = False
