@@ -12,8 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
-from .protocol import decode
+from .protocol import ProtocolError, decode
+from .sockets import DEFAULT_MAX_MESSAGE, limit_frames, recv_message
 
 __all__ = ["Client", "KaraboBridge"]
 
@@ -37,16 +39,26 @@ class Client:
         Seconds :meth:`next` waits before raising :class:`TimeoutError`; None
         waits forever.
     context
-        A ``zmq.Context`` to use; by default the client makes (and closes) its own.
+        A ``zmq.Context`` to use; by default the process-wide one
+        (``zmq.Context.instance()``), which the client never terminates.
+    max_bytes
+        Largest message accepted (default :data:`~xfeldata.bridge.sockets.DEFAULT_MAX_MESSAGE`,
+        4 GiB).  A single frame over it makes ZeroMQ drop the connection
+        (``MAXMSGSIZE``; ZeroMQ reconnects); a message over it in several
+        frames is discarded frame by frame and raises
+        :class:`~xfeldata.bridge.ProtocolError`.
 
     Notes
     -----
     Like the published ``karabo_bridge.Client`` the socket has a high-water
-    mark of 1 and LINGER 0.  Unlike it, a REQ client whose request timed out
-    resets its socket (close, reconnect) so that the next call asks again:
-    a restarted server is picked up instead of waiting forever for an answer
-    that will never come.  A malformed message raises
-    :class:`~xfeldata.bridge.ProtocolError` and the client stays usable.
+    mark of 1 and LINGER 0.  A REQ client whose request timed out keeps
+    waiting for that reply in the next call (a train that comes late is
+    delivered, not lost), and asks again on a fresh socket only when the
+    connection the request went out on was lost (a server that stopped or
+    restarted).  A malformed message raises
+    :class:`~xfeldata.bridge.ProtocolError` naming the endpoint, and the
+    client stays usable.  Closing never blocks, nor does a client that is
+    garbage-collected unclosed (its socket is closed with LINGER 0).
 
     Examples
     --------
@@ -56,18 +68,22 @@ class Client:
     """
 
     def __init__(self, endpoint: str, sock: str = "REQ", ser: str = "msgpack",
-                 timeout: float | None = None, context: zmq.Context | None = None) -> None:
+                 timeout: float | None = None, context: zmq.Context | None = None,
+                 max_bytes: int = DEFAULT_MAX_MESSAGE) -> None:
         if sock not in _SOCKETS:
             raise ValueError(f"unsupported socket type {sock!r}; use one of {sorted(_SOCKETS)}")
         if ser not in ("msgpack", "pickle"):
             raise ValueError(f"unknown serialisation {ser!r} (msgpack or pickle)")
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be positive")
         self.endpoint = endpoint
         self.sock = sock
         self.ser = ser
         self.timeout = timeout
-        self._own_context = context is None
-        self._context = context or zmq.Context()
+        self.max_bytes = int(max_bytes)
+        self._context = context or zmq.Context.instance()
         self._socket: zmq.Socket | None = None
+        self._monitor: zmq.Socket | None = None
         self._waiting = False  # REQ: a request is out and its reply not yet received
         self._connect()
 
@@ -75,49 +91,78 @@ class Client:
         socket = self._context.socket(_SOCKETS[self.sock])
         socket.setsockopt(zmq.LINGER, 0)
         socket.set_hwm(1)
+        limit_frames(socket, self.max_bytes)
         if self.sock == "SUB":
             socket.setsockopt(zmq.SUBSCRIBE, b"")
         if self.timeout is not None:
             socket.setsockopt(zmq.RCVTIMEO, max(int(self.timeout * 1000), 0))
-        socket.connect(self.endpoint)
+        # Tells when the connection is lost: a REQ request with it, and ZeroMQ does not
+        # reconnect after dropping a peer that sent a frame over MAXMSGSIZE.
+        self._monitor = socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        try:
+            socket.connect(self.endpoint)
+        except BaseException:
+            self._socket = socket
+            self._close_sockets()
+            raise
         self._socket = socket
         self._waiting = False
 
-    def _reset(self) -> None:
-        """Drop the socket and connect a fresh one (REQ after a timeout)."""
+    def _close_sockets(self) -> None:
+        if self._monitor is not None:
+            self._monitor.close(linger=0)
+            self._monitor = None
         if self._socket is not None:
             self._socket.close(linger=0)
+            self._socket = None
+
+    def _reset(self) -> None:
+        """Drop the socket and connect a fresh one (after the connection was lost)."""
+        self._close_sockets()
         self._connect()
+
+    def _connection_lost(self) -> bool:
+        """Whether the REQ socket lost a connection since the last check."""
+        lost = False
+        while self._monitor is not None and self._monitor.poll(0):
+            event = recv_monitor_message(self._monitor)
+            lost = lost or event["event"] == zmq.EVENT_DISCONNECTED
+        return lost
 
     def recv_frames(self) -> list[zmq.Frame]:
         """Receive one raw message (list of ``zmq.Frame``) without decoding it.
 
-        A REQ client whose request timed out keeps it: the next call first waits
-        for that reply (a late train is not lost), and only if it still does not
-        come resets the socket and asks again (a restarted server answers).
+        A REQ client whose request timed out keeps it: the next call waits
+        for that reply again (a late train is not lost).  Only if the
+        connection was lost meanwhile does it reset the socket and ask again
+        (a restarted server answers); other clients reset and reconnect then
+        too.
 
         Raises
         ------
         TimeoutError
             If no message arrived within ``timeout``.
+        ProtocolError
+            The message is larger than ``max_bytes`` (it is discarded).
         """
         if self._socket is None:
             raise RuntimeError("the client is closed")
-        if self.sock == "REQ" and self._waiting:
-            try:
-                return self._receive()
-            except zmq.Again:
-                self._reset()  # the request went to a server that is gone: ask again
         if self.sock == "REQ":
-            self._socket.send(b"next")
-            self._waiting = True
+            if self._waiting and self._connection_lost():
+                self._reset()  # the request went to a server that is gone: ask again
+            if not self._waiting:
+                self._connection_lost()  # forget losses before this request
+                self._socket.send(b"next")
+                self._waiting = True
         try:
-            return self._receive()
+            frames = recv_message(self._socket, self.max_bytes, self.endpoint)
         except zmq.Again:
+            if self._connection_lost():
+                self._reset()  # reconnect; a REQ client asks again in the next call
             raise TimeoutError(f"no data from {self.endpoint} within {self.timeout} s") from None
-
-    def _receive(self) -> list[zmq.Frame]:
-        frames = self._socket.recv_multipart(copy=False)
+        except ProtocolError:
+            self._waiting = False
+            raise
         self._waiting = False
         return frames
 
@@ -134,17 +179,25 @@ class Client:
         TimeoutError
             No train within ``timeout`` seconds; the client stays usable.
         ProtocolError
-            The message was malformed; the client stays usable.
+            The message was malformed (the text names the endpoint); the
+            client stays usable.
         """
-        return decode(self.recv_frames(), ser=self.ser)
+        frames = self.recv_frames()
+        try:
+            return decode(frames, ser=self.ser)
+        except ProtocolError as exc:
+            raise ProtocolError(f"{self.endpoint}: {exc}") from None
 
     def close(self) -> None:
-        """Close the socket (and the context, if the client made it)."""
-        if self._socket is not None:
-            self._socket.close(linger=0)
-            self._socket = None
-        if self._own_context:
-            self._context.term()
+        """Close the socket at once (LINGER 0); the context stays for its other users."""
+        self._close_sockets()
+
+    def __del__(self) -> None:
+        # Never block in a finalizer: close with LINGER 0, never terminate a context.
+        try:
+            self._close_sockets()
+        except Exception:
+            pass
 
     @property
     def closed(self) -> bool:

@@ -53,6 +53,7 @@ from ..files.layout import DetectorKind, detector_kind_of_device, group_detector
 from ..views import merge_variables
 from .client import Client
 from .protocol import ProtocolError
+from .sockets import Throttle
 
 __all__ = ["LiveBuffer"]
 
@@ -62,6 +63,12 @@ TrainData = dict[str, dict[str, Any]]
 #: Values that detector views stack (numbers and arrays).
 _VALUE_TYPES = (np.ndarray, numbers.Number)
 _MAX_TID = 2**64 - 1
+#: Default ``max_bytes`` of a :class:`LiveBuffer`: 2 GiB of buffered trains.
+DEFAULT_MAX_BYTES = 2 * 2**30
+#: A jump forward of more train IDs than this is counted in ``trains_missed``
+#: only once the next message confirms it (one bogus ID must not count 1.8e19).
+_LONG_JUMP = 1000
+_VALUE_BYTES = 64  # what a non-array value is counted as in max_bytes
 
 
 def _read_only(value: Any) -> Any:
@@ -71,6 +78,11 @@ def _read_only(value: Any) -> Any:
         value = value.view()
         value.flags.writeable = False
     return value
+
+
+def _nbytes(props: Mapping[str, Any]) -> int:
+    """What one source of a train counts for ``max_bytes``: array bytes, 64 per other value."""
+    return sum(v.nbytes if isinstance(v, np.ndarray) else _VALUE_BYTES for v in props.values())
 
 
 def _valid_tid(value: Any) -> int | None:
@@ -91,15 +103,37 @@ class LiveBuffer:
         buffer uses it from its thread and does not close it) or an endpoint
         such as ``"tcp://127.0.0.1:4545"`` (the buffer makes its own client).
     maxlen
-        Number of trains kept; older ones are evicted (and counted).
+        Number of trains kept; the ones received first are evicted (and counted).
+    max_bytes
+        Most bytes of buffered trains (array bytes, plus 64 per other value;
+        default 2 GiB): trains received first are evicted to stay under it,
+        but the newest train is always kept.
     sock, ser
         Socket type and serialisation of the client made from an endpoint.
     timeout
-        Receive timeout (seconds) of that client.  After a silent ``timeout``
-        a REQ client asks again on a fresh socket (a restarted server is
-        picked up), but a train the old request would still have brought is
-        lost, so keep it longer than the slowest train interval.  Silent
-        periods are not errors; :meth:`stop` does not wait for the timeout.
+        Receive timeout (seconds) of that client.  Silent periods are not
+        errors: a REQ client keeps waiting for its request's reply, and asks
+        again only if the connection was lost (a restarted server is picked
+        up).  :meth:`stop` does not wait for the timeout.
+
+    Notes
+    -----
+    Network input is untrusted.  A malformed message is counted in
+    :attr:`errors` and skipped; the thread keeps receiving.  Repeated
+    warnings are throttled: the first is logged, then one line with a count
+    at growing intervals (1 s, 2 s, ... up to a minute).
+
+    Train IDs going back mean the source restarted (a simulator started
+    again, ``serve(..., loop=True)``): a message whose train ID is below
+    every buffered train and more than ``maxlen`` below the previous
+    message's, or that repeats a source of a buffered train below the
+    previous message's ID, empties the buffer (counted in ``restarts``, its
+    trains in ``trains_evicted``) and filing starts afresh.  A train a little
+    older than the buffered ones that does not fit a full buffer is
+    discarded and counted in ``trains_discarded``.  A jump forward of more
+    than 1000 train IDs counts as missed trains only if the next message
+    goes on from it; a single bogus ID (e.g. 2**64-1) is evicted like any
+    other train.
 
     Attributes
     ----------
@@ -111,7 +145,12 @@ class LiveBuffer:
         Messages whose sources carried different train IDs (each source is
         filed under its own ``timestamp.tid``).
     trains_evicted, trains_missed : int
-        Trains evicted by ``maxlen``, and train IDs skipped by the stream.
+        Trains evicted (by ``maxlen``, ``max_bytes`` or a restart), and
+        train IDs skipped by the stream.
+    trains_discarded : int
+        Trains (or late sources of them) refused as older than a full buffer.
+    restarts : int
+        Times the train IDs went back and the buffer started afresh.
     received : int
         Messages received.
 
@@ -125,9 +164,12 @@ class LiveBuffer:
     """
 
     def __init__(self, client_or_endpoint: Client | str, maxlen: int = 100, sock: str = "REQ",
-                 timeout: float = 10, ser: str = "msgpack") -> None:
+                 timeout: float = 10, ser: str = "msgpack",
+                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         if maxlen < 1:
             raise ValueError("maxlen must be at least 1")
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be positive")
         if isinstance(client_or_endpoint, Client):
             if client_or_endpoint.timeout is None:
                 raise ValueError("the client needs a finite timeout so that stop() can end the "
@@ -138,16 +180,23 @@ class LiveBuffer:
             self._client = None
             self.endpoint = str(client_or_endpoint)
         self.maxlen = int(maxlen)
+        self.max_bytes = int(max_bytes)
         self.sock, self.ser, self.timeout = sock, ser, timeout
         self.errors = 0
         self.last_error: Exception | None = None
         self.mismatched_trains = 0
         self.trains_evicted = 0
         self.trains_missed = 0
+        self.trains_discarded = 0
+        self.restarts = 0
         self.received = 0
+        # In the order received (eviction order), with each train's byte count.
         self._trains: dict[int, tuple[TrainData, TrainData]] = {}
-        self._newest: int | None = None
-        self._oldest_evicted: int | None = None
+        self._sizes: dict[int, int] = {}
+        self._last: int | None = None  # train ID of the previous message
+        self._jump: tuple[int, int] | None = None  # (ID before, gap) of an unconfirmed long jump
+        self._throttles = {kind: Throttle(log.warning)
+                           for kind in ("malformed", "mismatched", "restart", "discarded")}
         self._cond = threading.Condition()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -222,7 +271,10 @@ class LiveBuffer:
         with self._cond:
             self.errors += 1
             self.last_error = exc
-        log.warning("live buffer: malformed message from %s skipped: %s", self.endpoint, exc)
+        self._warn("malformed", f"live buffer: malformed message from {self.endpoint} skipped: {exc}")
+
+    def _warn(self, kind: str, text: str) -> None:
+        self._throttles[kind](text)  # a flood of one kind does not hide the others
 
     def add(self, data: Mapping[str, Any], metadata: Mapping[str, Any]) -> None:
         """File one decoded message by train ID (the receiving thread calls this).
@@ -230,7 +282,8 @@ class LiveBuffer:
         Sources are matched by their ``timestamp.tid``; a message whose
         sources disagree counts in :attr:`mismatched_trains`, and each source
         goes to its own train.  Sources without a valid train ID go with the
-        message's most common one; a message without any is an error.
+        message's most common one; a message without any is an error.  The
+        most common ID also tells restarts and missed trains (class notes).
 
         Arrays are kept without copying, as read-only views: Datasets built
         by :meth:`detector` read them when computed, after later trains came.
@@ -249,32 +302,83 @@ class LiveBuffer:
             self.received += 1
             if len(counts) > 1:
                 self.mismatched_trains += 1
-                log.warning("live buffer: sources carry different train IDs in one message: %s",
-                            {s: t for s, t in tids.items()})
+                self._warn("mismatched", f"live buffer: sources from {self.endpoint} carry different train IDs "
+                           f"in one message: {tids}")
+            self._follow(common, data)
+            discarded = set()
             for source, props in data.items():
                 if not isinstance(props, Mapping):
                     continue
-                self._file(tids[source] if tids[source] is not None else common, source,
-                           props, metadata.get(source) or {})
+                tid = tids[source] if tids[source] is not None else common
+                if not self._file(tid, source, props, metadata.get(source) or {}):
+                    discarded.add(tid)
+            self._evict()
+            if discarded:
+                self.trains_discarded += len(discarded)
+                self._warn("discarded", f"live buffer: train(s) {sorted(discarded)} from {self.endpoint} are "
+                           f"older than the {len(self._trains)} buffered trains: discarded")
             self._cond.notify_all()
 
-    def _file(self, tid: int, source: str, props: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
+    def _follow(self, tid: int, data: Mapping[str, Any]) -> None:
+        """Count missed train IDs and detect a restart, from a message's train ID."""
+        last = self._last
+        self._last = tid
+        if last is None:
+            return
+        if self._jump is not None:
+            before, gap = self._jump
+            self._jump = None
+            if tid > last:
+                self.trains_missed += gap  # the stream went on from the jump
+            else:
+                last = before  # the jump was one bogus ID: go on from the ID before it
+        if tid < last:
+            below = not self._trains or tid < min(self._trains)
+            repeated = tid in self._trains and any(s in self._trains[tid][0] for s in data)
+            if (below and tid < last - self.maxlen) or repeated:
+                self.restarts += 1
+                self.trains_evicted += len(self._trains)
+                self._warn("restart", f"live buffer: train IDs from {self.endpoint} went back from {last} "
+                           f"to {tid}: the source restarted, starting afresh "
+                           f"({len(self._trains)} buffered trains dropped)")
+                self._trains.clear()
+                self._sizes.clear()
+        elif tid > last + 1:
+            gap = tid - last - 1
+            if gap <= _LONG_JUMP:
+                self.trains_missed += gap
+            else:
+                self._jump = (last, gap)
+
+    def _file(self, tid: int, source: str, props: Mapping[str, Any], meta: Mapping[str, Any]) -> bool:
+        """Put one source in its train; False if the train is too old for the full buffer."""
         if tid not in self._trains:
-            if self._oldest_evicted is not None and tid <= self._oldest_evicted:
-                return  # a late source of a train already evicted
-            if self._newest is not None and tid > self._newest + 1:
-                self.trains_missed += tid - self._newest - 1
+            if len(self._trains) >= self.maxlen and tid < min(self._trains):
+                return False
             self._trains[tid] = ({}, {})
-            if self._newest is None or tid > self._newest:
-                self._newest = tid
-            while len(self._trains) > self.maxlen:
-                oldest = min(self._trains)
-                del self._trains[oldest]
-                self.trains_evicted += 1
-                self._oldest_evicted = max(oldest, self._oldest_evicted or 0)
+            self._sizes[tid] = 0
         data, metadata = self._trains[tid]
+        if source in data:
+            self._sizes[tid] -= _nbytes(data[source])
         data[source] = {k: _read_only(v) for k, v in props.items()}
         metadata[source] = dict(meta)
+        self._sizes[tid] += _nbytes(data[source])
+        return True
+
+    def _evict(self) -> None:
+        """Evict the trains received first while over ``maxlen`` or ``max_bytes``."""
+        total = sum(self._sizes.values())
+        while len(self._trains) > self.maxlen or (total > self.max_bytes and len(self._trains) > 1):
+            first = next(iter(self._trains))
+            del self._trains[first]
+            total -= self._sizes.pop(first)
+            self.trains_evicted += 1
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the buffered trains, as counted for ``max_bytes``."""
+        with self._cond:
+            return sum(self._sizes.values())
 
     def wait(self, ntrains: int = 1, timeout: float = 10) -> LiveBuffer:
         """Block until ``ntrains`` trains are buffered; returns self.
@@ -332,6 +436,7 @@ class LiveBuffer:
         """Forget the buffered trains (the counters stay)."""
         with self._cond:
             self._trains.clear()
+            self._sizes.clear()
 
     def _snapshot(self) -> list[tuple[int, TrainData]]:
         with self._cond:

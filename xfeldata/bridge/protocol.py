@@ -42,6 +42,9 @@ import numpy as np
 __all__ = [
     "DECODE_VERSIONS",
     "ENCODE_VERSIONS",
+    "MAX_CONTAINERS",
+    "MAX_CONTAINER_LEN",
+    "MAX_FRAMES",
     "ProtocolError",
     "decode",
     "encode",
@@ -58,6 +61,15 @@ DECODE_VERSIONS = ("1.0", "2.0", "2.1", "2.2")
 _SAFE_KINDS = frozenset("biufcmMSUV")
 _MAX_DTYPE_TEXT = 10_000
 
+#: Most frames in one message (a 2.2 train of a 1M detector has a few hundred).
+MAX_FRAMES = 10_000
+#: Most maps and arrays decoded from one msgpack frame.  An empty map is one
+#: byte on the wire and about 64 in memory: this bounds what a small hostile
+#: frame can make :func:`decode` allocate.
+MAX_CONTAINERS = 100_000
+#: Most elements of one msgpack array (entries of one map: a tenth of it).
+MAX_CONTAINER_LEN = 10_000_000
+
 
 class ProtocolError(ValueError):
     """A Karabo bridge message is malformed.
@@ -66,9 +78,12 @@ class ProtocolError(ValueError):
     not a valid message: an odd number of frames, frames that are not valid
     msgpack, a header without a source, an array frame whose length does not
     match its dtype and shape, an unknown content type, a bad dtype string,
-    an error reply from a server (``Error: bad request ...``), etc.  The
-    message names the frame index and, where known, the source and key.
-    The client that raised it stays usable.
+    an error reply from a server (``Error: bad request ...``), an array
+    header whose shape and dtype describe more than 2**63 bytes, more than
+    :data:`MAX_FRAMES` frames or :data:`MAX_CONTAINERS` maps and arrays in
+    one msgpack frame, etc.  The message names the frame index and, where
+    known, the source and key (a client adds its endpoint).  The client
+    that raised it stays usable.
     """
 
 
@@ -287,9 +302,35 @@ def _buffer(frame: Any, index: int) -> memoryview:
     return view
 
 
+class _Containers:
+    """msgpack ``object_hook``/``list_hook`` counting the maps and arrays of one frame."""
+
+    def __init__(self, index: int, object_hook=None) -> None:
+        self.index = index
+        self.count = 0
+        self.object_hook = object_hook
+
+    def _count(self) -> None:
+        self.count += 1
+        if self.count > MAX_CONTAINERS:
+            raise ProtocolError(f"frame {self.index}: more than {MAX_CONTAINERS} maps and "
+                                f"arrays in one msgpack frame")
+
+    def map(self, obj: dict) -> Any:
+        self._count()
+        return obj if self.object_hook is None else self.object_hook(obj)
+
+    def list(self, obj: list) -> list:
+        self._count()
+        return obj
+
+
 def _unpack(buf: memoryview, index: int, what: str, object_hook=None) -> Any:
+    hooks = _Containers(index, object_hook)
     try:
-        return msgpack.unpackb(buf, raw=False, object_hook=object_hook)
+        return msgpack.unpackb(buf, raw=False, object_hook=hooks.map, list_hook=hooks.list,
+                               max_array_len=MAX_CONTAINER_LEN,
+                               max_map_len=MAX_CONTAINER_LEN // 10)
     except ProtocolError:
         raise
     except Exception as exc:  # msgpack raises many types for bad input
@@ -319,6 +360,10 @@ def _parse_dtype(text: Any, where: str) -> np.dtype:
         raise ProtocolError(f"{where}: bad dtype {str(text)[:80]!r}") from None
     if dtype.hasobject or dtype.kind not in _SAFE_KINDS:
         raise ProtocolError(f"{where}: dtype {dtype} is not allowed from the network")
+    if dtype.subdtype is not None:
+        # np.dtype("(2,)u1") silently adds dimensions to the array: the shape goes in "shape".
+        raise ProtocolError(f"{where}: subarray dtype {str(text)[:80]!r} is not allowed "
+                            f"(send the element dtype and the full shape)")
     if dtype.itemsize == 0:
         raise ProtocolError(f"{where}: dtype {dtype} has no size")
     return dtype
@@ -335,6 +380,12 @@ def _parse_shape(shape: Any, where: str) -> tuple[int, ...]:
 
 def _array_from(buf: memoryview, dtype: np.dtype, shape: tuple[int, ...], where: str,
                 copy: bool = False) -> np.ndarray:
+    # numpy refuses (with a plain ValueError) shapes whose size without the
+    # zero-length axes, times the itemsize, does not fit in a signed 64-bit
+    # integer, even for an empty array.
+    if math.prod(max(n, 1) for n in shape) * dtype.itemsize >= 2**63:
+        raise ProtocolError(f"{where}: dtype {dtype} and shape {list(shape)} describe an "
+                            f"array too large for any machine")
     expected = math.prod(shape) * dtype.itemsize
     if len(buf) != expected:
         raise ProtocolError(f"{where}: {len(buf)} bytes do not match dtype {dtype} "
@@ -445,6 +496,18 @@ def decode(frames: Sequence[Any], ser: str = "msgpack") -> tuple[dict, dict]:
         raise ProtocolError("a message must be a list of frames") from None
     if n == 0:
         raise ProtocolError("empty message (no frames)")
+    if n > MAX_FRAMES:
+        raise ProtocolError(f"{n} frames in one message (at most {MAX_FRAMES})")
+    try:
+        return _decode_frames(frames, n, ser)
+    except ProtocolError:
+        raise
+    except (RecursionError, MemoryError, ValueError, TypeError, OverflowError) as exc:
+        # A check missing above: still a malformed message, never a crash of the receiver.
+        raise ProtocolError(f"malformed message ({type(exc).__name__}: {exc})") from None
+
+
+def _decode_frames(frames: Sequence[Any], n: int, ser: str) -> tuple[dict, dict]:
     if n == 1:
         return _decode_single(_buffer(frames[0], 0), ser)
     if n % 2:

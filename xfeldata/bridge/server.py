@@ -6,11 +6,17 @@ come in is the server's *policy* (the seed talk's "policy on busy client"):
 
 ``"wait"``
     :meth:`Server.feed` returns only when a client has taken the train.
+    For PUB that means "ZeroMQ has taken it": a PUB socket never waits for
+    subscribers, so with none connected the train is sent to nobody (and
+    counted in ``sent``) at once.
 ``"queue"``
     Up to ``maxlen`` trains wait to be sent; then :meth:`Server.feed` blocks.
 ``"drop"``
     Up to ``maxlen`` trains wait; when full, the oldest one is dropped
-    (clients get the newest trains).
+    (clients get the newest trains).  Besides those, ZeroMQ and the network
+    hold a few trains on their way (a PUSH socket's kernel send buffer is
+    bounded to :data:`DROP_SNDBUF` for this; trains much smaller than it
+    can still queue there).
 ``"raise"``
     Up to ``maxlen`` trains wait; when full, :meth:`Server.feed` raises
     :class:`ServerBusy`.
@@ -29,6 +35,7 @@ Examples
 
 from __future__ import annotations
 
+import logging
 import numbers
 import threading
 import time
@@ -41,7 +48,8 @@ import numpy as np
 import zmq
 
 from ..files.layout import detector_kind_of_device, group_detector_sources
-from .protocol import ENCODE_VERSIONS, encode, make_metadata
+from .protocol import ENCODE_VERSIONS, ProtocolError, encode, make_metadata
+from .sockets import Throttle, limit_frames, recv_message
 
 __all__ = ["POLICIES", "Server", "ServerBusy", "ServerClosed", "Streamer",
            "append_detector_modules", "normalize_endpoint", "serve"]
@@ -50,6 +58,13 @@ __all__ = ["POLICIES", "Server", "ServerBusy", "ServerClosed", "Streamer",
 POLICIES = ("wait", "queue", "drop", "raise")
 _SOCKETS = {"REP": zmq.REP, "PUB": zmq.PUB, "PUSH": zmq.PUSH}
 _POLL_MS = 50  # how often the sending thread checks for stop()
+#: Largest request (all frames) a REP server reads; ZeroMQ drops a peer sending a longer frame.
+MAX_REQUEST_BYTES = 1024
+#: Kernel send buffer of a PUSH socket with policy "drop": what the network
+#: can hold besides ZeroMQ's one queued train, so that old trains are dropped.
+DROP_SNDBUF = 256 * 1024
+
+log = logging.getLogger(__name__)
 
 
 class ServerBusy(RuntimeError):
@@ -126,6 +141,11 @@ class Server:
     ----------
     sent, dropped : int
         Trains sent, and dropped by the ``drop`` policy.
+    bad_requests : int
+        REP requests other than the one frame ``b"next"``, answered with a
+        one-frame ``b"Error: bad request ..."`` reply (the server keeps
+        serving).  Requests longer than :data:`MAX_REQUEST_BYTES` are
+        refused too; a single frame over it makes ZeroMQ drop the peer.
 
     Examples
     --------
@@ -157,10 +177,14 @@ class Server:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
-        self._context = zmq.Context()
+        self._warn = Throttle(log.warning)
+        self._context = zmq.Context()  # its one socket is closed before it is terminated
         self._socket = self._context.socket(_SOCKETS[sock])
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.set_hwm(1)
+        limit_frames(self._socket, MAX_REQUEST_BYTES)
+        if sock == "PUSH" and policy == "drop":
+            self._socket.setsockopt(zmq.SNDBUF, DROP_SNDBUF)  # before bind: copied to connections
         try:
             self._socket.bind(normalize_endpoint(endpoint))
         except zmq.ZMQError as exc:
@@ -212,7 +236,8 @@ class Server:
         ServerBusy
             Policy ``"raise"`` and ``maxlen`` trains are waiting.
         ServerClosed
-            The server is stopped, or was stopped while waiting.
+            The server is stopped, or was stopped while waiting, or its
+            sending thread failed (the text names the error).
         TimeoutError
             ``timeout`` passed while the policy made the call wait.
         """
@@ -220,6 +245,7 @@ class Server:
             raise ServerClosed("the server is stopped")
         if self._thread is None:
             self.start()
+        self._check_thread()
         item = _Item(encode(data, _metadata_for(data, metadata, train_id), self.protocol))
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
@@ -244,12 +270,15 @@ class Server:
                         self._queue.remove(item)
                 raise
 
+    def _check_thread(self) -> None:
+        if self._error is not None or not self._thread.is_alive():
+            raise ServerClosed(f"the sending thread of {self.endpoint} failed: {self._error!r}")
+
     def _wait(self, wait, deadline: float | None) -> None:
         """One bounded wait step that notices stop() and the caller's timeout."""
         if self._stopping.is_set():
             raise ServerClosed("the server was stopped while feed() waited")
-        if self._error is not None:
-            raise ServerClosed(f"the sending thread failed: {self._error!r}")
+        self._check_thread()
         step = _POLL_MS / 1000
         if deadline is not None:
             left = deadline - time.monotonic()
@@ -292,16 +321,28 @@ class Server:
                 return True
         return False
 
+    def _request_ok(self) -> bool:
+        """Read one REP request; answer anything but ``[b"next"]`` with an error reply."""
+        try:
+            frames = recv_message(self._socket, MAX_REQUEST_BYTES, "request", max_frames=16)
+            request = [f.bytes for f in frames]
+            problem = None if request == [b"next"] else f"bad request {request!r}"[:200]
+        except ProtocolError as exc:
+            problem = str(exc)
+        if problem is None:
+            return True
+        self.bad_requests += 1
+        self._warn(f"bridge server {self.endpoint}: {problem} (answered with an error)")
+        self._socket.send(f"Error: {problem}".encode(errors="replace"))
+        return False
+
     def _run(self) -> None:
         try:
             while not self._stopping.is_set():
                 if self.sock == "REP":
                     if not self._wait_socket(zmq.POLLIN):
                         break
-                    request = self._socket.recv()
-                    if request != b"next":
-                        self.bad_requests += 1
-                        self._socket.send(b"Error: bad request %r" % request[:100])
+                    if not self._request_ok():
                         continue
                 item = self._next_item()
                 if item is None:
@@ -341,6 +382,14 @@ class Server:
             self._thread.join()
         if not self._socket.closed:
             self._socket.close(linger=int(linger * 1000))
+            self._context.term()  # returns once the socket has delivered or lingered
+
+    def __del__(self) -> None:
+        # Never block in a finalizer: close with LINGER 0, then the context has nothing to wait for.
+        socket = getattr(self, "_socket", None)
+        if socket is not None and not socket.closed:
+            self._stopping.set()
+            socket.close(linger=0)
             self._context.term()
 
     def __enter__(self) -> Server:
@@ -523,6 +572,21 @@ class Streamer:
                 self.fed += 1
             if not self._loop or self.fed == fed_before:
                 return
+
+    def _request_ok(self) -> bool:
+        """Read one REP request; answer anything but ``[b"next"]`` with an error reply."""
+        try:
+            frames = recv_message(self._socket, MAX_REQUEST_BYTES, "request", max_frames=16)
+            request = [f.bytes for f in frames]
+            problem = None if request == [b"next"] else f"bad request {request!r}"[:200]
+        except ProtocolError as exc:
+            problem = str(exc)
+        if problem is None:
+            return True
+        self.bad_requests += 1
+        self._warn(f"bridge server {self.endpoint}: {problem} (answered with an error)")
+        self._socket.send(f"Error: {problem}".encode(errors="replace"))
+        return False
 
     def _run(self) -> None:
         try:
