@@ -10,7 +10,6 @@ they never change.  Hangs are bounded by ``pytest.mark.timeout``.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 from pathlib import Path
@@ -22,12 +21,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import xfeldata as xd
-from xfeldata import synthetic as syn
 from xfeldata.arrays import read_rows
 from xfeldata.errors import DataIndexError, DataReadError, FileChangedError, FileFormatError
 from xfeldata.files.cache import RUN_DIR_CACHE
 from xfeldata.files.handles import handles
 from xfeldata.files.layout import DETECTORS
+from xfeldata.testing import synthetic as syn
 from xfeldata.validate import validate_run
 
 AGIPD = DETECTORS["AGIPD1M"]
