@@ -18,6 +18,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import xarray as xr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -174,6 +175,15 @@ def test_index_arrays_of_the_wrong_type_or_length_are_reported(small_run):
     assert digests(small_run) == before
 
 
+def test_the_xarray_engine_raises_on_set_aside_index_entries(small_run):
+    victim = small_run / DA01
+    with h5py.File(victim, "r+") as f:
+        f[f"INDEX/{XGM}/first"][3] = 2**64 - 1
+    with pytest.warns(UserWarning, match=f"INDEX/{XGM}"):
+        with pytest.raises(DataIndexError, match=f"{victim}.*{XGM}.*{IXPOS}.*10003"):
+            xr.open_dataset(small_run, engine="xfeldata", source=XGM)
+
+
 # ----- 3: a file changed while its run is open ------------------------------------------
 
 def test_a_file_replaced_by_another_runs_file_is_not_read_under_the_old_index(small_run, slow_only_run):
@@ -212,6 +222,14 @@ def test_a_file_changed_in_place_while_open_raises_naming_it(small_run, damage):
         run.train_from_index(0, devices={src: {"image.data"}})
     with pytest.raises(FileChangedError, match=str(victim)):
         np.asarray(run.detector(dask=False)["image.data"])
+
+
+def test_the_xarray_engine_does_not_read_a_replaced_file(small_run, slow_only_run):
+    ds = xr.open_dataset(small_run, engine="xfeldata", source=XGM)
+    shutil.copyfile(slow_only_run / DA01, small_run / "foreign.tmp")
+    os.replace(small_run / "foreign.tmp", small_run / DA01)
+    with pytest.raises(FileChangedError, match=DA01):
+        np.asarray(ds[IXPOS])
 
 
 # ----- 4: a damaged index cache ------------------------------------------------------
