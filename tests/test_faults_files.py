@@ -419,7 +419,7 @@ def test_fuzzed_index_arrays_give_an_error_naming_the_file_or_the_rows_on_disk(f
         data = f[f"INSTRUMENT/{XGM_OUT}/data/intensityTD"][:]
     examples = []
 
-    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
     @given(first=st.lists(INDEX_VALUES, min_size=n - 1, max_size=n + 1),
            count=st.lists(INDEX_VALUES, min_size=n - 1, max_size=n + 1),
            dtype=st.sampled_from([np.uint64, np.int64]))
@@ -448,4 +448,4 @@ def test_fuzzed_index_arrays_give_an_error_naming_the_file_or_the_rows_on_disk(f
         assert digests(run_dir) == before
 
     check()
-    assert len(examples) >= 60
+    assert len(examples) >= 40
