@@ -12,11 +12,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+import xarray as xr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -44,8 +46,9 @@ def copy_run(src: Path, dst: Path) -> Path:
 
 
 def digests(run_dir: Path) -> dict[str, str]:
-    """sha256 of every run file of a directory."""
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(run_dir.glob("*.h5"))}
+    """sha256 of every run file of a directory (links that lead nowhere skipped)."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(run_dir.glob("*.h5"))
+            if p.is_file()}
 
 
 @pytest.fixture
@@ -173,6 +176,17 @@ def test_index_arrays_of_the_wrong_type_or_length_are_reported(small_run):
     assert digests(small_run) == before
 
 
+def test_the_xarray_engine_raises_on_set_aside_index_entries(small_run):
+    victim = small_run / DA01
+    with h5py.File(victim, "r+") as f:
+        f[f"INDEX/{XGM}/first"][3] = 2**64 - 1
+    before = digests(small_run)
+    with pytest.warns(UserWarning, match=f"INDEX/{XGM}"):
+        with pytest.raises(DataIndexError, match=f"{victim}.*{XGM}.*{IXPOS}.*10003"):
+            xr.open_dataset(small_run, engine="xfeldata", source=XGM)
+    assert digests(small_run) == before
+
+
 # ----- 3: a file changed while its run is open ------------------------------------------
 
 def test_a_file_replaced_by_another_runs_file_is_not_read_under_the_old_index(small_run, slow_only_run):
@@ -183,7 +197,7 @@ def test_a_file_replaced_by_another_runs_file_is_not_read_under_the_old_index(sm
     os.replace(foreign, small_run / DA01)
     handles.clear()  # as after the cache closed it: the next read opens the new file
     with pytest.raises(FileChangedError, match=f"{small_run / DA01}: file changed since the run was opened"):
-        run[XGM, IXPOS].values
+        np.asarray(run[XGM, IXPOS])
     with pytest.raises(FileChangedError, match=DA01):
         run.train_from_index(0, devices={XGM: {IXPOS}})
     reopened = xd.open_run(small_run)  # re-indexed: reads the new content
@@ -196,7 +210,7 @@ def test_a_file_changed_in_place_while_open_raises_naming_it(small_run, damage):
     src = AGIPD.source(0)
     victim = small_run / "RAW-R0001-AGIPD00-S00000.h5"
     run = xd.open_run(small_run)
-    run[src, "image.data"][:1].values  # opens the file in the handle cache
+    np.asarray(run[src, "image.data"][:1])  # opens the file in the handle cache
     size = victim.stat().st_size
     with open(victim, "r+b") as f:
         if damage == "truncated":
@@ -206,11 +220,19 @@ def test_a_file_changed_in_place_while_open_raises_naming_it(small_run, damage):
             f.write(b"\xff" * 4096)
     os.utime(victim, ns=(victim.stat().st_atime_ns, victim.stat().st_mtime_ns + 10**9))
     with pytest.raises(FileChangedError, match=str(victim)):
-        run[src, "image.data"].values
+        np.asarray(run[src, "image.data"])
     with pytest.raises(FileChangedError, match=str(victim)):
         run.train_from_index(0, devices={src: {"image.data"}})
     with pytest.raises(FileChangedError, match=str(victim)):
-        run.detector(dask=False)["image.data"].values
+        np.asarray(run.detector(dask=False)["image.data"])
+
+
+def test_the_xarray_engine_does_not_read_a_replaced_file(small_run, slow_only_run):
+    ds = xr.open_dataset(small_run, engine="xfeldata", source=XGM)
+    shutil.copyfile(slow_only_run / DA01, small_run / "foreign.tmp")
+    os.replace(small_run / "foreign.tmp", small_run / DA01)
+    with pytest.raises(FileChangedError, match=DA01):
+        np.asarray(ds[IXPOS])
 
 
 # ----- 4: a damaged index cache ------------------------------------------------------
@@ -240,7 +262,6 @@ def test_a_damaged_index_cache_is_ignored_with_a_warning_and_rebuilt(small_run, 
         run = xd.open_run(small_run)
     assert run.train_ids.tolist() == good.train_ids.tolist()
     np.testing.assert_array_equal(run[XGM, IXPOS].values, good[XGM, IXPOS].values)
-    import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # rebuilt: the next open reads it without complaint
         assert xd.open_run(small_run).train_ids.tolist() == good.train_ids.tolist()
@@ -295,11 +316,13 @@ def test_a_dtype_change_without_common_type_raises_naming_both_files(seq_run):
     with h5py.File(second, "r") as f:
         n = len(f[key_path])
     _replace_dataset(second, key_path, np.array([b"x"] * n, dtype=h5py.string_dtype()))
+    before = digests(seq_run)
     run = xd.open_run(seq_run)
     with pytest.raises(FileFormatError, match=f"rangeCode.*{DA01}.*{second.name}"):
         run[XGM, "current.bottom.rangeCode"]
     assert np.isfinite(run[XGM, IXPOS].values).all()  # other keys still read
     assert any(second.name in p.message and "no common type" in p.message for p in validate_run(seq_run))
+    assert digests(seq_run) == before
 
 
 def test_an_entry_shape_change_raises_naming_both_files(seq_run):
@@ -308,19 +331,24 @@ def test_an_entry_shape_change_raises_naming_both_files(seq_run):
     with h5py.File(second, "r") as f:
         n = f[key_path].shape[0]
     _replace_dataset(second, key_path, np.zeros((n, 500), np.float32))
+    before = digests(seq_run)
     run = xd.open_run(seq_run)
     with pytest.raises(FileFormatError, match=f"entry shape \\(1000,\\) in .*{DA01}.*\\(500,\\) in .*{second.name}"):
         run[XGM_OUT, "data.intensityTD"]
     assert any("entry shape" in p.message for p in validate_run(seq_run))
+    assert digests(seq_run) == before
 
 
 # ----- 6, 7: symlink loops, files without trains -------------------------------------------
 
 def test_a_symlink_loop_in_a_run_directory_is_skipped_with_a_warning(small_run):
     os.symlink("loop.h5", small_run / "loop.h5")
+    before = digests(small_run)
     with pytest.warns(UserWarning, match="loop.h5: skipped"):
         run = xd.open_run(small_run)
     assert len(run.files) == 4
+    assert np.isfinite(run[XGM, IXPOS].values).all()
+    assert len(before) == 4 and digests(small_run) == before
 
 
 @pytest.mark.parametrize("train_ids", ["all zero", "empty"])
@@ -329,11 +357,13 @@ def test_a_file_without_trains_is_reported(small_run, train_ids):
     with h5py.File(victim, "r+") as f:
         n = len(f["INDEX/trainId"])
     _replace_dataset(victim, "INDEX/trainId", np.zeros(n if train_ids == "all zero" else 0, np.uint64))
+    before = digests(small_run)
     with pytest.warns(UserWarning, match=f"{victim.name}: no trains"):
         run = xd.open_run(small_run)
     assert run.data_counts(AGIPD.source(1), "image").sum() == 0
     problems = [p for p in validate_run(small_run) if p.file == str(victim)]
     assert any(f"INDEX/trainId is {train_ids}" in p.message for p in problems)
+    assert digests(small_run) == before
 
 
 # ----- 8: read errors name file, dataset and rows ---------------------------------------
@@ -360,11 +390,11 @@ def test_a_corrupt_compressed_chunk_names_file_dataset_and_rows(corrupt_chunk_ru
     dataset = f"/INSTRUMENT/{src}/image/data"
     with pytest.raises(DataReadError) as err:
         if how == "dask":
-            run.detector()["image.data"].values
+            np.asarray(run.detector()["image.data"])
         elif how == "dask=False":
-            run.detector(dask=False)["image.data"].values
+            np.asarray(run.detector(dask=False)["image.data"])
         elif how == "run[src, key]":
-            run[src, "image.data"].values
+            np.asarray(run[src, "image.data"])
         else:
             run.train_from_id(10001, devices={src: {"image.data"}})
     message = str(err.value)
@@ -389,7 +419,7 @@ def test_fuzzed_index_arrays_give_an_error_naming_the_file_or_the_rows_on_disk(f
         data = f[f"INSTRUMENT/{XGM_OUT}/data/intensityTD"][:]
     examples = []
 
-    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
     @given(first=st.lists(INDEX_VALUES, min_size=n - 1, max_size=n + 1),
            count=st.lists(INDEX_VALUES, min_size=n - 1, max_size=n + 1),
            dtype=st.sampled_from([np.uint64, np.int64]))
@@ -402,7 +432,6 @@ def test_fuzzed_index_arrays_give_an_error_naming_the_file_or_the_rows_on_disk(f
         set_index(run_dir / DA01, f"INDEX/{XGM_OUT}/data", first=as_array(first), count=as_array(count))
         before = digests(run_dir)
         handles.clear()
-        import warnings
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             run = xd.open_run(run_dir, cache=False)
@@ -419,4 +448,4 @@ def test_fuzzed_index_arrays_give_an_error_naming_the_file_or_the_rows_on_disk(f
         assert digests(run_dir) == before
 
     check()
-    assert len(examples) >= 60
+    assert len(examples) >= 40

@@ -49,8 +49,10 @@ from .arrays import (
     chunk_rows,
     default_fill_value,
     execute_block,
+    file_stamp,
     positions_within,
 )
+from .files.handles import FileStamp
 from .files.layout import parse_file_name
 from .run import RunSelection
 from .views import decode_strings, pulse_slots
@@ -73,7 +75,7 @@ class _KeyRows:
     row_offset: np.ndarray        # start of each train's rows in the concatenated rows
     slot_of_row: np.ndarray       # slot (pulse position) of every row
     n_slots: int
-    datasets: dict[int, tuple[str, str]]   # file_no -> (file path, dataset path)
+    datasets: dict[int, tuple[str, str, FileStamp]]   # file_no -> (file path, dataset path, stamp)
 
 
 class XfeldataBackendArray(BackendArray):
@@ -133,14 +135,14 @@ class XfeldataBackendArray(BackendArray):
         offset = 0
         for j in wanted.tolist():
             count = int(rows.count[j])
-            path, dataset = rows.datasets[int(rows.file_no[j])]
+            path, dataset, stamp = rows.datasets[int(rows.file_no[j])]
             start = int(rows.first[j])
             last = reads[-1] if reads else None
             if last is not None and last.path == path and last.dataset == dataset and last.stop == start:
                 reads[-1] = RowRead(path, dataset, rows.source, rows.key, last.start, start + count,
-                                    last.target)
+                                    last.target, stamp)
             else:
-                reads.append(RowRead(path, dataset, rows.source, rows.key, start, start + count, offset))
+                reads.append(RowRead(path, dataset, rows.source, rows.key, start, start + count, offset, stamp))
             offset += count
         if not offset:
             return np.zeros((0, *rows.entry_shape), rows.dtype)
@@ -185,6 +187,7 @@ def _key_rows(run: RunSelection, source: str, key: str
               ) -> tuple[_KeyRows, np.ndarray | None, bool, list[str]]:
     """The rows of a key, its pulse coordinate (or None), whether it is positional, files."""
     info = run.key_info(source, key)
+    run.check_index(source, key)  # trains whose index entries were set aside raise here
     found = run.rows(source, info.group)
     files = sorted({run.file(int(f)).path for f in np.unique(found.file_no)})
     has_data = found.count > 0
@@ -205,7 +208,7 @@ def _key_rows(run: RunSelection, source: str, key: str
     file_no = found.file_no[has_data]
     datasets = {}
     for fno in np.unique(file_no).tolist():
-        datasets[fno] = (run.file(fno).path, run.file_key_info(fno, source, key).path)
+        datasets[fno] = (run.file(fno).path, run.file_key_info(fno, source, key).path, file_stamp(run.file(fno)))
     rows = _KeyRows(
         source=source, key=info.key, dtype=info.dtype, entry_shape=info.entry_shape,
         train_ids=found.train_ids[has_data], file_no=file_no,
