@@ -52,8 +52,9 @@ from .arrays import (
     positions_within,
 )
 from .files.layout import parse_file_name
+from .files.strings import decode_strings
 from .run import RunSelection
-from .views import decode_strings, pulse_slots
+from .views import pulse_slots
 
 __all__ = ["XfeldataBackendEntrypoint", "XfeldataBackendArray", "open_source_dataset"]
 

@@ -27,8 +27,9 @@ import h5py
 import numpy as np
 
 from .errors import PropertyNameError, SourceNameError, TrainIdError
-from .files.index import CONTROL, INSTRUMENT, FileIndex, KeyInfo, LazyKeys, decode_str, longest_increasing
+from .files.index import CONTROL, INSTRUMENT, FileIndex, KeyInfo, LazyKeys, longest_increasing
 from .files.layout import match_detector_source, parse_file_name, path_to_key
+from .files.strings import decode_str
 
 SelectionSpec = str | Mapping[str, Iterable[str] | None] | Iterable[tuple[str, str]]
 

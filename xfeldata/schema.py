@@ -24,6 +24,7 @@ import xarray as xr
 
 from .arrays import fill_value_for
 from .files.layout import detector_kind_of_device, match_detector_source
+from .files.strings import decode_strings
 
 TRAIN_DIM = "trainId"
 PULSE_DIM = "pulseId"
@@ -213,8 +214,7 @@ def control_frame(columns: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> pd.Da
     for name, (train_ids, values) in columns.items():
         values = np.asarray(values)
         if values.dtype.kind in "SO":
-            values = np.array([v.decode("utf-8", "replace") if isinstance(v, bytes) else v
-                               for v in values.tolist()], dtype=object)
+            values = decode_strings(values)
         if values.ndim > 1:
             values = list(values)
         series.append(pd.Series(values, index=pd.Index(np.asarray(train_ids, np.uint64),

@@ -48,9 +48,10 @@ import numpy as np
 from .arrays import fill_value_for
 from .errors import DataIndexError, PropertyNameError
 from .files.handles import OpenFile, handles
-from .files.index import KeyInfo, decode_str
+from .files.index import KeyInfo
 from .files.layout import detector_kind_of_device, group_detector_sources
 from .files.plain import layout_of, pread_pieces
+from .files.strings import decode_str
 from .run import RunSelection, SelectionSpec
 
 __all__ = ["iter_trains", "stack_detector_data", "train_from_id", "train_from_index"]

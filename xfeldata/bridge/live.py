@@ -50,6 +50,7 @@ from .. import schema
 from ..arrays import BlockRead, blocks_array, default_fill_value
 from ..detectors import choose_detector, detector_kind, stacked_modules
 from ..files.layout import DetectorKind, detector_kind_of_device, group_detector_sources, match_detector_source
+from ..files.strings import decode_strings
 from ..views import merge_variables
 from .client import Client
 from .protocol import ProtocolError
@@ -755,8 +756,7 @@ def _is_xtdf_source(source: str) -> bool:
 def _as_array(values: list[Any]) -> np.ndarray:
     """Stack per-train values; strings become object arrays of ``str`` (as offline)."""
     if all(isinstance(v, str | bytes) for v in values):
-        return np.array([v.decode("utf-8", "replace") if isinstance(v, bytes) else v
-                         for v in values], dtype=object)
+        return decode_strings(np.array(values, dtype=object))
     arr = np.stack([np.asarray(v) for v in values])
     if arr.dtype.kind in "SU":
         arr = arr.astype(object)
