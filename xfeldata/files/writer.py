@@ -298,6 +298,11 @@ class FileWriter:
         default to the first and last timestamp (or now).
     overwrite
         Replace an existing file.
+
+    Notes
+    -----
+    If the ``with`` block raises, the file is closed as it is, incomplete; to
+    leave no partial file, write to a temporary name and rename it when done.
     """
 
     def __init__(self, path: str | os.PathLike, train_ids: ArrayLike, *,
