@@ -93,7 +93,8 @@ def test_a_file_in_use_is_closed_only_when_its_use_ends(layouts, tmp_path):
         f["x"] = np.zeros(3)
     cache = FileHandleCache(maxsize=1)
     with cache.use(str(layouts)) as opened:
-        cache.get(str(other))  # evicts layouts.h5 from the cache
+        with cache.use(str(other)):  # evicts layouts.h5 from the cache
+            pass
         assert len(cache) == 1
         assert opened.file.id.valid  # but it stays open while in use
         out = np.zeros((2, 2, 3), np.uint16)
@@ -122,7 +123,8 @@ def test_files_in_use_on_threads_stay_valid_while_others_evict_them(layouts, tmp
 
     def evicter() -> None:
         for i in range(150):
-            cache.get(paths[1 + i % 3])
+            with cache.use(paths[1 + i % 3]):
+                pass
 
     threads = [threading.Thread(target=reader), threading.Thread(target=evicter)]
     for t in threads:
@@ -136,7 +138,8 @@ def test_files_in_use_on_threads_stay_valid_while_others_evict_them(layouts, tmp
 
 def test_a_forked_child_starts_with_an_empty_cache(layouts):
     cache = FileHandleCache()
-    cache.get(str(layouts))
+    with cache.use(str(layouts)):
+        pass
     pid = os.fork()
     if pid == 0:  # the child: report how many files its cache holds
         os._exit(len(cache))

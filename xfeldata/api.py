@@ -73,6 +73,19 @@ class Run(RunSelection):
         """One DataTree node per selected source (source names give the paths)."""
         return views.to_datatree(self)
 
+    def write(self, path: PathLike, *, overwrite: bool = False,
+              progress: bool | None = None) -> Path:
+        """Write the selection as one file of the facility's format (1.3) that
+        EXtra-data and xfeldata open with the same trains and values.
+
+        See :func:`xfeldata.write.write_run`.
+
+        >>> run.select("SA1_XTD2_XGM/*").isel(trainId=slice(0, 10)).write("xgm.h5")  # doctest: +SKIP
+        """
+        from .write import write_run
+
+        return write_run(self, path, overwrite=overwrite, progress=progress)
+
     def detector(self, name: str | None = None, **options: Any) -> xr.Dataset:
         """A multi-module detector as one stacked, lazy Dataset.
 

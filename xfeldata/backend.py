@@ -54,8 +54,9 @@ from .arrays import (
 )
 from .files.handles import FileStamp
 from .files.layout import parse_file_name
+from .files.strings import decode_strings
 from .run import RunSelection
-from .views import decode_strings, pulse_slots
+from .views import pulse_slots
 
 __all__ = ["XfeldataBackendEntrypoint", "XfeldataBackendArray", "open_source_dataset"]
 

@@ -34,10 +34,10 @@ from .files.index import (
     FileIndex,
     KeyInfo,
     LazyKeys,
-    decode_str,
     longest_increasing,
 )
 from .files.layout import match_detector_source, parse_file_name, path_to_key
+from .files.strings import decode_str
 
 SelectionSpec = str | Mapping[str, Iterable[str] | None] | Iterable[tuple[str, str]]
 

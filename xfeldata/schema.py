@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .arrays import default_fill_value
+from .arrays import fill_value_for
 from .files.layout import detector_kind_of_device, match_detector_source
+from .files.strings import decode_strings
 
 TRAIN_DIM = "trainId"
 PULSE_DIM = "pulseId"
@@ -40,34 +41,6 @@ DETECTOR_VARIABLES = {
     "image.data": "image.data", "image.mask": "image.mask", "image.gain": "image.gain",
     "data.adc": "image.data", "data.mask": "image.mask", "data.gain": "image.gain",
 }
-
-#: Fill value of integer data where a module or pulse is missing (documented contract;
-#: :func:`xfeldata.arrays.default_fill_value` applies it).
-INTEGER_FILL = 0
-
-
-def fill_value_for(dtype: np.dtype, fill_value: Any = None) -> Any:
-    """The fill value of missing cells: the caller's, else NaN for floats and 0 for integers.
-
-    A fractional or NaN ``fill_value`` for integer data is an error (it would be
-    silently cast).
-
-    >>> fill_value_for(np.dtype("float32")), fill_value_for(np.dtype("uint16"))
-    (nan, 0)
-    """
-    dtype = np.dtype(dtype)
-    if fill_value is not None:
-        if dtype.kind in "iu":
-            if isinstance(fill_value, float) and not float(fill_value).is_integer():
-                raise ValueError(f"fill_value {fill_value} cannot be stored in {dtype} data; "
-                                 "give an integer, or convert the data to float first")
-            limits = np.iinfo(dtype)
-            if not limits.min <= fill_value <= limits.max:
-                raise ValueError(f"fill_value {fill_value} is outside the range of {dtype} data "
-                                 f"({limits.min} to {limits.max})")
-        return fill_value
-    return default_fill_value(dtype)
-
 
 def detector_fill_value(key: str, dtype: np.dtype, fill_value: Any = None) -> Any:
     """Fill value of one detector variable: the caller's applies to the pixel data
@@ -241,8 +214,7 @@ def control_frame(columns: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> pd.Da
     for name, (train_ids, values) in columns.items():
         values = np.asarray(values)
         if values.dtype.kind in "SO":
-            values = np.array([v.decode("utf-8", "replace") if isinstance(v, bytes) else v
-                               for v in values.tolist()], dtype=object)
+            values = decode_strings(values)
         if values.ndim > 1:
             values = list(values)
         series.append(pd.Series(values, index=pd.Index(np.asarray(train_ids, np.uint64),

@@ -45,13 +45,14 @@ from typing import Any
 import h5py
 import numpy as np
 
+from .arrays import fill_value_for
 from .errors import DataIndexError, DataReadError, PropertyNameError
 from .files.handles import OpenFile, handles
-from .files.index import KeyInfo, decode_str
+from .files.index import KeyInfo
 from .files.layout import detector_kind_of_device, group_detector_sources
 from .files.plain import layout_of, pread_pieces
+from .files.strings import decode_str
 from .run import RunSelection, SelectionSpec
-from .schema import fill_value_for
 
 __all__ = ["iter_trains", "stack_detector_data", "train_from_id", "train_from_index"]
 
@@ -533,19 +534,6 @@ def train_from_index(run: RunSelection, index: int, devices: SelectionSpec | Non
 
 
 # ----- stacking detector modules ----------------------------------------------
-def _typed_fill(fill_value: Any, dtype: np.dtype) -> Any:
-    """``fill_value`` as a scalar of ``dtype``; ValueError if it does not fit."""
-    try:
-        with np.errstate(all="raise"):
-            typed = np.array(fill_value).astype(dtype, casting="unsafe")[()]
-        fits = typed == fill_value or (dtype.kind in "fc" and np.isnan(typed) and np.isnan(fill_value))
-    except (TypeError, ValueError, OverflowError, FloatingPointError):
-        fits = False
-    if not fits:
-        raise ValueError(f"fill value {fill_value!r} cannot be stored as {dtype}")
-    return typed
-
-
 def stack_detector_data(
     train: Mapping[str, Mapping[str, Any]], key: str, axis: int = -3,
     modules: int | None = None, fill_value: Any = None, real_array: bool = True,
@@ -575,7 +563,7 @@ def stack_detector_data(
         else 16.  JUNGFRAU modules, numbered from 1, go to positions 0, 1, ...
     fill_value
         Value of missing modules: default NaN for floats, 0 for integers
-        (:data:`xfeldata.schema.INTEGER_FILL`, as in EXtra-data), False for bools.
+        (:func:`xfeldata.arrays.default_fill_value`, as in EXtra-data), False for bools.
     real_array
         Return a NumPy array (default).  False returns a :class:`StackView` that
         copies nothing (enough for assembling images module by module).
@@ -637,7 +625,7 @@ def stack_detector_data(
     shape, dtype = shapes.pop(), dtypes.pop()
     if not -(len(shape) + 1) <= axis <= len(shape):
         raise ValueError(f"axis {axis} is out of range for {len(shape) + 1}-d stacked data")
-    fill = _typed_fill(fill_value_for(dtype, fill_value), dtype)
+    fill = np.asarray(fill_value_for(dtype, fill_value), dtype)[()]
     view = StackView(arrays, modules, shape, dtype, fill, axis)
     return view.asarray() if real_array else view
 

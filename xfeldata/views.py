@@ -19,16 +19,8 @@ import xarray as xr
 from . import schema
 from .arrays import flat_rows_array, padded_array, read_rows
 from .errors import PropertyNameError, SourceNameError
+from .files.strings import decode_strings
 from .run import RunSelection
-
-
-def decode_strings(block: np.ndarray) -> np.ndarray:
-    """Bytes to ``str`` (UTF-8) in an object array of the same shape."""
-    out = np.empty(block.shape, dtype=object)
-    flat_in, flat_out = block.reshape(-1), out.reshape(-1)
-    for i, v in enumerate(flat_in.tolist()):
-        flat_out[i] = v.decode("utf-8", "replace") if isinstance(v, bytes) else v
-    return out
 
 
 def pulse_slots(run: RunSelection, source: str, group: str,

@@ -47,9 +47,10 @@ import xarray as xr
 import zmq
 
 from .. import schema
-from ..arrays import BlockRead, blocks_array
+from ..arrays import BlockRead, blocks_array, default_fill_value
 from ..detectors import choose_detector, detector_kind, stacked_modules
 from ..files.layout import DetectorKind, detector_kind_of_device, group_detector_sources, match_detector_source
+from ..files.strings import decode_strings
 from ..views import merge_variables
 from .client import Client
 from .protocol import ProtocolError
@@ -860,8 +861,7 @@ def _is_xtdf_source(source: str) -> bool:
 def _as_array(values: list[Any]) -> np.ndarray:
     """Stack per-train values; strings become object arrays of ``str`` (as offline)."""
     if all(isinstance(v, str | bytes) for v in values):
-        return np.array([v.decode("utf-8", "replace") if isinstance(v, bytes) else v
-                         for v in values], dtype=object)
+        return decode_strings(np.array(values, dtype=object))
     arr = np.stack([np.asarray(v) for v in values])
     if arr.dtype.kind in "SU":
         arr = arr.astype(object)
@@ -892,7 +892,7 @@ def _key_variables(source: str, key: str, found: list[tuple[int, Any]],
             if all(len(s) == len(pulse_ids) for s in slots):  # every slot of every train filled
                 data = np.empty(shape, first.dtype)
             else:
-                data = np.full(shape, _default_fill(first.dtype), dtype=first.dtype)
+                data = np.full(shape, default_fill_value(first.dtype), dtype=first.dtype)
             for i, ((_, v), s) in enumerate(zip(found, slots, strict=True)):
                 data[i, s] = v
     else:
@@ -910,11 +910,6 @@ def _key_variables(source: str, key: str, found: list[tuple[int, Any]],
         generic = {d: f"{key}.{d}" for d in arr.dims if d.startswith("dim_")}
         out[f"{source}/{name}"] = arr.rename(generic) if generic else arr
     return out
-
-
-def _default_fill(dtype: np.dtype) -> Any:
-    return b"" if dtype.kind == "S" else np.zeros((), dtype) if dtype.kind == "V" else \
-        schema.fill_value_for(dtype)
 
 
 def _dataset(trains: list[tuple[int, TrainData]], sources: str, keys: str) -> xr.Dataset:

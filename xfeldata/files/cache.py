@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from ..errors import FileFormatError
 from .index import DamagedEntries, FileIndex, IndexGroup, KeyInfo, LazyKeys, SourceInfo, read_file_index
+from .strings import decode_str
 
 #: Bump when the stored layout changes; older entries are then ignored.
 CACHE_VERSION = 4
@@ -73,7 +74,7 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
+        return decode_str(value)
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     if isinstance(value, dict):

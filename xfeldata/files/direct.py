@@ -52,12 +52,6 @@ def _direct_filters(ds: h5py.Dataset) -> tuple[int, ...] | None:
     return _filters(ds)
 
 
-def direct_readable(ds: h5py.Dataset) -> bool:
-    """True if rows can be read chunk by chunk: chunked along rows only, no filters or
-    deflate (maybe with shuffle)."""
-    return _direct_filters(ds) is not None
-
-
 def _decode(raw: bytes | memoryview, filters: tuple[int, ...], nbytes: int, itemsize: int,
             out: np.ndarray | None = None) -> np.ndarray:
     """Undo the filter pipeline of one chunk: inflate, then unshuffle.
@@ -90,8 +84,9 @@ def read_rows_into(ds: h5py.Dataset, start: int, stop: int, dest: np.ndarray,
                    decoded: dict | None = None) -> None:
     """Read ``ds[start:stop]`` into ``dest`` (same dtype, C-contiguous, ``stop - start`` rows).
 
-    Uses raw chunk reads and decodes outside the HDF5 lock when
-    :func:`direct_readable`; otherwise h5py's ``read_direct``.
+    Uses raw chunk reads and decodes outside the HDF5 lock when the chunks are
+    whole rows with no filter or deflate (maybe with shuffle); otherwise h5py's
+    ``read_direct``.
 
     Parameters
     ----------

@@ -15,7 +15,6 @@ index.
 
 Examples
 --------
->>> handles.get("RAW-R0001-DA01-S00000.h5")["INDEX/trainId"].shape   # doctest: +SKIP
 >>> with handles.use("RAW-R0001-AGIPD00-S00000.h5") as opened:       # doctest: +SKIP
 ...     layout = opened.plain_layout("INSTRUMENT/SPB_DET_AGIPD1M-1/DET/0CH0:xtdf/image/data")
 """
@@ -143,21 +142,6 @@ class FileHandleCache:
         entry.evicted = True
         if entry.users == 0:
             entry.close()
-
-    def get(self, path: str) -> h5py.File:
-        """An open, read-only handle of ``path``.
-
-        Another thread may close it at any time (when the cache is full); code that
-        keeps using the file, or reads through its descriptor, should use
-        :meth:`use` instead.
-
-        Raises
-        ------
-        OSError
-            (``FileNotFoundError`` included) naming the file if it cannot be opened.
-        """
-        with self._lock:
-            return self._open(path).file
 
     @contextmanager
     def use(self, path: str, stamp: FileStamp | None = None) -> Iterator[OpenFile]:

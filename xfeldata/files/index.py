@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import FileFormatError
 from .layout import parse_file_name, path_to_key
+from .strings import decode_str
 
 CONTROL = "CONTROL"
 INSTRUMENT = "INSTRUMENT"
@@ -214,19 +215,6 @@ class FileIndex:
         """The file's trains, optionally without suspect ones."""
         keep = self.valid if inc_suspect_trains else self.valid & ~self.suspect
         return self.train_ids[keep]
-
-
-def decode_str(value: Any) -> Any:
-    """Decode bytes (also inside numpy scalars) as UTF-8, never failing on bad bytes.
-
-    >>> decode_str(b"1.2")
-    '1.2'
-    """
-    if isinstance(value, np.ndarray) and value.dtype.kind in "OS":
-        return [decode_str(v) for v in value.tolist()]
-    if isinstance(value, bytes | np.bytes_):
-        return bytes(value).decode("utf-8", errors="replace")
-    return value
 
 
 def _open(loc: h5py.h5g.GroupID, path: str) -> Any:

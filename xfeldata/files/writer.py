@@ -255,8 +255,8 @@ class RowWriter:
             self.closed = True
 
 
-def _date(ns: int) -> bytes:
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(ns / 1e9)).encode()
+def _date(ns: int) -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(ns / 1e9))
 
 
 def _ascii_attrs(obj, attrs: Mapping[str, str]) -> None:
@@ -298,6 +298,11 @@ class FileWriter:
         default to the first and last timestamp (or now).
     overwrite
         Replace an existing file.
+
+    Notes
+    -----
+    If the ``with`` block raises, the file is closed as it is, incomplete; to
+    leave no partial file, write to a temporary name and rename it when done.
     """
 
     def __init__(self, path: str | os.PathLike, train_ids: ArrayLike, *,
@@ -531,8 +536,8 @@ class FileWriter:
         known = self.timestamps[self.timestamps > 0]
         t0 = int(known.min()) if len(known) else time.time_ns()
         t1 = int(known.max()) if len(known) else t0
-        meta = {"dataFormatVersion": self.version, "creationDate": _date(t0).decode(),
-                "updateDate": _date(t1).decode(), "daqLibrary": "", "karaboFramework": "",
+        meta = {"dataFormatVersion": self.version, "creationDate": _date(t0),
+                "updateDate": _date(t1), "daqLibrary": "", "karaboFramework": "",
                 "runType": "", "sample": "", **self.metadata}
         for name, value in meta.items():
             f.create_dataset(f"METADATA/{name}", data=[str(value).encode("utf-8")],

@@ -61,7 +61,6 @@ from . import synthetic as syn
 
 __all__ = ["make_example", "IRREGULAR_PADDING", "BOGUS_TRAIN_OFFSET"]
 
-
 #: Zero-padding rows used by ``irregular=True`` (unless ``zero_padding`` is larger).
 IRREGULAR_PADDING = 3
 #: The suspect train's ID is the last real train ID plus this.
