@@ -3,7 +3,7 @@
 Modules are stacked on a ``module`` dimension over the union of their trains
 (or the intersection) and the union of their pulse IDs.  Cells a module does
 not have (missing trains, fewer frames) hold the fill value, and ``present``
-says which module has data in which train.
+``(trainId, pulseId, module)`` says which frames were recorded.
 
 Examples
 --------
@@ -112,20 +112,22 @@ def stacked_modules(device: str, kind: DetectorKind | None, sources: dict[int, s
                     ) -> tuple[list[int], dict[int, str]]:
     """The module numbers to stack and the sources of those present.
 
-    All modules of the detector kind by default (missing ones are filled), or
-    the ``modules`` asked for.
+    The modules found (those with a source in the selection) by default, as
+    EXtra-data's components stack them, or the ``modules`` asked for (modules
+    of the kind without a source are filled, with ``present`` False).
 
     Raises
     ------
     KeyError
         For module numbers the detector does not have, or none present.
     """
-    all_modules = list(kind.modules) if kind else sorted(sources)
+    all_modules = sorted(sources)
     if modules is not None:
-        unknown = sorted(set(modules) - set(all_modules) - set(sources))
+        known = set(kind.modules) if kind else set()
+        unknown = sorted(set(modules) - known - set(sources))
         if unknown:
             raise KeyError(f"modules {unknown} are not modules of {device} ({kind.name if kind else ''})")
-        all_modules = sorted(modules)
+        all_modules = sorted(set(modules))
     present_sources = {m: s for m, s in sources.items() if m in all_modules}
     if not present_sources:
         raise KeyError(f"none of modules {all_modules} of {device} is in {where}")
@@ -249,11 +251,13 @@ def detector_dataset(
         The detector's device name (``"SPB_DET_AGIPD1M-1"``), a glob, or a part of
         it (``"AGIPD"``); None picks the only detector.
     modules
-        Module numbers to stack (default: all of the detector kind).
+        Module numbers to stack (default: the modules found in the selection);
+        modules of the kind that are not found are filled, ``present`` False.
     fill_value
         Value of missing cells (default NaN for floats, 0 for integers).
     require_all_modules
-        Keep only trains where every stacked module that has any data has data.
+        Keep only trains where every stacked module that has any data in the
+        selection has data (a module absent from the whole selection does not count).
     pulses
         Pulses to read: pulse IDs (list, array or inclusive slice), ``by_id[...]``
         or ``by_index[...]`` (positions within the train). Applied before reading.
@@ -274,7 +278,9 @@ def detector_dataset(
     xarray.Dataset
         ``image.data`` (and ``image.mask``, ``image.gain``) with dims
         ``(trainId, pulseId, module, [gain,] slow_scan, fast_scan)`` (JUNGFRAU:
-        ``cell`` instead of ``pulseId``), ``present (trainId, module)``, and
+        ``cell`` instead of ``pulseId``), ``present (trainId, pulseId, module)``
+        (True exactly where that frame was recorded; a module's presence in a
+        train is ``present.any("pulseId")``), and
         ``cellId`` where recorded.
 
     Raises
@@ -315,7 +321,9 @@ def detector_dataset(
     # Common train axis
     counts = {m: run.data_counts(s, group) for m, s in present_sources.items()}
     has = np.stack([counts[m] > 0 for m in present_sources])
-    keep = has.all(axis=0) if require_all_modules else has.any(axis=0)
+    keep = has.any(axis=0)
+    if require_all_modules:  # a module without data in the whole selection does not count
+        keep &= has[has.any(axis=1)].all(axis=0)
     train_ids = run.train_ids[keep]
 
     pulse_rows = _read_pulse_ids(run, present_sources, group) if xtdf else {}
@@ -390,10 +398,16 @@ def detector_dataset(
     if not xtdf:  # JUNGFRAU: the pulse-like axis is the memory cell, selected at the end
         pulse_coord = np.arange(first_info.entry_shape[0])
 
-    present = np.zeros((len(train_ids), len(all_modules)), bool)
-    for i, m in enumerate(all_modules):
-        if m in rows:
-            present[:, i] = rows[m].counts > 0
+    present = np.zeros((len(train_ids), len(pulse_coord), len(all_modules)), bool)
+    for j, m in enumerate(all_modules):
+        if m not in rows:
+            continue
+        if xtdf:  # the slot of every selected frame
+            sel = selected[m]
+            row_train = np.repeat(np.arange(len(train_ids)), rows[m].counts)
+            present[row_train[sel], slots[m][sel], j] = True
+        else:  # a recorded train holds every memory cell
+            present[rows[m].counts > 0, :, j] = True
 
     cell_ids = None
     cell_key = f"{group}.cellId" if xtdf else "data.memoryCell"

@@ -200,7 +200,9 @@ def detector_dataset(
     train_ids, pulse_ids, modules
         Coordinates of the first three dimensions.
     present
-        Boolean ``(trainId, module)``: True where the module has data for the train.
+        Boolean ``(trainId, pulse, module)``: True exactly where that frame was
+        recorded (JUNGFRAU: every memory cell of a recorded train).  A module's
+        presence in a train is ``present.any(pulse_dim)``.
     pixel_dims
         Names of each variable's pixel dimensions.
     cell_ids
@@ -212,7 +214,7 @@ def detector_dataset(
     data_vars: dict[str, Any] = {
         name: ((*lead, *pixel_dims[name]), arr) for name, arr in variables.items()
     }
-    data_vars["present"] = ((TRAIN_DIM, MODULE_DIM), np.asarray(present, bool))
+    data_vars["present"] = (lead, np.asarray(present, bool))
     if cell_ids is not None:
         data_vars["cellId"] = (lead, cell_ids)
     coords = {

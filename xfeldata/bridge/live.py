@@ -718,10 +718,15 @@ def _detector(trains: list[tuple[int, TrainData]], name: str | None, modules: Se
         pixel = schema.detector_pixel_dims(entry)
         pixel_dims[var] = (schema.GAIN_DIM, *pixel) if stages else pixel
 
-    present = np.zeros((len(train_ids), len(all_modules)), bool)
+    present = np.zeros((len(train_ids), len(pulse_coord), len(all_modules)), bool)
     for i, mods in enumerate(per_train):
         for j, m in enumerate(all_modules):
-            present[i, j] = m in mods and mods[m][0] > 0
+            if m not in mods or not mods[m][0]:
+                continue
+            if xtdf:  # the slot of every frame
+                present[i, np.searchsorted(pulse_coord, pids[m][i][1]), j] = True
+            else:  # a recorded train holds every memory cell
+                present[i, :, j] = True
 
     cell_key = f"{group}.cellId" if xtdf else "data.memoryCell"
     cell_ids = _cell_ids(frames, cell_key) if cell_key in first_keys else None
