@@ -217,6 +217,13 @@ def test_require_all_modules_keeps_trains_where_every_module_has_data(irregular_
     assert_detector_matches_h5(ds, irregular_run)
 
 
+def test_require_all_modules_ignores_a_module_without_data_in_the_selection(irregular_run):
+    """Module 1 misses trains 10002 and 10003: it does not count on those two trains."""
+    ds = xd.open_run(irregular_run).sel(trainId=[10002, 10003]).detector(require_all_modules=True)
+    assert ds["trainId"].values.tolist() == [10002, 10003]
+    assert not ds["present"].sel(module=1).any() and ds["present"].sel(module=[0, 2, 3]).any("pulseId").all()
+
+
 # ----- options ---------------------------------------------------------------------
 def test_modules_option_stacks_only_those(agipd_raw_run):
     ds = xd.open_run(agipd_raw_run).detector(modules=[3, 1])

@@ -812,6 +812,36 @@ def _key_variables(source: str, key: str, found: list[tuple[int, Any]],
     return out
 
 
+def _group_presence(source: str, group: str, train_ids: list[int],
+                    rows: dict[int, tuple[int, dict[str, np.ndarray]]] | None) -> xr.DataArray:
+    """Where an index group of a source has data (cf. views.group_presence).
+
+    ``train_ids`` are the trains listing a key of the group; ``rows`` the frame
+    rows of an XTDF ``image`` group, else None.
+    """
+    key = f"{group}.present"
+    if rows is not None:
+        train_ids = [t for t in train_ids if rows[t][0]]
+    ids = np.array(train_ids, np.uint64)
+    counts = [rows[t][0] for t in train_ids] if rows is not None else []
+    if max(counts, default=0) <= 1:
+        return schema.key_dataarray(np.ones(len(ids), bool), ids, source=source, key=key, dims=())
+    per_train = [_pulse_ids(rows[t][1], rows[t][0]) for t in train_ids]
+    positional = not (all(len(np.unique(p)) == len(p) for p in per_train)
+                      and all("image.pulseId" in rows[t][1] for t in train_ids))
+    if positional:
+        pulse_ids = np.arange(max(counts))
+        slots = [np.arange(n) for n in counts]
+    else:
+        pulse_ids = np.unique(np.concatenate(per_train))
+        slots = [np.searchsorted(pulse_ids, p) for p in per_train]
+    mask = np.zeros((len(ids), len(pulse_ids)), bool)
+    for i, slot in enumerate(slots):
+        mask[i, slot] = True
+    return schema.key_dataarray(mask, ids, source=source, key=key, pulse_ids=pulse_ids,
+                                positional=positional, dims=())
+
+
 def _default_fill(dtype: np.dtype) -> Any:
     return b"" if dtype.kind == "S" else np.zeros((), dtype) if dtype.kind == "V" else \
         schema.fill_value_for(dtype)
@@ -820,6 +850,7 @@ def _default_fill(dtype: np.dtype) -> Any:
 def _dataset(trains: list[tuple[int, TrainData]], sources: str, keys: str) -> xr.Dataset:
     names = sorted({s for _, d in trains for s in d if fnmatch.fnmatchcase(s, sources)})
     variables: dict[str, xr.DataArray] = {}
+    masks: dict[str, xr.DataArray] = {}
     for source in names:
         rows = None
         if _is_xtdf_source(source):
@@ -835,7 +866,14 @@ def _dataset(trains: list[tuple[int, TrainData]], sources: str, keys: str) -> xr
                 variables.update(_key_variables(source, key, found, resolved))
             except ValueError as exc:  # values of different shapes in different trains
                 log.warning("live buffer: %s/%s left out of the dataset: %s", source, key, exc)
-    return merge_variables(variables)  # exactly as the offline run_dataset merges
+        # index groups as the files have them: a control source's keys share one
+        groups = {k.split(".", 1)[0] if ":" in source else "" for k in source_keys}
+        for group in sorted(groups):
+            in_group = [k for k in source_keys if (k.split(".", 1)[0] if ":" in source else "") == group]
+            tids = [tid for tid, d in trains if any(k in d.get(source, {}) for k in in_group)]
+            masks[f"{source}/{group}.present"] = _group_presence(
+                source, group, tids, rows if rows is not None and group == "image" else None)
+    return merge_variables(variables, masks)  # exactly as the offline run_dataset merges
 
 
 def _is_scalar(value: Any) -> bool:
