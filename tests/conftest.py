@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from xfeldata.files.layout import DETECTORS, FORMAT_VERSIONS
+from xfeldata.detectors.kinds import DETECTORS
+from xfeldata.files.layout import FORMAT_VERSIONS
 from xfeldata.files.writer import make_example
 
 #: First train ID of every fixture run.
@@ -91,7 +92,7 @@ def format_runs(tmp_path_factory) -> dict[str, Path]:
 def detector_runs(tmp_path_factory) -> dict[str, Path]:
     """One small raw run per detector kind, without slow sources: kind -> run dir.
 
-    Keys are the names of ``xfeldata.files.layout.DETECTORS`` plus
+    Keys are the names of ``xfeldata.detectors.kinds.DETECTORS`` plus
     ``"LPD1M-parallel"`` (LPD parallel gain: 3 gain stages x 2 pulses per train).
     Each has 2 modules (JUNGFRAU: modules 1 and 2 with 2 memory cells), 5 trains
     of 2 frames, format 1.3.

@@ -20,9 +20,10 @@ import pytest
 import xfeldata as xd
 from xfeldata import synthetic as syn
 from xfeldata.cli import main
+from xfeldata.detectors.kinds import DETECTORS
 from xfeldata.errors import DataIndexError, FileFormatError, PropertyNameError, SourceNameError
 from xfeldata.files.index import read_file_index
-from xfeldata.files.layout import DATA_ROOT_ENV, DETECTORS
+from xfeldata.files.layout import DATA_ROOT_ENV
 from xfeldata.validate import validate_run
 
 AGIPD = DETECTORS["AGIPD1M"]

@@ -18,8 +18,8 @@ from conftest import DETECTOR_RUN_MODULES, FIRST_TRAIN_ID
 from h5ref import h5_rows
 
 import xfeldata as xd
-from xfeldata.detectors import by_id, by_index, detector_sources
-from xfeldata.files.layout import DETECTORS
+from xfeldata.detectors.kinds import DETECTORS
+from xfeldata.detectors.stacking import by_id, by_index, detector_sources
 from xfeldata.files.writer import make_example
 
 AGIPD = "SPB_DET_AGIPD1M-1"

@@ -15,8 +15,9 @@ import pytest
 from conftest import FIRST_TRAIN_ID, FORMAT_RUN
 
 from xfeldata import synthetic as syn
+from xfeldata.detectors.kinds import DETECTORS
 from xfeldata.files.index import read_file_index, split_source_entry, train_validity
-from xfeldata.files.layout import DETECTORS, FORMAT_VERSIONS
+from xfeldata.files.layout import FORMAT_VERSIONS
 from xfeldata.files.writer import BOGUS_TRAIN_OFFSET, IRREGULAR_PADDING, make_example
 
 XGM = syn.XGM_SOURCE

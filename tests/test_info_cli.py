@@ -17,7 +17,7 @@ from conftest import FIRST_TRAIN_ID, IRREGULAR_RUN
 import xfeldata as xd
 from xfeldata import synthetic as syn
 from xfeldata.cli import main
-from xfeldata.files.layout import DETECTORS
+from xfeldata.detectors.kinds import DETECTORS
 from xfeldata.files.writer import BOGUS_TRAIN_OFFSET
 
 AGIPD = DETECTORS["AGIPD1M"]

@@ -11,8 +11,9 @@ from conftest import AGIPD_RUN, FIRST_TRAIN_ID, FORMAT_RUN, IRREGULAR_RUN
 
 import xfeldata as xd
 from xfeldata import synthetic as syn
+from xfeldata.detectors.kinds import DETECTORS
 from xfeldata.errors import PropertyNameError, SourceNameError, TrainIdError
-from xfeldata.files.layout import DETECTORS, FORMAT_VERSIONS
+from xfeldata.files.layout import FORMAT_VERSIONS
 from xfeldata.files.writer import BOGUS_TRAIN_OFFSET
 
 AGIPD = DETECTORS["AGIPD1M"]

@@ -25,7 +25,8 @@ from conftest import (
 )
 
 from xfeldata import synthetic as syn
-from xfeldata.files.layout import DETECTORS, file_name, parse_file_name
+from xfeldata.detectors.kinds import DETECTORS
+from xfeldata.files.layout import file_name, parse_file_name
 from xfeldata.files.writer import BOGUS_TRAIN_OFFSET, IRREGULAR_PADDING, make_example
 
 AGIPD = DETECTORS["AGIPD1M"]

@@ -26,9 +26,10 @@ from typing import Any
 import h5py
 import numpy as np
 
+from .detectors.kinds import match_detector_source
 from .errors import PropertyNameError, SourceNameError, TrainIdError
 from .files.index import CONTROL, INSTRUMENT, FileIndex, KeyInfo, LazyKeys, decode_str, longest_increasing
-from .files.layout import match_detector_source, parse_file_name, path_to_key
+from .files.layout import parse_file_name, path_to_key
 
 SelectionSpec = str | Mapping[str, Iterable[str] | None] | Iterable[tuple[str, str]]
 

@@ -23,7 +23,7 @@ import pandas as pd
 import xarray as xr
 
 from .arrays import default_fill_value
-from .files.layout import detector_kind_of_device, match_detector_source
+from .detectors.kinds import detector_kind_of_device, match_detector_source
 
 TRAIN_DIM = "trainId"
 PULSE_DIM = "pulseId"
@@ -168,7 +168,7 @@ def detector_key_dims(source: str, key: str, entry_shape: Sequence[int]) -> tupl
     if match is None or key not in DETECTOR_VARIABLES or len(entry_shape) not in (2, 3):
         return None
     kind = detector_kind_of_device(match[0])
-    if kind is not None and not kind.xtdf:
+    if kind is not None and not kind.row_per_frame:
         return (CELL_DIM, *PIXEL_DIMS) if len(entry_shape) == 3 else PIXEL_DIMS
     return detector_pixel_dims(entry_shape)
 

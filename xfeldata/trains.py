@@ -45,10 +45,10 @@ from typing import Any
 import h5py
 import numpy as np
 
+from .detectors.kinds import detector_kind_of_device, group_detector_sources
 from .errors import DataIndexError, PropertyNameError
 from .files.handles import OpenFile, handles
 from .files.index import KeyInfo, decode_str
-from .files.layout import detector_kind_of_device, group_detector_sources
 from .files.plain import layout_of, pread_pieces
 from .run import RunSelection, SelectionSpec
 from .schema import fill_value_for

@@ -3,7 +3,7 @@
 :class:`LiveBuffer` receives trains in a background thread and keeps the last
 ``maxlen`` of them, matched by train ID (each source's ``timestamp.tid``).
 Its views build the same xarray/pandas layout as the offline views of a run
-(:func:`xfeldata.detectors.detector_dataset`, :func:`xfeldata.views.run_dataset`,
+(:func:`xfeldata.detectors.stacking.detector_dataset`, :func:`xfeldata.views.run_dataset`,
 :func:`xfeldata.views.control_frame`) through :mod:`xfeldata.schema`, so
 analysis code runs unchanged on live and on recorded data.
 
@@ -48,8 +48,14 @@ import zmq
 
 from .. import schema
 from ..arrays import BlockRead, blocks_array
-from ..detectors import choose_detector, detector_kind, stacked_modules
-from ..files.layout import DetectorKind, detector_kind_of_device, group_detector_sources, match_detector_source
+from ..detectors.kinds import (
+    DetectorKind,
+    detector_kind_of_device,
+    generic_kind,
+    group_detector_sources,
+    match_detector_source,
+)
+from ..detectors.stacking import choose_detector, detector_kind, stacked_modules
 from ..views import merge_variables
 from .client import Client
 from .protocol import ProtocolError
@@ -344,7 +350,7 @@ class LiveBuffer:
                  keys: Sequence[str] | None = None) -> xr.Dataset:
         """The buffered trains of a multi-module detector, stacked as ``run.detector()`` does.
 
-        Parameters are those of :func:`xfeldata.detectors.detector_dataset`.
+        Parameters are those of :func:`xfeldata.detectors.stacking.detector_dataset`.
 
         Returns
         -------
@@ -409,7 +415,7 @@ class LiveBuffer:
 
 
 # ---------------------------------------------------------------------------
-# Detector stacking (the layout of xfeldata.detectors.detector_dataset)
+# Detector stacking (the layout of xfeldata.detectors.stacking.detector_dataset)
 # ---------------------------------------------------------------------------
 
 
@@ -603,14 +609,6 @@ def _stacked_array(frames: _Frames, key: str, entry: tuple[int, ...], dtype: np.
     return blocks_array(f"xfeldata-live-{key}-{uuid.uuid4().hex}", blocks, chunks, dtype)
 
 
-def _stacked_entry(shape: tuple[int, ...], xtdf: bool) -> tuple[int, ...]:
-    """The stacked entry of a key's rows ``(n, *shape)``: JUNGFRAU's cells are the slot
-    axis, and raw LPD/DSSC's length-1 axis is dropped."""
-    if not xtdf:
-        return shape[1:]
-    return shape[1:] if len(shape) == 3 and shape[0] == 1 else shape
-
-
 def _cell_ids(frames: _Frames, cell_key: str) -> np.ndarray:
     """Memory cell IDs ``(trainId, slot, module)`` as int64, -1 where missing."""
     n_slots = len(frames.pulse_coord)
@@ -636,11 +634,9 @@ def _detector(trains: list[tuple[int, TrainData]], name: str | None, modules: Se
               fill_value: Any, require_all_modules: bool, keys: Sequence[str] | None) -> xr.Dataset:
     found = group_detector_sources({s for _, data in trains for s in data})
     device, sources = choose_detector(found, name, "the buffered trains")
-    kind = detector_kind(device, list(sources))
-    xtdf = kind.xtdf if kind else any("image.data" in d.get(s, {}) for _, d in trains
-                                      for s in sources.values())
-    group = "image" if xtdf else "data"
-    data_key = "image.data" if xtdf else "data.adc"
+    kind = detector_kind(device, list(sources)) or generic_kind(
+        device, any("image.data" in d.get(s, {}) for _, d in trains for s in sources.values()))
+    xtdf, data_key = kind.row_per_frame, kind.data_key
     all_modules, present_sources = stacked_modules(device, kind, sources, modules, "the buffered trains")
 
     # Rows of every module in every train: n frames and the group's values (n, *entry)
@@ -661,7 +657,7 @@ def _detector(trains: list[tuple[int, TrainData]], name: str | None, modules: Se
 
     first = next(iter(present_sources.values()))
     first_keys = {k for _, d in trains for k in d.get(first, {})}
-    candidates = keys or [data_key, f"{group}.mask", f"{group}.gain"]
+    candidates = keys or kind.pixel_keys
     var_keys = [k for k in candidates if k in first_keys]
     if not var_keys:
         raise KeyError(f"{first} has none of the keys {list(candidates)} in the buffered trains")
@@ -691,8 +687,8 @@ def _detector(trains: list[tuple[int, TrainData]], name: str | None, modules: Se
     if xtdf:
         pids = {m: [(mods[m][0], _pulse_ids(mods[m][1], mods[m][0]).astype(np.int64)) if m in mods
                     else (0, np.zeros(0, np.int64)) for mods in per_train] for m in present_sources}
-        if kind is not None and kind.name == "LPD1M":
-            per_module = {m: _parallel_stages(p) for m, p in pids.items()}
+        if kind.gain_stages > 1:
+            per_module = {m: _parallel_stages(p, kind.gain_stages) for m, p in pids.items()}
             if all(s is not None for s in per_module.values()) and any(
                     n for p in pids.values() for n, _ in p):
                 stages = per_module
@@ -712,7 +708,7 @@ def _detector(trains: list[tuple[int, TrainData]], name: str | None, modules: Se
     variables, pixel_dims = {}, {}
     for key, (shape, dtype) in infos.items():
         var = schema.DETECTOR_VARIABLES.get(key, key)
-        entry = _stacked_entry(shape, xtdf)
+        entry = kind.stacked_entry(shape)
         fill = schema.detector_fill_value(key, dtype, fill_value)
         variables[var] = _stacked_array(frames, key, entry, dtype, fill)
         pixel = schema.detector_pixel_dims(entry)
@@ -728,19 +724,19 @@ def _detector(trains: list[tuple[int, TrainData]], name: str | None, modules: Se
             else:  # a recorded train holds every memory cell
                 present[i, :, j] = True
 
-    cell_key = f"{group}.cellId" if xtdf else "data.memoryCell"
+    cell_key = kind.cell_key
     cell_ids = _cell_ids(frames, cell_key) if cell_key in first_keys else None
 
     first_dtype = (infos.get(data_key) or next(iter(infos.values())))[1]
     attrs = {
-        "detector": device, "kind": kind.name if kind else "unknown",
+        "detector": device, "kind": kind.name,
         "fill_value": schema.fill_value_for(first_dtype, fill_value),
-        "frames_per_pulse": 3 if stages else 1,
+        "frames_per_pulse": kind.gain_stages if stages else 1,
     }
     return schema.detector_dataset(
         variables, train_ids=train_ids, pulse_ids=pulse_coord, modules=all_modules, present=present,
         pixel_dims=pixel_dims, cell_ids=cell_ids,
-        pulse_dim=schema.PULSE_DIM if xtdf else schema.CELL_DIM, attrs=attrs,
+        pulse_dim=kind.pulse_dim, attrs=attrs,
     )
 
 
@@ -754,7 +750,7 @@ def _is_xtdf_source(source: str) -> bool:
     if match is None:
         return False
     kind = detector_kind_of_device(match[0])
-    return kind is None or kind.xtdf
+    return kind is None or kind.row_per_frame
 
 
 def _as_array(values: list[Any]) -> np.ndarray:

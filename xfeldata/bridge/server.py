@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from ..files.layout import detector_kind_of_device, group_detector_sources
+from ..detectors.kinds import detector_kind_of_device, group_detector_sources
 from .protocol import ENCODE_VERSIONS, encode, make_metadata
 
 __all__ = ["POLICIES", "Server", "ServerBusy", "ServerClosed", "Streamer",

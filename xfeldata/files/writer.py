@@ -61,7 +61,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .. import synthetic as syn
-from .layout import DETECTORS, FORMAT_VERSIONS, DetectorKind, file_name, key_to_path, parse_file_name
+from ..detectors.kinds import DETECTORS, DetectorKind
+from .layout import FORMAT_VERSIONS, file_name, key_to_path, parse_file_name
 
 __all__ = ["make_example", "IRREGULAR_PADDING", "BOGUS_TRAIN_OFFSET"]
 
@@ -613,7 +614,7 @@ def make_example(path: str | Path, *, detector: str | None = "AGIPD1M", correcte
     path
         Run directory; created if needed.  Refused if it already holds run files.
     detector
-        A kind from :data:`~xfeldata.files.layout.DETECTORS` (``"AGIPD1M"``,
+        A kind from :data:`~xfeldata.detectors.kinds.DETECTORS` (``"AGIPD1M"``,
         ``"AGIPD500K"``, ``"LPD1M"``, ``"DSSC1M"``, ``"JUNGFRAU"``) or None for
         no detector.
     corrected

@@ -26,11 +26,11 @@ from dask.base import tokenize
 from xarray.backends import BackendArray
 from xarray.core import indexing
 
-from . import schema
-from .arrays import BlockGrid, BlockRead, blocks_array, padded_blocks, positions_within, read_rows
-from .errors import PropertyNameError
-from .files.layout import DETECTORS, DetectorKind, detector_kind_of_device, group_detector_sources
-from .run import RunSelection, TrainMap
+from .. import schema
+from ..arrays import BlockGrid, BlockRead, blocks_array, padded_blocks, positions_within, read_rows
+from ..errors import PropertyNameError
+from ..run import RunSelection, TrainMap
+from .kinds import DetectorKind, detector_kind_of_device, generic_kind, group_detector_sources
 
 #: Size one module's dask chunk aims at.  Selecting after building reads only the
 #: selected rows (dask folds the selection into the read tasks), so chunks can be
@@ -135,11 +135,8 @@ def stacked_modules(device: str, kind: DetectorKind | None, sources: dict[int, s
 
 
 def detector_kind(device: str, modules: Sequence[int]) -> DetectorKind | None:
-    """The kind of a detector from its device name (AGIPD-500K told apart by its name)."""
-    kind = detector_kind_of_device(device)
-    if kind is not None and kind.name == "AGIPD1M" and max(modules) < 8 and "500K" in device.upper():
-        return DETECTORS["AGIPD500K"]
-    return kind
+    """The kind of a detector from its device name (see :func:`~.kinds.detector_kind_of_device`)."""
+    return detector_kind_of_device(device)
 
 
 def _select_pulses(pulse_ids: np.ndarray, positions: np.ndarray, pulses: Any) -> np.ndarray:
@@ -291,10 +288,9 @@ def detector_dataset(
         If the modules' data differ in dtype or shape.
     """
     device, sources = choose_detector(detector_sources(run), name)
-    kind = detector_kind(device, list(sources))
-    xtdf = kind.xtdf if kind else "image" in run.index_groups(next(iter(sources.values())))
-    group = "image" if xtdf else "data"
-    data_key = "image.data" if xtdf else "data.adc"
+    kind = detector_kind(device, list(sources)) or generic_kind(
+        device, "image" in run.index_groups(next(iter(sources.values()))))
+    xtdf, group, data_key = kind.row_per_frame, kind.index_group, kind.data_key
     all_modules, present_sources = stacked_modules(device, kind, sources, modules)
 
     # Variables and their consistency across modules
@@ -304,7 +300,7 @@ def detector_dataset(
         unknown = [k for k in keys if k not in module_keys]
         if unknown:
             raise PropertyNameError(unknown[0], first_source, module_keys)
-    candidates = keys or [data_key, f"{group}.mask", f"{group}.gain"]
+    candidates = keys or kind.pixel_keys
     var_keys = [k for k in candidates if k in module_keys]
     if not var_keys:
         raise PropertyNameError(data_key, first_source, module_keys)
@@ -334,8 +330,8 @@ def detector_dataset(
     else:  # one row per train; memory cells are selected after stacking
         selected = {m: np.ones(len(r.positions), bool) for m, r in rows.items()}
     stages = None
-    if kind is not None and kind.name == "LPD1M":
-        per_module_stages = {m: _parallel_gain_stages(r) for m, r in rows.items()}
+    if kind.gain_stages > 1:
+        per_module_stages = {m: _parallel_gain_stages(r, kind.gain_stages) for m, r in rows.items()}
         if all(s is not None for s in per_module_stages.values()) and any(
                 (r.counts > 0).any() for r in rows.values()):
             stages = per_module_stages
@@ -375,14 +371,12 @@ def detector_dataset(
         module's block, so slicing the array later reads only the selected rows."""
         info = infos[key]
         fill = schema.detector_fill_value(key, info.dtype, fill_value)
-        if xtdf:  # (train, pulse, module, [stage,] *pixels): a frame per row
-            entry = info.entry_shape[1:] if len(info.entry_shape) == 3 and info.entry_shape[0] == 1 \
-                else info.entry_shape
-            slots_here = n_slots
-        else:  # (train, cell, module, *pixels): a row per train holding every cell
-            entry, slots_here = info.entry_shape[1:], info.entry_shape[0]
+        entry = kind.stacked_entry(info.entry_shape)
+        # (train, pulse, module, [stage,] *pixels): a frame per row, or
+        # (train, cell, module, *pixels): a row per train holding every cell
+        slots_here = n_slots if xtdf else info.entry_shape[0]
         per_part = {(j, g): module_blocks(m, key, g if stages else None, fill)
-                    for j, m in enumerate(all_modules) for g in range(3 if stages else 1)}
+                    for j, m in enumerate(all_modules) for g in range(kind.gain_stages if stages else 1)}
         arr = stack_module_blocks(per_part, slots_here, entry, not xtdf, fill, info.dtype,
                                   f"{device} {key}", as_dask=dask)
         pixel = schema.detector_pixel_dims(entry)
@@ -410,16 +404,16 @@ def detector_dataset(
             present[rows[m].counts > 0, :, j] = True
 
     cell_ids = None
-    cell_key = f"{group}.cellId" if xtdf else "data.memoryCell"
+    cell_key = kind.cell_key
     if cell_key in module_keys:
         cell_ids = _cell_ids(run, present_sources, all_modules, cell_key, train_ids, n_slots, slots,
                              selected, xtdf, stages, boundaries, dask)
 
-    pulse_dim = schema.PULSE_DIM if xtdf else schema.CELL_DIM
+    pulse_dim = kind.pulse_dim
     attrs = {
-        "detector": device, "kind": kind.name if kind else "unknown",
+        "detector": device, "kind": kind.name,
         "fill_value": schema.fill_value_for(first_info.dtype, fill_value),
-        "frames_per_pulse": 3 if stages else 1,
+        "frames_per_pulse": kind.gain_stages if stages else 1,
     }
     ds = schema.detector_dataset(
         variables, train_ids=train_ids, pulse_ids=pulse_coord, modules=all_modules, present=present,
