@@ -55,7 +55,7 @@ from ..detectors.kinds import (
     group_detector_sources,
     match_detector_source,
 )
-from ..detectors.stacking import choose_detector, detector_kind, stacked_modules
+from ..detectors.stacking import choose_detector, detector_kind, select_pulses, stacked_modules
 from ..views import merge_variables
 from .client import Client
 from .protocol import ProtocolError
@@ -347,17 +347,21 @@ class LiveBuffer:
 
     def detector(self, name: str | None = None, *, modules: Sequence[int] | None = None,
                  fill_value: Any = None, require_all_modules: bool = False,
-                 keys: Sequence[str] | None = None) -> xr.Dataset:
+                 pulses: Any = None, keys: Sequence[str] | None = None,
+                 dask: bool = True) -> xr.Dataset:
         """The buffered trains of a multi-module detector, stacked as ``run.detector()`` does.
 
-        Parameters are those of :func:`xfeldata.detectors.stacking.detector_dataset`.
+        Parameters are those of :func:`xfeldata.detectors.stacking.detector_dataset`
+        (``modules``, ``pulses``, ``require_all_modules``, ``fill_value``, ``keys``);
+        ``dask=False`` gives numpy variables (the trains are in memory already).
 
         Returns
         -------
         xarray.Dataset
             ``image.data`` (and ``image.mask``, ``image.gain``)
             ``(trainId, pulseId, module, [gain,] slow_scan, fast_scan)``
-            (JUNGFRAU: ``cell``), ``present (trainId, module)``, ``cellId``
+            (JUNGFRAU: ``cell``), ``present (trainId, pulseId, module)`` (True
+            exactly where a frame was received), ``cellId``
             (int64, -1 where missing).  The pixel variables are dask arrays
             with one chunk per train and module, views of the buffered arrays:
             building copies nothing, and computing copies only what a selection
@@ -368,9 +372,10 @@ class LiveBuffer:
         Examples
         --------
         >>> buf.detector("AGIPD", modules=[0, 1])["present"].dims   # doctest: +SKIP
-        ('trainId', 'module')
+        ('trainId', 'pulseId', 'module')
         """
-        return _detector(self._snapshot(), name, modules, fill_value, require_all_modules, keys)
+        return _detector(self._snapshot(), name, modules, fill_value, require_all_modules, keys,
+                         pulses, dask)
 
     def dataset(self, sources: str = "*", keys: str = "*") -> xr.Dataset:
         """Every matching key of the buffered trains, as ``run.select(sources, keys).dataset()``.
@@ -631,7 +636,8 @@ def _cell_ids(frames: _Frames, cell_key: str) -> np.ndarray:
 
 
 def _detector(trains: list[tuple[int, TrainData]], name: str | None, modules: Sequence[int] | None,
-              fill_value: Any, require_all_modules: bool, keys: Sequence[str] | None) -> xr.Dataset:
+              fill_value: Any, require_all_modules: bool, keys: Sequence[str] | None,
+              pulses: Any = None, dask: bool = True) -> xr.Dataset:
     found = group_detector_sources({s for _, data in trains for s in data})
     device, sources = choose_detector(found, name, "the buffered trains")
     kind = detector_kind(device, list(sources)) or generic_kind(
@@ -698,6 +704,18 @@ def _detector(trains: list[tuple[int, TrainData]], name: str | None, modules: Se
                     if len(np.unique(ids)) != n:
                         raise ValueError(f"{present_sources[m]}: a pulse ID repeats within a train; "
                                          "cannot label frames by pulse ID")
+        if pulses is not None:  # drop the frames not selected (after finding the gain stages)
+            for m, p in pids.items():
+                for i, (n, ids) in enumerate(p):
+                    sel = select_pulses(ids, np.arange(n), pulses)
+                    if not n or sel.all():
+                        continue
+                    values = per_train[i][m][1]
+                    per_train[i][m] = (int(sel.sum()), {k: v[sel] if v.ndim and len(v) == n else v
+                                                        for k, v in values.items()})
+                    p[i] = (int(sel.sum()), ids[sel])
+                    if stages:
+                        stages[m][i] = stages[m][i][sel]
         all_ids = [ids for p in pids.values() for _, ids in p]
         pulse_coord = np.unique(np.concatenate(all_ids)) if all_ids else np.zeros(0, np.int64)
     else:
@@ -733,11 +751,16 @@ def _detector(trains: list[tuple[int, TrainData]], name: str | None, modules: Se
         "fill_value": schema.fill_value_for(first_dtype, fill_value),
         "frames_per_pulse": kind.gain_stages if stages else 1,
     }
-    return schema.detector_dataset(
+    ds = schema.detector_dataset(
         variables, train_ids=train_ids, pulse_ids=pulse_coord, modules=all_modules, present=present,
         pixel_dims=pixel_dims, cell_ids=cell_ids,
         pulse_dim=kind.pulse_dim, attrs=attrs,
     )
+    if not xtdf:  # memory cells are selected after stacking, as run.detector() does
+        cell_keep = select_pulses(pulse_coord, pulse_coord, pulses)
+        if not cell_keep.all():
+            ds = ds.isel({kind.pulse_dim: np.flatnonzero(cell_keep)})
+    return ds if dask else ds.load()
 
 
 # ---------------------------------------------------------------------------

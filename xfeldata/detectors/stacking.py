@@ -139,8 +139,14 @@ def detector_kind(device: str, modules: Sequence[int]) -> DetectorKind | None:
     return detector_kind_of_device(device)
 
 
-def _select_pulses(pulse_ids: np.ndarray, positions: np.ndarray, pulses: Any) -> np.ndarray:
-    """Boolean per row: is the row's pulse selected."""
+def select_pulses(pulse_ids: np.ndarray, positions: np.ndarray, pulses: Any) -> np.ndarray:
+    """Boolean per row: is the row's pulse selected (``pulses`` as in :func:`detector_dataset`).
+
+    >>> select_pulses(np.array([4, 6, 8]), np.arange(3), by_index[1:]).tolist()
+    [False, True, True]
+    >>> select_pulses(np.array([4, 6, 8]), np.arange(3), by_id[4:6]).tolist()
+    [True, True, False]
+    """
     if pulses is None:
         return np.ones(len(pulse_ids), bool)
     sel = pulses if isinstance(pulses, _PulseSelector) else _PulseSelector("id", pulses)
@@ -326,7 +332,7 @@ def detector_dataset(
     rows = {m: _module_rows(run, s, group, train_ids, pulse_rows.get(m))
             for m, s in present_sources.items()}
     if xtdf:
-        selected = {m: _select_pulses(r.pulse_ids, r.positions, pulses) for m, r in rows.items()}
+        selected = {m: select_pulses(r.pulse_ids, r.positions, pulses) for m, r in rows.items()}
     else:  # one row per train; memory cells are selected after stacking
         selected = {m: np.ones(len(r.positions), bool) for m, r in rows.items()}
     stages = None
@@ -420,7 +426,7 @@ def detector_dataset(
         pixel_dims=pixel_dims, cell_ids=cell_ids, pulse_dim=pulse_dim, attrs=attrs,
     )
     if not xtdf:
-        cell_keep = _select_pulses(pulse_coord, pulse_coord, pulses)
+        cell_keep = select_pulses(pulse_coord, pulse_coord, pulses)
         if not cell_keep.all():
             ds = ds.isel({schema.CELL_DIM: np.flatnonzero(cell_keep)})
     return ds
