@@ -21,7 +21,8 @@ from h5ref import h5_rows
 import xfeldata as xd
 from xfeldata import arrays
 from xfeldata.arrays import BlockRead, flat_rows_array, plan_ranges
-from xfeldata.detectors.stacking import MODULE_CHUNK_BYTES, by_index
+from xfeldata.detectors.plan import by_index
+from xfeldata.detectors.stacking import MODULE_CHUNK_BYTES
 from xfeldata.errors import DataIndexError
 from xfeldata.files.writer import FRAMES_PER_CHUNK, make_example
 from xfeldata.synthetic import CAMERA_SOURCE, XGM_SOURCE

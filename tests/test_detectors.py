@@ -19,7 +19,8 @@ from h5ref import h5_rows
 
 import xfeldata as xd
 from xfeldata.detectors.kinds import DETECTORS
-from xfeldata.detectors.stacking import by_id, by_index, detector_sources
+from xfeldata.detectors.plan import by_id, by_index
+from xfeldata.detectors.stacking import detector_sources
 from xfeldata.files.writer import make_example
 
 AGIPD = "SPB_DET_AGIPD1M-1"

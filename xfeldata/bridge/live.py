@@ -55,7 +55,8 @@ from ..detectors.kinds import (
     group_detector_sources,
     match_detector_source,
 )
-from ..detectors.stacking import choose_detector, detector_kind, select_pulses, stacked_modules
+from ..detectors.plan import kept_trains, plan_frames
+from ..detectors.stacking import choose_detector, detector_kind, stacked_modules
 from ..views import merge_variables
 from .client import Client
 from .protocol import ProtocolError
@@ -455,16 +456,6 @@ def _pulse_ids(image: Mapping[str, np.ndarray], n: int) -> np.ndarray:
     return pids.reshape(n, -1)[:, 0] if pids.ndim > 1 else pids
 
 
-def _parallel_stages(frames: list[tuple[int, np.ndarray]], stages: int = 3) -> list[np.ndarray] | None:
-    """Gain stage per frame of each train if its pulses are stored ``stages`` times in sequence."""
-    out = []
-    for n, pids in frames:
-        if n % stages or not (pids.reshape(stages, -1) == pids[: n // stages]).all():
-            return None
-        out.append(np.repeat(np.arange(stages), n // stages))
-    return out
-
-
 @dataclass
 class _Frames:
     """What stacking needs of the buffered trains of one detector.
@@ -484,6 +475,8 @@ class _Frames:
         XTDF: per module, per kept train, ``(frames, pulse ID per frame)``.
     stages
         LPD parallel gain: per module, per kept train, the gain stage per frame.
+    n_stages
+        Gain stages stacked (the plan's; 1 unless ``stages``).
     """
 
     per_train: list[dict[int, tuple[int, dict[str, np.ndarray]]]]
@@ -492,6 +485,7 @@ class _Frames:
     pulse_coord: np.ndarray
     pids: dict[int, list[tuple[int, np.ndarray]]]
     stages: dict[int, list[np.ndarray]] | None
+    n_stages: int = 1
 
 
 @dataclass(frozen=True, eq=False)  # holds arrays: compared and hashed by identity
@@ -570,7 +564,7 @@ def _module_chunk(frames: _Frames, i: int, j: int, key: str, entry: tuple[int, .
     module has no frames.
     """
     m = frames.modules[j]
-    n_stages = 3 if frames.stages else 1
+    n_stages = frames.n_stages
     n_slots = len(frames.pulse_coord)
     shape = (1, n_slots, 1, *((n_stages,) if frames.stages else ()), *entry)
     found = _module_frames(frames, i, m, key, entry)
@@ -599,7 +593,7 @@ def _stacked_array(frames: _Frames, key: str, entry: tuple[int, ...], dtype: np.
     trains arrive, evict these or the buffer is cleared.
     """
     n_trains, n_modules = len(frames.per_train), len(frames.modules)
-    stage_chunks = ((3,),) if frames.stages else ()
+    stage_chunks = ((frames.n_stages,),) if frames.stages else ()
     chunks = (tuple([1] * n_trains), (len(frames.pulse_coord),), tuple([1] * n_modules),
               *stage_chunks, *((d,) for d in entry))
     if not n_trains:  # dask's own constructors fail for zero-size arrays
@@ -681,47 +675,37 @@ def _detector(trains: list[tuple[int, TrainData]], name: str | None, modules: Se
     # Common train axis: trains where any (require_all_modules: every) module has frames
     has = np.array([[mods.get(m, (0,))[0] > 0 for m in present_sources] for mods in per_train],
                    bool).reshape(len(per_train), len(present_sources))
-    seen_modules = has.any(axis=0)
-    keep = has[:, seen_modules].all(axis=1) if require_all_modules else has.any(axis=1)
-    keep &= has.any(axis=1)
+    keep = kept_trains(has.T, require_all_modules)
     train_ids = np.array([tid for (tid, _), k in zip(trains, keep, strict=True) if k], np.uint64)
     per_train = [mods for mods, k in zip(per_train, keep, strict=True) if k]
 
-    # Pulse slots and (LPD) parallel gain stages
-    stages: dict[int, list[np.ndarray]] | None = None
+    # The plan (pulse axis, slots, gain stages, selection, present), as for files
+    counts = {m: np.array([mods[m][0] if m in mods else 0 for mods in per_train], np.int64)
+              for m in present_sources}
+    ids = {m: np.concatenate([np.zeros(0, np.int64)] + [
+        _pulse_ids(mods[m][1], mods[m][0]).astype(np.int64) for mods in per_train
+        if m in mods and mods[m][0]]) for m in present_sources} if xtdf else {}
+    first_info = infos.get(data_key) or next(iter(infos.values()))
+    plan = plan_frames(kind, all_modules, counts, ids, pulses, 1 if xtdf else first_info[0][0],
+                       present_sources)
+    pulse_coord = plan.pulse_coord
     pids: dict[int, list[tuple[int, np.ndarray]]] = {}
-    if xtdf:
-        pids = {m: [(mods[m][0], _pulse_ids(mods[m][1], mods[m][0]).astype(np.int64)) if m in mods
-                    else (0, np.zeros(0, np.int64)) for mods in per_train] for m in present_sources}
-        if kind.gain_stages > 1:
-            per_module = {m: _parallel_stages(p, kind.gain_stages) for m, p in pids.items()}
-            if all(s is not None for s in per_module.values()) and any(
-                    n for p in pids.values() for n, _ in p):
-                stages = per_module
-        if stages is None:
-            for m, p in pids.items():
-                for n, ids in p:
-                    if len(np.unique(ids)) != n:
-                        raise ValueError(f"{present_sources[m]}: a pulse ID repeats within a train; "
-                                         "cannot label frames by pulse ID")
-        if pulses is not None:  # drop the frames not selected (after finding the gain stages)
-            for m, p in pids.items():
-                for i, (n, ids) in enumerate(p):
-                    sel = select_pulses(ids, np.arange(n), pulses)
-                    if not n or sel.all():
-                        continue
-                    values = per_train[i][m][1]
-                    per_train[i][m] = (int(sel.sum()), {k: v[sel] if v.ndim and len(v) == n else v
-                                                        for k, v in values.items()})
-                    p[i] = (int(sel.sum()), ids[sel])
-                    if stages:
-                        stages[m][i] = stages[m][i][sel]
-        all_ids = [ids for p in pids.values() for _, ids in p]
-        pulse_coord = np.unique(np.concatenate(all_ids)) if all_ids else np.zeros(0, np.int64)
-    else:
-        first_info = infos.get(data_key) or next(iter(infos.values()))
-        pulse_coord = np.arange(first_info[0][0])
-    frames = _Frames(per_train, all_modules, xtdf, pulse_coord, pids, stages)
+    stages: dict[int, list[np.ndarray]] | None = {} if plan.stages else None
+    for m in ids:  # per train: the selected frames, their pulse IDs and gain stages
+        pids[m] = []
+        if stages is not None:
+            stages[m] = []
+        ends = np.cumsum(counts[m])
+        for i, (start, end) in enumerate(zip(ends - counts[m], ends, strict=True)):
+            sel = plan.selected[m][start:end]
+            if m in per_train[i] and not sel.all():
+                values = per_train[i][m][1]
+                per_train[i][m] = (int(sel.sum()), {k: v[sel] if v.ndim and len(v) == len(sel) else v
+                                                    for k, v in values.items()})
+            pids[m].append((int(sel.sum()), ids[m][start:end][sel]))
+            if stages is not None:
+                stages[m].append(plan.stages[m][start:end][sel])
+    frames = _Frames(per_train, all_modules, xtdf, pulse_coord, pids, stages, plan.n_stages)
 
     variables, pixel_dims = {}, {}
     for key, (shape, dtype) in infos.items():
@@ -732,16 +716,6 @@ def _detector(trains: list[tuple[int, TrainData]], name: str | None, modules: Se
         pixel = schema.detector_pixel_dims(entry)
         pixel_dims[var] = (schema.GAIN_DIM, *pixel) if stages else pixel
 
-    present = np.zeros((len(train_ids), len(pulse_coord), len(all_modules)), bool)
-    for i, mods in enumerate(per_train):
-        for j, m in enumerate(all_modules):
-            if m not in mods or not mods[m][0]:
-                continue
-            if xtdf:  # the slot of every frame
-                present[i, np.searchsorted(pulse_coord, pids[m][i][1]), j] = True
-            else:  # a recorded train holds every memory cell
-                present[i, :, j] = True
-
     cell_key = kind.cell_key
     cell_ids = _cell_ids(frames, cell_key) if cell_key in first_keys else None
 
@@ -749,17 +723,15 @@ def _detector(trains: list[tuple[int, TrainData]], name: str | None, modules: Se
     attrs = {
         "detector": device, "kind": kind.name,
         "fill_value": schema.fill_value_for(first_dtype, fill_value),
-        "frames_per_pulse": kind.gain_stages if stages else 1,
+        "frames_per_pulse": plan.n_stages,
     }
     ds = schema.detector_dataset(
-        variables, train_ids=train_ids, pulse_ids=pulse_coord, modules=all_modules, present=present,
+        variables, train_ids=train_ids, pulse_ids=pulse_coord, modules=all_modules, present=plan.present,
         pixel_dims=pixel_dims, cell_ids=cell_ids,
         pulse_dim=kind.pulse_dim, attrs=attrs,
     )
-    if not xtdf:  # memory cells are selected after stacking, as run.detector() does
-        cell_keep = select_pulses(pulse_coord, pulse_coord, pulses)
-        if not cell_keep.all():
-            ds = ds.isel({kind.pulse_dim: np.flatnonzero(cell_keep)})
+    if plan.cells_selected is not None and not plan.cells_selected.all():
+        ds = ds.isel({kind.pulse_dim: np.flatnonzero(plan.cells_selected)})
     return ds if dask else ds.load()
 
 

@@ -31,43 +31,13 @@ from ..arrays import BlockGrid, BlockRead, blocks_array, padded_blocks, position
 from ..errors import PropertyNameError
 from ..run import RunSelection, TrainMap
 from .kinds import DetectorKind, detector_kind_of_device, generic_kind, group_detector_sources
+from .plan import kept_trains, plan_frames
 
 #: Size one module's dask chunk aims at.  Selecting after building reads only the
 #: selected rows (dask folds the selection into the read tasks), so chunks can be
 #: as large as whole-run reductions like; a train of 352 AGIPD frames (88 MiB a
 #: module) is one chunk.
 MODULE_CHUNK_BYTES = 128 * 2**20
-
-
-@dataclass(frozen=True)
-class _PulseSelector:
-    by: str
-    value: Any
-
-
-class _SelectorFactory:
-    """Pulse selection for ``detector(pulses=...)``.
-
-    ``by_id[...]`` selects by pulse ID, with label slices that include both ends
-    (like ``run.sel``): ``by_id[0:10]`` is pulse IDs 0 to 10. ``by_index[...]``
-    selects by position within the train, with Python slices: ``by_index[0:3]``
-    is the first three frames. A plain list, array or slice means pulse IDs.
-    """
-
-    def __init__(self, by: str):
-        self.by = by
-
-    def __repr__(self) -> str:
-        return f"xfeldata.by_{self.by}"
-
-    def __getitem__(self, value: Any) -> _PulseSelector:
-        return _PulseSelector(self.by, value)
-
-
-#: Select pulses by pulse ID: ``pulses=by_id[0:100:2]`` (slices are inclusive of labels).
-by_id = _SelectorFactory("id")
-#: Select pulses by position within the train: ``pulses=by_index[:10]``.
-by_index = _SelectorFactory("index")
 
 
 def detector_sources(run: RunSelection) -> dict[str, dict[int, str]]:
@@ -139,36 +109,6 @@ def detector_kind(device: str, modules: Sequence[int]) -> DetectorKind | None:
     return detector_kind_of_device(device)
 
 
-def select_pulses(pulse_ids: np.ndarray, positions: np.ndarray, pulses: Any) -> np.ndarray:
-    """Boolean per row: is the row's pulse selected (``pulses`` as in :func:`detector_dataset`).
-
-    >>> select_pulses(np.array([4, 6, 8]), np.arange(3), by_index[1:]).tolist()
-    [False, True, True]
-    >>> select_pulses(np.array([4, 6, 8]), np.arange(3), by_id[4:6]).tolist()
-    [True, True, False]
-    """
-    if pulses is None:
-        return np.ones(len(pulse_ids), bool)
-    sel = pulses if isinstance(pulses, _PulseSelector) else _PulseSelector("id", pulses)
-    values = pulse_ids if sel.by == "id" else positions
-    v = sel.value
-    if isinstance(v, slice):
-        if sel.by == "index":
-            top = int(positions.max(initial=-1)) + 1
-            return np.isin(positions, np.arange(top)[v])
-        keep = np.ones(len(values), bool)
-        if v.start is not None:
-            keep &= values >= v.start
-        if v.stop is not None:
-            keep &= values <= v.stop
-        if v.step:
-            keep &= (values - (v.start or 0)) % v.step == 0
-        return keep
-    if isinstance(v, int | np.integer):
-        return values == v
-    return np.isin(values, np.asarray(list(v) if not isinstance(v, np.ndarray) else v))
-
-
 @dataclass
 class _ModuleRows:
     source: str
@@ -202,40 +142,6 @@ def _module_rows(run: RunSelection, source: str, group: str, train_ids: np.ndarr
     else:
         pulse_ids = positions.copy()
     return _ModuleRows(source, counts, pulse_ids, positions, changes)
-
-
-def _repeats_within_trains(counts: np.ndarray, pulse_ids: np.ndarray) -> bool:
-    """True if a pulse ID appears twice among the rows of one train.
-
-    >>> _repeats_within_trains(np.array([2, 2]), np.array([0, 1, 1, 2]))
-    False
-    >>> _repeats_within_trains(np.array([3]), np.array([0, 1, 0]))
-    True
-    >>> _repeats_within_trains(np.array([2, 0, 0, 0, 1]), np.array([0, 2**62 - 1, 0]))
-    False
-    """
-    if len(pulse_ids) < 2:
-        return False
-    train = np.repeat(np.arange(len(counts)), counts)
-    order = np.lexsort((pulse_ids, train))
-    p, t = pulse_ids[order], train[order]
-    return bool(((p[1:] == p[:-1]) & (t[1:] == t[:-1])).any())
-
-
-def _parallel_gain_stages(rows: _ModuleRows, stages: int = 3) -> np.ndarray | None:
-    """Gain stage per row if every train stores its pulses ``stages`` times in sequence."""
-    stage = np.zeros(len(rows.pulse_ids), np.int64)
-    start = 0
-    for n in rows.counts.tolist():
-        if n:
-            if n % stages:
-                return None
-            ids = rows.pulse_ids[start:start + n].reshape(stages, -1)
-            if not (ids == ids[0]).all():
-                return None
-            stage[start:start + n] = np.repeat(np.arange(stages), n // stages)
-        start += n
-    return stage
 
 
 def detector_dataset(
@@ -322,43 +228,20 @@ def detector_dataset(
 
     # Common train axis
     counts = {m: run.data_counts(s, group) for m, s in present_sources.items()}
-    has = np.stack([counts[m] > 0 for m in present_sources])
-    keep = has.any(axis=0)
-    if require_all_modules:  # a module without data in the whole selection does not count
-        keep &= has[has.any(axis=1)].all(axis=0)
-    train_ids = run.train_ids[keep]
+    train_ids = run.train_ids[kept_trains(np.stack([counts[m] > 0 for m in present_sources]),
+                                          require_all_modules)]
 
     pulse_rows = _read_pulse_ids(run, present_sources, group) if xtdf else {}
     rows = {m: _module_rows(run, s, group, train_ids, pulse_rows.get(m))
             for m, s in present_sources.items()}
-    if xtdf:
-        selected = {m: select_pulses(r.pulse_ids, r.positions, pulses) for m, r in rows.items()}
-    else:  # one row per train; memory cells are selected after stacking
-        selected = {m: np.ones(len(r.positions), bool) for m, r in rows.items()}
-    stages = None
-    if kind.gain_stages > 1:
-        per_module_stages = {m: _parallel_gain_stages(r, kind.gain_stages) for m, r in rows.items()}
-        if all(s is not None for s in per_module_stages.values()) and any(
-                (r.counts > 0).any() for r in rows.values()):
-            stages = per_module_stages
-            if all((s == 0).all() for s in stages.values()):
-                stages = None  # each train's pulses stored once: not parallel gain
-    if stages is None and xtdf:
-        for r in rows.values():
-            if _repeats_within_trains(r.counts, r.pulse_ids):
-                raise ValueError(f"{r.source}: a pulse ID repeats within a train; "
-                                 "cannot label frames by pulse ID")
-    if xtdf:  # frames go to slots by pulse ID
-        all_ids = [r.pulse_ids[selected[m]] for m, r in rows.items()]
-        pulse_coord = np.unique(np.concatenate(all_ids)) if all_ids else np.zeros(0, np.int64)
-        slots = {m: np.searchsorted(pulse_coord, r.pulse_ids) for m, r in rows.items()}
-    else:  # one row per train holding every memory cell: one slot, even with no trains
-        pulse_coord = np.zeros(1, np.int64)
-        slots = {m: np.zeros(len(r.positions), np.int64) for m, r in rows.items()}
-    n_slots = len(pulse_coord)
+    first_info = infos[data_key] if data_key in infos else next(iter(infos.values()))
+    n_cells = 1 if xtdf else first_info.entry_shape[0]
+    plan = plan_frames(kind, all_modules, {m: r.counts for m, r in rows.items()},
+                       {m: r.pulse_ids for m, r in rows.items()}, pulses, n_cells, present_sources)
+    selected, slots, stages = plan.selected, plan.slots, plan.stages
+    n_slots = plan.n_slots
 
     boundaries = np.unique(np.concatenate([r.file_changes for r in rows.values()]))
-    first_info = infos[data_key] if data_key in infos else next(iter(infos.values()))
     frame_bytes = max(1, int(np.prod(first_info.entry_shape)) * first_info.dtype.itemsize)
     trains_per_block = max(1, int(target_bytes // max(1, frame_bytes * max(n_slots, 1))))
 
@@ -382,7 +265,7 @@ def detector_dataset(
         # (train, cell, module, *pixels): a row per train holding every cell
         slots_here = n_slots if xtdf else info.entry_shape[0]
         per_part = {(j, g): module_blocks(m, key, g if stages else None, fill)
-                    for j, m in enumerate(all_modules) for g in range(kind.gain_stages if stages else 1)}
+                    for j, m in enumerate(all_modules) for g in range(plan.n_stages)}
         arr = stack_module_blocks(per_part, slots_here, entry, not xtdf, fill, info.dtype,
                                   f"{device} {key}", as_dask=dask)
         pixel = schema.detector_pixel_dims(entry)
@@ -395,20 +278,6 @@ def detector_dataset(
         var = schema.DETECTOR_VARIABLES.get(key, key)
         variables[var], pixel_dims[var] = stacked(key)
 
-    if not xtdf:  # JUNGFRAU: the pulse-like axis is the memory cell, selected at the end
-        pulse_coord = np.arange(first_info.entry_shape[0])
-
-    present = np.zeros((len(train_ids), len(pulse_coord), len(all_modules)), bool)
-    for j, m in enumerate(all_modules):
-        if m not in rows:
-            continue
-        if xtdf:  # the slot of every selected frame
-            sel = selected[m]
-            row_train = np.repeat(np.arange(len(train_ids)), rows[m].counts)
-            present[row_train[sel], slots[m][sel], j] = True
-        else:  # a recorded train holds every memory cell
-            present[rows[m].counts > 0, :, j] = True
-
     cell_ids = None
     cell_key = kind.cell_key
     if cell_key in module_keys:
@@ -419,16 +288,14 @@ def detector_dataset(
     attrs = {
         "detector": device, "kind": kind.name,
         "fill_value": schema.fill_value_for(first_info.dtype, fill_value),
-        "frames_per_pulse": kind.gain_stages if stages else 1,
+        "frames_per_pulse": plan.n_stages,
     }
     ds = schema.detector_dataset(
-        variables, train_ids=train_ids, pulse_ids=pulse_coord, modules=all_modules, present=present,
-        pixel_dims=pixel_dims, cell_ids=cell_ids, pulse_dim=pulse_dim, attrs=attrs,
+        variables, train_ids=train_ids, pulse_ids=plan.pulse_coord, modules=all_modules,
+        present=plan.present, pixel_dims=pixel_dims, cell_ids=cell_ids, pulse_dim=pulse_dim, attrs=attrs,
     )
-    if not xtdf:
-        cell_keep = select_pulses(pulse_coord, pulse_coord, pulses)
-        if not cell_keep.all():
-            ds = ds.isel({schema.CELL_DIM: np.flatnonzero(cell_keep)})
+    if plan.cells_selected is not None and not plan.cells_selected.all():
+        ds = ds.isel({pulse_dim: np.flatnonzero(plan.cells_selected)})
     return ds
 
 
