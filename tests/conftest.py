@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from xfeldata.files.layout import DETECTORS, FORMAT_VERSIONS
+from xfeldata.detectors.kinds import DETECTORS
+from xfeldata.files.layout import FORMAT_VERSIONS
 from xfeldata.testing import make_example
 
 #: First train ID of every fixture run.
@@ -91,7 +92,7 @@ def format_runs(tmp_path_factory) -> dict[str, Path]:
 def detector_runs(tmp_path_factory) -> dict[str, Path]:
     """One small raw run per detector kind, without slow sources: kind -> run dir.
 
-    Keys are the names of ``xfeldata.files.layout.DETECTORS`` plus
+    Keys are the names of ``xfeldata.detectors.kinds.DETECTORS`` plus
     ``"LPD1M-parallel"`` (LPD parallel gain: 3 gain stages x 2 pulses per train).
     Each has 2 modules (JUNGFRAU: modules 1 and 2 with 2 memory cells), 5 trains
     of 2 frames, format 1.3.
@@ -113,3 +114,33 @@ def slow_only_run(tmp_path_factory) -> Path:
     10 trains, 2 sequence files per aggregator, format 1.3.
     """
     return _make(tmp_path_factory, "slow_only", **SLOW_RUN)
+
+
+@pytest.fixture(scope="session")
+def live_buffer_of():
+    """``live_buffer_of(run_dir)``: a stopped LiveBuffer holding every train of the run,
+    received over ZMQ on 127.0.0.1 from ``serve(run)`` (served once per run and session)."""
+    import threading
+
+    import xfeldata as xd
+    from xfeldata.bridge import LiveBuffer, serve
+
+    buffers = {}
+
+    def fed(run_dir: Path):
+        if run_dir not in buffers:
+            run = xd.open_run(run_dir)
+            n = len(run.train_ids)
+            with serve(run, background=True) as handle:
+                with LiveBuffer(handle.endpoint, maxlen=n) as buf:
+                    buf.wait(n, timeout=20)
+                    assert handle.join(timeout=20)
+                    for _ in range(50):  # the last messages may still be on their way
+                        if buf.received >= n:
+                            break
+                        threading.Event().wait(0.1)
+            assert not buf.running and buf.received == n and buf.errors == 0
+            buffers[run_dir] = buf
+        return buffers[run_dir]
+
+    return fed

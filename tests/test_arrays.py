@@ -21,7 +21,8 @@ from h5ref import h5_rows
 import xfeldata as xd
 from xfeldata import arrays
 from xfeldata.arrays import BlockRead, flat_rows_array, plan_ranges
-from xfeldata.detectors import MODULE_CHUNK_BYTES, by_index
+from xfeldata.detectors.plan import by_index
+from xfeldata.detectors.stacking import MODULE_CHUNK_BYTES
 from xfeldata.errors import DataIndexError
 from xfeldata.testing import make_example
 from xfeldata.testing.synthetic import CAMERA_SOURCE, XGM_SOURCE

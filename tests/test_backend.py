@@ -35,14 +35,15 @@ def _h5_rows(run, source: str, key: str, train_id: int) -> np.ndarray:
 
 
 def _assert_matches_key_array(ds: xr.Dataset, run, source: str, name: str, key: str) -> None:
-    """Values of ``ds[name]`` equal ``views.key_array`` on its labels; NaN elsewhere."""
+    """Values of ``ds[name]`` equal ``views.key_array`` on its labels; the fill value elsewhere."""
     ref = views.key_array(run, source, key)
     got = ds[name]
     sub = got.sel({d: ref[d] for d in ref.dims if d in ref.coords})
     np.testing.assert_array_equal(sub.values, ref.values.astype(got.dtype))
     extra = np.setdiff1d(got.trainId, ref.trainId)
     if len(extra):
-        assert np.isnan(got.sel(trainId=extra).values.astype(float)).all()
+        filled = got.sel(trainId=extra).values
+        assert (np.isnan(filled).all() if got.dtype.kind == "f" else (filled == 0).all())
 
 
 @pytest.mark.parametrize("source", [XGM_OUT, MOTOR])
@@ -105,8 +106,11 @@ def test_pulse_resolved_detector_padded(irregular_run):
     data = ds["image.data"]
     assert data.dims[:2] == ("trainId", "pulseId")
     assert data.dims[2:] == ("gain", "slow_scan", "fast_scan")  # as run.detector() names them
-    # Trains with a header but no frames are on the axis (outer join), filled with NaN.
-    assert data.dtype == np.float32
+    # Trains with a header but no frames are on the axis (outer join), filled with 0:
+    # the dtype is kept, and image.present says which frames were recorded.
+    assert data.dtype == np.uint16
+    present = ds["image.present"]
+    assert present.dims == ("trainId", "pulseId")
     _assert_matches_key_array(ds, run, AGIPD1, "image.data", "image.data")
     ref = views.key_array(run, AGIPD1, "image.data")
     pulse_ids = ds["image.pulseId"]
@@ -114,10 +118,12 @@ def test_pulse_resolved_detector_padded(irregular_run):
         raw = _h5_rows(run, AGIPD1, "image.data", tid)
         got = data.sel(trainId=tid).values
         if not len(raw):
-            assert np.isnan(got).all()
+            assert (got == 0).all() and not present.sel(trainId=tid).any()
             continue
         pids = _h5_rows(run, AGIPD1, "image.pulseId", tid)[:, 0]
         slots = np.searchsorted(ds.pulseId.values, pids)
+        assert present.sel(trainId=tid).values.tolist() == np.isin(np.arange(ds.sizes["pulseId"]),
+                                                                   slots).tolist()
         np.testing.assert_array_equal(got[slots], raw)
         missing = np.setdiff1d(np.arange(ds.sizes["pulseId"]), slots)
         if tid in ref.trainId:  # padded inside key_array with its fill (0 for integers)

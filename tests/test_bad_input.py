@@ -19,9 +19,10 @@ import pytest
 
 import xfeldata as xd
 from xfeldata.cli import main
+from xfeldata.detectors.kinds import DETECTORS
 from xfeldata.errors import DataIndexError, FileFormatError, PropertyNameError, SourceNameError
 from xfeldata.files.index import read_file_index
-from xfeldata.files.layout import DATA_ROOT_ENV, DETECTORS
+from xfeldata.files.layout import DATA_ROOT_ENV
 from xfeldata.testing import synthetic as syn
 from xfeldata.validate import validate_run
 

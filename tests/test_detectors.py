@@ -3,7 +3,8 @@
 For every detector kind, raw and corrected, the stacked values are compared
 cell by cell with the module files read straight with h5py: each frame must
 sit at its train, pulse ID and module, and every other cell must hold the fill
-value with ``present`` False where a module has no data.
+value with ``present`` False: ``present (trainId, pulseId, module)`` is True
+exactly where a frame was recorded.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from conftest import DETECTOR_RUN_MODULES, FIRST_TRAIN_ID
 from h5ref import h5_rows
 
 import xfeldata as xd
-from xfeldata.detectors import by_id, by_index, detector_sources
-from xfeldata.files.layout import DETECTORS
+from xfeldata.detectors.kinds import DETECTORS
+from xfeldata.detectors.plan import by_id, by_index
+from xfeldata.detectors.stacking import detector_sources
 from xfeldata.testing import make_example
 
 AGIPD = "SPB_DET_AGIPD1M-1"
@@ -41,7 +43,8 @@ def expected_frames(run_dir, source: str, xtdf: bool, data_key: str):
 
 def assert_detector_matches_h5(ds, run_dir, var: str = "image.data", key: str | None = None,
                                fill=0) -> None:
-    """Every cell of ``ds[var]`` is the module's frame (h5py) or ``fill`` where it has none."""
+    """Every cell of ``ds[var]`` is the module's frame (h5py) or ``fill`` where it has none,
+    and ``present`` is True exactly at the frames."""
     kind = DETECTORS[ds.attrs["kind"]]
     key = key or (kind.data_key if var == "image.data" else var)
     pulse_dim = "pulseId" if kind.xtdf else "cell"
@@ -53,12 +56,15 @@ def assert_detector_matches_h5(ds, run_dir, var: str = "image.data", key: str | 
         frames = expected_frames(run_dir, sources[module], kind.xtdf, key) if module in sources else {}
         for ti, tid in enumerate(ds["trainId"].values.tolist()):
             cell = values[ti, :, mi]
-            assert present[ti, mi] == (tid in frames), (tid, module)
             if tid not in frames:
+                assert not present[ti, :, mi].any(), (tid, module)
                 np.testing.assert_array_equal(cell, np.full_like(cell, fill))
                 continue
             pids, rows = frames[tid]
             slots = np.searchsorted(pulses, pids)
+            expected_present = np.zeros(len(pulses), bool)
+            expected_present[slots] = True
+            np.testing.assert_array_equal(present[ti, :, mi], expected_present, err_msg=str((tid, module)))
             np.testing.assert_array_equal(cell[slots], rows)
             others = np.setdiff1d(np.arange(len(pulses)), slots)
             np.testing.assert_array_equal(cell[others], np.full_like(cell[others], fill))
@@ -70,12 +76,15 @@ def test_xtdf_detectors_equal_h5py(detector_runs, kind):
     ds = xd.open_run(detector_runs[kind]).detector()
     det = DETECTORS[kind]
     assert ds.attrs["kind"] == kind and ds.attrs["detector"] == det.default_device
-    assert ds["module"].values.tolist() == list(det.modules)     # all modules of the kind
+    assert ds["module"].values.tolist() == [0, 1]     # the modules found
     pixel = ("gain", "slow_scan", "fast_scan") if det.raw_entry_shape[0] == 2 else ("slow_scan", "fast_scan")
     assert ds["image.data"].dims == ("trainId", "pulseId", "module", *pixel)
     assert ds["image.data"].shape[-2:] == det.raw_entry_shape[-2:]
-    assert ds["present"].dims == ("trainId", "module")
-    assert ds["present"].values.sum(axis=0).tolist() == [5 if m in (0, 1) else 0 for m in det.modules]
+    assert ds["present"].dims == ("trainId", "pulseId", "module")
+    assert ds["present"].any("pulseId").values.sum(axis=0).tolist() == [5, 5]
+    everything = xd.open_run(detector_runs[kind]).detector(modules=det.modules)
+    assert everything["module"].values.tolist() == list(det.modules)
+    assert not everything["present"].sel(module=list(det.modules[2:])).any()
     assert ds["cellId"].dims == ("trainId", "pulseId", "module")
     assert_detector_matches_h5(ds, detector_runs[kind])
 
@@ -84,7 +93,8 @@ def test_jungfrau_memory_cells_are_the_pulse_like_dimension(detector_runs):
     run_dir = detector_runs["JUNGFRAU"]
     ds = xd.open_run(run_dir).detector()
     assert ds["image.data"].dims == ("trainId", "cell", "module", "slow_scan", "fast_scan")
-    assert ds["module"].values.tolist() == list(DETECTORS["JUNGFRAU"].modules)   # numbered from 1
+    assert ds["module"].values.tolist() == [1, 2]   # the modules found, numbered from 1
+    assert ds["present"].dims == ("trainId", "cell", "module")
     assert ds.sizes["cell"] == 2
     assert ds["present"].sel(module=DETECTOR_RUN_MODULES["JUNGFRAU"]).all()
     assert_detector_matches_h5(ds, run_dir)
@@ -157,7 +167,7 @@ def test_corrected_legacy_names_fill_nan_for_floats_and_zero_for_integers(legacy
 def test_missing_module_trains_and_varying_frames_are_filled_and_masked(irregular_run):
     run = xd.open_run(irregular_run)
     ds = run.detector(modules=[0, 1, 2, 3])
-    present = ds["present"].to_pandas()
+    present = ds["present"].any("pulseId").to_pandas()
     assert not present.loc[[10002, 10003, 10010], 1].any()
     assert present.loc[[10002, 10003, 10010], [0, 2, 3]].values.all()
     assert 10001 not in ds["trainId"].values, "a train without any frame is not on the axis"
@@ -178,6 +188,21 @@ def test_missing_module_trains_and_varying_frames_are_filled_and_masked(irregula
         np.testing.assert_array_equal(cells[:, :, mi], expected)
 
 
+def test_a_masked_whole_run_mean_equals_the_mean_of_the_frames_on_disk(irregular_run):
+    """Filled cells (missing trains, fewer frames) must not enter a reduction masked with
+    ``present``; the frames are read from the files with plain h5py."""
+    det = xd.open_run(irregular_run).detector()
+    assert det["module"].values.tolist() == [0, 1, 2, 3]
+    masked = det["image.data"].where(det["present"]).isel(gain=0).mean(["trainId", "pulseId", "module"])
+    frames = np.concatenate([rows for m in range(4) for rows in
+                             h5_rows(irregular_run, f"{AGIPD}/DET/{m}CH0:xtdf", "image.data").values()])
+    truth = frames[:, 0].astype(np.float64).mean(axis=0)
+    np.testing.assert_allclose(masked.values, truth, rtol=1e-6)
+    assert det["present"].sum().item() == len(frames)
+    plain = det["image.data"].isel(gain=0).mean(["trainId", "pulseId", "module"])
+    assert not np.allclose(plain.values, truth, rtol=1e-6), "the fixture must have filled cells"
+
+
 def test_fill_value_option(irregular_run):
     ds = xd.open_run(irregular_run).detector(modules=[1, 4], fill_value=7)
     assert ds.attrs["fill_value"] == 7
@@ -189,8 +214,15 @@ def test_require_all_modules_keeps_trains_where_every_module_has_data(irregular_
     run = xd.open_run(irregular_run)
     ds = run.detector(modules=[0, 1, 2, 3], require_all_modules=True)
     assert not set(ds["trainId"].values.tolist()) & {10001, 10002, 10003, 10010}
-    assert ds["present"].values.all()
+    assert ds["present"].any("pulseId").all()
     assert_detector_matches_h5(ds, irregular_run)
+
+
+def test_require_all_modules_ignores_a_module_without_data_in_the_selection(irregular_run):
+    """Module 1 misses trains 10002 and 10003: it does not count on those two trains."""
+    ds = xd.open_run(irregular_run).sel(trainId=[10002, 10003]).detector(require_all_modules=True)
+    assert ds["trainId"].values.tolist() == [10002, 10003]
+    assert not ds["present"].sel(module=1).any() and ds["present"].sel(module=[0, 2, 3]).any("pulseId").all()
 
 
 # ----- options ---------------------------------------------------------------------
@@ -231,7 +263,9 @@ def test_run_selections_compose_with_detector_datasets(agipd_raw_run):
     np.testing.assert_array_equal(part["image.data"].values,
                                   whole["image.data"].sel(trainId=slice(10003, 10005)).values)
     sub = run.select("*/DET/2CH0:xtdf").detector()
-    assert sub["present"].sel(module=2).all() and not sub["present"].sel(module=3).any()
+    assert sub["module"].values.tolist() == [2] and sub["present"].all()
+    asked = run.select("*/DET/2CH0:xtdf").detector(modules=[2, 3])
+    assert asked["present"].sel(module=2).all() and not asked["present"].sel(module=3).any()
 
 
 def test_empty_train_selection_gives_an_empty_detector_dataset(agipd_raw_run):
@@ -303,7 +337,7 @@ def test_pulse_ids_are_labelled_alike_by_key_arrays_and_detectors(agipd_raw_run)
 
 def test_fill_value_applies_to_pixel_data_and_masks_keep_their_default(agipd_corr_run):
     run = xd.open_run(agipd_corr_run).deselect("SPB_DET_AGIPD1M-1/CORR/3CH0:output")
-    det = run.detector(fill_value=-1)
+    det = run.detector(modules=range(16), fill_value=-1)
     assert not det["present"].sel(module=3).any()
     assert (det["image.data"].sel(module=3).values == -1).all()
     assert (det["image.mask"].sel(module=3).values == 0).all()  # uint32: no overflow

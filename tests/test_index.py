@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from conftest import FIRST_TRAIN_ID, FORMAT_RUN
 
+from xfeldata.detectors.kinds import DETECTORS
 from xfeldata.files.index import read_file_index, split_source_entry, train_validity
-from xfeldata.files.layout import DETECTORS, FORMAT_VERSIONS
+from xfeldata.files.layout import FORMAT_VERSIONS
 from xfeldata.testing import BOGUS_TRAIN_OFFSET, IRREGULAR_PADDING, make_example
 from xfeldata.testing import synthetic as syn
 

@@ -16,7 +16,7 @@ from conftest import FIRST_TRAIN_ID, IRREGULAR_RUN
 
 import xfeldata as xd
 from xfeldata.cli import main
-from xfeldata.files.layout import DETECTORS
+from xfeldata.detectors.kinds import DETECTORS
 from xfeldata.testing import BOGUS_TRAIN_OFFSET
 from xfeldata.testing import synthetic as syn
 

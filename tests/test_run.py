@@ -10,8 +10,9 @@ import pytest
 from conftest import AGIPD_RUN, FIRST_TRAIN_ID, FORMAT_RUN, IRREGULAR_RUN
 
 import xfeldata as xd
+from xfeldata.detectors.kinds import DETECTORS
 from xfeldata.errors import PropertyNameError, SourceNameError, TrainIdError
-from xfeldata.files.layout import DETECTORS, FORMAT_VERSIONS
+from xfeldata.files.layout import FORMAT_VERSIONS
 from xfeldata.testing import BOGUS_TRAIN_OFFSET
 from xfeldata.testing import synthetic as syn
 

@@ -267,7 +267,7 @@ def test_stack_raw_modules_axis_and_integer_fill(irregular_run):
 @pytest.mark.parametrize(("kind", "n_modules"), [("AGIPD500K", 8), ("JUNGFRAU", 8), ("DSSC1M", 16)])
 def test_stack_module_count_follows_the_detector(detector_runs, kind, n_modules):
     run = xd.open_run(detector_runs[kind])
-    kind_info = xd.files.layout.DETECTORS[kind]
+    kind_info = xd.detectors.DETECTORS[kind]
     _, data = train_from_index(run, 0)
     stacked = stack_detector_data(data, kind_info.data_key, axis=1)
     assert stacked.shape[1] == n_modules

@@ -315,3 +315,37 @@ def test_detector_pixel_keys_are_labelled_as_in_the_stacked_detector(agipd_raw_r
     jf = xd.open_run(detector_runs["JUNGFRAU"])
     source = next(s for s in jf.instrument_sources if "JNGFR" in s)
     assert jf[source, "data.adc"].dims[-3:] == ("cell", "slow_scan", "fast_scan")
+
+
+def test_a_source_dataset_keeps_dtypes_and_masks_what_alignment_fills(irregular_run):
+    """Module 0's header group has every train, its image group only the trains with frames
+    (and fewer frames in some): the image keys are filled with their dtype's fill value
+    (0 for integers) and ``image.present`` is True exactly at the recorded frames."""
+    run = xd.open_run(irregular_run)
+    ds = run[AGIPD0]
+    for key in ("image.data", "image.length", "image.cellId", "header.pulseCount"):
+        per_key = run[AGIPD0, key]
+        assert ds[key].dtype == per_key.dtype == run.key_info(AGIPD0, key).dtype, key
+        assert ds[key].dims[:2] == per_key.dims[:2]
+    assert ds.sizes["trainId"] > run[AGIPD0, "image.data"].sizes["trainId"]
+    present = ds["image.present"]
+    assert present.dims == ("trainId", "pulseId") and present.dtype == bool
+    frames = h5_rows(irregular_run, AGIPD0, "image.data")
+    pulse_ids = h5_rows(irregular_run, AGIPD0, "image.pulseId")
+    assert int(present.sum()) == sum(len(rows) for rows in frames.values())
+    for tid in ds["trainId"].values.tolist():
+        recorded = pulse_ids[tid][:, 0].tolist() if tid in frames else []
+        assert ds["pulseId"].values[present.sel(trainId=tid).values].tolist() == recorded
+        cell = ds["image.data"].sel(trainId=tid)
+        assert (cell.values[~present.sel(trainId=tid).values] == 0).all()
+    assert "header.present" not in ds, "a group on every train of the Dataset needs no mask"
+    # on the key's own trains, the aligned key equals the key's own array
+    own = run[AGIPD0, "image.data"]
+    np.testing.assert_array_equal(ds["image.data"].sel(trainId=own.trainId).values, own.values)
+    # run.dataset() aligns the same way, with "source/group.present" masks
+    merged = run.select([(AGIPD0, "image.length"), (XGM_SOURCE, "beamPosition.ixPos")]).dataset()
+    name = f"{AGIPD0}/image.length"
+    assert merged[name].dtype == np.uint32
+    mask = merged[f"{AGIPD0}/image.present"]
+    assert not mask.sel(trainId=10001).any(), "train 10001 has no frames"
+    assert f"{XGM_SOURCE}/.present" not in merged, "the XGM has every train: nothing filled"

@@ -24,7 +24,8 @@ from conftest import (
     IRREGULAR_RUN,
 )
 
-from xfeldata.files.layout import DETECTORS, file_name, parse_file_name
+from xfeldata.detectors.kinds import DETECTORS
+from xfeldata.files.layout import file_name, parse_file_name
 from xfeldata.testing import BOGUS_TRAIN_OFFSET, IRREGULAR_PADDING, make_example
 from xfeldata.testing import synthetic as syn
 

@@ -26,7 +26,7 @@ from .errors import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from .api import Run, open_file, open_run
-    from .detectors import by_id, by_index
+    from .detectors.plan import by_id, by_index
     from .trains import stack_detector_data
 
 try:
@@ -37,7 +37,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 #: Public names and the modules that define them (imported on first access).
 _LAZY = {
     "Run": ".api", "open_file": ".api", "open_run": ".api",
-    "by_id": ".detectors", "by_index": ".detectors",
+    "by_id": ".detectors.plan", "by_index": ".detectors.plan",
     "stack_detector_data": ".trains",
 }
 

@@ -22,7 +22,7 @@ import pandas as pd
 import xarray as xr
 
 from . import trains, views
-from .detectors import detector_dataset
+from .detectors.stacking import detector_dataset
 from .files.cache import cached_file_index
 from .files.collect import index_files, paused_gc
 from .files.listing import list_run_files, proposal_run_dir
@@ -89,7 +89,7 @@ class Run(RunSelection):
     def detector(self, name: str | None = None, **options: Any) -> xr.Dataset:
         """A multi-module detector as one stacked, lazy Dataset.
 
-        See :func:`xfeldata.detectors.detector_dataset` for the options
+        See :func:`xfeldata.detectors.stacking.detector_dataset` for the options
         (``modules``, ``fill_value``, ``require_all_modules``, ``pulses``, ``keys``,
         ``target_bytes``).
 

@@ -10,9 +10,9 @@ where dask-backed objects come from directly.
 Labels follow :func:`xfeldata.views.source_dataset`: ``trainId`` (the union of
 the trains with data of the source's keys), ``pulseId`` (or positional
 ``pulse``) for pulse-resolved keys, entry dims named after the key
-(``"data.intensityTD.dim_0"``); keys missing a train are filled as
-:func:`xarray.merge` does (promoted dtype, NaN), missing pulses of a train with
-:func:`xfeldata.arrays.default_fill_value`.  Variables keep the attrs of
+(``"data.intensityTD.dim_0"``); keys missing a train or pulse are filled with
+:func:`xfeldata.arrays.default_fill_value` of their dtype (dtypes are kept) and
+``<group>.present`` says where, as in :func:`xfeldata.views.merge_variables`.  Variables keep the attrs of
 :func:`xfeldata.views.key_array` (source, key, units, files).
 
 Examples
@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 from xarray.backends import BackendArray, BackendEntrypoint
-from xarray.core import dtypes, indexing
+from xarray.core import indexing
 
 from . import schema
 from .api import open_run
@@ -56,7 +56,7 @@ from .files.handles import FileStamp
 from .files.layout import parse_file_name
 from .files.strings import decode_strings
 from .run import RunSelection
-from .views import pulse_slots
+from .views import aligned_masks, group_presence, pulse_slots
 
 __all__ = ["XfeldataBackendEntrypoint", "XfeldataBackendArray", "open_source_dataset"]
 
@@ -308,19 +308,14 @@ def open_source_dataset(run: RunSelection, source: str,
         dtype = np.dtype(object) if stored.kind in "OS" else stored
         train_map = np.full(len(train_ids), -1, np.int64)
         train_map[np.searchsorted(train_ids, rows.train_ids)] = np.arange(len(rows.train_ids))
-        reindexed = len(rows.train_ids) != len(train_ids)
         dims: tuple[str, ...] = (schema.TRAIN_DIM,)
         slot_map = None
         if pulse_dim is not None:
             axis = pulse_axes[pulse_dim]
             slot_map = np.full(len(axis), -1, np.int64)
             slot_map[np.searchsorted(axis, pulse_ids)] = np.arange(len(pulse_ids))
-            reindexed |= len(pulse_ids) != len(axis)
             dims += (pulse_dim,)
-        fill: Any = default_fill_value(dtype)
-        if reindexed:
-            dtype, fill = dtypes.maybe_promote(dtype)
-        array = XfeldataBackendArray(rows, train_map, slot_map, dtype, fill, field)
+        array = XfeldataBackendArray(rows, train_map, slot_map, dtype, default_fill_value(dtype), field)
         dims += entry_dims[name]
         preferred = dict(zip(dims, array.shape, strict=True))
         preferred[schema.TRAIN_DIM] = _train_chunks(run, rows, train_ids, target_bytes)
@@ -328,7 +323,10 @@ def open_source_dataset(run: RunSelection, source: str,
                                       encoding={"preferred_chunks": preferred})
 
     coords = {schema.TRAIN_DIM: train_ids, **pulse_axes}
-    return xr.Dataset(variables, coords=coords, attrs={"source": source})
+    ds = xr.Dataset(variables, coords=coords, attrs={"source": source})
+    groups = sorted({run.key_info(source, rows.key).group for rows, *_ in plans.values()})
+    masks = {f"{g}.present": group_presence(run, source, g) for g in groups}
+    return ds.assign(aligned_masks(masks, ds.coords))
 
 
 def _pick_source(run: RunSelection, source: str | None) -> str:

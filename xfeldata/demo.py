@@ -56,8 +56,8 @@ def run_demo(keep: str | None = None, n_trains: int = 20, frames: int = 4) -> No
               ".values   # mean signal per pulse and module; frames a train lacks are filled with 0")
         means = det["image.data"].sel(trainId=first).isel(gain=0).mean(["slow_scan", "fast_scan"])
         print(means.values.round(1))
-        missing = (~det.present).sum("module")
-        print("\n>>> (~det.present).sum('module')   # modules missing per train")
+        missing = (~det.present.any("pulseId")).sum("module")
+        print("\n>>> (~det.present.any('pulseId')).sum('module')   # modules missing per train")
         print(missing.to_series().to_string())
         if keep:
             print(f"\nThe run is kept in {path}; try: xfeldata info {path}")

@@ -26,6 +26,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from .detectors.kinds import match_detector_source
 from .errors import DataIndexError, FileFormatError, PropertyNameError, SourceNameError, TrainIdError
 from .files.index import (
     CONTROL,
@@ -36,7 +37,7 @@ from .files.index import (
     LazyKeys,
     longest_increasing,
 )
-from .files.layout import match_detector_source, parse_file_name, path_to_key
+from .files.layout import parse_file_name, path_to_key
 from .files.strings import decode_str
 
 SelectionSpec = str | Mapping[str, Iterable[str] | None] | Iterable[tuple[str, str]]

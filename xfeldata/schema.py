@@ -23,7 +23,7 @@ import pandas as pd
 import xarray as xr
 
 from .arrays import fill_value_for
-from .files.layout import detector_kind_of_device, match_detector_source
+from .detectors.kinds import detector_kind_of_device, match_detector_source
 from .files.strings import decode_strings
 
 TRAIN_DIM = "trainId"
@@ -141,7 +141,7 @@ def detector_key_dims(source: str, key: str, entry_shape: Sequence[int]) -> tupl
     if match is None or key not in DETECTOR_VARIABLES or len(entry_shape) not in (2, 3):
         return None
     kind = detector_kind_of_device(match[0])
-    if kind is not None and not kind.xtdf:
+    if kind is not None and not kind.row_per_frame:
         return (CELL_DIM, *PIXEL_DIMS) if len(entry_shape) == 3 else PIXEL_DIMS
     return detector_pixel_dims(entry_shape)
 
@@ -173,7 +173,9 @@ def detector_dataset(
     train_ids, pulse_ids, modules
         Coordinates of the first three dimensions.
     present
-        Boolean ``(trainId, module)``: True where the module has data for the train.
+        Boolean ``(trainId, pulse, module)``: True exactly where that frame was
+        recorded (JUNGFRAU: every memory cell of a recorded train).  A module's
+        presence in a train is ``present.any(pulse_dim)``.
     pixel_dims
         Names of each variable's pixel dimensions.
     cell_ids
@@ -185,7 +187,7 @@ def detector_dataset(
     data_vars: dict[str, Any] = {
         name: ((*lead, *pixel_dims[name]), arr) for name, arr in variables.items()
     }
-    data_vars["present"] = ((TRAIN_DIM, MODULE_DIM), np.asarray(present, bool))
+    data_vars["present"] = (lead, np.asarray(present, bool))
     if cell_ids is not None:
         data_vars["cellId"] = (lead, cell_ids)
     coords = {

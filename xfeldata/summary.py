@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .files.layout import detector_kind_of_device, group_detector_sources
+from .detectors.kinds import detector_kind_of_device, group_detector_sources
 from .run import RunSelection
 
 #: Trains a second at European XFEL; used for the duration when timestamps are missing.
@@ -55,7 +55,7 @@ def find_detectors(run: RunSelection) -> list[DetectorSummary]:
                 missing[int(run.train_ids[t])] = [m for i, m in enumerate(sorted(modules))
                                                   if stacked[i, t] == 0]
         frames = None
-        if kind is not None and kind.xtdf and stacked.size and (stacked > 0).any():
+        if kind is not None and kind.row_per_frame and stacked.size and (stacked > 0).any():
             with_data = stacked[stacked > 0]
             frames = (int(with_data.min()), int(with_data.max()))
         summaries.append(DetectorSummary(device, kind.name if kind else None, modules, missing, frames))

@@ -46,10 +46,10 @@ import h5py
 import numpy as np
 
 from .arrays import fill_value_for
+from .detectors.kinds import detector_kind_of_device, group_detector_sources
 from .errors import DataIndexError, DataReadError, PropertyNameError
 from .files.handles import OpenFile, handles
 from .files.index import KeyInfo
-from .files.layout import detector_kind_of_device, group_detector_sources
 from .files.plain import layout_of, pread_pieces
 from .files.strings import decode_str
 from .run import RunSelection, SelectionSpec

@@ -10,6 +10,7 @@ Examples
 from __future__ import annotations
 
 import fnmatch
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -17,7 +18,7 @@ import pandas as pd
 import xarray as xr
 
 from . import schema
-from .arrays import flat_rows_array, padded_array, read_rows
+from .arrays import default_fill_value, flat_rows_array, padded_array, positions_within, read_rows
 from .errors import PropertyNameError, SourceNameError
 from .files.strings import decode_strings
 from .run import RunSelection
@@ -45,6 +46,36 @@ def pulse_slots(run: RunSelection, source: str, group: str,
 def _no_rows(info) -> da.Array:
     """An empty ``(0, *entry)`` dask array (dask's own constructors fail for 0 rows)."""
     return da.from_array(np.empty((0, *info.entry_shape), info.dtype), chunks=-1)
+
+
+def group_presence(run: RunSelection, source: str, group: str) -> xr.DataArray:
+    """Where an index group of a source has data: True for every recorded row.
+
+    ``(trainId,)`` over the group's trains with data for per-train groups,
+    ``(trainId, pulseId)`` (or positional ``pulse``) for groups with several
+    rows per train, labelled as :func:`key_array` labels the group's keys.
+    Merged Datasets carry it as ``<group>.present`` where the group's keys are
+    filled (see :func:`merge_variables`).
+
+    >>> group_presence(run, "SPB_DET_AGIPD1M-1/DET/0CH0:xtdf", "image").dims   # doctest: +SKIP
+    ('trainId', 'pulseId')
+    """
+    found = run.rows(source, group)
+    counts = found.count.astype(np.int64)
+    has_data = counts > 0
+    train_ids, counts = found.train_ids[has_data], counts[has_data]
+    if counts.max(initial=0) <= 1:
+        return schema.key_dataarray(np.ones(len(train_ids), bool), train_ids, source=source,
+                                    key=f"{group}.present", dims=())
+    slots = pulse_slots(run, source, group, counts)
+    if slots is None:
+        pulse_ids, slot_of_row, positional = np.arange(int(counts.max())), positions_within(counts), True
+    else:
+        (pulse_ids, slot_of_row), positional = slots, False
+    mask = np.zeros((len(train_ids), len(pulse_ids)), bool)
+    mask[np.repeat(np.arange(len(train_ids)), counts), slot_of_row] = True
+    return schema.key_dataarray(mask, train_ids, source=source, key=f"{group}.present",
+                                pulse_ids=pulse_ids, positional=positional, dims=())
 
 
 def key_array(run: RunSelection, source: str, key: str) -> xr.DataArray | xr.Dataset:
@@ -97,10 +128,14 @@ def key_array(run: RunSelection, source: str, key: str) -> xr.DataArray | xr.Dat
                                 positional=positional, attrs=info.attrs, files=files)
 
 
-def _variables(run: RunSelection, source: str, prefix: str) -> dict[str, xr.DataArray]:
-    """The keys' arrays; generic entry dims get the key's name (``"data.image.dims.dim_0"``)
-    so that keys of different shapes merge into one Dataset."""
+def _variables(run: RunSelection, source: str, prefix: str
+               ) -> tuple[dict[str, xr.DataArray], dict[str, xr.DataArray]]:
+    """The keys' arrays and their groups' :func:`group_presence`; generic entry dims get
+    the key's name (``"data.image.dims.dim_0"``) so that keys of different shapes merge
+    into one Dataset."""
     out = {}
+    groups = sorted({run.key_info(source, key).group for key in run.keys(source)})
+    masks = {f"{prefix}{group}.present": group_presence(run, source, group) for group in groups}
     for key in run.keys(source):
         arr = key_array(run, source, key)
         generic = {d: f"{key}.{d}" for d in arr.dims if d.startswith("dim_")}
@@ -109,34 +144,79 @@ def _variables(run: RunSelection, source: str, prefix: str) -> dict[str, xr.Data
             out.update({f"{prefix}{key}.{name}": var for name, var in arr.data_vars.items()})
         else:
             out[f"{prefix}{key}"] = arr
-    return out
+    return out, masks
 
 
-def merge_variables(variables: dict[str, xr.DataArray]) -> xr.Dataset:
-    """Merge named DataArrays on their labels (outer join), keeping each one's attrs."""
+def merge_variables(variables: dict[str, xr.DataArray],
+                    masks: dict[str, xr.DataArray] | None = None) -> xr.Dataset:
+    """Merge named DataArrays on their labels (outer join), keeping each one's attrs and dtype.
+
+    Cells a variable lacks on the merged labels (a train or pulse of another
+    index group) hold :func:`xfeldata.arrays.default_fill_value` of its dtype:
+    NaN for floats, 0 for integers, False for bools, "" for strings, so an
+    integer key stays integer.  ``masks`` are the index groups' presence
+    (:func:`group_presence`, named ``"<group>.present"``); a mask is added,
+    False where filled, exactly when its group's keys are filled somewhere.
+
+    >>> a = xr.DataArray(np.array([1, 2], np.uint16), dims="trainId", coords={"trainId": [1, 2]})
+    >>> b = xr.DataArray(np.array([0.5]), dims="trainId", coords={"trainId": [2]})
+    >>> ds = merge_variables({"x.a": a, "y.b": b}, {"y.present": b.notnull()})
+    >>> ds["x.a"].dtype, ds["y.present"].values.tolist()
+    (dtype('uint16'), [False, True])
+    """
     renamed = [v.rename(name) for name, v in variables.items()]
     if not renamed:
         return xr.Dataset(coords={schema.TRAIN_DIM: np.zeros(0, np.uint64)})
+    fill = {name: default_fill_value(v.dtype) for name, v in variables.items()}
     # "drop_conflicts" keeps every variable's own attrs (source, key, units, files).
-    merged = xr.merge(renamed, join="outer", compat="no_conflicts", combine_attrs="drop_conflicts")
+    merged = xr.merge(renamed, join="outer", compat="no_conflicts", combine_attrs="drop_conflicts",
+                      fill_value=fill)
     merged.attrs = {}
-    return merged
+    return merged.assign(aligned_masks(masks or {}, merged.coords))
+
+
+def aligned_masks(masks: dict[str, xr.DataArray], coords: Any) -> dict[str, xr.DataArray]:
+    """The masks on a merged Dataset's labels (False where added), those with a False cell."""
+    out = {}
+    for name, mask in masks.items():
+        labels = {d: coords[d] for d in mask.dims if d in coords}
+        aligned = mask.reindex(labels, fill_value=False)
+        if not bool(aligned.all()):
+            out[name] = aligned.rename(name)
+    return out
 
 
 def source_dataset(run: RunSelection, source: str) -> xr.Dataset:
-    """All selected keys of one source, merged on their labels (outer join on trains)."""
+    """All selected keys of one source, merged on their labels (outer join on trains).
+
+    Each key keeps its dtype: where a key lacks a train or pulse of the merged
+    labels (its index group has other trains), the cell holds the dtype's fill
+    value (NaN for floats, 0 for integers) and a boolean ``<group>.present``
+    variable (e.g. ``image.present (trainId, pulseId)``) is True exactly where
+    the group recorded a row; see :func:`merge_variables`.
+
+    >>> ds = source_dataset(run, "SPB_DET_AGIPD1M-1/DET/0CH0:xtdf")    # doctest: +SKIP
+    >>> ds["image.data"].where(ds["image.present"]).mean()              # doctest: +SKIP
+    """
     source = run.resolve_source(source)
-    ds = merge_variables(_variables(run, source, ""))
+    ds = merge_variables(*_variables(run, source, ""))
     ds.attrs["source"] = source
     return ds
 
 
 def run_dataset(run: RunSelection) -> xr.Dataset:
-    """Every selected key of every selected source, named ``"source/key"``, merged on labels."""
+    """Every selected key of every selected source, named ``"source/key"``, merged on labels.
+
+    Dtypes are kept as in :func:`source_dataset`; the masks are named
+    ``"source/<group>.present"`` (a control source's group is ``""``).
+    """
     variables: dict[str, xr.DataArray] = {}
+    masks: dict[str, xr.DataArray] = {}
     for source in run.sources:
-        variables.update(_variables(run, source, f"{source}/"))
-    return merge_variables(variables)
+        keys, groups = _variables(run, source, f"{source}/")
+        variables.update(keys)
+        masks.update(groups)
+    return merge_variables(variables, masks)
 
 
 def to_datatree(run: RunSelection) -> xr.DataTree:

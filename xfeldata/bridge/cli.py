@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 import zmq
 
-from ..files.layout import DETECTORS
+from ..detectors.kinds import DETECTORS
 from .client import Client
 from .protocol import ProtocolError, decode
 from .server import POLICIES, Streamer, serve
@@ -34,7 +34,7 @@ __all__ = ["DETECTOR_CHOICES", "add_commands", "check_detector_options", "detect
 _SERVER_SOCKS = ("REP", "PUB", "PUSH")
 _CLIENT_SOCKS = ("REQ", "SUB", "PULL")
 
-#: Names ``--detector`` accepts (any case): the kinds of ``layout.DETECTORS``, then aliases.
+#: Names ``--detector`` accepts (any case): the kinds of ``detectors.DETECTORS``, then aliases.
 DETECTOR_CHOICES = [*DETECTORS, *(a for a in DETECTOR_ALIASES if a not in DETECTORS)]
 
 _TCP_RE = re.compile(r"tcp://(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(\d{1,5})")
@@ -80,7 +80,7 @@ def module_list(text: str) -> list[int]:
 
 
 def detector_name(text: str) -> str:
-    """The kind name in ``layout.DETECTORS`` for a detector name or alias, any case (argparse type).
+    """The kind name in ``detectors.DETECTORS`` for a detector name or alias, any case (argparse type).
 
     >>> detector_name("lpd"), detector_name("JUNGFRAU")
     ('LPD1M', 'JUNGFRAU')
@@ -100,7 +100,7 @@ def check_detector_options(kind_name: str, modules: Sequence[int] | None,
     Parameters
     ----------
     kind_name
-        A kind in ``layout.DETECTORS``.
+        A kind in ``detectors.DETECTORS``.
     modules
         Module numbers asked for (None: all).
     frames
@@ -113,7 +113,7 @@ def check_detector_options(kind_name: str, modules: Sequence[int] | None,
         return (f"argument --modules: {kind.name} has no module(s) "
                 f"{', '.join(map(str, unknown))}; its modules are {lo}-{hi}")
     if frames is not None and frames > kind.max_frames:
-        what = "memory cells" if not kind.xtdf else "frames"
+        what = "frames" if kind.row_per_frame else "memory cells"
         return f"argument --frames: {kind.name} has at most {kind.max_frames} {what} per train"
     return None
 

@@ -3,7 +3,7 @@
 :class:`LiveBuffer` receives trains in a background thread and keeps the last
 ``maxlen`` of them, matched by train ID (each source's ``timestamp.tid``).
 Its views build the same xarray/pandas layout as the offline views of a run
-(:func:`xfeldata.detectors.detector_dataset`, :func:`xfeldata.views.run_dataset`,
+(:func:`xfeldata.detectors.stacking.detector_dataset`, :func:`xfeldata.views.run_dataset`,
 :func:`xfeldata.views.control_frame`) through :mod:`xfeldata.schema`, so
 analysis code runs unchanged on live and on recorded data.
 
@@ -48,8 +48,15 @@ import zmq
 
 from .. import schema
 from ..arrays import BlockRead, blocks_array, default_fill_value
-from ..detectors import choose_detector, detector_kind, stacked_modules
-from ..files.layout import DetectorKind, detector_kind_of_device, group_detector_sources, match_detector_source
+from ..detectors.kinds import (
+    DetectorKind,
+    detector_kind_of_device,
+    generic_kind,
+    group_detector_sources,
+    match_detector_source,
+)
+from ..detectors.plan import kept_trains, plan_frames
+from ..detectors.stacking import choose_detector, detector_kind, stacked_modules
 from ..files.strings import decode_strings
 from ..views import merge_variables
 from .client import Client
@@ -447,17 +454,21 @@ class LiveBuffer:
 
     def detector(self, name: str | None = None, *, modules: Sequence[int] | None = None,
                  fill_value: Any = None, require_all_modules: bool = False,
-                 keys: Sequence[str] | None = None) -> xr.Dataset:
+                 pulses: Any = None, keys: Sequence[str] | None = None,
+                 dask: bool = True) -> xr.Dataset:
         """The buffered trains of a multi-module detector, stacked as ``run.detector()`` does.
 
-        Parameters are those of :func:`xfeldata.detectors.detector_dataset`.
+        Parameters are those of :func:`xfeldata.detectors.stacking.detector_dataset`
+        (``modules``, ``pulses``, ``require_all_modules``, ``fill_value``, ``keys``);
+        ``dask=False`` gives numpy variables (the trains are in memory already).
 
         Returns
         -------
         xarray.Dataset
             ``image.data`` (and ``image.mask``, ``image.gain``)
             ``(trainId, pulseId, module, [gain,] slow_scan, fast_scan)``
-            (JUNGFRAU: ``cell``), ``present (trainId, module)``, ``cellId``
+            (JUNGFRAU: ``cell``), ``present (trainId, pulseId, module)`` (True
+            exactly where a frame was received), ``cellId``
             (int64, -1 where missing).  The pixel variables are dask arrays
             with one chunk per train and module, views of the buffered arrays:
             building copies nothing, and computing copies only what a selection
@@ -468,9 +479,10 @@ class LiveBuffer:
         Examples
         --------
         >>> buf.detector("AGIPD", modules=[0, 1])["present"].dims   # doctest: +SKIP
-        ('trainId', 'module')
+        ('trainId', 'pulseId', 'module')
         """
-        return _detector(self._snapshot(), name, modules, fill_value, require_all_modules, keys)
+        return _detector(self._snapshot(), name, modules, fill_value, require_all_modules, keys,
+                         pulses, dask)
 
     def dataset(self, sources: str = "*", keys: str = "*") -> xr.Dataset:
         """Every matching key of the buffered trains, as ``run.select(sources, keys).dataset()``.
@@ -515,7 +527,7 @@ class LiveBuffer:
 
 
 # ---------------------------------------------------------------------------
-# Detector stacking (the layout of xfeldata.detectors.detector_dataset)
+# Detector stacking (the layout of xfeldata.detectors.stacking.detector_dataset)
 # ---------------------------------------------------------------------------
 
 
@@ -550,16 +562,6 @@ def _pulse_ids(image: Mapping[str, np.ndarray], n: int) -> np.ndarray:
     return pids.reshape(n, -1)[:, 0] if pids.ndim > 1 else pids
 
 
-def _parallel_stages(frames: list[tuple[int, np.ndarray]], stages: int = 3) -> list[np.ndarray] | None:
-    """Gain stage per frame of each train if its pulses are stored ``stages`` times in sequence."""
-    out = []
-    for n, pids in frames:
-        if n % stages or not (pids.reshape(stages, -1) == pids[: n // stages]).all():
-            return None
-        out.append(np.repeat(np.arange(stages), n // stages))
-    return out
-
-
 @dataclass
 class _Frames:
     """What stacking needs of the buffered trains of one detector.
@@ -579,6 +581,8 @@ class _Frames:
         XTDF: per module, per kept train, ``(frames, pulse ID per frame)``.
     stages
         LPD parallel gain: per module, per kept train, the gain stage per frame.
+    n_stages
+        Gain stages stacked (the plan's; 1 unless ``stages``).
     """
 
     per_train: list[dict[int, tuple[int, dict[str, np.ndarray]]]]
@@ -587,6 +591,7 @@ class _Frames:
     pulse_coord: np.ndarray
     pids: dict[int, list[tuple[int, np.ndarray]]]
     stages: dict[int, list[np.ndarray]] | None
+    n_stages: int = 1
 
 
 @dataclass(frozen=True, eq=False)  # holds arrays: compared and hashed by identity
@@ -665,7 +670,7 @@ def _module_chunk(frames: _Frames, i: int, j: int, key: str, entry: tuple[int, .
     module has no frames.
     """
     m = frames.modules[j]
-    n_stages = 3 if frames.stages else 1
+    n_stages = frames.n_stages
     n_slots = len(frames.pulse_coord)
     shape = (1, n_slots, 1, *((n_stages,) if frames.stages else ()), *entry)
     found = _module_frames(frames, i, m, key, entry)
@@ -694,7 +699,7 @@ def _stacked_array(frames: _Frames, key: str, entry: tuple[int, ...], dtype: np.
     trains arrive, evict these or the buffer is cleared.
     """
     n_trains, n_modules = len(frames.per_train), len(frames.modules)
-    stage_chunks = ((3,),) if frames.stages else ()
+    stage_chunks = ((frames.n_stages,),) if frames.stages else ()
     chunks = (tuple([1] * n_trains), (len(frames.pulse_coord),), tuple([1] * n_modules),
               *stage_chunks, *((d,) for d in entry))
     if not n_trains:  # dask's own constructors fail for zero-size arrays
@@ -707,14 +712,6 @@ def _stacked_array(frames: _Frames, key: str, entry: tuple[int, ...], dtype: np.
     # The name cannot be a token of the contents (hashing them would copy as much
     # as stacking); each snapshot gets its own.
     return blocks_array(f"xfeldata-live-{key}-{uuid.uuid4().hex}", blocks, chunks, dtype)
-
-
-def _stacked_entry(shape: tuple[int, ...], xtdf: bool) -> tuple[int, ...]:
-    """The stacked entry of a key's rows ``(n, *shape)``: JUNGFRAU's cells are the slot
-    axis, and raw LPD/DSSC's length-1 axis is dropped."""
-    if not xtdf:
-        return shape[1:]
-    return shape[1:] if len(shape) == 3 and shape[0] == 1 else shape
 
 
 def _cell_ids(frames: _Frames, cell_key: str) -> np.ndarray:
@@ -739,14 +736,13 @@ def _cell_ids(frames: _Frames, cell_key: str) -> np.ndarray:
 
 
 def _detector(trains: list[tuple[int, TrainData]], name: str | None, modules: Sequence[int] | None,
-              fill_value: Any, require_all_modules: bool, keys: Sequence[str] | None) -> xr.Dataset:
+              fill_value: Any, require_all_modules: bool, keys: Sequence[str] | None,
+              pulses: Any = None, dask: bool = True) -> xr.Dataset:
     found = group_detector_sources({s for _, data in trains for s in data})
     device, sources = choose_detector(found, name, "the buffered trains")
-    kind = detector_kind(device, list(sources))
-    xtdf = kind.xtdf if kind else any("image.data" in d.get(s, {}) for _, d in trains
-                                      for s in sources.values())
-    group = "image" if xtdf else "data"
-    data_key = "image.data" if xtdf else "data.adc"
+    kind = detector_kind(device, list(sources)) or generic_kind(
+        device, any("image.data" in d.get(s, {}) for _, d in trains for s in sources.values()))
+    xtdf, data_key = kind.row_per_frame, kind.data_key
     all_modules, present_sources = stacked_modules(device, kind, sources, modules, "the buffered trains")
 
     # Rows of every module in every train: n frames and the group's values (n, *entry)
@@ -767,7 +763,7 @@ def _detector(trains: list[tuple[int, TrainData]], name: str | None, modules: Se
 
     first = next(iter(present_sources.values()))
     first_keys = {k for _, d in trains for k in d.get(first, {})}
-    candidates = keys or [data_key, f"{group}.mask", f"{group}.gain"]
+    candidates = keys or kind.pixel_keys
     var_keys = [k for k in candidates if k in first_keys]
     if not var_keys:
         raise KeyError(f"{first} has none of the keys {list(candidates)} in the buffered trains")
@@ -785,64 +781,64 @@ def _detector(trains: list[tuple[int, TrainData]], name: str | None, modules: Se
     # Common train axis: trains where any (require_all_modules: every) module has frames
     has = np.array([[mods.get(m, (0,))[0] > 0 for m in present_sources] for mods in per_train],
                    bool).reshape(len(per_train), len(present_sources))
-    seen_modules = has.any(axis=0)
-    keep = has[:, seen_modules].all(axis=1) if require_all_modules else has.any(axis=1)
-    keep &= has.any(axis=1)
+    keep = kept_trains(has.T, require_all_modules)
     train_ids = np.array([tid for (tid, _), k in zip(trains, keep, strict=True) if k], np.uint64)
     per_train = [mods for mods, k in zip(per_train, keep, strict=True) if k]
 
-    # Pulse slots and (LPD) parallel gain stages
-    stages: dict[int, list[np.ndarray]] | None = None
+    # The plan (pulse axis, slots, gain stages, selection, present), as for files
+    counts = {m: np.array([mods[m][0] if m in mods else 0 for mods in per_train], np.int64)
+              for m in present_sources}
+    ids = {m: np.concatenate([np.zeros(0, np.int64)] + [
+        _pulse_ids(mods[m][1], mods[m][0]).astype(np.int64) for mods in per_train
+        if m in mods and mods[m][0]]) for m in present_sources} if xtdf else {}
+    first_info = infos.get(data_key) or next(iter(infos.values()))
+    plan = plan_frames(kind, all_modules, counts, ids, pulses, 1 if xtdf else first_info[0][0],
+                       present_sources)
+    pulse_coord = plan.pulse_coord
     pids: dict[int, list[tuple[int, np.ndarray]]] = {}
-    if xtdf:
-        pids = {m: [(mods[m][0], _pulse_ids(mods[m][1], mods[m][0]).astype(np.int64)) if m in mods
-                    else (0, np.zeros(0, np.int64)) for mods in per_train] for m in present_sources}
-        if kind is not None and kind.name == "LPD1M":
-            per_module = {m: _parallel_stages(p) for m, p in pids.items()}
-            if all(s is not None for s in per_module.values()) and any(
-                    n for p in pids.values() for n, _ in p):
-                stages = per_module
-        if stages is None:
-            for m, p in pids.items():
-                for n, ids in p:
-                    if len(np.unique(ids)) != n:
-                        raise ValueError(f"{present_sources[m]}: a pulse ID repeats within a train; "
-                                         "cannot label frames by pulse ID")
-        all_ids = [ids for p in pids.values() for _, ids in p]
-        pulse_coord = np.unique(np.concatenate(all_ids)) if all_ids else np.zeros(0, np.int64)
-    else:
-        first_info = infos.get(data_key) or next(iter(infos.values()))
-        pulse_coord = np.arange(first_info[0][0])
-    frames = _Frames(per_train, all_modules, xtdf, pulse_coord, pids, stages)
+    stages: dict[int, list[np.ndarray]] | None = {} if plan.stages else None
+    for m in ids:  # per train: the selected frames, their pulse IDs and gain stages
+        pids[m] = []
+        if stages is not None:
+            stages[m] = []
+        ends = np.cumsum(counts[m])
+        for i, (start, end) in enumerate(zip(ends - counts[m], ends, strict=True)):
+            sel = plan.selected[m][start:end]
+            if m in per_train[i] and not sel.all():
+                values = per_train[i][m][1]
+                per_train[i][m] = (int(sel.sum()), {k: v[sel] if v.ndim and len(v) == len(sel) else v
+                                                    for k, v in values.items()})
+            pids[m].append((int(sel.sum()), ids[m][start:end][sel]))
+            if stages is not None:
+                stages[m].append(plan.stages[m][start:end][sel])
+    frames = _Frames(per_train, all_modules, xtdf, pulse_coord, pids, stages, plan.n_stages)
 
     variables, pixel_dims = {}, {}
     for key, (shape, dtype) in infos.items():
         var = schema.DETECTOR_VARIABLES.get(key, key)
-        entry = _stacked_entry(shape, xtdf)
+        entry = kind.stacked_entry(shape)
         fill = schema.detector_fill_value(key, dtype, fill_value)
         variables[var] = _stacked_array(frames, key, entry, dtype, fill)
         pixel = schema.detector_pixel_dims(entry)
         pixel_dims[var] = (schema.GAIN_DIM, *pixel) if stages else pixel
 
-    present = np.zeros((len(train_ids), len(all_modules)), bool)
-    for i, mods in enumerate(per_train):
-        for j, m in enumerate(all_modules):
-            present[i, j] = m in mods and mods[m][0] > 0
-
-    cell_key = f"{group}.cellId" if xtdf else "data.memoryCell"
+    cell_key = kind.cell_key
     cell_ids = _cell_ids(frames, cell_key) if cell_key in first_keys else None
 
     first_dtype = (infos.get(data_key) or next(iter(infos.values())))[1]
     attrs = {
-        "detector": device, "kind": kind.name if kind else "unknown",
+        "detector": device, "kind": kind.name,
         "fill_value": schema.fill_value_for(first_dtype, fill_value),
-        "frames_per_pulse": 3 if stages else 1,
+        "frames_per_pulse": plan.n_stages,
     }
-    return schema.detector_dataset(
-        variables, train_ids=train_ids, pulse_ids=pulse_coord, modules=all_modules, present=present,
+    ds = schema.detector_dataset(
+        variables, train_ids=train_ids, pulse_ids=pulse_coord, modules=all_modules, present=plan.present,
         pixel_dims=pixel_dims, cell_ids=cell_ids,
-        pulse_dim=schema.PULSE_DIM if xtdf else schema.CELL_DIM, attrs=attrs,
+        pulse_dim=kind.pulse_dim, attrs=attrs,
     )
+    if plan.cells_selected is not None and not plan.cells_selected.all():
+        ds = ds.isel({kind.pulse_dim: np.flatnonzero(plan.cells_selected)})
+    return ds if dask else ds.load()
 
 
 # ---------------------------------------------------------------------------
@@ -855,7 +851,7 @@ def _is_xtdf_source(source: str) -> bool:
     if match is None:
         return False
     kind = detector_kind_of_device(match[0])
-    return kind is None or kind.xtdf
+    return kind is None or kind.row_per_frame
 
 
 def _as_array(values: list[Any]) -> np.ndarray:
@@ -912,9 +908,40 @@ def _key_variables(source: str, key: str, found: list[tuple[int, Any]],
     return out
 
 
+def _group_presence(source: str, group: str, train_ids: list[int],
+                    rows: dict[int, tuple[int, dict[str, np.ndarray]]] | None) -> xr.DataArray:
+    """Where an index group of a source has data (cf. views.group_presence).
+
+    ``train_ids`` are the trains listing a key of the group; ``rows`` the frame
+    rows of an XTDF ``image`` group, else None.
+    """
+    key = f"{group}.present"
+    if rows is not None:
+        train_ids = [t for t in train_ids if rows[t][0]]
+    ids = np.array(train_ids, np.uint64)
+    counts = [rows[t][0] for t in train_ids] if rows is not None else []
+    if max(counts, default=0) <= 1:
+        return schema.key_dataarray(np.ones(len(ids), bool), ids, source=source, key=key, dims=())
+    per_train = [_pulse_ids(rows[t][1], rows[t][0]) for t in train_ids]
+    positional = not (all(len(np.unique(p)) == len(p) for p in per_train)
+                      and all("image.pulseId" in rows[t][1] for t in train_ids))
+    if positional:
+        pulse_ids = np.arange(max(counts))
+        slots = [np.arange(n) for n in counts]
+    else:
+        pulse_ids = np.unique(np.concatenate(per_train))
+        slots = [np.searchsorted(pulse_ids, p) for p in per_train]
+    mask = np.zeros((len(ids), len(pulse_ids)), bool)
+    for i, slot in enumerate(slots):
+        mask[i, slot] = True
+    return schema.key_dataarray(mask, ids, source=source, key=key, pulse_ids=pulse_ids,
+                                positional=positional, dims=())
+
+
 def _dataset(trains: list[tuple[int, TrainData]], sources: str, keys: str) -> xr.Dataset:
     names = sorted({s for _, d in trains for s in d if fnmatch.fnmatchcase(s, sources)})
     variables: dict[str, xr.DataArray] = {}
+    masks: dict[str, xr.DataArray] = {}
     for source in names:
         rows = None
         if _is_xtdf_source(source):
@@ -930,7 +957,14 @@ def _dataset(trains: list[tuple[int, TrainData]], sources: str, keys: str) -> xr
                 variables.update(_key_variables(source, key, found, resolved))
             except ValueError as exc:  # values of different shapes in different trains
                 log.warning("live buffer: %s/%s left out of the dataset: %s", source, key, exc)
-    return merge_variables(variables)  # exactly as the offline run_dataset merges
+        # index groups as the files have them: a control source's keys share one
+        groups = {k.split(".", 1)[0] if ":" in source else "" for k in source_keys}
+        for group in sorted(groups):
+            in_group = [k for k in source_keys if (k.split(".", 1)[0] if ":" in source else "") == group]
+            tids = [tid for tid, d in trains if any(k in d.get(source, {}) for k in in_group)]
+            masks[f"{source}/{group}.present"] = _group_presence(
+                source, group, tids, rows if rows is not None and group == "image" else None)
+    return merge_variables(variables, masks)  # exactly as the offline run_dataset merges
 
 
 def _is_scalar(value: Any) -> bool:

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from ..files.layout import detector_kind_of_device, group_detector_sources
+from ..detectors.kinds import detector_kind_of_device, group_detector_sources
 from .protocol import ENCODE_VERSIONS, ProtocolError, encode, make_metadata
 from .sockets import Throttle, limit_frames, recv_message
 

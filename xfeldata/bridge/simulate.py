@@ -23,13 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from ..files.layout import DETECTORS, DetectorKind
+from ..detectors.kinds import DETECTORS, DetectorKind
 from ..testing import synthetic
 from .protocol import make_metadata
 
 __all__ = ["DETECTOR_ALIASES", "Simulator"]
 
-#: Short detector names accepted by :class:`Simulator` -> kinds in ``layout.DETECTORS``.
+#: Short detector names accepted by :class:`Simulator` -> kinds in ``detectors.DETECTORS``.
 DETECTOR_ALIASES = {"AGIPD": "AGIPD1M", "LPD": "LPD1M", "DSSC": "DSSC1M"}
 #: First train ID of simulated streams (a realistic 10-digit ID).
 FIRST_TRAIN_ID = 1_000_000_000
@@ -69,7 +69,7 @@ class Simulator:
     ----------
     detector
         ``"AGIPD"``, ``"AGIPD500K"``, ``"LPD"``, ``"DSSC"`` or ``"JUNGFRAU"``
-        (or a kind name from ``layout.DETECTORS``).
+        (or a kind name from ``detectors.DETECTORS``).
     raw
         Raw data (uint16) if true, else corrected (float32 with mask and gain).
     modules

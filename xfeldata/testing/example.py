@@ -55,7 +55,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..files.layout import DETECTORS, FORMAT_VERSIONS, DetectorKind, file_name, parse_file_name
+from ..detectors.kinds import DETECTORS, DetectorKind
+from ..files.layout import FORMAT_VERSIONS, file_name, parse_file_name
 from ..files.writer import FileWriter, Key, Storage, pixel_storage
 from . import synthetic as syn
 

@@ -34,7 +34,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..files.layout import DETECTORS, DetectorKind
+from ..detectors.kinds import DETECTORS, DetectorKind
 
 __all__ = [
     "CAMERA_SOURCE", "CONTROL_SOURCES", "DIGITISER_SOURCE", "EMPTY_SOURCES",
@@ -364,7 +364,7 @@ def detector_module_train(kind: str, module: int, train_id: int, n_frames: int, 
     Parameters
     ----------
     kind
-        A detector kind from :data:`xfeldata.files.layout.DETECTORS`.
+        A detector kind from :data:`xfeldata.detectors.kinds.DETECTORS`.
     module
         Module number (as in source names; JUNGFRAU counts from 1).
     train_id, n_frames

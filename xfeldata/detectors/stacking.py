@@ -3,7 +3,7 @@
 Modules are stacked on a ``module`` dimension over the union of their trains
 (or the intersection) and the union of their pulse IDs.  Cells a module does
 not have (missing trains, fewer frames) hold the fill value, and ``present``
-says which module has data in which train.
+``(trainId, pulseId, module)`` says which frames were recorded.
 
 Examples
 --------
@@ -26,48 +26,18 @@ from dask.base import tokenize
 from xarray.backends import BackendArray
 from xarray.core import indexing
 
-from . import schema
-from .arrays import BlockGrid, BlockRead, blocks_array, padded_blocks, positions_within, read_rows
-from .errors import PropertyNameError
-from .files.layout import DETECTORS, DetectorKind, detector_kind_of_device, group_detector_sources
-from .run import RunSelection, TrainMap
+from .. import schema
+from ..arrays import BlockGrid, BlockRead, blocks_array, padded_blocks, positions_within, read_rows
+from ..errors import PropertyNameError
+from ..run import RunSelection, TrainMap
+from .kinds import DetectorKind, detector_kind_of_device, generic_kind, group_detector_sources
+from .plan import kept_trains, plan_frames
 
 #: Size one module's dask chunk aims at.  Selecting after building reads only the
 #: selected rows (dask folds the selection into the read tasks), so chunks can be
 #: as large as whole-run reductions like; a train of 352 AGIPD frames (88 MiB a
 #: module) is one chunk.
 MODULE_CHUNK_BYTES = 128 * 2**20
-
-
-@dataclass(frozen=True)
-class _PulseSelector:
-    by: str
-    value: Any
-
-
-class _SelectorFactory:
-    """Pulse selection for ``detector(pulses=...)``.
-
-    ``by_id[...]`` selects by pulse ID, with label slices that include both ends
-    (like ``run.sel``): ``by_id[0:10]`` is pulse IDs 0 to 10. ``by_index[...]``
-    selects by position within the train, with Python slices: ``by_index[0:3]``
-    is the first three frames. A plain list, array or slice means pulse IDs.
-    """
-
-    def __init__(self, by: str):
-        self.by = by
-
-    def __repr__(self) -> str:
-        return f"xfeldata.by_{self.by}"
-
-    def __getitem__(self, value: Any) -> _PulseSelector:
-        return _PulseSelector(self.by, value)
-
-
-#: Select pulses by pulse ID: ``pulses=by_id[0:100:2]`` (slices are inclusive of labels).
-by_id = _SelectorFactory("id")
-#: Select pulses by position within the train: ``pulses=by_index[:10]``.
-by_index = _SelectorFactory("index")
 
 
 def detector_sources(run: RunSelection) -> dict[str, dict[int, str]]:
@@ -112,20 +82,22 @@ def stacked_modules(device: str, kind: DetectorKind | None, sources: dict[int, s
                     ) -> tuple[list[int], dict[int, str]]:
     """The module numbers to stack and the sources of those present.
 
-    All modules of the detector kind by default (missing ones are filled), or
-    the ``modules`` asked for.
+    The modules found (those with a source in the selection) by default, as
+    EXtra-data's components stack them, or the ``modules`` asked for (modules
+    of the kind without a source are filled, with ``present`` False).
 
     Raises
     ------
     KeyError
         For module numbers the detector does not have, or none present.
     """
-    all_modules = list(kind.modules) if kind else sorted(sources)
+    all_modules = sorted(sources)
     if modules is not None:
-        unknown = sorted(set(modules) - set(all_modules) - set(sources))
+        known = set(kind.modules) if kind else set()
+        unknown = sorted(set(modules) - known - set(sources))
         if unknown:
             raise KeyError(f"modules {unknown} are not modules of {device} ({kind.name if kind else ''})")
-        all_modules = sorted(modules)
+        all_modules = sorted(set(modules))
     present_sources = {m: s for m, s in sources.items() if m in all_modules}
     if not present_sources:
         raise KeyError(f"none of modules {all_modules} of {device} is in {where}")
@@ -133,35 +105,8 @@ def stacked_modules(device: str, kind: DetectorKind | None, sources: dict[int, s
 
 
 def detector_kind(device: str, modules: Sequence[int]) -> DetectorKind | None:
-    """The kind of a detector from its device name (AGIPD-500K told apart by its name)."""
-    kind = detector_kind_of_device(device)
-    if kind is not None and kind.name == "AGIPD1M" and max(modules) < 8 and "500K" in device.upper():
-        return DETECTORS["AGIPD500K"]
-    return kind
-
-
-def _select_pulses(pulse_ids: np.ndarray, positions: np.ndarray, pulses: Any) -> np.ndarray:
-    """Boolean per row: is the row's pulse selected."""
-    if pulses is None:
-        return np.ones(len(pulse_ids), bool)
-    sel = pulses if isinstance(pulses, _PulseSelector) else _PulseSelector("id", pulses)
-    values = pulse_ids if sel.by == "id" else positions
-    v = sel.value
-    if isinstance(v, slice):
-        if sel.by == "index":
-            top = int(positions.max(initial=-1)) + 1
-            return np.isin(positions, np.arange(top)[v])
-        keep = np.ones(len(values), bool)
-        if v.start is not None:
-            keep &= values >= v.start
-        if v.stop is not None:
-            keep &= values <= v.stop
-        if v.step:
-            keep &= (values - (v.start or 0)) % v.step == 0
-        return keep
-    if isinstance(v, int | np.integer):
-        return values == v
-    return np.isin(values, np.asarray(list(v) if not isinstance(v, np.ndarray) else v))
+    """The kind of a detector from its device name (see :func:`~.kinds.detector_kind_of_device`)."""
+    return detector_kind_of_device(device)
 
 
 @dataclass
@@ -199,40 +144,6 @@ def _module_rows(run: RunSelection, source: str, group: str, train_ids: np.ndarr
     return _ModuleRows(source, counts, pulse_ids, positions, changes)
 
 
-def _repeats_within_trains(counts: np.ndarray, pulse_ids: np.ndarray) -> bool:
-    """True if a pulse ID appears twice among the rows of one train.
-
-    >>> _repeats_within_trains(np.array([2, 2]), np.array([0, 1, 1, 2]))
-    False
-    >>> _repeats_within_trains(np.array([3]), np.array([0, 1, 0]))
-    True
-    >>> _repeats_within_trains(np.array([2, 0, 0, 0, 1]), np.array([0, 2**62 - 1, 0]))
-    False
-    """
-    if len(pulse_ids) < 2:
-        return False
-    train = np.repeat(np.arange(len(counts)), counts)
-    order = np.lexsort((pulse_ids, train))
-    p, t = pulse_ids[order], train[order]
-    return bool(((p[1:] == p[:-1]) & (t[1:] == t[:-1])).any())
-
-
-def _parallel_gain_stages(rows: _ModuleRows, stages: int = 3) -> np.ndarray | None:
-    """Gain stage per row if every train stores its pulses ``stages`` times in sequence."""
-    stage = np.zeros(len(rows.pulse_ids), np.int64)
-    start = 0
-    for n in rows.counts.tolist():
-        if n:
-            if n % stages:
-                return None
-            ids = rows.pulse_ids[start:start + n].reshape(stages, -1)
-            if not (ids == ids[0]).all():
-                return None
-            stage[start:start + n] = np.repeat(np.arange(stages), n // stages)
-        start += n
-    return stage
-
-
 def detector_dataset(
     run: RunSelection, name: str | None = None, *, modules: Sequence[int] | None = None,
     fill_value: Any = None, require_all_modules: bool = False, pulses: Any = None,
@@ -249,11 +160,13 @@ def detector_dataset(
         The detector's device name (``"SPB_DET_AGIPD1M-1"``), a glob, or a part of
         it (``"AGIPD"``); None picks the only detector.
     modules
-        Module numbers to stack (default: all of the detector kind).
+        Module numbers to stack (default: the modules found in the selection);
+        modules of the kind that are not found are filled, ``present`` False.
     fill_value
         Value of missing cells (default NaN for floats, 0 for integers).
     require_all_modules
-        Keep only trains where every stacked module that has any data has data.
+        Keep only trains where every stacked module that has any data in the
+        selection has data (a module absent from the whole selection does not count).
     pulses
         Pulses to read: pulse IDs (list, array or inclusive slice), ``by_id[...]``
         or ``by_index[...]`` (positions within the train). Applied before reading.
@@ -274,7 +187,9 @@ def detector_dataset(
     xarray.Dataset
         ``image.data`` (and ``image.mask``, ``image.gain``) with dims
         ``(trainId, pulseId, module, [gain,] slow_scan, fast_scan)`` (JUNGFRAU:
-        ``cell`` instead of ``pulseId``), ``present (trainId, module)``, and
+        ``cell`` instead of ``pulseId``), ``present (trainId, pulseId, module)``
+        (True exactly where that frame was recorded; a module's presence in a
+        train is ``present.any("pulseId")``), and
         ``cellId`` where recorded.
 
     Raises
@@ -285,10 +200,9 @@ def detector_dataset(
         If the modules' data differ in dtype or shape.
     """
     device, sources = choose_detector(detector_sources(run), name)
-    kind = detector_kind(device, list(sources))
-    xtdf = kind.xtdf if kind else "image" in run.index_groups(next(iter(sources.values())))
-    group = "image" if xtdf else "data"
-    data_key = "image.data" if xtdf else "data.adc"
+    kind = detector_kind(device, list(sources)) or generic_kind(
+        device, "image" in run.index_groups(next(iter(sources.values()))))
+    xtdf, group, data_key = kind.row_per_frame, kind.index_group, kind.data_key
     all_modules, present_sources = stacked_modules(device, kind, sources, modules)
 
     # Variables and their consistency across modules
@@ -298,7 +212,7 @@ def detector_dataset(
         unknown = [k for k in keys if k not in module_keys]
         if unknown:
             raise PropertyNameError(unknown[0], first_source, module_keys)
-    candidates = keys or [data_key, f"{group}.mask", f"{group}.gain"]
+    candidates = keys or kind.pixel_keys
     var_keys = [k for k in candidates if k in module_keys]
     if not var_keys:
         raise PropertyNameError(data_key, first_source, module_keys)
@@ -314,41 +228,20 @@ def detector_dataset(
 
     # Common train axis
     counts = {m: run.data_counts(s, group) for m, s in present_sources.items()}
-    has = np.stack([counts[m] > 0 for m in present_sources])
-    keep = has.all(axis=0) if require_all_modules else has.any(axis=0)
-    train_ids = run.train_ids[keep]
+    train_ids = run.train_ids[kept_trains(np.stack([counts[m] > 0 for m in present_sources]),
+                                          require_all_modules)]
 
     pulse_rows = _read_pulse_ids(run, present_sources, group) if xtdf else {}
     rows = {m: _module_rows(run, s, group, train_ids, pulse_rows.get(m))
             for m, s in present_sources.items()}
-    if xtdf:
-        selected = {m: _select_pulses(r.pulse_ids, r.positions, pulses) for m, r in rows.items()}
-    else:  # one row per train; memory cells are selected after stacking
-        selected = {m: np.ones(len(r.positions), bool) for m, r in rows.items()}
-    stages = None
-    if kind is not None and kind.name == "LPD1M":
-        per_module_stages = {m: _parallel_gain_stages(r) for m, r in rows.items()}
-        if all(s is not None for s in per_module_stages.values()) and any(
-                (r.counts > 0).any() for r in rows.values()):
-            stages = per_module_stages
-            if all((s == 0).all() for s in stages.values()):
-                stages = None  # each train's pulses stored once: not parallel gain
-    if stages is None and xtdf:
-        for r in rows.values():
-            if _repeats_within_trains(r.counts, r.pulse_ids):
-                raise ValueError(f"{r.source}: a pulse ID repeats within a train; "
-                                 "cannot label frames by pulse ID")
-    if xtdf:  # frames go to slots by pulse ID
-        all_ids = [r.pulse_ids[selected[m]] for m, r in rows.items()]
-        pulse_coord = np.unique(np.concatenate(all_ids)) if all_ids else np.zeros(0, np.int64)
-        slots = {m: np.searchsorted(pulse_coord, r.pulse_ids) for m, r in rows.items()}
-    else:  # one row per train holding every memory cell: one slot, even with no trains
-        pulse_coord = np.zeros(1, np.int64)
-        slots = {m: np.zeros(len(r.positions), np.int64) for m, r in rows.items()}
-    n_slots = len(pulse_coord)
+    first_info = infos[data_key] if data_key in infos else next(iter(infos.values()))
+    n_cells = 1 if xtdf else first_info.entry_shape[0]
+    plan = plan_frames(kind, all_modules, {m: r.counts for m, r in rows.items()},
+                       {m: r.pulse_ids for m, r in rows.items()}, pulses, n_cells, present_sources)
+    selected, slots, stages = plan.selected, plan.slots, plan.stages
+    n_slots = plan.n_slots
 
     boundaries = np.unique(np.concatenate([r.file_changes for r in rows.values()]))
-    first_info = infos[data_key] if data_key in infos else next(iter(infos.values()))
     frame_bytes = max(1, int(np.prod(first_info.entry_shape)) * first_info.dtype.itemsize)
     trains_per_block = max(1, int(target_bytes // max(1, frame_bytes * max(n_slots, 1))))
 
@@ -367,14 +260,12 @@ def detector_dataset(
         module's block, so slicing the array later reads only the selected rows."""
         info = infos[key]
         fill = schema.detector_fill_value(key, info.dtype, fill_value)
-        if xtdf:  # (train, pulse, module, [stage,] *pixels): a frame per row
-            entry = info.entry_shape[1:] if len(info.entry_shape) == 3 and info.entry_shape[0] == 1 \
-                else info.entry_shape
-            slots_here = n_slots
-        else:  # (train, cell, module, *pixels): a row per train holding every cell
-            entry, slots_here = info.entry_shape[1:], info.entry_shape[0]
+        entry = kind.stacked_entry(info.entry_shape)
+        # (train, pulse, module, [stage,] *pixels): a frame per row, or
+        # (train, cell, module, *pixels): a row per train holding every cell
+        slots_here = n_slots if xtdf else info.entry_shape[0]
         per_part = {(j, g): module_blocks(m, key, g if stages else None, fill)
-                    for j, m in enumerate(all_modules) for g in range(3 if stages else 1)}
+                    for j, m in enumerate(all_modules) for g in range(plan.n_stages)}
         arr = stack_module_blocks(per_part, slots_here, entry, not xtdf, fill, info.dtype,
                                   f"{device} {key}", as_dask=dask)
         pixel = schema.detector_pixel_dims(entry)
@@ -387,34 +278,24 @@ def detector_dataset(
         var = schema.DETECTOR_VARIABLES.get(key, key)
         variables[var], pixel_dims[var] = stacked(key)
 
-    if not xtdf:  # JUNGFRAU: the pulse-like axis is the memory cell, selected at the end
-        pulse_coord = np.arange(first_info.entry_shape[0])
-
-    present = np.zeros((len(train_ids), len(all_modules)), bool)
-    for i, m in enumerate(all_modules):
-        if m in rows:
-            present[:, i] = rows[m].counts > 0
-
     cell_ids = None
-    cell_key = f"{group}.cellId" if xtdf else "data.memoryCell"
+    cell_key = kind.cell_key
     if cell_key in module_keys:
         cell_ids = _cell_ids(run, present_sources, all_modules, cell_key, train_ids, n_slots, slots,
                              selected, xtdf, stages, boundaries, dask)
 
-    pulse_dim = schema.PULSE_DIM if xtdf else schema.CELL_DIM
+    pulse_dim = kind.pulse_dim
     attrs = {
-        "detector": device, "kind": kind.name if kind else "unknown",
+        "detector": device, "kind": kind.name,
         "fill_value": schema.fill_value_for(first_info.dtype, fill_value),
-        "frames_per_pulse": 3 if stages else 1,
+        "frames_per_pulse": plan.n_stages,
     }
     ds = schema.detector_dataset(
-        variables, train_ids=train_ids, pulse_ids=pulse_coord, modules=all_modules, present=present,
-        pixel_dims=pixel_dims, cell_ids=cell_ids, pulse_dim=pulse_dim, attrs=attrs,
+        variables, train_ids=train_ids, pulse_ids=plan.pulse_coord, modules=all_modules,
+        present=plan.present, pixel_dims=pixel_dims, cell_ids=cell_ids, pulse_dim=pulse_dim, attrs=attrs,
     )
-    if not xtdf:
-        cell_keep = _select_pulses(pulse_coord, pulse_coord, pulses)
-        if not cell_keep.all():
-            ds = ds.isel({schema.CELL_DIM: np.flatnonzero(cell_keep)})
+    if plan.cells_selected is not None and not plan.cells_selected.all():
+        ds = ds.isel({pulse_dim: np.flatnonzero(plan.cells_selected)})
     return ds
 
 

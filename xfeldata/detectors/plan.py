@@ -1,0 +1,242 @@
+"""The stacking plan of a multi-module detector, from per-module facts only.
+
+Files (:mod:`xfeldata.detectors.stacking`) and streams
+(:mod:`xfeldata.bridge.live`) gather the same facts, each in its own way:
+which module has data in which train, and, per module, the number of rows in
+each kept train and the pulse ID of every row.  This module turns them into
+the one layout both stack by: the train axis, the pulse axis, the slot, gain
+stage and selection of every row, and the frame-level ``present`` mask.
+
+Examples
+--------
+>>> from xfeldata.detectors import DETECTORS
+>>> plan = plan_frames(DETECTORS["AGIPD1M"], [0, 1], {0: np.array([2, 1]), 1: np.array([0, 2])},
+...                    {0: np.array([4, 6, 4]), 1: np.array([4, 6])})
+>>> plan.pulse_coord.tolist(), plan.present[:, :, 1].tolist()
+([4, 6], [[False, False], [True, True]])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..arrays import positions_within
+from .kinds import DetectorKind
+
+
+@dataclass(frozen=True)
+class _PulseSelector:
+    by: str
+    value: Any
+
+
+class _SelectorFactory:
+    """Pulse selection for ``detector(pulses=...)``.
+
+    ``by_id[...]`` selects by pulse ID, with label slices that include both ends
+    (like ``run.sel``): ``by_id[0:10]`` is pulse IDs 0 to 10. ``by_index[...]``
+    selects by position within the train, with Python slices: ``by_index[0:3]``
+    is the first three frames. A plain list, array or slice means pulse IDs.
+    """
+
+    def __init__(self, by: str):
+        self.by = by
+
+    def __repr__(self) -> str:
+        return f"xfeldata.by_{self.by}"
+
+    def __getitem__(self, value: Any) -> _PulseSelector:
+        return _PulseSelector(self.by, value)
+
+
+#: Select pulses by pulse ID: ``pulses=by_id[0:100:2]`` (slices are inclusive of labels).
+by_id = _SelectorFactory("id")
+#: Select pulses by position within the train: ``pulses=by_index[:10]``.
+by_index = _SelectorFactory("index")
+
+
+def select_pulses(pulse_ids: np.ndarray, positions: np.ndarray, pulses: Any) -> np.ndarray:
+    """Boolean per row: is the row's pulse selected (``pulses`` as in :func:`detector_dataset`).
+
+    >>> select_pulses(np.array([4, 6, 8]), np.arange(3), by_index[1:]).tolist()
+    [False, True, True]
+    >>> select_pulses(np.array([4, 6, 8]), np.arange(3), by_id[4:6]).tolist()
+    [True, True, False]
+    """
+    if pulses is None:
+        return np.ones(len(pulse_ids), bool)
+    sel = pulses if isinstance(pulses, _PulseSelector) else _PulseSelector("id", pulses)
+    values = pulse_ids if sel.by == "id" else positions
+    v = sel.value
+    if isinstance(v, slice):
+        if sel.by == "index":
+            top = int(positions.max(initial=-1)) + 1
+            return np.isin(positions, np.arange(top)[v])
+        keep = np.ones(len(values), bool)
+        if v.start is not None:
+            keep &= values >= v.start
+        if v.stop is not None:
+            keep &= values <= v.stop
+        if v.step:
+            keep &= (values - (v.start or 0)) % v.step == 0
+        return keep
+    if isinstance(v, int | np.integer):
+        return values == v
+    return np.isin(values, np.asarray(list(v) if not isinstance(v, np.ndarray) else v))
+
+
+def kept_trains(has: np.ndarray, require_all_modules: bool = False) -> np.ndarray:
+    """Which candidate trains the detector's train axis keeps.
+
+    ``has`` is boolean ``(module, train)``: the module has data in the train.
+    A train is kept where any module has data or, with ``require_all_modules``,
+    where every module that has data somewhere in the candidates has data (a
+    module absent from the whole selection does not count).
+
+    >>> kept_trains(np.array([[1, 1, 0], [0, 0, 0], [1, 0, 0]], bool), True).tolist()
+    [True, False, False]
+    """
+    has = np.asarray(has, bool)
+    keep = has.any(axis=0)
+    if require_all_modules:
+        keep &= has[has.any(axis=1)].all(axis=0)
+    return keep
+
+
+@dataclass
+class FramePlan:
+    """Where every row of every module goes in the stacked arrays.
+
+    Attributes
+    ----------
+    pulse_coord
+        The pulse-like axis: sorted selected pulse IDs (a row per frame), or
+        the memory cells (a row per train).
+    n_slots
+        Slots a row is placed into: ``len(pulse_coord)``, or 1 when a row holds
+        every memory cell of a train.
+    selected, slots
+        Per module: is each row selected, and its slot.
+    stages
+        Per module, the gain stage of each row (LPD parallel gain), else None.
+    n_stages
+        Gain stages stacked (1 unless ``stages``).
+    present
+        Boolean ``(train, pulse_coord, module)``: True exactly where a frame was recorded.
+    cells_selected
+        A row per train: which memory cells the pulse selection keeps (select
+        them after stacking); None for a row per frame.
+    """
+
+    pulse_coord: np.ndarray
+    n_slots: int
+    selected: dict[int, np.ndarray]
+    slots: dict[int, np.ndarray]
+    stages: dict[int, np.ndarray] | None
+    n_stages: int
+    present: np.ndarray
+    cells_selected: np.ndarray | None
+
+
+def _parallel_gain_stages(counts: np.ndarray, pulse_ids: np.ndarray, stages: int) -> np.ndarray | None:
+    """Gain stage per row if every train stores its pulses ``stages`` times in sequence."""
+    stage = np.zeros(len(pulse_ids), np.int64)
+    start = 0
+    for n in counts.tolist():
+        if n:
+            if n % stages:
+                return None
+            ids = pulse_ids[start:start + n].reshape(stages, -1)
+            if not (ids == ids[0]).all():
+                return None
+            stage[start:start + n] = np.repeat(np.arange(stages), n // stages)
+        start += n
+    return stage
+
+
+def repeats_within_trains(counts: np.ndarray, pulse_ids: np.ndarray) -> bool:
+    """True if a pulse ID appears twice among the rows of one train.
+
+    >>> repeats_within_trains(np.array([2, 2]), np.array([0, 1, 1, 2]))
+    False
+    >>> repeats_within_trains(np.array([3]), np.array([0, 1, 0]))
+    True
+    >>> repeats_within_trains(np.array([2, 0, 0, 0, 1]), np.array([0, 2**62 - 1, 0]))
+    False
+    """
+    if len(pulse_ids) < 2:
+        return False
+    train = np.repeat(np.arange(len(counts)), counts)
+    order = np.lexsort((pulse_ids, train))
+    p, t = pulse_ids[order], train[order]
+    return bool(((p[1:] == p[:-1]) & (t[1:] == t[:-1])).any())
+
+
+def plan_frames(kind: DetectorKind, modules: Sequence[int], counts: Mapping[int, np.ndarray],
+                pulse_ids: Mapping[int, np.ndarray], pulses: Any = None, n_cells: int = 1,
+                sources: Mapping[int, str] | None = None) -> FramePlan:
+    """The plan of the rows of the modules found, on the kept train axis.
+
+    Parameters
+    ----------
+    kind
+        The detector kind (row per frame or per train, gain stages).
+    modules
+        Every stacked module number, in order (those without data included).
+    counts
+        Per module with data: rows in each kept train.
+    pulse_ids
+        Per module with data: the pulse ID of every row (a row per frame; ignored
+        for a row per train).
+    pulses
+        The pulse selection of ``detector(pulses=...)``.
+    n_cells
+        Memory cells in a row (a row per train).
+    sources
+        Module sources, for error messages.
+
+    Raises
+    ------
+    ValueError
+        If a pulse ID repeats within a train (outside LPD's parallel gain).
+    """
+    n_trains = len(next(iter(counts.values()))) if counts else 0
+    positions = {m: positions_within(c) for m, c in counts.items()}
+    if not kind.row_per_frame:  # one row per train holding every cell; cells selected later
+        pulse_coord = np.arange(n_cells)
+        present = np.zeros((n_trains, n_cells, len(modules)), bool)
+        for j, m in enumerate(modules):
+            if m in counts:
+                present[np.asarray(counts[m]) > 0, :, j] = True
+        return FramePlan(pulse_coord, 1, {m: np.ones(len(p), bool) for m, p in positions.items()},
+                         {m: np.zeros(len(p), np.int64) for m, p in positions.items()}, None, 1,
+                         present, select_pulses(pulse_coord, pulse_coord, pulses))
+
+    ids = {m: np.asarray(pulse_ids[m], np.int64) for m in counts}
+    selected = {m: select_pulses(ids[m], positions[m], pulses) for m in counts}
+    stages = None
+    if kind.gain_stages > 1:
+        found = {m: _parallel_gain_stages(counts[m], ids[m], kind.gain_stages) for m in counts}
+        if all(s is not None for s in found.values()) and any(c.any() for c in counts.values()) \
+                and not all((s == 0).all() for s in found.values()):
+            stages = found  # (all zero: each train's pulses stored once, not parallel gain)
+    if stages is None:
+        for m in counts:
+            if repeats_within_trains(counts[m], ids[m]):
+                what = sources[m] if sources else f"module {m}"
+                raise ValueError(f"{what}: a pulse ID repeats within a train; "
+                                 "cannot label frames by pulse ID")
+    chosen = [ids[m][selected[m]] for m in counts]
+    pulse_coord = np.unique(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+    slots = {m: np.searchsorted(pulse_coord, ids[m]) for m in counts}
+    present = np.zeros((n_trains, len(pulse_coord), len(modules)), bool)
+    for j, m in enumerate(modules):
+        if m in counts:
+            row_train = np.repeat(np.arange(n_trains), counts[m])
+            present[row_train[selected[m]], slots[m][selected[m]], j] = True
+    return FramePlan(pulse_coord, len(pulse_coord), selected, slots, stages,
+                     kind.gain_stages if stages else 1, present, None)
