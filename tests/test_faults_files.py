@@ -24,10 +24,10 @@ from hypothesis import strategies as st
 
 import xfeldata as xd
 from xfeldata.arrays import read_rows
+from xfeldata.detectors.kinds import DETECTORS
 from xfeldata.errors import DataIndexError, DataReadError, FileChangedError, FileFormatError
 from xfeldata.files.cache import RUN_DIR_CACHE
 from xfeldata.files.handles import handles
-from xfeldata.files.layout import DETECTORS
 from xfeldata.testing import synthetic as syn
 from xfeldata.validate import validate_run
 
