@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from functools import partial
 from typing import TextIO
 
+from . import __version__
 from .bridge.cli import (
     DETECTOR_CHOICES,
     add_commands,
@@ -145,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xfeldata",
         description="European XFEL runs and Karabo bridge streams as labelled arrays.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("info", help="summarise a run directory or file")
@@ -166,26 +168,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory", help="where to write the run (created if needed)")
     p.add_argument("--detector", default="AGIPD1M", choices=[*DETECTOR_CHOICES, "none"],
                    type=_detector_or_none,
-                   help="detector kind, any case (AGIPD, LPD and DSSC stand for the 1M ones)")
+                   help="detector kind, any case (AGIPD, LPD and DSSC stand for the 1M ones; "
+                        "default AGIPD1M)")
     p.add_argument("--corrected", action="store_true", help="corrected (CORR) detector data")
     p.add_argument("--legacy-names", action="store_true",
                    help="corrected data under the old .../DET/nCH0:xtdf names only")
-    p.add_argument("--modules", type=module_list, default=None, help="e.g. 0-3,8")
-    p.add_argument("--trains", type=positive_int, default=20)
+    p.add_argument("--modules", type=module_list, default=None,
+                   help="e.g. 0-3,8 (default: all modules of the detector)")
+    p.add_argument("--trains", type=positive_int, default=20, help="trains in the run (default 20)")
     p.add_argument("--frames", type=positive_int, default=16,
-                   help="frames (memory cells) per train")
+                   help="frames (memory cells) per train (default 16)")
     p.add_argument("--sequences", type=positive_int, default=1,
-                   help="sequence files per aggregator")
-    p.add_argument("--format", default="1.3", choices=FORMAT_VERSIONS)
+                   help="sequence files per aggregator (default 1)")
+    p.add_argument("--format", default="1.3", choices=FORMAT_VERSIONS,
+                   help="file format version (default 1.3)")
     p.add_argument("--old-index", action="store_true", help="first/last/status index (0.5)")
-    p.add_argument("--compression", default="none", choices=["none", "gzip"])
+    p.add_argument("--compression", default="none", choices=["none", "gzip"],
+                   help="compression of detector data (default none)")
     p.add_argument("--no-slow", action="store_true", help="no slow or instrument sources")
-    p.add_argument("--first-train", type=positive_int, default=10000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--first-train", type=positive_int, default=10000,
+                   help="first train ID (default 10000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random data (default 0)")
     p.add_argument("--irregular", action="store_true",
                    help="missing modules, varying frames, zero padding, suspect train, empty source")
-    p.add_argument("--proposal", type=int, default=700000)
-    p.add_argument("--run", type=int, default=1)
+    p.add_argument("--proposal", type=int, default=700000,
+                   help="proposal number in the metadata (default 700000)")
+    p.add_argument("--run", type=int, default=1,
+                   help="run number in the metadata and file names (default 1)")
     p.set_defaults(func=_cmd_make_example, check=partial(_check_make_example, p))
 
     p = sub.add_parser("demo", help="write a synthetic run, open it, summarise it and read it")

@@ -169,15 +169,17 @@ def _add_server_options(p: argparse.ArgumentParser, rate: float | None) -> None:
     p.add_argument("--port", type=_port, default=4545, help="TCP port (default 4545; 0 = any free)")
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to bind (default 127.0.0.1; '*' for every interface)")
-    p.add_argument("--sock", default="REP", choices=_SERVER_SOCKS, type=str.upper)
-    p.add_argument("--protocol", default="2.2", choices=("1.0", "2.2"))
+    p.add_argument("--sock", default="REP", choices=_SERVER_SOCKS, type=str.upper,
+                   help="ZeroMQ socket type (default REP: one train per client request)")
+    p.add_argument("--protocol", default="2.2", choices=("1.0", "2.2"),
+                   help="Karabo bridge protocol version (default 2.2)")
     p.add_argument("--policy", default="wait", choices=POLICIES,
                    help="when clients are slower than the source (default: wait)")
-    p.add_argument("--maxlen", type=positive_int, default=10, help="trains queued by queue/drop/raise")
+    p.add_argument("--maxlen", type=positive_int, default=10, help="trains queued by queue/drop/raise (default 10)")
     p.add_argument("--rate", type=non_negative_float, default=rate,
                    help=f"trains per second at most (default {rate or 'no limit'}; 0 = no limit)")
     p.add_argument("--ntrains", type=positive_int, default=None,
-                   help="stop after this many trains")
+                   help="stop after this many trains (default: no limit)")
     p.add_argument("--stack-detector", action="store_true",
                    help="send detector modules as one stacked <device>/CAL/APPEND source")
 
@@ -359,13 +361,14 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run", help="run directory or file")
     _add_server_options(p, rate=None)
     p.add_argument("--loop", action="store_true", help="start again at the end of the run")
-    p.add_argument("--source", default=None, metavar="GLOB", help="sources to send (glob)")
-    p.add_argument("--key", default=None, metavar="GLOB", help="keys to send (glob)")
+    p.add_argument("--source", default=None, metavar="GLOB", help="sources to send (glob; default: all)")
+    p.add_argument("--key", default=None, metavar="GLOB", help="keys to send (glob; default: all)")
     p.set_defaults(func=_cmd_serve)
 
     p = subparsers.add_parser("simulate", help="stream simulated detector trains")
     p.add_argument("--detector", default="AGIPD1M", choices=DETECTOR_CHOICES, type=detector_name,
-                   help="detector kind, any case (AGIPD, LPD and DSSC stand for the 1M ones)")
+                   help="detector kind, any case (AGIPD, LPD and DSSC stand for the 1M ones; "
+                        "default AGIPD1M)")
     _add_server_options(p, rate=10.0)
     raw = p.add_mutually_exclusive_group()
     raw.add_argument("--raw", dest="raw", action="store_true", default=True,
@@ -374,14 +377,15 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=positive_int, default=None,
                    help="frames per train (default 64; JUNGFRAU memory cells, default 16)")
     p.add_argument("--modules", type=module_list, default=None, help="e.g. 0-3,8 (default: all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random data (default 0)")
     p.set_defaults(func=_cmd_simulate, check=partial(_check_simulate, p))
 
     p = subparsers.add_parser("monitor", help="show what a Karabo bridge endpoint sends")
     p.add_argument("endpoint", type=endpoint_arg, help="e.g. tcp://127.0.0.1:4545")
-    p.add_argument("--sock", default="REQ", choices=_CLIENT_SOCKS, type=str.upper)
+    p.add_argument("--sock", default="REQ", choices=_CLIENT_SOCKS, type=str.upper,
+                   help="ZeroMQ socket type (default REQ, for a REP server)")
     p.add_argument("--ntrains", type=positive_int, default=None,
-                   help="stop after this many trains")
+                   help="stop after this many trains (default: no limit)")
     p.add_argument("--timeout", type=positive_float, default=None,
-                   help="exit with code 1 after this many seconds without data")
+                   help="exit with code 1 after this many seconds without data (default: wait forever)")
     p.set_defaults(func=_cmd_monitor)
