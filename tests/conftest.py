@@ -126,6 +126,8 @@ EXTRA_DATA_RUNS = {
     "lpd_missed_train": ("make_lpd_run_mini_missed_train", {}),
     "fxe_jungfrau": ("make_fxe_jungfrau_run", {}),
 }
+#: ``INDEX/timestamp`` of train 0 in ``extra_data_runs`` (ns since the epoch: 2020-01-01 UTC).
+EXTRA_DATA_EPOCH_NS = 1_577_836_800 * 10**9
 #: ``extra_data_runs`` fills at most this many elements of each dataset with values.
 EXTRA_DATA_FILLED_ELEMENTS = 2**19
 
@@ -143,12 +145,16 @@ def _fill_with_values(run_dir: Path, max_elements: int) -> None:
     Every numeric dataset under CONTROL, RUN and INSTRUMENT except the train,
     pulse and cell IDs gets values from a generator seeded by its path; datasets
     with more than ``max_elements`` elements get them in their first rows only
-    (at least one row).
+    (at least one row).  ``INDEX/timestamp`` becomes one 10 Hz clock shared by all
+    files (each mock file records its own time of writing).
     """
     skip = {"trainId", "pulseId", "cellId", "memoryCell", "frameNumber"}
 
     for path in sorted(run_dir.glob("*.h5")):
         with h5py.File(path, "r+") as f:
+            if "INDEX/timestamp" in f:  # one clock for all files, 10 Hz, as the facility's files
+                tids = f["INDEX/trainId"][:].astype(np.int64)
+                f["INDEX/timestamp"][:] = np.where(tids > 0, EXTRA_DATA_EPOCH_NS + tids * 100_000_000, 0)
             datasets = [ds for top in ("CONTROL", "RUN", "INSTRUMENT") if top in f
                         for ds in _datasets_below(f[top])]
             for ds in datasets:

@@ -218,3 +218,51 @@ def test_detector_trains_and_module_presence_agree(extra_data_runs, case):
     expected = np.stack([counts[m].reindex(with_data).values > 0 for m in modules], axis=1)
     np.testing.assert_array_equal(_module_present(ds), expected)
 
+
+
+# ----- the classic API: trains() ---------------------------------------------------
+#: run name -> selection passed to both libraries' ``select`` (control, instrument, detector keys)
+TRAINS_SELECTIONS = {
+    "spb": [("SA1_XTD2_XGM/DOOCS/MAIN", "*"), ("SA1_XTD2_XGM/DOOCS/MAIN:output", "*"),
+            ("SPB_DET_AGIPD1M-1/DET/0CH0:xtdf", "image.*")],
+    "reduced_spb": [("SPB_XTD9_XGM/DOOCS/MAIN", "beamPosition.*"), ("SPB_DET_AGIPD1M-1/DET/3CH0:xtdf", "*")],
+    "lpd_missed_train": [("FXE_DET_LPD1M-1/DET/*CH0:xtdf", "image.*")],
+    "fxe_jungfrau": [("FXE_XAD_JF1M/DET/CONTROL", "exposure*"), ("FXE_XAD_JF1M/DET/JNGFR02:daqOutput", "*")],
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRAINS_SELECTIONS))
+@pytest.mark.parametrize("require_all", [False, True])
+def test_trains_dicts_equal_extra_datas(extra_data_runs, name, require_all):
+    """Same trains, sources, key names (``"<key>.value"``, ``"<key>.timestamp"``) and values.
+
+    xfeldata's ``metadata`` holds EXtra-data's ``source`` and ``timestamp.tid`` and,
+    in addition, the train's timestamp; strings come decoded (``str``, not ``bytes``).
+    """
+    path = extra_data_runs[name]
+    selection = TRAINS_SELECTIONS[name]
+    ours = xd.open_run(path).select(selection).trains(train_range=xd.by_index[:4], require_all=require_all)
+    theirs = ed.RunDirectory(str(path)).select(selection).trains(train_range=ed.by_index[:4],
+                                                                 require_all=require_all)
+    ours, theirs = list(ours), list(theirs)
+    assert [tid for tid, _ in ours] == [tid for tid, _ in theirs]
+    assert ours  # the comparison is not vacuous
+    for (tid, our_data), (_, their_data) in zip(ours, theirs, strict=True):
+        assert set(our_data) == set(their_data), tid
+        for source, their_keys in their_data.items():
+            assert set(our_data[source]) == set(their_keys), (tid, source)
+            for key, value in their_keys.items():
+                if key == "metadata":
+                    assert value.items() <= our_data[source]["metadata"].items()
+                elif isinstance(value, bytes):  # xfeldata decodes strings
+                    assert our_data[source][key] == value.decode(), (tid, source, key)
+                else:
+                    np.testing.assert_array_equal(our_data[source][key], value, err_msg=f"{tid} {source} {key}")
+
+
+def test_trains_has_a_length_for_progress_bars(extra_data_runs):
+    run = xd.open_run(extra_data_runs["lpd_missed_train"])
+    assert len(run.trains()) == 5
+    assert len(run.trains(train_range=xd.by_id[10001:10003])) == 3
+    trains = run.select("FXE_DET_LPD1M-1/DET/1CH0:xtdf").trains(require_all=True)
+    assert len(trains) == 4 == len(list(trains))  # module 1 misses train 10002

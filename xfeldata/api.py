@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import xarray as xr
 
@@ -95,13 +96,15 @@ class Run(RunSelection):
         """
         return views.control_frame(self, sources, keys, timestamps)
 
-    def trains(self, devices: Any = None, require_all: bool = False,
-               keep_dims: bool = False) -> Iterator[tuple[int, dict]]:
+    def trains(self, devices: Any = None, train_range: Any = None, *, require_all: bool = False,
+               keep_dims: bool = False, bridge_names: bool = False) -> trains.TrainIterator:
         """Iterate over trains as ``(train_id, {source: {key: value, "metadata": ...}})``.
 
-        The classic per-train API (see :func:`xfeldata.trains.iter_trains`).
+        The classic per-train API, with EXtra-data's names and arguments (see
+        :func:`xfeldata.trains.iter_trains`); ``len(run.trains())`` is the number of trains.
         """
-        return trains.iter_trains(self, devices=devices, require_all=require_all, keep_dims=keep_dims)
+        return trains.iter_trains(self, devices=devices, train_range=train_range, require_all=require_all,
+                                  keep_dims=keep_dims, bridge_names=bridge_names)
 
     def train_from_id(self, train_id: int, devices: Any = None,
                       keep_dims: bool = False) -> tuple[int, dict]:
@@ -112,6 +115,53 @@ class Run(RunSelection):
                          keep_dims: bool = False) -> tuple[int, dict]:
         """One train's data dicts, by position in the selection."""
         return trains.train_from_index(self, index, devices=devices, keep_dims=keep_dims)
+
+    def train_timestamps(self, labelled: bool = False, *,
+                         euxfel_local_time: bool = False) -> np.ndarray | pd.Series:
+        """When each selected train happened, from the files' ``INDEX/timestamp`` (as EXtra-data).
+
+        Parameters
+        ----------
+        labelled
+            False (default): a ``datetime64[ns]`` array (UTC, no time zone attached).
+            True: a pandas Series of time-zone aware timestamps indexed by ``trainId``.
+        euxfel_local_time
+            With ``labelled=True``, in the facility's time zone (Europe/Berlin) instead of UTC.
+
+        Trains without a timestamp (files before format 1.0) are ``NaT``.
+
+        Examples
+        --------
+        >>> run.train_timestamps(labelled=True).diff().median()   # doctest: +SKIP
+        Timedelta('0 days 00:00:00.100000')
+        """
+        ns = self.train_timestamps_ns()
+        stamps = ns.astype("datetime64[ns]")
+        stamps[ns == 0] = np.datetime64("NaT")
+        if not labelled:
+            if euxfel_local_time:
+                raise ValueError("euxfel_local_time needs labelled=True")
+            return stamps
+        series = pd.Series(stamps, index=pd.Index(self.train_ids, name="trainId")).dt.tz_localize("UTC")
+        return series.dt.tz_convert("Europe/Berlin") if euxfel_local_time else series
+
+    def data_counts(self, source: str, group: str | None = None,
+                    labelled: bool = False) -> np.ndarray | pd.Series:
+        """Rows of data per selected train (0 where the source has none).
+
+        ``group`` defaults to the source's first index group (``""`` for control
+        data); ``labelled=True`` gives a pandas Series indexed by ``trainId``
+        (EXtra-data's ``run[source].data_counts()``).
+
+        Examples
+        --------
+        >>> run.data_counts("SPB_DET_AGIPD1M-1/DET/0CH0:xtdf", "image", labelled=True)  # doctest: +SKIP
+        """
+        counts = super().data_counts(source, group)
+        if not labelled:
+            return counts
+        return pd.Series(counts, index=pd.Index(self.train_ids, name="trainId"),
+                         name=self.resolve_source(source))
 
     def info(self, details: bool = False, file=None) -> None:
         """Print a summary: trains, duration, detectors and their modules, sources.

@@ -386,6 +386,33 @@ class RunSelection:
         counts[np.searchsorted(self._train_ids, found.train_ids)] = found.count
         return counts
 
+    def train_timestamps_ns(self) -> np.ndarray:
+        """``INDEX/timestamp`` (ns since the Unix epoch, UTC) of each selected train, 0 where no file records one."""
+        tids = self._train_ids
+        out = np.zeros(len(tids), np.uint64)
+        if not len(tids):
+            return out
+        for fi in self.file_indexes:
+            if fi.timestamps is None:
+                continue
+            ids, ts = fi.train_ids[fi.valid], fi.timestamps[fi.valid]
+            pos = np.minimum(np.searchsorted(tids, ids), len(tids) - 1)
+            hit = (tids[pos] == ids) & (ts != 0)
+            pos, ts = pos[hit], ts[hit]
+            unset = out[pos] == 0
+            out[pos[unset]] = ts[unset]
+        return out
+
+    @property
+    def legacy_sources(self) -> dict[str, str]:
+        """Legacy source names of the selected sources (corrected data's old ``.../DET/<n>CH0:xtdf``) -> current name.
+
+        :attr:`sources` lists the current names only; ``run[legacy, key]`` and
+        :meth:`select` accept either.
+        """
+        return {legacy: current for legacy, current in sorted(self._files.aliases.items())
+                if current in self._selection}
+
     @property
     def metadata(self) -> dict[str, Any]:
         """Run metadata (format version, creation date, proposal, run number, ...)."""
@@ -497,7 +524,7 @@ class RunSelection:
                 available = self.keys(source)
                 picked = set()
                 for glob in globs:
-                    glob = glob[:-6] if glob.endswith(".value") else glob
+                    glob = glob.removesuffix(".value").removesuffix(".timestamp")  # EXtra-data's names
                     hits = [k for k in available if fnmatch.fnmatchcase(k, glob)]
                     if not hits and not _is_glob(glob) and not _is_glob(source_glob):
                         raise PropertyNameError(glob, source, available)
@@ -525,7 +552,7 @@ class RunSelection:
         return wanted
 
     def select(self, selection: SelectionSpec, keys: str = "*",
-               require_all: bool = False) -> RunSelection:
+               require_all: bool = False, require_any: bool = False) -> RunSelection:
         """Select sources and keys.
 
         Parameters
@@ -538,6 +565,8 @@ class RunSelection:
             Key glob used with a source glob.
         require_all
             Keep only the trains where every selected source has data.
+        require_any
+            Keep only the trains where at least one selected source has data.
 
         Examples
         --------
@@ -547,11 +576,12 @@ class RunSelection:
         wanted = self._match(selection, keys)
         new = {s: (None if k is None else frozenset(k)) for s, k in wanted.items()}
         result = self._new(selection=new)
-        if require_all:
-            keep = np.ones(len(result._train_ids), bool)
-            for source in new:
-                for group in result._selected_groups(source):
-                    keep &= result.data_counts(source, group) > 0
+        if require_all and require_any:
+            raise ValueError("select: pass require_all or require_any, not both")
+        if require_all or require_any:
+            has = [result.data_counts(source, group) > 0
+                   for source in new for group in result._selected_groups(source)]
+            keep = np.logical_and.reduce(has) if require_all else np.logical_or.reduce(has)
             result = result._new(train_ids=result._train_ids[keep])
         return result
 

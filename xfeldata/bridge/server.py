@@ -393,7 +393,7 @@ def _filter(data: dict, metadata: dict, sources: str | None, keys: str | None) -
 def _iter_trains(source: Any, sources: str | None, keys: str | None) -> Iterator[tuple[dict, dict]]:
     if _is_run(source):
         run = source.select(sources or "*", keys or "*") if (sources or keys) else source
-        trains = run.trains()
+        trains = run.trains(bridge_names=True)
     else:
         trains = source
     for item in trains:
