@@ -107,3 +107,85 @@ def test_select_require_any_keeps_trains_where_some_source_has_data(extra_data_r
         10000, 10001, 10003, 10004]
     with pytest.raises(ValueError, match="not both"):
         run.select(glob, require_all=True, require_any=True)
+
+
+# ----- aliases -------------------------------------------------------------------
+ALIAS_YAML = """\
+sa1-xgm: SA1_XTD2_XGM/DOOCS/MAIN
+SA1_Intensity: [SA1_XTD2_XGM/DOOCS/MAIN:output, data.intensityTD]
+SPB_XTD9_XGM/DOOCS/MAIN:
+  spb-x: beamPosition.ixPos
+not-in-run: NOT_A/REAL/SOURCE
+"""
+
+
+@pytest.fixture
+def alias_file(tmp_path):
+    path = tmp_path / "aliases.yml"
+    path.write_text(ALIAS_YAML)
+    return path
+
+
+def test_aliases_from_extra_datas_yaml_give_what_extra_data_gives(extra_data_runs, alias_file):
+    path = extra_data_runs["spb"]
+    run = xd.open_run(path).with_aliases(alias_file)
+    ed_run = ed.RunDirectory(str(path)).with_aliases(alias_file)
+    assert sorted(run.alias) == sorted(ed_run._aliases) == ["not-in-run", "sa1-intensity", "sa1-xgm", "spb-x"]
+    # a source alias, with a key
+    ours = run.alias["sa1-xgm", "beamPosition.ixPos"]
+    np.testing.assert_array_equal(ours.values, ed_run.alias["sa1-xgm", "beamPosition.ixPos.value"].ndarray())
+    assert set(run.alias["SA1-XGM"].data_vars) == set(run["SA1_XTD2_XGM/DOOCS/MAIN"].data_vars)  # any spelling
+    # key aliases, in list form and nested under the source
+    np.testing.assert_array_equal(run.alias["sa1_intensity"].values, ed_run.alias["sa1-intensity"].ndarray())
+    np.testing.assert_array_equal(run.alias["spb-x"].values, ed_run.alias["spb-x"].ndarray())
+    assert "spb-x" in run.alias and "nope" not in run.alias
+    with pytest.raises(KeyError, match="no alias 'nope'; aliases: not-in-run, sa1-intensity"):
+        run.alias["nope"]
+    # aliases survive selections, and go with drop_aliases
+    assert "sa1-xgm" in run.isel(trainId=slice(0, 3)).select("SA1*").alias
+    assert len(run.drop_aliases().alias) == 0
+
+
+@pytest.mark.parametrize("suffix", [".json", ".toml"])
+def test_alias_files_in_json_and_toml(tmp_path, extra_data_runs, suffix):
+    path = tmp_path / f"aliases{suffix}"
+    if suffix == ".json":
+        path.write_text('{"sa1-xgm": "SA1_XTD2_XGM/DOOCS/MAIN", "spb-x": ["SPB_XTD9_XGM/DOOCS/MAIN", "beamPosition.ixPos"]}')
+    else:
+        path.write_text('sa1-xgm = "SA1_XTD2_XGM/DOOCS/MAIN"\n\n["SPB_XTD9_XGM/DOOCS/MAIN"]\nspb-x = "beamPosition.ixPos"\n')
+    run = xd.open_run(extra_data_runs["spb"]).with_aliases(path)
+    ed_run = ed.RunDirectory(str(extra_data_runs["spb"])).with_aliases(path)
+    assert dict(run._aliases) == ed_run._aliases
+
+
+def test_conflicting_aliases_are_an_error(extra_data_runs):
+    run = xd.open_run(extra_data_runs["spb"]).with_aliases({"xgm": "SA1_XTD2_XGM/DOOCS/MAIN"})
+    with pytest.raises(ValueError, match="conflicting definitions of alias 'xgm'"):
+        run.with_aliases({"XGM": "SPB_XTD9_XGM/DOOCS/MAIN"})
+
+
+def test_only_aliases_selects_what_extra_data_selects(extra_data_runs, alias_file):
+    path = extra_data_runs["spb"]
+    run = xd.open_run(path).only_aliases(alias_file)
+    ed_run = ed.RunDirectory(str(path)).only_aliases(alias_file)
+    assert sorted(run.sources) == sorted(ed_run.all_sources)
+    for source in run.sources:
+        theirs = {k.removesuffix(".value") for k in ed_run.keys_for_source(source) if not k.endswith(".timestamp")}
+        assert set(run.keys(source)) == theirs, source
+    with pytest.raises(KeyError, match="NOT_A/REAL/SOURCE"):
+        xd.open_run(path).only_aliases(alias_file, strict=True)
+
+
+def test_open_run_by_proposal_reads_the_proposals_alias_file(tmp_path, monkeypatch, extra_data_runs):
+    import shutil
+
+    proposal_dir = tmp_path / "SPB" / "202401" / "p900001"
+    shutil.copytree(extra_data_runs["lpd_missed_train"], proposal_dir / "raw" / "r0005")
+    monkeypatch.setenv("XFELDATA_ROOT", str(tmp_path))
+    assert len(xd.open_run(proposal=900001, run=5).alias) == 0  # no alias file: no aliases
+    (proposal_dir / "usr").mkdir()
+    (proposal_dir / "usr" / "extra-data-aliases.yml").write_text("lpd0: FXE_DET_LPD1M-1/DET/0CH0:xtdf\n")
+    run = xd.open_run(proposal=900001, run=5)
+    assert run.alias.resolve("LPD0") == "FXE_DET_LPD1M-1/DET/0CH0:xtdf"
+    assert len(xd.open_run(proposal=900001, run=5, aliases=None).alias) == 0
+    assert len(xd.open_run(proposal=900001, run=5, aliases={"x": "FXE_DET_LPD1M-1/DET/1CH0:xtdf"}).alias) == 1

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import pandas as pd
 import xarray as xr
 
 from . import trains, views
+from .aliases import DEFAULT_ALIASES_FILE, Alias, load_aliases, normalise_alias
 from .detectors import detector_dataset
 from .files.cache import cached_file_index
 from .files.collect import index_files, paused_gc
@@ -46,6 +47,65 @@ class Run(RunSelection):
     >>> run = open_run("r0001").select("*XGM*")           # doctest: +SKIP
     >>> run.sel(trainId=slice(10000, 10009)).train_ids    # doctest: +SKIP
     """
+
+    #: Aliases of this run, ``{normalised alias: source or (source, key)}`` (see :mod:`xfeldata.aliases`).
+    _aliases: dict[str, Alias] = {}
+
+    def _new(self, train_ids: Any = None, selection: Any = None) -> Run:
+        new = super()._new(train_ids, selection)
+        new._aliases = self._aliases
+        return new
+
+    # ----- aliases (as EXtra-data's) -------------------------------------------
+    def with_aliases(self, *definitions: Mapping[str, Alias] | PathLike) -> Run:
+        """This run with aliases for sources and keys, usable through :attr:`alias`.
+
+        Parameters
+        ----------
+        definitions
+            Dicts ``{alias: source}`` / ``{alias: (source, key)}``, or EXtra-data
+            alias files (YAML, JSON or TOML: ``alias: source``,
+            ``alias: [source, key]``, ``source: {alias: key}``).
+
+        Examples
+        --------
+        >>> run = run.with_aliases({"sa1-xgm": "SA1_XTD2_XGM/DOOCS/MAIN"})   # doctest: +SKIP
+        >>> run.alias["sa1-xgm", "beamPosition.ixPos"]                        # doctest: +SKIP
+        """
+        new = self._new()
+        new._aliases = load_aliases(*definitions, existing=self._aliases)
+        return new
+
+    def only_aliases(self, *definitions: Mapping[str, Alias] | PathLike, strict: bool = False,
+                     require_all: bool = False) -> Run:
+        """Add aliases and select only the aliased sources and keys (as EXtra-data).
+
+        Aliases naming sources or keys not in the run are ignored unless ``strict``
+        (then :meth:`select` raises); ``require_all`` keeps only trains where every
+        selected source has data.
+        """
+        run = self.with_aliases(*definitions)
+        sources = {t for t in run._aliases.values() if isinstance(t, str)}
+        selection = [(s, "*") for s in sorted(sources)] + sorted(
+            t for t in run._aliases.values() if isinstance(t, tuple) and t[0] not in sources)
+        if not strict:
+            selection = [(s, k) for s, k in selection
+                         if s in run and (k == "*" or k.removesuffix(".value") in run.keys(s))]
+        return run.select(selection, require_all=require_all)
+
+    def drop_aliases(self) -> Run:
+        """This run without aliases."""
+        new = self._new()
+        new._aliases = {}
+        return new
+
+    @property
+    def alias(self) -> AliasView:
+        """Sources and keys by alias: ``run.alias["name"]`` is ``run[source]`` or ``run[source, key]``.
+
+        ``run.alias["source-alias", key]`` gives a key of an aliased source.
+        """
+        return AliasView(self)
 
     def __getitem__(self, item: tuple[str, str] | str) -> xr.DataArray | xr.Dataset:
         """``run[source, key]``: one key as a lazy DataArray; ``run[source]``: a source's Dataset.
@@ -176,11 +236,55 @@ class Run(RunSelection):
         print(format_info(self, details=details), file=file or sys.stdout)
 
 
+class AliasView:
+    """``run.alias[...]``: sources and keys by their aliases (see :meth:`Run.with_aliases`).
+
+    Examples
+    --------
+    >>> "sa1-xgm" in run.alias, sorted(run.alias)                  # doctest: +SKIP
+    (True, ['sa1-xgm'])
+    """
+
+    def __init__(self, run: Run):
+        self._run = run
+
+    def resolve(self, name: str) -> Alias:
+        """What an alias stands for; :class:`KeyError` naming the known aliases if unknown."""
+        try:
+            return self._run._aliases[normalise_alias(name)]
+        except KeyError:
+            known = ", ".join(sorted(self._run._aliases)) or "none (see Run.with_aliases)"
+            raise KeyError(f"no alias {name!r}; aliases: {known}") from None
+
+    def __getitem__(self, item: str | tuple[str, str]) -> xr.DataArray | xr.Dataset:
+        if isinstance(item, tuple) and len(item) == 2:
+            source = self.resolve(item[0])
+            if not isinstance(source, str):
+                raise ValueError(f"alias {item[0]!r} stands for a key, not a source: {source!r}")
+            return self._run[source, item[1]]
+        if isinstance(item, str):
+            return self._run[self.resolve(item)]
+        raise TypeError(f"use run.alias[alias] or run.alias[source alias, key], not {item!r}")
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and normalise_alias(name) in self._run._aliases
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._run._aliases))
+
+    def __len__(self) -> int:
+        return len(self._run._aliases)
+
+    def __repr__(self) -> str:
+        lines = [f"  {name}: {target!r}" for name, target in sorted(self._run._aliases.items())]
+        return "\n".join(["<aliases>", *lines]) if lines else "<no aliases>"
+
+
 def open_run(
     path: PathLike | Iterable[PathLike] | None = None, include: str = "*",
     inc_suspect_trains: bool = True, strict: bool = False, *,
     proposal: int | str | None = None, run: int | str | None = None, data: str = "raw",
-    progress: bool | None = None, cache: bool = True,
+    progress: bool | None = None, cache: bool = True, aliases: Any = DEFAULT_ALIASES_FILE,
 ) -> Run:
     """Open a run directory, a list of run files, or a run of a proposal.
 
@@ -204,6 +308,11 @@ def open_run(
     cache
         Use the persistent index cache, so a run opens again without reading its
         files (``XFELDATA_INDEX_CACHE=0`` turns it off everywhere).
+    aliases
+        With ``proposal=``: alias definitions applied with :meth:`Run.with_aliases`;
+        the default, the proposal's ``usr/extra-data-aliases.yml`` (as EXtra-data),
+        is used if it exists.  A path with ``{}`` has it replaced by the proposal
+        directory; None applies no aliases.  Runs opened by ``path`` have none.
 
     Returns
     -------
@@ -247,7 +356,14 @@ def open_run(
                 raise FileNotFoundError(f"{p}: no such file")
     with paused_gc():
         files = index_files(paths, strict=strict, progress=progress, cache=cache)
-        return Run(RunFiles(files, inc_suspect_trains=inc_suspect_trains))
+        opened = Run(RunFiles(files, inc_suspect_trains=inc_suspect_trains))
+    if path is None and aliases is not None:
+        if isinstance(aliases, str):
+            aliases = Path(aliases.format(proposal_run_dir(proposal, run).parents[1]))
+        if aliases != Path(DEFAULT_ALIASES_FILE.format(proposal_run_dir(proposal, run).parents[1])) or (
+                aliases.is_file()):
+            opened = opened.with_aliases(aliases)
+    return opened
 
 
 def open_file(path: PathLike, inc_suspect_trains: bool = True, cache: bool = True) -> Run:
