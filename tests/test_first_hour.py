@@ -150,9 +150,11 @@ def test_aliases_from_extra_datas_yaml_give_what_extra_data_gives(extra_data_run
 def test_alias_files_in_json_and_toml(tmp_path, extra_data_runs, suffix):
     path = tmp_path / f"aliases{suffix}"
     if suffix == ".json":
-        path.write_text('{"sa1-xgm": "SA1_XTD2_XGM/DOOCS/MAIN", "spb-x": ["SPB_XTD9_XGM/DOOCS/MAIN", "beamPosition.ixPos"]}')
+        path.write_text('{"sa1-xgm": "SA1_XTD2_XGM/DOOCS/MAIN",'
+                        ' "spb-x": ["SPB_XTD9_XGM/DOOCS/MAIN", "beamPosition.ixPos"]}')
     else:
-        path.write_text('sa1-xgm = "SA1_XTD2_XGM/DOOCS/MAIN"\n\n["SPB_XTD9_XGM/DOOCS/MAIN"]\nspb-x = "beamPosition.ixPos"\n')
+        path.write_text('sa1-xgm = "SA1_XTD2_XGM/DOOCS/MAIN"\n\n'
+                        '["SPB_XTD9_XGM/DOOCS/MAIN"]\nspb-x = "beamPosition.ixPos"\n')
     run = xd.open_run(extra_data_runs["spb"]).with_aliases(path)
     ed_run = ed.RunDirectory(str(extra_data_runs["spb"])).with_aliases(path)
     assert dict(run._aliases) == ed_run._aliases
