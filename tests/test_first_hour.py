@@ -191,3 +191,10 @@ def test_open_run_by_proposal_reads_the_proposals_alias_file(tmp_path, monkeypat
     assert run.alias.resolve("LPD0") == "FXE_DET_LPD1M-1/DET/0CH0:xtdf"
     assert len(xd.open_run(proposal=900001, run=5, aliases=None).alias) == 0
     assert len(xd.open_run(proposal=900001, run=5, aliases={"x": "FXE_DET_LPD1M-1/DET/1CH0:xtdf"}).alias) == 1
+
+
+def test_client_endpoint_without_transport_suggests_tcp():
+    from xfeldata.bridge import Client
+
+    with pytest.raises(ValueError, match=r"did you mean 'tcp://127\.0\.0\.1:4545'\?"):
+        Client("127.0.0.1:4545")

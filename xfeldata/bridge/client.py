@@ -61,6 +61,8 @@ class Client:
             raise ValueError(f"unsupported socket type {sock!r}; use one of {sorted(_SOCKETS)}")
         if ser not in ("msgpack", "pickle"):
             raise ValueError(f"unknown serialisation {ser!r} (msgpack or pickle)")
+        if "://" not in endpoint:  # zmq would say only "Invalid argument"
+            raise ValueError(f"endpoint {endpoint!r} has no transport: did you mean 'tcp://{endpoint}'?")
         self.endpoint = endpoint
         self.sock = sock
         self.ser = ser
