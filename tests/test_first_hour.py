@@ -198,3 +198,20 @@ def test_client_endpoint_without_transport_suggests_tcp():
 
     with pytest.raises(ValueError, match=r"did you mean 'tcp://127\.0\.0\.1:4545'\?"):
         Client("127.0.0.1:4545")
+
+
+# ----- suspect train IDs do not make ranges misleading -----------------------------
+def test_repr_shows_the_good_range_and_names_suspect_trains_apart(irregular_run):
+    run = xd.open_run(irregular_run)
+    assert 1000010011 in run.train_ids
+    assert "trains (10000-10011; suspect: 1000010011)" in repr(run)
+    assert "suspect" not in repr(xd.open_run(irregular_run, inc_suspect_trains=False))
+
+
+def test_train_id_error_names_the_good_range_and_the_suspect_trains(irregular_run):
+    run = xd.open_run(irregular_run)
+    with pytest.raises(xd.TrainIdError) as exc:
+        run.sel(trainId=[5, 6, 7, 8, 9, 10, 11])
+    message = str(exc.value)
+    assert "train ID 5, 6, 7, 8, 9 and 2 more not in this data" in message
+    assert "(the run has trains 10000 to 10011, and suspect train IDs 1000010011)" in message

@@ -227,7 +227,8 @@ class RunFiles:
         files = sorted({self.files[i].name for i in file_no[np.isin(tids, clash) & (count > 0)]})
         label = f"{source}/{group}" if group else source
         self.conflicts.append(
-            f"{label}: train ID(s) {', '.join(map(str, clash[:5].tolist()))} claimed by "
+            f"{label}: {len(clash)} train ID(s) "
+            f"{', '.join(map(str, clash[:5].tolist()))}{' ...' if len(clash) > 5 else ''} claimed by "
             f"several files ({', '.join(files)}); reading the first"
         )
 
@@ -482,11 +483,11 @@ class RunSelection:
             return self._new(train_ids=out[:: trainId.step] if trainId.step else out)
         given = np.atleast_1d(np.asarray(trainId))
         if given.dtype.kind in "if" and (given < 0).any():
-            raise TrainIdError(given[given < 0], *(tids[[0, -1]].tolist() if len(tids) else (None, None)))
+            raise TrainIdError(given[given < 0], *self._train_span())
         wanted = given.astype(np.uint64)
         missing = np.setdiff1d(wanted, tids)
         if len(missing):
-            raise TrainIdError(missing, *(tids[[0, -1]].tolist() if len(tids) else (None, None)))
+            raise TrainIdError(missing, *self._train_span())
         return self._new(train_ids=np.unique(wanted))
 
     def isel(self, trainId: Any = None) -> RunSelection:  # noqa: N803
@@ -644,10 +645,24 @@ class RunSelection:
                     selection[source] = selection[source] | key_set
         return type(self)(files, train_ids, selection)
 
+    def _train_span(self) -> tuple[int | None, int | None, list[int]]:
+        """First and last good (not suspect) selected train, and the suspect ones apart.
+
+        A suspect train ID (e.g. 1000010029 among 10000-10029) would make the
+        plain first-to-last range misleading.
+        """
+        suspect = self.suspect_train_ids
+        good = self._train_ids[~np.isin(self._train_ids, suspect)]
+        first, last = (good[[0, -1]].tolist() if len(good) else (None, None))
+        return first, last, suspect.tolist()
+
     def __repr__(self) -> str:
-        tids = self._train_ids
-        span = f"{tids[0]}-{tids[-1]}" if len(tids) else "none"
-        return (f"<{type(self).__module__.split('.')[0]}.{type(self).__name__}: {len(tids)} trains "
+        first, last, suspect = self._train_span()
+        span = f"{first}-{last}" if first is not None else "none"
+        if suspect:
+            shown = ", ".join(map(str, suspect[:3])) + (f" and {len(suspect) - 3} more" if len(suspect) > 3 else "")
+            span += f"; suspect: {shown}"
+        return (f"<{type(self).__module__.split('.')[0]}.{type(self).__name__}: {len(self._train_ids)} trains "
                 f"({span}), {len(self._selection)} sources, {len(self.files)} files>")
 
 
