@@ -215,3 +215,27 @@ def test_train_id_error_names_the_good_range_and_the_suspect_trains(irregular_ru
     message = str(exc.value)
     assert "train ID 5, 6, 7, 8, 9 and 2 more not in this data" in message
     assert "(the run has trains 10000 to 10011, and suspect train IDs 1000010011)" in message
+
+
+# ----- info(counts=True) -------------------------------------------------------------
+def test_info_counts_trains_with_data_as_extra_data_counts_them(extra_data_runs, capsys):
+    path = extra_data_runs["reduced_spb"]
+    ed_run = ed.RunDirectory(str(path))
+    xd.open_run(path).info(counts=True)
+    text = capsys.readouterr().out
+    module_counts = [ed_run[f"SPB_DET_AGIPD1M-1/DET/{m}CH0:xtdf", "image.data"].data_counts(labelled=False)
+                     for m in range(16)]
+    no_data = np.asarray(ed_run.train_ids)[np.all(np.stack(module_counts) == 0, axis=0)]
+    assert len(no_data) > 0  # the mock run has trains without frames
+    assert f"{len(no_data)} train(s) with no module's data: {', '.join(map(str, no_data[:5]))}" in text
+    per_module = ", ".join(f"{m}: {np.count_nonzero(c)}" for m, c in enumerate(module_counts))
+    assert f"trains with data per module: {per_module}" in text
+    for source in ("SA1_XTD2_XGM/DOOCS/MAIN", "SPB_IRU_CAM/CAM/SIDEMIC:daqOutput"):
+        key = "pulseEnergy.photonFlux.value" if ":" not in source else "data.image.pixels"
+        n = np.count_nonzero(ed_run[source, key].data_counts(labelled=False))
+        assert f"  - {source} ({n} of {len(ed_run.train_ids)} trains with data)" in text
+
+
+def test_info_command_has_counts(extra_data_runs, capsys):
+    assert main(["info", str(extra_data_runs["lpd_missed_train"]), "--counts"]) == 0
+    assert "trains with data per module: 0: 5, 1: 4" in capsys.readouterr().out

@@ -223,7 +223,7 @@ class Run(RunSelection):
         return pd.Series(counts, index=pd.Index(self.train_ids, name="trainId"),
                          name=self.resolve_source(source))
 
-    def info(self, details: bool = False, file=None) -> None:
+    def info(self, details: bool = False, file=None, counts: bool = False) -> None:
         """Print a summary: trains, duration, detectors and their modules, sources.
 
         Parameters
@@ -232,8 +232,10 @@ class Run(RunSelection):
             Also list every key of every source with its shape and dtype.
         file
             Where to print (default: standard output).
+        counts
+            Also say, for every source and detector module, in how many trains it has data.
         """
-        print(format_info(self, details=details), file=file or sys.stdout)
+        print(format_info(self, details=details, counts=counts), file=file or sys.stdout)
 
 
 class AliasView:

@@ -43,7 +43,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     strict = os.path.isfile(args.path)
     indexes = index_files(list_run_files(args.path, args.include), strict=strict)
-    print(format_info(RunSelection(RunFiles(indexes)), details=args.details))
+    print(format_info(RunSelection(RunFiles(indexes)), details=args.details, counts=args.counts))
     return 0
 
 
@@ -152,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="summarise a run directory or file")
     p.add_argument("path", help="run directory or single file")
     p.add_argument("--details", action="store_true", help="list keys with shapes and dtypes")
+    p.add_argument("--counts", action="store_true", help="in how many trains each source has data")
     p.add_argument("--include", default="*", help="glob on file names (default: all)")
     p.set_defaults(func=_cmd_info)
 
