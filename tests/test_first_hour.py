@@ -239,3 +239,30 @@ def test_info_counts_trains_with_data_as_extra_data_counts_them(extra_data_runs,
 def test_info_command_has_counts(extra_data_runs, capsys):
     assert main(["info", str(extra_data_runs["lpd_missed_train"]), "--counts"]) == 0
     assert "trains with data per module: 0: 5, 1: 4" in capsys.readouterr().out
+
+
+# ----- plot_missing_data ------------------------------------------------------------
+def test_missing_data_table_and_plot(extra_data_runs):
+    """LPD module 1 misses train 10002: 80 % saved, shown; module 0 (100 %) is not."""
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from xfeldata.plotting import missing_data
+
+    path = extra_data_runs["lpd_missed_train"]
+    run, ed_run = xd.open_run(path), ed.RunDirectory(str(path))
+    table = missing_data(run)
+    assert list(table.columns) == ["FXE_DET_LPD1M-1/DET/1CH0:xtdf"]
+    theirs = ed_run["FXE_DET_LPD1M-1/DET/1CH0:xtdf"].data_counts(labelled=True) > 0
+    np.testing.assert_array_equal(table.index, theirs.index)
+    np.testing.assert_array_equal(table["FXE_DET_LPD1M-1/DET/1CH0:xtdf"], theirs.values)
+    assert list(missing_data(run, min_saved_pct=100).columns) == [
+        "FXE_DET_LPD1M-1/DET/1CH0:xtdf", "FXE_DET_LPD1M-1/DET/0CH0:xtdf"]
+    ax = run.plot_missing_data()
+    try:
+        assert [t.get_text() for t in ax.get_yticklabels()] == ["FXE_DET_LPD1M-1/DET/1CH0:xtdf (80.00%)"]
+        image = ax.get_images()[0].get_array()
+        np.testing.assert_array_equal(image, [[1, 1, 0, 1, 1]])
+    finally:
+        plt.close(ax.figure)

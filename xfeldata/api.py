@@ -223,6 +223,16 @@ class Run(RunSelection):
         return pd.Series(counts, index=pd.Index(self.train_ids, name="trainId"),
                          name=self.resolve_source(source))
 
+    def plot_missing_data(self, min_saved_pct: float = 95, ax: Any = None) -> Any:
+        """Plot which sources and detector modules miss which trains (needs matplotlib: ``xfeldata[plot]``).
+
+        See :func:`xfeldata.plotting.plot_missing_data`; the table behind it is
+        :func:`xfeldata.plotting.missing_data`.
+        """
+        from .plotting import plot_missing_data
+
+        return plot_missing_data(self, min_saved_pct, ax)
+
     def info(self, details: bool = False, file=None, counts: bool = False) -> None:
         """Print a summary: trains, duration, detectors and their modules, sources.
 
