@@ -266,3 +266,15 @@ def test_missing_data_table_and_plot(extra_data_runs):
         np.testing.assert_array_equal(image, [[1, 1, 0, 1, 1]])
     finally:
         plt.close(ax.figure)
+
+
+def test_benchmarks_help_is_plain_text():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-m", "benchmarks", "--help"], cwd=root, capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    assert "peers" in out
+    assert "``" not in out and ":mod:" not in out
