@@ -278,3 +278,16 @@ def test_benchmarks_help_is_plain_text():
                          text=True, timeout=120, check=True).stdout
     assert "peers" in out
     assert "``" not in out and ":mod:" not in out
+
+
+def test_make_example_says_how_much_it_writes(tmp_path, capsys):
+    assert main(["make-example", str(tmp_path / "r0001"), "--modules", "0-1", "--trains", "4",
+                 "--frames", "3", "--no-slow"]) == 0
+    out = capsys.readouterr().out
+    pixel_bytes = 2 * 4 * 3 * 2 * 512 * 128 * 2  # modules x trains x frames x (2, 512, 128) uint16
+    assert (f"writing AGIPD1M: 2 modules x 4 trains x 3 frames of (2, 512, 128): "
+            f"{pixel_bytes / 1e6:.1f} MB of pixel data before compression") in out
+    files = sorted((tmp_path / "r0001").glob("*.h5"))
+    on_disk = sum(f.stat().st_size for f in files)
+    assert on_disk >= pixel_bytes
+    assert f"({len(files)} files, {on_disk / 1e6:.1f} MB)" in out

@@ -20,6 +20,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
+from pathlib import Path
 from typing import TextIO
 
 from . import __version__
@@ -31,7 +32,7 @@ from .bridge.cli import (
     module_list,
     positive_int,
 )
-from .files.layout import FORMAT_VERSIONS
+from .files.layout import DETECTORS, FORMAT_VERSIONS
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -87,9 +88,32 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / 1e9:.1f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:.1f} MB"
+
+
+def _pixel_data_note(args: argparse.Namespace) -> str | None:
+    """What make-example's pixel data amounts to before compression (None without a detector)."""
+    import numpy as np
+
+    if args.detector == "none":
+        return None
+    kind = DETECTORS[args.detector]
+    n_modules = len(args.modules) if args.modules else len(kind.modules)
+    shape = kind.corrected_entry_shape if args.corrected else kind.raw_entry_shape
+    itemsize = 4 if args.corrected else np.dtype(kind.raw_dtype).itemsize  # corrected: float32
+    total = n_modules * args.trains * args.frames * math.prod(shape) * itemsize
+    bound = "at most " if args.irregular else ""
+    return (f"writing {kind.name}: {n_modules} modules x {args.trains} trains x {args.frames} frames of "
+            f"{shape}: {bound}{_size(total)} of pixel data before compression")
+
+
 def _cmd_make_example(args: argparse.Namespace) -> int:
     from .files.writer import make_example
 
+    note = _pixel_data_note(args)
+    if note:
+        print(note, flush=True)
     per_seq = math.ceil(args.trains / args.sequences) if args.sequences > 1 else None
     path = make_example(
         args.directory,
@@ -102,7 +126,9 @@ def _cmd_make_example(args: argparse.Namespace) -> int:
         irregular=args.irregular, proposal=args.proposal, run=args.run,
         progress=sys.stderr.isatty(),
     )
-    print(f"wrote example run to {path}")
+    files = sorted(Path(path).glob("*.h5"))
+    size = sum(f.stat().st_size for f in files)
+    print(f"wrote example run to {path} ({len(files)} files, {_size(size)})")
     return 0
 
 
