@@ -291,3 +291,40 @@ def test_make_example_says_how_much_it_writes(tmp_path, capsys):
     on_disk = sum(f.stat().st_size for f in files)
     assert on_disk >= pixel_bytes
     assert f"({len(files)} files, {on_disk / 1e6:.1f} MB)" in out
+
+
+# ----- xfeldata monitor --------------------------------------------------------------
+def _monitor_lines(source, wait: float = 0, **serve_kwargs) -> list[str]:
+    """The per-train lines of ``monitor`` on 5 trains of ``serve(source, **serve_kwargs)``."""
+    import io
+    import time
+
+    from xfeldata.bridge import serve
+    from xfeldata.bridge.cli import monitor
+
+    out = io.StringIO()
+    with serve(source, background=True, **serve_kwargs) as handle:
+        time.sleep(wait)
+        assert monitor(handle.endpoint, ntrains=5, timeout=10, out=out) == 0
+    return [line for line in out.getvalue().splitlines() if line.startswith("train ")]
+
+
+def test_monitor_rate_does_not_count_the_train_that_waited_for_the_client():
+    import re
+
+    from xfeldata.bridge import Simulator
+
+    # the server has the first train ready before the client asks
+    lines = _monitor_lines(Simulator("AGIPD", modules=[0], frames=2), wait=0.5, ntrains=20, rate=10)
+    assert "trains/s" not in lines[0] and "trains/s" not in lines[1]
+    rates = [float(m.group(1)) for line in lines[2:] if (m := re.search(r"([\d.]+) trains/s", line))]
+    assert len(rates) == 3 and all(r < 13 for r in rates)  # rate=10 caps it (the burst read > 100)
+
+
+def test_monitor_shows_when_replayed_data_was_recorded(extra_data_runs):
+    """Trains replayed from files carry their recording time: not an age of years."""
+    run = xd.open_run(extra_data_runs["lpd_missed_train"])
+    lines = _monitor_lines(run, ntrains=5)
+    # the fixture's clock: train 10000 at 2020-01-01 00:16:40 UTC
+    assert all("recorded 2020-01-01 00:16:40 UTC (replayed?)" in line for line in lines), lines
+    assert all(" age " not in line for line in lines)

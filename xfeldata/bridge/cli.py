@@ -12,6 +12,7 @@ Examples
 from __future__ import annotations
 
 import argparse
+import datetime
 import re
 import sys
 import time
@@ -278,13 +279,28 @@ def _age(metadata: dict, now: float) -> float | None:
     return now - max(stamps) if stamps else None
 
 
+#: Data older than this (s) is taken as replayed: the monitor shows when it was recorded instead of its age.
+REPLAY_AGE = 3600.0
+
+
+def _age_text(age: float | None, now: float) -> str:
+    if age is None:
+        return "age ?"
+    if abs(age) < REPLAY_AGE:
+        return f"age {age:7.3f} s"
+    recorded = datetime.datetime.fromtimestamp(now - age, datetime.timezone.utc)
+    return f"recorded {recorded:%Y-%m-%d %H:%M:%S} UTC (replayed?)"
+
+
 def monitor(endpoint: str, sock: str = "REQ", ntrains: int | None = None,
             timeout: float | None = None, out: TextIO | None = None) -> int:
     """Print what a bridge endpoint sends: a table of sources and keys, then one line per train.
 
     Each line has the train ID, the number of sources, the message size, the
-    rate (trains/s and MB/s over the last 10 trains) and the data age (now
-    minus the newest timestamp in the metadata).
+    rate (trains/s and MB/s over the last 10 trains, from the second train on:
+    the first may have waited in the server for the client) and the data age
+    (now minus the newest timestamp in the metadata), or, for data older than
+    :data:`REPLAY_AGE` (a run replayed from files), when it was recorded.
 
     Parameters
     ----------
@@ -332,7 +348,8 @@ def monitor(endpoint: str, sock: str = "REQ", ntrains: int | None = None,
             if shown_sources != set(data):
                 shown_sources = set(data)
                 _print_table(data, metadata, out)
-            recent.append((time.monotonic(), nbytes))
+            if count > 1:  # the first train may have waited for us: the rate starts at the second
+                recent.append((time.monotonic(), nbytes))
             tids = {m.get("timestamp.tid") for m in metadata.values() if isinstance(m, dict)}
             tids.discard(None)
             tid = "mixed " + ",".join(map(str, sorted(tids))) if len(tids) > 1 else (
@@ -344,7 +361,7 @@ def monitor(endpoint: str, sock: str = "REQ", ntrains: int | None = None,
                     rate = f"{(len(recent) - 1) / span:8.1f} trains/s"
                     mbps = f"{sum(b for _, b in list(recent)[1:]) / span / 1e6:9.1f} MB/s"
             age = _age(metadata, now)
-            age_text = f"age {age:7.3f} s" if age is not None else "age ?"
+            age_text = _age_text(age, now)
             print(f"train {tid:>12}  {len(data):3d} sources  {nbytes / 1e6:9.2f} MB  "
                   f"{rate:>17}  {mbps:>14}  {age_text}", file=out, flush=True)
     except KeyboardInterrupt:
