@@ -125,6 +125,7 @@ EXTRA_DATA_RUNS = {
     "modern_spb_proc": ("make_modern_spb_proc_run", {}),
     "lpd_missed_train": ("make_lpd_run_mini_missed_train", {}),
     "fxe_jungfrau": ("make_fxe_jungfrau_run", {}),
+    "agipd1m_ctrl": ("make_agipd1m_run", {}),
 }
 #: ``INDEX/timestamp`` of train 0 in ``extra_data_runs`` (ns since the epoch: 2020-01-01 UTC).
 EXTRA_DATA_EPOCH_NS = 1_577_836_800 * 10**9
@@ -183,7 +184,8 @@ def extra_data_runs(tmp_path_factory) -> dict[str, Path]:
     ``"modern_spb_proc"`` (corrected AGIPD-1M with legacy source names),
     ``"lpd_missed_train"`` (LPD-1M modules 0 and 1, module 1 misses train 10002) and
     ``"fxe_jungfrau"`` (JUNGFRAU ``FXE_XAD_JF1M`` modules 1-2, ``FXE_XAD_JF500K`` module 3,
-    and a ``JNGFRCTRL00`` control aggregator).  The mock writers leave data at 0;
+    and a ``JNGFRCTRL00`` control aggregator), ``"agipd1m_ctrl"`` (AGIPD-1M raw with
+    the ``AGIPD1MCTRL00`` detector-control aggregator).  The mock writers leave data at 0;
     :func:`_fill_with_values` then gives every numeric dataset values in its first
     :data:`EXTRA_DATA_FILLED_ELEMENTS` elements (AGIPD: the first 4 raw frames of each module).
     """

@@ -24,7 +24,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:.*is a legacy name for:DeprecationWarning"),
 ]
 
-RUN_NAMES = ["spb", "reduced_spb", "modern_spb_proc", "lpd_missed_train", "fxe_jungfrau"]
+RUN_NAMES = ["spb", "reduced_spb", "modern_spb_proc", "lpd_missed_train", "fxe_jungfrau", "agipd1m_ctrl"]
 #: Trains whose values are compared key by key (the fixture fills the first rows of big datasets).
 COMPARED_TRAINS = slice(0, 3)
 
