@@ -328,3 +328,27 @@ def test_monitor_shows_when_replayed_data_was_recorded(extra_data_runs):
     # the fixture's clock: train 10000 at 2020-01-01 00:16:40 UTC
     assert all("recorded 2020-01-01 00:16:40 UTC (replayed?)" in line for line in lines), lines
     assert all(" age " not in line for line in lines)
+
+
+# ----- open_run(data="all") -----------------------------------------------------------
+def test_open_run_data_all_reads_proc_sources_from_proc_as_extra_data(tmp_path, monkeypatch):
+    """Raw and corrected AGIPD share source names; "all" takes them from proc, the XGMs from raw."""
+    import warnings
+
+    from extra_data.tests.make_examples import make_spb_run
+
+    proposal_dir = tmp_path / "SPB" / "201901" / "p002012"
+    for kind, raw in (("raw", True), ("proc", False)):
+        (proposal_dir / kind / "r0238").mkdir(parents=True)
+        make_spb_run(str(proposal_dir / kind / "r0238"), raw=raw, format_version="1.0")
+    monkeypatch.setenv("XFELDATA_ROOT", str(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "claimed by several files"
+        run = xd.open_run(proposal=2012, run=238, data="all")
+    theirs = ed.open_run(proposal_dir, 238, data="all", aliases=None)
+    assert sorted(run.sources) == sorted(theirs.all_sources)
+    module = "SPB_DET_AGIPD1M-1/DET/3CH0:xtdf"
+    assert run.key_info(module, "image.data").dtype == np.float32  # corrected, from proc
+    np.testing.assert_array_equal(run.train_ids, theirs.train_ids)
+    xgm = run["SA1_XTD2_XGM/DOOCS/MAIN", "beamPosition.ixPos"]
+    np.testing.assert_array_equal(xgm.values, theirs["SA1_XTD2_XGM/DOOCS/MAIN", "beamPosition.ixPos.value"].ndarray())

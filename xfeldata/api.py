@@ -12,6 +12,7 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping
@@ -27,6 +28,7 @@ from .aliases import DEFAULT_ALIASES_FILE, Alias, load_aliases, normalise_alias
 from .detectors import detector_dataset
 from .files.cache import cached_file_index
 from .files.collect import index_files, paused_gc
+from .files.index import FileIndex
 from .files.listing import list_run_files, proposal_run_dir
 from .run import RunFiles, RunSelection
 from .summary import format_info
@@ -313,8 +315,10 @@ def open_run(
         Raise on an unreadable file instead of skipping it with a warning.
     proposal, run, data
         Instead of ``path``: the proposal number, run number and ``"raw"``,
-        ``"proc"`` or ``"all"`` (raw and proc together), found under the facility's
-        data root (``$XFELDATA_ROOT``, default ``/gpfs/exfel/exp``).
+        ``"proc"`` or ``"all"``, found under the facility's data root
+        (``$XFELDATA_ROOT``, default ``/gpfs/exfel/exp``).  ``"all"`` combines them
+        as EXtra-data does: sources that proc data has (corrected detectors, also
+        under their legacy names) come from proc, the others from raw.
     progress
         Show a progress bar while indexing (default: on a terminal, for many files).
     cache
@@ -351,12 +355,13 @@ def open_run(
         if data not in ("raw", "proc", "all"):
             raise ValueError(f"data must be 'raw', 'proc' or 'all', not {data!r}")
         kinds = ("raw", "proc") if data == "all" else (data,)
-        paths: list[str] = []
+        paths_by_kind: dict[str, list[str]] = {}
         for kind in kinds:
             run_dir = proposal_run_dir(proposal, run, kind)
             if kind == "proc" and data == "all" and not run_dir.exists():
                 continue
-            paths += list_run_files(run_dir, include)
+            paths_by_kind[kind] = list_run_files(run_dir, include)
+        paths = [p for kind_paths in paths_by_kind.values() for p in kind_paths]
     elif isinstance(path, str | os.PathLike):
         paths = list_run_files(path, include)
     else:
@@ -367,7 +372,12 @@ def open_run(
             if not os.path.exists(p):
                 raise FileNotFoundError(f"{p}: no such file")
     with paused_gc():
-        files = index_files(paths, strict=strict, progress=progress, cache=cache)
+        if path is None and data == "all" and "proc" in paths_by_kind:
+            raw, proc = (index_files(paths_by_kind[k], strict=strict, progress=progress, cache=cache)
+                         for k in ("raw", "proc"))
+            files = _proc_over_raw(raw, proc)
+        else:
+            files = index_files(paths, strict=strict, progress=progress, cache=cache)
         opened = Run(RunFiles(files, inc_suspect_trains=inc_suspect_trains))
     if path is None and aliases is not None:
         if isinstance(aliases, str):
@@ -376,6 +386,22 @@ def open_run(
                 aliases.is_file()):
             opened = opened.with_aliases(aliases)
     return opened
+
+
+def _proc_over_raw(raw: list[FileIndex], proc: list[FileIndex]) -> list[FileIndex]:
+    """Raw and proc files of one run, as EXtra-data's ``data="all"``: a source both have is read from proc.
+
+    Proc sources count under their legacy names too, so corrected data saved under
+    new names replaces the raw ``.../DET/<n>CH0:xtdf`` sources.  Raw files left with
+    no source are dropped.
+    """
+    in_proc = {name for fi in proc for name in (*fi.sources, *fi.aliases)}
+    kept = []
+    for fi in raw:
+        sources = {name: info for name, info in fi.sources.items() if name not in in_proc}
+        if sources:
+            kept.append(dataclasses.replace(fi, sources=sources))
+    return kept + list(proc)
 
 
 def open_file(path: PathLike, inc_suspect_trains: bool = True, cache: bool = True) -> Run:
