@@ -58,10 +58,10 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from tqdm.auto import tqdm
 
 from .. import synthetic as syn
 from .layout import DETECTORS, FORMAT_VERSIONS, DetectorKind, file_name, key_to_path, parse_file_name
+from .progress import tqdm
 
 __all__ = ["make_example", "IRREGULAR_PADDING", "BOGUS_TRAIN_OFFSET"]
 
