@@ -46,7 +46,10 @@ def machine() -> dict[str, str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Run xfeldata's benchmarks against its peers (EXtra-data, karabo-bridge) and the "
+                    "hardware ceiling, and print medians, ratios and the fraction of the ceiling.")
     p.add_argument("--size", choices=list(SIZES), default="default",
                    help="benchmark data size (default: %(default)s; large adds the "
                         "peak-memory case on a run larger than half of this machine's RAM)")

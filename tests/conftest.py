@@ -13,8 +13,11 @@ Content is deterministic: any train can be recomputed with
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 
 from xfeldata.detectors.kinds import DETECTORS
@@ -144,3 +147,88 @@ def live_buffer_of():
         return buffers[run_dir]
 
     return fed
+
+
+#: EXtra-data mock runs in ``extra_data_runs``: name -> (make_examples function, kwargs).
+EXTRA_DATA_RUNS = {
+    "spb": ("make_spb_run", {"format_version": "1.0"}),
+    "reduced_spb": ("make_reduced_spb_run", {"format_version": "1.0"}),
+    "modern_spb_proc": ("make_modern_spb_proc_run", {}),
+    "lpd_missed_train": ("make_lpd_run_mini_missed_train", {}),
+    "fxe_jungfrau": ("make_fxe_jungfrau_run", {}),
+    "agipd1m_ctrl": ("make_agipd1m_run", {}),
+}
+#: ``INDEX/timestamp`` of train 0 in ``extra_data_runs`` (ns since the epoch: 2020-01-01 UTC).
+EXTRA_DATA_EPOCH_NS = 1_577_836_800 * 10**9
+#: ``extra_data_runs`` fills at most this many elements of each dataset with values.
+EXTRA_DATA_FILLED_ELEMENTS = 2**19
+
+
+def _datasets_below(group: h5py.Group) -> list[h5py.Dataset]:
+    found: list[h5py.Dataset] = []
+    group.visititems(lambda _, obj: found.append(obj) if isinstance(obj, h5py.Dataset) else None)
+    return found
+
+
+def _fill_with_values(run_dir: Path, max_elements: int) -> None:
+    """Give the numeric datasets of EXtra-data's mock files deterministic random values.
+
+    The mock writers leave most data at 0, which cannot tell two readers apart.
+    Every numeric dataset under CONTROL, RUN and INSTRUMENT except the train,
+    pulse and cell IDs gets values from a generator seeded by its path; datasets
+    with more than ``max_elements`` elements get them in their first rows only
+    (at least one row).  ``INDEX/timestamp`` becomes one 10 Hz clock shared by all
+    files (each mock file records its own time of writing).
+    """
+    skip = {"trainId", "pulseId", "cellId", "memoryCell", "frameNumber"}
+
+    for path in sorted(run_dir.glob("*.h5")):
+        with h5py.File(path, "r+") as f:
+            if "INDEX/timestamp" in f:  # one clock for all files, 10 Hz, as the facility's files
+                tids = f["INDEX/trainId"][:].astype(np.int64)
+                f["INDEX/timestamp"][:] = np.where(tids > 0, EXTRA_DATA_EPOCH_NS + tids * 100_000_000, 0)
+            datasets = [ds for top in ("CONTROL", "RUN", "INSTRUMENT") if top in f
+                        for ds in _datasets_below(f[top])]
+            for ds in datasets:
+                name = ds.name
+                if name.rsplit("/", 1)[-1] in skip or ds.dtype.kind not in "iuf" or ds.size == 0:
+                    continue
+                rng = np.random.default_rng(zlib.crc32(name.encode()))
+                row = int(np.prod(ds.shape[1:], dtype=np.int64))
+                n = min(ds.shape[0], max(1, max_elements // max(row, 1)))
+                shape = (n, *ds.shape[1:])
+                if ds.dtype.kind == "f":
+                    values = rng.normal(100, 30, size=shape).astype(ds.dtype)
+                else:
+                    hi = min(np.iinfo(ds.dtype).max, 1000)
+                    values = rng.integers(0, hi, size=shape, endpoint=True).astype(ds.dtype)
+                ds[:n] = values
+
+
+@pytest.fixture(scope="session")
+def extra_data_runs(tmp_path_factory) -> dict[str, Path]:
+    """Runs written by EXtra-data's own mock writers, for comparing with EXtra-data: name -> run dir.
+
+    Names and writers are in :data:`EXTRA_DATA_RUNS` (``extra_data.tests.make_examples``):
+    ``"spb"`` (AGIPD-1M raw, 16 modules x 64 trains x 64 frames, XGMs, a camera),
+    ``"reduced_spb"`` (AGIPD-1M raw with 0-19 frames per train, REDUCTION sources),
+    ``"modern_spb_proc"`` (corrected AGIPD-1M with legacy source names),
+    ``"lpd_missed_train"`` (LPD-1M modules 0 and 1, module 1 misses train 10002) and
+    ``"fxe_jungfrau"`` (JUNGFRAU ``FXE_XAD_JF1M`` modules 1-2, ``FXE_XAD_JF500K`` module 3,
+    and a ``JNGFRCTRL00`` control aggregator), ``"agipd1m_ctrl"`` (AGIPD-1M raw with
+    the ``AGIPD1MCTRL00`` detector-control aggregator).  The mock writers leave data at 0;
+    :func:`_fill_with_values` then gives every numeric dataset values in its first
+    :data:`EXTRA_DATA_FILLED_ELEMENTS` elements (AGIPD: the first 4 raw frames of each module).
+    """
+    make_examples = pytest.importorskip("extra_data.tests.make_examples")
+    root = tmp_path_factory.mktemp("extra_data_runs")
+    runs = {}
+    for name, (function, kwargs) in EXTRA_DATA_RUNS.items():
+        run_dir = root / name
+        run_dir.mkdir()
+        if function == "make_reduced_spb_run":
+            kwargs = {**kwargs, "rng": np.random.RandomState(7)}
+        getattr(make_examples, function)(str(run_dir), **kwargs)
+        _fill_with_values(run_dir, EXTRA_DATA_FILLED_ELEMENTS)
+        runs[name] = run_dir
+    return runs

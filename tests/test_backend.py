@@ -259,9 +259,15 @@ def test_keys_and_drop_variables(slow_only_run):
     assert list(ds.data_vars) == ["beamPosition.ixPos", "state"]
 
 
+def test_without_source_the_whole_run_as_run_dataset(slow_only_run):
+    run = xd.open_run(slow_only_run)
+    xr.testing.assert_identical(_open(slow_only_run), run.dataset())
+    ds = _open(slow_only_run, keys="beamPosition.*", drop_variables=f"{XGM}/beamPosition.iyPos")
+    assert f"{XGM}/beamPosition.ixPos" in ds and f"{XGM}/beamPosition.iyPos" not in ds
+    assert all(name.endswith("beamPosition.ixPos") or name.endswith("beamPosition.iyPos") for name in ds.data_vars)
+
+
 def test_bad_source_errors(slow_only_run):
-    with pytest.raises(ValueError, match="needs source=.*SA1_XTD2_XGM/DOOCS/MAIN"):
-        _open(slow_only_run)
     with pytest.raises(ValueError, match="did you mean: SA1_XTD2_XGM/DOOCS/MAIN"):
         _open(slow_only_run, source="SA1_XTD2_XGM/DOOCS/MIAN")
     with pytest.raises(ValueError, match="matches .* sources"):

@@ -30,3 +30,6 @@ def test_notebook_runs(path, tmp_path):
     errors = [out for cell in nb.cells if cell.cell_type == "code"
               for out in cell.get("outputs", []) if out.get("output_type") == "error"]
     assert not errors
+    stderr = [out["text"] for cell in nb.cells if cell.cell_type == "code"
+              for out in cell.get("outputs", []) if out.get("name") == "stderr"]
+    assert not any("IProgress" in text for text in stderr), stderr  # tqdm's widget warning

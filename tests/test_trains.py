@@ -59,10 +59,12 @@ def test_control_keys_are_unwrapped_values_equal_to_h5py(slow_only_run):
     for tid, data in iter_trains(run, devices=[(XGM, "*"), (MOTOR, "*")]):
         assert set(data) == {XGM, MOTOR}
         for source in (XGM, MOTOR):
-            assert set(data[source]) == set(run.keys(source)) | {"metadata"}  # no ".value"
+            # EXtra-data's names: "<key>.value" and "<key>.timestamp"
+            assert set(data[source]) == {f"{k}.value" for k in run.keys(source)} | {
+                f"{k}.timestamp" for k in run.keys(source)} | {"metadata"}
             for key in run.keys(source):
                 expected = h5_rows(slow_only_run, source, key, tid)[0]
-                value = data[source][key]
+                value = data[source][f"{key}.value"]
                 if isinstance(expected, bytes):  # strings come decoded
                     assert value == expected.decode()
                 elif np.ndim(expected) == 0:     # scalars come as Python numbers
@@ -131,9 +133,11 @@ def test_devices_accepts_globs_pairs_and_dicts(agipd_raw_run):
     assert sorted(by_glob) == sorted([mod(1)] + [mod(n) for n in range(10, 16)])
     _, by_pairs = train_from_index(run, 0, devices=[(mod(2), "image.data"), (XGM, "beamPosition.*")])
     assert set(by_pairs[mod(2)]) == {"image.data", "metadata"}
-    assert set(by_pairs[XGM]) == {"beamPosition.ixPos", "beamPosition.iyPos", "metadata"}
+    assert set(by_pairs[XGM]) == {f"beamPosition.i{xy}Pos.{part}" for xy in "xy"
+                                  for part in ("value", "timestamp")} | {"metadata"}
     _, all_keys = train_from_index(run, 0, devices={MOTOR: set()})
-    assert set(all_keys[MOTOR]) == set(run.keys(MOTOR)) | {"metadata"}
+    assert set(all_keys[MOTOR]) == {f"{k}.value" for k in run.keys(MOTOR)} | {
+        f"{k}.timestamp" for k in run.keys(MOTOR)} | {"metadata"}
 
 
 def test_compressed_and_legacy_names(agipd_corr_run):
@@ -364,4 +368,4 @@ def test_devices_can_be_a_list_of_source_names(agipd_raw_run):
     run = xd.open_run(agipd_raw_run)
     tid, data = run.train_from_index(0, devices=["SA1_XTD2_XGM/DOOCS/MAIN"])
     assert set(data) == {"SA1_XTD2_XGM/DOOCS/MAIN"}
-    assert "beamPosition.ixPos" in data["SA1_XTD2_XGM/DOOCS/MAIN"]
+    assert "beamPosition.ixPos.value" in data["SA1_XTD2_XGM/DOOCS/MAIN"]

@@ -13,7 +13,7 @@ Examples
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
+import importlib.metadata
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
@@ -30,8 +30,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .trains import stack_detector_data
 
 try:
-    __version__ = version("xfeldata")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = importlib.metadata.version("xfeldata")
+except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 #: Public names and the modules that define them (imported on first access).

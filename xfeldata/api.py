@@ -12,19 +12,23 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import xarray as xr
 
 from . import trains, views
+from .aliases import DEFAULT_ALIASES_FILE, Alias, load_aliases, normalise_alias
 from .detectors.stacking import detector_dataset
 from .files.cache import cached_file_index
 from .files.collect import index_files, paused_gc
+from .files.index import FileIndex
 from .files.listing import list_run_files, proposal_run_dir
 from .run import RunFiles, RunSelection
 from .summary import format_info
@@ -45,6 +49,65 @@ class Run(RunSelection):
     >>> run = open_run("r0001").select("*XGM*")           # doctest: +SKIP
     >>> run.sel(trainId=slice(10000, 10009)).train_ids    # doctest: +SKIP
     """
+
+    #: Aliases of this run, ``{normalised alias: source or (source, key)}`` (see :mod:`xfeldata.aliases`).
+    _aliases: dict[str, Alias] = {}
+
+    def _new(self, train_ids: Any = None, selection: Any = None) -> Run:
+        new = super()._new(train_ids, selection)
+        new._aliases = self._aliases
+        return new
+
+    # ----- aliases (as EXtra-data's) -------------------------------------------
+    def with_aliases(self, *definitions: Mapping[str, Alias] | PathLike) -> Run:
+        """This run with aliases for sources and keys, usable through :attr:`alias`.
+
+        Parameters
+        ----------
+        definitions
+            Dicts ``{alias: source}`` / ``{alias: (source, key)}``, or EXtra-data
+            alias files (YAML, JSON or TOML: ``alias: source``,
+            ``alias: [source, key]``, ``source: {alias: key}``).
+
+        Examples
+        --------
+        >>> run = run.with_aliases({"sa1-xgm": "SA1_XTD2_XGM/DOOCS/MAIN"})   # doctest: +SKIP
+        >>> run.alias["sa1-xgm", "beamPosition.ixPos"]                        # doctest: +SKIP
+        """
+        new = self._new()
+        new._aliases = load_aliases(*definitions, existing=self._aliases)
+        return new
+
+    def only_aliases(self, *definitions: Mapping[str, Alias] | PathLike, strict: bool = False,
+                     require_all: bool = False) -> Run:
+        """Add aliases and select only the aliased sources and keys (as EXtra-data).
+
+        Aliases naming sources or keys not in the run are ignored unless ``strict``
+        (then :meth:`select` raises); ``require_all`` keeps only trains where every
+        selected source has data.
+        """
+        run = self.with_aliases(*definitions)
+        sources = {t for t in run._aliases.values() if isinstance(t, str)}
+        selection = [(s, "*") for s in sorted(sources)] + sorted(
+            t for t in run._aliases.values() if isinstance(t, tuple) and t[0] not in sources)
+        if not strict:
+            selection = [(s, k) for s, k in selection
+                         if s in run and (k == "*" or k.removesuffix(".value") in run.keys(s))]
+        return run.select(selection, require_all=require_all)
+
+    def drop_aliases(self) -> Run:
+        """This run without aliases."""
+        new = self._new()
+        new._aliases = {}
+        return new
+
+    @property
+    def alias(self) -> AliasView:
+        """Sources and keys by alias: ``run.alias["name"]`` is ``run[source]`` or ``run[source, key]``.
+
+        ``run.alias["source-alias", key]`` gives a key of an aliased source.
+        """
+        return AliasView(self)
 
     def __getitem__(self, item: tuple[str, str] | str) -> xr.DataArray | xr.Dataset:
         """``run[source, key]``: one key as a lazy DataArray; ``run[source]``: a source's Dataset.
@@ -108,13 +171,15 @@ class Run(RunSelection):
         """
         return views.control_frame(self, sources, keys, timestamps)
 
-    def trains(self, devices: Any = None, require_all: bool = False,
-               keep_dims: bool = False) -> Iterator[tuple[int, dict]]:
+    def trains(self, devices: Any = None, train_range: Any = None, *, require_all: bool = False,
+               keep_dims: bool = False, bridge_names: bool = False) -> trains.TrainIterator:
         """Iterate over trains as ``(train_id, {source: {key: value, "metadata": ...}})``.
 
-        The classic per-train API (see :func:`xfeldata.trains.iter_trains`).
+        The classic per-train API, with EXtra-data's names and arguments (see
+        :func:`xfeldata.trains.iter_trains`); ``len(run.trains())`` is the number of trains.
         """
-        return trains.iter_trains(self, devices=devices, require_all=require_all, keep_dims=keep_dims)
+        return trains.iter_trains(self, devices=devices, train_range=train_range, require_all=require_all,
+                                  keep_dims=keep_dims, bridge_names=bridge_names)
 
     def train_from_id(self, train_id: int, devices: Any = None,
                       keep_dims: bool = False) -> tuple[int, dict]:
@@ -126,7 +191,64 @@ class Run(RunSelection):
         """One train's data dicts, by position in the selection."""
         return trains.train_from_index(self, index, devices=devices, keep_dims=keep_dims)
 
-    def info(self, details: bool = False, file=None) -> None:
+    def train_timestamps(self, labelled: bool = False, *,
+                         euxfel_local_time: bool = False) -> np.ndarray | pd.Series:
+        """When each selected train happened, from the files' ``INDEX/timestamp`` (as EXtra-data).
+
+        Parameters
+        ----------
+        labelled
+            False (default): a ``datetime64[ns]`` array (UTC, no time zone attached).
+            True: a pandas Series of time-zone aware timestamps indexed by ``trainId``.
+        euxfel_local_time
+            With ``labelled=True``, in the facility's time zone (Europe/Berlin) instead of UTC.
+
+        Trains without a timestamp (files before format 1.0) are ``NaT``.
+
+        Examples
+        --------
+        >>> run.train_timestamps(labelled=True).diff().median()   # doctest: +SKIP
+        Timedelta('0 days 00:00:00.100000')
+        """
+        ns = self.train_timestamps_ns()
+        stamps = ns.astype("datetime64[ns]")
+        stamps[ns == 0] = np.datetime64("NaT")
+        if not labelled:
+            if euxfel_local_time:
+                raise ValueError("euxfel_local_time needs labelled=True")
+            return stamps
+        series = pd.Series(stamps, index=pd.Index(self.train_ids, name="trainId")).dt.tz_localize("UTC")
+        return series.dt.tz_convert("Europe/Berlin") if euxfel_local_time else series
+
+    def data_counts(self, source: str, group: str | None = None,
+                    labelled: bool = False) -> np.ndarray | pd.Series:
+        """Rows of data per selected train (0 where the source has none).
+
+        ``group`` defaults to the source's first index group (``""`` for control
+        data); ``labelled=True`` gives a pandas Series indexed by ``trainId``
+        (EXtra-data's ``run[source].data_counts()``).
+
+        Examples
+        --------
+        >>> run.data_counts("SPB_DET_AGIPD1M-1/DET/0CH0:xtdf", "image", labelled=True)  # doctest: +SKIP
+        """
+        counts = super().data_counts(source, group)
+        if not labelled:
+            return counts
+        return pd.Series(counts, index=pd.Index(self.train_ids, name="trainId"),
+                         name=self.resolve_source(source))
+
+    def plot_missing_data(self, min_saved_pct: float = 95, ax: Any = None) -> Any:
+        """Plot which sources and detector modules miss which trains (needs matplotlib: ``xfeldata[plot]``).
+
+        See :func:`xfeldata.plotting.plot_missing_data`; the table behind it is
+        :func:`xfeldata.plotting.missing_data`.
+        """
+        from .plotting import plot_missing_data
+
+        return plot_missing_data(self, min_saved_pct, ax)
+
+    def info(self, details: bool = False, file=None, counts: bool = False) -> None:
         """Print a summary: trains, duration, detectors and their modules, sources.
 
         Parameters
@@ -135,15 +257,61 @@ class Run(RunSelection):
             Also list every key of every source with its shape and dtype.
         file
             Where to print (default: standard output).
+        counts
+            Also say, for every source and detector module, in how many trains it has data.
         """
-        print(format_info(self, details=details), file=file or sys.stdout)
+        print(format_info(self, details=details, counts=counts), file=file or sys.stdout)
+
+
+class AliasView:
+    """``run.alias[...]``: sources and keys by their aliases (see :meth:`Run.with_aliases`).
+
+    Examples
+    --------
+    >>> "sa1-xgm" in run.alias, sorted(run.alias)                  # doctest: +SKIP
+    (True, ['sa1-xgm'])
+    """
+
+    def __init__(self, run: Run):
+        self._run = run
+
+    def resolve(self, name: str) -> Alias:
+        """What an alias stands for; :class:`KeyError` naming the known aliases if unknown."""
+        try:
+            return self._run._aliases[normalise_alias(name)]
+        except KeyError:
+            known = ", ".join(sorted(self._run._aliases)) or "none (see Run.with_aliases)"
+            raise KeyError(f"no alias {name!r}; aliases: {known}") from None
+
+    def __getitem__(self, item: str | tuple[str, str]) -> xr.DataArray | xr.Dataset:
+        if isinstance(item, tuple) and len(item) == 2:
+            source = self.resolve(item[0])
+            if not isinstance(source, str):
+                raise ValueError(f"alias {item[0]!r} stands for a key, not a source: {source!r}")
+            return self._run[source, item[1]]
+        if isinstance(item, str):
+            return self._run[self.resolve(item)]
+        raise TypeError(f"use run.alias[alias] or run.alias[source alias, key], not {item!r}")
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and normalise_alias(name) in self._run._aliases
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._run._aliases))
+
+    def __len__(self) -> int:
+        return len(self._run._aliases)
+
+    def __repr__(self) -> str:
+        lines = [f"  {name}: {target!r}" for name, target in sorted(self._run._aliases.items())]
+        return "\n".join(["<aliases>", *lines]) if lines else "<no aliases>"
 
 
 def open_run(
     path: PathLike | Iterable[PathLike] | None = None, include: str = "*",
     inc_suspect_trains: bool = True, strict: bool = False, *,
     proposal: int | str | None = None, run: int | str | None = None, data: str = "raw",
-    progress: bool | None = None, cache: bool = True,
+    progress: bool | None = None, cache: bool = True, aliases: Any = DEFAULT_ALIASES_FILE,
 ) -> Run:
     """Open a run directory, a list of run files, or a run of a proposal.
 
@@ -160,13 +328,20 @@ def open_run(
         Raise on an unreadable file instead of skipping it with a warning.
     proposal, run, data
         Instead of ``path``: the proposal number, run number and ``"raw"``,
-        ``"proc"`` or ``"all"`` (raw and proc together), found under the facility's
-        data root (``$XFELDATA_ROOT``, default ``/gpfs/exfel/exp``).
+        ``"proc"`` or ``"all"``, found under the facility's data root
+        (``$XFELDATA_ROOT``, default ``/gpfs/exfel/exp``).  ``"all"`` combines them
+        as EXtra-data does: sources that proc data has (corrected detectors, also
+        under their legacy names) come from proc, the others from raw.
     progress
         Show a progress bar while indexing (default: on a terminal, for many files).
     cache
         Use the persistent index cache, so a run opens again without reading its
         files (``XFELDATA_INDEX_CACHE=0`` turns it off everywhere).
+    aliases
+        With ``proposal=``: alias definitions applied with :meth:`Run.with_aliases`;
+        the default, the proposal's ``usr/extra-data-aliases.yml`` (as EXtra-data),
+        is used if it exists.  A path with ``{}`` has it replaced by the proposal
+        directory; None applies no aliases.  Runs opened by ``path`` have none.
 
     Returns
     -------
@@ -193,12 +368,13 @@ def open_run(
         if data not in ("raw", "proc", "all"):
             raise ValueError(f"data must be 'raw', 'proc' or 'all', not {data!r}")
         kinds = ("raw", "proc") if data == "all" else (data,)
-        paths: list[str] = []
+        paths_by_kind: dict[str, list[str]] = {}
         for kind in kinds:
             run_dir = proposal_run_dir(proposal, run, kind)
             if kind == "proc" and data == "all" and not run_dir.exists():
                 continue
-            paths += list_run_files(run_dir, include)
+            paths_by_kind[kind] = list_run_files(run_dir, include)
+        paths = [p for kind_paths in paths_by_kind.values() for p in kind_paths]
     elif isinstance(path, str | os.PathLike):
         paths = list_run_files(path, include)
     else:
@@ -209,8 +385,36 @@ def open_run(
             if not os.path.exists(p):
                 raise FileNotFoundError(f"{p}: no such file")
     with paused_gc():
-        files = index_files(paths, strict=strict, progress=progress, cache=cache)
-        return Run(RunFiles(files, inc_suspect_trains=inc_suspect_trains))
+        if path is None and data == "all" and "proc" in paths_by_kind:
+            raw, proc = (index_files(paths_by_kind[k], strict=strict, progress=progress, cache=cache)
+                         for k in ("raw", "proc"))
+            files = _proc_over_raw(raw, proc)
+        else:
+            files = index_files(paths, strict=strict, progress=progress, cache=cache)
+        opened = Run(RunFiles(files, inc_suspect_trains=inc_suspect_trains))
+    if path is None and aliases is not None:
+        if isinstance(aliases, str):
+            aliases = Path(aliases.format(proposal_run_dir(proposal, run).parents[1]))
+        if aliases != Path(DEFAULT_ALIASES_FILE.format(proposal_run_dir(proposal, run).parents[1])) or (
+                aliases.is_file()):
+            opened = opened.with_aliases(aliases)
+    return opened
+
+
+def _proc_over_raw(raw: list[FileIndex], proc: list[FileIndex]) -> list[FileIndex]:
+    """Raw and proc files of one run, as EXtra-data's ``data="all"``: a source both have is read from proc.
+
+    Proc sources count under their legacy names too, so corrected data saved under
+    new names replaces the raw ``.../DET/<n>CH0:xtdf`` sources.  Raw files left with
+    no source are dropped.
+    """
+    in_proc = {name for fi in proc for name in (*fi.sources, *fi.aliases)}
+    kept = []
+    for fi in raw:
+        sources = {name: info for name, info in fi.sources.items() if name not in in_proc}
+        if sources:
+            kept.append(dataclasses.replace(fi, sources=sources))
+    return kept + list(proc)
 
 
 def open_file(path: PathLike, inc_suspect_trains: bool = True, cache: bool = True) -> Run:

@@ -56,7 +56,7 @@ from .files.handles import FileStamp
 from .files.layout import parse_file_name
 from .files.strings import decode_strings
 from .run import RunSelection
-from .views import aligned_masks, group_presence, pulse_slots
+from .views import aligned_masks, group_presence, pulse_slots, run_dataset
 
 __all__ = ["XfeldataBackendEntrypoint", "XfeldataBackendArray", "open_source_dataset"]
 
@@ -395,7 +395,7 @@ class XfeldataBackendEntrypoint(BackendEntrypoint):
         source: str | None = None, keys: str | Iterable[str] | None = None,
         include: str = "*", inc_suspect_trains: bool = True,
     ) -> xr.Dataset:
-        """Open one source of a run as a Dataset of lazily indexed variables.
+        """Open one source of a run as a Dataset of lazily indexed variables (or the whole run).
 
         Parameters
         ----------
@@ -405,6 +405,8 @@ class XfeldataBackendEntrypoint(BackendEntrypoint):
             Variable names to leave out.
         source
             A source name (legacy names resolve) or a glob matching exactly one source.
+            Without it, the whole run as :meth:`xfeldata.Run.dataset` gives it
+            (variables ``"source/key"``, dask arrays).
         keys
             A key glob or a list of keys/globs (default: all keys).
         include
@@ -415,13 +417,17 @@ class XfeldataBackendEntrypoint(BackendEntrypoint):
         Raises
         ------
         ValueError
-            Without ``source``, or if it matches no source or several, listing them.
+            If ``source`` matches no source or several, listing them.
 
         Examples
         --------
         >>> xr.open_dataset("r0001", engine="xfeldata", source="*XGM/DOOCS/MAIN")  # doctest: +SKIP
         """
         run = open_run(filename_or_obj, include=include, inc_suspect_trains=inc_suspect_trains)
+        if source is None:  # the whole run, as run.dataset(): variables "source/key" (dask)
+            picked = {name: _matching_keys(run, name, keys) for name in run.sources}
+            whole = run_dataset(run.select({name: ks for name, ks in picked.items() if ks}))
+            return whole.drop_vars(_drop_set(drop_variables) & set(whole.data_vars))
         name = _pick_source(run, source)
         return open_source_dataset(_select_keys(run, name, keys), name, _drop_set(drop_variables))
 

@@ -20,8 +20,10 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
+from pathlib import Path
 from typing import TextIO
 
+from . import __version__
 from .bridge.cli import (
     DETECTOR_CHOICES,
     add_commands,
@@ -30,6 +32,7 @@ from .bridge.cli import (
     module_list,
     positive_int,
 )
+from .detectors.kinds import DETECTORS
 from .files.layout import FORMAT_VERSIONS
 
 
@@ -42,7 +45,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     strict = os.path.isfile(args.path)
     indexes = index_files(list_run_files(args.path, args.include), strict=strict)
-    print(format_info(RunSelection(RunFiles(indexes)), details=args.details))
+    print(format_info(RunSelection(RunFiles(indexes)), details=args.details, counts=args.counts))
     return 0
 
 
@@ -86,9 +89,32 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / 1e9:.1f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:.1f} MB"
+
+
+def _pixel_data_note(args: argparse.Namespace) -> str | None:
+    """What make-example's pixel data amounts to before compression (None without a detector)."""
+    import numpy as np
+
+    if args.detector == "none":
+        return None
+    kind = DETECTORS[args.detector]
+    n_modules = len(args.modules) if args.modules else len(kind.modules)
+    shape = kind.corrected_entry_shape if args.corrected else kind.raw_entry_shape
+    itemsize = 4 if args.corrected else np.dtype(kind.raw_dtype).itemsize  # corrected: float32
+    total = n_modules * args.trains * args.frames * math.prod(shape) * itemsize
+    bound = "at most " if args.irregular else ""
+    return (f"writing {kind.name}: {n_modules} modules x {args.trains} trains x {args.frames} frames of "
+            f"{shape}: {bound}{_size(total)} of pixel data before compression")
+
+
 def _cmd_make_example(args: argparse.Namespace) -> int:
     from .testing import make_example
 
+    note = _pixel_data_note(args)
+    if note:
+        print(note, flush=True)
     per_seq = math.ceil(args.trains / args.sequences) if args.sequences > 1 else None
     path = make_example(
         args.directory,
@@ -102,7 +128,9 @@ def _cmd_make_example(args: argparse.Namespace) -> int:
         irregular=args.irregular, proposal=args.proposal, run=args.run,
         progress=sys.stderr.isatty(),
     )
-    print(f"wrote example run to {path}")
+    files = sorted(Path(path).glob("*.h5"))
+    size = sum(f.stat().st_size for f in files)
+    print(f"wrote example run to {path} ({len(files)} files, {_size(size)})")
     return 0
 
 
@@ -146,11 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xfeldata",
         description="European XFEL runs and Karabo bridge streams as labelled arrays.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("info", help="summarise a run directory or file")
     p.add_argument("path", help="run directory or single file")
     p.add_argument("--details", action="store_true", help="list keys with shapes and dtypes")
+    p.add_argument("--counts", action="store_true", help="in how many trains each source has data")
     p.add_argument("--include", default="*", help="glob on file names (default: all)")
     p.set_defaults(func=_cmd_info)
 
@@ -167,29 +197,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory", help="where to write the run (created if needed)")
     p.add_argument("--detector", default="AGIPD1M", choices=[*DETECTOR_CHOICES, "none"],
                    type=_detector_or_none,
-                   help="detector kind, any case (AGIPD, LPD and DSSC stand for the 1M ones)")
+                   help="detector kind, any case (AGIPD, LPD and DSSC stand for the 1M ones; "
+                        "default AGIPD1M)")
     p.add_argument("--corrected", action="store_true", help="corrected (CORR) detector data")
     p.add_argument("--legacy-names", action="store_true",
                    help="corrected data under the old .../DET/nCH0:xtdf names only")
-    p.add_argument("--modules", type=module_list, default=None, help="e.g. 0-3,8")
-    p.add_argument("--trains", type=positive_int, default=20)
+    p.add_argument("--modules", type=module_list, default=None,
+                   help="e.g. 0-3,8 (default: all modules of the detector)")
+    p.add_argument("--trains", type=positive_int, default=20, help="trains in the run (default 20)")
     p.add_argument("--frames", type=positive_int, default=16,
-                   help="frames (memory cells) per train")
+                   help="frames (memory cells) per train (default 16)")
     p.add_argument("--sequences", type=positive_int, default=1,
-                   help="sequence files per aggregator")
-    p.add_argument("--format", default="1.3", choices=FORMAT_VERSIONS)
+                   help="sequence files per aggregator (default 1)")
+    p.add_argument("--format", default="1.3", choices=FORMAT_VERSIONS,
+                   help="file format version (default 1.3)")
     p.add_argument("--old-index", action="store_true", help="first/last/status index (0.5)")
     p.add_argument("--compression", default="facility", choices=["facility", "none", "gzip", "lzf"],
                    help="facility: raw pixels uncompressed, corrected deflate 1 + shuffle")
     p.add_argument("--pixel-chunk-frames", type=positive_int, default=1,
                    help="frames per HDF5 chunk of pixel data (the facility writes 1)")
     p.add_argument("--no-slow", action="store_true", help="no slow or instrument sources")
-    p.add_argument("--first-train", type=positive_int, default=10000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--first-train", type=positive_int, default=10000,
+                   help="first train ID (default 10000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random data (default 0)")
     p.add_argument("--irregular", action="store_true",
                    help="missing modules, varying frames, zero padding, suspect train, empty source")
-    p.add_argument("--proposal", type=int, default=700000)
-    p.add_argument("--run", type=int, default=1)
+    p.add_argument("--proposal", type=int, default=700000,
+                   help="proposal number in the metadata (default 700000)")
+    p.add_argument("--run", type=int, default=1,
+                   help="run number in the metadata and file names (default 1)")
     p.set_defaults(func=_cmd_make_example, check=partial(_check_make_example, p))
 
     p = sub.add_parser("demo", help="write a synthetic run, open it, summarise it and read it")

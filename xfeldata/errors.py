@@ -117,12 +117,17 @@ class PropertyNameError(XfeldataError, KeyError):
 class TrainIdError(XfeldataError, KeyError):
     """Train IDs asked for by label that the run does not have."""
 
-    def __init__(self, missing: Iterable[int], first: int | None, last: int | None):
+    def __init__(self, missing: Iterable[int], first: int | None, last: int | None,
+                 suspect: Iterable[int] = ()):
         missing = [int(t) for t in missing]
         self.missing = missing
-        shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
-        span = f" (the run has trains {first} to {last})" if first is not None else " (no trains)"
-        super().__init__(f"train ID {shown} not in this data{span}")
+        suspect = [int(t) for t in suspect]
+        shown = ", ".join(map(str, missing[:5])) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        span = f" (the run has trains {first} to {last}" if first is not None else " (no good trains"
+        if suspect:
+            span += f", and suspect train IDs {', '.join(map(str, suspect[:5]))}"
+            span += f" and {len(suspect) - 5} more" if len(suspect) > 5 else ""
+        super().__init__(f"train ID {shown} not in this data{span})")
 
     def __str__(self) -> str:
         return str(self.args[0])

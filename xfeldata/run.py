@@ -291,7 +291,8 @@ class RunFiles:
         files = sorted({self.files[i].name for i in file_no[np.isin(tids, clash) & (count > 0)]})
         label = f"{source}/{group}" if group else source
         self.conflicts.append(
-            f"{label}: train ID(s) {', '.join(map(str, clash[:5].tolist()))} claimed by "
+            f"{label}: {len(clash)} train ID(s) "
+            f"{', '.join(map(str, clash[:5].tolist()))}{' ...' if len(clash) > 5 else ''} claimed by "
             f"several files ({', '.join(files)}); reading the first"
         )
 
@@ -481,6 +482,33 @@ class RunSelection:
         counts[np.searchsorted(self._train_ids, found.train_ids)] = found.count
         return counts
 
+    def train_timestamps_ns(self) -> np.ndarray:
+        """``INDEX/timestamp`` (ns since the Unix epoch, UTC) of each selected train, 0 where no file records one."""
+        tids = self._train_ids
+        out = np.zeros(len(tids), np.uint64)
+        if not len(tids):
+            return out
+        for fi in self.file_indexes:
+            if fi.timestamps is None:
+                continue
+            ids, ts = fi.train_ids[fi.valid], fi.timestamps[fi.valid]
+            pos = np.minimum(np.searchsorted(tids, ids), len(tids) - 1)
+            hit = (tids[pos] == ids) & (ts != 0)
+            pos, ts = pos[hit], ts[hit]
+            unset = out[pos] == 0
+            out[pos[unset]] = ts[unset]
+        return out
+
+    @property
+    def legacy_sources(self) -> dict[str, str]:
+        """Legacy source names of the selected sources (corrected data's old ``.../DET/<n>CH0:xtdf``) -> current name.
+
+        :attr:`sources` lists the current names only; ``run[legacy, key]`` and
+        :meth:`select` accept either.
+        """
+        return {legacy: current for legacy, current in sorted(self._files.aliases.items())
+                if current in self._selection}
+
     @property
     def metadata(self) -> dict[str, Any]:
         """Run metadata (format version, creation date, proposal, run number, ...)."""
@@ -550,11 +578,11 @@ class RunSelection:
             return self._new(train_ids=out[:: trainId.step] if trainId.step else out)
         given = np.atleast_1d(np.asarray(trainId))
         if given.dtype.kind in "if" and (given < 0).any():
-            raise TrainIdError(given[given < 0], *(tids[[0, -1]].tolist() if len(tids) else (None, None)))
+            raise TrainIdError(given[given < 0], *self._train_span())
         wanted = given.astype(np.uint64)
         missing = np.setdiff1d(wanted, tids)
         if len(missing):
-            raise TrainIdError(missing, *(tids[[0, -1]].tolist() if len(tids) else (None, None)))
+            raise TrainIdError(missing, *self._train_span())
         return self._new(train_ids=np.unique(wanted))
 
     def isel(self, trainId: Any = None) -> RunSelection:  # noqa: N803
@@ -592,7 +620,7 @@ class RunSelection:
                 available = self.keys(source)
                 picked = set()
                 for glob in globs:
-                    glob = glob[:-6] if glob.endswith(".value") else glob
+                    glob = glob.removesuffix(".value").removesuffix(".timestamp")  # EXtra-data's names
                     hits = [k for k in available if fnmatch.fnmatchcase(k, glob)]
                     if not hits and not _is_glob(glob) and not _is_glob(source_glob):
                         raise PropertyNameError(glob, source, available)
@@ -620,7 +648,7 @@ class RunSelection:
         return wanted
 
     def select(self, selection: SelectionSpec, keys: str = "*",
-               require_all: bool = False) -> RunSelection:
+               require_all: bool = False, require_any: bool = False) -> RunSelection:
         """Select sources and keys.
 
         Parameters
@@ -633,6 +661,8 @@ class RunSelection:
             Key glob used with a source glob.
         require_all
             Keep only the trains where every selected source has data.
+        require_any
+            Keep only the trains where at least one selected source has data.
 
         Examples
         --------
@@ -642,11 +672,12 @@ class RunSelection:
         wanted = self._match(selection, keys)
         new = {s: (None if k is None else frozenset(k)) for s, k in wanted.items()}
         result = self._new(selection=new)
-        if require_all:
-            keep = np.ones(len(result._train_ids), bool)
-            for source in new:
-                for group in result._selected_groups(source):
-                    keep &= result.data_counts(source, group) > 0
+        if require_all and require_any:
+            raise ValueError("select: pass require_all or require_any, not both")
+        if require_all or require_any:
+            has = [result.data_counts(source, group) > 0
+                   for source in new for group in result._selected_groups(source)]
+            keep = np.logical_and.reduce(has) if require_all else np.logical_or.reduce(has)
             result = result._new(train_ids=result._train_ids[keep])
         return result
 
@@ -709,10 +740,24 @@ class RunSelection:
                     selection[source] = selection[source] | key_set
         return type(self)(files, train_ids, selection)
 
+    def _train_span(self) -> tuple[int | None, int | None, list[int]]:
+        """First and last good (not suspect) selected train, and the suspect ones apart.
+
+        A suspect train ID (e.g. 1000010029 among 10000-10029) would make the
+        plain first-to-last range misleading.
+        """
+        suspect = self.suspect_train_ids
+        good = self._train_ids[~np.isin(self._train_ids, suspect)]
+        first, last = (good[[0, -1]].tolist() if len(good) else (None, None))
+        return first, last, suspect.tolist()
+
     def __repr__(self) -> str:
-        tids = self._train_ids
-        span = f"{tids[0]}-{tids[-1]}" if len(tids) else "none"
-        return (f"<{type(self).__module__.split('.')[0]}.{type(self).__name__}: {len(tids)} trains "
+        first, last, suspect = self._train_span()
+        span = f"{first}-{last}" if first is not None else "none"
+        if suspect:
+            shown = ", ".join(map(str, suspect[:3])) + (f" and {len(suspect) - 3} more" if len(suspect) > 3 else "")
+            span += f"; suspect: {shown}"
+        return (f"<{type(self).__module__.split('.')[0]}.{type(self).__name__}: {len(self._train_ids)} trains "
                 f"({span}), {len(self._selection)} sources, {len(self.files)} files>")
 
 

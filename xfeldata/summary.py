@@ -30,6 +30,8 @@ class DetectorSummary:
     modules: dict[int, str]  # module number -> source
     trains_missing_modules: dict[int, list[int]]  # train ID -> missing module numbers
     frames_per_train: tuple[int, int] | None  # min, max over trains with data
+    trains_without_data: list[int]  # selected train IDs in which no module has data
+    trains_per_module: dict[int, int]  # module number -> trains in which it has data
 
 
 def detector_main_group(run: RunSelection, source: str) -> str:
@@ -49,7 +51,9 @@ def find_detectors(run: RunSelection) -> list[DetectorSummary]:
         counts = {m: run.data_counts(src, detector_main_group(run, src)) for m, src in modules.items()}
         stacked = np.stack([counts[m] for m in sorted(modules)]) if counts else np.zeros((0, 0))
         missing: dict[int, list[int]] = {}
+        without: list[int] = []
         if stacked.size:
+            without = run.train_ids[(stacked == 0).all(axis=0)].tolist()
             any_data = (stacked > 0).any(axis=0)
             for t in np.flatnonzero(any_data & (stacked == 0).any(axis=0)):
                 missing[int(run.train_ids[t])] = [m for i, m in enumerate(sorted(modules))
@@ -58,7 +62,9 @@ def find_detectors(run: RunSelection) -> list[DetectorSummary]:
         if kind is not None and kind.row_per_frame and stacked.size and (stacked > 0).any():
             with_data = stacked[stacked > 0]
             frames = (int(with_data.min()), int(with_data.max()))
-        summaries.append(DetectorSummary(device, kind.name if kind else None, modules, missing, frames))
+        per_module = {m: int(np.count_nonzero(counts[m])) for m in sorted(modules)}
+        summaries.append(DetectorSummary(device, kind.name if kind else None, modules, missing, frames,
+                                         without, per_module))
     return summaries
 
 
@@ -104,7 +110,13 @@ def _key_lines(run: RunSelection, source: str) -> list[str]:
     return lines
 
 
-def format_info(run: RunSelection, details: bool = False) -> str:
+def _with_data(run: RunSelection, source: str) -> str:
+    group = detector_main_group(run, source) if run.index_groups(source) else ""
+    n = int(np.count_nonzero(run.data_counts(source, group or None)))
+    return f" ({n} of {len(run.train_ids)} trains with data)"
+
+
+def format_info(run: RunSelection, details: bool = False, counts: bool = False) -> str:
     """The summary of a run as text, like EXtra-data's ``info()`` and more.
 
     Parameters
@@ -113,6 +125,8 @@ def format_info(run: RunSelection, details: bool = False) -> str:
         A run or selection.
     details
         List every key of every source with its entry shape and dtype.
+    counts
+        Say for every source (and detector module) in how many trains it has data.
     """
     good, duration = _good_span(run)
     lines = [
@@ -144,6 +158,14 @@ def format_info(run: RunSelection, details: bool = False) -> str:
             shown = "; ".join(f"{t} (modules {_module_ranges(m)})" for t, m in items[:4])
             lines.append(f"  {len(items)} train(s) with modules missing: {shown}"
                          + (" ..." if len(items) > 4 else ""))
+        if det.trains_without_data:
+            shown = ", ".join(map(str, det.trains_without_data[:5]))
+            more = len(det.trains_without_data) - 5
+            lines.append(f"  {len(det.trains_without_data)} train(s) with no module's data: {shown}"
+                         + (f" and {more} more" if more > 0 else ""))
+        if counts:
+            lines.append("  trains with data per module: " + ", ".join(
+                f"{m}: {n}" for m, n in det.trains_per_module.items()))
         if details:
             first = next(iter(sorted(det.modules.items())))[1]
             lines.append(f"    keys of each module ({first}):")
@@ -153,13 +175,13 @@ def format_info(run: RunSelection, details: bool = False) -> str:
     other = [s for s in run.instrument_sources if s not in det_sources]
     lines.append(f"{len(other)} instrument sources (excluding detectors):")
     for source in other:
-        lines.append(f"  - {source}")
+        lines.append(f"  - {source}" + (_with_data(run, source) if counts else ""))
         if details:
             lines += _key_lines(run, source)
     lines.append("")
     lines.append(f"{len(run.control_sources)} control sources:")
     for source in run.control_sources:
-        lines.append(f"  - {source}")
+        lines.append(f"  - {source}" + (_with_data(run, source) if counts else ""))
         if details:
             lines += _key_lines(run, source)
     problems = run.problems

@@ -4,8 +4,11 @@ Each train is ``(train_id, {source: {key: value, ..., "metadata": {...}}})``, th
 same shape as a Karabo bridge message (``bridge-protocol.md``), so code written
 for the live stream runs on files too.
 
-- Control keys are named without ``.value``; their value for the train is
-  unwrapped: a number or a (decoded) string for scalars, the row for arrays.
+- Control keys are named as in EXtra-data, ``"<key>.value"`` and
+  ``"<key>.timestamp"``, so scripts written for EXtra-data's ``trains()`` run
+  unchanged (with ``bridge_names=True``, as the bridge server sends them: the key
+  without ``.value`` and no timestamps); the value for the train is unwrapped: a
+  number or a (decoded) string for scalars, the row for arrays.
 - Instrument keys give the rows of the train, ``(count, *entry)``; a single row
   loses its first dimension unless ``keep_dims=True`` (as in EXtra-data).
 - A key whose source has no rows in a train is left out; the source still
@@ -334,24 +337,6 @@ class _Rows:
         return out
 
 
-def _train_timestamps(run: RunSelection) -> np.ndarray:
-    """``INDEX/timestamp`` (ns) of each selected train, 0 where no file records one."""
-    tids = run.train_ids
-    out = np.zeros(len(tids), np.uint64)
-    if not len(tids):
-        return out
-    for fi in run.file_indexes:
-        if fi.timestamps is None:
-            continue
-        ids, ts = fi.train_ids[fi.valid], fi.timestamps[fi.valid]
-        pos = np.minimum(np.searchsorted(tids, ids), len(tids) - 1)
-        hit = (tids[pos] == ids) & (ts != 0)
-        pos, ts = pos[hit], ts[hit]
-        unset = out[pos] == 0
-        out[pos[unset]] = ts[unset]
-    return out
-
-
 def _metadata(source: str, tid: int, ns: int) -> dict[str, Any]:
     sec, rest = divmod(ns, 10**9)
     return {"source": source, "timestamp": ns / 1e9, "timestamp.sec": str(sec),
@@ -368,8 +353,9 @@ def _require_all(run: RunSelection) -> RunSelection:
     return run.isel(trainId=keep) if not keep.all() else run
 
 
-def iter_trains(run: RunSelection, devices: SelectionSpec | None = None,
-                require_all: bool = False, keep_dims: bool = False) -> Iterator[tuple[int, TrainData]]:
+def iter_trains(run: RunSelection, devices: SelectionSpec | None = None, train_range: Any = None,
+                require_all: bool = False, keep_dims: bool = False,
+                bridge_names: bool = False) -> TrainIterator:
     """Iterate over the selected trains as ``(train_id, {source: {key: value}})``.
 
     Parameters
@@ -380,17 +366,23 @@ def iter_trains(run: RunSelection, devices: SelectionSpec | None = None,
         Sources and keys to read, anything :meth:`RunSelection.select` accepts: a
         source glob, ``{source: {keys}}`` (an empty set means all keys), or a list
         of ``(source, key)`` pairs.  Default: everything selected in ``run``.
+    train_range
+        Trains to read: ``by_id[...]`` (train IDs, slices inclusive as in
+        ``run.sel``), ``by_index[...]`` or a slice (positions in the selection).
     require_all
         Skip trains in which any selected source (in any index group of the
         selected keys) has no data.
     keep_dims
         Keep the first dimension of instrument data with one row in a train.
+    bridge_names
+        Name control keys as bridge messages do (``"<key>"``, no timestamps)
+        instead of EXtra-data's ``"<key>.value"`` and ``"<key>.timestamp"``.
 
-    Yields
-    ------
-    train_id : int
-    data : dict
-        ``{source: {key: value, "metadata": {...}}}``; see the module docstring.
+    Returns
+    -------
+    TrainIterator
+        Of ``(train_id, {source: {key: value, "metadata": {...}}})`` (see the module
+        docstring); ``len()`` gives the number of trains, so ``tqdm`` shows progress.
 
     Raises
     ------
@@ -400,30 +392,74 @@ def iter_trains(run: RunSelection, devices: SelectionSpec | None = None,
     Examples
     --------
     >>> for tid, data in iter_trains(run, devices="SA1_XTD2_XGM/DOOCS/MAIN"):   # doctest: +SKIP
-    ...     print(tid, data["SA1_XTD2_XGM/DOOCS/MAIN"]["beamPosition.ixPos"])
+    ...     print(tid, data["SA1_XTD2_XGM/DOOCS/MAIN"]["beamPosition.ixPos.value"])
     """
     if devices is not None:
         run = run.select(devices)
+    if train_range is not None:
+        run = _select_trains(run, train_range)
     if require_all:
         run = _require_all(run)
     tids = run.train_ids.tolist()
-    timestamps = _train_timestamps(run).tolist()
+    timestamps = run.train_timestamps_ns().tolist()
     readers: list[tuple[str, list[tuple[str, _KeyReader]]]] = []
     group_rows: dict[tuple[str, str], _GroupRows] = {}
     control_sources = set(run.control_sources)
     for source in run.sources:
         control = source in control_sources
         key_readers = []
-        for key in run.keys(source):
+        values = run.keys(source)
+        timestamp_keys = sorted(set(run.keys(source, timestamps=True)) - set(values)) if (
+            control and not bridge_names) else []
+        for key in values + timestamp_keys:
             group = run.key_info(source, key).group
             rows = group_rows.get((source, group))
             if rows is None:
                 rows = group_rows[source, group] = _GroupRows(run, source, group)
-            key_readers.append((key, _KeyReader(run, source, key, rows, control, keep_dims)))
+            name = f"{key}.value" if control and not bridge_names and key in values else key
+            key_readers.append((name, _KeyReader(run, source, key, rows, control, keep_dims)))
         readers.append((source, key_readers))
     all_readers = [kr for _, krs in readers for _, kr in krs]
     _size_blocks(all_readers)
-    return _generate(readers, tids, timestamps)
+    return TrainIterator(_generate(readers, tids, timestamps), len(tids))
+
+
+class TrainIterator(Iterator[tuple[int, TrainData]]):
+    """The trains :func:`iter_trains` yields, with ``len()`` (the trains still to come at the start).
+
+    Examples
+    --------
+    >>> from tqdm import tqdm
+    >>> for tid, data in tqdm(run.trains()):    # doctest: +SKIP
+    ...     pass
+    """
+
+    def __init__(self, trains: Iterator[tuple[int, TrainData]], n_trains: int):
+        self._trains, self._n = trains, n_trains
+
+    def __next__(self) -> tuple[int, TrainData]:
+        return next(self._trains)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def close(self) -> None:
+        """Stop reading (releases the thread pool and open blocks)."""
+        close = getattr(self._trains, "close", None)
+        if close is not None:
+            close()
+
+
+def _select_trains(run: RunSelection, train_range: Any) -> RunSelection:
+    """``train_range`` of :func:`iter_trains` applied to ``run``."""
+    by = getattr(train_range, "by", None)
+    if by == "id":
+        return run.sel(trainId=train_range.value)
+    if by == "index":
+        return run.isel(trainId=train_range.value)
+    if isinstance(train_range, slice):
+        return run.isel(trainId=train_range)
+    raise TypeError(f"train_range must be by_id[...], by_index[...] or a slice, not {train_range!r}")
 
 
 def _generate(readers: list[tuple[str, list[tuple[str, _KeyReader]]]], tids: list[int],

@@ -33,10 +33,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .arrays import execute_block, flat_rows_blocks
 from .files.index import KeyInfo
+from .files.progress import tqdm
 from .files.writer import FileWriter, Key, RowWriter, Storage
 from .run import RunSelection
 

@@ -12,6 +12,7 @@ Examples
 from __future__ import annotations
 
 import argparse
+import datetime
 import re
 import sys
 import time
@@ -169,15 +170,17 @@ def _add_server_options(p: argparse.ArgumentParser, rate: float | None) -> None:
     p.add_argument("--port", type=_port, default=4545, help="TCP port (default 4545; 0 = any free)")
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to bind (default 127.0.0.1; '*' for every interface)")
-    p.add_argument("--sock", default="REP", choices=_SERVER_SOCKS, type=str.upper)
-    p.add_argument("--protocol", default="2.2", choices=("1.0", "2.2"))
+    p.add_argument("--sock", default="REP", choices=_SERVER_SOCKS, type=str.upper,
+                   help="ZeroMQ socket type (default REP: one train per client request)")
+    p.add_argument("--protocol", default="2.2", choices=("1.0", "2.2"),
+                   help="Karabo bridge protocol version (default 2.2)")
     p.add_argument("--policy", default="wait", choices=POLICIES,
                    help="when clients are slower than the source (default: wait)")
-    p.add_argument("--maxlen", type=positive_int, default=10, help="trains queued by queue/drop/raise")
+    p.add_argument("--maxlen", type=positive_int, default=10, help="trains queued by queue/drop/raise (default 10)")
     p.add_argument("--rate", type=non_negative_float, default=rate,
                    help=f"trains per second at most (default {rate or 'no limit'}; 0 = no limit)")
     p.add_argument("--ntrains", type=positive_int, default=None,
-                   help="stop after this many trains")
+                   help="stop after this many trains (default: no limit)")
     p.add_argument("--stack-detector", action="store_true",
                    help="send detector modules as one stacked <device>/CAL/APPEND source")
 
@@ -276,13 +279,28 @@ def _age(metadata: dict, now: float) -> float | None:
     return now - max(stamps) if stamps else None
 
 
+#: Data older than this (s) is taken as replayed: the monitor shows when it was recorded instead of its age.
+REPLAY_AGE = 3600.0
+
+
+def _age_text(age: float | None, now: float) -> str:
+    if age is None:
+        return "age ?"
+    if abs(age) < REPLAY_AGE:
+        return f"age {age:7.3f} s"
+    recorded = datetime.datetime.fromtimestamp(now - age, datetime.timezone.utc)
+    return f"recorded {recorded:%Y-%m-%d %H:%M:%S} UTC (replayed?)"
+
+
 def monitor(endpoint: str, sock: str = "REQ", ntrains: int | None = None,
             timeout: float | None = None, out: TextIO | None = None) -> int:
     """Print what a bridge endpoint sends: a table of sources and keys, then one line per train.
 
     Each line has the train ID, the number of sources, the message size, the
-    rate (trains/s and MB/s over the last 10 trains) and the data age (now
-    minus the newest timestamp in the metadata).
+    rate (trains/s and MB/s over the last 10 trains, from the second train on:
+    the first may have waited in the server for the client) and the data age
+    (now minus the newest timestamp in the metadata), or, for data older than
+    :data:`REPLAY_AGE` (a run replayed from files), when it was recorded.
 
     Parameters
     ----------
@@ -330,7 +348,8 @@ def monitor(endpoint: str, sock: str = "REQ", ntrains: int | None = None,
             if shown_sources != set(data):
                 shown_sources = set(data)
                 _print_table(data, metadata, out)
-            recent.append((time.monotonic(), nbytes))
+            if count > 1:  # the first train may have waited for us: the rate starts at the second
+                recent.append((time.monotonic(), nbytes))
             tids = {m.get("timestamp.tid") for m in metadata.values() if isinstance(m, dict)}
             tids.discard(None)
             tid = "mixed " + ",".join(map(str, sorted(tids))) if len(tids) > 1 else (
@@ -342,7 +361,7 @@ def monitor(endpoint: str, sock: str = "REQ", ntrains: int | None = None,
                     rate = f"{(len(recent) - 1) / span:8.1f} trains/s"
                     mbps = f"{sum(b for _, b in list(recent)[1:]) / span / 1e6:9.1f} MB/s"
             age = _age(metadata, now)
-            age_text = f"age {age:7.3f} s" if age is not None else "age ?"
+            age_text = _age_text(age, now)
             print(f"train {tid:>12}  {len(data):3d} sources  {nbytes / 1e6:9.2f} MB  "
                   f"{rate:>17}  {mbps:>14}  {age_text}", file=out, flush=True)
     except KeyboardInterrupt:
@@ -359,13 +378,14 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run", help="run directory or file")
     _add_server_options(p, rate=None)
     p.add_argument("--loop", action="store_true", help="start again at the end of the run")
-    p.add_argument("--source", default=None, metavar="GLOB", help="sources to send (glob)")
-    p.add_argument("--key", default=None, metavar="GLOB", help="keys to send (glob)")
+    p.add_argument("--source", default=None, metavar="GLOB", help="sources to send (glob; default: all)")
+    p.add_argument("--key", default=None, metavar="GLOB", help="keys to send (glob; default: all)")
     p.set_defaults(func=_cmd_serve)
 
     p = subparsers.add_parser("simulate", help="stream simulated detector trains")
     p.add_argument("--detector", default="AGIPD1M", choices=DETECTOR_CHOICES, type=detector_name,
-                   help="detector kind, any case (AGIPD, LPD and DSSC stand for the 1M ones)")
+                   help="detector kind, any case (AGIPD, LPD and DSSC stand for the 1M ones; "
+                        "default AGIPD1M)")
     _add_server_options(p, rate=10.0)
     raw = p.add_mutually_exclusive_group()
     raw.add_argument("--raw", dest="raw", action="store_true", default=True,
@@ -374,14 +394,15 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=positive_int, default=None,
                    help="frames per train (default 64; JUNGFRAU memory cells, default 16)")
     p.add_argument("--modules", type=module_list, default=None, help="e.g. 0-3,8 (default: all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random data (default 0)")
     p.set_defaults(func=_cmd_simulate, check=partial(_check_simulate, p))
 
     p = subparsers.add_parser("monitor", help="show what a Karabo bridge endpoint sends")
     p.add_argument("endpoint", type=endpoint_arg, help="e.g. tcp://127.0.0.1:4545")
-    p.add_argument("--sock", default="REQ", choices=_CLIENT_SOCKS, type=str.upper)
+    p.add_argument("--sock", default="REQ", choices=_CLIENT_SOCKS, type=str.upper,
+                   help="ZeroMQ socket type (default REQ, for a REP server)")
     p.add_argument("--ntrains", type=positive_int, default=None,
-                   help="stop after this many trains")
+                   help="stop after this many trains (default: no limit)")
     p.add_argument("--timeout", type=positive_float, default=None,
-                   help="exit with code 1 after this many seconds without data")
+                   help="exit with code 1 after this many seconds without data (default: wait forever)")
     p.set_defaults(func=_cmd_monitor)

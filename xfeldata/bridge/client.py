@@ -76,6 +76,8 @@ class Client:
             raise ValueError(f"unknown serialisation {ser!r} (msgpack or pickle)")
         if max_bytes < 1:
             raise ValueError("max_bytes must be positive")
+        if "://" not in endpoint:  # zmq would say only "Invalid argument"
+            raise ValueError(f"endpoint {endpoint!r} has no transport: did you mean 'tcp://{endpoint}'?")
         self.endpoint = endpoint
         self.sock = sock
         self.ser = ser

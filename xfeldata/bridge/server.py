@@ -48,6 +48,7 @@ import numpy as np
 import zmq
 
 from ..detectors.kinds import detector_kind_of_device, group_detector_sources
+from ..run import RunSelection
 from .protocol import ENCODE_VERSIONS, ProtocolError, encode, make_metadata
 from .sockets import Throttle, limit_frames, recv_message
 
@@ -442,7 +443,8 @@ def _filter(data: dict, metadata: dict, sources: str | None, keys: str | None) -
 def _iter_trains(source: Any, sources: str | None, keys: str | None) -> Iterator[tuple[dict, dict]]:
     if _is_run(source):
         run = source.select(sources or "*", keys or "*") if (sources or keys) else source
-        trains = run.trains()
+        # xfeldata's runs name control keys as bridge messages do; other runs as they do
+        trains = run.trains(bridge_names=True) if isinstance(run, RunSelection) else run.trains()
     else:
         trains = source
     for item in trains:

@@ -37,10 +37,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..errors import FileFormatError
 from .index import DamagedEntries, FileIndex, IndexGroup, KeyInfo, LazyKeys, SourceInfo, read_file_index
+from .progress import tqdm
 from .strings import decode_str
 
 #: Bump when the stored layout changes; older entries are then ignored.

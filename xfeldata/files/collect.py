@@ -17,11 +17,10 @@ import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-from tqdm.auto import tqdm
-
 from ..errors import FileFormatError
 from .cache import cache_enabled, index_files_cached
 from .index import FileIndex, read_file_index
+from .progress import tqdm
 
 PathLike = str | os.PathLike
 

@@ -53,10 +53,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..detectors.kinds import DETECTORS, DetectorKind
 from ..files.layout import FORMAT_VERSIONS, file_name, parse_file_name
+from ..files.progress import tqdm
 from ..files.writer import FileWriter, Key, Storage, pixel_storage
 from . import synthetic as syn
 
