@@ -155,8 +155,9 @@ COMPARED_PULSES = 4
 def _module_present(ds) -> np.ndarray:
     """``present`` per (trainId, module), whether ``present`` is frame-level or module-level."""
     present = ds["present"]
-    if "pulseId" in present.dims:
-        present = present.any("pulseId")
+    frame_dims = [d for d in present.dims if d not in ("trainId", "module")]  # pulseId, or JUNGFRAU's cell
+    if frame_dims:
+        present = present.any(frame_dims)
     return present.transpose("trainId", "module").values
 
 

@@ -213,9 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="file format version (default 1.3)")
     p.add_argument("--old-index", action="store_true", help="first/last/status index (0.5)")
     p.add_argument("--compression", default="facility", choices=["facility", "none", "gzip", "lzf"],
-                   help="facility: raw pixels uncompressed, corrected deflate 1 + shuffle")
+                   help="pixel data compression; facility: raw uncompressed, corrected deflate 1 + shuffle "
+                        "(default facility)")
     p.add_argument("--pixel-chunk-frames", type=positive_int, default=1,
-                   help="frames per HDF5 chunk of pixel data (the facility writes 1)")
+                   help="frames per HDF5 chunk of pixel data (default 1, as the facility writes)")
     p.add_argument("--no-slow", action="store_true", help="no slow or instrument sources")
     p.add_argument("--first-train", type=positive_int, default=10000,
                    help="first train ID (default 10000)")
