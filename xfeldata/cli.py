@@ -31,6 +31,7 @@ from .bridge.cli import (
     positive_int,
 )
 from .files.layout import FORMAT_VERSIONS
+from .pipeline.cli import add_commands as add_pipeline_commands
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -194,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     add_commands(sub)
+    add_pipeline_commands(sub)
     return parser
 
 
