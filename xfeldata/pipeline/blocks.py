@@ -179,11 +179,15 @@ def offline(fn: Step, run: Any, inputs: Inputs | None = None,
     n = trains_per_block or _default_block(full, len(tids))
 
     token = uuid.uuid4().hex[:12]
+    # The run, fn and inputs (with whatever fn's globals hold, e.g. calibration constants)
+    # enter the graph once, not once per block.
     run_key = dask.delayed(run, name=f"xfeldata-run-{token}")
+    fn_key = dask.delayed(fn, name=f"xfeldata-fn-{token}")
+    inputs_key = dask.delayed(inputs, name=f"xfeldata-inputs-{token}")
     pieces: dict[str, list] = {name: [] for name in layout}
     for i, (start, stop) in enumerate(block_bounds(len(tids), n)):
         block = dask.delayed(_run_block, pure=False)(
-            fn, inputs, run_key, start, stop, layout, indexes,
+            fn_key, inputs_key, run_key, start, stop, layout, indexes,
             dask_key_name=f"{_name(fn)}-block-{token}-{i}")
         for name, (dims, shape, dtype) in layout.items():
             axis = dims.index("trainId")

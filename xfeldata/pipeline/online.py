@@ -203,7 +203,7 @@ class Live:
             buf.add(data, metadata)
             result = apply_step(self.fn, self.inputs, buf)
             tid = int(buf.train_ids[-1])
-            message = result_train(result.compute(scheduler="synchronous"), self.source, tid,
+            message = result_train(result.compute(), self.source, tid,
                                    _timestamp(metadata))
         except Exception as exc:
             with self._cond:
