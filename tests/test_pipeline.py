@@ -319,3 +319,21 @@ def test_live_command_publishes_and_stops_after_ntrains(agipd_raw_run, script, c
     out = capsys.readouterr().out
     assert "publishing XFELDATA/PIPELINE:output on tcp://127.0.0.1:" in out
     assert "stopped: " in out and " 0 failed" in out
+
+
+def test_benchmark_step_counts_photons_and_profiles_like_plain_numpy(agipd_raw_run):
+    """The benchmark's example step (calibrate, photon count, radial profile), offline in blocks."""
+    from benchmarks import pipeline as bench
+
+    run = xd.open_run(agipd_raw_run)
+    result = offline(bench.fn, run, inputs=bench.inputs, trains_per_block=3).compute()
+    raw = run.detector()["image.data"].isel(gain=0).transpose("trainId", "pulseId", "module", ...).values
+    photons = np.rint((raw.astype("f4") - bench.CONST["offset"]) * bench.CONST["gain"] / bench.PHOTON_ADU)
+    photons = photons.clip(min=0)
+    np.testing.assert_array_equal(result["photons"].values, photons.sum(axis=(2, 3, 4)))
+    maps = photons.sum(axis=1)
+    npix = np.bincount(bench.CONST["bins"].ravel())
+    for i in (0, 9):
+        profile = np.bincount(bench.CONST["bins"].ravel(), weights=maps[i].ravel()) / npix
+        np.testing.assert_allclose(result["profile"].values[i], profile)
+    assert result.sizes == {"trainId": 10, "pulseId": 2, "radius": bench.N_BINS}
