@@ -16,7 +16,7 @@ NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 
 
 def test_there_are_notebooks():
-    assert {p.name for p in NOTEBOOKS} >= {"offline_demo.ipynb", "online_demo.ipynb"}
+    assert {p.name for p in NOTEBOOKS} >= {"offline_demo.ipynb", "online_demo.ipynb", "pipeline_demo.ipynb"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])

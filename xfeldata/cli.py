@@ -34,6 +34,7 @@ from .bridge.cli import (
 )
 from .detectors.kinds import DETECTORS
 from .files.layout import FORMAT_VERSIONS
+from .pipeline.cli import add_commands as add_pipeline_commands
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -235,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     add_commands(sub)
+    add_pipeline_commands(sub)
     return parser
 
 

@@ -1,0 +1,219 @@
+"""Batch runs: a pipeline over whole runs on a local or SLURM cluster, one results file per run.
+
+:func:`make_cluster` makes a ``dask.distributed`` cluster: ``"local"`` is a
+``LocalCluster`` of worker processes, ``"slurm"`` dask-jobqueue's
+``SLURMCluster`` with the settings the facility documents for its Maxwell
+cluster (a partition, cores, processes, memory and a node-local directory per
+job).  :func:`run_batch` computes :func:`~xfeldata.pipeline.offline` with a
+progress bar and writes the result with :func:`write_results`.
+
+Failures are never a silent hole: a block that raises stops the run with its
+trains named; a worker that dies is replaced and its blocks retried by the
+scheduler (``distributed.scheduler.allowed-failures`` times), then the run
+stops with ``KilledWorker``.  No results file is left behind by a failed run.
+
+Examples
+--------
+>>> from xfeldata.pipeline import load_script, make_cluster, run_batch   # doctest: +SKIP
+>>> script = load_script("reduce.py")                                     # doctest: +SKIP
+>>> with make_cluster("local", workers=2) as cluster:                     # doctest: +SKIP
+...     run_batch(script.fn, "r0001", "r0001_reduce.nc", inputs=script.inputs, cluster=cluster)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from .blocks import offline
+from .errors import PipelineError
+from .steps import Inputs, Step
+
+__all__ = ["SLURM_DEFAULTS", "compute_with_progress", "make_cluster", "run_batch", "write_results"]
+
+#: SLURMCluster settings when not given: one job is one Maxwell node of the
+#: ``exfel`` partition, 16 single-core workers sharing its memory, spilling to
+#: the node's local disk.
+SLURM_DEFAULTS: dict[str, Any] = {
+    "queue": "exfel",
+    "cores": 16,
+    "processes": 16,
+    "memory": "256GB",
+    "walltime": "01:00:00",
+    "local_directory": "/scratch",
+}
+
+
+def make_cluster(kind: str = "local", *, workers: int | None = None, jobs: int = 1,
+                 **slurm: Any) -> Any:
+    """A ``dask.distributed`` cluster for :func:`run_batch` (use it as a context manager).
+
+    Parameters
+    ----------
+    kind
+        ``"local"``: a ``LocalCluster`` of ``workers`` processes (default:
+        one per core), one thread each.  ``"slurm"``: a ``SLURMCluster`` that
+        submits ``jobs`` jobs (``workers``, if given, is the total number of
+        worker processes instead).
+    slurm
+        ``SLURMCluster`` settings (``queue``, ``cores``, ``processes``,
+        ``memory``, ``walltime``, ``local_directory``, ``account``,
+        ``job_extra_directives``, ...) over :data:`SLURM_DEFAULTS`.
+
+    Examples
+    --------
+    >>> with make_cluster("slurm", queue="upex", memory="128GB") as cluster:   # doctest: +SKIP
+    ...     print(cluster.job_script())
+    """
+    if kind == "local":
+        from distributed import LocalCluster
+
+        n = workers or os.cpu_count() or 1
+        return LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                            dashboard_address=None)
+    if kind == "slurm":
+        from dask_jobqueue import SLURMCluster
+
+        settings = {**SLURM_DEFAULTS, **{k: v for k, v in slurm.items() if v is not None}}
+        cluster = SLURMCluster(**settings)
+        if workers:
+            cluster.scale(n=workers)
+        elif jobs:
+            cluster.scale(jobs=jobs)
+        return cluster
+    raise ValueError(f"unknown cluster {kind!r}; use 'local' or 'slurm'")
+
+
+def compute_with_progress(result: xr.Dataset | xr.DataArray, client: Any = None,
+                          progress: bool = True, desc: str = "blocks") -> xr.Dataset | xr.DataArray:
+    """Compute a lazy result, on ``client``'s cluster or dask's default scheduler, with a tqdm bar.
+
+    Raises the first block's error (named by its trains) and cancels the rest.
+    """
+    from tqdm.auto import tqdm
+
+    if client is None:
+        from tqdm.dask import TqdmCallback
+
+        if not progress:
+            return result.compute()
+        with TqdmCallback(desc=desc):
+            return result.compute()
+    from distributed import as_completed, futures_of, wait
+
+    persisted = client.persist(result)
+    futures = futures_of(persisted)
+    try:
+        with tqdm(total=len(futures), desc=desc, disable=not progress) as bar:
+            for future in as_completed(futures):
+                if future.status == "error":
+                    future.result()  # raises the task's exception
+                bar.update()
+        wait(futures)
+        return persisted.compute()
+    except BaseException:
+        client.cancel(futures)
+        raise
+
+
+def _netcdf_attr(value: Any) -> Any:
+    if isinstance(value, (str, bytes, int, float, np.number, np.ndarray)) and not isinstance(value, bool):
+        return value
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    return str(value)
+
+
+def write_results(result: xr.Dataset | xr.DataArray, path: str | os.PathLike,
+                  attrs: dict[str, Any] | None = None) -> Path:
+    """Write a computed result as one netCDF-4 file (h5netcdf), atomically.
+
+    The file is written under a temporary name in the same directory and
+    renamed when complete, so a file at ``path`` is always whole.  Attributes
+    netCDF cannot hold (None, booleans, mappings) are written as text or
+    integers; ``attrs`` are added to the file's global attributes.
+
+    Raises
+    ------
+    PipelineError
+        A variable name holds ``/`` (netCDF would make it a group).
+
+    Examples
+    --------
+    >>> ds = xr.Dataset({"sum": ("trainId", [1.0, 2.0])},
+    ...                 coords={"trainId": np.array([5, 6], dtype=np.uint64)})
+    >>> import tempfile, pathlib
+    >>> out = write_results(ds, pathlib.Path(tempfile.mkdtemp()) / "r.nc")
+    >>> xr.open_dataset(out, engine="h5netcdf")["sum"].values
+    array([1., 2.])
+    """
+    ds = result.to_dataset(name=result.name or "result") if isinstance(result, xr.DataArray) else result
+    bad = [str(name) for name in ds.variables if "/" in str(name)]
+    if bad:
+        raise PipelineError(f"variable names cannot hold '/' in a netCDF file: {bad}; rename them "
+                            "(e.g. ds.rename({name: name.replace('/', '.')}))")
+    ds = ds.copy()
+    ds.attrs = {k: _netcdf_attr(v) for k, v in {**ds.attrs, **(attrs or {})}.items() if v is not None}
+    for var in ds.variables.values():
+        var.attrs = {k: _netcdf_attr(v) for k, v in var.attrs.items() if v is not None}
+        var.encoding = {}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        ds.to_netcdf(partial, engine="h5netcdf", invalid_netcdf=True)
+        os.replace(partial, path)
+    finally:
+        if partial.exists():
+            partial.unlink()
+    return path
+
+
+def run_batch(fn: Step, run: Any, out: str | os.PathLike, *, inputs: Inputs | None = None,
+              cluster: Any = None, trains_per_block: int | None = None, progress: bool = True,
+              attrs: dict[str, Any] | None = None) -> Path:
+    """``offline(fn, run)`` computed on ``cluster`` (or dask's default scheduler) and written to ``out``.
+
+    Parameters
+    ----------
+    run
+        A Run, or a run directory to open.
+    cluster
+        A ``dask.distributed`` cluster (:func:`make_cluster`), or None.
+    attrs
+        Extra global attributes; ``run``, ``trains``, ``created`` and the
+        xfeldata version are always recorded.
+
+    Returns
+    -------
+    pathlib.Path
+        The results file.
+    """
+    from .. import __version__, open_run
+
+    if isinstance(run, (str, os.PathLike)):
+        run_path = str(run)
+        run = open_run(run)
+    else:
+        run_path = str(getattr(run, "path", "") or "")
+    lazy = offline(fn, run, inputs=inputs, trains_per_block=trains_per_block)
+    client = None
+    if cluster is not None:
+        from distributed import Client
+
+        client = Client(cluster)
+    try:
+        computed = compute_with_progress(lazy, client, progress=progress, desc=Path(out).name)
+    finally:
+        if client is not None:
+            client.close()
+    info = {"xfeldata_version": __version__, "run": run_path, "trains": int(computed.sizes["trainId"]),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return write_results(computed, out, {**info, **(attrs or {})})

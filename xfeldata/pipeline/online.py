@@ -1,0 +1,320 @@
+"""A pipeline step live on a Karabo bridge stream, with its results published as a stream.
+
+:func:`live` receives trains in one thread and applies ``fn`` in another.
+The receiving thread keeps only the newest train: when ``fn`` is slower than
+the trains, the processing thread takes the newest one and the ones it never
+saw are counted in :attr:`LiveStats.skipped`, so the pipeline never falls
+behind by more than one train.  Each train becomes a one-train
+:class:`~xfeldata.bridge.LiveBuffer`, ``inputs(buffer)`` builds ``fn``'s
+input exactly as on a Run, and the result is published as a Karabo bridge
+train (protocol 2.2) under one source name, with the input train's ID and
+timestamp: every data variable is a key, its value the train's slice.
+
+Examples
+--------
+>>> from xfeldata.bridge import Simulator, serve
+>>> from xfeldata.pipeline import live
+>>> def fn(ds):
+...     return ds["image.data"].sum(["slow_scan", "fast_scan"])
+>>> stream = serve(Simulator("AGIPD", modules=[0], frames=2, slow=False), background=True)
+>>> with live(fn, stream.endpoint, source="RESULTS/SUM:output") as pipe:   # doctest: +SKIP
+...     _ = pipe.wait(3, timeout=30)
+...     pipe.stats.processed >= 3
+True
+>>> stream.stop()
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zmq
+
+from ..bridge import Client, LiveBuffer, Server
+from ..bridge.protocol import ProtocolError, make_metadata
+from .steps import Inputs, Step, apply_step, default_inputs
+
+__all__ = ["Live", "LiveStats", "live", "result_train"]
+
+log = logging.getLogger(__name__)
+
+#: Trains over which rate and lag are reported.
+WINDOW = 200
+
+
+@dataclass
+class LiveStats:
+    """Counters and timing of a live pipeline (a snapshot; see :attr:`Live.stats`).
+
+    Attributes
+    ----------
+    received, processed, skipped, failed, published : int
+        Trains received; given to ``fn``; received but never processed
+        (a newer train came first); for which ``fn`` raised; results sent.
+    rate : float
+        Trains processed per second over the last :data:`WINDOW` trains.
+    lag : numpy.ndarray
+        Seconds from receiving a train to publishing its result, for the
+        last :data:`WINDOW` processed trains (oldest first).
+    """
+
+    received: int = 0
+    processed: int = 0
+    skipped: int = 0
+    failed: int = 0
+    published: int = 0
+    rate: float = 0.0
+    lag: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def lag_percentiles(self, q: tuple[float, ...] = (50, 95, 100)) -> dict[float, float]:
+        """Percentiles of :attr:`lag` in seconds (NaN before the first train)."""
+        if not len(self.lag):
+            return {p: float("nan") for p in q}
+        return dict(zip(q, np.percentile(self.lag, q).tolist(), strict=True))
+
+    def __str__(self) -> str:
+        p = self.lag_percentiles()
+        return (f"{self.processed} processed, {self.skipped} skipped, {self.failed} failed of "
+                f"{self.received} received; {self.rate:.1f} trains/s; lag median {p[50] * 1e3:.1f} ms, "
+                f"95% {p[95] * 1e3:.1f} ms, max {p[100] * 1e3:.1f} ms")
+
+
+def result_train(result: xr.Dataset, source: str, train_id: int, timestamp: float | None
+                 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """One train of a step's result as a bridge message ``(data, metadata)``.
+
+    Every data variable is a key holding its values at ``train_id``
+    (a numpy array, or a numpy scalar for 0-d values).
+
+    Examples
+    --------
+    >>> ds = xr.Dataset({"sum": ("trainId", [3.0])}, coords={"trainId": [7]})
+    >>> data, meta = result_train(ds, "RES:out", 7, 1700000000.0)
+    >>> float(data["RES:out"]["sum"]), meta["RES:out"]["timestamp.tid"]
+    (3.0, 7)
+    """
+    one = result.sel(trainId=train_id)
+    props = {}
+    for name, var in one.data_vars.items():
+        values = np.asarray(var.values)
+        props[str(name)] = values[()] if values.ndim == 0 else np.ascontiguousarray(values)
+    return {source: props}, {source: make_metadata(source, train_id, timestamp)}
+
+
+def _timestamp(metadata: dict[str, dict[str, Any]]) -> float | None:
+    for meta in metadata.values():
+        if isinstance(meta, dict) and isinstance(meta.get("timestamp"), (int, float)):
+            return float(meta["timestamp"])
+    return None
+
+
+class Live:
+    """A running live pipeline (made by :func:`live`; use it as a context manager).
+
+    Attributes
+    ----------
+    endpoint : str
+        Where results are published.
+    last_error : Exception or None
+        The last exception ``fn`` (or ``inputs``) raised.
+    """
+
+    def __init__(self, fn: Step, endpoint: str, inputs: Inputs | None = None,
+                 publish: str = "tcp://127.0.0.1:0", source: str = "XFELDATA/PIPELINE:output",
+                 sock: str = "REQ", publish_sock: str = "PUB", timeout: float = 0.5) -> None:
+        self.fn = fn
+        self.inputs = default_inputs if inputs is None else inputs
+        self.input_endpoint = endpoint
+        self.source = source
+        self.last_error: Exception | None = None
+        self._server = Server(publish, sock=publish_sock, policy="drop", maxlen=10)
+        self.endpoint = self._server.endpoint
+        self._sock, self._timeout = sock, timeout
+        self._cond = threading.Condition()
+        self._latest: tuple[dict, dict, float] | None = None
+        self._stopping = threading.Event()
+        self._counts = LiveStats()
+        self._done: deque[tuple[float, float]] = deque(maxlen=WINDOW)  # (publish time, lag)
+        self._context = zmq.Context()
+        self._threads = [threading.Thread(target=self._receive, daemon=True, name="live-receive"),
+                         threading.Thread(target=self._process, daemon=True, name="live-process")]
+        self._failure: BaseException | None = None
+
+    def start(self) -> Live:
+        self._server.start()
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    # -- threads ---------------------------------------------------------------
+
+    def _receive(self) -> None:
+        try:
+            with Client(self.input_endpoint, sock=self._sock, timeout=self._timeout,
+                        context=self._context) as client:
+                while not self._stopping.is_set():
+                    try:
+                        data, metadata = client.next()
+                    except TimeoutError:
+                        continue
+                    except ProtocolError as exc:
+                        log.warning("live pipeline: malformed message skipped: %s", exc)
+                        continue
+                    with self._cond:
+                        self._counts.received += 1
+                        if self._latest is not None:
+                            self._counts.skipped += 1
+                        self._latest = (data, metadata, time.monotonic())
+                        self._cond.notify_all()
+        except zmq.ContextTerminated:
+            pass
+        except Exception as exc:  # reported by wait() and stop()
+            if not self._stopping.is_set():
+                log.exception("live pipeline: receiving from %s failed", self.input_endpoint)
+                self._failure = exc
+        finally:
+            with self._cond:
+                self._cond.notify_all()
+
+    def _process(self) -> None:
+        while True:
+            with self._cond:
+                while self._latest is None and not self._stopping.is_set():
+                    self._cond.wait(0.1)
+                if self._stopping.is_set():
+                    return
+                data, metadata, received = self._latest
+                self._latest = None
+                self._counts.processed += 1
+            self._apply(data, metadata, received)
+
+    def _apply(self, data: dict, metadata: dict, received: float) -> None:
+        try:
+            buf = LiveBuffer(self.input_endpoint, maxlen=1)
+            buf.add(data, metadata)
+            result = apply_step(self.fn, self.inputs, buf)
+            tid = int(buf.train_ids[-1])
+            message = result_train(result.compute(), self.source, tid,
+                                   _timestamp(metadata))
+        except Exception as exc:
+            with self._cond:
+                self._counts.failed += 1
+                first = self.last_error is None
+                self.last_error = exc
+            if first:
+                log.exception("live pipeline: fn failed (later failures are counted in stats.failed)")
+            return
+        self._server.feed(*message)
+        now = time.monotonic()
+        with self._cond:
+            self._counts.published += 1
+            self._done.append((now, now - received))
+            self._cond.notify_all()
+
+    # -- state -----------------------------------------------------------------
+
+    @property
+    def stats(self) -> LiveStats:
+        """A snapshot of the counters, the rate and the lag distribution."""
+        with self._cond:
+            done = list(self._done)
+            c = self._counts
+            rate = (len(done) - 1) / (done[-1][0] - done[0][0]) if len(done) > 1 and done[-1][0] > done[0][0] \
+                else 0.0
+            return LiveStats(c.received, c.processed, c.skipped, c.failed, c.published, rate,
+                             np.array([lag for _, lag in done]))
+
+    def wait(self, ntrains: int = 1, timeout: float = 10) -> Live:
+        """Block until ``ntrains`` results are published (or ``fn`` failed that often); returns self.
+
+        Raises
+        ------
+        TimeoutError
+            Not within ``timeout`` seconds.
+        RuntimeError
+            Receiving failed.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._counts.published + self._counts.failed < ntrains:
+                if self._failure is not None:
+                    raise RuntimeError(f"the live pipeline stopped receiving: {self._failure!r}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"{self._counts.published} of {ntrains} results from "
+                                       f"{self.input_endpoint} within {timeout} s")
+                self._cond.wait(min(left, 0.1))
+        return self
+
+    def stop(self) -> None:
+        """Stop receiving and processing, and close the results socket."""
+        self._stopping.set()
+        with self._cond:
+            self._cond.notify_all()
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(self._timeout + 10)
+        if not self._context.closed:
+            self._context.term()
+        self._server.stop()
+
+    def __enter__(self) -> Live:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<Live {self.input_endpoint} -> {self.endpoint} {self.source}: {self.stats}>"
+
+
+@contextmanager
+def live(fn: Step, endpoint: str, inputs: Inputs | None = None, publish: str = "tcp://127.0.0.1:0",
+         source: str = "XFELDATA/PIPELINE:output", sock: str = "REQ", publish_sock: str = "PUB",
+         timeout: float = 0.5) -> Iterator[Live]:
+    """Apply ``fn`` to each new train from ``endpoint`` and publish each result.
+
+    Parameters
+    ----------
+    fn, inputs
+        The step and its inputs, as for :func:`~xfeldata.pipeline.offline`;
+        ``inputs`` gets a :class:`~xfeldata.bridge.LiveBuffer` holding one train.
+    endpoint
+        The Karabo bridge to read (``sock``: ``"REQ"``, ``"SUB"`` or ``"PULL"``).
+    publish
+        Where to bind the results socket (``publish_sock``: ``"PUB"`` by
+        default, ``"REP"`` or ``"PUSH"``); ``Live.endpoint`` is the bound
+        address.  Results wait in a queue of 10 and the oldest are dropped
+        when nobody takes them (REP, PUSH).
+    source
+        The source name of the results (keys are ``fn``'s data variables).
+    timeout
+        Receive timeout in seconds (how quickly ``stop()`` ends the receiving thread).
+
+    Yields
+    ------
+    Live
+        With ``endpoint``, ``stats`` (:class:`LiveStats`), ``wait()`` and ``last_error``.
+
+    Examples
+    --------
+    >>> with live(fn, "tcp://127.0.0.1:4545", publish="tcp://*:4600") as pipe:   # doctest: +SKIP
+    ...     time.sleep(60)
+    ...     print(pipe.stats)
+    """
+    pipe = Live(fn, endpoint, inputs=inputs, publish=publish, source=source, sock=sock,
+                publish_sock=publish_sock, timeout=timeout)
+    pipe.start()
+    try:
+        yield pipe
+    finally:
+        pipe.stop()
