@@ -102,7 +102,7 @@ def bench_live(seconds: float) -> None:
 
 def bench_offline(n_trains: int, workers: list[int], data: Path | None) -> None:
     import xfeldata as xd
-    from xfeldata.files.writer import make_example
+    from xfeldata.testing import make_example
     from xfeldata.pipeline import make_cluster, run_batch
 
     with tempfile.TemporaryDirectory() as tmp:
