@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import dask
@@ -43,8 +44,9 @@ def _cell_sums(block: np.ndarray, cells: np.ndarray, cell_values: np.ndarray) ->
     return out
 
 
-def _module_stats(data: da.Array, cells: da.Array, cell_values: np.ndarray) -> list[da.Array]:
-    """Per module, lazily: ``(2, n_cells, *pixel)`` mean and standard deviation."""
+def _module_stats(data: da.Array, cells: da.Array, cell_values: np.ndarray,
+                  noise_range: tuple[float, float]) -> list[da.Array]:
+    """Per module, lazily: ``(3, n_cells, *pixel)`` mean, standard deviation and bad (1.0)."""
     data_blocks, cell_blocks = data.to_delayed(), cells.to_delayed()
     pixel = data.shape[3:]
     per_module = []
@@ -52,16 +54,26 @@ def _module_stats(data: da.Array, cells: da.Array, cell_values: np.ndarray) -> l
         parts = [dask.delayed(_cell_sums)(data_blocks[(i, j, m) + (0,) * len(pixel)],
                                           cell_blocks[i, j, m], cell_values)
                  for i in range(data.numblocks[0]) for j in range(data.numblocks[1])]
-        stats = dask.delayed(_finish)(dask.delayed(sum)(parts))
-        per_module.append(da.from_delayed(stats, (2, len(cell_values), *pixel), np.float32))
+        stats = dask.delayed(_finish)(dask.delayed(sum)(parts), noise_range)
+        per_module.append(da.from_delayed(stats, (3, len(cell_values), *pixel), np.float32))
     return per_module
 
 
-def _finish(sums: np.ndarray) -> np.ndarray:
+def _finish(sums: np.ndarray, noise_range: tuple[float, float]) -> np.ndarray:
+    """Mean, noise and bad pixels of one module from its per-cell sums."""
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = sums[0] / sums[2]
-        var = np.maximum(sums[1] / sums[2] - mean * mean, 0)
-    return np.stack([mean, np.sqrt(var)]).astype(np.float32)
+        noise = np.sqrt(np.maximum(sums[1] / sums[2] - mean * mean, 0))
+    flat = noise.reshape(*noise.shape[:-2], -1)
+    if np.isfinite(flat).any():
+        with warnings.catch_warnings():  # cells without frames: all NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            median = np.nanmedian(flat, axis=-1)[..., None, None]
+    else:  # a module without frames
+        median = np.full(noise.shape[:-2] + (1, 1), np.nan)
+    lo, hi = noise_range
+    bad = ~((noise > 0) & (noise >= lo * median) & (noise <= hi * median))
+    return np.stack([mean, noise, bad]).astype(np.float32)
 
 
 def dark_constants(dark: xr.Dataset | Sequence[xr.Dataset], *,
@@ -123,16 +135,14 @@ def dark_constants(dark: xr.Dataset | Sequence[xr.Dataset], *,
         data = _as_blocks(arr)
         cell_arr = (cells.data if isinstance(cells.data, da.Array) else da.from_array(np.asarray(cells.data)))
         cell_arr = cell_arr.rechunk(data.chunks[:3])
-        stages.append(da.stack(_module_stats(data, cell_arr, cell_values)))  # (module, 2, cell, *pixel)
+        stages.append(da.stack(_module_stats(data, cell_arr, cell_values, noise_range)))  # (module, 2, cell, *pixel)
     stats = da.stack(stages, axis=3)  # (module, 2, cell, stage, [gain plane,] ss, fs)
     has_plane = stats.ndim == 7
-    mean, noise = stats[:, 0], stats[:, 1]
+    mean, noise, bad = stats[:, 0], stats[:, 1], stats[:, 2] > 0
     offset = mean[:, :, :, 0] if has_plane else mean
     noise = noise[:, :, :, 0] if has_plane else noise
+    bad = bad[:, :, :, 0] if has_plane else bad
     dims = (MODULE_DIM, CELL_DIM, STAGE_DIM, *PIXEL_DIMS)
-    median = da.nanmedian(noise.reshape(noise.shape[:3] + (-1,)), axis=3)[..., None, None]
-    lo, hi = noise_range
-    bad = ~((noise > 0) & (noise >= lo * median) & (noise <= hi * median))
     out = xr.Dataset(
         {"offset": (dims, offset, {"units": "ADU"}), "noise": (dims, noise, {"units": "ADU"}),
          "bad_pixels": (dims, bad)},
