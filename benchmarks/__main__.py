@@ -9,11 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-from . import bridge, live, memory, offline
+from . import analysis, bridge, live, memory, offline
 from .data import SIZES, ensure_run
 from .harness import CaseResult, format_case, to_json
 
-CASES = {**offline.CASES, **bridge.CASES, **live.CASES, **memory.CASES}
+CASES = {**offline.CASES, **bridge.CASES, **live.CASES, **memory.CASES, **analysis.CASES}
 DEFAULT_DATA = Path(__file__).resolve().parent / "_data"
 
 

@@ -102,8 +102,8 @@ def bench_live(seconds: float) -> None:
 
 def bench_offline(n_trains: int, workers: list[int], data: Path | None) -> None:
     import xfeldata as xd
-    from xfeldata.testing import make_example
     from xfeldata.pipeline import make_cluster, run_batch
+    from xfeldata.testing import make_example
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(data or tmp)

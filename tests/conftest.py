@@ -232,3 +232,30 @@ def extra_data_runs(tmp_path_factory) -> dict[str, Path]:
         _fill_with_values(run_dir, EXTRA_DATA_FILLED_ELEMENTS)
         runs[name] = run_dir
     return runs
+
+
+#: Parameters of the ``analysis_runs`` pair: AGIPD-1M modules with a gap in the numbering.
+ANALYSIS_RUN = {"modules": [0, 3, 8, 15], "frames_per_train": 4, "slow_sources": False}
+
+
+@pytest.fixture(scope="session")
+def analysis_runs(tmp_path_factory) -> dict[str, Path]:
+    """A raw AGIPD-1M dark run (8 trains, no photons) and a data run (4 trains, with photons).
+
+    ``{"dark": dir, "data": dir}``; modules 0, 3, 8 and 15, 4 frames (memory
+    cells 0-3) per train, no slow sources.  The data run's photons are
+    :func:`xfeldata.synthetic.detector_photons`.
+    """
+    return {
+        "dark": _make(tmp_path_factory, "analysis_dark", n_trains=8, dark=True, **ANALYSIS_RUN),
+        "data": _make(tmp_path_factory, "analysis_data", n_trains=4, **ANALYSIS_RUN),
+    }
+
+
+@pytest.fixture(scope="session")
+def agipd_geometry():
+    """An EXtra-geom AGIPD-1M geometry from quadrant positions (EXtra-geom's example)."""
+    from extra_geom import AGIPD_1MGeometry
+
+    return AGIPD_1MGeometry.from_quad_positions(
+        quad_pos=[(-525, 625), (-550, -10), (520, -160), (542.5, 475)])

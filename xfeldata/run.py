@@ -554,12 +554,18 @@ class RunSelection:
 
     # ----- selecting -------------------------------------------------------
     def sel(self, trainId: Any = None) -> RunSelection:  # noqa: N803 (the label's name)
-        """Select trains by train ID: a scalar, a list/array, or an inclusive slice.
+        """Select trains by train ID: a scalar, a list/array, an inclusive slice, or a filter.
+
+        A filter is a boolean DataArray over ``trainId`` (``xgm > 1000``): the
+        trains where it is True are kept (those it leaves out are dropped).
 
         Raises
         ------
         TrainIdError
-            (a ``KeyError``) for scalar or listed train IDs the selection does not have.
+            (a ``KeyError``) for scalar or listed train IDs (or a filter's True
+            trains) the selection does not have.
+        TypeError
+            For a plain boolean array (that is positional: ``isel``).
 
         Examples
         --------
@@ -568,6 +574,13 @@ class RunSelection:
         if trainId is None:
             return self
         tids = self._train_ids
+        if hasattr(trainId, "dims") and hasattr(trainId, "coords") and trainId.dtype == bool:
+            if tuple(trainId.dims) != ("trainId",):
+                raise ValueError(f"a boolean train filter must have the single dim trainId, not {trainId.dims}")
+            trainId = trainId["trainId"].values[trainId.values]  # the trains where it is True
+        elif np.asarray(trainId).dtype == bool:
+            raise TypeError("run.sel takes train IDs; select by a boolean array with run.isel(trainId=...) "
+                            "or by a boolean DataArray over trainId")
         if isinstance(trainId, slice):
             keep = np.ones(len(tids), bool)
             if trainId.start is not None:
@@ -586,7 +599,10 @@ class RunSelection:
         return self._new(train_ids=np.unique(wanted))
 
     def isel(self, trainId: Any = None) -> RunSelection:  # noqa: N803
-        """Select trains by position: an int, a slice, a list/array of ints, or a boolean mask."""
+        """Select trains by position: an int, a slice, a list/array of ints, or a boolean mask.
+
+        A boolean mask must have one value per train (else ``IndexError``).
+        """
         if trainId is None:
             return self
         if isinstance(trainId, int | np.integer):
@@ -594,6 +610,9 @@ class RunSelection:
             if not -n <= int(trainId) < n:
                 raise IndexError(f"train position {trainId} out of range for {n} trains")
             return self._new(train_ids=self._train_ids[[int(trainId)]])
+        given = np.asarray(trainId)
+        if given.dtype == bool and given.shape != self._train_ids.shape:
+            raise IndexError(f"boolean train filter of length {given.size} for {len(self._train_ids)} trains")
         picked = self._train_ids[trainId]
         return self._new(train_ids=np.unique(picked))
 

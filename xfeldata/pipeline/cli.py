@@ -118,9 +118,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("live", help="run a pipeline script on a live bridge stream, publishing results")
     p.add_argument("script", help="Python file defining fn(ds) and optionally inputs(d)")
     p.add_argument("endpoint", help="Karabo bridge to read, e.g. tcp://127.0.0.1:4545")
-    p.add_argument("--sock", choices=["REQ", "SUB", "PULL"], default="REQ", help="input socket type (default %(default)s)")
-    p.add_argument("--publish", default="tcp://127.0.0.1:0", help="where to publish results, PUB (default %(default)s: a free port)")
-    p.add_argument("--source", default="XFELDATA/PIPELINE:output", help="source name of the results (default %(default)s)")
+    p.add_argument("--sock", choices=["REQ", "SUB", "PULL"], default="REQ",
+                   help="input socket type (default %(default)s)")
+    p.add_argument("--publish", default="tcp://127.0.0.1:0",
+                   help="where to publish results, PUB (default %(default)s: a free port)")
+    p.add_argument("--source", default="XFELDATA/PIPELINE:output",
+                   help="source name of the results (default %(default)s)")
     p.add_argument("--ntrains", type=int, default=None, help="stop after this many trains (default: no limit)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: no limit)")
     p.add_argument("--report", type=float, default=5.0, help="seconds between statistics lines (default %(default)s)")

@@ -97,6 +97,7 @@ class _Options:
     zero_padding: int
     parallel_gain: bool
     run_t0: int = 0  # ns: time of the run's first train
+    dark: bool = False  # pedestal and noise only, no photons
 
     @property
     def pre_run_time(self) -> int:
@@ -289,7 +290,7 @@ def _write_detector(f: FileWriter, module: int, rows: _Rows, opts: _Options,
             data = syn.detector_module_train(det.name, module, int(tid),
                                              int(n) if det.xtdf else cells,
                                              corrected=opts.corrected, seed=opts.seed,
-                                             parallel_gain=opts.parallel_gain)
+                                             parallel_gain=opts.parallel_gain, dark=opts.dark)
             for key, rows_out in writers.items():
                 rows_out.append(data[key])
         progress.update(1)
@@ -364,7 +365,7 @@ def make_example(path: str | Path, *, detector: str | None = "AGIPD1M", correcte
                  varying_frames: bool = False, zero_padding: int = 0,
                  suspect_train: bool = False, repeated_train: bool = False,
                  empty_source: bool = False, lpd_parallel_gain: bool = False,
-                 irregular: bool = False, progress: bool = False) -> Path:
+                 irregular: bool = False, dark: bool = False, progress: bool = False) -> Path:
     """Write a synthetic run in the European XFEL format and return its directory.
 
     Parameters
@@ -427,6 +428,8 @@ def make_example(path: str | Path, *, detector: str | None = "AGIPD1M", correcte
         Turn on a set of irregularities at once: the second module written (or
         the only one) misses 3 trains (run positions 2, 3 and ``n_trains - 2``),
         varying frames, 3 rows of zero padding, a suspect train and empty sources.
+    dark
+        A dark run: XTDF detector frames hold pedestal and noise, no photons.
     progress
         Show a tqdm progress bar (one step per train and file).
 
@@ -491,7 +494,7 @@ def make_example(path: str | Path, *, detector: str | None = "AGIPD1M", correcte
     opts = _Options(det, corrected, new_corr_names, tuple(modules), frames_per_train,
                     format_version, old_index, compression, pixel_chunk_frames, proposal, run, seed,
                     varying_frames and (det is None or det.xtdf), zero_padding,
-                    lpd_parallel_gain, int(syn.train_timestamp_ns(first_train_id)[0]))
+                    lpd_parallel_gain, int(syn.train_timestamp_ns(first_train_id)[0]), dark)
 
     run_dir = Path(path)
     _check_target(run_dir)

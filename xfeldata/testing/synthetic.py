@@ -40,7 +40,7 @@ __all__ = [
     "CAMERA_SOURCE", "CONTROL_SOURCES", "DIGITISER_SOURCE", "EMPTY_SOURCES",
     "INSTRUMENT_SOURCES", "KeySpec", "MOTOR_SOURCES", "REMI_SOURCE", "RUN_ONLY_SOURCES",
     "RUN_ONLY_VALUES", "SLOW_SOURCES", "SlowSource", "XGM_OUTPUT", "XGM_SOURCE",
-    "detector_module_train", "detector_keys", "slow_train", "slow_trains",
+    "ADU_PER_PHOTON", "detector_module_train", "detector_keys", "detector_photons", "slow_train", "slow_trains",
     "train_frame_counts", "train_timestamp_ns",
 ]
 
@@ -292,8 +292,51 @@ def _bad_pixels(kind: str, module: int, seed: int) -> np.ndarray:
     return mask
 
 
+def _hits(kind: str, module: int, train_id: int, frames: np.ndarray, seed: int):
+    """Photon hits of frames: ``(rows, flat pixel positions, photons)``, each ``(n, hits_per_frame)``."""
+    det = _kind(kind)
+    key = _hash(seed, _tag(kind), module, train_id)
+    h = _hash(key, frames)
+    n_pix = int(np.prod(det.raw_entry_shape[-2:]))
+    j = np.arange(_profile(det).hits_per_frame, dtype=np.uint64)
+    hh = _hash(h[:, None], j[None, :])
+    pos = (hh % _U64(n_pix)).astype(np.intp)
+    photons = (1 + (hh >> _U64(40)) % _U64(3)).astype(np.float64)
+    rows = np.broadcast_to(np.arange(len(frames))[:, None], pos.shape)
+    return rows, pos, photons
+
+
+def detector_photons(kind: str, module: int, train_id: int, n_frames: int, *,
+                     seed: int = 0) -> np.ndarray:
+    """The photons the writer put in each pixel of one module's frames (the truth).
+
+    ``(n_frames, slow_scan, fast_scan)`` int64 for the signal plane of raw and
+    corrected XTDF data (raw: ``adu_per_photon`` ADU per photon, clipped at the
+    kind's maximum; ``dark=True`` runs have none).  Where two hits of a frame
+    land on one pixel the last one counts, as in the data.
+
+    Examples
+    --------
+    >>> truth = detector_photons("AGIPD1M", 0, 10000, 2)
+    >>> truth.shape, int(truth.max()) <= 3, int((truth > 0).sum(axis=(1, 2))[0]) <= 64
+    ((2, 512, 128), True, True)
+    """
+    det = _kind(kind)
+    n = int(n_frames)
+    frames = np.arange(n, dtype=np.uint64)
+    out = np.zeros((n, int(np.prod(det.raw_entry_shape[-2:]))), np.int64)
+    if n and _profile(det).hits_per_frame:
+        rows, pos, photons = _hits(kind, module, train_id, frames, seed)
+        out[rows, pos] = photons.astype(np.int64)
+    return out.reshape(n, *det.raw_entry_shape[-2:])
+
+
+#: Signal of one photon in raw data (ADU) of each detector family, by kind name.
+ADU_PER_PHOTON = {name: _PROFILES[k.aggregator_prefix].adu_per_photon for name, k in DETECTORS.items()}
+
+
 def _pixels(kind: str, module: int, train_id: int, frames: np.ndarray, *,
-            corrected: bool, seed: int, gain_stage: np.ndarray | None = None):
+            corrected: bool, seed: int, gain_stage: np.ndarray | None = None, photons: bool = True):
     """Pixel frames (n, *frame shape) and, if corrected, the per-pixel gain stage."""
     det = _kind(kind)
     prof = _profile(det)
@@ -309,16 +352,11 @@ def _pixels(kind: str, module: int, train_id: int, frames: np.ndarray, *,
         out += _pedestal(kind, module, seed) + np.uint16(drift)
     # Sparse photon hits on the data plane (plane 0 of raw XTDF frames).
     # Frame rows of a C-contiguous array: the data plane (plane 0 of raw XTDF
-    # frames, else the whole frame) is the first n_pix elements of each row.
-    n_pix = int(np.prod(out.shape[-2:]))
+    # frames, else the whole frame) is the first slow_scan * fast_scan elements of each row.
     plane = out.reshape(n, int(np.prod(out.shape[1:])))
-    n_hits = prof.hits_per_frame
+    n_hits = prof.hits_per_frame if photons else 0
     if n_hits and n:
-        j = np.arange(n_hits, dtype=np.uint64)
-        hh = _hash(h[:, None], j[None, :])
-        pos = (hh % _U64(n_pix)).astype(np.intp)
-        photons = (1 + (hh >> _U64(40)) % _U64(3)).astype(np.float64)
-        rows = np.broadcast_to(np.arange(n)[:, None], pos.shape)
+        rows, pos, photons = _hits(kind, module, train_id, frames, seed)
         if corrected:
             plane[rows, pos] += photons.astype(np.float32)
         else:
@@ -341,7 +379,7 @@ def _pixels(kind: str, module: int, train_id: int, frames: np.ndarray, *,
 
 def detector_module_train(kind: str, module: int, train_id: int, n_frames: int, *,
                           corrected: bool = False, seed: int = 0,
-                          parallel_gain: bool = False) -> dict[str, np.ndarray]:
+                          parallel_gain: bool = False, dark: bool = False) -> dict[str, np.ndarray]:
     """All keys of one detector module's instrument source for one train.
 
     Arrays have the on-disk row layout (dotted key -> array with a leading row
@@ -377,6 +415,9 @@ def detector_module_train(kind: str, module: int, train_id: int, n_frames: int, 
         LPD parallel-gain mode: ``n_frames`` (a multiple of 3) holds 3 gain
         stages per pulse in sequence: all pulses in high gain, then medium,
         then low; pulse and cell IDs repeat per stage.
+    dark
+        A dark frame: pedestal and noise, no photons (see :func:`detector_photons`
+        for the photons of other frames).
 
     Returns
     -------
@@ -398,7 +439,7 @@ def detector_module_train(kind: str, module: int, train_id: int, n_frames: int, 
     frames = np.arange(n, dtype=np.uint64)
     tid = np.uint64(train_id)
     if not det.xtdf:
-        return _jungfrau_train(det, module, train_id, n, corrected=corrected, seed=seed)
+        return _jungfrau_train(det, module, train_id, n, corrected=corrected, seed=seed, dark=dark)
 
     stage = None
     if parallel_gain:
@@ -412,7 +453,7 @@ def detector_module_train(kind: str, module: int, train_id: int, n_frames: int, 
     else:
         pulse_index = frames
     data, gain = _pixels(kind, module, train_id, frames, corrected=corrected, seed=seed,
-                         gain_stage=stage)
+                         gain_stage=stage, photons=not dark)
     row = (lambda a: a) if corrected else (lambda a: a[:, None])
     frame_bytes = int(np.prod(det.raw_entry_shape)) * 2
     out = {
@@ -446,9 +487,9 @@ def detector_module_train(kind: str, module: int, train_id: int, n_frames: int, 
 
 
 def _jungfrau_train(det: DetectorKind, module: int, train_id: int, cells: int, *,
-                    corrected: bool, seed: int) -> dict[str, np.ndarray]:
+                    corrected: bool, seed: int, dark: bool = False) -> dict[str, np.ndarray]:
     frames = np.arange(cells, dtype=np.uint64)
-    adc, gain = _pixels(det.name, module, train_id, frames, corrected=corrected, seed=seed)
+    adc, gain = _pixels(det.name, module, train_id, frames, corrected=corrected, seed=seed, photons=not dark)
     if gain is None:
         gain = np.zeros(adc.shape, dtype=np.uint8)
     t0 = float(train_timestamp_ns(train_id)[0]) / 1e9

@@ -1,0 +1,135 @@
+"""Analysis cases: xfeldata.analysis against EXtra-geom, pyFAI and a numpy copy of the same bytes.
+
+Frames are synthetic AGIPD-1M module stacks in memory (16 x 512 x 128 pixels),
+so the cases time the computation only; xfeldata runs them as dask graphs on
+the threaded scheduler (all cores), the peers frame by frame as their users do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from .harness import CaseResult, measure
+from .offline import Context
+
+DISTANCE, WAVELENGTH, NPT = 0.25, 1.3e-10, 500
+QUAD_POS = [(-525, 625), (-550, -10), (520, -160), (542.5, 475)]
+
+
+def _n_frames(ctx: Context) -> int:
+    return 4 if ctx.size.name == "tiny" else 32
+
+
+def _geometry():
+    from extra_geom import AGIPD_1MGeometry
+
+    return AGIPD_1MGeometry.from_quad_positions(quad_pos=QUAD_POS)
+
+
+def _frames(n: int, dtype=np.float32):
+    import xarray as xr
+
+    rng = np.random.default_rng(0)
+    values = (rng.random((n, 16, 512, 128), dtype=np.float32) * 100).astype(dtype)
+    return xr.DataArray(values, dims=("pulseId", "module", "slow_scan", "fast_scan"),
+                        coords={"pulseId": np.arange(n), "module": np.arange(16)})
+
+
+def case_assemble(ctx: Context) -> list[CaseResult]:
+    """Assemble detector images: analysis.assemble (dask) vs position_modules per frame."""
+    from xfeldata import analysis
+
+    n, geom = _n_frames(ctx), _geometry()
+    arr = _frames(n)
+    lazy = arr.chunk({"pulseId": 4})
+    res = CaseResult("assemble", f"assemble {n} AGIPD-1M frames into images")
+    res.timings.append(measure("analysis.assemble(arr, geom).values", "xfeldata",
+                               lambda: analysis.assemble(lazy, geom).values, ctx.repeat, items=n))
+    res.timings.append(measure("geom.position_modules(frame) per frame", "peer",
+                               lambda: [geom.position_modules(f) for f in arr.values], ctx.repeat, items=n))
+    res.check("assemble frames/s vs position_modules", "peer", 5.0)
+    res.notes.append("items are frames; assemble calls EXtra-geom's position_modules on blocks of frames")
+    return [res]
+
+
+def case_radial_profile(ctx: Context) -> list[CaseResult]:
+    """Radial profiles: analysis.radial_profile (dask) vs pyFAI integrate1d per frame."""
+    from pyFAI.integrator.azimuthal import AzimuthalIntegrator
+
+    from xfeldata import analysis
+
+    n, geom = _n_frames(ctx), _geometry()
+    arr = _frames(n)
+    lazy = arr.chunk({"pulseId": 8})
+    ai = AzimuthalIntegrator(dist=DISTANCE, poni1=0, poni2=0, detector=geom.to_pyfai_detector(),
+                             wavelength=WAVELENGTH)
+
+    def pyfai() -> list:
+        return [ai.integrate1d(f.reshape(-1, 128), NPT, unit="q_nm^-1", method=("no", "histogram", "cython"),
+                               correctSolidAngle=False, polarization_factor=None) for f in arr.values]
+
+    res = CaseResult("radial_profile", f"radial profiles ({NPT} q bins) of {n} AGIPD-1M frames")
+    res.timings.append(measure("analysis.radial_profile(...).values", "xfeldata",
+                               lambda: analysis.radial_profile(lazy, geom, DISTANCE, WAVELENGTH, NPT).values,
+                               ctx.repeat, items=n))
+    res.timings.append(measure("ai.integrate1d(frame) per frame, no splitting", "peer", pyfai,
+                               ctx.repeat, items=n))
+    res.check("radial_profile frames/s vs pyFAI integrate1d", "peer", 10.0)
+    res.notes.append("xfeldata's time includes building the pixel-to-bin matrix (once per call)")
+    return [res]
+
+
+def _vs_copy(ctx: Context, name: str, title: str, label: str, fn: Callable[[], object],
+             source: np.ndarray) -> CaseResult:
+    res = CaseResult(name, title)
+    res.timings.append(measure(label, "xfeldata", fn, ctx.repeat, nbytes=source.nbytes))
+    res.timings.append(measure("numpy copy of the same bytes", "ceiling", source.copy, ctx.repeat,
+                               nbytes=source.nbytes))
+    res.check(f"{name} fraction of a numpy copy", "ceiling", 0.5)
+    return res
+
+
+def case_photon_count(ctx: Context) -> list[CaseResult]:
+    """Photon counting of float32 frames vs a numpy copy of the same bytes."""
+    from xfeldata import analysis
+
+    n = _n_frames(ctx)
+    arr = _frames(n)
+    lazy = arr.chunk({"pulseId": 4})
+    return [_vs_copy(ctx, "photon_count", f"photon count of {n} AGIPD-1M float32 frames",
+                     "analysis.photon_count(arr, 60).values",
+                     lambda: analysis.photon_count(lazy, 60).values, arr.values)]
+
+
+def case_calibrate(ctx: Context) -> list[CaseResult]:
+    """Offset correction of raw uint16 AGIPD frames (gain plane, 4 memory cells) vs a numpy copy."""
+    import xarray as xr
+
+    from xfeldata import analysis
+
+    n = _n_frames(ctx)
+    rng = np.random.default_rng(1)
+    raw = rng.integers(4000, 6000, size=(n // 4, 4, 16, 2, 512, 128), dtype=np.uint16)
+    det = xr.Dataset(
+        {"image.data": (("trainId", "pulseId", "module", "gain", "slow_scan", "fast_scan"), raw),
+         "cellId": (("trainId", "pulseId", "module"), np.broadcast_to(np.arange(4)[None, :, None], raw.shape[:3]))},
+        coords={"trainId": np.arange(n // 4), "pulseId": np.arange(4), "module": np.arange(16)},
+    ).chunk({"trainId": 1, "module": 1})
+    shape = (16, 4, 1, 512, 128)
+    dims = ("module", "cell", "gain_stage", "slow_scan", "fast_scan")
+    constants = xr.Dataset({"offset": (dims, rng.normal(5000, 300, shape).astype(np.float32)),
+                            "bad_pixels": (dims, rng.random(shape) < 0.01)},
+                           coords={"module": np.arange(16), "cell": np.arange(4)})
+    return [_vs_copy(ctx, "calibrate", f"offset correction of {n} raw AGIPD-1M frames (uint16, gain plane)",
+                     "analysis.calibrate(det, constants)['image.data'].values",
+                     lambda: analysis.calibrate(det, constants)["image.data"].values, raw)]
+
+
+CASES: dict[str, Callable[[Context], list[CaseResult]]] = {
+    "assemble": case_assemble,
+    "radial_profile": case_radial_profile,
+    "photon_count": case_photon_count,
+    "calibrate": case_calibrate,
+}

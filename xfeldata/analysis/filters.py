@@ -1,0 +1,54 @@
+"""Frame filters: keep the frames a ``(trainId, pulseId)`` mask selects, as a ``frame`` dimension."""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+FRAME_DIM = "frame"
+
+
+def select_frames(det: xr.Dataset | xr.DataArray, mask: xr.DataArray) -> xr.Dataset | xr.DataArray:
+    """The frames where ``mask`` is True, along one ``frame`` dimension.
+
+    Hit finding becomes data reduction: ``mask`` is typically a comparison of
+    a per-frame figure (``lit_pixels(...) > 100``).  The result carries
+    ``trainId`` and ``pulseId`` as coordinates along ``frame`` (and ``cellId``
+    per frame and module), ready for a writer of frame lists such as CXI.
+
+    Parameters
+    ----------
+    det
+        A detector Dataset or DataArray with ``trainId`` and ``pulseId`` dims.
+    mask
+        Boolean ``(trainId, pulseId)`` (or ``(trainId,)``: every frame of the
+        train); aligned on the labels, so it may cover a subset of trains.  It
+        is computed (it is small).
+
+    Returns
+    -------
+    Dataset or DataArray
+        Dims ``(frame, ...)`` in train and pulse order; lazy if ``det`` is.
+
+    Examples
+    --------
+    >>> ds = xr.Dataset({"v": (("trainId", "pulseId"), np.arange(6).reshape(3, 2))},
+    ...                 coords={"trainId": [10, 11, 12], "pulseId": [0, 1]})
+    >>> hits = select_frames(ds, ds["v"] % 3 == 0)
+    >>> hits["v"].values.tolist(), hits["trainId"].values.tolist(), hits["pulseId"].values.tolist()
+    ([0, 3], [10, 11], [0, 1])
+    """
+    if mask.dtype != bool:
+        raise TypeError(f"mask must be boolean, not {mask.dtype}")
+    extra = [d for d in mask.dims if d not in ("trainId", "pulseId")]
+    if extra:
+        raise ValueError(f"mask must have dims trainId and/or pulseId, not {extra}")
+    frame_dims = [d for d in ("trainId", "pulseId") if d in det.dims]
+    if "trainId" not in frame_dims:
+        raise ValueError(f"data to select frames of needs a trainId dim (it has {tuple(det.dims)})")
+    full = xr.DataArray(np.zeros([det.sizes[d] for d in frame_dims], bool), dims=frame_dims,
+                        coords={d: det[d].values for d in frame_dims})
+    aligned = (full | mask.reindex_like(full, fill_value=False)).transpose(*frame_dims)
+    picks = np.nonzero(np.asarray(aligned.values))
+    out = det.isel({d: xr.DataArray(p, dims=FRAME_DIM) for d, p in zip(frame_dims, picks, strict=True)})
+    return out

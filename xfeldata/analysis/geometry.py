@@ -1,0 +1,113 @@
+"""Detector images from module stacks, through an EXtra-geom geometry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from ._frames import MODULE_DIM, PIXEL_DIMS, data_array, whole_frames
+
+IMAGE_DIMS = ("y", "x")
+
+
+def image_grid(geom: Any) -> tuple[tuple[int, int], np.ndarray, np.ndarray]:
+    """Shape of ``geom.position_modules`` images and their pixel centres in metres.
+
+    Returns ``((ny, nx), y, x)``: the beam (the geometry's origin) is at
+    ``x = y = 0``, as ``position_modules`` places it (its returned centre).
+
+    Examples
+    --------
+    >>> from extra_geom import AGIPD_1MGeometry
+    >>> geom = AGIPD_1MGeometry.from_quad_positions(
+    ...     quad_pos=[(-525, 625), (-550, -10), (520, -160), (542.5, 475)])
+    >>> shape, y, x = image_grid(geom)
+    >>> shape, round(float(x[1] - x[0]), 6)
+    ((1256, 1092), 0.0002)
+    """
+    frame = np.zeros(geom.expected_data_shape, np.float32)
+    image, centre = geom.position_modules(frame)
+    size = geom.pixel_size
+    y = (np.arange(image.shape[0]) - centre[0] + 0.5) * size
+    x = (np.arange(image.shape[1]) - centre[1] + 0.5) * size
+    return image.shape, y, x
+
+
+def _module_positions(arr: xr.DataArray, geom: Any) -> np.ndarray:
+    n_modules = geom.expected_data_shape[0]
+    modules = np.asarray(arr[MODULE_DIM].values if MODULE_DIM in arr.coords
+                         else np.arange(arr.sizes[MODULE_DIM]), np.int64)
+    bad = modules[(modules < 0) | (modules >= n_modules)]
+    if len(bad):
+        raise ValueError(f"modules {bad.tolist()} are not in the geometry ({n_modules} modules, 0..{n_modules - 1})")
+    if tuple(arr.sizes[d] for d in PIXEL_DIMS) != tuple(geom.expected_data_shape[1:]):
+        raise ValueError(f"pixel dims {tuple(arr.sizes[d] for d in PIXEL_DIMS)} do not match the "
+                         f"geometry's modules {tuple(geom.expected_data_shape[1:])}")
+    return modules
+
+
+def assemble(arr: xr.DataArray | xr.Dataset, geom: Any) -> xr.DataArray:
+    """Module stacks ``(..., module, slow_scan, fast_scan)`` as images ``(..., y, x)``.
+
+    Each frame equals ``geom.position_modules(frame)`` of EXtra-geom (which does
+    the work, block by block): NaN in the gaps and where a module is missing
+    (not in the ``module`` coordinate, or NaN in the data).  Any subset of
+    modules is placed by its ``module`` coordinate.
+
+    Parameters
+    ----------
+    arr
+        Pixel data with a ``module`` dimension (or a detector Dataset: its
+        ``image.data``); other dims and coords are kept.  Integer data
+        becomes float32.
+    geom
+        An EXtra-geom geometry of the detector (e.g. from a CrystFEL ``.geom``
+        file, ``AGIPD_1MGeometry.from_crystfel_geom(path)``).
+
+    Returns
+    -------
+    xarray.DataArray
+        ``(..., y, x)`` with ``y``/``x`` the pixel centres in metres, the beam
+        at 0; lazy if ``arr`` is.
+
+    Examples
+    --------
+    >>> from extra_geom import AGIPD_1MGeometry
+    >>> geom = AGIPD_1MGeometry.from_quad_positions(
+    ...     quad_pos=[(-525, 625), (-550, -10), (520, -160), (542.5, 475)])
+    >>> frames = xr.DataArray(np.ones((3, 2, 512, 128), np.float32),
+    ...     dims=("pulseId", "module", "slow_scan", "fast_scan"), coords={"module": [0, 5]})
+    >>> img = assemble(frames, geom)
+    >>> img.dims, img.shape, int(np.isfinite(img[0]).sum()) == 2 * 512 * 128
+    (('pulseId', 'y', 'x'), (3, 1256, 1092), True)
+    """
+    arr = data_array(arr)
+    modules = _module_positions(arr, geom)
+    shape, y, x = image_grid(geom)
+    dtype = arr.dtype if arr.dtype.kind == "f" else np.dtype(np.float32)
+    n_modules = geom.expected_data_shape[0]
+    full = bool(len(modules) == n_modules and (modules == np.arange(n_modules)).all())
+
+    def kernel(block: np.ndarray) -> np.ndarray:
+        block = np.asarray(block, dtype)
+        if not full:
+            stack = np.full(block.shape[:-3] + tuple(geom.expected_data_shape), np.nan, dtype)
+            stack[..., modules, :, :] = block
+            block = stack
+        out = np.full(block.shape[:-3] + shape, np.nan, dtype)
+        geom.position_modules(block, out=out)
+        return out
+
+    core = [MODULE_DIM, *PIXEL_DIMS]
+    arr = whole_frames(arr, core)
+    image = xr.apply_ufunc(
+        kernel, arr, input_core_dims=[core], output_core_dims=[list(IMAGE_DIMS)],
+        dask="parallelized", output_dtypes=[dtype],
+        dask_gufunc_kwargs={"output_sizes": dict(zip(IMAGE_DIMS, shape, strict=True))},
+        keep_attrs=True,
+    )
+    image = image.assign_coords(y=("y", y, {"units": "m"}), x=("x", x, {"units": "m"}))
+    image.attrs["geometry"] = type(geom).__name__
+    return image
