@@ -575,21 +575,6 @@ class Streamer:
             if not self._loop or self.fed == fed_before:
                 return
 
-    def _request_ok(self) -> bool:
-        """Read one REP request; answer anything but ``[b"next"]`` with an error reply."""
-        try:
-            frames = recv_message(self._socket, MAX_REQUEST_BYTES, "request", max_frames=16)
-            request = [f.bytes for f in frames]
-            problem = None if request == [b"next"] else f"bad request {request!r}"[:200]
-        except ProtocolError as exc:
-            problem = str(exc)
-        if problem is None:
-            return True
-        self.bad_requests += 1
-        self._warn(f"bridge server {self.endpoint}: {problem} (answered with an error)")
-        self._socket.send(f"Error: {problem}".encode(errors="replace"))
-        return False
-
     def _run(self) -> None:
         try:
             self._feed_all()
