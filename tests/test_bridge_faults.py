@@ -403,3 +403,31 @@ def test_throttle_backs_off():
         warn("w")
     assert lines[0] == "w" and len(lines) == 8  # at 0, 1, 3, 7, 15, 23, 31, 39 s
     assert lines[1] == "w (and 9 more like it in the last 1.0 s)"
+
+
+# -- 16: `xfeldata serve` exits after Ctrl-C ---------------------------------------------
+
+
+def test_serve_exits_promptly_after_ctrl_c(agipd_raw_run):
+    """Served, read by a client, interrupted: exits with 130 every time (it used to hang 1 in 5)."""
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "xfeldata.cli", "serve", str(agipd_raw_run), "--rate", "10",
+           "--loop", "--port", "0"]
+    for _ in range(4):
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            endpoint = re.search(r"tcp://\S+", proc.stdout.readline()).group(0)
+            with Client(endpoint, timeout=10) as client:
+                for _ in range(3):
+                    client.next()
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=15)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        assert proc.returncode == 130 and "stopped after" in err and "Traceback" not in err

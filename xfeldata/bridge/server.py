@@ -41,6 +41,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import closing
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -555,37 +556,33 @@ class Streamer:
         return self
 
     def _feed_all(self) -> None:
-        due = time.monotonic()  # when the next train may go; never catches up in a burst
+        self._due = time.monotonic()  # when the next train may go; never catches up in a burst
         while not self._stop.is_set():
             fed_before = self.fed
-            for data, metadata in self._trains():
-                if self._stop.is_set() or (self._ntrains is not None and self.fed >= self._ntrains):
+            # Close the trains' generator here, in this thread, also when stopped: the
+            # file objects it holds must not be torn down later in another thread or at
+            # interpreter exit (h5py's global lock can then block forever).
+            with closing(self._trains()) as trains:
+                if self._feed_trains(trains):
                     return
-                if self._stack:
-                    data, metadata = append_detector_modules(data, metadata)
-                if self._rate:
-                    delay = due - time.monotonic()
-                    if delay > 0 and self._stop.wait(delay):
-                        return
-                    due = max(due, time.monotonic()) + 1 / self._rate
-                self.server.feed(data, metadata)
-                self.fed += 1
             if not self._loop or self.fed == fed_before:
                 return
 
-    def _request_ok(self) -> bool:
-        """Read one REP request; answer anything but ``[b"next"]`` with an error reply."""
-        try:
-            frames = recv_message(self._socket, MAX_REQUEST_BYTES, "request", max_frames=16)
-            request = [f.bytes for f in frames]
-            problem = None if request == [b"next"] else f"bad request {request!r}"[:200]
-        except ProtocolError as exc:
-            problem = str(exc)
-        if problem is None:
-            return True
-        self.bad_requests += 1
-        self._warn(f"bridge server {self.endpoint}: {problem} (answered with an error)")
-        self._socket.send(f"Error: {problem}".encode(errors="replace"))
+    def _feed_trains(self, trains: Iterator[tuple[dict, dict]]) -> bool:
+        """Feed one pass over the trains; True if the stream must end."""
+        due = self._due
+        for data, metadata in trains:
+            if self._stop.is_set() or (self._ntrains is not None and self.fed >= self._ntrains):
+                return True
+            if self._stack:
+                data, metadata = append_detector_modules(data, metadata)
+            if self._rate:
+                delay = due - time.monotonic()
+                if delay > 0 and self._stop.wait(delay):
+                    return True
+                due = self._due = max(due, time.monotonic()) + 1 / self._rate
+            self.server.feed(data, metadata)
+            self.fed += 1
         return False
 
     def _run(self) -> None:
