@@ -289,7 +289,7 @@ def test_push_drop_drops_old_trains_not_new_ones():
                 except TimeoutError:
                     break
     assert got[-1] == 59  # the newest train came
-    assert len(got) <= 10 and server.dropped >= 50  # old ones were dropped, not queued
+    assert len(got) <= 20 and server.dropped >= 40  # old ones were dropped, not queued
 
 
 def test_pub_wait_without_subscriber_returns_at_once():

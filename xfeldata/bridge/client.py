@@ -9,6 +9,7 @@ Examples
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import zmq
@@ -98,7 +99,10 @@ class Client:
             socket.setsockopt(zmq.RCVTIMEO, max(int(self.timeout * 1000), 0))
         # Tells when the connection is lost: a REQ request with it, and ZeroMQ does not
         # reconnect after dropping a peer that sent a frame over MAXMSGSIZE.
-        self._monitor = socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        # (A name of its own: pyzmq's default is made from the file descriptor, which
+        # a socket closed a moment ago may still hold.)
+        self._monitor = socket.get_monitor_socket(
+            zmq.EVENT_DISCONNECTED, addr=f"inproc://xfeldata-client-monitor-{uuid.uuid4().hex}")
         try:
             socket.connect(self.endpoint)
         except BaseException:
