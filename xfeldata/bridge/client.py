@@ -9,6 +9,7 @@ Examples
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import zmq
@@ -39,8 +40,8 @@ class Client:
         Seconds :meth:`next` waits before raising :class:`TimeoutError`; None
         waits forever.
     context
-        A ``zmq.Context`` to use; by default the process-wide one
-        (``zmq.Context.instance()``), which the client never terminates.
+        A ``zmq.Context`` to use; by default the client makes its own, and
+        terminates it in :meth:`close` once its sockets are closed.
     max_bytes
         Largest message accepted (default :data:`~xfeldata.bridge.sockets.DEFAULT_MAX_MESSAGE`,
         4 GiB).  A single frame over it makes ZeroMQ drop the connection
@@ -83,7 +84,8 @@ class Client:
         self.ser = ser
         self.timeout = timeout
         self.max_bytes = int(max_bytes)
-        self._context = context or zmq.Context.instance()
+        self._own_context = context is None
+        self._context = context or zmq.Context()
         self._socket: zmq.Socket | None = None
         self._monitor: zmq.Socket | None = None
         self._waiting = False  # REQ: a request is out and its reply not yet received
@@ -100,7 +102,10 @@ class Client:
             socket.setsockopt(zmq.RCVTIMEO, max(int(self.timeout * 1000), 0))
         # Tells when the connection is lost: a REQ request with it, and ZeroMQ does not
         # reconnect after dropping a peer that sent a frame over MAXMSGSIZE.
-        self._monitor = socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        # (A name of its own: pyzmq's default is made from the file descriptor, which
+        # a socket closed a moment ago may still hold.)
+        self._monitor = socket.get_monitor_socket(
+            zmq.EVENT_DISCONNECTED, addr=f"inproc://xfeldata-client-monitor-{uuid.uuid4().hex}")
         try:
             socket.connect(self.endpoint)
         except BaseException:
@@ -191,8 +196,10 @@ class Client:
             raise ProtocolError(f"{self.endpoint}: {exc}") from None
 
     def close(self) -> None:
-        """Close the socket at once (LINGER 0); the context stays for its other users."""
+        """Close the socket at once (LINGER 0), then the context if the client made it."""
         self._close_sockets()
+        if self._own_context and not self._context.closed:
+            self._context.term()  # nothing left to wait for
 
     def __del__(self) -> None:
         # Never block in a finalizer: close with LINGER 0, never terminate a context.

@@ -41,6 +41,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import closing
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -557,23 +558,34 @@ class Streamer:
         return self
 
     def _feed_all(self) -> None:
-        due = time.monotonic()  # when the next train may go; never catches up in a burst
+        self._due = time.monotonic()  # when the next train may go; never catches up in a burst
         while not self._stop.is_set():
             fed_before = self.fed
-            for data, metadata in self._trains():
-                if self._stop.is_set() or (self._ntrains is not None and self.fed >= self._ntrains):
+            # Close the trains' generator here, in this thread, also when stopped: the
+            # file objects it holds must not be torn down later in another thread or at
+            # interpreter exit (h5py's global lock can then block forever).
+            with closing(self._trains()) as trains:
+                if self._feed_trains(trains):
                     return
-                if self._stack:
-                    data, metadata = append_detector_modules(data, metadata)
-                if self._rate:
-                    delay = due - time.monotonic()
-                    if delay > 0 and self._stop.wait(delay):
-                        return
-                    due = max(due, time.monotonic()) + 1 / self._rate
-                self.server.feed(data, metadata)
-                self.fed += 1
             if not self._loop or self.fed == fed_before:
                 return
+
+    def _feed_trains(self, trains: Iterator[tuple[dict, dict]]) -> bool:
+        """Feed one pass over the trains; True if the stream must end."""
+        due = self._due
+        for data, metadata in trains:
+            if self._stop.is_set() or (self._ntrains is not None and self.fed >= self._ntrains):
+                return True
+            if self._stack:
+                data, metadata = append_detector_modules(data, metadata)
+            if self._rate:
+                delay = due - time.monotonic()
+                if delay > 0 and self._stop.wait(delay):
+                    return True
+                due = self._due = max(due, time.monotonic()) + 1 / self._rate
+            self.server.feed(data, metadata)
+            self.fed += 1
+        return False
 
     def _run(self) -> None:
         try:
