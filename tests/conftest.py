@@ -244,7 +244,7 @@ def analysis_runs(tmp_path_factory) -> dict[str, Path]:
 
     ``{"dark": dir, "data": dir}``; modules 0, 3, 8 and 15, 4 frames (memory
     cells 0-3) per train, no slow sources.  The data run's photons are
-    :func:`xfeldata.synthetic.detector_photons`.
+    :func:`xfeldata.testing.synthetic.detector_photons`.
     """
     return {
         "dark": _make(tmp_path_factory, "analysis_dark", n_trains=8, dark=True, **ANALYSIS_RUN),

@@ -415,7 +415,7 @@ def test_serve_exits_promptly_after_ctrl_c(tmp_path):
     import subprocess
     import sys
 
-    from xfeldata.files.writer import make_example
+    from xfeldata.testing import make_example
 
     run = make_example(tmp_path / "r0001", n_trains=20, frames_per_train=4, trains_per_sequence=10)
     cmd = [sys.executable, "-m", "xfeldata.cli", "serve", str(run), "--rate", "10", "--loop",
