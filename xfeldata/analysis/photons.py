@@ -9,7 +9,6 @@ import xarray as xr
 
 from ._frames import MODULE_DIM, PIXEL_DIMS, data_array
 
-
 #: Elements per step of :func:`_count_kernel`: its float32 scratch (1 MiB) stays in cache.
 STEP = 1 << 18
 
