@@ -124,13 +124,15 @@ def _integrate(arr: xr.DataArray, binning: _Binning, out_dims: list[str],
     def kernel(block: np.ndarray) -> np.ndarray:
         lead = block.shape[:-3]
         frames = np.asarray(block, np.float32).reshape(-1, n_pixels)
-        valid = np.isfinite(frames)
-        if keep is not None:
-            valid &= keep
-        if valid.all():
-            sums = (frames @ transposed).T
+        # A NaN or infinite pixel makes its bin's sum NaN or infinite, so finite
+        # sums without a mask mean that no binned pixel is to be left out.
+        sums = None if keep is not None else (frames @ transposed).T
+        if sums is not None and np.isfinite(sums).all():
             counts = pixels_per_bin
         else:
+            valid = np.isfinite(frames)
+            if keep is not None:
+                valid &= keep
             values = np.where(valid, frames, np.float32(0))
             sums = (values @ transposed).T
             counts = (valid.astype(np.float32) @ transposed).T
