@@ -50,7 +50,7 @@ def case_assemble(ctx: Context) -> list[CaseResult]:
     res.timings.append(measure("geom.position_modules(frame) per frame", "peer",
                                lambda: [geom.position_modules(f) for f in arr.values], ctx.repeat, items=n))
     res.check("assemble frames/s vs position_modules", "peer", 5.0)
-    res.notes.append("items are frames; assemble calls EXtra-geom's position_modules on blocks of frames")
+    res.notes.append("items are frames; assemble copies the tiles of whole blocks with EXtra-geom's snapped geometry")
     return [res]
 
 
@@ -77,7 +77,7 @@ def case_radial_profile(ctx: Context) -> list[CaseResult]:
     res.timings.append(measure("ai.integrate1d(frame) per frame, no splitting", "peer", pyfai,
                                ctx.repeat, items=n))
     res.check("radial_profile frames/s vs pyFAI integrate1d", "peer", 10.0)
-    res.notes.append("xfeldata's time includes building the pixel-to-bin matrix (once per call)")
+    res.notes.append("the pixel-to-bin matrix is built in the warm-up call and cached per geometry and parameters")
     return [res]
 
 

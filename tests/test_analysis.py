@@ -163,6 +163,17 @@ def test_radial_profile_leaves_out_nan_and_masked_pixels(agipd_geometry):
     assert np.nanmax(prof.values) == 1.0 and np.nanmin(prof.values) == 1.0
 
 
+def test_radial_profile_without_a_mask_leaves_out_nan_and_infinite_pixels(agipd_geometry):
+    arr = xr.ones_like(frames(3, modules=[0, 1]))
+    arr[0, 1] = np.nan
+    arr[1, 0, :50] = np.inf
+    arr[2] = 2.0  # a clean frame in the same block: its bins are right too
+    prof = analysis.radial_profile(arr, agipd_geometry, DISTANCE, WAVELENGTH, npt=50)
+    assert np.nanmax(prof.values[:2]) == 1.0 and np.nanmin(prof.values[:2]) == 1.0
+    assert np.isfinite(prof.values[1]).sum() >= np.isfinite(prof.values[0]).sum()
+    np.testing.assert_array_equal(prof.values[2][np.isfinite(prof.values[1])], 2.0)
+
+
 def test_radial_profile_on_dask_and_live_equals_numpy(live, constants, agipd_geometry):
     arr = frames(3, chunks=True)
     lazy = analysis.radial_profile(arr, agipd_geometry, DISTANCE, WAVELENGTH, npt=64)

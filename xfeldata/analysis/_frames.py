@@ -35,12 +35,18 @@ def data_array(arr: xr.DataArray | xr.Dataset, var: str = "image.data") -> xr.Da
 def whole_frames(arr: xr.DataArray, core: Sequence[str], target_bytes: int = BLOCK_BYTES) -> xr.DataArray:
     """``arr`` with the ``core`` dims in one chunk each and blocks of about ``target_bytes``.
 
-    numpy-backed arrays are returned as they are.  The leading (frame) dims are
-    cut so that a block of whole frames stays near ``target_bytes``.
+    numpy-backed arrays are returned as they are, and so are dask arrays whose
+    blocks already hold whole frames and no more than ``target_bytes``.
+    Otherwise the leading (frame) dims are cut so that a block of whole frames
+    stays near ``target_bytes``.
     """
     if arr.chunks is None:
         return arr
     frame_bytes = arr.dtype.itemsize * int(np.prod([arr.sizes[d] for d in core]))
+    chunked = dict(zip(arr.dims, arr.chunks, strict=True))
+    biggest = frame_bytes * int(np.prod([max(chunked[d]) for d in arr.dims if d not in core]))
+    if all(len(chunked[d]) == 1 for d in core) and biggest <= target_bytes:
+        return arr  # already whole frames in blocks small enough: no copy to merge them
     chunks: dict[str, int] = {d: -1 for d in core}
     budget = max(1, target_bytes // max(frame_bytes, 1))
     for dim in reversed([d for d in arr.dims if d not in core]):

@@ -158,32 +158,37 @@ def dark_constants(dark: xr.Dataset | Sequence[xr.Dataset], *,
 
 
 def _correct(data: np.ndarray, cells: np.ndarray, modules: np.ndarray, offset: np.ndarray,
-             cell_lut: np.ndarray, thresholds: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Offset-correct frames ``(..., [plane,] ss, fs)``: the kernel of :func:`calibrate`."""
+             cell_lut: np.ndarray, thresholds: np.ndarray | None
+             ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Offset-correct frames ``(..., [plane,] ss, fs)``: the kernel of :func:`calibrate`.
+
+    Returns the float32 frames and, with ``thresholds``, the gain stage of
+    every pixel.  Each frame is one subtraction (signal minus the offset of
+    its module, cell and stage) written straight into the output, so the data
+    are read and written once.
+    """
     pixel = offset.shape[-2:]
     lead = cells.shape
     planes = data.reshape(-1, *data.shape[len(lead):])
-    cell_index = cell_lut[np.clip(cells.ravel(), 0, len(cell_lut) - 1)]
-    cell_index[(cells.ravel() < 0) | (cells.ravel() >= len(cell_lut))] = -1
+    signal = planes[:, 0] if planes.ndim == 4 else planes  # plane 0 of AGIPD raw frames
+    flat_cells = cells.ravel()
+    inside = (flat_cells >= 0) & (flat_cells < len(cell_lut))
+    cell_index = np.where(inside, cell_lut[np.clip(flat_cells, 0, len(cell_lut) - 1)], -1)
     mods = np.broadcast_to(modules, lead).ravel()
     out = np.empty((len(planes), *pixel), np.float32)
+    out[cell_index < 0] = np.nan
+    if thresholds is None:
+        for f in np.flatnonzero(cell_index >= 0):
+            np.subtract(signal[f], offset[mods[f], cell_index[f], 0], out=out[f], dtype=np.float32)
+        return out.reshape(*lead, *pixel)
     stage_out = np.zeros((len(planes), *pixel), np.uint8)
-    for f in range(len(planes)):
-        c, m = cell_index[f], mods[f]
-        if c < 0:
-            out[f] = np.nan
-            continue
-        signal = planes[f, 0] if thresholds is not None or planes.ndim == 4 else planes[f]
-        if thresholds is not None:
-            gain = planes[f, 1]
-            stage = (gain > thresholds[m, c, 0]).astype(np.uint8)
-            for t in range(1, thresholds.shape[2]):
-                stage += gain > thresholds[m, c, t]
-            stage_out[f] = stage
-            off = np.take_along_axis(offset[m, c], stage[None].astype(np.intp), axis=0)[0]
-        else:
-            off = offset[m, c, 0]
-        np.subtract(signal, off, out=out[f], dtype=np.float32)
+    for f in np.flatnonzero(cell_index >= 0):
+        m, c = mods[f], cell_index[f]
+        gain, stage = planes[f, 1], stage_out[f]
+        for t in range(thresholds.shape[2]):
+            stage += gain > thresholds[m, c, t]
+        off = np.take_along_axis(offset[m, c], stage[None].astype(np.intp), axis=0)[0]
+        np.subtract(planes[f, 0], off, out=out[f], dtype=np.float32)
     return out.reshape(*lead, *pixel), stage_out.reshape(*lead, *pixel)
 
 
@@ -239,21 +244,22 @@ def calibrate(det: xr.Dataset, constants: xr.Dataset | None = None, *, mask_bits
     cell_lut[cell_values] = np.arange(len(cell_values))
     has_plane = GAIN_PLANE_DIM in arr.dims
     core = [GAIN_PLANE_DIM, *PIXEL_DIMS] if has_plane else list(PIXEL_DIMS)
-    if thresholds is None and has_plane:
-        arr = arr.isel({GAIN_PLANE_DIM: [0]})
-    if arr.chunks is not None:
+    if arr.chunks is not None and any(len(arr.chunksizes[d]) > 1 for d in core):
         arr = arr.chunk({d: -1 for d in core})
     positions = xr.DataArray(np.arange(arr.sizes[MODULE_DIM]), dims=MODULE_DIM)
-    data, stage = xr.apply_ufunc(
+    n_out = 1 if thresholds is None else 2  # the gain stages only where they were looked up
+    results = xr.apply_ufunc(
         _correct, arr, det["cellId"], positions,
         kwargs={"offset": offset, "cell_lut": cell_lut, "thresholds": thresholds},
-        input_core_dims=[core, [], []], output_core_dims=[list(PIXEL_DIMS)] * 2,
-        dask="parallelized", output_dtypes=[np.float32, np.uint8])
+        input_core_dims=[core, [], []], output_core_dims=[list(PIXEL_DIMS)] * n_out,
+        dask="parallelized", output_dtypes=[np.float32, np.uint8][:n_out])
+    data, stage = (results, None) if thresholds is None else results
+    dims = tuple(d for d in arr.dims if d != GAIN_PLANE_DIM)
     out = det.drop_vars([v for v in ("image.data", "image.gain", "image.mask") if v in det])
-    out["image.data"] = data.transpose(*[d for d in arr.dims if d != GAIN_PLANE_DIM])
+    out["image.data"] = data if data.dims == dims else data.transpose(*dims)
     out["image.data"].attrs.update(arr.attrs, units="ADU", calibration="offset")
-    if thresholds is not None:
-        out["image.gain"] = stage.transpose(*out["image.data"].dims)
+    if stage is not None:
+        out["image.gain"] = stage if stage.dims == dims else stage.transpose(*dims)
     return out
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import weakref
+from typing import Any, NamedTuple
 
 import numpy as np
 import xarray as xr
@@ -27,12 +28,43 @@ def image_grid(geom: Any) -> tuple[tuple[int, int], np.ndarray, np.ndarray]:
     >>> shape, round(float(x[1] - x[0]), 6)
     ((1256, 1092), 0.0002)
     """
-    frame = np.zeros(geom.expected_data_shape, np.float32)
-    image, centre = geom.position_modules(frame)
+    layout = _layout(geom)
+    return layout.shape, layout.y, layout.x
+
+
+class _Layout(NamedTuple):
+    """What assembling with one geometry needs, worked out once: see :func:`_layout`."""
+
+    snapped: Any  # EXtra-geom's pixel-grid-aligned geometry, which copies the tiles
+    shape: tuple[int, int]
+    y: np.ndarray
+    x: np.ndarray
+
+
+_LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _layout(geom: Any) -> _Layout:
+    """The snapped geometry and image grid of ``geom``, cached while ``geom`` lives.
+
+    EXtra-geom geometries are immutable (``offset()`` and friends return new
+    objects), so the cache never goes stale.
+    """
+    try:
+        return _LAYOUTS[geom]
+    except (KeyError, TypeError):
+        pass
+    snapped = geom._snapped()
+    image, centre = snapped.position_modules(np.zeros(geom.expected_data_shape, np.float32))
     size = geom.pixel_size
     y = (np.arange(image.shape[0]) - centre[0] + 0.5) * size
     x = (np.arange(image.shape[1]) - centre[1] + 0.5) * size
-    return image.shape, y, x
+    layout = _Layout(snapped, image.shape, y, x)
+    try:
+        _LAYOUTS[geom] = layout
+    except TypeError:  # an object that cannot be weakly referenced: not cached
+        pass
+    return layout
 
 
 def _module_positions(arr: xr.DataArray, geom: Any) -> np.ndarray:
@@ -51,8 +83,9 @@ def _module_positions(arr: xr.DataArray, geom: Any) -> np.ndarray:
 def assemble(arr: xr.DataArray | xr.Dataset, geom: Any) -> xr.DataArray:
     """Module stacks ``(..., module, slow_scan, fast_scan)`` as images ``(..., y, x)``.
 
-    Each frame equals ``geom.position_modules(frame)`` of EXtra-geom (which does
-    the work, block by block): NaN in the gaps and where a module is missing
+    Each frame equals ``geom.position_modules(frame)`` of EXtra-geom, whose
+    pixel-grid-aligned (snapped) geometry, worked out once per geometry and
+    cached, copies the tiles of a whole block of frames at once: NaN in the gaps and where a module is missing
     (not in the ``module`` coordinate, or NaN in the data).  Any subset of
     modules is placed by its ``module`` coordinate.
 
@@ -85,7 +118,8 @@ def assemble(arr: xr.DataArray | xr.Dataset, geom: Any) -> xr.DataArray:
     """
     arr = data_array(arr)
     modules = _module_positions(arr, geom)
-    shape, y, x = image_grid(geom)
+    layout = _layout(geom)
+    shape, y, x = layout.shape, layout.y, layout.x
     dtype = arr.dtype if arr.dtype.kind == "f" else np.dtype(np.float32)
     n_modules = geom.expected_data_shape[0]
     full = bool(len(modules) == n_modules and (modules == np.arange(n_modules)).all())
@@ -97,7 +131,7 @@ def assemble(arr: xr.DataArray | xr.Dataset, geom: Any) -> xr.DataArray:
             stack[..., modules, :, :] = block
             block = stack
         out = np.full(block.shape[:-3] + shape, np.nan, dtype)
-        geom.position_modules(block, out=out)
+        layout.snapped.position_modules(block, out=out)
         return out
 
     core = [MODULE_DIM, *PIXEL_DIMS]

@@ -1,13 +1,14 @@
 """Azimuthal integration of many frames at once: radial profiles ``(..., q)`` and ``(..., q, chi)``.
 
 Each pixel falls into one bin (no pixel splitting) by its centre; a sparse
-bins-by-pixels matrix, built once per call, turns a block of frames into the
+bins-by-pixels matrix, built once per geometry and parameters and cached, turns a block of frames into the
 sums and counts of every bin in one product.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import weakref
+from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.sparse
@@ -70,20 +71,71 @@ def _matrix(index: np.ndarray, n_bins: int) -> scipy.sparse.csr_matrix:
                                    shape=(n_bins, index.size))
 
 
-def _integrate(arr: xr.DataArray, matrix: scipy.sparse.csr_matrix, out_dims: list[str],
+class _Binning(NamedTuple):
+    """The pixel-to-bin matrix of one call's parameters, and the bin edges it used."""
+
+    transposed: scipy.sparse.csr_matrix  # (pixels, bins): frames @ it reads C-ordered frames as they are
+    pixels_per_bin: np.ndarray  # (bins, 1) float32: the counts when no pixel is left out
+    edges: tuple[float, ...]  # (lo, hi) of the radial bins, then (lo, hi) of chi for 2-D
+
+
+#: Binnings per geometry (dropped with it), keyed by all the other parameters.
+_BINNINGS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_MAX_CACHED = 8  # binnings kept per geometry
+
+
+def _binning(geom: Any, modules: np.ndarray, distance: float, wavelength: float, unit: str, npt: int,
+             q_range: tuple[float, float] | None, npt_azim: int | None = None,
+             azimuth_range: tuple[float, float] | None = None) -> _Binning:
+    """The cached :class:`_Binning` of these parameters (built on first use)."""
+    key = (tuple(modules.tolist()), float(distance), float(wavelength), unit, int(npt),
+           None if q_range is None else tuple(map(float, q_range)), npt_azim,
+           None if azimuth_range is None else tuple(map(float, azimuth_range)))
+    try:
+        cached = _BINNINGS.setdefault(geom, {})
+    except TypeError:  # an object that cannot be weakly referenced: not cached
+        cached = {}
+    if key in cached:
+        return cached[key]
+    radial, chi = pixel_radial(geom, distance, wavelength, unit, modules)
+    lo, hi = _range(radial, q_range)
+    index = _bins(radial, npt, lo, hi)
+    edges: tuple[float, ...] = (lo, hi)
+    n_bins = npt
+    if npt_azim is not None:
+        c_lo, c_hi = _range(chi, azimuth_range)
+        c_bin = _bins(chi, npt_azim, c_lo, c_hi)
+        index = np.where((index >= 0) & (c_bin >= 0), index * npt_azim + c_bin, -1)
+        edges, n_bins = (lo, hi, c_lo, c_hi), npt * npt_azim
+    matrix = _matrix(index, n_bins)
+    binning = _Binning(matrix.T.tocsr(), np.asarray(matrix.sum(axis=1), np.float32), edges)
+    if len(cached) >= _MAX_CACHED:
+        cached.pop(next(iter(cached)))
+    cached[key] = binning
+    return binning
+
+
+def _integrate(arr: xr.DataArray, binning: _Binning, out_dims: list[str],
                out_shape: tuple[int, ...], mask: np.ndarray | None) -> xr.DataArray:
     keep = None if mask is None else ~np.asarray(mask, bool).ravel()
-    n_pixels = matrix.shape[1]
+    transposed, pixels_per_bin = binning.transposed, binning.pixels_per_bin
+    n_pixels = transposed.shape[0]
 
     def kernel(block: np.ndarray) -> np.ndarray:
         lead = block.shape[:-3]
         frames = np.asarray(block, np.float32).reshape(-1, n_pixels)
-        valid = np.isfinite(frames)
-        if keep is not None:
-            valid &= keep
-        values = np.where(valid, frames, np.float32(0))
-        sums = matrix @ values.T
-        counts = matrix @ valid.T.astype(np.float32)
+        # A NaN or infinite pixel makes its bin's sum NaN or infinite, so finite
+        # sums without a mask mean that no binned pixel is to be left out.
+        sums = None if keep is not None else (frames @ transposed).T
+        if sums is not None and np.isfinite(sums).all():
+            counts = pixels_per_bin
+        else:
+            valid = np.isfinite(frames)
+            if keep is not None:
+                valid &= keep
+            values = np.where(valid, frames, np.float32(0))
+            sums = (values @ transposed).T
+            counts = (valid.astype(np.float32) @ transposed).T
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = np.where(counts > 0, sums / counts, np.nan).astype(np.float32)
         return mean.T.reshape(lead + out_shape)
@@ -154,11 +206,10 @@ def radial_profile(arr: xr.DataArray | xr.Dataset, geom: Any, distance: float, w
     """
     arr = data_array(arr)
     modules = _module_positions(arr, geom)
-    radial, _ = pixel_radial(geom, distance, wavelength, unit, modules)
-    lo, hi = _range(radial, q_range)
+    binning = _binning(geom, modules, distance, wavelength, unit, npt, q_range)
+    lo, hi = binning.edges
     name, units = UNITS[unit]
-    matrix = _matrix(_bins(radial, npt, lo, hi), npt)
-    out = _integrate(arr, matrix, [name], (npt,), mask)
+    out = _integrate(arr, binning, [name], (npt,), mask)
     centres = lo + (np.arange(npt) + 0.5) * (hi - lo) / npt
     out = out.assign_coords({name: (name, centres, {"units": units})})
     out.attrs.update(distance=float(distance), wavelength=float(wavelength))
@@ -186,13 +237,10 @@ def radial_profile_2d(arr: xr.DataArray | xr.Dataset, geom: Any, distance: float
     """
     arr = data_array(arr)
     modules = _module_positions(arr, geom)
-    radial, chi = pixel_radial(geom, distance, wavelength, unit, modules)
-    lo, hi = _range(radial, q_range)
-    c_lo, c_hi = _range(chi, azimuth_range)
-    q_bin, c_bin = _bins(radial, npt, lo, hi), _bins(chi, npt_azim, c_lo, c_hi)
-    index = np.where((q_bin >= 0) & (c_bin >= 0), q_bin * npt_azim + c_bin, -1)
+    binning = _binning(geom, modules, distance, wavelength, unit, npt, q_range, npt_azim, azimuth_range)
+    lo, hi, c_lo, c_hi = binning.edges
     name, units = UNITS[unit]
-    out = _integrate(arr, _matrix(index, npt * npt_azim), [name, "chi"], (npt, npt_azim), mask)
+    out = _integrate(arr, binning, [name, "chi"], (npt, npt_azim), mask)
     out = out.assign_coords({
         name: (name, lo + (np.arange(npt) + 0.5) * (hi - lo) / npt, {"units": units}),
         "chi": ("chi", c_lo + (np.arange(npt_azim) + 0.5) * (c_hi - c_lo) / npt_azim, {"units": "deg"}),
