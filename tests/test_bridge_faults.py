@@ -275,7 +275,7 @@ def test_unclosed_client_and_server_collected_in_another_thread_do_not_block():
 def test_push_drop_drops_old_trains_not_new_ones():
     """A PULL client that sleeps while 60 trains of 1 MB come gets the newest, not the oldest."""
     with Server(sock="PUSH", policy="drop", maxlen=2) as server:
-        with Client(server.endpoint, sock="PULL", timeout=1) as client:
+        with Client(server.endpoint, sock="PULL", timeout=3) as client:  # 3 s of silence ends the reading
             time.sleep(0.3)  # connected
             big = np.zeros(1_000_000, np.uint8)
             for tid in range(60):
