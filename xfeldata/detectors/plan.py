@@ -33,6 +33,15 @@ class _PulseSelector:
     by: str
     value: Any
 
+    def __repr__(self) -> str:
+        v = self.value
+        if isinstance(v, slice):
+            text = ":".join("" if x is None else str(x) for x in (v.start, v.stop, v.step)).rstrip(":")
+            text = text if ":" in text else text + ":"
+        else:
+            text = repr(v.tolist() if isinstance(v, np.ndarray) else v)
+        return f"by_{self.by}[{text}]"
+
 
 class _SelectorFactory:
     """Pulse selection for ``detector(pulses=...)``.
@@ -59,23 +68,42 @@ by_id = _SelectorFactory("id")
 by_index = _SelectorFactory("index")
 
 
+def _train_lengths(positions: np.ndarray) -> np.ndarray:
+    """Per row, the number of rows of its train (a train's rows are 0, 1, ... in sequence)."""
+    starts = np.flatnonzero(positions == 0)
+    lengths = np.diff(np.append(starts, len(positions)))
+    return np.repeat(lengths, lengths)
+
+
 def select_pulses(pulse_ids: np.ndarray, positions: np.ndarray, pulses: Any) -> np.ndarray:
     """Boolean per row: is the row's pulse selected (``pulses`` as in :func:`detector_dataset`).
+
+    ``positions`` are the rows' positions within their trains (0, 1, ... for
+    each train in turn).  Positions of ``by_index`` count within each train, as
+    Python indices do: ``by_index[-1]`` is the last frame of every train.
 
     >>> select_pulses(np.array([4, 6, 8]), np.arange(3), by_index[1:]).tolist()
     [False, True, True]
     >>> select_pulses(np.array([4, 6, 8]), np.arange(3), by_id[4:6]).tolist()
     [True, True, False]
+    >>> select_pulses(np.array([4, 6, 8, 4, 6]), np.array([0, 1, 2, 0, 1]), by_index[-1]).tolist()
+    [False, False, True, False, True]
     """
     if pulses is None:
         return np.ones(len(pulse_ids), bool)
     sel = pulses if isinstance(pulses, _PulseSelector) else _PulseSelector("id", pulses)
-    values = pulse_ids if sel.by == "id" else positions
     v = sel.value
+    if sel.by == "index":
+        positions = np.asarray(positions, np.int64)
+        lengths = _train_lengths(positions)
+        keep = np.zeros(len(positions), bool)
+        for n in np.unique(lengths).tolist():  # trains of equal length select the same positions
+            rows = lengths == n
+            chosen = np.arange(n)[v] if isinstance(v, slice) else _positions_of(v, n)
+            keep[rows] = np.isin(positions[rows], chosen)
+        return keep
+    values = pulse_ids
     if isinstance(v, slice):
-        if sel.by == "index":
-            top = int(positions.max(initial=-1)) + 1
-            return np.isin(positions, np.arange(top)[v])
         keep = np.ones(len(values), bool)
         if v.start is not None:
             keep &= values >= v.start
@@ -84,9 +112,71 @@ def select_pulses(pulse_ids: np.ndarray, positions: np.ndarray, pulses: Any) -> 
         if v.step:
             keep &= (values - (v.start or 0)) % v.step == 0
         return keep
+    return np.isin(values, _as_values(v))
+
+
+def _as_values(v: Any) -> np.ndarray:
+    """The integers of a selection given as one integer, a list or an array."""
     if isinstance(v, int | np.integer):
-        return values == v
-    return np.isin(values, np.asarray(list(v) if not isinstance(v, np.ndarray) else v))
+        return np.array([int(v)], np.int64)
+    return np.asarray(list(v) if not isinstance(v, np.ndarray) else v, np.int64).ravel()
+
+
+def _positions_of(v: Any, n: int) -> np.ndarray:
+    """Positions (negative ones counted from the end) within a train of ``n`` rows."""
+    wanted = _as_values(v)
+    wanted = np.where(wanted < 0, wanted + n, wanted)
+    return wanted[(wanted >= 0) & (wanted < n)]
+
+
+def check_pulse_selection(pulses: Any, pulse_ids: Mapping[int, np.ndarray],
+                          positions: Mapping[int, np.ndarray], what: str = "the detector",
+                          label: str = "pulse ID") -> None:
+    """Raise if ``pulses`` names pulse IDs (or positions) that no module has.
+
+    ``pulse_ids`` and ``positions`` are per module: every row's pulse ID and
+    position within its train; ``label`` names the labels (``"cell"`` for
+    JUNGFRAU).  Slices may select nothing (as label slices of ``Dataset.sel``
+    do); a pulse asked for by its ID or position must exist in some train.
+
+    >>> ids = {0: np.arange(64)}
+    >>> check_pulse_selection(by_id[[100]], ids, {0: np.arange(64)})
+    Traceback (most recent call last):
+    ...
+    ValueError: pulses=by_id[[100]]: pulse ID 100 is not in the detector (pulse IDs there: 0 to 63, 64 of them)
+    """
+    if pulses is None:
+        return
+    sel = pulses if isinstance(pulses, _PulseSelector) else _PulseSelector("id", pulses)
+    if isinstance(sel.value, slice):
+        return
+    found = np.unique(np.concatenate([np.asarray(p, np.int64) for p in pulse_ids.values()])) \
+        if pulse_ids else np.zeros(0, np.int64)
+    if not len(found):
+        return  # no frames at all: nothing to select from
+    wanted = _as_values(sel.value)
+    if sel.by == "id":
+        missing = np.setdiff1d(wanted, found)
+        noun = label
+    else:
+        longest = max((int(p.max(initial=-1)) + 1 for p in positions.values()), default=0)
+        missing = wanted[(wanted >= longest) | (wanted < -longest)]
+        noun = "position"
+    if len(missing):
+        shown = ", ".join(map(str, missing[:5].tolist())) + (", ..." if len(missing) > 5 else "")
+        verb = "is" if len(missing) == 1 else "are"
+        if sel.by == "index":
+            raise ValueError(f"pulses={pulses!r}: {noun}{'s' * (len(missing) > 1)} {shown} {verb} "
+                             f"beyond every train of {what} (at most {longest} frames a train)")
+        raise ValueError(f"pulses={pulses!r}: {noun}{'s' * (len(missing) > 1)} {shown} {verb} "
+                         f"not in {what} ({label}s there: {_describe_ids(found)})")
+
+
+def _describe_ids(ids: np.ndarray) -> str:
+    """``0 to 63, 64 of them``, or the IDs themselves when there are few."""
+    if len(ids) <= 5:
+        return ", ".join(map(str, ids.tolist()))
+    return f"{ids[0]} to {ids[-1]}, {len(ids)} of them"
 
 
 def kept_trains(has: np.ndarray, require_all_modules: bool = False) -> np.ndarray:
@@ -202,9 +292,12 @@ def plan_frames(kind: DetectorKind, modules: Sequence[int], counts: Mapping[int,
     Raises
     ------
     ValueError
-        If a pulse ID repeats within a train (outside LPD's parallel gain).
+        If a pulse ID repeats within a train (outside LPD's parallel gain), or
+        ``pulses`` names pulse IDs or positions that no module has (see
+        :func:`check_pulse_selection`).
     """
     n_trains = len(next(iter(counts.values()))) if counts else 0
+    what = f"the {kind.name} modules"
     positions = {m: positions_within(c) for m, c in counts.items()}
     if not kind.row_per_frame:  # one row per train holding every cell; cells selected later
         pulse_coord = np.arange(n_cells)
@@ -212,12 +305,15 @@ def plan_frames(kind: DetectorKind, modules: Sequence[int], counts: Mapping[int,
         for j, m in enumerate(modules):
             if m in counts:
                 present[np.asarray(counts[m]) > 0, :, j] = True
+        cells_selected = select_pulses(pulse_coord, pulse_coord, pulses)
+        check_pulse_selection(pulses, {0: pulse_coord}, {0: pulse_coord}, what, "cell")
         return FramePlan(pulse_coord, 1, {m: np.ones(len(p), bool) for m, p in positions.items()},
                          {m: np.zeros(len(p), np.int64) for m, p in positions.items()}, None, 1,
-                         present, select_pulses(pulse_coord, pulse_coord, pulses))
+                         present, cells_selected)
 
     ids = {m: np.asarray(pulse_ids[m], np.int64) for m in counts}
     selected = {m: select_pulses(ids[m], positions[m], pulses) for m in counts}
+    check_pulse_selection(pulses, ids, positions, what)
     stages = None
     if kind.gain_stages > 1:
         found = {m: _parallel_gain_stages(counts[m], ids[m], kind.gain_stages) for m in counts}
