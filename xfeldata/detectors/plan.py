@@ -7,6 +7,11 @@ each kept train and the pulse ID of every row.  This module turns them into
 the one layout both stack by: the train axis, the pulse axis, the slot, gain
 stage and selection of every row, and the frame-level ``present`` mask.
 
+One train's modules stacked side by side (``stack_detector_data`` and the
+bridge server's stacked source) are placed by :func:`plan_train_modules`: the
+module numbering, which modules count as present, the shape and dtype checks
+and the fill value, the same rules as for the detector Dataset.
+
 Examples
 --------
 >>> from xfeldata.detectors import DETECTORS
@@ -24,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..arrays import positions_within
+from ..arrays import fill_value_for, positions_within
 from .kinds import DetectorKind
 
 
@@ -336,3 +341,148 @@ def plan_frames(kind: DetectorKind, modules: Sequence[int], counts: Mapping[int,
             present[row_train[selected[m]], slots[m][selected[m]], j] = True
     return FramePlan(pulse_coord, len(pulse_coord), selected, slots, stages,
                      kind.gain_stages if stages else 1, present, None)
+
+
+# ----- one train's modules side by side --------------------------------------
+# ``stack_detector_data`` (EXtra-data's per-train function) and the bridge
+# server's stacked ``<device>/CAL/APPEND`` source (the facility's append
+# devices) stack one key of one train: a position for every module of the
+# detector, the modules without frames filled.
+def train_module_numbers(kind: DetectorKind | None, n_modules: int | None = None) -> tuple[int, ...]:
+    """The module number at each position of one train's stack.
+
+    Every module of the kind (as EXtra-data's ``stack_detector_data`` and the
+    facility's append devices stack them), or ``n_modules`` positions numbered
+    from the kind's first module; a detector of unknown kind has 16 modules
+    numbered from 0.
+
+    >>> from xfeldata.detectors import DETECTORS
+    >>> train_module_numbers(DETECTORS["JUNGFRAU"])
+    (1, 2, 3, 4, 5, 6, 7, 8)
+    >>> train_module_numbers(None, 4)
+    (0, 1, 2, 3)
+    """
+    if n_modules is None:
+        return tuple(kind.modules) if kind else tuple(range(16))
+    start = kind.modules[0] if kind else 0
+    return tuple(range(start, start + n_modules))
+
+
+@dataclass(frozen=True)
+class TrainModules:
+    """One key of one train's modules, checked and placed (see :func:`plan_train_modules`).
+
+    Attributes
+    ----------
+    device, key
+        The detector and the key stacked.
+    numbers
+        The module number at each position.
+    arrays
+        ``{position: array}`` of the modules present (those with frames).
+    shape, dtype
+        Of one module's array.
+    fill_value
+        The value of the modules missing.
+    """
+
+    device: str
+    key: str
+    numbers: tuple[int, ...]
+    arrays: dict[int, np.ndarray]
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fill_value: Any
+
+    @property
+    def present(self) -> np.ndarray:
+        """Boolean per position: the module has frames of the key in this train."""
+        return np.isin(np.arange(len(self.numbers)), list(self.arrays))
+
+    def stacked_shape(self, axis: int = 0) -> tuple[int, ...]:
+        """The shape with the module axis at ``axis`` (counted as in the stacked array)."""
+        axis = self.module_axis(axis)
+        return self.shape[:axis] + (len(self.numbers),) + self.shape[axis:]
+
+    def module_axis(self, axis: int) -> int:
+        """``axis`` as a non-negative position in the stacked array.
+
+        Raises
+        ------
+        ValueError
+            If the stacked array has no such axis.
+        """
+        ndim = len(self.shape) + 1
+        if not -ndim <= axis < ndim:
+            raise ValueError(f"axis {axis} is out of range for {ndim}-d stacked data")
+        return axis % ndim
+
+    def stack(self, axis: int = 0) -> np.ndarray:
+        """Copy the modules into one array, the module axis at ``axis``, missing modules filled."""
+        out = np.empty(self.stacked_shape(axis), self.dtype)
+        per_module = np.moveaxis(out, self.module_axis(axis), 0)
+        for i in range(len(self.numbers)):
+            per_module[i] = self.arrays[i] if i in self.arrays else self.fill_value
+        return out
+
+
+def plan_train_modules(device: str, kind: DetectorKind | None, values: Mapping[int, tuple[str, Any]],
+                       key: str, n_modules: int | None = None, fill_value: Any = None) -> TrainModules:
+    """Check and place one key of one train's modules.
+
+    Parameters
+    ----------
+    device, kind
+        The detector and its kind (None if unknown).
+    values
+        ``{module number: (source, value of key or None)}`` of the modules in the train.
+    key
+        The key stacked (for messages).
+    n_modules
+        Positions in the stack (see :func:`train_module_numbers`).
+    fill_value
+        Value of missing modules (default :func:`~xfeldata.arrays.default_fill_value`).
+
+    A module counts as present where it has the key with at least one frame: a
+    zero-length first axis means no frames in this train, as a count of 0 does
+    in the files (and as in EXtra-data).
+
+    Raises
+    ------
+    ValueError
+        If no module has ``key``, a module number is out of range, the modules
+        present differ in shape or dtype, or the dtype cannot hold ``fill_value``.
+
+    Examples
+    --------
+    >>> from xfeldata.detectors import DETECTORS
+    >>> a = np.ones((2, 4), np.uint16)
+    >>> tm = plan_train_modules("SPB_DET_AGIPD1M-1", DETECTORS["AGIPD1M"],
+    ...                         {0: ("m0", a), 2: ("m2", a[:0])}, "image.data", n_modules=3)
+    >>> tm.present.tolist(), tm.stack(axis=1).shape
+    ([True, False, False], (2, 3, 4))
+    """
+    numbers = train_module_numbers(kind, n_modules)
+    position = {m: i for i, m in enumerate(numbers)}
+    with_key = {m: (s, np.asarray(v)) for m, (s, v) in values.items() if v is not None}
+    if not with_key:
+        raise ValueError(f"no module of {device} has key {key!r} in this train")
+    arrays: dict[int, np.ndarray] = {}
+    for m, (source, array) in sorted(with_key.items()):
+        if array.ndim and array.shape[0] == 0:
+            continue  # no frames in this train: missing
+        if m not in position:
+            raise ValueError(f"module {m} ({source}) is out of range for {device} with "
+                             f"{len(numbers)} modules numbered from {numbers[0]}")
+        arrays[position[m]] = array
+    ref = next(iter(arrays.values()), None)
+    if ref is None:  # every module without frames: the shape of the empty ones
+        ref = next(iter(with_key.values()))[1]
+    shapes = {a.shape for a in arrays.values()}
+    dtypes = {a.dtype for a in arrays.values()}
+    if len(shapes) > 1 or len(dtypes) > 1:
+        detail = ", ".join(f"{numbers[i]}: {a.shape} {a.dtype}" for i, a in arrays.items())
+        what = "shapes" if len(shapes) > 1 else "dtypes"
+        raise ValueError(f"modules of {device} have mismatched {what} for {key!r} ({detail})")
+    fill = np.asarray(fill_value_for(ref.dtype, fill_value), ref.dtype)[()]
+    return TrainModules(device, key, numbers, arrays, ref.shape, ref.dtype, fill)
