@@ -385,6 +385,18 @@ def test_by_index_minus_one_is_the_last_frame_of_each_train(irregular_run):
             np.testing.assert_array_equal(got.values, frames[-1])
 
 
+def test_jungfrau_keys_become_image_keys_and_the_attrs_say_so(detector_runs):
+    det = xd.open_run(detector_runs["JUNGFRAU"]).detector()
+    assert {"image.data", "image.gain"} <= set(det.data_vars)
+    assert "data.adc" not in det and "data.gain" not in det
+    renamed = det.attrs["renamed_keys"]
+    assert "data.adc -> image.data" in renamed and "data.gain -> image.gain" in renamed
+
+
+def test_agipd_keys_keep_their_names_and_no_rename_is_stated(agipd_raw_run):
+    assert "renamed_keys" not in xd.open_run(agipd_raw_run).detector().attrs
+
+
 def test_an_unknown_detector_key_names_the_key(agipd_raw_run):
     with pytest.raises(KeyError, match="image.nokey"):
         xd.open_run(agipd_raw_run).detector(keys=["image.nokey"])

@@ -190,7 +190,9 @@ def detector_dataset(
         ``cell`` instead of ``pulseId``), ``present (trainId, pulseId, module)``
         (True exactly where that frame was recorded; a module's presence in a
         train is ``present.any("pulseId")``), and
-        ``cellId`` where recorded.
+        ``cellId`` where recorded.  JUNGFRAU's ``data.adc``/``data.gain`` (and
+        ``data.mask``) become ``image.data``/``image.gain`` (``image.mask``), as
+        the attr ``renamed_keys`` says.
 
     Raises
     ------
@@ -289,6 +291,7 @@ def detector_dataset(
         "detector": device, "kind": kind.name,
         "fill_value": schema.fill_value_for(first_info.dtype, fill_value),
         "frames_per_pulse": plan.n_stages,
+        **schema.renamed_keys(infos),
     }
     ds = schema.detector_dataset(
         variables, train_ids=train_ids, pulse_ids=plan.pulse_coord, modules=all_modules,
