@@ -169,7 +169,9 @@ def detector_dataset(
         selection has data (a module absent from the whole selection does not count).
     pulses
         Pulses to read: pulse IDs (list, array or inclusive slice), ``by_id[...]``
-        or ``by_index[...]`` (positions within the train). Applied before reading.
+        or ``by_index[...]`` (positions within each train; ``by_index[-1]`` is
+        the last frame of every train). Applied before reading. A pulse ID or
+        position asked for by value that no module has raises ``ValueError``.
     keys
         Pixel keys to include (default: data, mask and gain where present).
     target_bytes
@@ -199,7 +201,8 @@ def detector_dataset(
     KeyError
         If the detector is not in the data (the message names those that are).
     ValueError
-        If the modules' data differ in dtype or shape.
+        If the modules' data differ in dtype or shape, or ``pulses`` names pulse
+        IDs or positions that no module has.
     """
     device, sources = choose_detector(detector_sources(run), name)
     kind = detector_kind(device, list(sources)) or generic_kind(
