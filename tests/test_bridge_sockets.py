@@ -17,9 +17,12 @@ from xfeldata.bridge import (
     ServerBusy,
     ServerClosed,
     Simulator,
+    append_detector_modules,
     encode,
     serve,
 )
+from xfeldata.detectors import DETECTORS
+from xfeldata.trains import stack_detector_data
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -412,6 +415,36 @@ def test_serve_stack_detector():
     assert not stacked["modulesPresent"][1]
     assert stacked["image.data"][1].max() == 0 and stacked["image.data"][0].max() > 0
     assert meta[name]["source"] == name and "SA1_XTD2_XGM/DOOCS/MAIN" in data
+
+
+@pytest.mark.parametrize(("detector", "kind", "modules", "key"),
+                         [("AGIPD", "AGIPD1M", [0, 3], "image.data"),
+                          ("JUNGFRAU", "JUNGFRAU", [1, 3], "data.adc")])
+def test_append_stacks_as_stack_detector_data(detector, kind, modules, key):
+    data, meta = Simulator(detector, modules=modules, frames=2, slow=False).train(10)
+    expected = stack_detector_data(data, key, axis=0)
+    (name, stacked), = append_detector_modules(data, meta)[0].items()
+    np.testing.assert_array_equal(stacked[key], expected)
+    numbers = stacked["modules"].tolist()
+    assert numbers == list(DETECTORS[kind].modules)  # JUNGFRAU: 1 to 8
+    assert [numbers[i] for i in np.flatnonzero(stacked["modulesPresent"])] == modules
+
+
+def test_append_counts_a_module_without_frames_as_missing():
+    data, meta = Simulator("AGIPD", modules=[0, 1], frames=2, slow=False).train(10)
+    module_1 = "SPB_DET_AGIPD1M-1/DET/1CH0:xtdf"
+    data[module_1] = dict(data[module_1], **{"image.data": data[module_1]["image.data"][:0]})
+    stacked = append_detector_modules(data, meta)[0]["SPB_DET_AGIPD1M-1/CAL/APPEND"]
+    assert stacked["modulesPresent"][:2] == [True, False]
+    assert (stacked["image.data"][1] == 0).all() and stacked["image.data"].dtype == np.uint16
+
+
+def test_append_refuses_modules_of_different_shapes():
+    data, meta = Simulator("AGIPD", modules=[0, 1], frames=2, slow=False).train(10)
+    module_1 = "SPB_DET_AGIPD1M-1/DET/1CH0:xtdf"
+    data[module_1] = dict(data[module_1], **{"image.data": data[module_1]["image.data"][:1]})
+    with pytest.raises(ValueError, match="SPB_DET_AGIPD1M-1 have mismatched shapes for 'image.data'"):
+        append_detector_modules(data, meta)
 
 
 def test_serve_duck_typed_run():

@@ -350,10 +350,51 @@ def test_a_fill_value_outside_the_integer_range_is_refused_up_front(irregular_ru
         xd.open_run(irregular_run).detector(fill_value=fill)
 
 
-@pytest.mark.parametrize("pulses", [by_id[500:600], by_index[100:200], [999]])
-def test_a_pulse_selection_matching_no_frame_gives_an_empty_pulse_axis(agipd_raw_run, pulses):
+@pytest.mark.parametrize("pulses", [by_id[500:600], by_index[100:200]])
+def test_a_pulse_slice_matching_no_frame_gives_an_empty_pulse_axis(agipd_raw_run, pulses):
     data = xd.open_run(agipd_raw_run).detector(pulses=pulses)["image.data"]
     assert data.sizes["pulseId"] == 0 and data.values.size == 0
+
+
+@pytest.mark.parametrize("pulses", [[999], by_id[[999]], by_id[[0, 999]], by_id[999]])
+def test_a_pulse_id_that_does_not_exist_is_an_error_naming_those_that_do(agipd_raw_run, pulses):
+    with pytest.raises(ValueError, match=r"pulse ID 999 is not in") as err:
+        xd.open_run(agipd_raw_run).detector(pulses=pulses)
+    assert "pulse IDs there:" in str(err.value)
+
+
+def test_a_position_beyond_every_train_is_an_error(agipd_raw_run):
+    with pytest.raises(ValueError, match=r"position 50 is beyond every train .*at most 2 frames a train"):
+        xd.open_run(agipd_raw_run).detector(pulses=by_index[[0, 50]])
+
+
+def test_by_index_minus_one_is_the_last_frame_of_each_train(irregular_run):
+    run = xd.open_run(irregular_run)
+    last = run.detector(pulses=by_index[-1])
+    assert last.sizes["trainId"] > 1
+    for tid in last.trainId.values.tolist():
+        _, data = run.train_from_id(tid)
+        for m in last.module.values.tolist():
+            frames = data.get(f"SPB_DET_AGIPD1M-1/DET/{m}CH0:xtdf", {}).get("image.data")
+            present = last["present"].sel(trainId=tid, module=m).values
+            if frames is None or len(frames) == 0:
+                assert not present.any()
+                continue
+            assert present.sum() == 1
+            got = last["image.data"].sel(trainId=tid, module=m)[int(present.argmax())]
+            np.testing.assert_array_equal(got.values, frames[-1])
+
+
+def test_jungfrau_keys_become_image_keys_and_the_attrs_say_so(detector_runs):
+    det = xd.open_run(detector_runs["JUNGFRAU"]).detector()
+    assert {"image.data", "image.gain"} <= set(det.data_vars)
+    assert "data.adc" not in det and "data.gain" not in det
+    renamed = det.attrs["renamed_keys"]
+    assert "data.adc -> image.data" in renamed and "data.gain -> image.gain" in renamed
+
+
+def test_agipd_keys_keep_their_names_and_no_rename_is_stated(agipd_raw_run):
+    assert "renamed_keys" not in xd.open_run(agipd_raw_run).detector().attrs
 
 
 def test_an_unknown_detector_key_names_the_key(agipd_raw_run):

@@ -110,6 +110,23 @@ def test_dropped_trains_evicted_and_gaps():
     assert list(ds.cell.values) == [0, 1]
 
 
+def test_live_jungfrau_detector_says_which_keys_it_renames():
+    sim = Simulator("JUNGFRAU", modules=[1, 2], frames=2, slow=False)
+    ds = receive([sim.train(t) for t in (100, 101)], 2).detector()
+    assert "image.gain" in ds and "data.gain" not in ds
+    assert "data.adc -> image.data" in ds.attrs["renamed_keys"]
+
+
+def test_live_pulse_selection_follows_the_plan():
+    sim = Simulator("AGIPD", modules=[0], frames=3, slow=False)
+    buf = receive([sim.train(t) for t in (10, 11)], 2)
+    full = buf.detector()
+    last = buf.detector(pulses=xd.by_index[-1])
+    np.testing.assert_array_equal(last["image.data"].values, full["image.data"].values[:, -1:])
+    with pytest.raises(ValueError, match="pulse ID 999 is not in .*pulse IDs there"):
+        buf.detector(pulses=xd.by_id[[999]])
+
+
 def test_mismatched_train_ids_are_reported_and_matched_by_tid():
     sim = Simulator("AGIPD", modules=[0, 1], frames=2, slow=False)
     good = [sim.train(t) for t in (10, 11)]

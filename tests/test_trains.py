@@ -312,6 +312,12 @@ def test_stack_ignores_other_sources_and_empty_modules():
     assert stack_detector_data(lpd, "image.data", device="FXE_DET_LPD1M-1")[:, 2].sum() == a.sum()
 
 
+def test_stack_of_modules_that_all_have_no_frames_is_an_error():
+    empty = np.zeros((0, 8, 8), np.float32)
+    with pytest.raises(ValueError, match="no module of SPB_DET_AGIPD1M-1 has frames of 'image.data'"):
+        stack_detector_data(_fake((mod(0), empty), (mod(1), empty)), "image.data")
+
+
 def _first_file_rows(run_dir: Path, source: str) -> trains_mod._Rows:
     """The reader of image.data in the run's first file of ``source``."""
     run = xd.open_run(run_dir)

@@ -15,7 +15,7 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,22 @@ DETECTOR_VARIABLES = {
     "image.data": "image.data", "image.mask": "image.mask", "image.gain": "image.gain",
     "data.adc": "image.data", "data.mask": "image.mask", "data.gain": "image.gain",
 }
+
+def renamed_keys(keys: Iterable[str]) -> dict[str, str]:
+    """Dataset attrs saying which keys a detector Dataset names otherwise.
+
+    JUNGFRAU's ``data.adc``/``data.mask``/``data.gain`` become ``image.data``/
+    ``image.mask``/``image.gain``, so that every detector has the same variables;
+    the attr ``renamed_keys`` says so (absent where nothing is renamed).
+
+    >>> renamed_keys(["data.adc", "data.gain"])
+    {'renamed_keys': 'data.adc -> image.data, data.gain -> image.gain'}
+    >>> renamed_keys(["image.data"])
+    {}
+    """
+    pairs = [f"{k} -> {DETECTOR_VARIABLES[k]}" for k in keys if DETECTOR_VARIABLES.get(k, k) != k]
+    return {"renamed_keys": ", ".join(pairs)} if pairs else {}
+
 
 def detector_fill_value(key: str, dtype: np.dtype, fill_value: Any = None) -> Any:
     """Fill value of one detector variable: the caller's applies to the pixel data

@@ -48,8 +48,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .arrays import fill_value_for
 from .detectors.kinds import detector_kind_of_device, group_detector_sources
+from .detectors.plan import TrainModules, plan_train_modules
 from .errors import DataIndexError, DataReadError, PropertyNameError
 from .files.handles import OpenFile, handles
 from .files.index import KeyInfo
@@ -633,36 +633,11 @@ def stack_detector_data(
         raise ValueError(f"modules of several detectors in this train ({', '.join(sorted(found))}); "
                          "pass device= or select one")
     (dev, mods), = found.items()
-    kind = detector_kind_of_device(dev)
-    starts_at = kind.modules[0] if kind else 0
-    if modules is None:
-        modules = len(kind.modules) if kind else 16
-
-    arrays: dict[int, np.ndarray] = {}
-    for modno, source in mods.items():
-        if key not in train[source]:
-            continue
-        array = np.asarray(train[source][key])
-        if array.ndim and array.shape[0] == 0:  # no frames: missing, as in EXtra-data
-            continue
-        index = modno - starts_at
-        if not 0 <= index < modules:
-            raise ValueError(f"module {modno} ({source}) is out of range for {dev} with "
-                             f"{modules} modules numbered from {starts_at}")
-        arrays[index] = array
-    if not arrays:
-        raise ValueError(f"no module of {dev} has key {key!r} in this train")
-    shapes = {a.shape for a in arrays.values()}
-    dtypes = {a.dtype for a in arrays.values()}
-    if len(shapes) > 1 or len(dtypes) > 1:
-        detail = ", ".join(f"{i + starts_at}: {a.shape} {a.dtype}" for i, a in arrays.items())
-        what = "shapes" if len(shapes) > 1 else "dtypes"
-        raise ValueError(f"modules of {dev} have mismatched {what} for {key!r} ({detail})")
-    shape, dtype = shapes.pop(), dtypes.pop()
-    if not -(len(shape) + 1) <= axis <= len(shape):
-        raise ValueError(f"axis {axis} is out of range for {len(shape) + 1}-d stacked data")
-    fill = np.asarray(fill_value_for(dtype, fill_value), dtype)[()]
-    view = StackView(arrays, modules, shape, dtype, fill, axis)
+    values = {m: (source, train[source].get(key)) for m, source in mods.items()}
+    placed = plan_train_modules(dev, detector_kind_of_device(dev), values, key, modules, fill_value)
+    if not placed.arrays:
+        raise ValueError(f"no module of {dev} has frames of {key!r} in this train")
+    view = StackView(placed, axis)
     return view.asarray() if real_array else view
 
 
@@ -680,16 +655,16 @@ class StackView:
         ``{position: array}`` of the modules present.
     """
 
-    def __init__(self, modules: dict[int, np.ndarray], n_modules: int, module_shape: tuple[int, ...],
-                 dtype: np.dtype, fill_value: Any, axis: int = -3):
-        self.modules = modules
-        self.n_modules = n_modules
-        self.dtype = dtype
-        self.fill_value = fill_value
-        self.ndim = len(module_shape) + 1
-        self.axis = axis % self.ndim
-        self.module_shape = module_shape
-        self.shape = module_shape[: self.axis] + (n_modules,) + module_shape[self.axis:]
+    def __init__(self, placed: TrainModules, axis: int = -3):
+        self.placed = placed
+        self.modules = placed.arrays
+        self.n_modules = len(placed.numbers)
+        self.dtype = placed.dtype
+        self.fill_value = placed.fill_value
+        self.axis = placed.module_axis(axis)
+        self.module_shape = placed.shape
+        self.shape = placed.stacked_shape(self.axis)
+        self.ndim = len(self.shape)
 
     def __repr__(self) -> str:
         return (f"<StackView shape={self.shape} dtype={self.dtype} "
@@ -697,11 +672,7 @@ class StackView:
 
     def asarray(self) -> np.ndarray:
         """Copy the modules into one array (missing ones filled)."""
-        out = np.empty(self.shape, self.dtype)
-        per_module = np.moveaxis(out, self.axis, 0)
-        for i in range(self.n_modules):
-            per_module[i] = self.modules[i] if i in self.modules else self.fill_value
-        return out
+        return self.placed.stack(self.axis)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = self.asarray()

@@ -830,6 +830,7 @@ def _detector(trains: list[tuple[int, TrainData]], name: str | None, modules: Se
         "detector": device, "kind": kind.name,
         "fill_value": schema.fill_value_for(first_dtype, fill_value),
         "frames_per_pulse": plan.n_stages,
+        **schema.renamed_keys(infos),
     }
     ds = schema.detector_dataset(
         variables, train_ids=train_ids, pulse_ids=pulse_coord, modules=all_modules, present=plan.present,

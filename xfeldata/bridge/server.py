@@ -49,6 +49,7 @@ import numpy as np
 import zmq
 
 from ..detectors.kinds import detector_kind_of_device, group_detector_sources
+from ..detectors.plan import plan_train_modules
 from ..run import RunSelection
 from .protocol import ENCODE_VERSIONS, ProtocolError, encode, make_metadata
 from .sockets import Throttle, limit_frames, recv_message
@@ -462,10 +463,19 @@ def append_detector_modules(data: dict, metadata: dict) -> tuple[dict, dict]:
 
     As the facility's "append" devices do, the pixel data of every module
     (``image.data``, or ``data.adc`` for JUNGFRAU) is stacked on a new first
-    axis ``module``; modules missing from the train are filled with 0
-    (integers) or NaN (floats) and marked False in ``modulesPresent``.  The
-    stacked source also has ``modules`` (module numbers), ``sources`` and the
-    pulse/cell/train IDs of the first module present.
+    axis ``module``; modules missing from the train (or without frames) are
+    filled with 0 (integers) or NaN (floats) and marked False in
+    ``modulesPresent``.  The stacked source also has ``modules`` (module
+    numbers), ``sources`` and the pulse/cell/train IDs of the first module
+    present.  The module numbering, presence, checks and fill are those of
+    :func:`xfeldata.detectors.plan.plan_train_modules`, as for
+    ``stack_detector_data``.
+
+    Raises
+    ------
+    ValueError
+        If the modules present differ in shape or dtype, or a module number is
+        out of range for the detector.
 
     Examples
     --------
@@ -480,29 +490,22 @@ def append_detector_modules(data: dict, metadata: dict) -> tuple[dict, dict]:
         return data, metadata
     data, metadata = dict(data), dict(metadata)
     for device, by_module in groups.items():
-        first_src = by_module[min(by_module)]
-        first = data[first_src]
-        key = "image.data" if "image.data" in first else "data.adc" if "data.adc" in first else None
-        if key is None or not isinstance(first[key], np.ndarray):
-            continue
         kind = detector_kind_of_device(device)
-        numbers_ = sorted(by_module)
-        if kind is not None and set(numbers_) <= set(kind.modules):
-            numbers_ = list(kind.modules)
-        ref = first[key]
-        fill = np.nan if ref.dtype.kind in "fc" else 0
-        stacked = np.full((len(numbers_), *ref.shape), fill, dtype=ref.dtype)
-        present = []
-        for i, module in enumerate(numbers_):
-            arr = data.get(by_module.get(module, ""), {}).get(key)
-            ok = isinstance(arr, np.ndarray) and arr.shape == ref.shape
-            if ok:
-                stacked[i] = arr
-            present.append(ok)
+        keys = [kind.data_key] if kind else ["image.data", "data.adc"]
+        key = next((k for k in keys for s in by_module.values()
+                    if isinstance(data[s].get(k), np.ndarray)), None)
+        if key is None:
+            continue
+        values = {m: (s, v if isinstance(v := data[s].get(key), np.ndarray) else None)
+                  for m, s in by_module.items()}
+        placed = plan_train_modules(device, kind, values, key)
+        first_src = by_module[placed.numbers[min(placed.arrays)]] if placed.arrays \
+            else by_module[min(by_module)]
+        first = data[first_src]
         name = f"{device}/CAL/APPEND"
-        out = {key: stacked, "modules": np.array(numbers_, dtype=np.int64),
-               "modulesPresent": present,
-               "sources": [by_module.get(m, "") for m in numbers_]}
+        out = {key: placed.stack(axis=0), "modules": np.array(placed.numbers, dtype=np.int64),
+               "modulesPresent": placed.present.tolist(),
+               "sources": [by_module.get(m, "") for m in placed.numbers]}
         out.update({k: first[k] for k in _ID_KEYS if k in first})
         meta = dict(metadata.get(first_src, {}))
         meta["source"] = name

@@ -7,6 +7,11 @@ each kept train and the pulse ID of every row.  This module turns them into
 the one layout both stack by: the train axis, the pulse axis, the slot, gain
 stage and selection of every row, and the frame-level ``present`` mask.
 
+One train's modules stacked side by side (``stack_detector_data`` and the
+bridge server's stacked source) are placed by :func:`plan_train_modules`: the
+module numbering, which modules count as present, the shape and dtype checks
+and the fill value, the same rules as for the detector Dataset.
+
 Examples
 --------
 >>> from xfeldata.detectors import DETECTORS
@@ -24,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..arrays import positions_within
+from ..arrays import fill_value_for, positions_within
 from .kinds import DetectorKind
 
 
@@ -32,6 +37,15 @@ from .kinds import DetectorKind
 class _PulseSelector:
     by: str
     value: Any
+
+    def __repr__(self) -> str:
+        v = self.value
+        if isinstance(v, slice):
+            text = ":".join("" if x is None else str(x) for x in (v.start, v.stop, v.step)).rstrip(":")
+            text = text if ":" in text else text + ":"
+        else:
+            text = repr(v.tolist() if isinstance(v, np.ndarray) else v)
+        return f"by_{self.by}[{text}]"
 
 
 class _SelectorFactory:
@@ -59,23 +73,42 @@ by_id = _SelectorFactory("id")
 by_index = _SelectorFactory("index")
 
 
+def _train_lengths(positions: np.ndarray) -> np.ndarray:
+    """Per row, the number of rows of its train (a train's rows are 0, 1, ... in sequence)."""
+    starts = np.flatnonzero(positions == 0)
+    lengths = np.diff(np.append(starts, len(positions)))
+    return np.repeat(lengths, lengths)
+
+
 def select_pulses(pulse_ids: np.ndarray, positions: np.ndarray, pulses: Any) -> np.ndarray:
     """Boolean per row: is the row's pulse selected (``pulses`` as in :func:`detector_dataset`).
+
+    ``positions`` are the rows' positions within their trains (0, 1, ... for
+    each train in turn).  Positions of ``by_index`` count within each train, as
+    Python indices do: ``by_index[-1]`` is the last frame of every train.
 
     >>> select_pulses(np.array([4, 6, 8]), np.arange(3), by_index[1:]).tolist()
     [False, True, True]
     >>> select_pulses(np.array([4, 6, 8]), np.arange(3), by_id[4:6]).tolist()
     [True, True, False]
+    >>> select_pulses(np.array([4, 6, 8, 4, 6]), np.array([0, 1, 2, 0, 1]), by_index[-1]).tolist()
+    [False, False, True, False, True]
     """
     if pulses is None:
         return np.ones(len(pulse_ids), bool)
     sel = pulses if isinstance(pulses, _PulseSelector) else _PulseSelector("id", pulses)
-    values = pulse_ids if sel.by == "id" else positions
     v = sel.value
+    if sel.by == "index":
+        positions = np.asarray(positions, np.int64)
+        lengths = _train_lengths(positions)
+        keep = np.zeros(len(positions), bool)
+        for n in np.unique(lengths).tolist():  # trains of equal length select the same positions
+            rows = lengths == n
+            chosen = np.arange(n)[v] if isinstance(v, slice) else _positions_of(v, n)
+            keep[rows] = np.isin(positions[rows], chosen)
+        return keep
+    values = pulse_ids
     if isinstance(v, slice):
-        if sel.by == "index":
-            top = int(positions.max(initial=-1)) + 1
-            return np.isin(positions, np.arange(top)[v])
         keep = np.ones(len(values), bool)
         if v.start is not None:
             keep &= values >= v.start
@@ -84,9 +117,71 @@ def select_pulses(pulse_ids: np.ndarray, positions: np.ndarray, pulses: Any) -> 
         if v.step:
             keep &= (values - (v.start or 0)) % v.step == 0
         return keep
+    return np.isin(values, _as_values(v))
+
+
+def _as_values(v: Any) -> np.ndarray:
+    """The integers of a selection given as one integer, a list or an array."""
     if isinstance(v, int | np.integer):
-        return values == v
-    return np.isin(values, np.asarray(list(v) if not isinstance(v, np.ndarray) else v))
+        return np.array([int(v)], np.int64)
+    return np.asarray(list(v) if not isinstance(v, np.ndarray) else v, np.int64).ravel()
+
+
+def _positions_of(v: Any, n: int) -> np.ndarray:
+    """Positions (negative ones counted from the end) within a train of ``n`` rows."""
+    wanted = _as_values(v)
+    wanted = np.where(wanted < 0, wanted + n, wanted)
+    return wanted[(wanted >= 0) & (wanted < n)]
+
+
+def check_pulse_selection(pulses: Any, pulse_ids: Mapping[int, np.ndarray],
+                          positions: Mapping[int, np.ndarray], what: str = "the detector",
+                          label: str = "pulse ID") -> None:
+    """Raise if ``pulses`` names pulse IDs (or positions) that no module has.
+
+    ``pulse_ids`` and ``positions`` are per module: every row's pulse ID and
+    position within its train; ``label`` names the labels (``"cell"`` for
+    JUNGFRAU).  Slices may select nothing (as label slices of ``Dataset.sel``
+    do); a pulse asked for by its ID or position must exist in some train.
+
+    >>> ids = {0: np.arange(64)}
+    >>> check_pulse_selection(by_id[[100]], ids, {0: np.arange(64)})
+    Traceback (most recent call last):
+    ...
+    ValueError: pulses=by_id[[100]]: pulse ID 100 is not in the detector (pulse IDs there: 0 to 63, 64 of them)
+    """
+    if pulses is None:
+        return
+    sel = pulses if isinstance(pulses, _PulseSelector) else _PulseSelector("id", pulses)
+    if isinstance(sel.value, slice):
+        return
+    found = np.unique(np.concatenate([np.asarray(p, np.int64) for p in pulse_ids.values()])) \
+        if pulse_ids else np.zeros(0, np.int64)
+    if not len(found):
+        return  # no frames at all: nothing to select from
+    wanted = _as_values(sel.value)
+    if sel.by == "id":
+        missing = np.setdiff1d(wanted, found)
+        noun = label
+    else:
+        longest = max((int(p.max(initial=-1)) + 1 for p in positions.values()), default=0)
+        missing = wanted[(wanted >= longest) | (wanted < -longest)]
+        noun = "position"
+    if len(missing):
+        shown = ", ".join(map(str, missing[:5].tolist())) + (", ..." if len(missing) > 5 else "")
+        verb = "is" if len(missing) == 1 else "are"
+        if sel.by == "index":
+            raise ValueError(f"pulses={pulses!r}: {noun}{'s' * (len(missing) > 1)} {shown} {verb} "
+                             f"beyond every train of {what} (at most {longest} frames a train)")
+        raise ValueError(f"pulses={pulses!r}: {noun}{'s' * (len(missing) > 1)} {shown} {verb} "
+                         f"not in {what} ({label}s there: {_describe_ids(found)})")
+
+
+def _describe_ids(ids: np.ndarray) -> str:
+    """``0 to 63, 64 of them``, or the IDs themselves when there are few."""
+    if len(ids) <= 5:
+        return ", ".join(map(str, ids.tolist()))
+    return f"{ids[0]} to {ids[-1]}, {len(ids)} of them"
 
 
 def kept_trains(has: np.ndarray, require_all_modules: bool = False) -> np.ndarray:
@@ -202,9 +297,12 @@ def plan_frames(kind: DetectorKind, modules: Sequence[int], counts: Mapping[int,
     Raises
     ------
     ValueError
-        If a pulse ID repeats within a train (outside LPD's parallel gain).
+        If a pulse ID repeats within a train (outside LPD's parallel gain), or
+        ``pulses`` names pulse IDs or positions that no module has (see
+        :func:`check_pulse_selection`).
     """
     n_trains = len(next(iter(counts.values()))) if counts else 0
+    what = f"the {kind.name} modules"
     positions = {m: positions_within(c) for m, c in counts.items()}
     if not kind.row_per_frame:  # one row per train holding every cell; cells selected later
         pulse_coord = np.arange(n_cells)
@@ -212,12 +310,15 @@ def plan_frames(kind: DetectorKind, modules: Sequence[int], counts: Mapping[int,
         for j, m in enumerate(modules):
             if m in counts:
                 present[np.asarray(counts[m]) > 0, :, j] = True
+        cells_selected = select_pulses(pulse_coord, pulse_coord, pulses)
+        check_pulse_selection(pulses, {0: pulse_coord}, {0: pulse_coord}, what, "cell")
         return FramePlan(pulse_coord, 1, {m: np.ones(len(p), bool) for m, p in positions.items()},
                          {m: np.zeros(len(p), np.int64) for m, p in positions.items()}, None, 1,
-                         present, select_pulses(pulse_coord, pulse_coord, pulses))
+                         present, cells_selected)
 
     ids = {m: np.asarray(pulse_ids[m], np.int64) for m in counts}
     selected = {m: select_pulses(ids[m], positions[m], pulses) for m in counts}
+    check_pulse_selection(pulses, ids, positions, what)
     stages = None
     if kind.gain_stages > 1:
         found = {m: _parallel_gain_stages(counts[m], ids[m], kind.gain_stages) for m in counts}
@@ -240,3 +341,148 @@ def plan_frames(kind: DetectorKind, modules: Sequence[int], counts: Mapping[int,
             present[row_train[selected[m]], slots[m][selected[m]], j] = True
     return FramePlan(pulse_coord, len(pulse_coord), selected, slots, stages,
                      kind.gain_stages if stages else 1, present, None)
+
+
+# ----- one train's modules side by side --------------------------------------
+# ``stack_detector_data`` (EXtra-data's per-train function) and the bridge
+# server's stacked ``<device>/CAL/APPEND`` source (the facility's append
+# devices) stack one key of one train: a position for every module of the
+# detector, the modules without frames filled.
+def train_module_numbers(kind: DetectorKind | None, n_modules: int | None = None) -> tuple[int, ...]:
+    """The module number at each position of one train's stack.
+
+    Every module of the kind (as EXtra-data's ``stack_detector_data`` and the
+    facility's append devices stack them), or ``n_modules`` positions numbered
+    from the kind's first module; a detector of unknown kind has 16 modules
+    numbered from 0.
+
+    >>> from xfeldata.detectors import DETECTORS
+    >>> train_module_numbers(DETECTORS["JUNGFRAU"])
+    (1, 2, 3, 4, 5, 6, 7, 8)
+    >>> train_module_numbers(None, 4)
+    (0, 1, 2, 3)
+    """
+    if n_modules is None:
+        return tuple(kind.modules) if kind else tuple(range(16))
+    start = kind.modules[0] if kind else 0
+    return tuple(range(start, start + n_modules))
+
+
+@dataclass(frozen=True)
+class TrainModules:
+    """One key of one train's modules, checked and placed (see :func:`plan_train_modules`).
+
+    Attributes
+    ----------
+    device, key
+        The detector and the key stacked.
+    numbers
+        The module number at each position.
+    arrays
+        ``{position: array}`` of the modules present (those with frames).
+    shape, dtype
+        Of one module's array.
+    fill_value
+        The value of the modules missing.
+    """
+
+    device: str
+    key: str
+    numbers: tuple[int, ...]
+    arrays: dict[int, np.ndarray]
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fill_value: Any
+
+    @property
+    def present(self) -> np.ndarray:
+        """Boolean per position: the module has frames of the key in this train."""
+        return np.isin(np.arange(len(self.numbers)), list(self.arrays))
+
+    def stacked_shape(self, axis: int = 0) -> tuple[int, ...]:
+        """The shape with the module axis at ``axis`` (counted as in the stacked array)."""
+        axis = self.module_axis(axis)
+        return self.shape[:axis] + (len(self.numbers),) + self.shape[axis:]
+
+    def module_axis(self, axis: int) -> int:
+        """``axis`` as a non-negative position in the stacked array.
+
+        Raises
+        ------
+        ValueError
+            If the stacked array has no such axis.
+        """
+        ndim = len(self.shape) + 1
+        if not -ndim <= axis < ndim:
+            raise ValueError(f"axis {axis} is out of range for {ndim}-d stacked data")
+        return axis % ndim
+
+    def stack(self, axis: int = 0) -> np.ndarray:
+        """Copy the modules into one array, the module axis at ``axis``, missing modules filled."""
+        out = np.empty(self.stacked_shape(axis), self.dtype)
+        per_module = np.moveaxis(out, self.module_axis(axis), 0)
+        for i in range(len(self.numbers)):
+            per_module[i] = self.arrays[i] if i in self.arrays else self.fill_value
+        return out
+
+
+def plan_train_modules(device: str, kind: DetectorKind | None, values: Mapping[int, tuple[str, Any]],
+                       key: str, n_modules: int | None = None, fill_value: Any = None) -> TrainModules:
+    """Check and place one key of one train's modules.
+
+    Parameters
+    ----------
+    device, kind
+        The detector and its kind (None if unknown).
+    values
+        ``{module number: (source, value of key or None)}`` of the modules in the train.
+    key
+        The key stacked (for messages).
+    n_modules
+        Positions in the stack (see :func:`train_module_numbers`).
+    fill_value
+        Value of missing modules (default :func:`~xfeldata.arrays.default_fill_value`).
+
+    A module counts as present where it has the key with at least one frame: a
+    zero-length first axis means no frames in this train, as a count of 0 does
+    in the files (and as in EXtra-data).
+
+    Raises
+    ------
+    ValueError
+        If no module has ``key``, a module number is out of range, the modules
+        present differ in shape or dtype, or the dtype cannot hold ``fill_value``.
+
+    Examples
+    --------
+    >>> from xfeldata.detectors import DETECTORS
+    >>> a = np.ones((2, 4), np.uint16)
+    >>> tm = plan_train_modules("SPB_DET_AGIPD1M-1", DETECTORS["AGIPD1M"],
+    ...                         {0: ("m0", a), 2: ("m2", a[:0])}, "image.data", n_modules=3)
+    >>> tm.present.tolist(), tm.stack(axis=1).shape
+    ([True, False, False], (2, 3, 4))
+    """
+    numbers = train_module_numbers(kind, n_modules)
+    position = {m: i for i, m in enumerate(numbers)}
+    with_key = {m: (s, np.asarray(v)) for m, (s, v) in values.items() if v is not None}
+    if not with_key:
+        raise ValueError(f"no module of {device} has key {key!r} in this train")
+    arrays: dict[int, np.ndarray] = {}
+    for m, (source, array) in sorted(with_key.items()):
+        if array.ndim and array.shape[0] == 0:
+            continue  # no frames in this train: missing
+        if m not in position:
+            raise ValueError(f"module {m} ({source}) is out of range for {device} with "
+                             f"{len(numbers)} modules numbered from {numbers[0]}")
+        arrays[position[m]] = array
+    ref = next(iter(arrays.values()), None)
+    if ref is None:  # every module without frames: the shape of the empty ones
+        ref = next(iter(with_key.values()))[1]
+    shapes = {a.shape for a in arrays.values()}
+    dtypes = {a.dtype for a in arrays.values()}
+    if len(shapes) > 1 or len(dtypes) > 1:
+        detail = ", ".join(f"{numbers[i]}: {a.shape} {a.dtype}" for i, a in arrays.items())
+        what = "shapes" if len(shapes) > 1 else "dtypes"
+        raise ValueError(f"modules of {device} have mismatched {what} for {key!r} ({detail})")
+    fill = np.asarray(fill_value_for(ref.dtype, fill_value), ref.dtype)[()]
+    return TrainModules(device, key, numbers, arrays, ref.shape, ref.dtype, fill)

@@ -169,7 +169,9 @@ def detector_dataset(
         selection has data (a module absent from the whole selection does not count).
     pulses
         Pulses to read: pulse IDs (list, array or inclusive slice), ``by_id[...]``
-        or ``by_index[...]`` (positions within the train). Applied before reading.
+        or ``by_index[...]`` (positions within each train; ``by_index[-1]`` is
+        the last frame of every train). Applied before reading. A pulse ID or
+        position asked for by value that no module has raises ``ValueError``.
     keys
         Pixel keys to include (default: data, mask and gain where present).
     target_bytes
@@ -190,14 +192,17 @@ def detector_dataset(
         ``cell`` instead of ``pulseId``), ``present (trainId, pulseId, module)``
         (True exactly where that frame was recorded; a module's presence in a
         train is ``present.any("pulseId")``), and
-        ``cellId`` where recorded.
+        ``cellId`` where recorded.  JUNGFRAU's ``data.adc``/``data.gain`` (and
+        ``data.mask``) become ``image.data``/``image.gain`` (``image.mask``), as
+        the attr ``renamed_keys`` says.
 
     Raises
     ------
     KeyError
         If the detector is not in the data (the message names those that are).
     ValueError
-        If the modules' data differ in dtype or shape.
+        If the modules' data differ in dtype or shape, or ``pulses`` names pulse
+        IDs or positions that no module has.
     """
     device, sources = choose_detector(detector_sources(run), name)
     kind = detector_kind(device, list(sources)) or generic_kind(
@@ -289,6 +294,7 @@ def detector_dataset(
         "detector": device, "kind": kind.name,
         "fill_value": schema.fill_value_for(first_info.dtype, fill_value),
         "frames_per_pulse": plan.n_stages,
+        **schema.renamed_keys(infos),
     }
     ds = schema.detector_dataset(
         variables, train_ids=train_ids, pulse_ids=plan.pulse_coord, modules=all_modules,
