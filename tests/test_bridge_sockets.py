@@ -452,10 +452,11 @@ def test_background_stop_while_waiting_for_clients():
     ("AGIPD500K", "HED_DET_AGIPD500K2G/DET/0CH0:xtdf", "image.data", (2, 2, 512, 128), "uint16"),
     ("LPD", "FXE_DET_LPD1M-1/DET/0CH0:xtdf", "image.data", (2, 1, 256, 256), "uint16"),
     ("DSSC", "SCS_DET_DSSC1M-1/DET/0CH0:xtdf", "image.data", (2, 1, 128, 512), "uint16"),
+    ("LPD_MINI", "FXE_DET_LPD_MINI/DET/1CH0:xtdf", "image.data", (2, 1, 32, 256), "uint16"),
     ("JUNGFRAU", "SPB_IRDA_JF4M/DET/JNGFR01:daqOutput", "data.adc", (2, 512, 1024), "uint16"),
 ])
 def test_simulator_detectors(detector, source, key, shape, dtype):
-    modules = [1] if detector == "JUNGFRAU" else [0]
+    modules = [1] if detector in ("JUNGFRAU", "LPD_MINI") else [0]
     (data, meta), = list(Simulator(detector, modules=modules, frames=2, ntrains=1, first_train_id=7))
     assert data[source][key].shape == shape and data[source][key].dtype == dtype
     assert meta[source]["timestamp.tid"] == 7

@@ -18,7 +18,7 @@ from xfeldata.detectors import DETECTORS
 
 pytestmark = pytest.mark.timeout(120)
 
-RUNS = ["AGIPD1M", "AGIPD500K", "LPD1M", "LPD1M-parallel", "DSSC1M", "JUNGFRAU", "irregular"]
+RUNS = ["AGIPD1M", "AGIPD500K", "LPD1M", "LPD1M-parallel", "LPDMINI", "DSSC1M", "JUNGFRAU", "irregular"]
 
 #: Options by name: a function of the modules found and the pulse coordinate.
 OPTIONS = {
@@ -52,7 +52,7 @@ def test_run_and_live_buffer_stack_alike(name, option, detector_runs, irregular_
     assert live["present"].dims == offline["present"].dims == ("trainId", pulse_dim, "module")
 
 
-@pytest.mark.parametrize("name", ["AGIPD1M", "LPD1M", "DSSC1M", "JUNGFRAU", "irregular"])
+@pytest.mark.parametrize("name", ["AGIPD1M", "LPD1M", "LPDMINI", "DSSC1M", "JUNGFRAU", "irregular"])
 def test_stack_detector_data_of_one_train_equals_the_detector(name, detector_runs, irregular_run):
     """The frames of one train, every module of the kind, stacked on axis 1."""
     run = xd.open_run(_run_dir(name, detector_runs, irregular_run))

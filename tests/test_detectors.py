@@ -71,12 +71,12 @@ def assert_detector_matches_h5(ds, run_dir, var: str = "image.data", key: str | 
 
 
 # ----- every kind ------------------------------------------------------------------
-@pytest.mark.parametrize("kind", ["AGIPD1M", "AGIPD500K", "LPD1M", "DSSC1M"])
+@pytest.mark.parametrize("kind", ["AGIPD1M", "AGIPD500K", "LPD1M", "DSSC1M", "LPDMINI"])
 def test_xtdf_detectors_equal_h5py(detector_runs, kind):
     ds = xd.open_run(detector_runs[kind]).detector()
     det = DETECTORS[kind]
     assert ds.attrs["kind"] == kind and ds.attrs["detector"] == det.default_device
-    assert ds["module"].values.tolist() == [0, 1]     # the modules found
+    assert ds["module"].values.tolist() == DETECTOR_RUN_MODULES.get(kind, [0, 1])  # the modules found
     pixel = ("gain", "slow_scan", "fast_scan") if det.raw_entry_shape[0] == 2 else ("slow_scan", "fast_scan")
     assert ds["image.data"].dims == ("trainId", "pulseId", "module", *pixel)
     assert ds["image.data"].shape[-2:] == det.raw_entry_shape[-2:]
@@ -104,6 +104,19 @@ def test_jungfrau_memory_cells_are_the_pulse_like_dimension(detector_runs):
     one_cell = xd.open_run(run_dir).detector(pulses=by_index[1:])
     assert one_cell["cell"].values.tolist() == [1]
     np.testing.assert_array_equal(one_cell["image.data"].values, ds["image.data"].values[:, 1:])
+
+
+def test_lpd_mini_modules_count_from_one_with_frames_of_two_tiles(detector_runs):
+    run_dir = detector_runs["LPDMINI"]
+    run = xd.open_run(run_dir)
+    assert "FXE_DET_LPD_MINI/DET/1CH0:xtdf" in run.sources
+    ds = run.detector()
+    assert ds.attrs["kind"] == "LPDMINI" and ds.attrs["detector"] == "FXE_DET_LPD_MINI"
+    assert ds["module"].values.tolist() == [1, 2]
+    assert ds["image.data"].dims == ("trainId", "pulseId", "module", "slow_scan", "fast_scan")
+    assert ds["image.data"].shape[-2:] == (32, 256)     # 2 tiles of 16 x 256 pixels
+    assert ds["image.data"].dtype == np.uint16
+    assert_detector_matches_h5(ds, run_dir)
 
 
 def test_lpd_parallel_gain_has_a_gain_dimension_of_three(detector_runs):

@@ -30,7 +30,7 @@ from .protocol import make_metadata
 __all__ = ["DETECTOR_ALIASES", "Simulator"]
 
 #: Short detector names accepted by :class:`Simulator` -> kinds in ``detectors.DETECTORS``.
-DETECTOR_ALIASES = {"AGIPD": "AGIPD1M", "LPD": "LPD1M", "DSSC": "DSSC1M"}
+DETECTOR_ALIASES = {"AGIPD": "AGIPD1M", "LPD": "LPD1M", "DSSC": "DSSC1M", "LPD_MINI": "LPDMINI"}
 #: First train ID of simulated streams (a realistic 10-digit ID).
 FIRST_TRAIN_ID = 1_000_000_000
 
@@ -68,8 +68,8 @@ class Simulator:
     Parameters
     ----------
     detector
-        ``"AGIPD"``, ``"AGIPD500K"``, ``"LPD"``, ``"DSSC"`` or ``"JUNGFRAU"``
-        (or a kind name from ``detectors.DETECTORS``).
+        ``"AGIPD"``, ``"AGIPD500K"``, ``"LPD"``, ``"LPD_MINI"``, ``"DSSC"`` or
+        ``"JUNGFRAU"`` (or a kind name from ``detectors.DETECTORS``).
     raw
         Raw data (uint16) if true, else corrected (float32 with mask and gain).
     modules

@@ -160,6 +160,11 @@ DETECTORS: dict[str, DetectorKind] = {
         DetectorKind("LPD1M", "FXE_DET_LPD1M-1", tuple(range(16)), "LPD",
                      (1, 256, 256), (256, 256), max_frames=512, device_tokens=("LPD",),
                      gain_stages=3),
+        # LPD Mini: XTDF like LPD-1M, modules of 2 tiles of 16 x 256 pixels,
+        # so a frame is (32, 256); its modules count from 1.
+        DetectorKind("LPDMINI", "FXE_DET_LPD_MINI", tuple(range(1, 9)), "LPD",
+                     (1, 32, 256), (32, 256), max_frames=512,
+                     device_tokens=("LPD_MINI", "LPDMINI"), gain_stages=3),
         DetectorKind("DSSC1M", "SCS_DET_DSSC1M-1", tuple(range(16)), "DSSC",
                      (1, 128, 512), (128, 512), max_frames=800, device_tokens=("DSSC",)),
         DetectorKind("JUNGFRAU", "SPB_IRDA_JF4M", tuple(range(1, 9)), "JNGFR",

@@ -374,7 +374,7 @@ def make_example(path: str | Path, *, detector: str | None = "AGIPD1M", correcte
         Run directory; created if needed.  Refused if it already holds run files.
     detector
         A kind from :data:`~xfeldata.files.layout.DETECTORS` (``"AGIPD1M"``,
-        ``"AGIPD500K"``, ``"LPD1M"``, ``"DSSC1M"``, ``"JUNGFRAU"``) or None for
+        ``"AGIPD500K"``, ``"LPD1M"``, ``"LPDMINI"``, ``"DSSC1M"``, ``"JUNGFRAU"``) or None for
         no detector.
     corrected
         Write corrected data (``CORR`` files, float32 pixels with mask and gain).
