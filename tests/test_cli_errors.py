@@ -168,7 +168,8 @@ def test_module_list_rejects(text):
 @pytest.mark.parametrize("given, kind", [("AGIPD1M", "AGIPD1M"), ("agipd", "AGIPD1M"),
                                          ("LPD", "LPD1M"), ("dssc1m", "DSSC1M"),
                                          ("Jungfrau", "JUNGFRAU"), ("agipd500k", "AGIPD500K"),
-                                         ("lpd_mini", "LPDMINI"), ("lpdmini", "LPDMINI")])
+                                         ("lpd_mini", "LPDMINI"), ("lpdmini", "LPDMINI"),
+                                         ("epix", "EPIX100"), ("ePix100", "EPIX100")])
 @pytest.mark.parametrize("command", [["make-example", "somewhere"], ["simulate"]])
 def test_detector_names_and_aliases_in_both_commands(command, given, kind):
     args = build_parser().parse_args([*command, "--detector", given])

@@ -119,6 +119,32 @@ def test_lpd_mini_modules_count_from_one_with_frames_of_two_tiles(detector_runs)
     assert_detector_matches_h5(ds, run_dir)
 
 
+def test_epix100_is_one_module_with_one_frame_per_train(detector_runs):
+    run_dir = detector_runs["EPIX100"]
+    run = xd.open_run(run_dir)
+    source = "MID_EXP_EPIX-1/DET/RECEIVER:daqOutput"
+    assert source in run.sources
+    ds = run.detector()
+    assert ds.attrs["kind"] == "EPIX100" and ds.attrs["detector"] == "MID_EXP_EPIX-1"
+    assert ds["image.data"].dims == ("trainId", "cell", "module", "slow_scan", "fast_scan")
+    assert ds["image.data"].shape == (5, 1, 1, 704, 768)
+    assert ds["image.data"].dtype == np.uint16
+    assert ds["module"].values.tolist() == [0] and ds["present"].values.all()
+    frames = h5_rows(run_dir, source, "data.image.pixels")
+    np.testing.assert_array_equal(ds["image.data"].values[:, 0, 0], np.concatenate(list(frames.values())))
+    with pytest.raises(KeyError, match="modules \\[1\\] are not modules of MID_EXP_EPIX-1"):
+        run.detector(modules=[0, 1])
+
+
+def test_corrected_epix100_names_its_source_corr_receiver(tmp_path):
+    run = xd.open_run(make_example(tmp_path / "r0001", detector="EPIX100", corrected=True,
+                                   n_trains=2, slow_sources=False))
+    assert run.sources == ["MID_EXP_EPIX-1/CORR/RECEIVER:output"]
+    ds = run.detector()
+    assert ds["image.data"].dtype == np.float32 and ds["image.mask"].dtype == np.uint32
+    assert ds["image.data"].shape == (2, 1, 1, 704, 768)
+
+
 def test_lpd_parallel_gain_has_a_gain_dimension_of_three(detector_runs):
     run_dir = detector_runs["LPD1M-parallel"]
     ds = xd.open_run(run_dir).detector(modules=[0, 1])

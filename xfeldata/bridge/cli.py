@@ -385,7 +385,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("simulate", help="stream simulated detector trains")
     p.add_argument("--detector", default="AGIPD1M", choices=DETECTOR_CHOICES, type=detector_name,
                    help="detector kind, any case (AGIPD, LPD and DSSC stand for the 1M ones, "
-                        "LPD_MINI for LPDMINI; default AGIPD1M)")
+                        "LPD_MINI for LPDMINI, EPIX for EPIX100; default AGIPD1M)")
     _add_server_options(p, rate=10.0)
     raw = p.add_mutually_exclusive_group()
     raw.add_argument("--raw", dest="raw", action="store_true", default=True,
