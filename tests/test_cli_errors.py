@@ -183,6 +183,16 @@ def test_make_example_with_a_detector_alias_writes_that_kind(tmp_path, capsys):
     assert [p.name for p in target.iterdir()] == ["RAW-R0001-LPD02-S00000.h5"]
 
 
+def test_make_example_of_epix100_writes_one_frame_per_train_and_refuses_more(tmp_path, capsys):
+    target = tmp_path / "r0001"
+    assert main(["make-example", str(target), "--detector", "epix", "--trains", "2", "--no-slow"]) == 0
+    assert "1 modules x 2 trains x 1 frames of (704, 768)" in capsys.readouterr().out
+    assert [p.name for p in target.iterdir()] == ["RAW-R0001-EPIX00-S00000.h5"]
+    with pytest.raises(SystemExit):
+        main(["make-example", str(tmp_path / "r0002"), "--detector", "EPIX100", "--frames", "2"])
+    assert "EPIX100 has at most 1 frames per train" in capsys.readouterr().err
+
+
 # ----- bridge commands ---------------------------------------------------------------
 
 @pytest.mark.parametrize("argv, message", [

@@ -114,7 +114,7 @@ def check_detector_options(kind_name: str, modules: Sequence[int] | None,
         return (f"argument --modules: {kind.name} has no module(s) "
                 f"{', '.join(map(str, unknown))}; its modules are {lo}-{hi}")
     if frames is not None and frames > kind.max_frames:
-        what = "frames" if kind.row_per_frame else "memory cells"
+        what = "memory cells" if kind.row_holds_cells else "frames"
         return f"argument --frames: {kind.name} has at most {kind.max_frames} {what} per train"
     return None
 
