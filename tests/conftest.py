@@ -34,7 +34,7 @@ IRREGULAR_RUN = {"n_trains": 12, "frames_per_train": 3, "trains_per_sequence": 6
 FORMAT_RUN = {"modules": [0, 1], "n_trains": 6, "frames_per_train": 2, "suspect_train": True}
 DETECTOR_RUN = {"n_trains": 5, "frames_per_train": 2, "slow_sources": False}
 #: Modules written for each kind in ``detector_runs``.
-DETECTOR_RUN_MODULES = {"JUNGFRAU": [1, 2]}
+DETECTOR_RUN_MODULES = {"JUNGFRAU": [1, 2], "LPDMINI": [1, 2], "EPIX100": [0]}
 SLOW_RUN = {"detector": None, "n_trains": 10, "trains_per_sequence": 5}
 
 
@@ -97,7 +97,8 @@ def detector_runs(tmp_path_factory) -> dict[str, Path]:
 
     Keys are the names of ``xfeldata.detectors.kinds.DETECTORS`` plus
     ``"LPD1M-parallel"`` (LPD parallel gain: 3 gain stages x 2 pulses per train).
-    Each has 2 modules (JUNGFRAU: modules 1 and 2 with 2 memory cells), 5 trains
+    Each has 2 modules (JUNGFRAU: modules 1 and 2 with 2 memory cells; LPDMINI: 1 and 2;
+    EPIX100: its one module 0, one frame per train), 5 trains
     of 2 frames, format 1.3.
     """
     runs = {}

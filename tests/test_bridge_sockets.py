@@ -485,15 +485,18 @@ def test_background_stop_while_waiting_for_clients():
     ("AGIPD500K", "HED_DET_AGIPD500K2G/DET/0CH0:xtdf", "image.data", (2, 2, 512, 128), "uint16"),
     ("LPD", "FXE_DET_LPD1M-1/DET/0CH0:xtdf", "image.data", (2, 1, 256, 256), "uint16"),
     ("DSSC", "SCS_DET_DSSC1M-1/DET/0CH0:xtdf", "image.data", (2, 1, 128, 512), "uint16"),
+    ("LPD_MINI", "FXE_DET_LPD_MINI/DET/1CH0:xtdf", "image.data", (2, 1, 32, 256), "uint16"),
     ("JUNGFRAU", "SPB_IRDA_JF4M/DET/JNGFR01:daqOutput", "data.adc", (2, 512, 1024), "uint16"),
+    ("EPIX", "MID_EXP_EPIX-1/DET/RECEIVER:daqOutput", "data.image.pixels", (704, 768), "uint16"),
 ])
 def test_simulator_detectors(detector, source, key, shape, dtype):
-    modules = [1] if detector == "JUNGFRAU" else [0]
-    (data, meta), = list(Simulator(detector, modules=modules, frames=2, ntrains=1, first_train_id=7))
+    modules = [1] if detector in ("JUNGFRAU", "LPD_MINI") else [0]
+    frames = 1 if detector == "EPIX" else 2   # a camera: one frame per train
+    (data, meta), = list(Simulator(detector, modules=modules, frames=frames, ntrains=1, first_train_id=7))
     assert data[source][key].shape == shape and data[source][key].dtype == dtype
     assert meta[source]["timestamp.tid"] == 7
     assert "SA1_XTD2_XGM/DOOCS/MAIN" in data
-    if detector != "JUNGFRAU":
+    if detector not in ("JUNGFRAU", "EPIX"):
         assert data[source]["image.pulseId"].dtype == np.uint64
         assert data[source]["image.cellId"].ravel().tolist() == [0, 1]
 

@@ -167,7 +167,9 @@ def test_module_list_rejects(text):
 
 @pytest.mark.parametrize("given, kind", [("AGIPD1M", "AGIPD1M"), ("agipd", "AGIPD1M"),
                                          ("LPD", "LPD1M"), ("dssc1m", "DSSC1M"),
-                                         ("Jungfrau", "JUNGFRAU"), ("agipd500k", "AGIPD500K")])
+                                         ("Jungfrau", "JUNGFRAU"), ("agipd500k", "AGIPD500K"),
+                                         ("lpd_mini", "LPDMINI"), ("lpdmini", "LPDMINI"),
+                                         ("epix", "EPIX100"), ("ePix100", "EPIX100")])
 @pytest.mark.parametrize("command", [["make-example", "somewhere"], ["simulate"]])
 def test_detector_names_and_aliases_in_both_commands(command, given, kind):
     args = build_parser().parse_args([*command, "--detector", given])
@@ -179,6 +181,16 @@ def test_make_example_with_a_detector_alias_writes_that_kind(tmp_path, capsys):
     assert main(["make-example", str(target), "--detector", "lpd", "--modules", "2",
                  "--frames", "1", "--trains", "1", "--no-slow"]) == 0
     assert [p.name for p in target.iterdir()] == ["RAW-R0001-LPD02-S00000.h5"]
+
+
+def test_make_example_of_epix100_writes_one_frame_per_train_and_refuses_more(tmp_path, capsys):
+    target = tmp_path / "r0001"
+    assert main(["make-example", str(target), "--detector", "epix", "--trains", "2", "--no-slow"]) == 0
+    assert "1 modules x 2 trains x 1 frames of (704, 768)" in capsys.readouterr().out
+    assert [p.name for p in target.iterdir()] == ["RAW-R0001-EPIX00-S00000.h5"]
+    with pytest.raises(SystemExit):
+        main(["make-example", str(tmp_path / "r0002"), "--detector", "EPIX100", "--frames", "2"])
+    assert "EPIX100 has at most 1 frames per train" in capsys.readouterr().err
 
 
 # ----- bridge commands ---------------------------------------------------------------

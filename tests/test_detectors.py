@@ -71,12 +71,12 @@ def assert_detector_matches_h5(ds, run_dir, var: str = "image.data", key: str | 
 
 
 # ----- every kind ------------------------------------------------------------------
-@pytest.mark.parametrize("kind", ["AGIPD1M", "AGIPD500K", "LPD1M", "DSSC1M"])
+@pytest.mark.parametrize("kind", ["AGIPD1M", "AGIPD500K", "LPD1M", "DSSC1M", "LPDMINI"])
 def test_xtdf_detectors_equal_h5py(detector_runs, kind):
     ds = xd.open_run(detector_runs[kind]).detector()
     det = DETECTORS[kind]
     assert ds.attrs["kind"] == kind and ds.attrs["detector"] == det.default_device
-    assert ds["module"].values.tolist() == [0, 1]     # the modules found
+    assert ds["module"].values.tolist() == DETECTOR_RUN_MODULES.get(kind, [0, 1])  # the modules found
     pixel = ("gain", "slow_scan", "fast_scan") if det.raw_entry_shape[0] == 2 else ("slow_scan", "fast_scan")
     assert ds["image.data"].dims == ("trainId", "pulseId", "module", *pixel)
     assert ds["image.data"].shape[-2:] == det.raw_entry_shape[-2:]
@@ -104,6 +104,45 @@ def test_jungfrau_memory_cells_are_the_pulse_like_dimension(detector_runs):
     one_cell = xd.open_run(run_dir).detector(pulses=by_index[1:])
     assert one_cell["cell"].values.tolist() == [1]
     np.testing.assert_array_equal(one_cell["image.data"].values, ds["image.data"].values[:, 1:])
+
+
+def test_lpd_mini_modules_count_from_one_with_frames_of_two_tiles(detector_runs):
+    run_dir = detector_runs["LPDMINI"]
+    run = xd.open_run(run_dir)
+    assert "FXE_DET_LPD_MINI/DET/1CH0:xtdf" in run.sources
+    ds = run.detector()
+    assert ds.attrs["kind"] == "LPDMINI" and ds.attrs["detector"] == "FXE_DET_LPD_MINI"
+    assert ds["module"].values.tolist() == [1, 2]
+    assert ds["image.data"].dims == ("trainId", "pulseId", "module", "slow_scan", "fast_scan")
+    assert ds["image.data"].shape[-2:] == (32, 256)     # 2 tiles of 16 x 256 pixels
+    assert ds["image.data"].dtype == np.uint16
+    assert_detector_matches_h5(ds, run_dir)
+
+
+def test_epix100_is_one_module_with_one_frame_per_train(detector_runs):
+    run_dir = detector_runs["EPIX100"]
+    run = xd.open_run(run_dir)
+    source = "MID_EXP_EPIX-1/DET/RECEIVER:daqOutput"
+    assert source in run.sources
+    ds = run.detector()
+    assert ds.attrs["kind"] == "EPIX100" and ds.attrs["detector"] == "MID_EXP_EPIX-1"
+    assert ds["image.data"].dims == ("trainId", "cell", "module", "slow_scan", "fast_scan")
+    assert ds["image.data"].shape == (5, 1, 1, 704, 768)
+    assert ds["image.data"].dtype == np.uint16
+    assert ds["module"].values.tolist() == [0] and ds["present"].values.all()
+    frames = h5_rows(run_dir, source, "data.image.pixels")
+    np.testing.assert_array_equal(ds["image.data"].values[:, 0, 0], np.concatenate(list(frames.values())))
+    with pytest.raises(KeyError, match="modules \\[1\\] are not modules of MID_EXP_EPIX-1"):
+        run.detector(modules=[0, 1])
+
+
+def test_corrected_epix100_names_its_source_corr_receiver(tmp_path):
+    run = xd.open_run(make_example(tmp_path / "r0001", detector="EPIX100", corrected=True,
+                                   n_trains=2, slow_sources=False))
+    assert run.sources == ["MID_EXP_EPIX-1/CORR/RECEIVER:output"]
+    ds = run.detector()
+    assert ds["image.data"].dtype == np.float32 and ds["image.mask"].dtype == np.uint32
+    assert ds["image.data"].shape == (2, 1, 1, 704, 768)
 
 
 def test_lpd_parallel_gain_has_a_gain_dimension_of_three(detector_runs):

@@ -12,7 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import FIRST_TRAIN_ID, FORMAT_RUN
+from conftest import DETECTOR_RUN_MODULES, FIRST_TRAIN_ID, FORMAT_RUN
 
 from xfeldata.detectors.kinds import DETECTORS
 from xfeldata.files.index import read_file_index, split_source_entry, train_validity
@@ -189,7 +189,7 @@ def test_structured_dtype_keys_are_indexed(agipd_raw_run):
 @pytest.mark.parametrize("kind", sorted(DETECTORS))
 def test_every_detector_kind_has_one_source_per_module_file(detector_runs, kind):
     det = DETECTORS[kind]
-    module = det.modules[1] if kind == "JUNGFRAU" else 0
+    module = DETECTOR_RUN_MODULES.get(kind, [0, 1])[-1]
     fi = read_file_index(one_file(detector_runs[kind], det.aggregator(module)))
     assert list(fi.sources) == [det.source(module)]
     keys = fi.sources[det.source(module)].keys
@@ -199,10 +199,13 @@ def test_every_detector_kind_has_one_source_per_module_file(detector_runs, kind)
         assert info.entry_shape == det.raw_entry_shape
         assert info.group == "image"
         assert {"image.pulseId", "image.cellId", "image.trainId"} <= set(keys)
-    else:
+    elif det.cell_axis:
         assert info.entry_shape == (2, *det.raw_entry_shape)  # 2 memory cells per train
         assert info.group == "data"
         assert {"data.gain", "data.memoryCell"} <= set(keys)
+    else:  # a camera: one frame per train
+        assert info.entry_shape == det.raw_entry_shape
+        assert info.group == "data"
     assert info.chunks is not None
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import AGIPD_RUN, FIRST_TRAIN_ID, FORMAT_RUN, IRREGULAR_RUN
+from conftest import AGIPD_RUN, DETECTOR_RUN_MODULES, FIRST_TRAIN_ID, FORMAT_RUN, IRREGULAR_RUN
 
 import xfeldata as xd
 from xfeldata.detectors.kinds import DETECTORS
@@ -89,7 +89,7 @@ def test_every_format_version_finds_the_suspect_train(format_runs, version):
 @pytest.mark.parametrize("kind", [*sorted(DETECTORS), "LPD1M-parallel"])
 def test_every_detector_kind_opens_with_its_module_sources(detector_runs, kind):
     det = DETECTORS[kind.split("-")[0]]
-    modules = [1, 2] if kind == "JUNGFRAU" else [0, 1]
+    modules = DETECTOR_RUN_MODULES.get(det.name, [0, 1])
     run = xd.open_run(detector_runs[kind])
     assert run.sources == sorted(det.source(m) for m in modules)
     assert run.control_sources == []

@@ -508,6 +508,11 @@ def test_each_detector_kind(detector_runs, kind):
             n = frames * (3 if kind.endswith("parallel") else 1)
             assert data.shape == (5 * n, *det.raw_entry_shape)
             group = "image"
+        elif not det.cell_axis:  # a camera: one frame per train
+            assert source == f"{det.default_device}/DET/RECEIVER:daqOutput"
+            assert data.shape == (5, *det.raw_entry_shape)
+            n = 1
+            group = "data"
         else:
             assert source == f"{det.default_device}/DET/JNGFR{m:02d}:daqOutput"
             assert data.shape == (5, frames, *det.raw_entry_shape)  # one row per train

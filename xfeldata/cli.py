@@ -154,6 +154,9 @@ def _detector_or_none(text: str) -> str:
 
 def _check_make_example(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Reject make-example options that do not fit together (argparse error, exit 2)."""
+    if args.frames is None:  # a camera (ePix100) records one frame per train
+        kind = DETECTORS.get(args.detector)
+        args.frames = 1 if kind is not None and not (kind.row_per_frame or kind.cell_axis) else 16
     if args.detector == "none":
         if args.modules is not None:
             parser.error("argument --modules: no detector to take modules from (--detector none)")
@@ -206,8 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modules", type=module_list, default=None,
                    help="e.g. 0-3,8 (default: all modules of the detector)")
     p.add_argument("--trains", type=positive_int, default=20, help="trains in the run (default 20)")
-    p.add_argument("--frames", type=positive_int, default=16,
-                   help="frames (memory cells) per train (default 16)")
+    p.add_argument("--frames", type=positive_int, default=None,
+                   help="frames (memory cells) per train (default 16; EPIX100: 1)")
     p.add_argument("--sequences", type=positive_int, default=1,
                    help="sequence files per aggregator (default 1)")
     p.add_argument("--format", default="1.3", choices=FORMAT_VERSIONS,

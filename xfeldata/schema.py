@@ -23,7 +23,7 @@ import pandas as pd
 import xarray as xr
 
 from .arrays import fill_value_for
-from .detectors.kinds import detector_kind_of_device, match_detector_source
+from .detectors.kinds import DETECTORS, detector_kind_of_device, match_detector_source
 from .files.strings import decode_strings
 
 TRAIN_DIM = "trainId"
@@ -40,6 +40,8 @@ PIXEL_DIMS = ("slow_scan", "fast_scan")
 DETECTOR_VARIABLES = {
     "image.data": "image.data", "image.mask": "image.mask", "image.gain": "image.gain",
     "data.adc": "image.data", "data.mask": "image.mask", "data.gain": "image.gain",
+    # every kind's pixel data key (ePix100: data.image.pixels) is image.data
+    **{kind.data_key: "image.data" for kind in DETECTORS.values()},
 }
 
 def renamed_keys(keys: Iterable[str]) -> dict[str, str]:

@@ -115,7 +115,7 @@ def check_detector_options(kind_name: str, modules: Sequence[int] | None,
         return (f"argument --modules: {kind.name} has no module(s) "
                 f"{', '.join(map(str, unknown))}; its modules are {lo}-{hi}")
     if frames is not None and frames > kind.max_frames:
-        what = "frames" if kind.row_per_frame else "memory cells"
+        what = "memory cells" if kind.row_holds_cells else "frames"
         return f"argument --frames: {kind.name} has at most {kind.max_frames} {what} per train"
     return None
 
@@ -399,8 +399,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("simulate", help="stream simulated detector trains")
     p.add_argument("--detector", default="AGIPD1M", choices=DETECTOR_CHOICES, type=detector_name,
-                   help="detector kind, any case (AGIPD, LPD and DSSC stand for the 1M ones; "
-                        "default AGIPD1M)")
+                   help="detector kind, any case (AGIPD, LPD and DSSC stand for the 1M ones, "
+                        "LPD_MINI for LPDMINI, EPIX for EPIX100; default AGIPD1M)")
     _add_server_options(p, rate=10.0)
     raw = p.add_mutually_exclusive_group()
     raw.add_argument("--raw", dest="raw", action="store_true", default=True,

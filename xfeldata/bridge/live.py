@@ -653,8 +653,8 @@ def _module_frames(frames: _Frames, i: int, m: int, key: str, entry: tuple[int, 
     if m not in mods or key not in mods[m][1] or not mods[m][0]:
         return None
     rows = mods[m][1][key]
-    if not frames.xtdf:  # one row holding every memory cell, in order
-        return rows[0], frames.pulse_coord
+    if not frames.xtdf:  # one row holding every memory cell in order, or a camera's one frame
+        return (rows[0] if rows.ndim == len(entry) + 2 else rows), frames.pulse_coord
     if rows.ndim == len(entry) + 2:
         rows = rows[:, 0]
     return rows, frames.pids[m][i][1]
@@ -792,7 +792,7 @@ def _detector(trains: list[tuple[int, TrainData]], name: str | None, modules: Se
         _pulse_ids(mods[m][1], mods[m][0]).astype(np.int64) for mods in per_train
         if m in mods and mods[m][0]]) for m in present_sources} if xtdf else {}
     first_info = infos.get(data_key) or next(iter(infos.values()))
-    plan = plan_frames(kind, all_modules, counts, ids, pulses, 1 if xtdf else first_info[0][0],
+    plan = plan_frames(kind, all_modules, counts, ids, pulses, kind.cells_in_row(first_info[0]),
                        present_sources)
     pulse_coord = plan.pulse_coord
     pids: dict[int, list[tuple[int, np.ndarray]]] = {}

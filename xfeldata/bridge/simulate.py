@@ -30,7 +30,8 @@ from .protocol import make_metadata
 __all__ = ["DETECTOR_ALIASES", "Simulator"]
 
 #: Short detector names accepted by :class:`Simulator` -> kinds in ``detectors.DETECTORS``.
-DETECTOR_ALIASES = {"AGIPD": "AGIPD1M", "LPD": "LPD1M", "DSSC": "DSSC1M"}
+DETECTOR_ALIASES = {"AGIPD": "AGIPD1M", "LPD": "LPD1M", "DSSC": "DSSC1M", "LPD_MINI": "LPDMINI",
+                     "EPIX": "EPIX100"}
 #: First train ID of simulated streams (a realistic 10-digit ID).
 FIRST_TRAIN_ID = 1_000_000_000
 
@@ -68,14 +69,15 @@ class Simulator:
     Parameters
     ----------
     detector
-        ``"AGIPD"``, ``"AGIPD500K"``, ``"LPD"``, ``"DSSC"`` or ``"JUNGFRAU"``
-        (or a kind name from ``detectors.DETECTORS``).
+        ``"AGIPD"``, ``"AGIPD500K"``, ``"LPD"``, ``"LPD_MINI"``, ``"DSSC"``,
+        ``"JUNGFRAU"`` or ``"EPIX"`` (or a kind name from ``detectors.DETECTORS``).
     raw
         Raw data (uint16) if true, else corrected (float32 with mask and gain).
     modules
         Module numbers to simulate; default: all of the detector's.
     frames
-        Frames per train (memory cells for JUNGFRAU); default 64 (16 for JUNGFRAU).
+        Frames per train (memory cells for JUNGFRAU); default 64 (16 for JUNGFRAU,
+        1 for ePix100, a camera with one frame per train).
     rate
         Trains per second to pace iteration at; None (default) as fast as possible.
     ntrains

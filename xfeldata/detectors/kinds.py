@@ -53,6 +53,17 @@ class DetectorKind:
     gain_stages
         Frames stored per pulse when the kind records gain stages in parallel
         (LPD: 3, one after the other within a train); 1 otherwise.
+    pixel_key
+        The key holding pixel data where it is not the layout's usual one
+        (ePix100: ``data.image.pixels``); empty: ``image.data`` or ``data.adc``.
+    cell_axis
+        Whether a row per train holds a memory-cell axis first (JUNGFRAU).
+        False for a camera recording one frame per train (ePix100): its
+        ``cell`` dimension has length 1 and rows are frames.
+    source_names
+        ``(raw, corrected)`` source name templates with ``{device}`` and
+        ``{module}`` fields, for a kind whose names do not follow the
+        XTDF/JUNGFRAU patterns; empty: those patterns.
     """
 
     name: str
@@ -66,6 +77,9 @@ class DetectorKind:
     max_frames: int = 352
     device_tokens: tuple[str, ...] = ()
     gain_stages: int = 1
+    pixel_key: str = ""
+    cell_axis: bool = True
+    source_names: tuple[str, str] | tuple[()] = ()
 
     @property
     def xtdf(self) -> bool:
@@ -79,7 +93,9 @@ class DetectorKind:
 
     @property
     def data_key(self) -> str:
-        """The key holding pixel data (``image.data`` or ``data.adc``)."""
+        """The key holding pixel data (``image.data``, ``data.adc``, ``data.image.pixels``)."""
+        if self.pixel_key:
+            return self.pixel_key
         return "image.data" if self.row_per_frame else "data.adc"
 
     @property
@@ -115,8 +131,25 @@ class DetectorKind:
         (2, 512, 128)
         >>> DETECTORS["JUNGFRAU"].stacked_entry((16, 512, 1024))
         (512, 1024)
+        >>> DETECTORS["EPIX100"].stacked_entry((704, 768))
+        (704, 768)
         """
+        if not self.row_per_frame and not self.cell_axis:
+            return tuple(entry_shape)
         return stacked_entry(entry_shape, self.row_per_frame)
+
+    def cells_in_row(self, entry_shape: tuple[int, ...]) -> int:
+        """Memory cells (slots of the ``cell`` dimension) one row of a key holds.
+
+        >>> DETECTORS["JUNGFRAU"].cells_in_row((16, 512, 1024)), DETECTORS["EPIX100"].cells_in_row((704, 768))
+        (16, 1)
+        """
+        return entry_shape[0] if self.row_holds_cells else 1
+
+    @property
+    def row_holds_cells(self) -> bool:
+        """A row per train holding several memory cells (JUNGFRAU), not one frame."""
+        return not self.row_per_frame and self.cell_axis
 
     def source(self, module: int, corrected: bool = False, device: str | None = None) -> str:
         """Source name of one module.
@@ -126,6 +159,8 @@ class DetectorKind:
         ``.../DET/<n>CH0:xtdf``.
         """
         device = device or self.default_device
+        if self.source_names:
+            return self.source_names[int(corrected)].format(device=device, module=module)
         if not self.row_per_frame:
             return f"{device}/DET/{self.aggregator_prefix}{module:02d}:daqOutput"
         if corrected:
@@ -160,11 +195,24 @@ DETECTORS: dict[str, DetectorKind] = {
         DetectorKind("LPD1M", "FXE_DET_LPD1M-1", tuple(range(16)), "LPD",
                      (1, 256, 256), (256, 256), max_frames=512, device_tokens=("LPD",),
                      gain_stages=3),
+        # LPD Mini: XTDF like LPD-1M, modules of 2 tiles of 16 x 256 pixels,
+        # so a frame is (32, 256); its modules count from 1.
+        DetectorKind("LPDMINI", "FXE_DET_LPD_MINI", tuple(range(1, 9)), "LPD",
+                     (1, 32, 256), (32, 256), max_frames=512,
+                     device_tokens=("LPD_MINI", "LPDMINI"), gain_stages=3),
         DetectorKind("DSSC1M", "SCS_DET_DSSC1M-1", tuple(range(16)), "DSSC",
                      (1, 128, 512), (128, 512), max_frames=800, device_tokens=("DSSC",)),
         DetectorKind("JUNGFRAU", "SPB_IRDA_JF4M", tuple(range(1, 9)), "JNGFR",
                      (512, 1024), (512, 1024), row_per_frame=False, max_frames=16,
                      device_tokens=("JF", "JNGFR")),
+        # ePix100: a single-module camera, one row per train holding one
+        # (704, 768) frame in data.image.pixels, no pulse IDs and no memory
+        # cells: its cell dimension has length 1 (module 0).
+        DetectorKind("EPIX100", "MID_EXP_EPIX-1", (0,), "EPIX",
+                     (704, 768), (704, 768), row_per_frame=False, max_frames=1,
+                     device_tokens=("EPIX", "EPX100"), pixel_key="data.image.pixels",
+                     cell_axis=False,
+                     source_names=("{device}/DET/RECEIVER:daqOutput", "{device}/CORR/RECEIVER:output")),
     )
 }
 
@@ -181,6 +229,8 @@ def generic_kind(device: str, row_per_frame: bool) -> DetectorKind:
 # as the group "module" and the device prefix as "device".
 XTDF_SOURCE_RE = re.compile(r"^(?P<device>.+)/(?:DET|CORR)/(?P<module>\d+)CH0:(?:xtdf|output)$")
 JUNGFRAU_SOURCE_RE = re.compile(r"^(?P<device>.+)/DET/JNGFR(?P<module>\d+):(?:daqOutput|output)$")
+# A single-module ePix100 camera has no module number in its names: module 0.
+EPIX_SOURCE_RE = re.compile(r"^(?P<device>[^/]*(?:EPIX|EPX100)[^/]*)/(?:DET|CORR)/RECEIVER:(?:daqOutput|output)$")
 
 
 def detector_kind_of_device(device: str) -> DetectorKind | None:
@@ -202,13 +252,15 @@ def match_detector_source(source: str) -> tuple[str, int] | None:
 
     >>> match_detector_source("SPB_DET_AGIPD1M-1/DET/7CH0:xtdf")
     ('SPB_DET_AGIPD1M-1', 7)
+    >>> match_detector_source("MID_EXP_EPIX-1/DET/RECEIVER:daqOutput")
+    ('MID_EXP_EPIX-1', 0)
     >>> match_detector_source("SA1_XTD2_XGM/DOOCS/MAIN") is None
     True
     """
-    for pattern in (XTDF_SOURCE_RE, JUNGFRAU_SOURCE_RE):
+    for pattern in (XTDF_SOURCE_RE, JUNGFRAU_SOURCE_RE, EPIX_SOURCE_RE):
         m = pattern.match(source)
         if m:
-            return m["device"], int(m["module"])
+            return m["device"], int(m.groupdict().get("module") or 0)
     return None
 
 

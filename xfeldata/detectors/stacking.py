@@ -240,7 +240,7 @@ def detector_dataset(
     rows = {m: _module_rows(run, s, group, train_ids, pulse_rows.get(m))
             for m, s in present_sources.items()}
     first_info = infos[data_key] if data_key in infos else next(iter(infos.values()))
-    n_cells = 1 if xtdf else first_info.entry_shape[0]
+    n_cells = kind.cells_in_row(first_info.entry_shape)
     plan = plan_frames(kind, all_modules, {m: r.counts for m, r in rows.items()},
                        {m: r.pulse_ids for m, r in rows.items()}, pulses, n_cells, present_sources)
     selected, slots, stages = plan.selected, plan.slots, plan.stages
@@ -268,10 +268,10 @@ def detector_dataset(
         entry = kind.stacked_entry(info.entry_shape)
         # (train, pulse, module, [stage,] *pixels): a frame per row, or
         # (train, cell, module, *pixels): a row per train holding every cell
-        slots_here = n_slots if xtdf else info.entry_shape[0]
+        slots_here = n_slots if xtdf else kind.cells_in_row(info.entry_shape)
         per_part = {(j, g): module_blocks(m, key, g if stages else None, fill)
                     for j, m in enumerate(all_modules) for g in range(plan.n_stages)}
-        arr = stack_module_blocks(per_part, slots_here, entry, not xtdf, fill, info.dtype,
+        arr = stack_module_blocks(per_part, slots_here, entry, kind.row_holds_cells, fill, info.dtype,
                                   f"{device} {key}", as_dask=dask)
         pixel = schema.detector_pixel_dims(entry)
         if stages:

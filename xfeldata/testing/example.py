@@ -288,7 +288,7 @@ def _write_detector(f: FileWriter, module: int, rows: _Rows, opts: _Options,
     for tid, n, has in zip(rows.train_ids, counts, rows.has_data, strict=True):
         if has:
             data = syn.detector_module_train(det.name, module, int(tid),
-                                             int(n) if det.xtdf else cells,
+                                             int(n) if det.xtdf else (cells if det.row_holds_cells else 1),
                                              corrected=opts.corrected, seed=opts.seed,
                                              parallel_gain=opts.parallel_gain, dark=opts.dark)
             for key, rows_out in writers.items():
@@ -374,7 +374,7 @@ def make_example(path: str | Path, *, detector: str | None = "AGIPD1M", correcte
         Run directory; created if needed.  Refused if it already holds run files.
     detector
         A kind from :data:`~xfeldata.files.layout.DETECTORS` (``"AGIPD1M"``,
-        ``"AGIPD500K"``, ``"LPD1M"``, ``"DSSC1M"``, ``"JUNGFRAU"``) or None for
+        ``"AGIPD500K"``, ``"LPD1M"``, ``"LPDMINI"``, ``"DSSC1M"``, ``"JUNGFRAU"``, ``"EPIX100"``) or None for
         no detector.
     corrected
         Write corrected data (``CORR`` files, float32 pixels with mask and gain).
@@ -388,7 +388,7 @@ def make_example(path: str | Path, *, detector: str | None = "AGIPD1M", correcte
         Trains of the run: ``first_train_id, first_train_id + 1, ...``.
     frames_per_train
         Frames per train of XTDF detectors (pulses, with ``lpd_parallel_gain``),
-        memory cells of JUNGFRAU (1..16).
+        memory cells of JUNGFRAU (1..16); ignored for ePix100 (one frame per train).
     trains_per_sequence
         Trains per sequence file (default: one file per aggregator).
     format_version
@@ -469,7 +469,7 @@ def make_example(path: str | Path, *, detector: str | None = "AGIPD1M", correcte
         unknown = sorted(set(modules) - set(det.modules))
         if unknown:
             raise ValueError(f"{detector} has no modules {unknown}; it has {det.modules}")
-        if not det.xtdf and not 1 <= frames_per_train <= det.max_frames:
+        if det.row_holds_cells and not 1 <= frames_per_train <= det.max_frames:
             raise ValueError(f"JUNGFRAU frames_per_train is the number of memory cells, "
                              f"1..{det.max_frames}, not {frames_per_train}")
         if lpd_parallel_gain and det.aggregator_prefix != "LPD":

@@ -159,6 +159,7 @@ _PROFILES = {
     "LPD": _Profile(1000, 80, 5, 40, 64, 4095),
     "DSSC": _Profile(40, 5, 1.2, 12, 64, 511),
     "JNGFR": _Profile(3000, 200, 10, 45, 512, 16383),
+    "EPIX": _Profile(1500, 100, 4, 60, 256, 16383),
 }
 
 #: Noise frames cached per detector kind (the per-frame noise is one of these).
@@ -216,6 +217,16 @@ def detector_keys(kind: str, *, corrected: bool = False,
     (1, 512, 1024)
     """
     det = _kind(kind)
+    if not det.xtdf and not det.cell_axis:  # a camera: one frame per train (ePix100)
+        keys = {
+            det.data_key: (np.dtype("f4" if corrected else "u2"), _frame_shape(det, corrected)),
+            "data.frameNumber": (np.dtype("u8"), ()),
+            "data.trainId": (np.dtype("u8"), ()),
+            "data.timestamp": (np.dtype("f8"), ()),
+        }
+        if corrected:
+            keys["data.mask"] = (np.dtype("u4"), det.corrected_entry_shape)
+        return keys
     if not det.xtdf:
         cells = det.max_frames if n_cells is None else n_cells
         pix = (cells, *det.raw_entry_shape)
@@ -438,6 +449,8 @@ def detector_module_train(kind: str, module: int, train_id: int, n_frames: int, 
     n = int(n_frames)
     frames = np.arange(n, dtype=np.uint64)
     tid = np.uint64(train_id)
+    if not det.xtdf and not det.cell_axis:
+        return _camera_train(det, module, train_id, corrected=corrected, seed=seed, dark=dark)
     if not det.xtdf:
         return _jungfrau_train(det, module, train_id, n, corrected=corrected, seed=seed, dark=dark)
 
@@ -505,6 +518,22 @@ def _jungfrau_train(det: DetectorKind, module: int, train_id: int, cells: int, *
         mask = np.zeros(det.corrected_entry_shape, dtype=np.uint32)
         mask[::97, ::89] = 1  # a sparse grid of dead pixels
         out["data.mask"] = np.broadcast_to(mask, adc.shape).copy()[None]
+    return out
+
+
+def _camera_train(det: DetectorKind, module: int, train_id: int, *,
+                  corrected: bool, seed: int, dark: bool = False) -> dict[str, np.ndarray]:
+    """One row of a camera recording one frame per train (ePix100)."""
+    pixels, _ = _pixels(det.name, module, train_id, np.zeros(1, np.uint64), corrected=corrected,
+                        seed=seed, photons=not dark)
+    out = {
+        det.data_key: pixels,
+        "data.frameNumber": np.array([train_id], dtype=np.uint64),
+        "data.trainId": np.array([train_id], dtype=np.uint64),
+        "data.timestamp": np.array([float(train_timestamp_ns(train_id)[0]) / 1e9]),
+    }
+    if corrected:
+        out["data.mask"] = _bad_pixels(det.name, module, seed)[None]
     return out
 
 
