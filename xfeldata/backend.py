@@ -11,7 +11,7 @@ Labels follow :func:`xfeldata.views.source_dataset`: ``trainId`` (the union of
 the trains with data of the source's keys), ``pulseId`` (or positional
 ``pulse``) for pulse-resolved keys, entry dims named after the key
 (``"data.intensityTD.dim_0"``); keys missing a train or pulse are filled with
-:func:`xfeldata.arrays.default_fill_value` of their dtype (dtypes are kept) and
+:func:`xfeldata.fill.default_fill_value` of their dtype (dtypes are kept) and
 ``<group>.present`` says where, as in :func:`xfeldata.views.merge_variables`.  Variables keep the attrs of
 :func:`xfeldata.views.key_array` (source, key, units, files).
 
@@ -47,15 +47,14 @@ from .arrays import (
     BlockRead,
     RowRead,
     chunk_rows,
-    default_fill_value,
     execute_block,
     file_stamp,
-    positions_within,
 )
 from .files.handles import FileStamp
 from .files.layout import parse_file_name
 from .files.strings import decode_strings
-from .run import RunSelection
+from .fill import default_fill_value
+from .run import RunSelection, positions_within
 from .views import aligned_masks, group_presence, pulse_slots, run_dataset
 
 __all__ = ["XfeldataBackendEntrypoint", "XfeldataBackendArray", "open_source_dataset"]

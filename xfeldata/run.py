@@ -812,3 +812,15 @@ def _read_run_group(grp: h5py.Group) -> dict[str, Any]:
 
     grp.visititems(visit)
     return values
+
+
+def positions_within(counts: np.ndarray) -> np.ndarray:
+    """0, 1, ... within each train's rows.
+
+    >>> positions_within(np.array([2, 0, 3])).tolist()
+    [0, 1, 0, 1, 2]
+    """
+    counts = np.asarray(counts, np.int64)
+    total = int(counts.sum())
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    return np.arange(total) - starts

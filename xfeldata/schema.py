@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .arrays import fill_value_for
 from .detectors.kinds import DETECTORS, detector_kind_of_device, match_detector_source
 from .files.strings import decode_strings
+from .fill import fill_value_for
 
 TRAIN_DIM = "trainId"
 PULSE_DIM = "pulseId"

@@ -599,7 +599,7 @@ def stack_detector_data(
         else 16.  JUNGFRAU modules, numbered from 1, go to positions 0, 1, ...
     fill_value
         Value of missing modules: default NaN for floats, 0 for integers
-        (:func:`xfeldata.arrays.default_fill_value`, as in EXtra-data), False for bools.
+        (:func:`xfeldata.fill.default_fill_value`, as in EXtra-data), False for bools.
     real_array
         Return a NumPy array (default).  False returns a :class:`StackView` that
         copies nothing (enough for assembling images module by module).

@@ -18,10 +18,11 @@ import pandas as pd
 import xarray as xr
 
 from . import schema
-from .arrays import default_fill_value, flat_rows_array, padded_array, positions_within, read_rows
+from .arrays import flat_rows_array, padded_array, read_rows
 from .errors import PropertyNameError, SourceNameError
 from .files.strings import decode_strings
-from .run import RunSelection
+from .fill import default_fill_value
+from .run import RunSelection, positions_within
 
 
 def pulse_slots(run: RunSelection, source: str, group: str,
@@ -152,7 +153,7 @@ def merge_variables(variables: dict[str, xr.DataArray],
     """Merge named DataArrays on their labels (outer join), keeping each one's attrs and dtype.
 
     Cells a variable lacks on the merged labels (a train or pulse of another
-    index group) hold :func:`xfeldata.arrays.default_fill_value` of its dtype:
+    index group) hold :func:`xfeldata.fill.default_fill_value` of its dtype:
     NaN for floats, 0 for integers, False for bools, "" for strings, so an
     integer key stays integer.  ``masks`` are the index groups' presence
     (:func:`group_presence`, named ``"<group>.present"``); a mask is added,

@@ -47,7 +47,7 @@ import xarray as xr
 import zmq
 
 from .. import schema
-from ..arrays import BlockRead, blocks_array, default_fill_value
+from ..arrays import BlockRead, blocks_array
 from ..detectors.kinds import (
     DetectorKind,
     detector_kind_of_device,
@@ -58,6 +58,7 @@ from ..detectors.kinds import (
 from ..detectors.plan import kept_trains, plan_frames
 from ..detectors.stacking import choose_detector, detector_kind, stacked_modules
 from ..files.strings import decode_strings
+from ..fill import default_fill_value
 from ..views import merge_variables
 from .client import Client
 from .protocol import ProtocolError

@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from ..arrays import fill_value_for, positions_within
+from ..fill import fill_value_for
+from ..run import positions_within
 from .kinds import DetectorKind
 
 
@@ -441,7 +442,7 @@ def plan_train_modules(device: str, kind: DetectorKind | None, values: Mapping[i
     n_modules
         Positions in the stack (see :func:`train_module_numbers`).
     fill_value
-        Value of missing modules (default :func:`~xfeldata.arrays.default_fill_value`).
+        Value of missing modules (default :func:`~xfeldata.fill.default_fill_value`).
 
     A module counts as present where it has the key with at least one frame: a
     zero-length first axis means no frames in this train, as a count of 0 does

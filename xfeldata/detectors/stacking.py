@@ -27,9 +27,9 @@ from xarray.backends import BackendArray
 from xarray.core import indexing
 
 from .. import schema
-from ..arrays import BlockGrid, BlockRead, blocks_array, padded_blocks, positions_within, read_rows
+from ..arrays import BlockGrid, BlockRead, blocks_array, padded_blocks, read_rows
 from ..errors import PropertyNameError
-from ..run import RunSelection, TrainMap
+from ..run import RunSelection, TrainMap, positions_within
 from .kinds import DetectorKind, detector_kind_of_device, generic_kind, group_detector_sources
 from .plan import kept_trains, plan_frames
 
