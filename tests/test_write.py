@@ -93,7 +93,7 @@ def test_an_existing_file_is_kept_unless_overwrite(agipd_raw_run, tmp_path):
 
 def test_a_failed_write_leaves_no_partial_file_and_the_old_one_intact(agipd_raw_run, tmp_path,
                                                                        monkeypatch):
-    from xfeldata import write
+    from xfeldata.export import facility as write
 
     out = tmp_path / "x.h5"
     out.write_bytes(b"old")

@@ -141,11 +141,11 @@ class Run(RunSelection):
         """Write the selection as one file of the facility's format (1.3) that
         EXtra-data and xfeldata open with the same trains and values.
 
-        See :func:`xfeldata.write.write_run`.
+        See :func:`xfeldata.export.facility.write_run`.
 
         >>> run.select("SA1_XTD2_XGM/*").isel(trainId=slice(0, 10)).write("xgm.h5")  # doctest: +SKIP
         """
-        from .write import write_run
+        from .export.facility import write_run
 
         return write_run(self, path, overwrite=overwrite, progress=progress)
 

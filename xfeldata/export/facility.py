@@ -29,16 +29,16 @@ Examples
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .arrays import execute_block, flat_rows_blocks
-from .files.index import KeyInfo
-from .files.progress import tqdm
-from .files.writer import FileWriter, Key, RowWriter, Storage
-from .run import RunSelection
+from ..arrays import execute_block, flat_rows_blocks
+from ..files.index import KeyInfo
+from ..files.progress import tqdm
+from ..files.writer import FileWriter, Key, RowWriter, Storage
+from ..run import RunSelection
+from .atomic import atomic_output
 
 __all__ = ["write_run"]
 
@@ -88,31 +88,21 @@ def write_run(run: RunSelection, path: str | os.PathLike, *, overwrite: bool = F
         The file written.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     train_ids = run.train_ids
     meta = run.metadata
-    fd, tmp_name = tempfile.mkstemp(suffix=".h5.part", prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
     keys = [(s, k) for s in run.sources for k in run.keys(s, timestamps=True)]
-    try:
-        with FileWriter(tmp, train_ids, format_version="1.3",
-                        good=~np.isin(train_ids, run.suspect_train_ids),
-                        proposal=int(meta.get("proposalNumber", 0)),
-                        run=int(meta.get("runNumber", 0)), metadata=_metadata(run),
-                        overwrite=True) as f, \
-                tqdm(total=len(keys), unit="key", desc=f"writing {path.name}",
-                     disable=not progress if progress is not None else None) as bar:
-            for source in run.sources:
-                writers = _add_source(f, run, source)
-                for key, rows in writers.items():
-                    _copy_rows(run, source, key, rows)
-                    bar.update(1)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_output(path, overwrite=overwrite) as tmp, \
+            FileWriter(tmp, train_ids, format_version="1.3",
+                       good=~np.isin(train_ids, run.suspect_train_ids),
+                       proposal=int(meta.get("proposalNumber", 0)),
+                       run=int(meta.get("runNumber", 0)), metadata=_metadata(run)) as f, \
+            tqdm(total=len(keys), unit="key", desc=f"writing {path.name}",
+                 disable=not progress if progress is not None else None) as bar:
+        for source in run.sources:
+            writers = _add_source(f, run, source)
+            for key, rows in writers.items():
+                _copy_rows(run, source, key, rows)
+                bar.update(1)
     return path
 
 
