@@ -175,7 +175,7 @@ def _fill_with_values(run_dir: Path, max_elements: int) -> None:
     """Give the numeric datasets of EXtra-data's mock files deterministic random values.
 
     The mock writers leave most data at 0, which cannot tell two readers apart.
-    Every numeric dataset under CONTROL, RUN and INSTRUMENT except the train,
+    Every numeric dataset under CONTROL, RUN, INSTRUMENT, REDUCTION and ERRATA except the train,
     pulse and cell IDs gets values from a generator seeded by its path; datasets
     with more than ``max_elements`` elements get them in their first rows only
     (at least one row).  ``INDEX/timestamp`` becomes one 10 Hz clock shared by all
@@ -188,7 +188,7 @@ def _fill_with_values(run_dir: Path, max_elements: int) -> None:
             if "INDEX/timestamp" in f:  # one clock for all files, 10 Hz, as the facility's files
                 tids = f["INDEX/trainId"][:].astype(np.int64)
                 f["INDEX/timestamp"][:] = np.where(tids > 0, EXTRA_DATA_EPOCH_NS + tids * 100_000_000, 0)
-            datasets = [ds for top in ("CONTROL", "RUN", "INSTRUMENT") if top in f
+            datasets = [ds for top in ("CONTROL", "RUN", "INSTRUMENT", "REDUCTION", "ERRATA") if top in f
                         for ds in _datasets_below(f[top])]
             for ds in datasets:
                 name = ds.name

@@ -122,7 +122,8 @@ def test_info_names_every_detector_kind(detector_runs, kind):
     text = info_text(xd.open_run(detector_runs[kind]))
     found = DETECTOR_RUN_MODULES.get(kind, [0, 1])
     modules = f"{found[0]}-{found[-1]}" if len(found) > 1 else f"{found[0]}"
-    assert f"{det.default_device}: {kind} with {len(found)} modules ({modules})" in text
+    plural = "module" if len(found) == 1 else "modules"
+    assert f"{det.default_device}: {kind} with {len(found)} {plural} ({modules})" in text
     assert "0 control sources:" in text
 
 
@@ -205,7 +206,7 @@ def test_cli_info_on_one_file_with_details(agipd_raw_run, capsys):
     out = capsys.readouterr().out
     assert field(out, "# of trains") == "5"
     assert field(out, "First train ID") == "10005"
-    assert "AGIPD1M with 1 modules (3)" in out
+    assert "AGIPD1M with 1 module (3)" in out
     assert re.search(r"image\.pulseId\s+1\s+uint64", out)
 
 

@@ -25,6 +25,7 @@ import xarray as xr
 
 from . import trains, views
 from .aliases import DEFAULT_ALIASES_FILE, Alias, load_aliases, normalise_alias
+from .auxiliary import Auxiliary
 from .detectors.stacking import detector_dataset
 from .files.cache import cached_file_index
 from .files.collect import index_files, paused_gc
@@ -108,6 +109,21 @@ class Run(RunSelection):
         ``run.alias["source-alias", key]`` gives a key of an aliased source.
         """
         return AliasView(self)
+
+    @property
+    def auxiliary(self) -> Auxiliary:
+        """The auxiliary (``REDUCTION``, ``ERRATA``) sources, apart from :attr:`sources`, as EXtra-data's.
+
+        ``run.auxiliary[name]`` and ``run.auxiliary[name, key]`` read them as
+        ``run[source]`` and ``run[source, key]`` do, over this selection's
+        trains; see :mod:`xfeldata.auxiliary` for their names.
+
+        Examples
+        --------
+        >>> run.auxiliary.errata_sources                                    # doctest: +SKIP
+        ['DA01@TRAINS_OUTSIDE_BUFFER_RANGE']
+        """
+        return Auxiliary(self)
 
     def __getitem__(self, item: tuple[str, str] | str) -> xr.DataArray | xr.Dataset:
         """``run[source, key]``: one key as a lazy DataArray; ``run[source]``: a source's Dataset.
@@ -248,7 +264,8 @@ class Run(RunSelection):
 
         return plot_missing_data(self, min_saved_pct, ax)
 
-    def info(self, details: bool = False, file=None, counts: bool = False) -> None:
+    def info(self, details: bool = False, file=None, counts: bool = False,
+             auxiliary: bool = False) -> None:
         """Print a summary: trains, duration, detectors and their modules, sources.
 
         Parameters
@@ -259,8 +276,10 @@ class Run(RunSelection):
             Where to print (default: standard output).
         counts
             Also say, for every source and detector module, in how many trains it has data.
+        auxiliary
+            Also list the auxiliary (``REDUCTION``, ``ERRATA``) sources (:attr:`auxiliary`).
         """
-        print(format_info(self, details=details, counts=counts), file=file or sys.stdout)
+        print(format_info(self, details=details, counts=counts, auxiliary=auxiliary), file=file or sys.stdout)
 
 
 class AliasView:

@@ -46,7 +46,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     strict = os.path.isfile(args.path)
     indexes = index_files(list_run_files(args.path, args.include), strict=strict)
-    print(format_info(RunSelection(RunFiles(indexes)), details=args.details, counts=args.counts))
+    print(format_info(RunSelection(RunFiles(indexes)), details=args.details, counts=args.counts,
+                      auxiliary=args.auxiliary))
     return 0
 
 
@@ -72,6 +73,8 @@ def _cmd_ls(args: argparse.Namespace) -> int:
                 print(f"    {si.category:<10} {source}  ({len(si.keys)} keys)")
             for legacy, current in sorted(fi.aliases.items()):
                 print(f"    {'alias':<10} {legacy} -> {current}")
+            for si in sorted(fi.auxiliary, key=lambda si: si.name) if args.auxiliary else ():
+                print(f"    {si.category:<10} {si.name}  ({len(si.keys)} keys)")
     return status
 
 
@@ -185,11 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="run directory or single file")
     p.add_argument("--details", action="store_true", help="list keys with shapes and dtypes")
     p.add_argument("--counts", action="store_true", help="in how many trains each source has data")
+    p.add_argument("--auxiliary", "-x", action="store_true",
+                   help="also list auxiliary sources (REDUCTION, ERRATA), as lsxfel -x")
     p.add_argument("--include", default="*", help="glob on file names (default: all)")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("ls", help="list what single files hold")
     p.add_argument("files", nargs="+", help="files or directories")
+    p.add_argument("--auxiliary", "-x", action="store_true",
+                   help="also list auxiliary sources (REDUCTION, ERRATA), as lsxfel -x")
     p.set_defaults(func=_cmd_ls)
 
     p = sub.add_parser("validate", help="check a run's indexes; exit 1 on problems")

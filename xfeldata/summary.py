@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .auxiliary import Auxiliary
 from .detectors.kinds import detector_kind_of_device, group_detector_sources
 from .run import RunSelection
 
@@ -116,7 +117,8 @@ def _with_data(run: RunSelection, source: str) -> str:
     return f" ({n} of {len(run.train_ids)} trains with data)"
 
 
-def format_info(run: RunSelection, details: bool = False, counts: bool = False) -> str:
+def format_info(run: RunSelection, details: bool = False, counts: bool = False,
+                auxiliary: bool = False) -> str:
     """The summary of a run as text, like EXtra-data's ``info()`` and more.
 
     Parameters
@@ -127,6 +129,9 @@ def format_info(run: RunSelection, details: bool = False, counts: bool = False) 
         List every key of every source with its entry shape and dtype.
     counts
         Say for every source (and detector module) in how many trains it has data.
+    auxiliary
+        Also list the auxiliary (``REDUCTION``, ``ERRATA``) sources, as EXtra-data's
+        ``info()`` and ``lsxfel --auxiliary``.
     """
     good, duration = _good_span(run)
     lines = [
@@ -148,7 +153,7 @@ def format_info(run: RunSelection, details: bool = False, counts: bool = False) 
     detectors = find_detectors(run)
     det_sources = {s for d in detectors for s in d.modules.values()}
     for det in detectors:
-        lines.append(f"{det.device}: {det.kind or 'detector'} with {len(det.modules)} modules "
+        lines.append(f"{det.device}: {det.kind or 'detector'} with {_plural(len(det.modules), 'module')} "
                      f"({_module_ranges(list(det.modules))})")
         if det.frames_per_train:
             lo, hi = det.frames_per_train
@@ -184,8 +189,44 @@ def format_info(run: RunSelection, details: bool = False, counts: bool = False) 
         lines.append(f"  - {source}" + (_with_data(run, source) if counts else ""))
         if details:
             lines += _key_lines(run, source)
+    if auxiliary:
+        lines += ["", format_auxiliary(Auxiliary(run), details=details, counts=counts)]
     problems = run.problems
     if problems:
         lines.append("")
         lines.append(f"{len(problems)} index problem(s); run `xfeldata validate` for the list")
+    return "\n".join(lines)
+
+
+def _plural(n: int, word: str) -> str:
+    """``1 module``, ``2 modules``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def format_auxiliary(aux: Auxiliary, details: bool = False, counts: bool = False) -> str:
+    """The auxiliary sources as text, by section (``run.auxiliary.info()``).
+
+    Parameters
+    ----------
+    aux
+        A run's :class:`~xfeldata.auxiliary.Auxiliary`.
+    details
+        List every key with its entry shape and dtype.
+    counts
+        Say for every source in how many trains it has data.
+
+    Examples
+    --------
+    >>> print(format_auxiliary(run.auxiliary))      # doctest: +SKIP
+    2 reduction sources:
+      - AGIPD00@SPB_IRU_AGIPD1M1/REDU/LITFRM:daqFilter
+    ...
+    """
+    lines: list[str] = []
+    for label, names in (("reduction", aux.reduction_sources), ("errata", aux.errata_sources)):
+        lines.append(f"{_plural(len(names), f'{label} source')}:")
+        for name in names:
+            lines.append(f"  - {name}" + (_with_data(aux.run, name) if counts else ""))
+            if details:
+                lines += _key_lines(aux.run, name)
     return "\n".join(lines)

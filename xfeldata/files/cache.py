@@ -44,7 +44,7 @@ from .progress import tqdm
 from .strings import decode_str
 
 #: Bump when the stored layout changes; older entries are then ignored.
-CACHE_VERSION = 4
+CACHE_VERSION = 5
 CACHE_ENV = "XFELDATA_CACHE_DIR"
 CACHE_SWITCH_ENV = "XFELDATA_INDEX_CACHE"
 RUN_DIR_CACHE = Path(".xfeldata") / "index.npz"
@@ -148,6 +148,19 @@ def _key_info(source: str, k: dict[str, Any]) -> KeyInfo:
     )
 
 
+def _auxiliary_json(si: SourceInfo) -> list[Any]:
+    """An auxiliary source (few, small) whole in the JSON header: name, section, index, keys."""
+    groups = {g: [ig.first.tolist(), ig.count.tolist()] for g, ig in si.groups.items()}
+    return [si.name, si.category, groups, [_key_json(k) for k in si.keys.values()]]
+
+
+def _auxiliary_info(item: list[Any]) -> SourceInfo:
+    name, section, groups, keys = item
+    return SourceInfo(name, section,
+                      {g: IndexGroup(np.array(f, np.uint64), np.array(c, np.uint64)) for g, (f, c) in groups.items()},
+                      {k["key"]: _key_info(name, k) for k in keys})
+
+
 def entry_of(fi: FileIndex) -> Entry:
     """The cache entry of a file index."""
     n = len(fi.train_ids)
@@ -159,6 +172,7 @@ def entry_of(fi: FileIndex) -> Entry:
         "metadata": _jsonable(fi.metadata), "aliases": fi.aliases, "problems": list(fi.problems),
         "n": n, "timestamps": fi.timestamps is not None,
         "sources": [[si.name, si.category, list(si.groups)] for si in fi.sources.values()],
+        "auxiliary": [_auxiliary_json(si) for si in fi.auxiliary],
     }
     arrays = {
         "train_ids": fi.train_ids, "valid": fi.valid, "suspect": fi.suspect,
@@ -205,6 +219,7 @@ def file_index_of(entry: Entry) -> FileIndex:
         suspect=a["suspect"], sources=sources, aliases=h["aliases"], problems=tuple(h["problems"]),
         inode=h["inode"], damaged=tuple(DamagedEntries(source, group, np.array(tids, np.uint64), message)
                                         for source, group, tids, message in h["damaged"]),
+        auxiliary=tuple(_auxiliary_info(item) for item in h["auxiliary"]),
     )
 
 

@@ -30,6 +30,8 @@ from .strings import decode_str
 
 CONTROL = "CONTROL"
 INSTRUMENT = "INSTRUMENT"
+#: The sections of auxiliary sources (``METADATA/auxiliarySources/<section>``), as the DAQ writes them.
+AUXILIARY_SECTIONS = ("REDUCTION", "ERRATA")
 
 
 @dataclass(frozen=True)
@@ -182,7 +184,11 @@ class FileIndex:
     problems
         Inconsistencies found while indexing, as readable sentences.
     damaged
-        Index entries that cannot be right (see :class:`DamagedEntries`).
+        Index entries that cannot be right (see :class:`DamagedEntries`); those of
+        auxiliary sources name the source as ``<section>/<source>``.
+    auxiliary
+        Auxiliary sources (``REDUCTION``, ``ERRATA``), their ``category`` the section;
+        apart from :attr:`sources`, as the same name may be a source too.
     """
 
     path: str
@@ -199,6 +205,7 @@ class FileIndex:
     problems: tuple[str, ...] = ()
     inode: int = 0
     damaged: tuple[DamagedEntries, ...] = ()
+    auxiliary: tuple[SourceInfo, ...] = ()
 
     @property
     def name(self) -> str:
@@ -519,9 +526,10 @@ def _control_keys(fid: h5py.h5f.FileID, source: str) -> dict[str, KeyInfo]:
     return keys
 
 
-def _instrument_keys(data: h5py.h5g.GroupID, source: str, group: str) -> dict[str, KeyInfo]:
+def _instrument_keys(data: h5py.h5g.GroupID, source: str, group: str,
+                     section: str = INSTRUMENT) -> dict[str, KeyInfo]:
     keys: dict[str, KeyInfo] = {}
-    root_path = f"{INSTRUMENT}/{source}/{group}"
+    root_path = f"{section}/{source}/{group}"
     for name, dsid in _datasets_below(data):
         key = f"{group}.{path_to_key(name)}"
         keys[key] = _dataset_info(source, key, group, dsid, f"/{root_path}/{name}", {})
@@ -640,12 +648,13 @@ def _index_open_file(fid: h5py.h5f.FileID, path: str, st: os.stat_result) -> Fil
             continue
         sources[source] = SourceInfo(source, category, index_groups, keys)
         problems.extend(_check_source_index(source, index_groups, keys))
+    auxiliary = _auxiliary_sources(fid, path, train_ids, problems, damaged)
 
     return FileIndex(
         path=path, size=st.st_size, mtime=st.st_mtime, format_version=version, metadata=metadata,
         train_ids=train_ids, timestamps=timestamps, valid=valid, suspect=suspect,
         sources=sources, aliases=aliases, problems=tuple(problems), inode=st.st_ino,
-        damaged=tuple(damaged),
+        damaged=tuple(damaged), auxiliary=auxiliary,
     )
 
 
@@ -674,3 +683,40 @@ def _check_source_index(
                     f"{label}: index points past the end of {key.key} ({end} rows > {key.nrows})"
                 )
     return problems
+
+
+def _auxiliary_sources(fid: h5py.h5f.FileID, path: str, train_ids: np.ndarray, problems: list[str],
+                       damaged: list[DamagedEntries]) -> tuple[SourceInfo, ...]:
+    """The sources listed in ``METADATA/auxiliarySources/<section>`` (``REDUCTION``, ``ERRATA``).
+
+    An entry is ``<section>/<source>/<index group>`` (the source may lack a
+    ``:channel``); its data is below ``/<section>/<source>/<group>`` and its index
+    in ``INDEX/<source>/<group>``, as an instrument source's.  Problems and
+    damaged entries are added to ``problems`` and ``damaged``.
+    """
+    found: list[SourceInfo] = []
+    for section in AUXILIARY_SECTIONS:
+        dsid = _dataset(fid, f"METADATA/auxiliarySources/{section}")
+        if dsid is None:
+            continue
+        groups: dict[str, list[str]] = {}
+        for entry in decode_str(_read(dsid)):
+            source, _, group = entry.removeprefix(f"{section}/").rpartition("/")
+            if entry.startswith(f"{section}/") and source and group:
+                groups.setdefault(source, []).append(group)
+        for source, names in groups.items():
+            index_groups, keys = {}, {}
+            for group in names:
+                data = _open(fid, f"{section}/{source}/{group}")
+                if data is None or _open(fid, f"INDEX/{source}/{group}") is None:
+                    problems.append(f"{section} {source}/{group}: listed but no INDEX or {section} group")
+                    continue
+                group_keys = _instrument_keys(data, source, group, section)
+                keys.update(group_keys)
+                index_groups[group], bad = _index_arrays(
+                    fid, path, f"INDEX/{source}/{group}", train_ids, group_keys, problems)
+                if bad is not None:
+                    damaged.append(replace(bad, source=f"{section}/{source}", group=group))
+            found.append(SourceInfo(source, section, index_groups, keys))
+            problems.extend(f"{section} {p}" for p in _check_source_index(source, index_groups, keys))
+    return tuple(found)

@@ -210,8 +210,9 @@ class RowWriter:
 
     def _as_stored(self, rows: ArrayLike) -> np.ndarray:
         if self.dset.dtype == STRING_DTYPE or h5py.check_string_dtype(self.dset.dtype):
+            given = np.asarray(rows, dtype=object)   # rows of strings may have an entry shape
             return np.array([v if isinstance(v, bytes) else str(v).encode("utf-8")
-                             for v in np.asarray(rows, dtype=object).ravel()], dtype=object)
+                             for v in given.ravel()], dtype=object).reshape(given.shape)
         return np.asarray(rows)
 
     def _flush(self, final: bool) -> None:
@@ -472,11 +473,30 @@ class FileWriter:
         ``storage`` maps key names to their :class:`Storage` (default: about
         1 MiB chunks, uncompressed).
         """
+        return self._add_indexed("INSTRUMENT", source, keys, counts, storage)
+
+    def add_auxiliary(self, section: str, source: str, keys: Sequence[Key],
+                      counts: ArrayLike | Mapping[str, ArrayLike] | None = None, *,
+                      storage: Mapping[str, Storage] | None = None) -> dict[str, RowWriter]:
+        """Add an auxiliary source and return its row writers.
+
+        ``section`` is ``"REDUCTION"`` or ``"ERRATA"``; the source is written as an
+        instrument source is (``source`` may lack a ``:channel``), below
+        ``/<section>/<source>``, and listed in ``METADATA/auxiliarySources/<section>``
+        instead of the source list.
+        """
+        if section not in ("REDUCTION", "ERRATA"):
+            raise ValueError(f"section must be 'REDUCTION' or 'ERRATA', not {section!r}")
+        return self._add_indexed(section, source, keys, counts, storage)
+
+    def _add_indexed(self, section: str, source: str, keys: Sequence[Key],
+                     counts: ArrayLike | Mapping[str, ArrayLike] | None,
+                     storage: Mapping[str, Storage] | None) -> dict[str, RowWriter]:
         storage = storage or {}
         groups = list(dict.fromkeys(k.name.split(".", 1)[0] for k in keys))
         by_group = {g: self._counts(counts[g] if isinstance(counts, Mapping) else counts,
                                     f"{source}/{g}") for g in groups}
-        grp = self.file.require_group(f"INSTRUMENT/{source}")
+        grp = self.file.require_group(f"{section}/{source}")
         writers = {}
         for key in keys:
             n_rows = int(by_group[key.name.split(".", 1)[0]].sum())
@@ -487,7 +507,7 @@ class FileWriter:
                 _ascii_attrs(rows.dset, key.attrs)
         for g, group_counts in by_group.items():
             self._write_source_index(f"{source}/{g}", group_counts)
-            self.sources.append(f"INSTRUMENT/{source}/{g}")
+            self.sources.append(f"{section}/{source}/{g}")
         return writers
 
     def add_alias(self, alias: str, source: str) -> None:
@@ -529,10 +549,12 @@ class FileWriter:
             for name, values in lists.items():
                 f.create_dataset(f"METADATA/{name}", dtype=STRING_DTYPE, maxshape=(None,),
                                  data=[v.encode() for v in values] + [b""] * (n - len(values)))
+            self._write_auxiliary_list()
             return
         for name, values in lists.items():
             f.create_dataset(f"METADATA/dataSources/{name}", dtype=STRING_DTYPE,
                              maxshape=(None,), data=[v.encode() for v in values])
+        self._write_auxiliary_list()
         known = self.timestamps[self.timestamps > 0]
         t0 = int(known.min()) if len(known) else time.time_ns()
         t1 = int(known.max()) if len(known) else t0
@@ -544,3 +566,12 @@ class FileWriter:
                              dtype=STRING_DTYPE)
         for name, value in self.numbers.items():
             f.create_dataset(f"METADATA/{name}", data=[value], dtype=np.uint32)
+
+    def _write_auxiliary_list(self) -> None:
+        """``METADATA/auxiliarySources/{REDUCTION,ERRATA}``, if the file has auxiliary sources."""
+        auxiliary = [e for e in self.sources if e.startswith(("REDUCTION/", "ERRATA/"))]
+        if auxiliary:
+            for section in ("REDUCTION", "ERRATA"):
+                self.file.create_dataset(
+                    f"METADATA/auxiliarySources/{section}", dtype=STRING_DTYPE, maxshape=(None,),
+                    data=[e.encode() for e in sorted(auxiliary) if e.startswith(f"{section}/")])
