@@ -15,7 +15,7 @@ Run from the repository root::
 
 Examples
 --------
->>> sanitise("/tmp/x/tmpab12/r0001 and /repo/xfeldata/api.py:3", {"/tmp/x": "<tmp>", "/repo/": ""})
+>>> sanitise("/scratch/x/tmpab12/r0001 and /repo/xfeldata/api.py:3", {"/scratch/x": "<tmp>", "/repo/": ""})
 '<tmp>/r0001 and xfeldata/api.py:3'
 """
 

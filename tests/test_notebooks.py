@@ -10,6 +10,7 @@ is, their outputs, and no path or host name of the machine that ran them.
 from __future__ import annotations
 
 import importlib.util
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -61,7 +62,7 @@ def test_executed_copy_is_current_and_names_no_place_on_a_machine(path):
     execute = _execute_module()
     text = nbformat.writes(execute._without_images(copy))
     assert execute.machine_strings(text) == []
-    assert "/tmp" not in text and str(Path.home()) not in text
+    assert tempfile.gettempdir() not in text and str(Path.home()) not in text
 
 
 def test_machine_paths_are_found_and_replaced():
