@@ -188,15 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="run directory or single file")
     p.add_argument("--details", action="store_true", help="list keys with shapes and dtypes")
     p.add_argument("--counts", action="store_true", help="in how many trains each source has data")
-    p.add_argument("--auxiliary", "-x", action="store_true",
-                   help="also list auxiliary sources (REDUCTION, ERRATA), as lsxfel -x")
+    p.add_argument("-x", "--auxiliary", action="store_true",
+                   help="also list the auxiliary (REDUCTION, ERRATA) sources, as lsxfel -x does")
     p.add_argument("--include", default="*", help="glob on file names (default: all)")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("ls", help="list what single files hold")
     p.add_argument("files", nargs="+", help="files or directories")
-    p.add_argument("--auxiliary", "-x", action="store_true",
-                   help="also list auxiliary sources (REDUCTION, ERRATA), as lsxfel -x")
+    p.add_argument("-x", "--auxiliary", action="store_true",
+                   help="also list the auxiliary (REDUCTION, ERRATA) sources, as lsxfel -x does")
     p.set_defaults(func=_cmd_ls)
 
     p = sub.add_parser("validate", help="check a run's indexes; exit 1 on problems")
