@@ -695,6 +695,8 @@ def _auxiliary_sources(fid: h5py.h5f.FileID, path: str, train_ids: np.ndarray, p
     damaged entries are added to ``problems`` and ``damaged``.
     """
     found: list[SourceInfo] = []
+    if _open(fid, "METADATA/auxiliarySources") is None:  # most files: one lookup
+        return ()
     for section in AUXILIARY_SECTIONS:
         dsid = _dataset(fid, f"METADATA/auxiliarySources/{section}")
         if dsid is None:
