@@ -5,7 +5,7 @@ Examples
 .. code-block:: console
 
     $ xfeldata demo
-    $ xfeldata make-example r0001 --detector AGIPD1M --trains 50 --sequences 2
+    $ xfeldata make-example r0001 --detector AGIPD1M --trains 20 --frames 4 --sequences 2
     $ xfeldata info r0001 --details
     $ xfeldata validate r0001
 """
