@@ -52,9 +52,11 @@ def run_demo(keep: str | None = None, n_trains: int = 20, frames: int = 4) -> No
         det = run.detector()
         print(det)
         first = int(det.trainId[0])
-        print(f"\n>>> det['image.data'].sel(trainId={first}).isel(gain=0).mean(['slow_scan', 'fast_scan'])"
-              ".values   # mean signal per pulse and module; frames a train lacks are filled with 0")
-        means = det["image.data"].sel(trainId=first).isel(gain=0).mean(["slow_scan", "fast_scan"])
+        print(f"\n>>> det['image.data'].sel(trainId={first}).isel(gain=0).where(det.present)"
+              ".mean(['slow_scan', 'fast_scan']).values   # mean signal per pulse and module; "
+              "frames a train lacks are masked with present (NaN), never averaged as 0")
+        frames = det["image.data"].sel(trainId=first).isel(gain=0)
+        means = frames.where(det.present.sel(trainId=first)).mean(["slow_scan", "fast_scan"])
         print(means.values.round(1))
         missing = (~det.present.any("pulseId")).sum("module")
         print("\n>>> (~det.present.any('pulseId')).sum('module')   # modules missing per train")

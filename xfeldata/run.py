@@ -776,8 +776,9 @@ class RunSelection:
         if suspect:
             shown = ", ".join(map(str, suspect[:3])) + (f" and {len(suspect) - 3} more" if len(suspect) > 3 else "")
             span += f"; suspect: {shown}"
-        return (f"<{type(self).__module__.split('.')[0]}.{type(self).__name__}: {len(self._train_ids)} trains "
-                f"({span}), {len(self._selection)} sources, {len(self.files)} files>")
+        name = f"{type(self).__module__.split('.')[0]}.{type(self).__name__}"
+        return (f"<{name}: {_plural(len(self._train_ids), 'train')} "
+                f"({span}), {_plural(len(self._selection), 'source')}, {_plural(len(self.files), 'file')}>")
 
 
 def _is_glob(pattern: str) -> bool:
@@ -824,3 +825,8 @@ def positions_within(counts: np.ndarray) -> np.ndarray:
     total = int(counts.sum())
     starts = np.repeat(np.cumsum(counts) - counts, counts)
     return np.arange(total) - starts
+
+
+def _plural(n: int, noun: str) -> str:
+    """``1 train``, ``2 trains``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
