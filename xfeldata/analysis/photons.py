@@ -16,19 +16,22 @@ STEP = 1 << 18
 def _count_kernel(adu: np.ndarray, adu_per_photon: float, threshold: float) -> np.ndarray:
     """One pass over ``adu`` in cache-sized steps: scale, shift, clip at 0, truncate to int32.
 
-    ``fmax`` turns NaN (a missing frame or masked pixel) into 0 photons, and
-    after clipping at 0 truncation is ``floor``.
+    ``fmax`` against zeros turns NaN (a missing frame or masked pixel) into 0
+    photons, and after clipping at 0 truncation is ``floor``.  Every step
+    works in a float32 scratch that stays in cache, with array (not scalar)
+    operands where numpy's scalar path is not vectorised (``fmax``).
     """
     flat = np.asarray(adu).reshape(-1)
     out = np.empty(flat.shape, np.int32)
-    scratch = np.empty(min(STEP, flat.size), np.float32)
-    scale, shift = np.float32(1.0 / adu_per_photon), np.float32(1.0 - threshold)
+    size = min(STEP, flat.size)
+    scratch, zeros = np.empty(size, np.float32), np.zeros(size, np.float32)
+    scale, shift = np.float32(adu_per_photon), np.float32(1.0 - threshold)
     for start in range(0, flat.size, STEP):
         piece = flat[start:start + STEP]
         x = scratch[:len(piece)]
-        np.multiply(piece, scale, out=x, dtype=np.float32)
+        np.divide(piece, scale, out=x, dtype=np.float32)
         x += shift
-        np.fmax(x, 0, out=x)
+        np.fmax(x, zeros[:len(piece)], out=x)
         np.copyto(out[start:start + STEP], x, casting="unsafe")
     return out.reshape(np.shape(adu))
 
