@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from functools import partial
 
@@ -86,13 +85,12 @@ def _finish(sums: np.ndarray, noise_range: tuple[float, float]) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = sums[0] / sums[2]
         noise = np.sqrt(np.maximum(sums[1] / sums[2] - mean * mean, 0))
-    flat = noise.reshape(*noise.shape[:-2], -1)
-    if np.isfinite(flat).any():
-        with warnings.catch_warnings():  # cells without frames: all NaN
-            warnings.simplefilter("ignore", RuntimeWarning)
-            median = np.nanmedian(flat, axis=-1)[..., None, None]
-    else:  # a module without frames
-        median = np.full(noise.shape[:-2] + (1, 1), np.nan)
+    flat = noise.reshape(-1, noise.shape[-2] * noise.shape[-1])
+    filled = np.isfinite(flat).any(axis=-1)  # (cell, stage[, plane]) with frames: no all-NaN median warning
+    median = np.full(len(flat), np.nan)
+    if filled.any():
+        median[filled] = np.nanmedian(flat[filled], axis=-1)
+    median = median.reshape(*noise.shape[:-2], 1, 1)
     lo, hi = noise_range
     bad = ~((noise > 0) & (noise >= lo * median) & (noise <= hi * median))
     return np.stack([mean, noise, bad]).astype(np.float32)
