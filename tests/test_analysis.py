@@ -265,7 +265,7 @@ def test_calibrate_subtracts_the_dark_offset_per_cell_and_masks_bad_pixels(data,
 
 def test_calibrate_masks_bad_pixels_and_missing_frames_in_present(data, constants):
     """present becomes per pixel: the frame was recorded and the pixel is not bad for its cell."""
-    gappy = data.load()
+    gappy = data.copy(deep=True).load()  # the fixture is shared: change a copy
     gappy["present"].values[1, 2, 0] = False  # a frame that was not recorded
     gappy["cellId"].values[1, 2, 0] = -1
     out = analysis.calibrate(gappy, constants)

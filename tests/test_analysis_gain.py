@@ -96,7 +96,7 @@ def test_lpd_calibrate_corrects_each_stage_and_recovers_the_photons(lpd):
 
 def test_lpd_invalid_stage_bits_are_nan_and_not_present(lpd):
     constants = analysis.dark_constants(lpd["dark"]).compute()
-    data = lpd["data"].load()
+    data = lpd["data"].copy(deep=True).load()  # the fixture is shared: change a copy
     word = data["image.data"].values.copy()
     word[0, 1, 0, 2, :10] |= np.uint16(3 << 12)  # stage 3: no such stage
     data["image.data"].values[:] = word

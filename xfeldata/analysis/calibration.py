@@ -358,7 +358,8 @@ def calibrate(det: xr.Dataset, constants: xr.Dataset | None = None, *, mask_bits
     core = [GAIN_PLANE_DIM, *PIXEL_DIMS] if has_plane else list(PIXEL_DIMS)
     if arr.chunks is not None and any(len(arr.chunksizes[d]) > 1 for d in core):
         arr = arr.chunk({d: -1 for d in core})
-    constants = constants.sel({MODULE_DIM: det[MODULE_DIM].values})
+    if not np.array_equal(constants[MODULE_DIM].values, det[MODULE_DIM].values):
+        constants = constants.sel({MODULE_DIM: det[MODULE_DIM].values})  # a copy: only when needed
     cdims = (MODULE_DIM, "_cell", "_stage", *PIXEL_DIMS)
     args = [arr, det["cellId"], xr.DataArray(np.arange(arr.sizes[MODULE_DIM]), dims=MODULE_DIM,
                                              coords={MODULE_DIM: arr[MODULE_DIM].values}),
