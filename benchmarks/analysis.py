@@ -123,6 +123,7 @@ def case_calibrate(ctx: Context) -> list[CaseResult]:
         {"image.data": (("trainId", "pulseId", "module", "gain", "slow_scan", "fast_scan"), raw),
          "cellId": (("trainId", "pulseId", "module"), np.broadcast_to(np.arange(4)[None, :, None], raw.shape[:3]))},
         coords={"trainId": np.arange(n // 4), "pulseId": np.arange(4), "module": np.arange(16)},
+        attrs={"kind": "AGIPD1M"},  # as run.detector() labels it: plane 1 of the gain axis is the gain signal
     ).chunk({"module": 1})  # as run.detector() chunks: one module, whole trains (up to 128 MiB)
     shape = (16, 4, 1, 512, 128)
     dims = ("module", "cell", "gain_stage", "slow_scan", "fast_scan")

@@ -145,7 +145,7 @@ def dark_constants(dark: xr.Dataset | Sequence[xr.Dataset], *,
         if "cellId" not in d:
             raise KeyError("the dark Dataset has no cellId variable (needed to group frames by memory cell)")
     kind = darks[0].attrs.get("kind")
-    enc = encoding(kind)
+    enc = _encoding(darks[0], kind)
     modules = darks[0][MODULE_DIM].values
     cell_values = np.unique(np.concatenate([np.unique(np.asarray(d["cellId"].values)) for d in darks]))
     cell_values = cell_values[cell_values >= 0]
@@ -187,6 +187,13 @@ def dark_constants(dark: xr.Dataset | Sequence[xr.Dataset], *,
             out["gain_threshold"] = ((MODULE_DIM, CELL_DIM, THRESHOLD_DIM, *PIXEL_DIMS),
                                      (level[:, :, 1:] + level[:, :, :-1]) / 2, {"units": "ADU"})
     return out
+
+
+def _encoding(det: xr.Dataset, kind: str | None) -> str:
+    """The gain encoding of ``kind``; without a kind (a hand-made Dataset), AGIPD if it has a 2-plane ``gain`` axis."""
+    if kind is None and data_array(det).sizes.get(GAIN_PLANE_DIM) == 2:
+        return "agipd"
+    return encoding(kind)
 
 
 def _pixel_shape(arr: xr.DataArray, enc: str) -> tuple[int, ...]:
@@ -350,7 +357,7 @@ def calibrate(det: xr.Dataset, constants: xr.Dataset | None = None, *, mask_bits
     kind = det.attrs.get("kind", constants.attrs.get("kind"))
     if "kind" in constants.attrs and kind != constants.attrs["kind"]:
         raise ValueError(f"the constants are of a {constants.attrs['kind']} detector, the data of a {kind}")
-    enc = encoding(kind)
+    enc = _encoding(det, kind)
     missing = np.setdiff1d(det[MODULE_DIM].values, constants[MODULE_DIM].values)
     if len(missing):
         raise ValueError(f"the constants have no module(s) {missing.tolist()}")
