@@ -334,6 +334,13 @@ def test_calibrate_on_numpy_and_live_equals_dask(data, live, constants):
     np.testing.assert_array_equal(lazy, analysis.calibrate(live, constants)["image.data"].values)
 
 
+def test_calibrate_takes_lazy_constants_and_a_subset_of_their_modules(dark, data, constants):
+    some = data.sel(module=[MODULES[2], MODULES[0]])
+    lazy = analysis.calibrate(some, analysis.dark_constants(dark))["image.data"]
+    full = analysis.calibrate(data, constants)["image.data"].sel(module=[MODULES[2], MODULES[0]])
+    np.testing.assert_array_equal(lazy.values, full.values)
+
+
 # -- filters ------------------------------------------------------------------
 
 
