@@ -49,8 +49,15 @@ def case_assemble(ctx: Context) -> list[CaseResult]:
                                lambda: analysis.assemble(lazy, geom).values, ctx.repeat, items=n))
     res.timings.append(measure("geom.position_modules(frame) per frame", "peer",
                                lambda: [geom.position_modules(f) for f in arr.values], ctx.repeat, items=n))
+    images = np.empty((n, *analysis.geometry.image_grid(geom)[0]), np.float32)
+    res.timings.append(measure("NaN-fill the images and copy the frames' bytes (memory-bandwidth limit)", "ceiling",
+                               lambda: (np.full_like(images, np.nan), arr.values.copy()), ctx.repeat, items=n))
     res.check("assemble frames/s vs position_modules", "peer", 5.0)
-    res.notes.append("items are frames; assemble copies the tiles of whole blocks with EXtra-geom's snapped geometry")
+    peer, limit = res.timings[1].median, res.timings[2].median
+    res.notes.append(f"the memory-bandwidth limit allows at most {peer / limit:.1f}x position_modules here")
+    res.notes.append("items are frames; assemble copies the tiles of whole blocks with EXtra-geom's snapped "
+                     "geometry; the limit (writing every image once, reading every frame once) is what any "
+                     "assembly costs, position_modules included")
     return [res]
 
 
@@ -116,7 +123,8 @@ def case_calibrate(ctx: Context) -> list[CaseResult]:
         {"image.data": (("trainId", "pulseId", "module", "gain", "slow_scan", "fast_scan"), raw),
          "cellId": (("trainId", "pulseId", "module"), np.broadcast_to(np.arange(4)[None, :, None], raw.shape[:3]))},
         coords={"trainId": np.arange(n // 4), "pulseId": np.arange(4), "module": np.arange(16)},
-    ).chunk({"trainId": 1, "module": 1})
+        attrs={"kind": "AGIPD1M"},  # as run.detector() labels it: plane 1 of the gain axis is the gain signal
+    ).chunk({"module": 1})  # as run.detector() chunks: one module, whole trains (up to 128 MiB)
     shape = (16, 4, 1, 512, 128)
     dims = ("module", "cell", "gain_stage", "slow_scan", "fast_scan")
     constants = xr.Dataset({"offset": (dims, rng.normal(5000, 300, shape).astype(np.float32)),

@@ -263,6 +263,32 @@ def test_calibrate_subtracts_the_dark_offset_per_cell_and_masks_bad_pixels(data,
     assert np.isnan(frame).sum() == c["bad_pixels"].values.sum()
 
 
+def test_calibrate_masks_bad_pixels_and_missing_frames_in_present(data, constants):
+    """present becomes per pixel: the frame was recorded and the pixel is not bad for its cell."""
+    gappy = data.copy(deep=True).load()  # the fixture is shared: change a copy
+    gappy["present"].values[1, 2, 0] = False  # a frame that was not recorded
+    gappy["cellId"].values[1, 2, 0] = -1
+    out = analysis.calibrate(gappy, constants)
+    present = out["present"]
+    assert present.dims == ("trainId", "pulseId", "module", "slow_scan", "fast_scan")
+    assert not present.values[1, 2, 0].any() and np.isnan(out["image.data"].values[1, 2, 0]).all()
+    bad = constants["bad_pixels"].values[:, :, 0]  # (module, cell, ss, fs)
+    cells = gappy["cellId"].values
+    for t, p, m in [(0, 0, 0), (2, 3, 1), (3, 1, 3)]:
+        np.testing.assert_array_equal(present.values[t, p, m], ~bad[m, cells[t, p, m]])
+    assert bad.any()
+    np.testing.assert_array_equal(present.values, np.isfinite(out["image.data"].values))
+
+
+def test_masked_corrected_data_are_not_present_where_masked(agipd_corr_run):
+    det = xd.open_run(agipd_corr_run).detector("AGIPD", modules=[0, 1])
+    present = analysis.calibrate(det, mask_bits=1)["present"].values
+    mask = det["image.mask"].values
+    frames = np.broadcast_to(det["present"].values[..., None, None], mask.shape)
+    np.testing.assert_array_equal(present, frames & ((mask & 1) == 0))
+    assert ((mask & 1) != 0).any()
+
+
 def test_dark_constants_noise_and_offset_match_the_writers_model(constants):
     assert constants["offset"].dims == ("module", "cell", "gain_stage", "slow_scan", "fast_scan")
     np.testing.assert_array_equal(constants.cell, [0, 1, 2, 3])
@@ -306,6 +332,13 @@ def test_calibrate_on_numpy_and_live_equals_dask(data, live, constants):
     assert isinstance(eager.data, np.ndarray)
     np.testing.assert_array_equal(lazy, eager.values)
     np.testing.assert_array_equal(lazy, analysis.calibrate(live, constants)["image.data"].values)
+
+
+def test_calibrate_takes_lazy_constants_and_a_subset_of_their_modules(dark, data, constants):
+    some = data.sel(module=[MODULES[2], MODULES[0]])
+    lazy = analysis.calibrate(some, analysis.dark_constants(dark))["image.data"]
+    full = analysis.calibrate(data, constants)["image.data"].sel(module=[MODULES[2], MODULES[0]])
+    np.testing.assert_array_equal(lazy.values, full.values)
 
 
 # -- filters ------------------------------------------------------------------

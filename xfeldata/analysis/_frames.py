@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import operator
+from collections.abc import Callable, Sequence
+from typing import Any
 
+import dask.array as da
 import numpy as np
 import xarray as xr
 
@@ -55,3 +58,57 @@ def whole_frames(arr: xr.DataArray, core: Sequence[str], target_bytes: int = BLO
         chunks[dim] = take
         budget = max(1, budget // take)
     return arr.chunk(chunks)
+
+
+def map_frames(kernel: Callable[..., Any], *arrays: Any, core_ndims: Sequence[int],
+               out_core: tuple[int, ...], dtypes: Sequence[Any], **kwargs: Any) -> Any:
+    """``kernel(*blocks, **kwargs)`` on every block of the loop (frame) dims, core dims whole.
+
+    For ``xarray.apply_ufunc(..., dask="allowed")``: each of ``arrays`` has
+    the loop axes (length 1 where broadcast, leading ones may be left out) followed by its
+    ``core_ndims`` core axes, each core axis in one chunk.  ``kernel`` gets
+    numpy blocks and returns one array per ``dtypes``, each of the block's
+    loop shape followed by ``out_core``.  numpy inputs: one call.
+
+    Unlike ``apply_ufunc(dask="parallelized")``, which concatenates every
+    input's core (contracted) axes with a copy even when they are one chunk,
+    the blocks reach ``kernel`` as they are: each core axis of an input is kept
+    in the output as a length-1 axis and dropped afterwards by a view.
+
+    >>> x = da.ones((4, 3), chunks=(2, 3))
+    >>> map_frames(lambda b: b.sum(axis=-1, keepdims=True), x, core_ndims=[1], out_core=(1,),
+    ...            dtypes=[float]).compute().ravel().tolist()
+    [3.0, 3.0, 3.0, 3.0]
+    """
+    n_loop = max(a.ndim - n for a, n in zip(arrays, core_ndims, strict=True))
+    # xarray leaves out leading broadcast axes: put them back (length 1)
+    arrays = tuple(a if a.ndim == n_loop + n else a[(None,) * (n_loop + n - a.ndim)]
+                   for a, n in zip(arrays, core_ndims, strict=True))
+    if not any(isinstance(a, da.Array) for a in arrays):
+        return kernel(*arrays, **kwargs)
+    loop = tuple(range(n_loop))
+    pairs, dropped = [], []
+    letter = n_loop
+    for a, n in zip(arrays, core_ndims, strict=True):
+        core = tuple(range(letter, letter + n))
+        letter += n
+        dropped.extend(core)
+        pairs += [a, loop + core]
+    new = tuple(range(letter, letter + len(out_core)))
+    n_dropped, n_out = len(dropped), len(dtypes)
+
+    def run(*blocks: Any) -> Any:
+        results = kernel(*blocks, **kwargs)
+        results = results if n_out > 1 else (results,)
+        shaped = tuple(r.reshape(r.shape[:n_loop] + (1,) * n_dropped + r.shape[n_loop:]) for r in results)
+        return shaped if n_out > 1 else shaped[0]
+
+    ndim = n_loop + n_dropped + len(out_core)
+    out = da.blockwise(run, loop + tuple(dropped) + new, *pairs, new_axes=dict(zip(new, out_core, strict=True)),
+                       adjust_chunks={d: 1 for d in dropped}, concatenate=False,
+                       meta=np.empty((0,) * ndim, dtypes[0]))
+    view = (slice(None),) * n_loop + (0,) * n_dropped
+    if n_out == 1:
+        return out[view]
+    return tuple(da.map_blocks(operator.getitem, out, i, meta=np.empty((0,) * ndim, dt))[view]
+                 for i, dt in enumerate(dtypes))

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
+from functools import partial
 
 import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ._frames import MODULE_DIM, PIXEL_DIMS, data_array
+from ._frames import MODULE_DIM, PIXEL_DIMS, data_array, map_frames
+from .gain import INVALID, STAGES, encoding, split
 
 CELL_DIM = "cell"
 STAGE_DIM = "gain_stage"
@@ -20,57 +21,76 @@ GAIN_PLANE_DIM = "gain"  # AGIPD raw frames: plane 0 the signal, plane 1 the gai
 
 def _as_blocks(arr: xr.DataArray) -> da.Array:
     """``arr`` as dask, chunked one module per block (as ``run.detector()`` is)."""
-    data = arr.data if isinstance(arr.data, da.Array) else da.from_array(np.asarray(arr.data))
+    data = arr.data if isinstance(arr.data, da.Array) else da.from_array(np.asarray(arr.data), name=False)
     axis = arr.dims.index(MODULE_DIM)
     chunks = {axis: 1, **{i: -1 for i in range(axis + 1, arr.ndim)}}
     return data.rechunk(chunks)
 
 
-def _cell_sums(block: np.ndarray, cells: np.ndarray, cell_values: np.ndarray) -> np.ndarray:
-    """Sum, sum of squares and count per memory cell of one module's block of frames.
+def _cell_sums(block: np.ndarray, cells: np.ndarray, gain: np.ndarray | None, cell_values: np.ndarray,
+               enc: str) -> np.ndarray:
+    """Sum, sum of squares and count per memory cell (and gain stage) of one module's block of frames.
 
-    ``block`` is ``(train, pulse, 1, *pixel)``, ``cells`` ``(train, pulse, 1)``;
-    returns ``(3, n_cells, *pixel)`` float64.
+    ``block`` is ``(*frame dims, 1, *pixel)``, ``cells`` ``(*frame dims, 1)``,
+    ``gain`` (JUNGFRAU's gain key) like ``block`` or None.  Returns ``(3,
+    n_cells, n_stages, *pixel)`` float64: for LPD and JUNGFRAU the stage of
+    every pixel comes from its raw data (:mod:`~xfeldata.analysis.gain`), so
+    the counts are per pixel; otherwise the block is one stage.  Frames whose
+    cell is -1 (missing) are left out.
     """
-    pixel = block.shape[3:]
+    pixel = block.shape[cells.ndim:]
     frames = block.reshape(-1, *pixel)
-    index = np.searchsorted(cell_values, cells.ravel())
-    out = np.zeros((3, len(cell_values), *pixel))
-    for c in np.unique(index[(cells.ravel() >= 0)]):
-        x = frames[index == c].astype(np.float64)
-        out[0, c] = x.sum(axis=0)
-        out[1, c] = (x * x).sum(axis=0)
-        out[2, c] = len(x)
+    gains = None if gain is None else gain.reshape(-1, *pixel)
+    flat = cells.ravel()
+    index = np.searchsorted(cell_values, flat)
+    valid = (flat >= 0) & (index < len(cell_values))
+    valid[valid] = cell_values[index[valid]] == flat[valid]
+    n_stages = STAGES.get(enc, 1)
+    out = np.zeros((3, len(cell_values), n_stages, *pixel))
+    for c in np.unique(index[valid]):
+        rows = valid & (index == c)
+        signal, stage = split(enc, frames[rows], None if gains is None else gains[rows])
+        x = signal.astype(np.float64)
+        if stage is None:
+            out[0, c, 0], out[1, c, 0], out[2, c, 0] = x.sum(axis=0), (x * x).sum(axis=0), len(x)
+            continue
+        for s in range(n_stages):
+            inside = stage == s
+            xs = np.where(inside, x, 0.0)
+            out[0, c, s], out[1, c, s], out[2, c, s] = xs.sum(axis=0), (xs * xs).sum(axis=0), inside.sum(axis=0)
     return out
 
 
-def _module_stats(data: da.Array, cells: da.Array, cell_values: np.ndarray,
-                  noise_range: tuple[float, float]) -> list[da.Array]:
-    """Per module, lazily: ``(3, n_cells, *pixel)`` mean, standard deviation and bad (1.0)."""
+def _module_sums(data: da.Array, cells: da.Array, gain: da.Array | None, cell_values: np.ndarray,
+                 enc: str) -> list:
+    """Per module (one block column of ``data``), the delayed sum of :func:`_cell_sums` over its blocks."""
+    k = cells.ndim - 1  # the module axis
     data_blocks, cell_blocks = data.to_delayed(), cells.to_delayed()
-    pixel = data.shape[3:]
+    gain_blocks = None if gain is None else gain.to_delayed()
+    tail = (0,) * (data.ndim - k - 1)
     per_module = []
-    for m in range(data.numblocks[2]):
-        parts = [dask.delayed(_cell_sums)(data_blocks[(i, j, m) + (0,) * len(pixel)],
-                                          cell_blocks[i, j, m], cell_values)
-                 for i in range(data.numblocks[0]) for j in range(data.numblocks[1])]
-        stats = dask.delayed(_finish)(dask.delayed(sum)(parts), noise_range)
-        per_module.append(da.from_delayed(stats, (3, len(cell_values), *pixel), np.float32))
+    for m in range(data.numblocks[k]):
+        parts = []
+        for idx in np.ndindex(*data.numblocks[:k]):
+            here = (*idx, m)
+            parts.append(dask.delayed(_cell_sums)(
+                data_blocks[here + tail], cell_blocks[here],
+                None if gain_blocks is None else gain_blocks[here + tail], cell_values, enc))
+        per_module.append(dask.delayed(sum)(parts))
     return per_module
 
 
 def _finish(sums: np.ndarray, noise_range: tuple[float, float]) -> np.ndarray:
-    """Mean, noise and bad pixels of one module from its per-cell sums."""
+    """Mean, noise and bad pixels (1.0) of one module from its sums: ``(3, cell, stage, *pixel)`` float32."""
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = sums[0] / sums[2]
         noise = np.sqrt(np.maximum(sums[1] / sums[2] - mean * mean, 0))
-    flat = noise.reshape(*noise.shape[:-2], -1)
-    if np.isfinite(flat).any():
-        with warnings.catch_warnings():  # cells without frames: all NaN
-            warnings.simplefilter("ignore", RuntimeWarning)
-            median = np.nanmedian(flat, axis=-1)[..., None, None]
-    else:  # a module without frames
-        median = np.full(noise.shape[:-2] + (1, 1), np.nan)
+    flat = noise.reshape(-1, noise.shape[-2] * noise.shape[-1])
+    filled = np.isfinite(flat).any(axis=-1)  # (cell, stage[, plane]) with frames: no all-NaN median warning
+    median = np.full(len(flat), np.nan)
+    if filled.any():
+        median[filled] = np.nanmedian(flat[filled], axis=-1)
+    median = median.reshape(*noise.shape[:-2], 1, 1)
     lo, hi = noise_range
     bad = ~((noise > 0) & (noise >= lo * median) & (noise <= hi * median))
     return np.stack([mean, noise, bad]).astype(np.float32)
@@ -83,20 +103,29 @@ def dark_constants(dark: xr.Dataset | Sequence[xr.Dataset], *,
     Parameters
     ----------
     dark
-        The detector Dataset (``run.detector()``) of a dark run, or one per gain
-        stage (AGIPD takes three: high, medium and low gain), with ``image.data``
-        and ``cellId``.  Frames are grouped by their ``cellId``, so runs whose
-        cells vary per train work; missing frames (``cellId`` -1) are left out.
+        The detector Dataset (``run.detector()``) of a dark run, or several,
+        with ``image.data`` and ``cellId``.  Frames are grouped by their
+        ``cellId``, so runs whose cells vary per train work; missing frames
+        (``cellId`` -1) are left out.  The gain stage of a frame's pixels:
+
+        - AGIPD (and detectors without stages): one dark run per stage, in
+          order (AGIPD: high, medium, low gain);
+        - LPD: bits 12-13 of each raw pixel (stages 0-2), so one run in
+          parallel-gain mode, or one run per forced gain, or both, give all three;
+        - JUNGFRAU: the gain key (``image.gain``: 0, 1, 3 for stages 0-2), so the
+          runs of the three forced or adaptive gains are given together.
     noise_range
-        A pixel is bad where its noise is zero, NaN (no frame of that cell), or
-        outside ``noise_range`` times its module's median noise (per cell and stage).
+        A pixel is bad where its noise is zero, NaN (no frame of that cell and
+        stage), or outside ``noise_range`` times its module's median noise (per
+        cell and stage).
 
     Returns
     -------
     xarray.Dataset
         Lazy ``offset``, ``noise`` (float32, ADU) and ``bad_pixels`` (bool), dims
         ``(module, cell, gain_stage, slow_scan, fast_scan)``, with the ``cell``
-        coordinate holding the cell IDs.  For AGIPD raw data (a ``gain`` plane):
+        coordinate holding the cell IDs; attrs ``kind`` (the detector kind) and
+        ``noise_range``.  For AGIPD raw data (a ``gain`` plane):
         ``gain_level`` (the gain signal's dark level, same dims) and, with two or
         more stages, ``gain_threshold (module, cell, threshold, slow_scan,
         fast_scan)`` halfway between consecutive stages' levels.
@@ -112,32 +141,35 @@ def dark_constants(dark: xr.Dataset | Sequence[xr.Dataset], *,
     darks = [dark] if isinstance(dark, xr.Dataset) else list(dark)
     if not darks:
         raise ValueError("no dark run given")
-    modules = darks[0][MODULE_DIM].values
-    all_cells = [np.unique(np.asarray(d["cellId"].values)) for d in darks]
-    cell_values = np.unique(np.concatenate(all_cells))
-    cell_values = cell_values[cell_values >= 0]
-    if not len(cell_values):
-        raise ValueError("the dark run has no frames (every cellId is -1)")
-    stages = []
     for d in darks:
         if "cellId" not in d:
             raise KeyError("the dark Dataset has no cellId variable (needed to group frames by memory cell)")
+    kind = darks[0].attrs.get("kind")
+    enc = _encoding(darks[0], kind)
+    modules = darks[0][MODULE_DIM].values
+    cell_values = np.unique(np.concatenate([np.unique(np.asarray(d["cellId"].values)) for d in darks]))
+    cell_values = cell_values[cell_values >= 0]
+    if not len(cell_values):
+        raise ValueError("the dark run has no frames (every cellId is -1)")
+    runs = []  # per dark run, per module: delayed (3, cell, stage, *pixel) sums
+    for d in darks:
         if not np.array_equal(d[MODULE_DIM].values, modules):
             raise ValueError(f"dark runs stack different modules: {modules.tolist()} and "
                              f"{d[MODULE_DIM].values.tolist()}")
-        arr = data_array(d)
-        lead = [dim for dim in arr.dims if dim not in (MODULE_DIM, GAIN_PLANE_DIM, *PIXEL_DIMS)]
-        arr = arr.transpose(*lead, MODULE_DIM, ...)
-        if len(lead) == 1:  # (trainId, module, ...): a pulse axis of one
-            arr = arr.expand_dims("pulse", axis=1)
-        cells = d["cellId"].broadcast_like(arr.isel({k: 0 for k in arr.dims if k not in d["cellId"].dims
-                                                     and k not in arr.dims[:3]})).transpose(*arr.dims[:3])
-        data = _as_blocks(arr)
-        cell_arr = (cells.data if isinstance(cells.data, da.Array) else da.from_array(np.asarray(cells.data)))
-        cell_arr = cell_arr.rechunk(data.chunks[:3])
-        stages.append(da.stack(_module_stats(data, cell_arr, cell_values, noise_range)))  # (module, 2, cell, *pixel)
-    stats = da.stack(stages, axis=3)  # (module, 2, cell, stage, [gain plane,] ss, fs)
-    has_plane = stats.ndim == 7
+        if d.attrs.get("kind") != kind:
+            raise ValueError(f"dark runs of different detector kinds: {kind} and {d.attrs.get('kind')}")
+        runs.append(_run_sums(d, enc, cell_values))
+    if enc in STAGES:  # the stages come from the data: the runs add up
+        per_module = [dask.delayed(sum)(list(parts)) for parts in zip(*runs, strict=True)]
+        n_stages = STAGES[enc]
+    else:  # one stage per run
+        per_module = [dask.delayed(np.concatenate)(list(parts), axis=2) for parts in zip(*runs, strict=True)]
+        n_stages = len(darks)
+    pixel = _pixel_shape(data_array(darks[0]), enc)
+    stats = da.stack([da.from_delayed(dask.delayed(_finish)(sums, noise_range),
+                                      (3, len(cell_values), n_stages, *pixel), np.float32)
+                      for sums in per_module])  # (module, 3, cell, stage, [gain plane,] ss, fs)
+    has_plane = len(pixel) == 3
     mean, noise, bad = stats[:, 0], stats[:, 1], stats[:, 2] > 0
     offset = mean[:, :, :, 0] if has_plane else mean
     noise = noise[:, :, :, 0] if has_plane else noise
@@ -146,50 +178,135 @@ def dark_constants(dark: xr.Dataset | Sequence[xr.Dataset], *,
     out = xr.Dataset(
         {"offset": (dims, offset, {"units": "ADU"}), "noise": (dims, noise, {"units": "ADU"}),
          "bad_pixels": (dims, bad)},
-        coords={MODULE_DIM: modules, CELL_DIM: cell_values, STAGE_DIM: np.arange(len(darks))},
-        attrs={"noise_range": list(noise_range)})
+        coords={MODULE_DIM: modules, CELL_DIM: cell_values, STAGE_DIM: np.arange(n_stages)},
+        attrs={"noise_range": list(noise_range), **({"kind": kind} if kind else {})})
     if has_plane:
         level = mean[:, :, :, 1]
         out["gain_level"] = (dims, level, {"units": "ADU"})
-        if len(darks) > 1:
+        if n_stages > 1:
             out["gain_threshold"] = ((MODULE_DIM, CELL_DIM, THRESHOLD_DIM, *PIXEL_DIMS),
                                      (level[:, :, 1:] + level[:, :, :-1]) / 2, {"units": "ADU"})
     return out
 
 
-def _correct(data: np.ndarray, cells: np.ndarray, modules: np.ndarray, offset: np.ndarray,
-             cell_lut: np.ndarray, thresholds: np.ndarray | None
-             ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """Offset-correct frames ``(..., [plane,] ss, fs)``: the kernel of :func:`calibrate`.
+def _encoding(det: xr.Dataset, kind: str | None) -> str:
+    """The gain encoding of ``kind``; without a kind (a hand-made Dataset), AGIPD if it has a 2-plane ``gain`` axis."""
+    if kind is None and data_array(det).sizes.get(GAIN_PLANE_DIM) == 2:
+        return "agipd"
+    return encoding(kind)
 
-    Returns the float32 frames and, with ``thresholds``, the gain stage of
-    every pixel.  Each frame is one subtraction (signal minus the offset of
-    its module, cell and stage) written straight into the output, so the data
-    are read and written once.
+
+def _pixel_shape(arr: xr.DataArray, enc: str) -> tuple[int, ...]:
+    """Shape of one module's frame: ``(slow_scan, fast_scan)``, AGIPD raw ``(2, ss, fs)``."""
+    planes = (GAIN_PLANE_DIM,) if enc == "agipd" and GAIN_PLANE_DIM in arr.dims else ()
+    return tuple(arr.sizes[d] for d in (*planes, *PIXEL_DIMS))
+
+
+def _run_sums(d: xr.Dataset, enc: str, cell_values: np.ndarray) -> list:
+    """Delayed per-cell sums of each module of one dark run (see :func:`_cell_sums`)."""
+    arr = data_array(d)
+    planes = [GAIN_PLANE_DIM] if enc == "agipd" and GAIN_PLANE_DIM in arr.dims else []
+    core = [*planes, *PIXEL_DIMS]
+    lead = [dim for dim in arr.dims if dim != MODULE_DIM and dim not in core]  # frame dims (LPD: also gain)
+    arr = arr.transpose(*lead, MODULE_DIM, *core)
+    template = arr.isel({dim: 0 for dim in core}, drop=True)
+    cells = d["cellId"].broadcast_like(template).transpose(*lead, MODULE_DIM)
+    data = _as_blocks(arr)
+    gain = None
+    if enc == "jungfrau":
+        if "image.gain" not in d:
+            raise KeyError("the JUNGFRAU dark Dataset has no image.gain variable (its gain key, data.gain)")
+        gain = _as_blocks(d["image.gain"].transpose(*arr.dims)).rechunk(data.chunks)
+    cell_arr = cells.data if isinstance(cells.data, da.Array) else da.from_array(np.asarray(cells.data))
+    return _module_sums(data, cell_arr.rechunk(data.chunks[:len(lead) + 1]), gain, cell_values, enc)
+
+
+def _correct(data: np.ndarray, cells: np.ndarray, positions: np.ndarray, offset: np.ndarray,
+             bad: np.ndarray, *more: np.ndarray, enc: str, cell_lut: np.ndarray, thresholds: bool,
+             n_core: int) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Offset-correct a block of frames: the kernel of :func:`calibrate`.
+
+    ``data`` is ``(*loop dims, [plane,] ss, fs)``; ``cells`` and ``positions``
+    (the modules' places in the constants) broadcast against the loop dims;
+    ``offset`` and ``bad`` hold the block's modules ``(..., module, ..., cell,
+    stage, ss, fs)``; ``more`` the AGIPD gain thresholds and/or JUNGFRAU's
+    gain key.  Returns the float32 frames and, where the gain stage was looked
+    up (AGIPD with thresholds, LPD, JUNGFRAU), the uint8 stage of every pixel
+    (:data:`~xfeldata.analysis.gain.INVALID` where it is not one of the constants').
+
+    The offset of each (module, cell) the block uses is merged with its bad
+    pixels (NaN) once, and the frames of one (module, cell) are corrected one
+    after the other while it is in cache; each frame is one subtraction,
+    written straight into the output, in float32.
     """
+    lead = data.shape[:data.ndim - n_core]
     pixel = offset.shape[-2:]
-    lead = cells.shape
-    planes = data.reshape(-1, *data.shape[len(lead):])
-    signal = planes[:, 0] if planes.ndim == 4 else planes  # plane 0 of AGIPD raw frames
-    flat_cells = cells.ravel()
+    n_cells, n_stages = offset.shape[-4:-2]
+    offset = offset.reshape(-1, n_cells, n_stages, *pixel)
+    bad = bad.reshape(-1, n_cells, n_stages, *pixel)
+    more = list(more)
+    threshold = more.pop(0).reshape(-1, n_cells, n_stages - 1, *pixel) if thresholds else None
+    gains = np.broadcast_to(more.pop(0), (*lead, *pixel)) if more else None
+    n_frames = int(np.prod(lead))
+    flat_cells = np.broadcast_to(cells, lead).ravel()
     inside = (flat_cells >= 0) & (flat_cells < len(cell_lut))
     cell_index = np.where(inside, cell_lut[np.clip(flat_cells, 0, len(cell_lut) - 1)], -1)
-    mods = np.broadcast_to(modules, lead).ravel()
-    out = np.empty((len(planes), *pixel), np.float32)
-    out[cell_index < 0] = np.nan
-    if thresholds is None:
-        for f in np.flatnonzero(cell_index >= 0):
-            np.subtract(signal[f], offset[mods[f], cell_index[f], 0], out=out[f], dtype=np.float32)
+    pos = np.asarray(positions)
+    mods = np.broadcast_to(pos - pos.ravel()[0], lead).ravel()  # places within this block's constants
+    staged = threshold is not None or enc in STAGES
+    out = np.empty((n_frames, *pixel), np.float32)
+    stages = np.empty((n_frames, *pixel), np.uint8) if staged else None
+    current, off = (-1, -1), None
+    nan = np.float32(np.nan)
+    for f in np.lexsort((cell_index, mods)):  # frames of one (module, cell) in a row: its offset stays in cache
+        m, c = int(mods[f]), int(cell_index[f])
+        if c < 0:  # a missing frame, or a cell the constants lack
+            out[f] = nan
+            if staged:
+                stages[f] = INVALID
+            continue
+        if (m, c) != current:  # (stage [+ a NaN stage for invalid ones], ss, fs)
+            current, off = (m, c), np.where(bad[m, c], nan, offset[m, c])
+            if staged:
+                off = np.concatenate([off, np.full((1, *pixel), nan)])
+        at = np.unravel_index(f, lead)  # views of the block's frames, which need not be contiguous
+        frame = data[at]
+        if threshold is not None:  # AGIPD: plane 1 against the thresholds between stages
+            signal, gain_signal = frame[0], frame[1]
+            stage = stages[f]
+            np.greater(gain_signal, threshold[m, c, 0], out=stage)
+            for t in range(1, n_stages - 1):
+                stage += gain_signal > threshold[m, c, t]
+        elif staged:  # LPD, JUNGFRAU: recorded with the pixel
+            signal, stage = split(enc, frame, None if gains is None else gains[at])
+            np.minimum(stage, n_stages, out=stage)
+            stages[f] = stage
+        else:
+            signal = frame[0] if n_core == 3 else frame
+            np.copyto(out[f], signal)  # cast in cache, then subtract: faster than one mixed-type ufunc
+            out[f] -= off[0]
+            continue
+        np.copyto(out[f], signal)
+        out[f] -= np.take_along_axis(off, stage[None].astype(np.intp), axis=0)[0]
+    if not staged:
         return out.reshape(*lead, *pixel)
-    stage_out = np.zeros((len(planes), *pixel), np.uint8)
-    for f in np.flatnonzero(cell_index >= 0):
-        m, c = mods[f], cell_index[f]
-        gain, stage = planes[f, 1], stage_out[f]
-        for t in range(thresholds.shape[2]):
-            stage += gain > thresholds[m, c, t]
-        off = np.take_along_axis(offset[m, c], stage[None].astype(np.intp), axis=0)[0]
-        np.subtract(planes[f, 0], off, out=out[f], dtype=np.float32)
-    return out.reshape(*lead, *pixel), stage_out.reshape(*lead, *pixel)
+    stages[stages >= n_stages] = INVALID
+    return out.reshape(*lead, *pixel), stages.reshape(*lead, *pixel)
+
+
+def _constant(values: xr.DataArray, dims: tuple[str, ...], like: xr.DataArray) -> xr.DataArray:
+    """A constant with ``dims`` (its ``module`` labelled as ``like``'s), chunked by ``like``'s modules if lazy.
+
+    numpy constants become dask arrays without hashing their bytes (they can
+    be large), one block per block of modules of ``like``.
+    """
+    data = values.data
+    if like.chunks is not None and not isinstance(data, da.Array):
+        chunks = (like.chunksizes[MODULE_DIM], *(-1 for _ in dims[1:]))
+        data = da.from_array(np.asarray(data), chunks=chunks, name=False)
+    elif isinstance(data, da.Array) and like.chunks is not None:
+        data = data.rechunk((like.chunksizes[MODULE_DIM], *(-1 for _ in dims[1:])))
+    return xr.DataArray(data, dims=dims, coords={MODULE_DIM: like[MODULE_DIM].values})
 
 
 def calibrate(det: xr.Dataset, constants: xr.Dataset | None = None, *, mask_bits: int = 0xFFFFFFFF
@@ -197,11 +314,14 @@ def calibrate(det: xr.Dataset, constants: xr.Dataset | None = None, *, mask_bits
     """Offset-corrected float32 frames (raw data), or corrected data with its mask applied.
 
     Raw data: each frame minus the offset of its module, memory cell (by
-    ``cellId``) and gain stage; for AGIPD the stage of each pixel comes from the
-    frame's gain plane (the ``gain`` axis) and the constants' ``gain_threshold``.
-    Bad pixels of the constants, frames whose cell the constants lack, and
-    missing frames are NaN.  Corrected data (``constants=None``): pixels whose
-    ``image.mask`` has any of ``mask_bits`` set become NaN (EXtra-data's
+    ``cellId``) and gain stage.  The stage of each pixel: AGIPD from the
+    frame's gain plane (the ``gain`` axis) and the constants'
+    ``gain_threshold``; LPD from bits 12-13 of the pixel; JUNGFRAU from its
+    gain key (``image.gain``); other detectors have one.  Bad pixels of the
+    constants, invalid gain stages, stages or cells the constants lack, and
+    missing frames are NaN, and ``present`` becomes per pixel: False there too.
+    Corrected data (``constants=None``): pixels whose ``image.mask`` has any of
+    ``mask_bits`` set become NaN and not present (EXtra-data's
     ``masked_data``), see :func:`masked`.
 
     Parameters
@@ -217,9 +337,10 @@ def calibrate(det: xr.Dataset, constants: xr.Dataset | None = None, *, mask_bits
     -------
     xarray.Dataset
         ``det`` with ``image.data`` float32 ``(trainId, pulseId, module,
-        slow_scan, fast_scan)`` (the gain plane gone) and, with gain thresholds,
-        ``image.gain`` (uint8 stage per pixel); ``present``, ``cellId`` and every
-        coordinate kept.  Lazy if ``det`` is.
+        slow_scan, fast_scan)`` (AGIPD's gain plane gone), ``present`` per pixel
+        (``present (trainId, pulseId, module)`` and a finite value), and where
+        the stage was looked up, ``image.gain`` (uint8 stage per pixel, 255 where
+        invalid); ``cellId`` and every coordinate kept.  Lazy if ``det`` is.
 
     Examples
     --------
@@ -233,38 +354,63 @@ def calibrate(det: xr.Dataset, constants: xr.Dataset | None = None, *, mask_bits
     arr = data_array(det)
     if "cellId" not in det:
         raise KeyError("the detector Dataset has no cellId variable (needed to pick each frame's constants)")
+    kind = det.attrs.get("kind", constants.attrs.get("kind"))
+    if "kind" in constants.attrs and kind != constants.attrs["kind"]:
+        raise ValueError(f"the constants are of a {constants.attrs['kind']} detector, the data of a {kind}")
+    enc = _encoding(det, kind)
     missing = np.setdiff1d(det[MODULE_DIM].values, constants[MODULE_DIM].values)
     if len(missing):
         raise ValueError(f"the constants have no module(s) {missing.tolist()}")
-    constants = constants.sel({MODULE_DIM: det[MODULE_DIM].values})
-    offset = np.where(constants["bad_pixels"].values, np.nan, constants["offset"].values).astype(np.float32)
-    thresholds = constants["gain_threshold"].values if "gain_threshold" in constants else None
-    cell_values = constants[CELL_DIM].values
-    cell_lut = np.full(int(cell_values.max()) + 1, -1, np.int64)
-    cell_lut[cell_values] = np.arange(len(cell_values))
-    has_plane = GAIN_PLANE_DIM in arr.dims
+    has_plane = enc == "agipd" and GAIN_PLANE_DIM in arr.dims
     core = [GAIN_PLANE_DIM, *PIXEL_DIMS] if has_plane else list(PIXEL_DIMS)
     if arr.chunks is not None and any(len(arr.chunksizes[d]) > 1 for d in core):
         arr = arr.chunk({d: -1 for d in core})
-    positions = xr.DataArray(np.arange(arr.sizes[MODULE_DIM]), dims=MODULE_DIM)
-    n_out = 1 if thresholds is None else 2  # the gain stages only where they were looked up
+    if not np.array_equal(constants[MODULE_DIM].values, det[MODULE_DIM].values):
+        constants = constants.sel({MODULE_DIM: det[MODULE_DIM].values})  # a copy: only when needed
+    cdims = (MODULE_DIM, "_cell", "_stage", *PIXEL_DIMS)
+    args = [arr, det["cellId"], xr.DataArray(np.arange(arr.sizes[MODULE_DIM]), dims=MODULE_DIM,
+                                             coords={MODULE_DIM: arr[MODULE_DIM].values}),
+            _constant(constants["offset"], cdims, arr), _constant(constants["bad_pixels"], cdims, arr)]
+    core_dims = [core, [], [], list(cdims[1:]), list(cdims[1:])]
+    thresholds = has_plane and "gain_threshold" in constants
+    if thresholds:
+        args.append(_constant(constants["gain_threshold"], (MODULE_DIM, "_cell", "_threshold", *PIXEL_DIMS), arr))
+        core_dims.append(["_cell", "_threshold", *PIXEL_DIMS])
+    if enc == "jungfrau":
+        if "image.gain" not in det:
+            raise KeyError("the JUNGFRAU Dataset has no image.gain variable (its gain key, data.gain): "
+                           "needed to tell each pixel's gain stage")
+        gain = det["image.gain"]
+        if gain.chunks is not None and arr.chunks is not None:
+            gain = gain.chunk(arr.chunksizes)
+        args.append(gain)
+        core_dims.append(list(PIXEL_DIMS))
+    cell_values = constants[CELL_DIM].values
+    cell_lut = np.full(int(cell_values.max()) + 1, -1, np.int64)
+    cell_lut[cell_values] = np.arange(len(cell_values))
+    staged = thresholds or enc in STAGES
+    n_out = 2 if staged else 1
+    pixel = tuple(arr.sizes[d] for d in PIXEL_DIMS)
     results = xr.apply_ufunc(
-        _correct, arr, det["cellId"], positions,
-        kwargs={"offset": offset, "cell_lut": cell_lut, "thresholds": thresholds},
-        input_core_dims=[core, [], []], output_core_dims=[list(PIXEL_DIMS)] * n_out,
-        dask="parallelized", output_dtypes=[np.float32, np.uint8][:n_out])
-    data, stage = (results, None) if thresholds is None else results
-    dims = tuple(d for d in arr.dims if d != GAIN_PLANE_DIM)
+        partial(map_frames, _correct), *args,
+        kwargs={"core_ndims": [len(c) for c in core_dims], "out_core": pixel,
+                "dtypes": [np.float32, np.uint8][:n_out],
+                "enc": enc, "cell_lut": cell_lut, "thresholds": thresholds, "n_core": len(core)},
+        input_core_dims=core_dims, output_core_dims=[list(PIXEL_DIMS)] * n_out, dask="allowed")
+    data, stage = results if staged else (results, None)
+    dims = tuple(d for d in arr.dims if d not in core or d in PIXEL_DIMS)
     out = det.drop_vars([v for v in ("image.data", "image.gain", "image.mask") if v in det])
     out["image.data"] = data if data.dims == dims else data.transpose(*dims)
     out["image.data"].attrs.update(arr.attrs, units="ADU", calibration="offset")
     if stage is not None:
         out["image.gain"] = stage if stage.dims == dims else stage.transpose(*dims)
+    if "present" in det:
+        out["present"] = det["present"] & np.isfinite(out["image.data"])
     return out
 
 
 def masked(det: xr.Dataset, mask_bits: int = 0xFFFFFFFF) -> xr.Dataset:
-    """Corrected data with NaN where ``image.mask`` has any of ``mask_bits`` set.
+    """Corrected data with NaN where ``image.mask`` has any of ``mask_bits`` set, and not ``present`` there.
 
     Examples
     --------
@@ -280,5 +426,8 @@ def masked(det: xr.Dataset, mask_bits: int = 0xFFFFFFFF) -> xr.Dataset:
     if "image.mask" not in det:
         return det
     out = det.copy()
-    out["image.data"] = arr.where((det["image.mask"] & np.uint32(mask_bits)) == 0)
+    good = (det["image.mask"] & np.uint32(mask_bits)) == 0
+    out["image.data"] = arr.where(good)
+    if "present" in det:
+        out["present"] = det["present"] & good
     return out

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import weakref
+from functools import partial
 from typing import Any, NamedTuple
 
 import numpy as np
 import xarray as xr
 
-from ._frames import MODULE_DIM, PIXEL_DIMS, data_array, whole_frames
+from ._frames import MODULE_DIM, PIXEL_DIMS, data_array, map_frames, whole_frames
 
 IMAGE_DIMS = ("y", "x")
 
@@ -137,11 +138,8 @@ def assemble(arr: xr.DataArray | xr.Dataset, geom: Any) -> xr.DataArray:
     core = [MODULE_DIM, *PIXEL_DIMS]
     arr = whole_frames(arr, core)
     image = xr.apply_ufunc(
-        kernel, arr, input_core_dims=[core], output_core_dims=[list(IMAGE_DIMS)],
-        dask="parallelized", output_dtypes=[dtype],
-        dask_gufunc_kwargs={"output_sizes": dict(zip(IMAGE_DIMS, shape, strict=True))},
-        keep_attrs=True,
-    )
+        partial(map_frames, kernel), arr, input_core_dims=[core], output_core_dims=[list(IMAGE_DIMS)],
+        kwargs={"core_ndims": [3], "out_core": shape, "dtypes": [dtype]}, dask="allowed", keep_attrs=True)
     image = image.assign_coords(y=("y", y, {"units": "m"}), x=("x", x, {"units": "m"}))
     image.attrs["geometry"] = type(geom).__name__
     return image

@@ -1,20 +1,21 @@
 """Azimuthal integration of many frames at once: radial profiles ``(..., q)`` and ``(..., q, chi)``.
 
 Each pixel falls into one bin (no pixel splitting) by its centre; a sparse
-bins-by-pixels matrix, built once per geometry and parameters and cached, turns a block of frames into the
-sums and counts of every bin in one product.
+bins-by-pixels matrix (CSC), built once per geometry and parameters and cached, turns each
+frame into the sums of every bin in one pass over the frame as it lies in memory.
 """
 
 from __future__ import annotations
 
 import weakref
+from functools import partial
 from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.sparse
 import xarray as xr
 
-from ._frames import MODULE_DIM, PIXEL_DIMS, data_array, whole_frames
+from ._frames import MODULE_DIM, PIXEL_DIMS, data_array, map_frames, whole_frames
 from .geometry import _module_positions
 
 #: Radial units: name -> (coordinate name, units attr).
@@ -64,18 +65,28 @@ def _bins(values: np.ndarray, n: int, lo: float, hi: float) -> np.ndarray:
     return index
 
 
-def _matrix(index: np.ndarray, n_bins: int) -> scipy.sparse.csr_matrix:
+def _matrix(index: np.ndarray, n_bins: int) -> scipy.sparse.csc_matrix:
+    """The bins-by-pixels matrix (CSC: one entry per binned pixel's column) of 1s."""
     pixels = np.flatnonzero(index >= 0)
     ones = np.ones(len(pixels), np.float32)
-    return scipy.sparse.csr_matrix((ones, (index.ravel()[pixels], pixels)),
+    return scipy.sparse.csc_matrix((ones, (index.ravel()[pixels], pixels)),
                                    shape=(n_bins, index.size))
+
+
+def _without(matrix: scipy.sparse.csc_matrix, leave_out: np.ndarray) -> scipy.sparse.csc_matrix:
+    """``matrix`` without the entries of the pixels (columns) where ``leave_out`` is True."""
+    cols = np.repeat(np.arange(matrix.shape[1]), np.diff(matrix.indptr))
+    out = matrix.copy()
+    out.data[leave_out.ravel()[cols]] = 0
+    out.eliminate_zeros()  # a stored 0 would still make NaN * 0 = NaN
+    return out
 
 
 class _Binning(NamedTuple):
     """The pixel-to-bin matrix of one call's parameters, and the bin edges it used."""
 
-    transposed: scipy.sparse.csr_matrix  # (pixels, bins): frames @ it reads C-ordered frames as they are
-    pixels_per_bin: np.ndarray  # (bins, 1) float32: the counts when no pixel is left out
+    matrix: scipy.sparse.csc_matrix  # (bins, pixels): its product with a frame scatters the frame's pixels
+    pixels_per_bin: np.ndarray  # (bins,) float32: the counts when no pixel is left out
     edges: tuple[float, ...]  # (lo, hi) of the radial bins, then (lo, hi) of chi for 2-D
 
 
@@ -108,7 +119,7 @@ def _binning(geom: Any, modules: np.ndarray, distance: float, wavelength: float,
         index = np.where((index >= 0) & (c_bin >= 0), index * npt_azim + c_bin, -1)
         edges, n_bins = (lo, hi, c_lo, c_hi), npt * npt_azim
     matrix = _matrix(index, n_bins)
-    binning = _Binning(matrix.T.tocsr(), np.asarray(matrix.sum(axis=1), np.float32), edges)
+    binning = _Binning(matrix, np.asarray(matrix.sum(axis=1), np.float32).ravel(), edges)
     if len(cached) >= _MAX_CACHED:
         cached.pop(next(iter(cached)))
     cached[key] = binning
@@ -117,35 +128,37 @@ def _binning(geom: Any, modules: np.ndarray, distance: float, wavelength: float,
 
 def _integrate(arr: xr.DataArray, binning: _Binning, out_dims: list[str],
                out_shape: tuple[int, ...], mask: np.ndarray | None) -> xr.DataArray:
-    keep = None if mask is None else ~np.asarray(mask, bool).ravel()
-    transposed, pixels_per_bin = binning.transposed, binning.pixels_per_bin
-    n_pixels = transposed.shape[0]
+    matrix, pixels_per_bin = binning.matrix, binning.pixels_per_bin
+    if mask is not None:  # masked pixels out of the matrix, once per call
+        matrix = _without(matrix, np.asarray(mask, bool))
+        pixels_per_bin = np.asarray(matrix.sum(axis=1), np.float32).ravel()
+    n_pixels = matrix.shape[1]
 
     def kernel(block: np.ndarray) -> np.ndarray:
         lead = block.shape[:-3]
-        frames = np.asarray(block, np.float32).reshape(-1, n_pixels)
-        # A NaN or infinite pixel makes its bin's sum NaN or infinite, so finite
-        # sums without a mask mean that no binned pixel is to be left out.
-        sums = None if keep is not None else (frames @ transposed).T
-        if sums is not None and np.isfinite(sums).all():
+        frames = block.reshape(-1, n_pixels)
+        out = np.empty((len(frames), matrix.shape[0]), np.float32)
+        for i, frame in enumerate(frames):
+            frame = frame if frame.dtype == np.float32 else frame.astype(np.float32)
+            sums = matrix @ frame  # one pass over the frame as it lies in memory
             counts = pixels_per_bin
-        else:
-            valid = np.isfinite(frames)
-            if keep is not None:
-                valid &= keep
-            values = np.where(valid, frames, np.float32(0))
-            sums = (values @ transposed).T
-            counts = (valid.astype(np.float32) @ transposed).T
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(counts > 0, sums / counts, np.nan).astype(np.float32)
-        return mean.T.reshape(lead + out_shape)
+            # A NaN or infinite pixel makes its bin's sum NaN or infinite, so finite
+            # sums mean that no binned pixel is to be left out.
+            if not np.isfinite(sums).all():
+                valid = np.isfinite(frame)
+                sums = matrix @ np.where(valid, frame, np.float32(0))
+                counts = matrix @ valid.astype(np.float32)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                np.divide(sums, counts, out=out[i])
+            out[i][counts == 0] = np.nan
+        return out.reshape(lead + out_shape)
 
     core = [MODULE_DIM, *PIXEL_DIMS]
     arr = whole_frames(arr, core)
     return xr.apply_ufunc(
-        kernel, arr, input_core_dims=[core], output_core_dims=[out_dims], dask="parallelized",
-        output_dtypes=[np.float32], keep_attrs=True,
-        dask_gufunc_kwargs={"output_sizes": dict(zip(out_dims, out_shape, strict=True))})
+        partial(map_frames, kernel), arr, input_core_dims=[core], output_core_dims=[out_dims],
+        kwargs={"core_ndims": [3], "out_core": out_shape, "dtypes": [np.float32]},
+        dask="allowed", keep_attrs=True)
 
 
 def _range(values: np.ndarray, given: tuple[float, float] | None) -> tuple[float, float]:

@@ -14,22 +14,27 @@ STEP = 1 << 18
 
 
 def _count_kernel(adu: np.ndarray, adu_per_photon: float, threshold: float) -> np.ndarray:
-    """One pass over ``adu`` in cache-sized steps: scale, shift, clip at 0, truncate to int32.
+    """One pass over ``adu`` in cache-sized steps: scale and shift in float32, truncate to int32, clip at 0.
 
-    ``fmax`` turns NaN (a missing frame or masked pixel) into 0 photons, and
-    after clipping at 0 truncation is ``floor``.
+    Truncation is ``floor`` wherever the result is kept (values of 1 and
+    more), and the clip at 0 takes everything else to 0: negative values, and
+    NaN (a missing frame or masked pixel), which the cast turns into the most
+    negative int32 (or 0).  The clip is an integer ``maximum`` against an
+    array of zeros: numpy's scalar-operand path of it is not vectorised.
     """
     flat = np.asarray(adu).reshape(-1)
     out = np.empty(flat.shape, np.int32)
-    scratch = np.empty(min(STEP, flat.size), np.float32)
-    scale, shift = np.float32(1.0 / adu_per_photon), np.float32(1.0 - threshold)
-    for start in range(0, flat.size, STEP):
-        piece = flat[start:start + STEP]
-        x = scratch[:len(piece)]
-        np.multiply(piece, scale, out=x, dtype=np.float32)
-        x += shift
-        np.fmax(x, 0, out=x)
-        np.copyto(out[start:start + STEP], x, casting="unsafe")
+    size = min(STEP, flat.size)
+    scratch, zeros = np.empty(size, np.float32), np.zeros(size, np.int32)
+    scale, shift = np.float32(adu_per_photon), np.float32(1.0 - threshold)
+    with np.errstate(invalid="ignore"):  # NaN and out-of-range values in the cast: clipped just after
+        for start in range(0, flat.size, STEP):
+            piece = flat[start:start + STEP]
+            x, counts = scratch[:len(piece)], out[start:start + STEP]
+            np.divide(piece, scale, out=x, dtype=np.float32)
+            x += shift
+            np.copyto(counts, x, casting="unsafe")
+            np.maximum(counts, zeros[:len(piece)], out=counts)
     return out.reshape(np.shape(adu))
 
 
