@@ -57,6 +57,7 @@ from ..arrays import BlockRead, read_rows
 from ..detectors.kinds import match_detector_source
 from ..files.cache import cached_file_index
 from ..files.progress import tqdm
+from ..files.writer import RowWriter
 from ..run import RunFiles, RunSelection, positions_within
 from .atomic import atomic_output
 
@@ -156,7 +157,11 @@ class _Frames:
         else:
             var = part[PIXEL_VARIABLES[name]]
         values = np.asarray(var.transpose(*self.lead, ...).values)
-        return values if picks is None else values[picks]
+        if picks is None:
+            return values
+        if len(picks[0]) == values.shape[0] * values.shape[1]:  # every (train, pulse): no copy
+            return values.reshape(-1, *values.shape[2:])
+        return values[picks]
 
 
 def write_cxi(det: xr.Dataset, path: str | os.PathLike, virtual: bool = False, *,
@@ -205,7 +210,7 @@ def write_cxi(det: xr.Dataset, path: str | os.PathLike, virtual: bool = False, *
                 dset = detector.create_virtual_dataset(name, layouts[name], fillvalue=fill)
             else:
                 dset = detector.create_dataset(name, shape, var.dtype, fillvalue=fill,
-                                               chunks=(1, 1, *shape[2:]) if len(frames) else None)
+                                               chunks=(1, *shape[1:]) if len(frames) else None)
             dset.attrs["axes"] = "experiment_identifier:module_identifier:" + (
                 "data_gain:y:x" if len(shape) == 5 else "y:x")
             if len(shape) == 5 and "entry_1/data_gain" not in f:
@@ -260,6 +265,8 @@ def _copy_frames(f: h5py.File, frames: _Frames, names: list[str], progress: bool
                  label: str) -> None:
     """Write ``cellId``, ``present`` and the variables not virtual, a block of frames at a time."""
     blocks = list(frames.blocks())
+    detector = f["entry_1/instrument_1/detector_1"]
+    writers = {name: RowWriter(detector[name]) for name in names}  # whole chunks, written directly
     with tqdm(total=len(blocks), unit="block", desc=f"writing {label}",
               disable=not progress if progress is not None else None) as bar:
         for where, part, picks in blocks:
@@ -267,12 +274,15 @@ def _copy_frames(f: h5py.File, frames: _Frames, names: list[str], progress: bool
             f["entry_1/present"][where] = present
             cells = frames.block_values(part, picks, "cellId")
             f["entry_1/cellId"][where] = np.where(present, cells, -1)
-            for name in names:
+            for name, rows in writers.items():
                 values = frames.block_values(part, picks, name)
-                dset = f["entry_1/instrument_1/detector_1"][name]
-                missing = ~present.reshape(present.shape + (1,) * (values.ndim - 2))
-                dset[where] = np.where(missing, np.asarray(dset.fillvalue, values.dtype), values)
+                if not present.all():
+                    missing = ~present.reshape(present.shape + (1,) * (values.ndim - 2))
+                    values = np.where(missing, np.asarray(detector[name].fillvalue, values.dtype), values)
+                rows.append(values)
             bar.update(1)
+    for rows in writers.values():
+        rows.close()
 
 
 # ----- virtual datasets -------------------------------------------------------
