@@ -64,7 +64,7 @@ from .atomic import atomic_output
 __all__ = ["write_cxi", "BLOCK_BYTES"]
 
 #: Bytes of frames read and written at a time by a copying ``write_cxi``.
-BLOCK_BYTES = 256 * 2**20
+BLOCK_BYTES = 128 * 2**20
 #: Dataset variables written, by their name in ``detector_1``.
 PIXEL_VARIABLES = {"data": "image.data", "gain": "image.gain", "mask": "image.mask"}
 #: EXtra-data's fill values of frames a module does not have (data: NaN or 0, by dtype).

@@ -102,6 +102,7 @@ def _copy_rows(run: RunSelection, source: str, key: str, rows: RowWriter,
                keep: np.ndarray | None = None) -> None:
     for block in kept_blocks(run, source, key, keep):
         rows.append(execute_block(block))
+    rows.close()  # write what is buffered now: a file's keys are not held until it closes
 
 
 def _metadata(run: RunSelection) -> dict[str, str]:
