@@ -33,7 +33,7 @@ import h5py
 import numpy as np
 
 from ..files.progress import tqdm
-from ..files.writer import FileWriter, RowWriter, Storage
+from ..files.writer import STRING_DTYPE, FileWriter, RowWriter, Storage
 from ..run import RunSelection
 from .atomic import atomic_output
 from .facility import _add_source, kept_blocks, new_file
@@ -62,7 +62,8 @@ def _layout(run: RunSelection, source: str, key: str, keep: np.ndarray | None) -
     info = run.key_info(source, key)
     blocks = kept_blocks(run, source, key, keep)
     n_rows = sum(b.shape[0] for b in blocks)
-    layout = h5py.VirtualLayout((n_rows, *info.entry_shape), dtype=info.dtype)
+    dtype = STRING_DTYPE if info.dtype.kind == "O" else info.dtype  # strings: variable-length bytes
+    layout = h5py.VirtualLayout((n_rows, *info.entry_shape), dtype=dtype)
     sources: dict[tuple[str, str], h5py.VirtualSource] = {}
     offset = 0
     for block in blocks:
@@ -74,7 +75,7 @@ def _layout(run: RunSelection, source: str, key: str, keep: np.ndarray | None) -
                 with h5py.File(read.path, "r") as f:
                     shape = f[read.dataset].shape
                 vsrc = sources[read.path, read.dataset] = h5py.VirtualSource(
-                    read.path, read.dataset, shape=shape, dtype=info.dtype)
+                    read.path, read.dataset, shape=shape, dtype=dtype)
             start = offset + int(read.target)
             layout[start:start + read.stop - read.start] = vsrc[read.start:read.stop]
         offset += block.shape[0]
