@@ -187,3 +187,30 @@ def test_an_existing_run_directory_is_kept_unless_overwrite(agipd_raw_run, tmp_p
     sel.isel(trainId=[0]).write(tmp_path / "empty", overwrite=True)
     assert len(xd.open_run(tmp_path / "empty").train_ids) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # nothing temporary left
+
+
+@pytest.mark.parametrize("target", ["one.h5", "dir/"])
+def test_a_full_disk_leaves_no_partial_output_and_the_old_one_intact(agipd_raw_run, tmp_path, target):
+    import subprocess
+    import sys
+
+    out = tmp_path / target
+    if target.endswith("/"):
+        out.mkdir()
+        (out / "old.h5").write_bytes(b"old")
+    else:
+        out.write_bytes(b"old")
+    code = (  # a 2 MiB file-size limit, as a full disk: writing past it fails with EFBIG
+        "import resource, signal, sys, xfeldata as xd\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (2 << 20, 2 << 20))\n"
+        f"xd.open_run(sys.argv[1]).select({AGIPD3!r}).write(sys.argv[2], overwrite=True, progress=False)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(agipd_raw_run), str(out) + "/" * target.endswith("/")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0, done.stdout
+    assert "File too large" in done.stderr or "errno = 27" in done.stderr, done.stderr[-2000:]
+    if target.endswith("/"):
+        assert [p.name for p in out.iterdir()] == ["old.h5"]
+    else:
+        assert out.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [target.rstrip("/")]
