@@ -165,3 +165,16 @@ def test_an_existing_file_is_kept_unless_overwrite(agipd_raw_run, tmp_path):
     assert out.read_bytes() == b"keep"
     xd.write_cxi(det, out, overwrite=True)
     assert h5py.is_hdf5(out)
+
+
+def test_jungfrau_memory_cells_are_frames_as_in_extra_data(detector_runs, tmp_path):
+    from extra_data.components import JUNGFRAU
+
+    run_dir = detector_runs["JUNGFRAU"]
+    det = xd.open_run(run_dir).detector()
+    ref = tmp_path / "ref.cxi"
+    JUNGFRAU(extra_data.RunDirectory(str(run_dir)), raw=True).write_virtual_cxi(str(ref))
+    mine = assert_same_layout_and_values(xd.write_cxi(det, tmp_path / "jf.cxi"), ref)
+    assert "entry_1/memoryCell" in mine   # EXtra-data's label of JUNGFRAU frames
+    with pytest.raises(ValueError, match="XTDF detector"):
+        xd.write_cxi(det, tmp_path / "v.cxi", virtual=True)

@@ -146,6 +146,15 @@ def test_a_frame_mask_keeps_the_frames_where_it_is_true(irregular_run, tmp_path)
         det["image.data"].sel(trainId=got.trainId, pulseId=got.pulseId).values[got["present"].values])
 
 
+def test_a_mask_with_a_module_dim_selects_frames_per_module(agipd_raw_run, tmp_path):
+    run = xd.open_run(agipd_raw_run).select(["SPB_DET_AGIPD1M-1/DET/0CH0:xtdf", AGIPD3]).isel(trainId=[0, 1])
+    present = run.detector()["present"]
+    mask = present & (present.module == 3) & (present.pulseId == present.pulseId[0])  # module 3's first frames
+    back = xd.open_file(run.write(tmp_path / "m.h5", pulses=mask))
+    np.testing.assert_array_equal(back.data_counts(AGIPD3, "image"), [1, 1])
+    np.testing.assert_array_equal(back.data_counts("SPB_DET_AGIPD1M-1/DET/0CH0:xtdf", "image"), [0, 0])
+
+
 def test_frame_selections_that_cannot_apply_are_refused_before_writing(agipd_raw_run, tmp_path):
     run = xd.open_run(agipd_raw_run)
     with pytest.raises(ValueError, match="detector modules"):
