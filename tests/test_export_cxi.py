@@ -178,3 +178,14 @@ def test_jungfrau_memory_cells_are_frames_as_in_extra_data(detector_runs, tmp_pa
     assert "entry_1/memoryCell" in mine   # EXtra-data's label of JUNGFRAU frames
     with pytest.raises(ValueError, match="XTDF detector"):
         xd.write_cxi(det, tmp_path / "v.cxi", virtual=True)
+
+
+def test_a_lazily_indexed_dataset_maps_as_the_dask_one(agipd_raw_run, tmp_path):
+    run = xd.open_run(agipd_raw_run)
+    lazy = xd.write_cxi(run.detector(dask=False).isel(trainId=[1, 6], module=[0, 5]), tmp_path / "l.cxi",
+                        virtual=True)
+    dask = xd.write_cxi(run.detector().isel(trainId=[1, 6], module=[0, 5]), tmp_path / "d.cxi")
+    a, b = contents(lazy), contents(dask)
+    assert set(a) == set(b)
+    for name in a:
+        np.testing.assert_array_equal(a[name][0], b[name][0], err_msg=name)

@@ -223,3 +223,16 @@ def test_a_full_disk_leaves_no_partial_output_and_the_old_one_intact(agipd_raw_r
     else:
         assert out.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == [target.rstrip("/")]
+
+
+def test_a_run_directory_keeps_a_pulse_selection_in_every_sequence_file(agipd_raw_run, tmp_path):
+    sel = xd.open_run(agipd_raw_run).select([AGIPD3, syn.XGM_SOURCE])
+    out = sel.write(f"{tmp_path}/first/", pulses=xd.by_index[0], trains_per_file=4)
+    assert len(list(out.glob("RAW-R0001-AGIPD03-S*.h5"))) == 3
+    back = xd.open_run(out)
+    np.testing.assert_array_equal(back.data_counts(AGIPD3, "image"), 1)
+    np.testing.assert_array_equal(back.detector()["image.data"].values,
+                                  sel.detector(pulses=xd.by_index[0])["image.data"].values)
+    theirs = extra_data.RunDirectory(str(out))
+    np.testing.assert_array_equal(theirs[AGIPD3, "image.data"].ndarray(),
+                                  back[AGIPD3, "image.data"].values.reshape(-1, 2, 512, 128))

@@ -18,7 +18,9 @@ are read.
 **One file or a run directory**: a path that ends with ``/`` or is an existing
 directory gets a run directory as the DAQ writes it, one file per aggregator
 and sequence, ``<CLASS>-R<run>-<AGGREGATOR>-S<seq>.h5``, each sequence file
-holding ``trains_per_file`` trains (default :data:`TRAINS_PER_FILE`).  A
+holding ``trains_per_file`` trains (default :data:`TRAINS_PER_FILE`); a
+:class:`pathlib.Path` drops a trailing ``/``, so pass a ``str`` or create the
+directory first.  A
 source keeps the aggregator and data class (RAW/CORR) of the files it comes
 from; sources from files not named so go to their detector module's aggregator
 (``AGIPD03``) or to ``DA01``.  Any other path gets one file.
