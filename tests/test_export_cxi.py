@@ -189,3 +189,22 @@ def test_a_lazily_indexed_dataset_maps_as_the_dask_one(agipd_raw_run, tmp_path):
     assert set(a) == set(b)
     for name in a:
         np.testing.assert_array_equal(a[name][0], b[name][0], err_msg=name)
+
+
+@pytest.mark.parametrize("kind", ["LPD1M", "DSSC1M"])
+def test_raw_lpd_and_dssc_frames_map_without_their_length_one_axis(detector_runs, tmp_path, kind):
+    det = xd.open_run(detector_runs[kind]).detector()
+    for virtual in (False, True):
+        with h5py.File(xd.write_cxi(det, tmp_path / f"{virtual}.cxi", virtual=virtual)) as f:
+            data = f["entry_1/data_1/data"]
+            assert data.is_virtual == virtual and data.attrs["axes"] == "experiment_identifier:module_identifier:y:x"
+            np.testing.assert_array_equal(data[:], det["image.data"].values.reshape(data.shape))
+
+
+def test_what_is_not_a_detector_dataset_is_refused_by_name(agipd_raw_run, tmp_path):
+    run = xd.open_run(agipd_raw_run)
+    with pytest.raises(ValueError, match="image.data"):
+        xd.write_cxi(run.select("SA1_XTD2_XGM/DOOCS/MAIN").dataset(), tmp_path / "x.cxi")
+    with pytest.raises(ValueError, match="module dimension"):
+        xd.write_cxi(run.detector().isel(module=0), tmp_path / "x.cxi")
+    assert not list(tmp_path.iterdir())

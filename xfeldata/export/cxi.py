@@ -21,8 +21,10 @@ values (data NaN for floats, 0 for integers; gain 0; mask 0xffffffff) and
 any selection of trains, pulses and modules) or the ``frame``-dimension Dataset
 of :func:`xfeldata.analysis.select_frames`.  Two differences from EXtra-data:
 ``module_identifier`` lists the Dataset's modules (EXtra-data always lists all
-of the detector's, filled), and ``cellId`` is -1, not 0, where a module has
-no frame (``present`` is extra).
+of the detector's, filled), ``cellId`` is -1, not 0, where a module has
+no frame (``present`` is extra), and raw LPD/DSSC frames are
+``(slow_scan, fast_scan)`` without the files' length-1 axis (EXtra-data keeps
+it as a ``data_gain`` axis of length 1).
 
 Copied (``virtual=False``) the frames are read and written a block of trains
 at a time (memory stays at a few blocks, of about :data:`BLOCK_BYTES`); with
