@@ -9,11 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-from . import analysis, bridge, live, memory, offline
+from . import analysis, bridge, export, live, memory, offline
 from .data import SIZES, ensure_run
 from .harness import CaseResult, format_case, to_json
 
-CASES = {**offline.CASES, **bridge.CASES, **live.CASES, **memory.CASES, **analysis.CASES}
+CASES = {**offline.CASES, **bridge.CASES, **live.CASES, **memory.CASES, **analysis.CASES, **export.CASES}
 DEFAULT_DATA = Path(__file__).resolve().parent / "_data"
 
 
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> list[CaseResult]:
     size = SIZES[args.size]
     names = args.only or list(CASES)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    needs_files = any(n in offline.CASES or n == "memory" for n in names)
+    needs_files = any(n in offline.CASES or n in ("memory", *export.CASES) for n in names)
     raw = ensure_run(args.data_dir, size.name, "raw", size.raw, log) if needs_files else Path()
     corr = (ensure_run(args.data_dir, size.name, "corr", size.corr, log)
             if "stacked_corr" in names else Path())

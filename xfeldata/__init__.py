@@ -27,6 +27,7 @@ from .errors import (
 if TYPE_CHECKING:  # pragma: no cover
     from .api import Run, open_file, open_run
     from .detectors.plan import by_id, by_index
+    from .export.cxi import write_cxi
     from .trains import stack_detector_data
 
 try:
@@ -39,6 +40,7 @@ _LAZY = {
     "Run": ".api", "open_file": ".api", "open_run": ".api",
     "by_id": ".detectors.plan", "by_index": ".detectors.plan",
     "stack_detector_data": ".trains",
+    "write_cxi": ".export.cxi",
 }
 
 __all__ = [
@@ -53,6 +55,7 @@ __all__ = [
     "open_file",
     "open_run",
     "stack_detector_data",
+    "write_cxi",
 ]
 
 

@@ -1,0 +1,122 @@
+"""``run.write_virtual(path)``: one file of HDF5 virtual datasets over the run's files (issue 12).
+
+Every selected key becomes a virtual dataset whose rows are the key's rows
+for the selected trains, in train order, mapped onto the datasets of the run's
+files: no data is copied, and the file is only usable where the run's files
+are (at the paths they had when the run was opened).  INDEX (trains,
+timestamps, flags, per-source first/count), METADATA and the RUN values of
+control sources are real datasets, as the facility's format has them, so
+EXtra-data's ``H5File`` and xfeldata open it as one run file.  ``pulses=``
+keeps only some detector frames, as for :func:`~xfeldata.export.facility.write_run`.
+
+A key without rows in the selection is an empty (real) dataset.
+
+Examples
+--------
+>>> import tempfile, h5py, xfeldata as xd
+>>> from xfeldata.testing import make_example
+>>> tmp = tempfile.mkdtemp()
+>>> run = xd.open_run(make_example(tmp + "/r0001", detector=None, n_trains=5))
+>>> out = write_virtual(run.select("SA1_XTD2_XGM/*"), tmp + "/virtual.h5")
+>>> with h5py.File(out) as f:
+...     f["CONTROL/SA1_XTD2_XGM/DOOCS/MAIN/beamPosition/ixPos/value"].is_virtual
+True
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ..files.progress import tqdm
+from ..files.writer import STRING_DTYPE, FileWriter, RowWriter, Storage
+from ..run import RunSelection
+from .atomic import atomic_output
+from .facility import _add_source, kept_blocks, new_file
+from .frames import FRAME_GROUP, check_frames, kept_rows
+
+__all__ = ["write_virtual"]
+
+
+class _VirtualFileWriter(FileWriter):
+    """A :class:`FileWriter` whose key datasets are the virtual layouts in :attr:`layouts`."""
+
+    #: ``{dataset path: h5py.VirtualLayout}`` of the datasets to make virtual.
+    layouts: dict[str, h5py.VirtualLayout]
+
+    def _create(self, group: h5py.Group, path: str, n_rows: int, dtype, entry_shape,
+                storage: Storage) -> RowWriter:
+        layout = self.layouts.get(f"{group.name}/{path}".lstrip("/"))
+        if layout is None or n_rows == 0:
+            return super()._create(group, path, n_rows, dtype, entry_shape, storage)
+        dset = group.create_virtual_dataset(path, layout, fillvalue=None)
+        return RowWriter(dset)
+
+
+def _layout(run: RunSelection, source: str, key: str, keep: np.ndarray | None) -> tuple[str, h5py.VirtualLayout]:
+    """The dataset path and the virtual layout of one key's (kept) rows in the selected trains."""
+    info = run.key_info(source, key)
+    blocks = kept_blocks(run, source, key, keep)
+    n_rows = sum(b.shape[0] for b in blocks)
+    dtype = STRING_DTYPE if info.dtype.kind == "O" else info.dtype  # strings: variable-length bytes
+    layout = h5py.VirtualLayout((n_rows, *info.entry_shape), dtype=dtype)
+    sources: dict[tuple[str, str], h5py.VirtualSource] = {}
+    offset = 0
+    for block in blocks:
+        for read in block.reads:
+            if not isinstance(read.target, int | np.integer):
+                raise TypeError(f"{source} {key}: rows scattered in a block cannot be mapped")
+            vsrc = sources.get((read.path, read.dataset))
+            if vsrc is None:
+                with h5py.File(read.path, "r") as f:
+                    shape = f[read.dataset].shape
+                vsrc = sources[read.path, read.dataset] = h5py.VirtualSource(
+                    read.path, read.dataset, shape=shape, dtype=dtype)
+            start = offset + int(read.target)
+            layout[start:start + read.stop - read.start] = vsrc[read.start:read.stop]
+        offset += block.shape[0]
+    return info.path.lstrip("/"), layout
+
+
+def write_virtual(run: RunSelection, path: str | os.PathLike, *, pulses: Any = None,
+                  overwrite: bool = False, progress: bool | None = None) -> Path:
+    """Write the selection of ``run`` as one file of virtual datasets over its files.
+
+    Parameters
+    ----------
+    run
+        A run or any selection of it (trains, sources, keys).
+    path
+        The output file.
+    pulses
+        Keep only these detector frames (as :func:`~xfeldata.export.facility.write_run`).
+    overwrite
+        Replace an existing file (else :class:`FileExistsError`).
+    progress
+        Show a progress bar (one step per source); default on a terminal.
+
+    Returns
+    -------
+    pathlib.Path
+        The file written.
+    """
+    framed = check_frames(run, pulses) if pulses is not None else []
+    path = Path(path)
+    with atomic_output(path, overwrite=overwrite) as tmp, \
+            new_file(run, tmp, run.train_ids, writer=_VirtualFileWriter) as f, \
+            tqdm(total=len(run.sources), unit="source", desc=f"writing {path.name}",
+                 disable=not progress if progress is not None else None) as bar:
+        f.file.attrs["virtual"] = "HDF5 virtual datasets over the run's files"
+        for source in run.sources:
+            keep = kept_rows(run, source, pulses) if source in framed else None
+            f.layouts = dict(
+                _layout(run, source, key, keep[0] if keep is not None and key.startswith(FRAME_GROUP + ".")
+                        else None)
+                for key in run.keys(source, timestamps=True))
+            _add_source(f, run, source, keep)
+            bar.update(1)
+    return path
