@@ -79,8 +79,7 @@ def case_read(ctx: Context) -> list[CaseResult]:
     run, peer = xd.open_run(ctx.raw, progress=False), ed.RunDirectory(ctx.raw)
     tids = run.train_ids
     out = []
-    for n in READ_TRAINS:
-        n = min(n, len(tids))
+    for n in sorted({min(n, len(tids)) for n in READ_TRAINS}):
         first, last = int(tids[0]), int(tids[n - 1])
         res = CaseResult("scaling_read", f"stacked raw read of {n} trains ({first}..{last})")
 
@@ -225,19 +224,24 @@ def _fmt(t: Timing | None) -> str:
 
 def format_table(results: list[CaseResult]) -> str:
     """The scaling results as a Markdown table: one row per series, data set and x."""
-    lines = ["| series | data set | x | xfeldata ms | peer ms | ceiling ms | xfeldata per x |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| series | data set | x | xfeldata ms | peer ms | ceiling ms | speed-up | "
+             "fraction of ceiling | xfeldata rate |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if not r.scale:
             continue
         series, x = r.scale
         ours = r.get("xfeldata")
-        per = ""
+        rate = ""
         if ours is not None:
-            per = (f"{ours.per_s:.1f} trains/s" if ours.items else
-                   f"{ours.median / x * 1e3:.2f} ms/{_X[series].rstrip('s')}")
+            rate = (f"{ours.per_s:.1f} trains/s" if ours.items else
+                    f"{ours.gbps:.2f} GB/s" if ours.nbytes else
+                    f"{ours.median / x * 1e3:.2f} ms/file")
+        ratios = [r.ratio(role) for role in ("peer", "ceiling")]
+        sp, frac = (f"{v:.2f}" if v is not None else "-" for v in ratios)
         lines.append(f"| {series} | {r.dataset or '-'} | {x:g} {_X[series]} | {_fmt(ours)} | "
-                     f"{_fmt(r.get('peer'))} | {_fmt(r.get('ceiling'))} | {per} |")
+                     f"{_fmt(r.get('peer'))} | {_fmt(r.get('ceiling'))} | {sp} | {frac} | "
+                     f"{rate} |")
     return "\n".join(lines)
 
 
@@ -264,9 +268,13 @@ def plot(results: list[CaseResult], path: Path = PLOT) -> Path:
             med = np.array([p[1].median for p in pts])
             err = [med - [p[1].min for p in pts], [p[1].max for p in pts] - med]
             style = {"xfeldata": "o-", "peer": "s--", "ceiling": "^:"}[who]
-            ax.errorbar(xs, med, yerr=err, fmt=style, capsize=2, label=f"{who} ({dataset})")
+            where = f" ({dataset})" if dataset != "-" else ""
+            ax.errorbar(xs, med, yerr=err, fmt=style, capsize=2, label=who + where)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ticks = sorted({r.scale[1] for r in points})
+        ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
+        ax.minorticks_off()
         ax.set_xlabel(_X[name])
         ax.set_ylabel("seconds per call (median)")
         ax.set_title(name)
