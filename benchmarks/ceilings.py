@@ -248,7 +248,8 @@ def threaded_decode_reader(rows: list[Rows], workers: int | None = None,
     """Raw chunks read (``read_direct_chunk``, under h5py's lock) and inflated + unshuffled
     outside the lock on a thread pool, into one preallocated array.
 
-    The ceiling of compressed reads with deflate+shuffle.  ``inflater`` is
+    The ceiling of compressed reads with deflate+shuffle (one pool task per
+    dataset, its chunks in order).  ``inflater`` is
     ``"libdeflate"`` (the ``deflate`` package, the fastest installed) or
     ``"zlib_into"`` (zlib straight into a preallocated buffer); unshuffling is
     ``zlib_into.unshuffle``.  Returns ``(read, close, useful_bytes)``.
@@ -272,8 +273,14 @@ def threaded_decode_reader(rows: list[Rows], workers: int | None = None,
             zlib_into.decompress_into(raw, tmp)
         zlib_into.unshuffle(tmp, out[at:at + n], itemsize)
 
+    # one task per dataset (module file), as a reader would split the work: per-chunk
+    # tasks hand the GIL and the pool's queue back and forth for every 256 KiB chunk
+    batches: dict[int, list[tuple]] = {}
+    for item in plan:
+        batches.setdefault(id(item[0]), []).append(item)
+
     def read() -> None:
-        list(pool.map(one, plan))
+        list(pool.map(lambda batch: [one(item) for item in batch], batches.values()))
 
     def close() -> None:
         pool.shutdown()

@@ -6,7 +6,8 @@ Four series, each a list of :class:`~benchmarks.harness.CaseResult` with
 - ``open_first`` / ``open_again``: :func:`benchmarks.offline.case_open` on runs of
   about 72, 288 and 720 small files (16 AGIPD modules and the slow-data
   aggregators, 80 trains of 1 frame split into 4, 16 or 40 sequences; written
-  once per data set into ``--data-dir``); x is the number of files;
+  once per data set into ``--data-dir``); x is 72, 288 or 720 (the extra-data
+  data set has 68, 272 and 680 files: no ``DA02``);
 - ``read``: stacked raw read of 1, 10 and 100 trains of the suite's raw run
   (the README's first form, ``run.detector()["image.data"].sel(trainId=...)``),
   with EXtra-data and the ``preadv`` ceiling; x is trains;
@@ -64,7 +65,10 @@ def case_open(ctx: Context) -> list[CaseResult]:
         run_dir = ensure_run(ctx.data_dir, "scaling", f"open{files}", spec, ctx.log, ctx.dataset)
         n = len(run_files(run_dir))
         first, again = offline.case_open(replace(ctx, raw=run_dir))
-        out += [_scaled(first, "open_first", n), _scaled(again, "open_again", n)]
+        for res in (first, again):
+            res.notes.append(f"{n} files (the point of about {files} files: the extra-data "
+                             "data set has no DA02 aggregator)")
+        out += [_scaled(first, "open_first", files), _scaled(again, "open_again", files)]
     return out
 
 
@@ -267,9 +271,13 @@ def plot(results: list[CaseResult], path: Path = PLOT) -> Path:
             xs = [p[0] for p in pts]
             med = np.array([p[1].median for p in pts])
             err = [med - [p[1].min for p in pts], [p[1].max for p in pts] - med]
-            style = {"xfeldata": "o-", "peer": "s--", "ceiling": "^:"}[who]
+            # colour: who; line style: data set
+            marker = {"xfeldata": "o", "peer": "s", "ceiling": "^"}[who]
+            color = {"xfeldata": "tab:blue", "peer": "tab:orange", "ceiling": "tab:green"}[who]
+            line = ":" if dataset == "extra-data" else "-"
             where = f" ({dataset})" if dataset != "-" else ""
-            ax.errorbar(xs, med, yerr=err, fmt=style, capsize=2, label=who + where)
+            ax.errorbar(xs, med, yerr=err, fmt=marker + line, color=color, capsize=2,
+                        label=who + where)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ticks = sorted({r.scale[1] for r in points})
