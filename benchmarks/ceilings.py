@@ -59,6 +59,33 @@ def read_indexes(paths: list[Path]) -> int:
     return n
 
 
+def read_train_ids_and_sources(paths: list[Path]) -> int:
+    """Open every file and read ``INDEX/trainId`` and the METADATA source list with h5py.
+
+    The ceiling of opening a run the first time: without them a reader knows
+    neither the trains nor the sources (the per-source INDEX arrays can wait
+    for the first read).  Returns the number of train IDs read.
+    """
+    n = 0
+    for p in paths:
+        with h5py.File(p, "r") as f:
+            n += len(f["INDEX/trainId"][()])
+            meta = f["METADATA"]
+            (meta["dataSources/dataSourceId"] if "dataSources" in meta
+             else meta["dataSourceId"])[()]
+    return n
+
+
+def stat_files(run_dir: Path) -> int:
+    """List the run directory and ``stat`` each HDF5 file (size and mtime).
+
+    The ceiling of opening a run again: a reader must at least see which files
+    there are and that they did not change since its cache was written.
+    Returns the number of files.
+    """
+    return sum(1 for e in os.scandir(run_dir) if e.name.endswith(".h5") and e.stat().st_size)
+
+
 def run_files(run_dir: Path) -> list[Path]:
     """The HDF5 files of a run directory, sorted."""
     return sorted(Path(run_dir).glob("*.h5"))
@@ -83,6 +110,9 @@ def detector_rows(run_dir: Path, train_ids: np.ndarray, key: str = "image.data")
             src = src[len("INSTRUMENT/"):-len(group) - 1]
             first = f[f"INDEX/{src}/{group}/first"][()]
             count = f[f"INDEX/{src}/{group}/count"][()]
+            # INDEX/trainId may be padded past the index arrays (EXtra-data's mock writers
+            # pad it to a chunk multiple with zeros, as older DAQ versions did)
+            tids = tids[:len(first)]
             sel = np.array([int(t) in wanted for t in tids]) & (count > 0)
             if not sel.any():
                 continue
@@ -172,6 +202,9 @@ def pread_reader(rows: list[Rows], workers: int | None = None
     """``os.preadv`` of exactly the rows (uncompressed, at the offsets HDF5 reports) into
     one preallocated buffer, on a thread pool: the page cache's copy speed.
 
+    Chunks that lie back to back in a file (one-frame chunks written in order)
+    are read with one call.
+
     Returns ``(read, close, useful_bytes)``.
     """
     op = _Opened(rows)
@@ -183,7 +216,13 @@ def pread_reader(rows: list[Rows], workers: int | None = None
         for k in range(r.start // c, (r.stop - 1) // c + 1):
             lo, hi = max(r.start, k * c), min(r.stop, (k + 1) * c)
             base = ds.id.get_chunk_info_by_coord((k * c,) + (0,) * (ds.ndim - 1)).byte_offset
-            pieces.append((fds[r.path], base + (lo - k * c) * row_bytes, total, (hi - lo) * row_bytes))
+            piece = (fds[r.path], base + (lo - k * c) * row_bytes, total, (hi - lo) * row_bytes)
+            prev = pieces[-1] if pieces else None
+            if prev and prev[0] == piece[0] and prev[1] + prev[3] == piece[1]:
+                # one-frame chunks written in order lie back to back: one read for all
+                pieces[-1] = (*prev[:3], prev[3] + piece[3])
+            else:
+                pieces.append(piece)
             total += (hi - lo) * row_bytes
     buf = np.empty(total, np.uint8)
     pool = ThreadPoolExecutor(workers or os.cpu_count() or 2)
@@ -209,7 +248,8 @@ def threaded_decode_reader(rows: list[Rows], workers: int | None = None,
     """Raw chunks read (``read_direct_chunk``, under h5py's lock) and inflated + unshuffled
     outside the lock on a thread pool, into one preallocated array.
 
-    The ceiling of compressed reads with deflate+shuffle.  ``inflater`` is
+    The ceiling of compressed reads with deflate+shuffle (one pool task per
+    dataset, its chunks in order).  ``inflater`` is
     ``"libdeflate"`` (the ``deflate`` package, the fastest installed) or
     ``"zlib_into"`` (zlib straight into a preallocated buffer); unshuffling is
     ``zlib_into.unshuffle``.  Returns ``(read, close, useful_bytes)``.
@@ -233,8 +273,14 @@ def threaded_decode_reader(rows: list[Rows], workers: int | None = None,
             zlib_into.decompress_into(raw, tmp)
         zlib_into.unshuffle(tmp, out[at:at + n], itemsize)
 
+    # one task per dataset (module file), as a reader would split the work: per-chunk
+    # tasks hand the GIL and the pool's queue back and forth for every 256 KiB chunk
+    batches: dict[int, list[tuple]] = {}
+    for item in plan:
+        batches.setdefault(id(item[0]), []).append(item)
+
     def read() -> None:
-        list(pool.map(one, plan))
+        list(pool.map(lambda batch: [one(item) for item in batch], batches.values()))
 
     def close() -> None:
         pool.shutdown()

@@ -7,6 +7,23 @@ medians, oriented so that larger is better for xfeldata:
 
 - speed-up = peer time / xfeldata time (> 1: xfeldata is faster);
 - fraction of ceiling = ceiling time / xfeldata time (1 = at the ceiling).
+
+The ``xfeldata`` timing of a case is its headline: the path the README shows
+first (the dask-backed default); other forms of xfeldata (``dask=False``,
+selecting first) are ``form`` lines beside it, and a :class:`Check` may name
+one of them with ``of=``.  ``ref`` lines are other figures for context (h5py,
+memcpy).  A ceiling is the fastest plain way to get the same bytes, so any
+contender (:data:`CONTENDERS`) faster than a ceiling of its case means the
+ceiling is wrong: :meth:`CaseResult.ceiling_wrong` lists them and the table
+flags them.
+
+Examples
+--------
+>>> res = CaseResult("demo", "a demo case", [Timing("ours", "xfeldata", [2.0]),
+...                                           Timing("copy", "ceiling", [1.0])])
+>>> res.check("fraction of the ceiling", "ceiling", 0.5)
+>>> res.checks[0].met, res.ceiling_wrong()
+(True, [])
 """
 
 from __future__ import annotations
@@ -19,6 +36,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+#: Roles whose time a ceiling must not beat: xfeldata's headline, its other forms, the peers.
+CONTENDERS = ("xfeldata", "form", "peer")
+
 
 @dataclass
 class Timing:
@@ -29,7 +49,7 @@ class Timing:
     """
 
     label: str
-    role: str  # "xfeldata", "peer", "ceiling" or "ref"
+    role: str  # "xfeldata" (the headline), "form", "peer", "ceiling" or "ref" (see CONTENDERS)
     times: list[float]
     nbytes: int | None = None
     items: int | None = None
@@ -79,6 +99,8 @@ class CaseResult:
     checks: list[Check] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     skipped: str | None = None
+    dataset: str = ""  # the benchmark data set (see benchmarks.data.DATASETS), if any
+    scale: tuple[str, float] | None = None  # (series, x) of a scaling point (benchmarks.scaling)
 
     def get(self, role: str, label: str | None = None) -> Timing | None:
         """The first timing of ``role`` (and ``label``, if given)."""
@@ -87,18 +109,30 @@ class CaseResult:
                 return t
         return None
 
-    def ratio(self, role: str, label: str | None = None) -> float | None:
-        """``role`` median / xfeldata median (speed-up, or fraction of a ceiling)."""
-        ours, other = self.get("xfeldata"), self.get(role, label)
+    def ratio(self, role: str, label: str | None = None, of: str | None = None) -> float | None:
+        """``role`` median / the headline's median (speed-up, or fraction of a ceiling).
+
+        ``of`` names another contender (by label) to compare instead of the headline.
+        """
+        ours = self.get("xfeldata") if of is None else \
+            next((t for t in self.timings if t.label == of), None)
+        other = self.get(role, label)
         if ours is None or other is None:
             return None
         return other.median / ours.median
 
-    def check(self, what: str, role: str, threshold: float, label: str | None = None) -> None:
+    def check(self, what: str, role: str, threshold: float, label: str | None = None,
+              of: str | None = None) -> None:
         """Add a target check on :meth:`ratio` (skipped if a side is missing)."""
-        value = self.ratio(role, label)
+        value = self.ratio(role, label, of)
         if value is not None:
             self.checks.append(Check(what, value, threshold))
+
+    def ceiling_wrong(self) -> list[tuple[Timing, Timing]]:
+        """``(contender, ceiling)`` pairs where a contender's median beats a ceiling's."""
+        ceilings = [t for t in self.timings if t.role == "ceiling"]
+        return [(t, c) for c in ceilings for t in self.timings
+                if t.role in CONTENDERS and t.median < c.median]
 
 
 def measure(label: str, role: str, fn: Callable[[], Any], repeat: int, *,
@@ -148,18 +182,22 @@ def _fmt_time(s: float) -> str:
 
 def format_case(res: CaseResult) -> str:
     """One case as a block of text lines."""
-    lines = [f"== {res.name}: {res.title}"]
+    where = f" [{res.dataset}]" if res.dataset else ""
+    lines = [f"== {res.name}{where}: {res.title}"]
     if res.skipped:
         lines.append(f"   skipped: {res.skipped}")
         return "\n".join(lines)
     lines.append(f"   {'contender':46s} {'median':>10s} {'min':>10s} {'max':>10s} "
                  f"{'GB/s':>7s} {'trains/s':>9s}")
+    wrong = res.ceiling_wrong()
+    beats = {id(t) for t, _ in wrong}
     for t in res.timings:
         gb = f"{t.gbps:7.2f}" if t.gbps is not None else " " * 7
         ps = f"{t.per_s:9.1f}" if t.per_s is not None else " " * 9
         label = f"[{t.role}] {t.label}"
+        flag = "  <- ceiling wrong" if id(t) in beats else ""
         lines.append(f"   {label[:46]:46s} {_fmt_time(t.median):>10s} {_fmt_time(t.min):>10s} "
-                     f"{_fmt_time(t.max):>10s} {gb} {ps}")
+                     f"{_fmt_time(t.max):>10s} {gb} {ps}{flag}")
     ours = res.get("xfeldata")
     if ours is not None:
         for t in res.timings:
@@ -168,8 +206,12 @@ def format_case(res: CaseResult) -> str:
             r = t.median / ours.median
             kind = "speed-up (peer/xfeldata time)" if t.role == "peer" else \
                 "fraction of ceiling (ceiling/xfeldata time)" if t.role == "ceiling" else \
+                "other form (this/headline time)" if t.role == "form" else \
                 "ratio (this/xfeldata time)"
             lines.append(f"   {kind} vs {t.label}: {r:.2f}")
+    for t, c in wrong:
+        lines.append(f"   ceiling wrong: [{t.role}] {t.label} ({_fmt_time(t.median).strip()}) "
+                     f"is faster than the ceiling {c.label} ({_fmt_time(c.median).strip()})")
     for c in res.checks:
         lines.append(f"   target {c.what}: {c.value:.2f} >= {c.threshold:g} -> "
                      f"{'MET' if c.met else 'NOT MET'}")
@@ -187,5 +229,6 @@ def to_json(results: list[CaseResult], meta: dict[str, Any]) -> str:
             td.update(median=t.median, min=t.min, max=t.max, gbps=t.gbps, per_s=t.per_s)
         for cd, c in zip(d["checks"], r.checks, strict=True):
             cd["met"] = c.met
+        d["ceiling_wrong"] = [[t.label, c.label] for t, c in r.ceiling_wrong()]
         out.append(d)
     return json.dumps({"meta": meta, "cases": out}, indent=1)

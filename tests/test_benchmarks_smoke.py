@@ -1,26 +1,98 @@
-"""Smoke test of the benchmark harness (not a timed test): one quick case at the tiny size."""
+"""Smoke tests of the benchmark harness and its data sets (not timed tests): tiny size only."""
 
 from __future__ import annotations
 
 import json
 
+import h5py
+import numpy as np
 import pytest
 
 pytest.importorskip("extra_data")
 
 
-def test_control_key_case_runs(tmp_path):
+@pytest.fixture(scope="module")
+def bench_data(tmp_path_factory):
+    """The tiny raw and corrected runs of both benchmark data sets, written once."""
+    from benchmarks.data import DATASETS, SIZES, ensure_run
+
+    root = tmp_path_factory.mktemp("bench-data")
+    size = SIZES["tiny"]
+    for dataset in DATASETS:
+        for kind in ("raw", "corr"):
+            ensure_run(root, "tiny", kind, getattr(size, kind), lambda msg: None, dataset)
+    return root
+
+
+def test_control_key_case_runs_on_both_data_sets(bench_data, tmp_path):
     from benchmarks.__main__ import main
 
     out = tmp_path / "results.json"
     results = main(["--size", "tiny", "--repeat", "1", "--only", "control_key",
-                    "--data-dir", str(tmp_path / "data"), "--json", str(out)])
-    assert [r.name for r in results] == ["control_key"]
-    roles = {t.role for t in results[0].timings}
-    assert roles == {"xfeldata", "peer", "ceiling"}
-    assert all(t.median > 0 for t in results[0].timings)
+                    "--data-dir", str(bench_data), "--json", str(out)])
+    assert [(r.name, r.dataset) for r in results] == [("control_key", "ours"),
+                                                      ("control_key", "extra-data")]
+    for res in results:
+        assert {t.role for t in res.timings} == {"xfeldata", "peer", "ceiling"}
+        assert all(t.median > 0 for t in res.timings)
+        assert not any(n.startswith("values differ") for n in res.notes)
     data = json.loads(out.read_text())
-    assert data["cases"][0]["timings"][0]["median"] > 0
+    assert data["meta"]["datasets"] == ["ours", "extra-data"]
+    assert data["cases"][1]["dataset"] == "extra-data"
+
+
+def _pixel_datasets(run_dir):
+    """``(file, [its image/data datasets])`` for each module file of a run."""
+    for path in sorted(run_dir.glob("*AGIPD*.h5")):
+        with h5py.File(path, "r") as f:
+            names: list[str] = []
+            f["INSTRUMENT"].visit(names.append)
+            yield path, [f["INSTRUMENT"][n] for n in names if n.endswith("image/data")]
+
+
+@pytest.mark.parametrize("dataset", ["ours", "extra-data"])
+def test_detector_data_is_stored_as_the_facility_writes_it(bench_data, dataset):
+    base = bench_data if dataset == "ours" else bench_data / dataset
+    for kind, filters in (("raw", (None, False)), ("corr", ("gzip", True))):
+        for path, datasets in _pixel_datasets(base / "tiny" / kind):
+            for ds in datasets:
+                assert ds.chunks[0] == 1, (path.name, ds.name)
+                assert (ds.compression, ds.shuffle) == filters, (path.name, ds.name)
+                assert ds.id.get_storage_size() > 0, (path.name, ds.name)
+
+
+def test_extra_data_mock_runs_hold_values_not_fill(bench_data):
+    """The mock writers leave datasets unwritten; the benchmark data set fills them in."""
+    run_dir = bench_data / "extra-data" / "tiny" / "raw"
+    with h5py.File(run_dir / "RAW-R0001-DA01-S00000.h5", "r") as f:
+        flux = f["CONTROL/SA1_XTD2_XGM/DOOCS/MAIN/pulseEnergy/photonFlux/value"]
+        assert flux.id.get_storage_size() > 0 and np.any(flux[()] != 0)
+    with h5py.File(run_dir / "RAW-R0001-AGIPD03-S00000.h5", "r") as f:
+        frames = f["INSTRUMENT/SPB_DET_AGIPD1M-1/DET/3CH0:xtdf/image/data"]
+        assert frames[0].std() > 0
+
+
+def test_a_contender_faster_than_its_ceiling_is_flagged():
+    from benchmarks.harness import CaseResult, Timing, format_case
+
+    res = CaseResult("demo", "demo", [Timing("ours", "xfeldata", [1.0]),
+                                      Timing("raw copy", "ceiling", [2.0]),
+                                      Timing("memcpy, for context", "ref", [0.5])])
+    assert [(t.label, c.label) for t, c in res.ceiling_wrong()] == [("ours", "raw copy")]
+    text = format_case(res)
+    assert "ceiling wrong: [xfeldata] ours" in text
+    assert "memcpy, for context (" not in text  # a ref line is no contender
+
+
+def test_a_check_can_name_another_form_of_xfeldata():
+    from benchmarks.harness import CaseResult, Timing
+
+    res = CaseResult("demo", "demo", [Timing("default", "xfeldata", [4.0]),
+                                      Timing("numpy", "form", [2.0]),
+                                      Timing("preadv", "ceiling", [1.0])])
+    res.check("headline vs ceiling", "ceiling", 0.5)
+    res.check("numpy form vs ceiling", "ceiling", 0.5, of="numpy")
+    assert [(c.value, c.met) for c in res.checks] == [(0.25, False), (0.5, True)]
 
 
 def test_memory_case_skipped_below_large(tmp_path):
