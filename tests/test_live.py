@@ -338,6 +338,48 @@ def test_lpd_parallel_gain_in_order_and_reordered():
     xr.testing.assert_identical(reordered, ds)
 
 
+def _streams() -> dict[str, tuple[list, dict]]:
+    """Buffered streams whose chunks take every form: views in order, frames placed by
+    pulse ID (reordered, one missing), a module without data, LPD parallel gain."""
+    corr = Simulator("AGIPD", raw=False, modules=[0, 1], frames=4, slow=False)
+    tids = [corr.first_train_id + i for i in range(3)]
+    lpd = Simulator("LPD", modules=[0, 3], frames=3, slow=False)
+    return {
+        "in order, a module missing": ([corr.train(t) for t in tids], {"modules": [0, 1, 2]}),
+        "reordered, a frame missing": (
+            [with_frames(corr.train(tids[0]), AGIPD_CORR.format(1), [2, 0, 1]),
+             with_frames(corr.train(tids[1]), AGIPD_CORR.format(0), [3, 2, 1, 0]), corr.train(tids[2])],
+            {"fill_value": -5}),
+        "parallel gain": ([parallel_gain(lpd.train(lpd.first_train_id), [2, 0, 1]),
+                           parallel_gain(lpd.train(lpd.first_train_id + 1), [0, 1, 2])],
+                          {"modules": [0, 3]}),
+    }
+
+
+@pytest.mark.parametrize("stream", list(_streams()))
+def test_numpy_detector_equals_the_computed_lazy_one(stream):
+    trains, kw = _streams()[stream]
+    buf = fed(trains)
+    ds = buf.detector(dask=False, **kw)
+    assert all(isinstance(v.data, np.ndarray) for v in ds.variables.values())
+    xr.testing.assert_identical(ds, buf.detector(**kw).compute())
+    newest = buf.detector(dask=False, last=1, **kw)
+    xr.testing.assert_identical(newest, ds.isel(trainId=[-1]))
+    assert newest["image.data"].values.flags.writeable  # a copy, not a view of the buffer
+
+
+def test_views_of_the_newest_trains_only():
+    sim = Simulator("AGIPD", modules=[0], frames=2)
+    buf = fed([sim.train(sim.first_train_id + i) for i in range(4)])
+    newest = buf.train_ids[-2:]
+    np.testing.assert_array_equal(buf.detector(last=2).trainId, newest)
+    xr.testing.assert_identical(buf.dataset(last=2), buf.dataset().sel(trainId=newest))
+    pd.testing.assert_frame_equal(buf.control_frame(last=2), buf.control_frame().loc[newest])
+    assert len(buf.detector(last=10).trainId) == 4
+    with pytest.raises(ValueError, match="last must be at least 1"):
+        buf.detector(last=0)
+
+
 # -- the acceptance test: a run served from files equals the run opened from files -----
 
 

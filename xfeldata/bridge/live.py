@@ -47,7 +47,7 @@ import xarray as xr
 import zmq
 
 from .. import schema
-from ..arrays import BlockRead, blocks_array
+from ..arrays import BlockRead, blocks_array, execute_block
 from ..detectors.kinds import (
     DetectorKind,
     detector_kind_of_device,
@@ -447,21 +447,28 @@ class LiveBuffer:
             self._trains.clear()
             self._sizes.clear()
 
-    def _snapshot(self) -> list[tuple[int, TrainData]]:
+    def _snapshot(self, last: int | None = None) -> list[tuple[int, TrainData]]:
+        """The buffered trains (the newest ``last`` of them), by ascending train ID."""
+        if last is not None and last < 1:
+            raise ValueError(f"last must be at least 1, got {last}")
         with self._cond:
-            return [(tid, dict(self._trains[tid][0])) for tid in sorted(self._trains)]
+            tids = sorted(self._trains)[-last:] if last is not None else sorted(self._trains)
+            return [(tid, dict(self._trains[tid][0])) for tid in tids]
 
     # -- views -----------------------------------------------------------------
 
     def detector(self, name: str | None = None, *, modules: Sequence[int] | None = None,
                  fill_value: Any = None, require_all_modules: bool = False,
                  pulses: Any = None, keys: Sequence[str] | None = None,
-                 dask: bool = True) -> xr.Dataset:
+                 dask: bool = True, last: int | None = None) -> xr.Dataset:
         """The buffered trains of a multi-module detector, stacked as ``run.detector()`` does.
 
         Parameters are those of :func:`xfeldata.detectors.stacking.detector_dataset`
         (``modules``, ``pulses``, ``require_all_modules``, ``fill_value``, ``keys``);
-        ``dask=False`` gives numpy variables (the trains are in memory already).
+        ``dask=False`` gives numpy variables, each frame copied once straight
+        into place (the trains are in memory already); ``last=n`` takes only
+        the newest ``n`` buffered trains (``last=1, dask=False``: the newest
+        train as numpy arrays, what a live display shows).
 
         Returns
         -------
@@ -481,37 +488,39 @@ class LiveBuffer:
         --------
         >>> buf.detector("AGIPD", modules=[0, 1])["present"].dims   # doctest: +SKIP
         ('trainId', 'pulseId', 'module')
+        >>> frames = buf.detector(last=1, dask=False)["image.data"][0].values   # doctest: +SKIP
         """
-        return _detector(self._snapshot(), name, modules, fill_value, require_all_modules, keys,
+        return _detector(self._snapshot(last), name, modules, fill_value, require_all_modules, keys,
                          pulses, dask)
 
-    def dataset(self, sources: str = "*", keys: str = "*") -> xr.Dataset:
+    def dataset(self, sources: str = "*", keys: str = "*", last: int | None = None) -> xr.Dataset:
         """Every matching key of the buffered trains, as ``run.select(sources, keys).dataset()``.
 
         Variables are named ``"source/key"``; per-train keys are
         ``(trainId, *entry)``, frame-resolved detector keys (``image.*``)
         ``(trainId, pulseId, *entry)``; generic entry dimensions are named
-        ``"<key>.dim_0"``, ....
+        ``"<key>.dim_0"``, ....  ``last=n``: only the newest ``n`` buffered trains.
 
         Examples
         --------
         >>> buf.dataset("SA1_XTD2_XGM/*")     # doctest: +SKIP
         """
-        return _dataset(self._snapshot(), sources, keys)
+        return _dataset(self._snapshot(last), sources, keys)
 
-    def control_frame(self, sources: str = "*", keys: str = "*") -> pd.DataFrame:
+    def control_frame(self, sources: str = "*", keys: str = "*",
+                      last: int | None = None) -> pd.DataFrame:
         """Scalar values of control sources, as ``run.control_frame()``.
 
         Indexed by ``trainId``, one column per ``"source/key"``; keys with
         array values are listed in ``frame.attrs["skipped"]``.  Control
         sources are those without ``:`` in their name (Karabo pipeline outputs
-        have one).
+        have one).  ``last=n``: only the newest ``n`` buffered trains.
 
         Examples
         --------
         >>> buf.control_frame("*MOTOR*")     # doctest: +SKIP
         """
-        return _control_frame(self._snapshot(), sources, keys)
+        return _control_frame(self._snapshot(last), sources, keys)
 
     # -- protocol --------------------------------------------------------------
 
@@ -629,12 +638,12 @@ class _PlacedFrames:
         """The part of the chunk that ``key`` selects (the whole chunk is built)."""
         return self.build()[key]
 
-    def build(self) -> np.ndarray:
-        """The chunk with every frame in its slot (and gain stage)."""
-        if self.fill_value is None:
+    def build(self, out: np.ndarray | None = None) -> np.ndarray:
+        """The chunk with every frame in its slot (and gain stage), in ``out`` if given."""
+        if out is None:
             out = np.empty(self.shape, self.dtype)
-        else:
-            out = np.full(self.shape, self.fill_value, self.dtype)
+        if self.fill_value is not None:
+            out[...] = self.fill_value
         if self.stages is None:
             out[0, self.slots, 0] = self.rows
         else:
@@ -691,18 +700,33 @@ def _module_chunk(frames: _Frames, i: int, j: int, key: str, entry: tuple[int, .
 
 
 def _stacked_array(frames: _Frames, key: str, entry: tuple[int, ...], dtype: np.dtype,
-                   fill: Any) -> da.Array:
+                   fill: Any, dask: bool = True) -> da.Array | np.ndarray:
     """One key of every module, ``(train, slot, module, [stage,] *entry)``, as a lazy array.
 
     One chunk per train and module (:func:`_module_chunk`): building it copies
     nothing; computing copies only the chunks that a selection touches.  The
     chunks keep the buffered arrays alive, so the array stays valid while later
-    trains arrive, evict these or the buffer is cleared.
+    trains arrive, evict these or the buffer is cleared.  With ``dask=False``
+    the chunks are copied straight into one numpy array instead (each frame's
+    bytes once).
     """
     n_trains, n_modules = len(frames.per_train), len(frames.modules)
     stage_chunks = ((frames.n_stages,),) if frames.stages else ()
     chunks = (tuple([1] * n_trains), (len(frames.pulse_coord),), tuple([1] * n_modules),
               *stage_chunks, *((d,) for d in entry))
+    if not dask:
+        out = np.empty(tuple(sum(c) for c in chunks), dtype)
+        for i in range(n_trains):
+            for j in range(n_modules):
+                chunk = _module_chunk(frames, i, j, key, entry, dtype, fill)
+                place = out[i:i + 1, :, j:j + 1]
+                if isinstance(chunk, np.ndarray):
+                    place[...] = chunk
+                elif isinstance(chunk, _PlacedFrames):
+                    chunk.build(place)
+                else:
+                    execute_block(chunk, place)
+        return out
     if not n_trains:  # dask's own constructors fail for zero-size arrays
         return da.from_array(np.empty(tuple(sum(c) for c in chunks), dtype), chunks=-1)
     blocks = {}
@@ -819,7 +843,7 @@ def _detector(trains: list[tuple[int, TrainData]], name: str | None, modules: Se
         var = schema.DETECTOR_VARIABLES.get(key, key)
         entry = kind.stacked_entry(shape)
         fill = schema.detector_fill_value(key, dtype, fill_value)
-        variables[var] = _stacked_array(frames, key, entry, dtype, fill)
+        variables[var] = _stacked_array(frames, key, entry, dtype, fill, dask)
         pixel = schema.detector_pixel_dims(entry)
         pixel_dims[var] = (schema.GAIN_DIM, *pixel) if stages else pixel
 
