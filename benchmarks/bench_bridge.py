@@ -122,6 +122,33 @@ def run_published(train: dict, ntrains: int, client: str = "karabo_bridge") -> f
         t.join(5)
 
 
+def run_live_buffer(train: dict, ntrains: int, maxlen: int = 4) -> float:
+    """``serve(trains)`` (REP) -> :class:`~xfeldata.bridge.LiveBuffer`; time ``ntrains`` received.
+
+    The buffer receives in its own thread (decode and :meth:`LiveBuffer.add`
+    included).  It is filled (``maxlen`` trains) before timing, so each timed
+    train evicts the oldest one, as in a running monitor: the steady state.
+    """
+    from xfeldata.bridge import LiveBuffer, serve
+
+    trains = [(tid, train) for tid in range(ntrains + maxlen)]
+    handle = serve(trains, sock="REP", background=True)
+    try:
+        with LiveBuffer(handle.endpoint, maxlen=maxlen, timeout=_TIMEOUT_S) as buf:
+            buf.wait(maxlen, timeout=_TIMEOUT_S)
+            start = time.perf_counter()
+            received = buf.received
+            deadline = start + _TIMEOUT_S
+            while buf.received < received + ntrains and time.perf_counter() < deadline:
+                time.sleep(0.001)
+            elapsed = time.perf_counter() - start
+            if buf.received < received + ntrains:
+                raise TimeoutError(f"{buf.received - received} of {ntrains} trains received")
+            return elapsed
+    finally:
+        handle.stop()
+
+
 def run_raw(train: dict, ntrains: int, keep_buffers: bool = True) -> float:
     """The ceiling: the same frames over raw pyzmq REQ/REP, ``copy=False`` on both ends.
 

@@ -42,7 +42,7 @@ from .offline import Context
 
 _ROOT = Path(__file__).resolve().parent.parent
 
-#: name -> (role, label, driver call taking (train, ntrains))
+#: name -> (role, label, driver call taking (train, ntrains)): the bridge case's contenders
 CONTENDERS = {
     "xfeldata": ("xfeldata", "serve(trains) -> Client",
                  lambda t, n: bench_bridge.run_xfeldata(t, n)),
@@ -61,20 +61,27 @@ CONTENDERS = {
     "codec": ("ref", "encode + decode, no sockets",
               lambda t, n: bench_bridge.run_codec(t, n)),
 }
+#: Every driver a worker process can run (the live case's too).
+WORKERS = {**CONTENDERS,
+           "live_buffer": ("xfeldata", "serve(trains) -> LiveBuffer(maxlen=4), full",
+                           lambda t, n: bench_bridge.run_live_buffer(t, n))}
 
 
 def worker(name: str, ntrains: int, mib: int) -> dict:
     """One run of one contender in this process: wall and CPU seconds, minor faults."""
     train = bench_bridge.make_train(16, mib)
+    if name == "live_buffer":
+        import xfeldata.bridge.live  # noqa: F401  (xarray, dask, pandas: not timed)
     before = resource.getrusage(resource.RUSAGE_SELF)
-    seconds = CONTENDERS[name][2](train, ntrains)
+    seconds = WORKERS[name][2](train, ntrains)
     after = resource.getrusage(resource.RUSAGE_SELF)
     # CPU and faults cover the warm-up train and the set-up too: an upper bound per train
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     return {"seconds": seconds, "cpu": cpu, "minflt": after.ru_minflt - before.ru_minflt}
 
 
-def _run_worker(name: str, ntrains: int, mib: int) -> dict:
+def run_worker(name: str, ntrains: int, mib: int) -> dict:
+    """:func:`worker` in a fresh interpreter (its settings do not leak into the next)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     out = subprocess.run([sys.executable, "-m", "benchmarks.bridge", "--worker", name,
@@ -89,21 +96,29 @@ def case_bridge(ctx: Context) -> list[CaseResult]:
     size = 16 * mib * 2**20
     res = CaseResult("bridge", f"bridge REQ/REP on loopback: {n} trains of 16 modules x "
                      f"{mib} MiB ({size / 2**20:.0f} MiB/train), each contender in a fresh process")
-    runs: dict[str, list[dict]] = {name: [] for name in CONTENDERS}
-    for _ in range(ctx.repeat):  # take turns, so that a busy machine slows every contender alike
-        for name in CONTENDERS:
-            runs[name].append(_run_worker(name, n, mib))
-    nbytes = (n + 1) * size  # CPU and faults include the warm-up train
-    for name, (role, label, _) in CONTENDERS.items():
-        res.timings.append(Timing(label, role, [r["seconds"] for r in runs[name]],
-                                  nbytes=n * size, items=n))
-        cpu = statistics.median(r["cpu"] for r in runs[name]) / (nbytes / 1e9)
-        faults = statistics.median(r["minflt"] for r in runs[name]) / (n + 1)
-        res.notes.append(f"{label}: {cpu:.2f} CPU s per GB (both ends, whole process), "
-                         f"{faults:.0f} minor page faults per train")
+    add_worker_timings(res, list(CONTENDERS), n, mib, ctx.repeat)
     res.check("speed-up vs karabo-bridge (GB/s)", "peer", 1.5)
     res.check("fraction of raw pyzmq", "ceiling", 0.8)
     return [res]
+
+
+def add_worker_timings(res: CaseResult, names: list[str], ntrains: int, mib: int,
+                       repeat: int) -> None:
+    """Run the ``names`` workers ``repeat`` times, taking turns; add their timings and notes."""
+    size = 16 * mib * 2**20
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    for _ in range(repeat):  # take turns, so that a busy machine slows every contender alike
+        for name in names:
+            runs[name].append(run_worker(name, ntrains, mib))
+    nbytes = (ntrains + 1) * size  # CPU and faults include the warm-up train
+    for name in names:
+        role, label, _ = WORKERS[name]
+        res.timings.append(Timing(label, role, [r["seconds"] for r in runs[name]],
+                                  nbytes=ntrains * size, items=ntrains))
+        cpu = statistics.median(r["cpu"] for r in runs[name]) / (nbytes / 1e9)
+        faults = statistics.median(r["minflt"] for r in runs[name]) / (ntrains + 1)
+        res.notes.append(f"{label}: {cpu:.2f} CPU s per GB (both ends, whole process), "
+                         f"{faults:.0f} minor page faults per train")
 
 
 CASES = {"bridge": case_bridge}
@@ -111,7 +126,7 @@ CASES = {"bridge": case_bridge}
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="one bridge contender in this process (JSON on stdout)")
-    p.add_argument("--worker", choices=list(CONTENDERS), required=True)
+    p.add_argument("--worker", choices=list(WORKERS), required=True)
     p.add_argument("--trains", type=int, default=10)
     p.add_argument("--mib", type=int, default=4)
     args = p.parse_args(argv)

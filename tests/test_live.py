@@ -368,6 +368,24 @@ def test_numpy_detector_equals_the_computed_lazy_one(stream):
     assert newest["image.data"].values.flags.writeable  # a copy, not a view of the buffer
 
 
+def test_numpy_detector_reuses_memory_only_once_nothing_uses_it():
+    sim = Simulator("AGIPD", modules=[0, 1], frames=2, slow=False)
+    buf = fed([sim.train(sim.first_train_id + i) for i in range(3)])
+    first = buf.detector(dask=False, last=1)["image.data"].values
+    held = first.copy()
+    second = buf.detector(dask=False, last=1)["image.data"].values
+    assert not np.shares_memory(first, second)  # first is still in use
+    np.testing.assert_array_equal(first, held)
+    address = second.__array_interface__["data"][0]
+    del second
+    buf.add(*sim.train(sim.first_train_id + 3))
+    third = buf.detector(dask=False, last=1)["image.data"]
+    assert third.values.__array_interface__["data"][0] == address  # second's memory again
+    np.testing.assert_array_equal(third.isel(trainId=0, module=1).values,
+                                  sim.train(sim.first_train_id + 3)[0][sim.kind.source(1)]["image.data"])
+    np.testing.assert_array_equal(first, held)
+
+
 def test_views_of_the_newest_trains_only():
     sim = Simulator("AGIPD", modules=[0], frames=2)
     buf = fed([sim.train(sim.first_train_id + i) for i in range(4)])

@@ -60,6 +60,7 @@ from ..detectors.stacking import choose_detector, detector_kind, stacked_modules
 from ..files.strings import decode_strings
 from ..fill import default_fill_value
 from ..views import merge_variables
+from .buffers import ArrayPool
 from .client import Client
 from .protocol import ProtocolError
 from .sockets import Throttle
@@ -211,6 +212,7 @@ class LiveBuffer:
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
         self._context: zmq.Context | None = None
+        self._pool = ArrayPool()  # memory of numpy detector arrays nothing uses any more
 
     # -- receiving -------------------------------------------------------------
 
@@ -466,9 +468,11 @@ class LiveBuffer:
         Parameters are those of :func:`xfeldata.detectors.stacking.detector_dataset`
         (``modules``, ``pulses``, ``require_all_modules``, ``fill_value``, ``keys``);
         ``dask=False`` gives numpy variables, each frame copied once straight
-        into place (the trains are in memory already); ``last=n`` takes only
-        the newest ``n`` buffered trains (``last=1, dask=False``: the newest
-        train as numpy arrays, what a live display shows).
+        into place (the trains are in memory already), in the memory of
+        earlier such arrays that nothing uses any more (the buffer keeps up
+        to four: :class:`~xfeldata.bridge.buffers.ArrayPool`); ``last=n``
+        takes only the newest ``n`` buffered trains (``last=1, dask=False``:
+        the newest train as numpy arrays, what a live display shows).
 
         Returns
         -------
@@ -491,7 +495,7 @@ class LiveBuffer:
         >>> frames = buf.detector(last=1, dask=False)["image.data"][0].values   # doctest: +SKIP
         """
         return _detector(self._snapshot(last), name, modules, fill_value, require_all_modules, keys,
-                         pulses, dask)
+                         pulses, dask, self._pool)
 
     def dataset(self, sources: str = "*", keys: str = "*", last: int | None = None) -> xr.Dataset:
         """Every matching key of the buffered trains, as ``run.select(sources, keys).dataset()``.
@@ -700,7 +704,8 @@ def _module_chunk(frames: _Frames, i: int, j: int, key: str, entry: tuple[int, .
 
 
 def _stacked_array(frames: _Frames, key: str, entry: tuple[int, ...], dtype: np.dtype,
-                   fill: Any, dask: bool = True) -> da.Array | np.ndarray:
+                   fill: Any, dask: bool = True, pool: ArrayPool | None = None
+                   ) -> da.Array | np.ndarray:
     """One key of every module, ``(train, slot, module, [stage,] *entry)``, as a lazy array.
 
     One chunk per train and module (:func:`_module_chunk`): building it copies
@@ -708,14 +713,14 @@ def _stacked_array(frames: _Frames, key: str, entry: tuple[int, ...], dtype: np.
     chunks keep the buffered arrays alive, so the array stays valid while later
     trains arrive, evict these or the buffer is cleared.  With ``dask=False``
     the chunks are copied straight into one numpy array instead (each frame's
-    bytes once).
+    bytes once), in memory from ``pool`` if given.
     """
     n_trains, n_modules = len(frames.per_train), len(frames.modules)
     stage_chunks = ((frames.n_stages,),) if frames.stages else ()
     chunks = (tuple([1] * n_trains), (len(frames.pulse_coord),), tuple([1] * n_modules),
               *stage_chunks, *((d,) for d in entry))
     if not dask:
-        out = np.empty(tuple(sum(c) for c in chunks), dtype)
+        out = (pool.empty if pool is not None else np.empty)(tuple(sum(c) for c in chunks), dtype)
         for i in range(n_trains):
             for j in range(n_modules):
                 chunk = _module_chunk(frames, i, j, key, entry, dtype, fill)
@@ -762,7 +767,7 @@ def _cell_ids(frames: _Frames, cell_key: str) -> np.ndarray:
 
 def _detector(trains: list[tuple[int, TrainData]], name: str | None, modules: Sequence[int] | None,
               fill_value: Any, require_all_modules: bool, keys: Sequence[str] | None,
-              pulses: Any = None, dask: bool = True) -> xr.Dataset:
+              pulses: Any = None, dask: bool = True, pool: ArrayPool | None = None) -> xr.Dataset:
     found = group_detector_sources({s for _, data in trains for s in data})
     device, sources = choose_detector(found, name, "the buffered trains")
     kind = detector_kind(device, list(sources)) or generic_kind(
@@ -843,7 +848,7 @@ def _detector(trains: list[tuple[int, TrainData]], name: str | None, modules: Se
         var = schema.DETECTOR_VARIABLES.get(key, key)
         entry = kind.stacked_entry(shape)
         fill = schema.detector_fill_value(key, dtype, fill_value)
-        variables[var] = _stacked_array(frames, key, entry, dtype, fill, dask)
+        variables[var] = _stacked_array(frames, key, entry, dtype, fill, dask, pool)
         pixel = schema.detector_pixel_dims(entry)
         pixel_dims[var] = (schema.GAIN_DIM, *pixel) if stages else pixel
 
