@@ -386,6 +386,19 @@ def test_numpy_detector_reuses_memory_only_once_nothing_uses_it():
     np.testing.assert_array_equal(first, held)
 
 
+def test_wait_newer_gives_the_newest_train_once_per_filed_message():
+    sim = Simulator("AGIPD", modules=[0], frames=2, slow=False)
+    t0 = sim.first_train_id
+    buf = fed([sim.train(t0 + i) for i in (1, 2, 0)], maxlen=2)  # t0 is older than both: discarded
+    newest = buf.wait_newer(0, timeout=1)
+    assert (newest.filed, newest.train_id) == (2, t0 + 2) and buf.trains_discarded == 1
+    assert sorted(newest.data) == [AGIPD0] and newest.metadata[AGIPD0]["timestamp.tid"] == t0 + 2
+    with pytest.raises(TimeoutError):
+        buf.wait_newer(newest.filed, timeout=0.2)  # nothing filed since
+    buf.add(*sim.train(t0 + 3))
+    assert buf.wait_newer(newest.filed, timeout=1).train_id == t0 + 3
+
+
 def test_views_of_the_newest_trains_only():
     sim = Simulator("AGIPD", modules=[0], frames=2)
     buf = fed([sim.train(sim.first_train_id + i) for i in range(4)])

@@ -65,7 +65,7 @@ from .client import Client
 from .protocol import ProtocolError
 from .sockets import Throttle
 
-__all__ = ["LiveBuffer"]
+__all__ = ["LiveBuffer", "Newest"]
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,29 @@ def _valid_tid(value: Any) -> int | None:
         return None
     value = int(value)
     return value if 0 <= value <= _MAX_TID else None
+
+
+@dataclass(frozen=True)
+class Newest:
+    """The newest buffered train, from :meth:`LiveBuffer.wait_newer`.
+
+    Attributes
+    ----------
+    filed : int
+        Messages filed by the buffer so far (pass it to the next ``wait_newer``).
+    train_id : int
+        The train.
+    data, metadata : dict
+        Its ``{source: {key: value}}`` and ``{source: metadata}`` (arrays read-only).
+    received_at : float
+        ``time.monotonic()`` when the last message was filed.
+    """
+
+    filed: int
+    train_id: int
+    data: TrainData
+    metadata: TrainData
+    received_at: float
 
 
 class LiveBuffer:
@@ -212,6 +235,7 @@ class LiveBuffer:
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
         self._context: zmq.Context | None = None
+        self._filed, self._filed_at = 0, 0.0  # messages filed (not all discarded), when the last was
         self._pool = ArrayPool()  # memory of numpy detector arrays nothing uses any more
 
     # -- receiving -------------------------------------------------------------
@@ -316,13 +340,18 @@ class LiveBuffer:
                 self._warn("mismatched", f"live buffer: sources from {self.endpoint} carry different train IDs "
                            f"in one message: {tids}")
             self._follow(common, data)
-            discarded = set()
+            discarded, filed = set(), False
             for source, props in data.items():
                 if not isinstance(props, Mapping):
                     continue
                 tid = tids[source] if tids[source] is not None else common
-                if not self._file(tid, source, props, metadata.get(source) or {}):
+                if self._file(tid, source, props, metadata.get(source) or {}):
+                    filed = True
+                else:
                     discarded.add(tid)
+            if filed:
+                self._filed += 1
+                self._filed_at = time.monotonic()
             self._evict()
             if discarded:
                 self.trains_discarded += len(discarded)
@@ -416,6 +445,38 @@ class LiveBuffer:
                                        f"{self.endpoint} within {timeout} s")
                 self._cond.wait(min(left, 0.1))
         return self
+
+    def wait_newer(self, seen: int = 0, timeout: float = 10) -> Newest:
+        """Block until more than ``seen`` messages were filed; then the newest buffered train.
+
+        A consumer that keeps only up with the newest train passes the
+        ``filed`` count of the last :class:`Newest` it got: messages filed
+        since then that are not the newest are the ones it skipped.
+
+        Raises
+        ------
+        TimeoutError
+            No newer message within ``timeout`` seconds.
+        RuntimeError
+            The receiving thread failed.
+
+        Examples
+        --------
+        >>> newest = buf.wait_newer(0, timeout=10)        # doctest: +SKIP
+        >>> newest = buf.wait_newer(newest.filed)         # doctest: +SKIP
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._filed <= seen or not self._trains:
+                if self._failure is not None:
+                    raise RuntimeError(f"the live buffer stopped: {self._failure!r}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no new train from {self.endpoint} within {timeout} s")
+                self._cond.wait(min(left, 0.1))
+            tid = max(self._trains)
+            data, metadata = self._trains[tid]
+            return Newest(self._filed, tid, dict(data), dict(metadata), self._filed_at)
 
     # -- contents --------------------------------------------------------------
 
