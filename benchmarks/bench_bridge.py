@@ -18,6 +18,8 @@ import time
 
 import numpy as np
 
+_TIMEOUT_S = 30
+
 
 def make_train(modules: int, mib: int) -> dict:
     n = mib * 2**20 // 2
@@ -25,30 +27,65 @@ def make_train(modules: int, mib: int) -> dict:
             for m in range(modules)}
 
 
+def _timed_next(next_train, ntrains: int) -> float:
+    """One warm-up ``next_train()``, then the time of ``ntrains`` more."""
+    next_train()
+    start = time.perf_counter()
+    for _ in range(ntrains):
+        next_train()
+    return time.perf_counter() - start
+
+
+def run_xfeldata(train: dict, ntrains: int, client: str = "xfeldata", **serve_kw) -> float:
+    """``serve`` (REP) of a list of trains in the background; time ``client.next()``.
+
+    ``client`` is ``"xfeldata"`` (:class:`xfeldata.bridge.Client`) or
+    ``"karabo_bridge"`` (the published client against xfeldata's server).
+    """
+    from xfeldata.bridge import Client, serve
+
+    trains = [(tid, train) for tid in range(ntrains + 1)]
+    handle = serve(trains, sock="REP", background=True, **serve_kw)
+    try:
+        if client == "karabo_bridge":
+            import karabo_bridge
+
+            kb = karabo_bridge.Client(handle.endpoint, timeout=_TIMEOUT_S)
+            try:
+                return _timed_next(kb.next, ntrains)
+            finally:
+                kb._context.destroy(linger=0)
+        with Client(handle.endpoint, timeout=_TIMEOUT_S) as ours:
+            return _timed_next(ours.next, ntrains)
+    finally:
+        handle.stop()
+
+
 def run_ours(train: dict, ntrains: int, sock: str, client_sock: str) -> float:
+    """A :class:`~xfeldata.bridge.Server` fed from a thread (policy queue, maxlen 2)."""
     from xfeldata.bridge import Client, Server, ServerClosed
 
     with Server(sock=sock, policy="queue", maxlen=2) as server:
         def feed():
             for tid in range(ntrains + 1):
                 try:
-                    server.feed(train, train_id=tid, timeout=30)
+                    server.feed(train, train_id=tid, timeout=_TIMEOUT_S)
                 except (ServerClosed, TimeoutError):
                     return
 
         t = threading.Thread(target=feed, daemon=True)
         t.start()
-        with Client(server.endpoint, sock=client_sock, timeout=30) as client:
-            client.next()  # connected and warm
-            start = time.perf_counter()
-            for _ in range(ntrains):
-                data, _ = client.next()
-            elapsed = time.perf_counter() - start
+        with Client(server.endpoint, sock=client_sock, timeout=_TIMEOUT_S) as client:
+            elapsed = _timed_next(client.next, ntrains)
     t.join(5)
     return elapsed
 
 
-def run_published(train: dict, ntrains: int) -> float:
+def run_published(train: dict, ntrains: int, client: str = "karabo_bridge") -> float:
+    """karabo-bridge's ``ServerInThread`` (REP, maxlen 2) fed from a thread; time ``next()``.
+
+    ``client`` is ``"karabo_bridge"`` (its own client) or ``"xfeldata"``.
+    """
     import karabo_bridge
     from karabo_bridge.server import ServerInThread
 
@@ -68,19 +105,107 @@ def run_published(train: dict, ntrains: int) -> float:
 
     t = threading.Thread(target=feed, daemon=True)
     t.start()
-    client = karabo_bridge.Client(server.endpoint, timeout=30)
     try:
-        client.next()
-        start = time.perf_counter()
-        for _ in range(ntrains):
-            client.next()
-        elapsed = time.perf_counter() - start
+        if client == "xfeldata":
+            from xfeldata.bridge import Client
+
+            with Client(server.endpoint, timeout=_TIMEOUT_S) as ours:
+                return _timed_next(ours.next, ntrains)
+        kb = karabo_bridge.Client(server.endpoint, timeout=_TIMEOUT_S)
+        try:
+            return _timed_next(kb.next, ntrains)
+        finally:
+            kb._context.destroy(linger=0)
     finally:
         stop.set()
-        client._context.destroy(linger=0)
         server.stop()
-    t.join(5)
-    return elapsed
+        t.join(5)
+
+
+def run_live_buffer(train: dict, ntrains: int, maxlen: int = 4) -> float:
+    """``serve(trains)`` (REP) -> :class:`~xfeldata.bridge.LiveBuffer`; time ``ntrains`` received.
+
+    The buffer receives in its own thread (decode and :meth:`LiveBuffer.add`
+    included).  It is filled (``maxlen`` trains) before timing, so each timed
+    train evicts the oldest one, as in a running monitor: the steady state.
+    """
+    from xfeldata.bridge import LiveBuffer, serve
+
+    trains = [(tid, train) for tid in range(ntrains + maxlen)]
+    handle = serve(trains, sock="REP", background=True)
+    try:
+        with LiveBuffer(handle.endpoint, maxlen=maxlen, timeout=_TIMEOUT_S) as buf:
+            buf.wait(maxlen, timeout=_TIMEOUT_S)
+            start = time.perf_counter()
+            received = buf.received
+            deadline = start + _TIMEOUT_S
+            while buf.received < received + ntrains and time.perf_counter() < deadline:
+                time.sleep(0.001)
+            elapsed = time.perf_counter() - start
+            if buf.received < received + ntrains:
+                raise TimeoutError(f"{buf.received - received} of {ntrains} trains received")
+            return elapsed
+    finally:
+        handle.stop()
+
+
+def run_raw(train: dict, ntrains: int, keep_buffers: bool = True) -> float:
+    """The ceiling: the same frames over raw pyzmq REQ/REP, ``copy=False`` on both ends.
+
+    The frames are those :func:`xfeldata.bridge.encode` makes for the train
+    (made once, before timing); a REP thread sends them on each request with
+    ``send_multipart(copy=False)``, and the REQ side receives them with
+    ``recv_multipart(copy=False)`` and wraps each array frame with
+    ``numpy.frombuffer``, which is all a receiver must do.  Each end has its
+    own ZeroMQ context (so its own I/O thread, as two programs would; one
+    shared context serialises both ends' copies on one thread), and the
+    sockets have the protocol's high-water mark of 1 and LINGER 0.  With
+    ``keep_buffers`` the allocator keeps freed message memory as xfeldata's
+    client makes it (:func:`xfeldata.bridge.buffers.keep_freed_memory`).
+    """
+    import zmq
+
+    from xfeldata.bridge.buffers import keep_freed_memory
+    from xfeldata.bridge.protocol import encode
+
+    if keep_buffers:
+        keep_freed_memory(sum(v.nbytes for p in train.values() for v in p.values()
+                                  if isinstance(v, np.ndarray)))
+    frames = encode(train, {s: {"timestamp.tid": 1} for s in train})
+    server_ctx, client_ctx = zmq.Context(), zmq.Context()
+    rep = server_ctx.socket(zmq.REP)
+    req = client_ctx.socket(zmq.REQ)
+    for sock in (rep, req):
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVTIMEO, _TIMEOUT_S * 1000)
+        sock.set_hwm(1)
+    port = rep.bind_to_random_port("tcp://127.0.0.1")
+
+    def server() -> None:
+        try:
+            for _ in range(ntrains + 1):
+                rep.recv()
+                rep.send_multipart(frames, copy=False)
+        except zmq.ZMQError:
+            pass
+
+    thread = threading.Thread(target=server, daemon=True)
+    thread.start()
+    req.connect(f"tcp://127.0.0.1:{port}")
+
+    def next_train() -> list:
+        req.send(b"next")
+        got = req.recv_multipart(copy=False)
+        return [np.frombuffer(f.buffer, np.uint8) for f in got[3::4]]  # the array frames
+
+    try:
+        return _timed_next(next_train, ntrains)
+    finally:
+        thread.join(_TIMEOUT_S)
+        req.close(0)
+        rep.close(0)
+        server_ctx.term()
+        client_ctx.term()
 
 
 def run_codec(train: dict, ntrains: int) -> float:
@@ -104,6 +229,7 @@ def main() -> None:
     print(f"{args.trains} trains of {args.modules} x {args.mib} MiB ({size / 2**20:.0f} MiB/train)")
     cases = [
         ("encode+decode, no sockets", lambda: run_codec(train, args.trains)),
+        ("raw pyzmq REQ/REP, copy=False", lambda: run_raw(train, args.trains)),
         ("xfeldata REP -> REQ", lambda: run_ours(train, args.trains, "REP", "REQ")),
         ("xfeldata PUSH -> PULL", lambda: run_ours(train, args.trains, "PUSH", "PULL")),
         ("karabo-bridge REP -> REQ", lambda: run_published(train, args.trains)),

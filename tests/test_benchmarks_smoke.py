@@ -102,3 +102,11 @@ def test_memory_case_skipped_below_large(tmp_path):
 
     (res,) = case_memory(Context(SIZES["tiny"], tmp_path, tmp_path, 1))
     assert res.skipped
+
+
+def test_bridge_contenders_run_each_in_a_fresh_process():
+    from benchmarks.bridge import run_worker
+
+    for name in ("xfeldata", "raw", "live_buffer"):
+        out = run_worker(name, ntrains=2, mib=1)
+        assert out["seconds"] > 0 and out["cpu"] > 0 and out["minflt"] >= 0, name

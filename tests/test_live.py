@@ -338,6 +338,79 @@ def test_lpd_parallel_gain_in_order_and_reordered():
     xr.testing.assert_identical(reordered, ds)
 
 
+def _streams() -> dict[str, tuple[list, dict]]:
+    """Buffered streams whose chunks take every form: views in order, frames placed by
+    pulse ID (reordered, one missing), a module without data, LPD parallel gain."""
+    corr = Simulator("AGIPD", raw=False, modules=[0, 1], frames=4, slow=False)
+    tids = [corr.first_train_id + i for i in range(3)]
+    lpd = Simulator("LPD", modules=[0, 3], frames=3, slow=False)
+    return {
+        "in order, a module missing": ([corr.train(t) for t in tids], {"modules": [0, 1, 2]}),
+        "reordered, a frame missing": (
+            [with_frames(corr.train(tids[0]), AGIPD_CORR.format(1), [2, 0, 1]),
+             with_frames(corr.train(tids[1]), AGIPD_CORR.format(0), [3, 2, 1, 0]), corr.train(tids[2])],
+            {"fill_value": -5}),
+        "parallel gain": ([parallel_gain(lpd.train(lpd.first_train_id), [2, 0, 1]),
+                           parallel_gain(lpd.train(lpd.first_train_id + 1), [0, 1, 2])],
+                          {"modules": [0, 3]}),
+    }
+
+
+@pytest.mark.parametrize("stream", list(_streams()))
+def test_numpy_detector_equals_the_computed_lazy_one(stream):
+    trains, kw = _streams()[stream]
+    buf = fed(trains)
+    ds = buf.detector(dask=False, **kw)
+    assert all(isinstance(v.data, np.ndarray) for v in ds.variables.values())
+    xr.testing.assert_identical(ds, buf.detector(**kw).compute())
+    newest = buf.detector(dask=False, last=1, **kw)
+    xr.testing.assert_identical(newest, ds.isel(trainId=[-1]))
+    assert newest["image.data"].values.flags.writeable  # a copy, not a view of the buffer
+
+
+def test_numpy_detector_reuses_memory_only_once_nothing_uses_it():
+    sim = Simulator("AGIPD", modules=[0, 1], frames=2, slow=False)
+    buf = fed([sim.train(sim.first_train_id + i) for i in range(3)])
+    first = buf.detector(dask=False, last=1)["image.data"].values
+    held = first.copy()
+    second = buf.detector(dask=False, last=1)["image.data"].values
+    assert not np.shares_memory(first, second)  # first is still in use
+    np.testing.assert_array_equal(first, held)
+    address = second.__array_interface__["data"][0]
+    del second
+    buf.add(*sim.train(sim.first_train_id + 3))
+    third = buf.detector(dask=False, last=1)["image.data"]
+    assert third.values.__array_interface__["data"][0] == address  # second's memory again
+    np.testing.assert_array_equal(third.isel(trainId=0, module=1).values,
+                                  sim.train(sim.first_train_id + 3)[0][sim.kind.source(1)]["image.data"])
+    np.testing.assert_array_equal(first, held)
+
+
+def test_wait_newer_gives_the_newest_train_once_per_filed_message():
+    sim = Simulator("AGIPD", modules=[0], frames=2, slow=False)
+    t0 = sim.first_train_id
+    buf = fed([sim.train(t0 + i) for i in (1, 2, 0)], maxlen=2)  # t0 is older than both: discarded
+    newest = buf.wait_newer(0, timeout=1)
+    assert (newest.filed, newest.train_id) == (2, t0 + 2) and buf.trains_discarded == 1
+    assert sorted(newest.data) == [AGIPD0] and newest.metadata[AGIPD0]["timestamp.tid"] == t0 + 2
+    with pytest.raises(TimeoutError):
+        buf.wait_newer(newest.filed, timeout=0.2)  # nothing filed since
+    buf.add(*sim.train(t0 + 3))
+    assert buf.wait_newer(newest.filed, timeout=1).train_id == t0 + 3
+
+
+def test_views_of_the_newest_trains_only():
+    sim = Simulator("AGIPD", modules=[0], frames=2)
+    buf = fed([sim.train(sim.first_train_id + i) for i in range(4)])
+    newest = buf.train_ids[-2:]
+    np.testing.assert_array_equal(buf.detector(last=2).trainId, newest)
+    xr.testing.assert_identical(buf.dataset(last=2), buf.dataset().sel(trainId=newest))
+    pd.testing.assert_frame_equal(buf.control_frame(last=2), buf.control_frame().loc[newest])
+    assert len(buf.detector(last=10).trainId) == 4
+    with pytest.raises(ValueError, match="last must be at least 1"):
+        buf.detector(last=0)
+
+
 # -- the acceptance test: a run served from files equals the run opened from files -----
 
 

@@ -47,7 +47,7 @@ import xarray as xr
 import zmq
 
 from .. import schema
-from ..arrays import BlockRead, blocks_array
+from ..arrays import BlockRead, blocks_array, execute_block
 from ..detectors.kinds import (
     DetectorKind,
     detector_kind_of_device,
@@ -60,11 +60,12 @@ from ..detectors.stacking import choose_detector, detector_kind, stacked_modules
 from ..files.strings import decode_strings
 from ..fill import default_fill_value
 from ..views import merge_variables
+from .buffers import ArrayPool
 from .client import Client
 from .protocol import ProtocolError
 from .sockets import Throttle
 
-__all__ = ["LiveBuffer"]
+__all__ = ["LiveBuffer", "Newest"]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,29 @@ def _valid_tid(value: Any) -> int | None:
         return None
     value = int(value)
     return value if 0 <= value <= _MAX_TID else None
+
+
+@dataclass(frozen=True)
+class Newest:
+    """The newest buffered train, from :meth:`LiveBuffer.wait_newer`.
+
+    Attributes
+    ----------
+    filed : int
+        Messages filed by the buffer so far (pass it to the next ``wait_newer``).
+    train_id : int
+        The train.
+    data, metadata : dict
+        Its ``{source: {key: value}}`` and ``{source: metadata}`` (arrays read-only).
+    received_at : float
+        ``time.monotonic()`` when the last message was filed.
+    """
+
+    filed: int
+    train_id: int
+    data: TrainData
+    metadata: TrainData
+    received_at: float
 
 
 class LiveBuffer:
@@ -211,6 +235,8 @@ class LiveBuffer:
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
         self._context: zmq.Context | None = None
+        self._filed, self._filed_at = 0, 0.0  # messages filed (not all discarded), when the last was
+        self._pool = ArrayPool()  # memory of numpy detector arrays nothing uses any more
 
     # -- receiving -------------------------------------------------------------
 
@@ -314,13 +340,18 @@ class LiveBuffer:
                 self._warn("mismatched", f"live buffer: sources from {self.endpoint} carry different train IDs "
                            f"in one message: {tids}")
             self._follow(common, data)
-            discarded = set()
+            discarded, filed = set(), False
             for source, props in data.items():
                 if not isinstance(props, Mapping):
                     continue
                 tid = tids[source] if tids[source] is not None else common
-                if not self._file(tid, source, props, metadata.get(source) or {}):
+                if self._file(tid, source, props, metadata.get(source) or {}):
+                    filed = True
+                else:
                     discarded.add(tid)
+            if filed:
+                self._filed += 1
+                self._filed_at = time.monotonic()
             self._evict()
             if discarded:
                 self.trains_discarded += len(discarded)
@@ -415,6 +446,38 @@ class LiveBuffer:
                 self._cond.wait(min(left, 0.1))
         return self
 
+    def wait_newer(self, seen: int = 0, timeout: float = 10) -> Newest:
+        """Block until more than ``seen`` messages were filed; then the newest buffered train.
+
+        A consumer that keeps only up with the newest train passes the
+        ``filed`` count of the last :class:`Newest` it got: messages filed
+        since then that are not the newest are the ones it skipped.
+
+        Raises
+        ------
+        TimeoutError
+            No newer message within ``timeout`` seconds.
+        RuntimeError
+            The receiving thread failed.
+
+        Examples
+        --------
+        >>> newest = buf.wait_newer(0, timeout=10)        # doctest: +SKIP
+        >>> newest = buf.wait_newer(newest.filed)         # doctest: +SKIP
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._filed <= seen or not self._trains:
+                if self._failure is not None:
+                    raise RuntimeError(f"the live buffer stopped: {self._failure!r}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no new train from {self.endpoint} within {timeout} s")
+                self._cond.wait(min(left, 0.1))
+            tid = max(self._trains)
+            data, metadata = self._trains[tid]
+            return Newest(self._filed, tid, dict(data), dict(metadata), self._filed_at)
+
     # -- contents --------------------------------------------------------------
 
     @property
@@ -447,21 +510,30 @@ class LiveBuffer:
             self._trains.clear()
             self._sizes.clear()
 
-    def _snapshot(self) -> list[tuple[int, TrainData]]:
+    def _snapshot(self, last: int | None = None) -> list[tuple[int, TrainData]]:
+        """The buffered trains (the newest ``last`` of them), by ascending train ID."""
+        if last is not None and last < 1:
+            raise ValueError(f"last must be at least 1, got {last}")
         with self._cond:
-            return [(tid, dict(self._trains[tid][0])) for tid in sorted(self._trains)]
+            tids = sorted(self._trains)[-last:] if last is not None else sorted(self._trains)
+            return [(tid, dict(self._trains[tid][0])) for tid in tids]
 
     # -- views -----------------------------------------------------------------
 
     def detector(self, name: str | None = None, *, modules: Sequence[int] | None = None,
                  fill_value: Any = None, require_all_modules: bool = False,
                  pulses: Any = None, keys: Sequence[str] | None = None,
-                 dask: bool = True) -> xr.Dataset:
+                 dask: bool = True, last: int | None = None) -> xr.Dataset:
         """The buffered trains of a multi-module detector, stacked as ``run.detector()`` does.
 
         Parameters are those of :func:`xfeldata.detectors.stacking.detector_dataset`
         (``modules``, ``pulses``, ``require_all_modules``, ``fill_value``, ``keys``);
-        ``dask=False`` gives numpy variables (the trains are in memory already).
+        ``dask=False`` gives numpy variables, each frame copied once straight
+        into place (the trains are in memory already), in the memory of
+        earlier such arrays that nothing uses any more (the buffer keeps up
+        to four: :class:`~xfeldata.bridge.buffers.ArrayPool`); ``last=n``
+        takes only the newest ``n`` buffered trains (``last=1, dask=False``:
+        the newest train as numpy arrays, what a live display shows).
 
         Returns
         -------
@@ -481,37 +553,39 @@ class LiveBuffer:
         --------
         >>> buf.detector("AGIPD", modules=[0, 1])["present"].dims   # doctest: +SKIP
         ('trainId', 'pulseId', 'module')
+        >>> frames = buf.detector(last=1, dask=False)["image.data"][0].values   # doctest: +SKIP
         """
-        return _detector(self._snapshot(), name, modules, fill_value, require_all_modules, keys,
-                         pulses, dask)
+        return _detector(self._snapshot(last), name, modules, fill_value, require_all_modules, keys,
+                         pulses, dask, self._pool)
 
-    def dataset(self, sources: str = "*", keys: str = "*") -> xr.Dataset:
+    def dataset(self, sources: str = "*", keys: str = "*", last: int | None = None) -> xr.Dataset:
         """Every matching key of the buffered trains, as ``run.select(sources, keys).dataset()``.
 
         Variables are named ``"source/key"``; per-train keys are
         ``(trainId, *entry)``, frame-resolved detector keys (``image.*``)
         ``(trainId, pulseId, *entry)``; generic entry dimensions are named
-        ``"<key>.dim_0"``, ....
+        ``"<key>.dim_0"``, ....  ``last=n``: only the newest ``n`` buffered trains.
 
         Examples
         --------
         >>> buf.dataset("SA1_XTD2_XGM/*")     # doctest: +SKIP
         """
-        return _dataset(self._snapshot(), sources, keys)
+        return _dataset(self._snapshot(last), sources, keys)
 
-    def control_frame(self, sources: str = "*", keys: str = "*") -> pd.DataFrame:
+    def control_frame(self, sources: str = "*", keys: str = "*",
+                      last: int | None = None) -> pd.DataFrame:
         """Scalar values of control sources, as ``run.control_frame()``.
 
         Indexed by ``trainId``, one column per ``"source/key"``; keys with
         array values are listed in ``frame.attrs["skipped"]``.  Control
         sources are those without ``:`` in their name (Karabo pipeline outputs
-        have one).
+        have one).  ``last=n``: only the newest ``n`` buffered trains.
 
         Examples
         --------
         >>> buf.control_frame("*MOTOR*")     # doctest: +SKIP
         """
-        return _control_frame(self._snapshot(), sources, keys)
+        return _control_frame(self._snapshot(last), sources, keys)
 
     # -- protocol --------------------------------------------------------------
 
@@ -629,12 +703,12 @@ class _PlacedFrames:
         """The part of the chunk that ``key`` selects (the whole chunk is built)."""
         return self.build()[key]
 
-    def build(self) -> np.ndarray:
-        """The chunk with every frame in its slot (and gain stage)."""
-        if self.fill_value is None:
+    def build(self, out: np.ndarray | None = None) -> np.ndarray:
+        """The chunk with every frame in its slot (and gain stage), in ``out`` if given."""
+        if out is None:
             out = np.empty(self.shape, self.dtype)
-        else:
-            out = np.full(self.shape, self.fill_value, self.dtype)
+        if self.fill_value is not None:
+            out[...] = self.fill_value
         if self.stages is None:
             out[0, self.slots, 0] = self.rows
         else:
@@ -691,18 +765,34 @@ def _module_chunk(frames: _Frames, i: int, j: int, key: str, entry: tuple[int, .
 
 
 def _stacked_array(frames: _Frames, key: str, entry: tuple[int, ...], dtype: np.dtype,
-                   fill: Any) -> da.Array:
+                   fill: Any, dask: bool = True, pool: ArrayPool | None = None
+                   ) -> da.Array | np.ndarray:
     """One key of every module, ``(train, slot, module, [stage,] *entry)``, as a lazy array.
 
     One chunk per train and module (:func:`_module_chunk`): building it copies
     nothing; computing copies only the chunks that a selection touches.  The
     chunks keep the buffered arrays alive, so the array stays valid while later
-    trains arrive, evict these or the buffer is cleared.
+    trains arrive, evict these or the buffer is cleared.  With ``dask=False``
+    the chunks are copied straight into one numpy array instead (each frame's
+    bytes once), in memory from ``pool`` if given.
     """
     n_trains, n_modules = len(frames.per_train), len(frames.modules)
     stage_chunks = ((frames.n_stages,),) if frames.stages else ()
     chunks = (tuple([1] * n_trains), (len(frames.pulse_coord),), tuple([1] * n_modules),
               *stage_chunks, *((d,) for d in entry))
+    if not dask:
+        out = (pool.empty if pool is not None else np.empty)(tuple(sum(c) for c in chunks), dtype)
+        for i in range(n_trains):
+            for j in range(n_modules):
+                chunk = _module_chunk(frames, i, j, key, entry, dtype, fill)
+                place = out[i:i + 1, :, j:j + 1]
+                if isinstance(chunk, np.ndarray):
+                    place[...] = chunk
+                elif isinstance(chunk, _PlacedFrames):
+                    chunk.build(place)
+                else:
+                    execute_block(chunk, place)
+        return out
     if not n_trains:  # dask's own constructors fail for zero-size arrays
         return da.from_array(np.empty(tuple(sum(c) for c in chunks), dtype), chunks=-1)
     blocks = {}
@@ -738,7 +828,7 @@ def _cell_ids(frames: _Frames, cell_key: str) -> np.ndarray:
 
 def _detector(trains: list[tuple[int, TrainData]], name: str | None, modules: Sequence[int] | None,
               fill_value: Any, require_all_modules: bool, keys: Sequence[str] | None,
-              pulses: Any = None, dask: bool = True) -> xr.Dataset:
+              pulses: Any = None, dask: bool = True, pool: ArrayPool | None = None) -> xr.Dataset:
     found = group_detector_sources({s for _, data in trains for s in data})
     device, sources = choose_detector(found, name, "the buffered trains")
     kind = detector_kind(device, list(sources)) or generic_kind(
@@ -819,7 +909,7 @@ def _detector(trains: list[tuple[int, TrainData]], name: str | None, modules: Se
         var = schema.DETECTOR_VARIABLES.get(key, key)
         entry = kind.stacked_entry(shape)
         fill = schema.detector_fill_value(key, dtype, fill_value)
-        variables[var] = _stacked_array(frames, key, entry, dtype, fill)
+        variables[var] = _stacked_array(frames, key, entry, dtype, fill, dask, pool)
         pixel = schema.detector_pixel_dims(entry)
         pixel_dims[var] = (schema.GAIN_DIM, *pixel) if stages else pixel
 

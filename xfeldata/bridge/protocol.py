@@ -326,11 +326,16 @@ class _Containers:
 
 
 def _unpack(buf: memoryview, index: int, what: str, object_hook=None) -> Any:
-    hooks = _Containers(index, object_hook)
+    # Every map or array takes at least one byte: a frame of at most MAX_CONTAINERS
+    # bytes cannot hold more, so only longer frames pay for counting them in Python.
+    if len(buf) <= MAX_CONTAINERS:
+        hooks = {} if object_hook is None else {"object_hook": object_hook}
+    else:
+        counter = _Containers(index, object_hook)
+        hooks = {"object_hook": counter.map, "list_hook": counter.list}
     try:
-        return msgpack.unpackb(buf, raw=False, object_hook=hooks.map, list_hook=hooks.list,
-                               max_array_len=MAX_CONTAINER_LEN,
-                               max_map_len=MAX_CONTAINER_LEN // 10)
+        return msgpack.unpackb(buf, raw=False, max_array_len=MAX_CONTAINER_LEN,
+                               max_map_len=MAX_CONTAINER_LEN // 10, **hooks)
     except ProtocolError:
         raise
     except Exception as exc:  # msgpack raises many types for bad input

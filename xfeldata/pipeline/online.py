@@ -1,10 +1,11 @@
 """A pipeline step live on a Karabo bridge stream, with its results published as a stream.
 
-:func:`live` receives trains in one thread and applies ``fn`` in another.
-The receiving thread keeps only the newest train: when ``fn`` is slower than
-the trains, the processing thread takes the newest one and the ones it never
-saw are counted in :attr:`LiveStats.skipped`, so the pipeline never falls
-behind by more than one train.  Each train becomes a one-train
+:func:`live` receives trains in the receiving thread of a
+:class:`~xfeldata.bridge.LiveBuffer` of one train and applies ``fn`` in
+another thread.  The buffer keeps only the newest train: when ``fn`` is
+slower than the trains, the processing thread takes the newest one and the
+ones it never saw are counted in :attr:`LiveStats.skipped`, so the pipeline
+never falls behind by more than one train.  Each train becomes a one-train
 :class:`~xfeldata.bridge.LiveBuffer`, ``inputs(buffer)`` builds ``fn``'s
 input exactly as on a Run, and the result is published as a Karabo bridge
 train (protocol 2.2) under one source name, with the input train's ID and
@@ -37,10 +38,9 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-import zmq
 
-from ..bridge import Client, LiveBuffer, Server
-from ..bridge.protocol import ProtocolError, make_metadata
+from ..bridge import LiveBuffer, Server
+from ..bridge.protocol import make_metadata
 from .steps import Inputs, Step, apply_step, default_inputs
 
 __all__ = ["Live", "LiveStats", "live", "result_train"]
@@ -138,68 +138,47 @@ class Live:
         self.last_error: Exception | None = None
         self._server = Server(publish, sock=publish_sock, policy="drop", maxlen=10)
         self.endpoint = self._server.endpoint
-        self._sock, self._timeout = sock, timeout
+        self._timeout = timeout
+        # Receives in its own thread and keeps the newest train (the one receive loop).
+        self._input = LiveBuffer(endpoint, maxlen=1, sock=sock, timeout=timeout)
         self._cond = threading.Condition()
-        self._latest: tuple[dict, dict, float] | None = None
         self._stopping = threading.Event()
         self._counts = LiveStats()
         self._done: deque[tuple[float, float]] = deque(maxlen=WINDOW)  # (publish time, lag)
-        self._context = zmq.Context()
-        self._threads = [threading.Thread(target=self._receive, daemon=True, name="live-receive"),
-                         threading.Thread(target=self._process, daemon=True, name="live-process")]
+        self._thread = threading.Thread(target=self._process, daemon=True, name="live-process")
         self._failure: BaseException | None = None
 
     def start(self) -> Live:
         self._server.start()
-        for thread in self._threads:
-            thread.start()
+        self._input.start()
+        self._thread.start()
         return self
 
-    # -- threads ---------------------------------------------------------------
-
-    def _receive(self) -> None:
-        try:
-            with Client(self.input_endpoint, sock=self._sock, timeout=self._timeout,
-                        context=self._context) as client:
-                while not self._stopping.is_set():
-                    try:
-                        data, metadata = client.next()
-                    except TimeoutError:
-                        continue
-                    except ProtocolError as exc:
-                        log.warning("live pipeline: malformed message skipped: %s", exc)
-                        continue
-                    with self._cond:
-                        self._counts.received += 1
-                        if self._latest is not None:
-                            self._counts.skipped += 1
-                        self._latest = (data, metadata, time.monotonic())
-                        self._cond.notify_all()
-        except zmq.ContextTerminated:
-            pass
-        except Exception as exc:  # reported by wait() and stop()
-            if not self._stopping.is_set():
-                log.exception("live pipeline: receiving from %s failed", self.input_endpoint)
-                self._failure = exc
-        finally:
-            with self._cond:
-                self._cond.notify_all()
+    # -- processing thread -----------------------------------------------------
 
     def _process(self) -> None:
-        while True:
+        seen = 0
+        while not self._stopping.is_set():
+            try:
+                newest = self._input.wait_newer(seen, timeout=0.1)
+            except TimeoutError:
+                continue
+            except RuntimeError as exc:  # receiving failed: reported by wait()
+                if not self._stopping.is_set():
+                    log.error("live pipeline: receiving from %s failed: %s", self.input_endpoint, exc)
+                    self._failure = exc
+                with self._cond:
+                    self._cond.notify_all()
+                return
             with self._cond:
-                while self._latest is None and not self._stopping.is_set():
-                    self._cond.wait(0.1)
-                if self._stopping.is_set():
-                    return
-                data, metadata, received = self._latest
-                self._latest = None
+                self._counts.skipped += newest.filed - seen - 1  # filed, never processed
                 self._counts.processed += 1
-            self._apply(data, metadata, received)
+            seen = newest.filed
+            self._apply(newest.data, newest.metadata, newest.received_at)
 
     def _apply(self, data: dict, metadata: dict, received: float) -> None:
         try:
-            buf = LiveBuffer(self.input_endpoint, maxlen=1)
+            buf = LiveBuffer(self.input_endpoint, maxlen=1)  # this train only, never started
             buf.add(data, metadata)
             result = apply_step(self.fn, self.inputs, buf)
             tid = int(buf.train_ids[-1])
@@ -230,7 +209,7 @@ class Live:
             c = self._counts
             rate = (len(done) - 1) / (done[-1][0] - done[0][0]) if len(done) > 1 and done[-1][0] > done[0][0] \
                 else 0.0
-            return LiveStats(c.received, c.processed, c.skipped, c.failed, c.published, rate,
+            return LiveStats(self._input.received, c.processed, c.skipped, c.failed, c.published, rate,
                              np.array([lag for _, lag in done]))
 
     def wait(self, ntrains: int = 1, timeout: float = 10) -> Live:
@@ -260,11 +239,9 @@ class Live:
         self._stopping.set()
         with self._cond:
             self._cond.notify_all()
-        for thread in self._threads:
-            if thread.is_alive():
-                thread.join(self._timeout + 10)
-        if not self._context.closed:
-            self._context.term()
+        self._input.stop()
+        if self._thread.is_alive():
+            self._thread.join(self._timeout + 10)
         self._server.stop()
 
     def __enter__(self) -> Live:
