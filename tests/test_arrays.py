@@ -20,7 +20,7 @@ from h5ref import h5_rows
 
 import xfeldata as xd
 from xfeldata import arrays
-from xfeldata.arrays import BlockRead, flat_rows_array, plan_ranges
+from xfeldata.arrays import BlockRead, GridChunk, flat_rows_array, plan_ranges
 from xfeldata.detectors.plan import by_index
 from xfeldata.detectors.stacking import MODULE_CHUNK_BYTES
 from xfeldata.errors import DataIndexError
@@ -119,10 +119,15 @@ def test_selecting_on_a_per_key_array_reads_only_the_selected_trains(large_run, 
 ])
 def test_a_block_indexed_like_numpy_reads_the_same_as_reading_it_all(large_run, key):
     run = xd.open_run(large_run).isel(trainId=slice(0, 10))
-    block = next(v for v in dict(run.detector(keys=["image.data"])["image.data"].data
-                                 .__dask_graph__()).values() if isinstance(v, BlockRead))
+    chunk = next(v for v in dict(run.detector(keys=["image.data"])["image.data"].data
+                                 .__dask_graph__()).values() if isinstance(v, GridChunk))
+    block = next(iter(chunk.grid.blocks.values()))               # module 0's part of the chunk
     whole = arrays.execute_block(block)
     np.testing.assert_array_equal(block[key], whole[key])
+    # the dask chunk of every module, indexed as dask's getter does, reads in place
+    everything = chunk.grid[()]
+    assert everything.shape == chunk.shape and chunk.shape[2] == 2  # both modules
+    np.testing.assert_array_equal(chunk[key], everything[key])
 
 
 def test_pulse_selection_reads_only_the_selected_frames(large_run, rows_read):
@@ -161,10 +166,13 @@ def test_default_chunks_are_large_and_stop_at_files(large_run):
     run = xd.open_run(large_run)
     assert run[AGIPD0, "image.data"].chunks[0] == (20, 20, 20)     # one chunk per file (20 trains)
     ds = run.detector(modules=[0, 1])
-    train_chunks = ds["image.data"].chunks[0]
-    assert {20, 40, 60} <= set(np.cumsum(train_chunks))              # chunks stop at the files
+    # a detector chunk holds every module of a block of trains, across files
+    chunks = ds["image.data"].chunks
+    assert chunks[2] == (2,) and chunks[0] == (60,)
     module_train_bytes = ds["image.data"].isel(trainId=0, module=0).nbytes
-    assert max(train_chunks) * module_train_bytes <= MODULE_CHUNK_BYTES  # one module's chunk
+    assert max(chunks[0]) * module_train_bytes <= MODULE_CHUNK_BYTES  # a module's part of a chunk
+    small = run.detector(modules=[0, 1], target_bytes=25 * module_train_bytes)
+    assert small["image.data"].chunks[0] == (25, 25, 10)             # whole trains, files or not
     # a small key is one chunk across its files (dask's overhead would cost more than the reads)
     assert run[XGM_SOURCE, "beamPosition.ixPos"].chunks[0] == (60,)
 
@@ -198,11 +206,11 @@ def test_chunk_tasks_pickle_and_hold_no_h5py_objects(large_run):
     assert b"h5py" not in payload
     restored = pickle.loads(payload)
     assert len(restored) == len(graph)
-    blocks = [v for v in graph.values() if isinstance(v, BlockRead)]
-    assert len(blocks) == arr.npartitions
-    for block in blocks:
-        np.testing.assert_array_equal(arrays.execute_block(pickle.loads(pickle.dumps(block))),
-                                      arrays.execute_block(block))
+    chunks = [v for v in graph.values() if isinstance(v, GridChunk)]
+    assert len(chunks) == arr.npartitions
+    for chunk in chunks:
+        np.testing.assert_array_equal(pickle.loads(pickle.dumps(chunk))[()], chunk[()])
+        assert tokenize(pickle.loads(pickle.dumps(chunk))) == tokenize(chunk)
 
 
 def test_chunk_tasks_tokenize_deterministically(large_run):
