@@ -33,12 +33,12 @@ from ..run import RunSelection, TrainMap, positions_within
 from .kinds import DetectorKind, detector_kind_of_device, generic_kind, group_detector_sources
 from .plan import kept_trains, plan_frames
 
-#: Size one module's part of a dask chunk aims at (a chunk holds every module of
-#: a block of trains).  Selecting after building reads only the selected rows
-#: (dask folds the selection into the read tasks), so chunks can be as large as
-#: whole-run reductions like; a train of 352 AGIPD frames (88 MiB a module) is
-#: one chunk.
-MODULE_CHUNK_BYTES = 128 * 2**20
+#: Size a dask chunk aims at; a chunk holds every module of a block of whole
+#: trains.  A selection that falls in one chunk is read straight into one array
+#: (dask folds it into the read task), and a whole-run reduction has several
+#: chunks in flight per core; a train of 352 AGIPD frames (1.4 GiB of 16 modules)
+#: is one chunk.
+CHUNK_BYTES = 512 * 2**20
 
 
 def detector_sources(run: RunSelection) -> dict[str, dict[int, str]]:
@@ -145,7 +145,7 @@ def _module_rows(run: RunSelection, source: str, group: str, train_ids: np.ndarr
 def detector_dataset(
     run: RunSelection, name: str | None = None, *, modules: Sequence[int] | None = None,
     fill_value: Any = None, require_all_modules: bool = False, pulses: Any = None,
-    keys: Sequence[str] | None = None, target_bytes: int = MODULE_CHUNK_BYTES,
+    keys: Sequence[str] | None = None, target_bytes: int = CHUNK_BYTES,
     dask: bool = True,
 ) -> xr.Dataset:
     """A multi-module detector as one lazy Dataset.
@@ -173,9 +173,8 @@ def detector_dataset(
     keys
         Pixel keys to include (default: data, mask and gain where present).
     target_bytes
-        Size one module's part of a dask chunk aims at (default
-        :data:`MODULE_CHUNK_BYTES`, 128 MiB); a chunk holds whole trains of
-        every module (its reads may span files).
+        Size a dask chunk aims at (default :data:`CHUNK_BYTES`, 512 MiB); a
+        chunk holds whole trains of every module (its reads may span files).
     dask
         True (default): pixel variables are dask arrays, for reductions over
         any amount of data.  False: they are lazily indexed arrays (as
@@ -246,7 +245,8 @@ def detector_dataset(
     n_slots = plan.n_slots
 
     frame_bytes = max(1, int(np.prod(first_info.entry_shape)) * first_info.dtype.itemsize)
-    trains_per_block = max(1, int(target_bytes // max(1, frame_bytes * max(n_slots, 1))))
+    trains_per_block = max(1, int(target_bytes // max(1, frame_bytes * max(n_slots, 1)
+                                                    * len(all_modules) * plan.n_stages)))
 
     def module_blocks(m: int, key: str, stage: int | None, fill: Any) -> list[BlockRead] | None:
         """One module's blocks of ``(train, slot, *entry)``, None if it lacks the key."""
