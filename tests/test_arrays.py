@@ -133,13 +133,15 @@ def test_a_detector_array_hands_over_its_one_chunk_without_copying_it():
     assert joined.shape == (4, 3, 4)
 
 
-def test_slicing_a_detector_array_keeps_it_fresh_and_anything_else_is_plain_dask(large_run):
-    arr = xd.open_run(large_run).detector(keys=["image.data"])["image.data"].data
-    assert isinstance(arr, arrays.FreshArray)
-    assert type(arr[2:5, :, 1]) is arrays.FreshArray
-    assert type(arr + 1) is da.Array and type(arr.mean(axis=0)) is da.Array
-    kept = arr[:2].persist()                                     # chunks now held by the graph
-    assert type(kept) is da.Array
+def test_a_built_detector_array_is_handed_over_and_everything_derived_is_plain_dask(large_run):
+    run = xd.open_run(large_run).isel(trainId=slice(18, 23))
+    arr = run.detector(keys=["image.data"])["image.data"]
+    assert type(arr.data) is da.Array                            # xarray mixes it with any dask array
+    assert arr.data.__dask_postcompute__()[0] is arrays._finalize_fresh
+    assert (arr.where(run.detector(keys=["image.data"])["present"]) >= 0).any()
+    for derived in (arr.data[1:3], arr.data + 1, arr.data.persist()):
+        assert derived.__dask_postcompute__()[0] is not arrays._finalize_fresh
+    kept = arr.data.persist()                                    # chunks now held by the graph
     assert not np.shares_memory(kept.compute(), kept.compute())  # dask copies those, as always
 
 

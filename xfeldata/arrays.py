@@ -477,8 +477,8 @@ def blocks_array(name: str, blocks: Mapping[tuple[int, ...], BlockRead | np.ndar
     ``getter(block, whole block)``, the form of :func:`dask.array.from_array`:
     dask's optimiser fuses later slicing into the index, so a selection reads
     only its rows.  ``fresh=True`` (blocks that read into new memory every time,
-    like :class:`BlockRead` and :class:`GridChunk`, never numpy arrays) gives a
-    :class:`FreshArray`.
+    like :class:`BlockRead` and :class:`GridChunk`, never numpy arrays): computing
+    the array itself hands over a result that is one chunk without copying it.
     """
     if not all(chunks):  # no blocks: dask's own constructors fail for zero-size arrays
         return da.from_array(np.empty(tuple(sum(c) for c in chunks), dtype), chunks=-1)
@@ -487,37 +487,19 @@ def blocks_array(name: str, blocks: Mapping[tuple[int, ...], BlockRead | np.ndar
         graph[(f"{name}-read", *index)] = block
         graph[(name, *index)] = (getter, (f"{name}-read", *index),
                                  tuple(slice(0, n) for n in block.shape))
-    kind = FreshArray if fresh else da.Array
-    return kind(graph, name, chunks, dtype=dtype, meta=np.empty((0,) * len(chunks), dtype))
+    arr = da.Array(graph, name, chunks, dtype=dtype, meta=np.empty((0,) * len(chunks), dtype))
+    if fresh:
+        # Computing a dask array that is one chunk copies the chunk (dask guards
+        # against handing out a buffer its graph holds).  These chunks are new
+        # memory every time, so this array (not those derived from it, nor a
+        # persisted copy) hands its result over as it is.  An attribute of the
+        # instance, not a subclass: xarray refuses to mix dask array types.
+        arr.__dask_postcompute__ = _postcompute_fresh
+    return arr
 
 
-class FreshArray(da.Array):
-    """A dask array whose chunks are read into new memory each time they are computed.
-
-    Computing a dask array that is one chunk copies that chunk (dask guards
-    against handing out a buffer that its graph holds).  These chunks are never
-    held by the graph, so a result that is one chunk, or a view spanning all of
-    one, is handed over as it is: a selection that falls in one chunk costs one
-    pass over its bytes.  Slicing keeps the type; anything else (arithmetic,
-    reductions, ``persist``) gives ordinary dask arrays.
-
-    Examples
-    --------
-    >>> arr = run.detector()["image.data"].data        # doctest: +SKIP
-    >>> type(arr[:10]).__name__                         # doctest: +SKIP
-    'FreshArray'
-    """
-
-    __slots__ = ()
-
-    def __dask_postcompute__(self) -> tuple:
-        return _finalize_fresh, ()
-
-    def __getitem__(self, index: Any) -> da.Array:
-        out = super().__getitem__(index)
-        if type(out) is not da.Array:
-            return out
-        return FreshArray(out.dask, out.name, out.chunks, dtype=out.dtype, meta=out._meta)
+def _postcompute_fresh() -> tuple:
+    return _finalize_fresh, ()
 
 
 def _finalize_fresh(results: Any) -> Any:
