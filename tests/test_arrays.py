@@ -11,6 +11,7 @@ import os
 import pickle
 import shutil
 
+import dask.array as da
 import h5py
 import numpy as np
 import pytest
@@ -20,10 +21,11 @@ from h5ref import h5_rows
 
 import xfeldata as xd
 from xfeldata import arrays
-from xfeldata.arrays import BlockRead, flat_rows_array, plan_ranges
+from xfeldata.arrays import BlockRead, GridChunk, flat_rows_array, plan_ranges
 from xfeldata.detectors.plan import by_index
-from xfeldata.detectors.stacking import MODULE_CHUNK_BYTES
+from xfeldata.detectors.stacking import CHUNK_BYTES
 from xfeldata.errors import DataIndexError
+from xfeldata.files.direct import read_rows_into
 from xfeldata.testing import make_example
 from xfeldata.testing.synthetic import CAMERA_SOURCE, XGM_SOURCE
 
@@ -109,6 +111,52 @@ def test_selecting_on_a_per_key_array_reads_only_the_selected_trains(large_run, 
     assert n_rows([r for r in rows_read if r.key == "image.data"]) == 2 * 4
 
 
+def test_a_detector_selection_across_files_is_one_chunk_of_every_module(large_run, rows_read):
+    run = xd.open_run(large_run)
+    arr = run.detector(keys=["image.data"])["image.data"].isel(trainId=slice(18, 23))  # 2 files
+    assert arr.data.npartitions == 1                           # one task: nothing to concatenate
+    values = arr.values
+    assert n_rows([r for r in rows_read if r.key == "image.data"]) == 5 * 4 * 2
+    for j, source in enumerate([AGIPD0, "SPB_DET_AGIPD1M-1/DET/1CH0:xtdf"]):
+        expected = h5_rows(large_run, source, "image.data")
+        for i, tid in enumerate(range(10018, 10023)):
+            np.testing.assert_array_equal(values[i, :, j], expected[tid])
+
+
+def test_a_detector_array_hands_over_its_one_chunk_without_copying_it():
+    whole = np.arange(24).reshape(2, 3, 4).copy()   # a chunk as a read task gives it
+    assert arrays._finalize_fresh([[[whole]]]) is whole          # a chunk read for this result
+    assert arrays._finalize_fresh([whole.reshape(6, 4)]).base is whole  # a view of all of it
+    small = arrays._finalize_fresh([whole[0, :1]])
+    assert small.base is None and small.tolist() == [[0, 1, 2, 3]]   # a part: copied, chunk let go
+    joined = arrays._finalize_fresh([[[whole]], [[whole]]])       # two chunks: concatenated
+    assert joined.shape == (4, 3, 4)
+
+
+def test_a_built_detector_array_is_handed_over_and_everything_derived_is_plain_dask(large_run):
+    run = xd.open_run(large_run).isel(trainId=slice(18, 23))
+    arr = run.detector(keys=["image.data"])["image.data"]
+    assert type(arr.data) is da.Array                            # xarray mixes it with any dask array
+    assert arr.data.__dask_postcompute__()[0] is arrays._finalize_fresh
+    assert (arr.where(run.detector(keys=["image.data"])["present"]) >= 0).any()
+    for derived in (arr.data[1:3], arr.data + 1, arr.data.persist()):
+        assert derived.__dask_postcompute__()[0] is not arrays._finalize_fresh
+    kept = arr.data.persist()                                    # chunks now held by the graph
+    assert not np.shares_memory(kept.compute(), kept.compute())  # dask copies those, as always
+
+
+def test_compressed_rows_decode_straight_into_one_array_per_row(tmp_path):
+    values = np.random.default_rng(0).random((7, 3, 5)).astype(np.float32)
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        for rows, filters in [(1, {"compression": "gzip", "shuffle": True}), (3, {"compression": "gzip"}),
+                              (2, {"shuffle": True}), (1, {})]:
+            ds = f.create_dataset(f"d{rows}{len(filters)}", data=values, chunks=(rows, 3, 5), **filters)
+            out = np.zeros((7, 2, 3, 5), np.float32)             # each row into every other slot
+            read_rows_into(ds, 1, 6, [out[i, 1] for i in range(5)], {})
+            np.testing.assert_array_equal(out[:5, 1], values[1:6])
+            assert not out[:, 0].any() and not out[5:].any()
+
+
 @pytest.mark.parametrize("key", [
     (), (slice(None),), (3,), (slice(2, 7), 1), (slice(None, None, 3),), (np.array([0, 5, 9]),),
     (Ellipsis, 0), (slice(1, 4), Ellipsis, slice(0, 2)), (np.arange(10) % 2 == 0, slice(1, 3)),
@@ -119,10 +167,15 @@ def test_selecting_on_a_per_key_array_reads_only_the_selected_trains(large_run, 
 ])
 def test_a_block_indexed_like_numpy_reads_the_same_as_reading_it_all(large_run, key):
     run = xd.open_run(large_run).isel(trainId=slice(0, 10))
-    block = next(v for v in dict(run.detector(keys=["image.data"])["image.data"].data
-                                 .__dask_graph__()).values() if isinstance(v, BlockRead))
+    chunk = next(v for v in dict(run.detector(keys=["image.data"])["image.data"].data
+                                 .__dask_graph__()).values() if isinstance(v, GridChunk))
+    block = next(iter(chunk.grid.blocks.values()))               # module 0's part of the chunk
     whole = arrays.execute_block(block)
     np.testing.assert_array_equal(block[key], whole[key])
+    # the dask chunk of every module, indexed as dask's getter does, reads in place
+    everything = chunk.grid[()]
+    assert everything.shape == chunk.shape and chunk.shape[2] == 2  # both modules
+    np.testing.assert_array_equal(chunk[key], everything[key])
 
 
 def test_pulse_selection_reads_only_the_selected_frames(large_run, rows_read):
@@ -161,10 +214,13 @@ def test_default_chunks_are_large_and_stop_at_files(large_run):
     run = xd.open_run(large_run)
     assert run[AGIPD0, "image.data"].chunks[0] == (20, 20, 20)     # one chunk per file (20 trains)
     ds = run.detector(modules=[0, 1])
-    train_chunks = ds["image.data"].chunks[0]
-    assert {20, 40, 60} <= set(np.cumsum(train_chunks))              # chunks stop at the files
-    module_train_bytes = ds["image.data"].isel(trainId=0, module=0).nbytes
-    assert max(train_chunks) * module_train_bytes <= MODULE_CHUNK_BYTES  # one module's chunk
+    # a detector chunk holds every module of a block of trains, across files
+    chunks = ds["image.data"].chunks
+    assert chunks[2] == (2,) and chunks[0] == (60,)
+    train_bytes = ds["image.data"].isel(trainId=0).nbytes
+    assert max(chunks[0]) * train_bytes <= CHUNK_BYTES
+    small = run.detector(modules=[0, 1], target_bytes=25 * train_bytes)
+    assert small["image.data"].chunks[0] == (25, 25, 10)             # whole trains, files or not
     # a small key is one chunk across its files (dask's overhead would cost more than the reads)
     assert run[XGM_SOURCE, "beamPosition.ixPos"].chunks[0] == (60,)
 
@@ -198,11 +254,11 @@ def test_chunk_tasks_pickle_and_hold_no_h5py_objects(large_run):
     assert b"h5py" not in payload
     restored = pickle.loads(payload)
     assert len(restored) == len(graph)
-    blocks = [v for v in graph.values() if isinstance(v, BlockRead)]
-    assert len(blocks) == arr.npartitions
-    for block in blocks:
-        np.testing.assert_array_equal(arrays.execute_block(pickle.loads(pickle.dumps(block))),
-                                      arrays.execute_block(block))
+    chunks = [v for v in graph.values() if isinstance(v, GridChunk)]
+    assert len(chunks) == arr.npartitions
+    for chunk in chunks:
+        np.testing.assert_array_equal(pickle.loads(pickle.dumps(chunk))[()], chunk[()])
+        assert tokenize(pickle.loads(pickle.dumps(chunk))) == tokenize(chunk)
 
 
 def test_chunk_tasks_tokenize_deterministically(large_run):

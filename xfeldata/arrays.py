@@ -25,7 +25,7 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
-from dask.array.core import getter
+from dask.array.core import finalize, getter
 from dask.base import tokenize
 
 from .errors import DataIndexError, DataReadError, FileChangedError
@@ -320,13 +320,16 @@ def _read_rows_strided(opened: OpenFile, read: RowRead, out: np.ndarray,
         return
     cells = read.target + np.arange(n) if isinstance(read.target, int) else np.asarray(read.target)
     coords = np.unravel_index(cells, grid_shape)
-    if layout is not None and opened.fd is not None:
-        frames = [out[index] for index in zip(*(c.tolist() for c in coords), strict=True)]
-        if pread_rows_to_frames(opened.fd, layout, read.start, read.stop, frames):
-            return
+    frames = [out[index] for index in zip(*(c.tolist() for c in coords), strict=True)]
+    if layout is not None and opened.fd is not None \
+            and pread_rows_to_frames(opened.fd, layout, read.start, read.stop, frames):
+        return
+    ds = opened.file[read.dataset] if ds is None else ds
+    if out.dtype == ds.dtype and ds.dtype.kind != "O" and all(f.flags.c_contiguous for f in frames):
+        read_rows_into(ds, read.start, read.stop, frames, decoded)  # decoded into place
+        return
     rows = np.empty((n, *out.shape[len(grid_shape):]), out.dtype)
-    _read_through_hdf5(opened.file[read.dataset] if ds is None else ds,
-                       replace(read, target=0), rows, decoded)
+    _read_through_hdf5(ds, replace(read, target=0), rows, decoded)
     out[coords] = rows
 
 
@@ -465,7 +468,7 @@ def _blocks_to_array(name: str, blocks: list[BlockRead], inner_shape: tuple[int,
 
 
 def blocks_array(name: str, blocks: Mapping[tuple[int, ...], BlockRead | np.ndarray | Any],
-                 chunks: tuple[tuple[int, ...], ...], dtype: np.dtype) -> da.Array:
+                 chunks: tuple[tuple[int, ...], ...], dtype: np.dtype, fresh: bool = False) -> da.Array:
     """A dask array whose chunk at each block index is one block.
 
     A block is anything with ``shape`` that numpy-style indexing turns into an
@@ -473,7 +476,9 @@ def blocks_array(name: str, blocks: Mapping[tuple[int, ...], BlockRead | np.ndar
     live buffer's frames), or another such description.  Each chunk is the task
     ``getter(block, whole block)``, the form of :func:`dask.array.from_array`:
     dask's optimiser fuses later slicing into the index, so a selection reads
-    only its rows.
+    only its rows.  ``fresh=True`` (blocks that read into new memory every time,
+    like :class:`BlockRead` and :class:`GridChunk`, never numpy arrays): computing
+    the array itself hands over a result that is one chunk without copying it.
     """
     if not all(chunks):  # no blocks: dask's own constructors fail for zero-size arrays
         return da.from_array(np.empty(tuple(sum(c) for c in chunks), dtype), chunks=-1)
@@ -482,7 +487,33 @@ def blocks_array(name: str, blocks: Mapping[tuple[int, ...], BlockRead | np.ndar
         graph[(f"{name}-read", *index)] = block
         graph[(name, *index)] = (getter, (f"{name}-read", *index),
                                  tuple(slice(0, n) for n in block.shape))
-    return da.Array(graph, name, chunks, dtype=dtype, meta=np.empty((0,) * len(chunks), dtype))
+    arr = da.Array(graph, name, chunks, dtype=dtype, meta=np.empty((0,) * len(chunks), dtype))
+    if fresh:
+        # Computing a dask array that is one chunk copies the chunk (dask guards
+        # against handing out a buffer its graph holds).  These chunks are new
+        # memory every time, so this array (not those derived from it, nor a
+        # persisted copy) hands its result over as it is.  An attribute of the
+        # instance, not a subclass: xarray refuses to mix dask array types.
+        arr.__dask_postcompute__ = _postcompute_fresh
+    return arr
+
+
+def _postcompute_fresh() -> tuple:
+    return _finalize_fresh, ()
+
+
+def _finalize_fresh(results: Any) -> Any:
+    """dask's ``finalize`` without the copy of a result that is one whole fresh chunk."""
+    one = results
+    while isinstance(one, list | tuple) and len(one) == 1:
+        one = one[0]
+    if isinstance(one, np.ndarray):
+        base = one
+        while isinstance(base.base, np.ndarray):
+            base = base.base
+        if base.nbytes == one.nbytes and base.base is None:
+            return one  # (a small view of a large chunk is copied: the chunk is let go)
+    return finalize(results)
 
 
 def padded_array(
@@ -506,7 +537,7 @@ def padded_blocks(
     run: RunSelection, source: str, key: str, train_ids: np.ndarray, n_slots: int,
     slot_of_row: np.ndarray | None = None, row_selected: np.ndarray | None = None,
     fill_value: Any = None, trains_per_block: int | None = None,
-    target_bytes: int = TARGET_CHUNK_BYTES, boundaries: Sequence[int] = (),
+    target_bytes: int = TARGET_CHUNK_BYTES, boundaries: Sequence[int] = (), at_files: bool = True,
 ) -> list[BlockRead]:
     """The blocks of a key as a ``(train, slot, *entry)`` array over a given train axis.
 
@@ -529,6 +560,9 @@ def padded_blocks(
         Trains per dask chunk; by default from ``target_bytes``.
     boundaries
         Train positions where a chunk must end (e.g. other modules' file boundaries).
+    at_files
+        End chunks where the key's file changes (False: a chunk's reads may span
+        files, so that several modules' chunks can share their train edges).
     """
     source = run.resolve_source(source)
     info = run.key_info(source, key)
@@ -551,14 +585,15 @@ def padded_blocks(
     entry_bytes = max(1, int(np.prod(info.entry_shape, dtype=np.int64)) * info.dtype.itemsize)
     if trains_per_block is None:
         trains_per_block = max(1, int(target_bytes // max(1, entry_bytes * n_slots)))
-    # Block edges: every trains_per_block, at file changes, and at given boundaries.
+    # Block edges: every trains_per_block, at file changes (at_files), and at given boundaries.
     file_of_train = np.full(n_trains, -1)
     file_of_train[train_pos] = found.file_no
     first_of_train = np.zeros(n_trains, np.int64)
     first_of_train[train_pos] = found.first.astype(np.int64)
     edge_set = set(range(0, n_trains, trains_per_block)) | {int(b) for b in boundaries if 0 < b < n_trains}
     with_data = np.flatnonzero(file_of_train >= 0)
-    changes = with_data[1:][file_of_train[with_data[1:]] != file_of_train[with_data[:-1]]]
+    changes = with_data[1:][file_of_train[with_data[1:]] != file_of_train[with_data[:-1]]] \
+        if at_files else with_data[:0]
     edges = np.array(sorted(edge_set | set(changes.tolist()) | {0}) + [n_trains], np.int64)
 
     # Every selected row: its dataset row, file, block and flat target cell, then
@@ -649,6 +684,34 @@ class BlockGrid:
             where = np.flatnonzero(block_of == b)
             parts[b] = (where, picked[where] - edges[b])
         return parts
+
+
+class GridChunk:
+    """A :class:`BlockGrid` as one dask chunk: numpy indexing (as dask's ``getter``
+    passes it), the selected cells read straight into one new array.
+
+    Keys that outer indexing gives differently from numpy (several index arrays,
+    an index array with integers, new axes) read the whole grid and index it.
+
+    >>> chunk = GridChunk(BlockGrid(blocks, chunks, np.uint16))   # doctest: +SKIP
+    >>> chunk[2:5, :, 3].shape                                    # doctest: +SKIP
+    (3, 8, 2, 512, 128)
+    """
+
+    def __init__(self, grid: BlockGrid):
+        self.grid, self.shape, self.dtype = grid, grid.shape, grid.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        parts = _grid_and_entry_key(key, self.shape, 0)
+        return self.grid[()][key] if parts is None else self.grid[parts[0]]
+
+    def __dask_tokenize__(self) -> tuple:
+        return ("xfeldata.GridChunk", self.grid.chunks, str(self.dtype),
+                tuple((index, block.__dask_tokenize__()) for index, block in self.grid.blocks.items()))
 
 
 def _read_part(out: np.ndarray, block: BlockRead, parts: list[tuple[np.ndarray, np.ndarray]]) -> None:

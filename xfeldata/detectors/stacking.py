@@ -27,17 +27,18 @@ from xarray.backends import BackendArray
 from xarray.core import indexing
 
 from .. import schema
-from ..arrays import BlockGrid, BlockRead, blocks_array, padded_blocks, read_rows
+from ..arrays import BlockGrid, BlockRead, GridChunk, blocks_array, padded_blocks, read_rows
 from ..errors import PropertyNameError
 from ..run import RunSelection, TrainMap, positions_within
 from .kinds import DetectorKind, detector_kind_of_device, generic_kind, group_detector_sources
 from .plan import kept_trains, plan_frames
 
-#: Size one module's dask chunk aims at.  Selecting after building reads only the
-#: selected rows (dask folds the selection into the read tasks), so chunks can be
-#: as large as whole-run reductions like; a train of 352 AGIPD frames (88 MiB a
-#: module) is one chunk.
-MODULE_CHUNK_BYTES = 128 * 2**20
+#: Size a dask chunk aims at; a chunk holds every module of a block of whole
+#: trains.  A selection that falls in one chunk is read straight into one array
+#: (dask folds it into the read task), and a whole-run reduction has several
+#: chunks in flight per core; a train of 352 AGIPD frames (1.4 GiB of 16 modules)
+#: is one chunk.
+CHUNK_BYTES = 512 * 2**20
 
 
 def detector_sources(run: RunSelection) -> dict[str, dict[int, str]]:
@@ -115,7 +116,6 @@ class _ModuleRows:
     counts: np.ndarray        # rows per train on the common axis
     pulse_ids: np.ndarray     # per row
     positions: np.ndarray     # per row: position within its train
-    file_changes: np.ndarray  # train positions where the module's file changes
 
 
 def _read_pulse_ids(run: RunSelection, sources: dict[int, str], group: str
@@ -130,8 +130,6 @@ def _module_rows(run: RunSelection, source: str, group: str, train_ids: np.ndarr
     pos = np.searchsorted(train_ids, found.train_ids)
     counts = np.zeros(len(train_ids), np.int64)
     counts[pos] = found.count.astype(np.int64)
-    file_no = found.file_no
-    changes = pos[1:][file_no[1:] != file_no[:-1]] if len(pos) else pos
     positions = positions_within(counts)
     if pulse_rows is not None:
         pids, pid_found = pulse_rows
@@ -141,13 +139,13 @@ def _module_rows(run: RunSelection, source: str, group: str, train_ids: np.ndarr
         pulse_ids = pids[keep_rows].astype(np.int64)
     else:
         pulse_ids = positions.copy()
-    return _ModuleRows(source, counts, pulse_ids, positions, changes)
+    return _ModuleRows(source, counts, pulse_ids, positions)
 
 
 def detector_dataset(
     run: RunSelection, name: str | None = None, *, modules: Sequence[int] | None = None,
     fill_value: Any = None, require_all_modules: bool = False, pulses: Any = None,
-    keys: Sequence[str] | None = None, target_bytes: int = MODULE_CHUNK_BYTES,
+    keys: Sequence[str] | None = None, target_bytes: int = CHUNK_BYTES,
     dask: bool = True,
 ) -> xr.Dataset:
     """A multi-module detector as one lazy Dataset.
@@ -175,8 +173,8 @@ def detector_dataset(
     keys
         Pixel keys to include (default: data, mask and gain where present).
     target_bytes
-        Size one module's dask chunk aims at (default :data:`MODULE_CHUNK_BYTES`,
-        128 MiB); chunks hold whole trains and end at file boundaries.
+        Size a dask chunk aims at (default :data:`CHUNK_BYTES`, 512 MiB); a
+        chunk holds whole trains of every module (its reads may span files).
     dask
         True (default): pixel variables are dask arrays, for reductions over
         any amount of data.  False: they are lazily indexed arrays (as
@@ -246,9 +244,9 @@ def detector_dataset(
     selected, slots, stages = plan.selected, plan.slots, plan.stages
     n_slots = plan.n_slots
 
-    boundaries = np.unique(np.concatenate([r.file_changes for r in rows.values()]))
     frame_bytes = max(1, int(np.prod(first_info.entry_shape)) * first_info.dtype.itemsize)
-    trains_per_block = max(1, int(target_bytes // max(1, frame_bytes * max(n_slots, 1))))
+    trains_per_block = max(1, int(target_bytes // max(1, frame_bytes * max(n_slots, 1)
+                                                    * len(all_modules) * plan.n_stages)))
 
     def module_blocks(m: int, key: str, stage: int | None, fill: Any) -> list[BlockRead] | None:
         """One module's blocks of ``(train, slot, *entry)``, None if it lacks the key."""
@@ -256,13 +254,14 @@ def detector_dataset(
             return None
         row_sel = selected[m] if stage is None else selected[m] & (stages[m] == stage)
         blocks = padded_blocks(run, present_sources[m], key, train_ids, n_slots, slot_of_row=slots[m],
-                                  row_selected=row_sel, fill_value=fill, trains_per_block=trains_per_block,
-                                  boundaries=boundaries, target_bytes=target_bytes)
+                               row_selected=row_sel, fill_value=fill, trains_per_block=trains_per_block,
+                               target_bytes=target_bytes, at_files=False)
         return blocks
 
     def stacked(key: str) -> tuple[da.Array, tuple[str, ...]]:
-        """The key of every module (and gain stage) in one array: each chunk is one
-        module's block, so slicing the array later reads only the selected rows."""
+        """The key of every module (and gain stage) in one array: each chunk holds
+        every module of a block of trains; slicing the array later reads only the
+        selected rows, straight into place."""
         info = infos[key]
         fill = schema.detector_fill_value(key, info.dtype, fill_value)
         entry = kind.stacked_entry(info.entry_shape)
@@ -287,7 +286,7 @@ def detector_dataset(
     cell_key = kind.cell_key
     if cell_key in module_keys:
         cell_ids = _cell_ids(run, present_sources, all_modules, cell_key, train_ids, n_slots, slots,
-                             selected, xtdf, stages, boundaries, dask)
+                             selected, xtdf, stages, dask)
 
     pulse_dim = kind.pulse_dim
     attrs = {
@@ -315,8 +314,9 @@ def stack_module_blocks(per_part: dict[tuple[int, int], list[BlockRead] | None],
     ``fill``); they are read as ``dtype`` (e.g. unsigned cell IDs into int64),
     and cells no row fills hold ``fill``.  A dataset row fills one ``entry`` of one slot, or with
     ``row_holds_slots`` all slots of a train (JUNGFRAU's memory cells).  Each
-    chunk is one module's block, so slicing the array later reads only the
-    selected rows.  ``as_dask=False`` gives a lazily indexed
+    dask chunk holds every module's block of a block of trains (a
+    :class:`~xfeldata.arrays.GridChunk`): slicing the array later reads only the
+    selected rows, straight into one array.  ``as_dask=False`` gives a lazily indexed
     :class:`~xfeldata.arrays.BlockGrid` instead (see ``detector_dataset(dask=False)``).
     """
     n_stages = 1 + max(g for _, g in per_part)
@@ -342,8 +342,15 @@ def stack_module_blocks(per_part: dict[tuple[int, int], list[BlockRead] | None],
               *([(1,) * n_stages] if n_stages > 1 else []), *((d,) for d in entry))
     if not as_dask:
         return indexing.LazilyIndexedArray(_GridArray(BlockGrid(blocks, chunks, dtype)))
-    return blocks_array("xfeldata-detector-" + tokenize(what, chunks, *blocks.values()),
-                        blocks, chunks, dtype)
+    # dask: a chunk per block of trains holding every module (and stage), read straight into place
+    per_train: dict[int, dict[tuple[int, ...], BlockRead]] = {}
+    for index, block in blocks.items():
+        per_train.setdefault(index[0], {})[(0, *index[1:])] = block
+    grids = {(i, *(0,) * (len(chunks) - 1)): GridChunk(BlockGrid(part, ((train_chunks[i],), *chunks[1:]), dtype))
+             for i, part in per_train.items()}
+    dask_chunks = (train_chunks, *((sum(c),) for c in chunks[1:]))
+    return blocks_array("xfeldata-detector-" + tokenize(what, dask_chunks, *grids.values()),
+                        grids, dask_chunks, dtype, fresh=True)
 
 
 class _GridArray(BackendArray):
@@ -362,7 +369,7 @@ class _GridArray(BackendArray):
 def _cell_ids(run: RunSelection, sources: dict[int, str], modules: list[int], key: str,
               train_ids: np.ndarray, n_slots: int, slots: dict[int, np.ndarray],
               selected: dict[int, np.ndarray], xtdf: bool, stages: Any,
-              boundaries: np.ndarray, as_dask: bool) -> Any:
+              as_dask: bool) -> Any:
     """Memory cell IDs ``(trainId, pulse, module)`` as int64, -1 where missing.
 
     The IDs are unsigned on disk; the blocks read them into int64 cells that
@@ -379,6 +386,6 @@ def _cell_ids(run: RunSelection, sources: dict[int, str], modules: list[int], ke
         per_part[j, 0] = padded_blocks(
             run.select(sources[m]), sources[m], key, train_ids, n_slots,
             slot_of_row=slots[m] if xtdf else None, row_selected=row_sel if xtdf else None,
-            fill_value=0, trains_per_block=max(1, len(train_ids)), boundaries=boundaries)
+            fill_value=0, trains_per_block=max(1, len(train_ids)), at_files=False)
     return stack_module_blocks(per_part, width, (), not xtdf, -1, np.dtype(np.int64),
                                f"{key} of {modules}", as_dask=as_dask)

@@ -17,6 +17,7 @@ Examples
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 
 import h5py
 import numpy as np
@@ -80,13 +81,15 @@ def _decode(raw: bytes | memoryview, filters: tuple[int, ...], nbytes: int, item
     return buf
 
 
-def read_rows_into(ds: h5py.Dataset, start: int, stop: int, dest: np.ndarray,
+def read_rows_into(ds: h5py.Dataset, start: int, stop: int, dest: np.ndarray | Sequence[np.ndarray],
                    decoded: dict | None = None) -> None:
-    """Read ``ds[start:stop]`` into ``dest`` (same dtype, C-contiguous, ``stop - start`` rows).
+    """Read ``ds[start:stop]`` into ``dest``: one array (same dtype, C-contiguous,
+    ``stop - start`` rows), or one array per row (each the dataset's dtype and row
+    size; e.g. one module's frames in a stacked array).
 
     Uses raw chunk reads and decodes outside the HDF5 lock when the chunks are
-    whole rows with no filter or deflate (maybe with shuffle); otherwise h5py's
-    ``read_direct``.
+    whole rows with no filter or deflate (maybe with shuffle); a chunk of one
+    row is decoded straight into its row's array.  Otherwise h5py reads.
 
     Parameters
     ----------
@@ -96,26 +99,26 @@ def read_rows_into(ds: h5py.Dataset, start: int, stop: int, dest: np.ndarray,
     """
     if stop <= start:
         return
-    filters = _direct_filters(ds) if dest.dtype == ds.dtype else None
+    row_bytes = int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize
+    rows = _Rows(dest, row_bytes) if isinstance(dest, np.ndarray) else _Frames(dest, row_bytes)
+    filters = _direct_filters(ds) if rows.dtype == ds.dtype and rows.direct else None
     if filters is None:
-        ds.read_direct(dest, np.s_[start:stop])
+        rows.from_hdf5(ds, start, stop, start)
         return
     rows_per_chunk = ds.chunks[0]
-    row_bytes = int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize
     chunk_bytes = rows_per_chunk * row_bytes
-    flat_dest = dest.reshape(-1).view(np.uint8)
     zeros = (0,) * (ds.ndim - 1)
     where = (ds.file.filename, ds.name) if decoded is not None else None
     for chunk_start in range(start - start % rows_per_chunk, stop, rows_per_chunk):
         lo, hi = max(start, chunk_start), min(stop, chunk_start + rows_per_chunk)
-        a, b = (lo - start) * row_bytes, (hi - start) * row_bytes
-        hdf5_reads = np.s_[lo:hi], np.s_[lo - start:hi - start]
+        whole = hi - lo == rows_per_chunk
+        in_place = rows.place(lo - start, hi - start) if whole else None
         if ds.id.get_chunk_info_by_coord((chunk_start, *zeros)).byte_offset is None:
-            ds.read_direct(dest, *hdf5_reads)  # never written: HDF5 knows the fill value
+            rows.from_hdf5(ds, lo, hi, start)  # never written: HDF5 knows the fill value
             continue
-        if not filters and hi - lo == rows_per_chunk:
+        if not filters and in_place is not None:
             # a whole uncompressed chunk: straight from the file into place
-            mask, _ = ds.id.read_direct_chunk((chunk_start, *zeros), out=flat_dest[a:b])
+            mask, _ = ds.id.read_direct_chunk((chunk_start, *zeros), out=in_place)
             if not mask:
                 continue
         cache_key = (where, chunk_start)
@@ -123,14 +126,60 @@ def read_rows_into(ds: h5py.Dataset, start: int, stop: int, dest: np.ndarray,
         if chunk is None:
             mask, raw = ds.id.read_direct_chunk((chunk_start, *zeros))
             if mask:  # some filter was skipped for this chunk: let HDF5 decode it
-                ds.read_direct(dest, *hdf5_reads)
+                rows.from_hdf5(ds, lo, hi, start)
                 continue
-            in_place = flat_dest[a:b] if hi - lo == rows_per_chunk else None
             chunk = _decode(raw, filters, chunk_bytes, ds.dtype.itemsize, in_place) if filters \
                 else np.frombuffer(raw, np.uint8)
             if chunk is in_place:
                 continue  # a whole chunk, unshuffled straight into place
-            if decoded is not None and (lo > chunk_start or hi < chunk_start + rows_per_chunk):
+            if decoded is not None and not whole:
                 decoded.clear()  # keep only the chunk being picked from
                 decoded[cache_key] = chunk
-        flat_dest[a:b] = chunk[(lo - chunk_start) * row_bytes:(hi - chunk_start) * row_bytes]
+        rows.put(lo - start, chunk[(lo - chunk_start) * row_bytes:(hi - chunk_start) * row_bytes])
+
+
+class _Rows:
+    """Destination of :func:`read_rows_into`: one C-contiguous array of the rows."""
+
+    def __init__(self, dest: np.ndarray, row_bytes: int):
+        self.dest, self.dtype, self.row_bytes = dest, dest.dtype, row_bytes
+        self.direct = dest.flags.c_contiguous
+        self.flat = dest.reshape(-1).view(np.uint8) if self.direct else None
+
+    def place(self, lo: int, hi: int) -> np.ndarray | None:
+        """Where the bytes of rows ``lo:hi`` (of the destination) go, if one buffer."""
+        return self.flat[lo * self.row_bytes: hi * self.row_bytes]
+
+    def put(self, lo: int, data: np.ndarray) -> None:
+        """Bytes of whole rows, from row ``lo`` on."""
+        self.flat[lo * self.row_bytes: lo * self.row_bytes + len(data)] = data
+
+    def from_hdf5(self, ds: h5py.Dataset, lo: int, hi: int, start: int) -> None:
+        """Dataset rows ``lo:hi`` read by HDF5; ``start`` is the dataset row of row 0."""
+        if self.direct:
+            ds.read_direct(self.dest, np.s_[lo:hi], np.s_[lo - start:hi - start])
+        else:
+            self.dest[lo - start:hi - start] = ds[lo:hi]
+
+
+class _Frames(_Rows):
+    """Destination of :func:`read_rows_into`: one array per row, anywhere in memory."""
+
+    def __init__(self, frames: Sequence[np.ndarray], row_bytes: int):
+        self.frames, self.row_bytes = list(frames), row_bytes
+        self.dtype = self.frames[0].dtype
+        self.direct = all(f.flags.c_contiguous and f.dtype == self.dtype and f.nbytes == row_bytes
+                          for f in self.frames)
+        self.bufs = [f.reshape(-1).view(np.uint8) for f in self.frames] if self.direct else []
+
+    def place(self, lo: int, hi: int) -> np.ndarray | None:
+        return self.bufs[lo] if hi - lo == 1 else None
+
+    def put(self, lo: int, data: np.ndarray) -> None:
+        for i in range(len(data) // self.row_bytes):
+            self.bufs[lo + i][:] = data[i * self.row_bytes:(i + 1) * self.row_bytes]
+
+    def from_hdf5(self, ds: h5py.Dataset, lo: int, hi: int, start: int) -> None:
+        values = ds[lo:hi]
+        for i, frame in enumerate(self.frames[lo - start:hi - start]):
+            frame[...] = values[i].reshape(frame.shape)

@@ -62,7 +62,8 @@ class PlainLayout:
         return self._chunk_offsets[k]
 
     def pieces(self, lo: int, hi: int) -> list[tuple[int, int, int]] | None:
-        """``(file offset, offset in the destination, bytes)`` of rows ``lo:hi``.
+        """``(file offset, offset in the destination, bytes)`` of rows ``lo:hi``; chunks
+        that follow each other in the file are one piece.
 
         None if some of the rows are in a chunk that was never written (HDF5
         knows its fill value).
@@ -80,7 +81,13 @@ class PlainLayout:
             base = self.chunk_offset(k)
             if base is None:
                 return None
-            pieces.append((base + (start - k * c) * rb, (start - lo) * rb, (stop - start) * rb))
+            offset, at, size = base + (start - k * c) * rb, (start - lo) * rb, (stop - start) * rb
+            if pieces and pieces[-1][0] + pieces[-1][2] == offset and pieces[-1][2] + size <= 2**30:
+                # chunks written in order lie back to back in the file: one piece (one
+                # preadv; Linux reads at most 2 GiB a call)
+                pieces[-1] = (pieces[-1][0], pieces[-1][1], pieces[-1][2] + size)
+            else:
+                pieces.append((offset, at, size))
         return pieces
 
 
