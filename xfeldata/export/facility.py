@@ -68,6 +68,9 @@ __all__ = ["write_run", "TRAINS_PER_FILE", "is_directory_target", "key_spec", "k
 
 #: Trains per sequence file of a run directory written by :func:`write_run`.
 TRAINS_PER_FILE = 256
+#: Rows are read in batches of about this many bytes, each handed to the writer at once
+#: (at least the size at which a RowWriter writes, so it never concatenates them).
+BATCH_BYTES = 64 * 2**20
 
 
 def key_spec(info: KeyInfo, name: str) -> Key:
@@ -102,9 +105,31 @@ def kept_blocks(run: RunSelection, source: str, key: str, keep: np.ndarray | Non
 
 def _copy_rows(run: RunSelection, source: str, key: str, rows: RowWriter,
                keep: np.ndarray | None = None) -> None:
+    """Copy a key's (kept) rows, read straight into batches of about :data:`BATCH_BYTES`."""
+    batch: list[BlockRead] = []
+    size = 0
     for block in kept_blocks(run, source, key, keep):
-        rows.append(execute_block(block))
+        batch.append(block)
+        size += int(np.prod(block.shape)) * block.dtype.itemsize
+        if size >= BATCH_BYTES:
+            rows.append(_read_batch(batch))
+            batch, size = [], 0
+    if batch:
+        rows.append(_read_batch(batch))
     rows.close()  # write what is buffered now: a file's keys are not held until it closes
+
+
+def _read_batch(blocks: list[BlockRead]) -> np.ndarray:
+    """Blocks of rows read one after another into one new array (no concatenation)."""
+    if len(blocks) == 1:
+        return execute_block(blocks[0])
+    first = blocks[0]
+    out = np.empty((sum(b.shape[0] for b in blocks), *first.shape[1:]), first.dtype)
+    offset = 0
+    for block in blocks:
+        execute_block(block, out=out[offset:offset + block.shape[0]])
+        offset += block.shape[0]
+    return out
 
 
 def _metadata(run: RunSelection) -> dict[str, str]:
