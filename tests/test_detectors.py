@@ -436,6 +436,15 @@ def test_agipd_keys_keep_their_names_and_no_rename_is_stated(agipd_raw_run):
     assert "renamed_keys" not in xd.open_run(agipd_raw_run).detector().attrs
 
 
+def test_a_run_selected_to_the_pixel_key_still_stacks_with_its_cell_ids(agipd_raw_run):
+    run = xd.open_run(agipd_raw_run)
+    det = run.select("SPB_DET_AGIPD1M-1/DET/*", "image.data").detector()
+    whole = run.detector()
+    assert [v for v in det.data_vars if v.startswith("image.")] == ["image.data"]
+    np.testing.assert_array_equal(det.cellId.values, whole.cellId.values)
+    np.testing.assert_array_equal(det["image.data"].values, whole["image.data"].values)
+
+
 def test_an_unknown_detector_key_names_the_key(agipd_raw_run):
     with pytest.raises(KeyError, match="image.nokey"):
         xd.open_run(agipd_raw_run).detector(keys=["image.nokey"])

@@ -375,7 +375,8 @@ def _cell_ids(run: RunSelection, sources: dict[int, str], modules: list[int], ke
     The IDs are unsigned on disk; the blocks read them into int64 cells that
     start at -1, so cells without a frame keep -1.
     """
-    info = run.key_info(next(iter(sources.values())), key)
+    first = next(iter(sources.values()))
+    info = run.select(first).key_info(first, key)  # cell IDs are read even when keys= leaves them out
     width = n_slots if xtdf else info.entry_shape[0]
     per_part: dict[tuple[int, int], list[BlockRead] | None] = {}
     for j, m in enumerate(modules):
