@@ -221,6 +221,14 @@ def test_photon_count_formula_and_threshold():
         analysis.photon_count(adu, 0)
 
 
+@pytest.mark.parametrize("value", [np.inf, 3e9])
+def test_photon_count_refuses_counts_int32_cannot_hold_rather_than_giving_0(value):
+    adu = xr.DataArray(np.array([60, value, 120], np.float32), dims="x")
+    with pytest.raises(OverflowError, match="int32"):
+        analysis.photon_count(adu, 1).compute()
+    assert analysis.photon_count(adu.where(adu < 1e9), 60).values.tolist() == [1, 0, 2]
+
+
 def test_photon_count_and_lit_pixels_keep_labels_on_dask():
     arr = frames(3, modules=[2, 5], chunks=True) * 100
     counts = analysis.photon_count(arr, 30)

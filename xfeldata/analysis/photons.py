@@ -11,6 +11,8 @@ from ._frames import MODULE_DIM, PIXEL_DIMS, data_array
 
 #: Elements per step of :func:`_count_kernel`: its float32 scratch (1 MiB) stays in cache.
 STEP = 1 << 18
+#: Counts at or above this (2**31, exact in float32) do not fit the int32 output.
+_INT32_LIMIT = np.float32(2**31)
 
 
 def _count_kernel(adu: np.ndarray, adu_per_photon: float, threshold: float) -> np.ndarray:
@@ -33,6 +35,10 @@ def _count_kernel(adu: np.ndarray, adu_per_photon: float, threshold: float) -> n
             x, counts = scratch[:len(piece)], out[start:start + STEP]
             np.divide(piece, scale, out=x, dtype=np.float32)
             x += shift
+            if (x >= _INT32_LIMIT).any():  # +inf or more photons than int32 holds: never a silent 0
+                bad = piece[x >= _INT32_LIMIT][0]
+                raise OverflowError(f"photon_count: a pixel value of {bad} ADU is {bad / scale:.3g} photons, "
+                                    "more than the int32 counts hold (values must be finite)")
             np.copyto(counts, x, casting="unsafe")
             np.maximum(counts, zeros[:len(piece)], out=counts)
     return out.reshape(np.shape(adu))
@@ -45,6 +51,8 @@ def photon_count(arr: xr.DataArray | xr.Dataset, adu_per_photon: float,
     With the default ``threshold`` of 0.5 a pixel holding 0.5 to 1.5 photons'
     worth of signal counts 1, 1.5 to 2.5 counts 2, and so on.  NaN (missing
     frames, masked pixels) counts 0; ``present`` tells which frames exist.
+    A value of ``+inf`` or of 2**31 photons or more raises :class:`OverflowError`
+    rather than wrapping to a wrong count.
 
     Parameters
     ----------
