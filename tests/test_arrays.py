@@ -14,6 +14,7 @@ import shutil
 import h5py
 import numpy as np
 import pytest
+import xarray as xr
 from conftest import FIRST_TRAIN_ID
 from dask.base import tokenize
 from h5ref import h5_rows
@@ -26,6 +27,7 @@ from xfeldata.detectors.stacking import MODULE_CHUNK_BYTES
 from xfeldata.errors import DataIndexError
 from xfeldata.testing import make_example
 from xfeldata.testing.synthetic import CAMERA_SOURCE, XGM_SOURCE
+from xfeldata.views import key_array
 
 AGIPD0 = "SPB_DET_AGIPD1M-1/DET/0CH0:xtdf"
 #: The "large" run: 60 trains of 4 frames, 20 trains per sequence file.
@@ -165,8 +167,29 @@ def test_default_chunks_are_large_and_stop_at_files(large_run):
     assert {20, 40, 60} <= set(np.cumsum(train_chunks))              # chunks stop at the files
     module_train_bytes = ds["image.data"].isel(trainId=0, module=0).nbytes
     assert max(train_chunks) * module_train_bytes <= MODULE_CHUNK_BYTES  # one module's chunk
-    # a small key is one chunk across its files (dask's overhead would cost more than the reads)
-    assert run[XGM_SOURCE, "beamPosition.ixPos"].chunks[0] == (60,)
+    # a small key is one block across its files (dask's overhead would cost more than the reads)
+    assert run[XGM_SOURCE, "beamPosition.ixPos"].chunk().chunks[0] == (60,)
+    assert run[XGM_SOURCE]["beamPosition.ixPos"].chunks[0] == (60,)
+
+
+def test_small_keys_are_numpy_read_when_used_and_only_the_selected_rows(large_run, rows_read):
+    run = xd.open_run(large_run)
+    expected = h5_rows(large_run, XGM_SOURCE, "beamPosition.ixPos")
+    arr = run[XGM_SOURCE, "beamPosition.ixPos"]
+    assert arr.chunks is None and not rows_read, "no dask, and nothing read before the values are used"
+    picked = arr.sel(trainId=arr.trainId[5:8])
+    assert not rows_read, "selecting reads nothing either"
+    np.testing.assert_array_equal(picked.values, np.concatenate([expected[t] for t in picked.trainId.values]))
+    assert n_rows(rows_read) == 3, "a selection reads its rows only"
+    rows_read.clear()
+    np.testing.assert_array_equal(arr.values, np.concatenate([expected[t] for t in sorted(expected)]))
+    assert n_rows(rows_read) == 60
+    # labels, attrs and values as the dask-backed array (what larger keys are)
+    dask_backed = key_array(run, XGM_SOURCE, "beamPosition.ixPos", small_in_memory=False)
+    assert dask_backed.chunks is not None
+    xr.testing.assert_identical(arr.load(), dask_backed.load())
+    restored = pickle.loads(pickle.dumps(run[XGM_SOURCE, "beamPosition.ixPos"]))
+    np.testing.assert_array_equal(restored.values, arr.values)
 
 
 def test_keys_larger_than_the_small_key_limit_follow_their_files(large_run, monkeypatch):
