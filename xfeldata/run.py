@@ -173,9 +173,13 @@ class RunFiles:
         File indexes, in any order (they are sorted by path).
     inc_suspect_trains
         Keep suspect trains (the default, so no real data goes missing).
+    stacklevel
+        Of the warnings of opening (:func:`warnings.warn`'s, counted from the
+        method that warns: 4 is the caller of the function that made this object).
     """
 
-    def __init__(self, files: Iterable[FileIndex], inc_suspect_trains: bool = True):
+    def __init__(self, files: Iterable[FileIndex], inc_suspect_trains: bool = True, *,
+                 stacklevel: int = 4):
         self.files: Sequence[FileIndex] = tuple(sorted(files, key=lambda fi: fi.path))
         self.inc_suspect_trains = inc_suspect_trains
         self.problems: list[tuple[str, str]] = [
@@ -194,7 +198,7 @@ class RunFiles:
         self.conflicts: list[str] = []
         self._train_maps = self._build_train_maps()
         self._damaged = _damaged_of(self.files, range(len(self.files)))
-        self._warn_at_open([i for i, fi in enumerate(self.files) if not len(fi.train_ids)], stacklevel=4)
+        self._warn_at_open([i for i, fi in enumerate(self.files) if not len(fi.train_ids)], stacklevel)
 
     def _warn_at_open(self, no_trains: Iterable[int], stacklevel: int) -> None:
         """The warnings of opening: trains claimed twice, files without trains, damaged index entries."""

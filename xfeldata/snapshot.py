@@ -108,7 +108,8 @@ def run_files(paths: Iterable[str | os.PathLike], *, inc_suspect_trains: bool = 
     given = [os.fspath(p) for p in paths]
     dirs = {os.path.dirname(p) for p in given}
     if not (cache and cache_enabled()) or len(dirs) != 1 or len(set(given)) != len(given):
-        return RunFiles(index_files(given, strict=strict, progress=progress, cache=cache), inc_suspect_trains)
+        return RunFiles(index_files(given, strict=strict, progress=progress, cache=cache), inc_suspect_trains,
+                        stacklevel=5)
     given_dir = dirs.pop()
     directory = os.path.abspath(given_dir)
     cut = len(given_dir) + 1 if given_dir else 0
@@ -125,7 +126,7 @@ def run_files(paths: Iterable[str | os.PathLike], *, inc_suspect_trains: bool = 
     if bar is not None:
         bar.close()
     files = checked_outcomes([outcomes[p] for p in paths], strict, stacklevel=3)
-    combined = RunFiles(files, inc_suspect_trains)
+    combined = RunFiles(files, inc_suspect_trains, stacklevel=5)
     extras = {k: v for k, v in bundle.extras.items() if k != name}
     if len(files) == len(paths) and stamps is not None and \
             all([fi.size, fi.mtime, fi.inode] == s for fi, s in zip(combined.files, stamps, strict=True)):
