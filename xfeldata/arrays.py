@@ -416,12 +416,14 @@ def flat_rows_array(run: RunSelection, source: str, key: str,
 
 
 def flat_rows_blocks(run: RunSelection, source: str, key: str,
-                     target_bytes: int = TARGET_CHUNK_BYTES) -> tuple[list[BlockRead], TrainMap]:
-    """The blocks of :func:`flat_rows_array` (same parameters and ``found``)."""
+                     target_bytes: int = TARGET_CHUNK_BYTES,
+                     found: TrainMap | None = None) -> tuple[list[BlockRead], TrainMap]:
+    """The blocks of :func:`flat_rows_array` (same parameters and ``found``; pass
+    ``found``, ``run.rows(source, group)`` of the key's group, if at hand)."""
     source = run.resolve_source(source)
     info = run.key_info(source, key)
     run.check_index(source, key)
-    found = run.rows(source, info.group)
+    found = run.rows(source, info.group) if found is None else found
     blocks: list[BlockRead] = []
     file_no = found.file_no
     change = np.flatnonzero(np.diff(file_no)) + 1

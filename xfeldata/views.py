@@ -97,10 +97,12 @@ class SmallKeyArray(BackendArray):
                                                   self.block.__getitem__)
 
 
-def _flat_rows(run: RunSelection, source: str, key: str, small_in_memory: bool) -> tuple[Any, Any]:
+def _flat_rows(run: RunSelection, source: str, key: str, small_in_memory: bool,
+               found: Any) -> tuple[Any, Any]:
     """A key's rows (at most one a train) as dask, or, for a small numeric key, lazily
-    indexed numpy (:class:`SmallKeyArray`), and the train map of its selected trains."""
-    planned = flat_rows_blocks(run, source, key)
+    indexed numpy (:class:`SmallKeyArray`), and the train map of its selected trains
+    (``found``: ``run.rows`` of the key's group)."""
+    planned = flat_rows_blocks(run, source, key, found=found)
     block = small_block(planned[0]) if small_in_memory else None
     if block is None or block.dtype.kind not in "biufcmM" or block.dtype.names:
         return flat_rows_array(run, source, key, planned=planned)
@@ -133,7 +135,7 @@ def key_array(run: RunSelection, source: str, key: str, *,
     run.check_index(source, key)  # trains whose index entries were set aside raise here
     rows = run.rows(source, info.group)
     if rows.count.any():
-        arr, found = (_flat_rows(run, source, key, small_in_memory) if rows.count.max() <= 1
+        arr, found = (_flat_rows(run, source, key, small_in_memory, rows) if rows.count.max() <= 1
                       else flat_rows_array(run, source, key))
     else:  # no rows in the selected trains (or none at all): an empty array with its dims
         arr, found = _no_rows(info), run.rows(source, info.group)
