@@ -15,6 +15,7 @@ import dask.array as da
 import h5py
 import numpy as np
 import pytest
+import xarray as xr
 from conftest import FIRST_TRAIN_ID
 from dask.base import tokenize
 from h5ref import h5_rows
@@ -28,6 +29,7 @@ from xfeldata.errors import DataIndexError
 from xfeldata.files.direct import read_rows_into
 from xfeldata.testing import make_example
 from xfeldata.testing.synthetic import CAMERA_SOURCE, XGM_SOURCE
+from xfeldata.views import key_array
 
 AGIPD0 = "SPB_DET_AGIPD1M-1/DET/0CH0:xtdf"
 #: The "large" run: 60 trains of 4 frames, 20 trains per sequence file.
@@ -221,8 +223,29 @@ def test_default_chunks_are_large_and_stop_at_files(large_run):
     assert max(chunks[0]) * train_bytes <= CHUNK_BYTES
     small = run.detector(modules=[0, 1], target_bytes=25 * train_bytes)
     assert small["image.data"].chunks[0] == (25, 25, 10)             # whole trains, files or not
-    # a small key is one chunk across its files (dask's overhead would cost more than the reads)
-    assert run[XGM_SOURCE, "beamPosition.ixPos"].chunks[0] == (60,)
+    # a small key is one block across its files (dask's overhead would cost more than the reads)
+    assert run[XGM_SOURCE, "beamPosition.ixPos"].chunk().chunks[0] == (60,)
+    assert run[XGM_SOURCE]["beamPosition.ixPos"].chunks[0] == (60,)
+
+
+def test_small_keys_are_numpy_read_when_used_and_only_the_selected_rows(large_run, rows_read):
+    run = xd.open_run(large_run)
+    expected = h5_rows(large_run, XGM_SOURCE, "beamPosition.ixPos")
+    arr = run[XGM_SOURCE, "beamPosition.ixPos"]
+    assert arr.chunks is None and not rows_read, "no dask, and nothing read before the values are used"
+    picked = arr.sel(trainId=arr.trainId[5:8])
+    assert not rows_read, "selecting reads nothing either"
+    np.testing.assert_array_equal(picked.values, np.concatenate([expected[t] for t in picked.trainId.values]))
+    assert n_rows(rows_read) == 3, "a selection reads its rows only"
+    rows_read.clear()
+    np.testing.assert_array_equal(arr.values, np.concatenate([expected[t] for t in sorted(expected)]))
+    assert n_rows(rows_read) == 60
+    # labels, attrs and values as the dask-backed array (what larger keys are)
+    dask_backed = key_array(run, XGM_SOURCE, "beamPosition.ixPos", small_in_memory=False)
+    assert dask_backed.chunks is not None
+    xr.testing.assert_identical(arr.load(), dask_backed.load())
+    restored = pickle.loads(pickle.dumps(run[XGM_SOURCE, "beamPosition.ixPos"]))
+    np.testing.assert_array_equal(restored.values, arr.values)
 
 
 def test_keys_larger_than_the_small_key_limit_follow_their_files(large_run, monkeypatch):

@@ -9,6 +9,7 @@ import pytest
 import xfeldata as xd
 from xfeldata.files import cache
 from xfeldata.files.index import read_file_index
+from xfeldata.run import RunFiles
 
 
 @pytest.fixture
@@ -57,7 +58,7 @@ def test_opening_again_reads_no_file(run_copy, user_cache, monkeypatch):
 
 def test_one_cache_file_goes_into_the_run_directory_when_writable(run_copy, user_cache):
     xd.open_run(run_copy)
-    bundle = run_copy / ".xfeldata" / "index.npz"
+    bundle = run_copy / cache.RUN_DIR_CACHE
     assert bundle.is_file() and bundle.stat().st_mode & 0o044  # readable by others too
     assert not user_cache.exists()
 
@@ -70,7 +71,7 @@ def test_read_only_run_directory_falls_back_to_the_user_cache(run_copy, user_cac
         run_copy.chmod(0o555)
     try:
         run = xd.open_run(run_copy)
-        assert len(list(user_cache.glob("*.npz"))) == 1
+        assert len(list(user_cache.glob("*.bin"))) == 1
         again = xd.open_run(run_copy)
         np.testing.assert_array_equal(again.train_ids, run.train_ids)
     finally:
@@ -100,10 +101,11 @@ def test_reading_through_the_cache_gives_the_same_data(run_copy, user_cache):
 
 def test_a_corrupt_cache_is_ignored_and_replaced(run_copy, user_cache):
     xd.open_run(run_copy)
-    bundle = run_copy / ".xfeldata" / "index.npz"
+    bundle = run_copy / cache.RUN_DIR_CACHE
     bundle.write_bytes(b"garbage")
-    assert cache.read_bundle(str(run_copy)) == {}
-    xd.open_run(run_copy)
+    with pytest.warns(UserWarning, match="damaged index cache ignored"):
+        assert cache.read_bundle(str(run_copy)) == {}
+        xd.open_run(run_copy)
     assert len(cache.read_bundle(str(run_copy))) == len(list(run_copy.glob("*.h5")))
 
 
@@ -111,3 +113,56 @@ def test_cache_can_be_switched_off(run_copy, user_cache, monkeypatch):
     monkeypatch.setenv(cache.CACHE_SWITCH_ENV, "0")
     xd.open_run(run_copy)
     assert not (run_copy / ".xfeldata").exists()
+
+
+# ----- the run's combined index (xfeldata.snapshot) ------------------------------------
+def _same_run(a, b):
+    np.testing.assert_array_equal(a.train_ids, b.train_ids)
+    np.testing.assert_array_equal(a.suspect_train_ids, b.suspect_train_ids)
+    assert a.sources == b.sources and a.problems == b.problems and a.metadata == b.metadata
+    for source in a.sources:
+        assert a.keys(source) == b.keys(source)
+        for group in a.index_groups(source):
+            ma, mb = a.rows(source, group), b.rows(source, group)
+            for field in ("train_ids", "file_no", "first", "count"):
+                np.testing.assert_array_equal(getattr(ma, field), getattr(mb, field))
+
+
+def test_opening_again_neither_indexes_nor_combines_the_files(run_copy, user_cache, monkeypatch):
+    first, uncached = xd.open_run(run_copy), xd.open_run(run_copy, cache=False)
+    monkeypatch.setattr(cache, "read_file_index", lambda path: pytest.fail(f"indexed {path}"))
+    monkeypatch.setattr(RunFiles, "_build_train_maps", lambda self: pytest.fail("combined the files again"))
+    again = xd.open_run(run_copy)
+    _same_run(again, first)
+    _same_run(again, uncached)
+    xgm = "SA1_XTD2_XGM/DOOCS/MAIN"
+    np.testing.assert_array_equal(again[xgm, "beamPosition.ixPos"].values,
+                                  first[xgm, "beamPosition.ixPos"].values)
+
+
+def test_a_changed_file_makes_the_run_combine_its_files_again(run_copy, user_cache):
+    xd.open_run(run_copy)
+    path = sorted(run_copy.glob("*DA01*.h5"))[0]
+    os.utime(path, ns=(0, 10**18))
+    run = xd.open_run(run_copy)
+    assert [fi.mtime for fi in run.file_indexes if fi.path == os.path.abspath(path)] == [os.stat(path).st_mtime]
+    _same_run(xd.open_run(run_copy), xd.open_run(run_copy, cache=False))
+
+
+def test_each_set_of_files_and_suspect_choice_has_its_own_state(run_copy, user_cache):
+    for kwargs in ({}, {"include": "*DA*"}, {"inc_suspect_trains": False}):
+        xd.open_run(run_copy, **kwargs)
+        _same_run(xd.open_run(run_copy, **kwargs), xd.open_run(run_copy, cache=False, **kwargs))
+    states = [name for name in cache.read_bundle(str(run_copy)).extras if name.startswith("run-state.")]
+    assert len(states) == 3
+
+
+def test_a_damaged_run_state_is_ignored_with_a_warning(run_copy, user_cache, monkeypatch):
+    xd.open_run(run_copy)
+    bundle = cache.read_bundle(str(run_copy))
+    (name, (header, arrays)), = bundle.extras.items()
+    arrays = {**arrays, "map_bounds": arrays["map_bounds"][:-1]}  # the train maps no longer add up
+    cache.write_bundle(str(run_copy), bundle, {name: (header, arrays)})
+    with pytest.warns(UserWarning, match="damaged run state in the index cache ignored"):
+        run = xd.open_run(run_copy)
+    _same_run(run, xd.open_run(run_copy, cache=False))

@@ -54,7 +54,8 @@ def test_detector_reduction_on_a_cluster_equals_local_schedulers(agipd_corr_run,
 
 def test_control_key_array_on_a_cluster(agipd_raw_run, client):
     arr = xd.open_run(agipd_raw_run)[XGM_SOURCE, "beamPosition.ixPos"]
-    results = compute_everywhere(arr.data, client)
+    assert arr.chunks is None  # a small key is numpy; .chunk() makes it dask, its reads travel
+    results = compute_everywhere(arr.chunk().data, client)
     for result in results[1:]:
         np.testing.assert_array_equal(results[0], result)
     np.testing.assert_array_equal(results[0], arr.values)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import struct
 import warnings
+import zlib
 from pathlib import Path
 
 import h5py
@@ -238,8 +240,10 @@ def test_the_xarray_engine_does_not_read_a_replaced_file(small_run, slow_only_ru
 # ----- 4: a damaged index cache ------------------------------------------------------
 
 def _deeply_nested_cache(path: Path) -> None:
+    """A well-formed cache file (magic bytes, right checksum) whose JSON header nests 100000 deep."""
     header = ("[" * 100_000 + "]" * 100_000).encode()
-    np.savez(path, header=np.frombuffer(header, np.uint8), blob=np.zeros(8, np.uint8))
+    prefix = struct.Struct("<8sII")
+    path.write_bytes(prefix.pack(path.read_bytes()[:8], zlib.crc32(header), len(header)) + header)
 
 
 CACHE_DAMAGE = {

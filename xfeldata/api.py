@@ -32,6 +32,7 @@ from .files.collect import index_files, paused_gc
 from .files.index import FileIndex
 from .files.listing import list_run_files, proposal_run_dir
 from .run import RunFiles, RunSelection
+from .snapshot import run_files
 from .summary import format_info
 
 PathLike = str | os.PathLike
@@ -427,9 +428,10 @@ def open_run(
             raw, proc = (index_files(paths_by_kind[k], strict=strict, progress=progress, cache=cache)
                          for k in ("raw", "proc"))
             files = _proc_over_raw(raw, proc)
+            opened = Run(RunFiles(files, inc_suspect_trains=inc_suspect_trains))
         else:
-            files = index_files(paths, strict=strict, progress=progress, cache=cache)
-        opened = Run(RunFiles(files, inc_suspect_trains=inc_suspect_trains))
+            opened = Run(run_files(paths, inc_suspect_trains=inc_suspect_trains, strict=strict,
+                                   progress=progress, cache=cache))
     if path is None and aliases is not None:
         if isinstance(aliases, str):
             aliases = Path(aliases.format(proposal_run_dir(proposal, run).parents[1]))

@@ -36,8 +36,10 @@ from .files.plain import PlainLayout, pread_rows, pread_rows_to_frames
 from .fill import default_fill_value
 from .run import RunSelection, TrainMap, positions_within
 
-#: Keys with at most this many bytes in the selection are one dask chunk, across
-#: files: for slow data, dask's per-chunk overhead costs more than the reads.
+#: Keys with at most this many bytes in the selection are small: one block across
+#: files (for slow data, dask's per-chunk overhead costs more than the reads), and
+#: ``run[source, key]`` gives them without dask, lazily indexed numpy
+#: (:func:`xfeldata.views.key_array`): nothing is read before the values are used.
 SMALL_KEY_BYTES = 16 * 2**20
 #: Threads reading the blocks of one in-memory selection (:class:`BlockGrid`).
 READ_THREADS = min(4, os.cpu_count() or 1)
@@ -392,8 +394,12 @@ def _contiguous_ranges(first: np.ndarray, count: np.ndarray) -> list[tuple[int, 
 
 
 def flat_rows_array(run: RunSelection, source: str, key: str,
-                    target_bytes: int = TARGET_CHUNK_BYTES) -> tuple[da.Array, TrainMap]:
+                    target_bytes: int = TARGET_CHUNK_BYTES,
+                    planned: tuple[list[BlockRead], TrainMap] | None = None) -> tuple[da.Array, TrainMap]:
     """All rows of a key for the selected trains, concatenated in train order.
+
+    ``planned`` is what :func:`flat_rows_blocks` gave for the same arguments, if
+    already at hand.
 
     Returns
     -------
@@ -405,7 +411,7 @@ def flat_rows_array(run: RunSelection, source: str, key: str,
     """
     source = run.resolve_source(source)
     info = run.key_info(source, key)
-    blocks, found = flat_rows_blocks(run, source, key, target_bytes)
+    blocks, found = planned or flat_rows_blocks(run, source, key, target_bytes)
     name = "xfeldata-rows-" + tokenize(source, key, found.train_ids, found.file_no,
                                        found.first, found.count, target_bytes,
                                        [fi.path for fi in run.file_indexes])
@@ -413,12 +419,14 @@ def flat_rows_array(run: RunSelection, source: str, key: str,
 
 
 def flat_rows_blocks(run: RunSelection, source: str, key: str,
-                     target_bytes: int = TARGET_CHUNK_BYTES) -> tuple[list[BlockRead], TrainMap]:
-    """The blocks of :func:`flat_rows_array` (same parameters and ``found``)."""
+                     target_bytes: int = TARGET_CHUNK_BYTES,
+                     found: TrainMap | None = None) -> tuple[list[BlockRead], TrainMap]:
+    """The blocks of :func:`flat_rows_array` (same parameters and ``found``; pass
+    ``found``, ``run.rows(source, group)`` of the key's group, if at hand)."""
     source = run.resolve_source(source)
     info = run.key_info(source, key)
     run.check_index(source, key)
-    found = run.rows(source, info.group)
+    found = run.rows(source, info.group) if found is None else found
     blocks: list[BlockRead] = []
     file_no = found.file_no
     change = np.flatnonzero(np.diff(file_no)) + 1
@@ -441,6 +449,13 @@ def flat_rows_blocks(run: RunSelection, source: str, key: str,
             <= SMALL_KEY_BYTES:
         blocks = [_joined(blocks)]
     return blocks, found
+
+
+def small_block(blocks: Sequence[BlockRead]) -> BlockRead | None:
+    """The one block of a key of :data:`SMALL_KEY_BYTES` or less (from :func:`flat_rows_blocks`), else None."""
+    if len(blocks) != 1 or int(np.prod(blocks[0].shape)) * blocks[0].dtype.itemsize > SMALL_KEY_BYTES:
+        return None
+    return blocks[0]
 
 
 def _joined(blocks: Sequence[BlockRead]) -> BlockRead:

@@ -18,7 +18,7 @@ import fnmatch
 import math
 import os
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -125,6 +125,45 @@ def _timestamp_key(info: KeyInfo) -> KeyInfo:
     )
 
 
+def _merged_keys_of(files: Sequence[FileIndex], holders: tuple[int, ...], source: str,
+                    clashes: dict[str, tuple[str, str, bool]]) -> dict[str, KeyInfo]:
+    """:func:`_merged_keys` of one source over the files (numbers) that hold it."""
+    return _merged_keys([(files[i].path, files[i].sources[source].keys) for i in holders], clashes)
+
+
+def _damaged_of(files: Sequence[FileIndex], numbers: Iterable[int]
+                ) -> dict[tuple[str, str], list[tuple[FileIndex, DamagedEntries]]]:
+    """The damaged index entries of some files, by (source, index group)."""
+    damaged: dict[tuple[str, str], list[tuple[FileIndex, DamagedEntries]]] = {}
+    for i in numbers:
+        for damage in files[i].damaged:
+            damaged.setdefault((damage.source, damage.group), []).append((files[i], damage))
+    return damaged
+
+
+class _StoredMaps(Mapping[tuple[str, str], TrainMap]):
+    """Train maps cut out of concatenated arrays when first used: ``bounds[n]:bounds[n + 1]`` is map n."""
+
+    def __init__(self, names: list[tuple[str, str]], bounds: np.ndarray, parts: list[np.ndarray]):
+        self._numbers = {name: n for n, name in enumerate(names)}
+        self._bounds, self._parts = bounds.tolist(), parts
+        self._made: dict[tuple[str, str], TrainMap] = {}
+
+    def __getitem__(self, name: tuple[str, str]) -> TrainMap:
+        found = self._made.get(name)
+        if found is None:
+            n = self._numbers[name]
+            lo, hi = self._bounds[n], self._bounds[n + 1]
+            found = self._made[name] = TrainMap(*(p[lo:hi] for p in self._parts))
+        return found
+
+    def __iter__(self):
+        return iter(self._numbers)
+
+    def __len__(self) -> int:
+        return len(self._numbers)
+
+
 class RunFiles:
     """The file indexes of a run combined once: train axis, catalogue and train maps.
 
@@ -134,10 +173,14 @@ class RunFiles:
         File indexes, in any order (they are sorted by path).
     inc_suspect_trains
         Keep suspect trains (the default, so no real data goes missing).
+    stacklevel
+        Of the warnings of opening (:func:`warnings.warn`'s, counted from the
+        method that warns: 4 is the caller of the function that made this object).
     """
 
-    def __init__(self, files: Iterable[FileIndex], inc_suspect_trains: bool = True):
-        self.files: tuple[FileIndex, ...] = tuple(sorted(files, key=lambda fi: fi.path))
+    def __init__(self, files: Iterable[FileIndex], inc_suspect_trains: bool = True, *,
+                 stacklevel: int = 4):
+        self.files: Sequence[FileIndex] = tuple(sorted(files, key=lambda fi: fi.path))
         self.inc_suspect_trains = inc_suspect_trains
         self.problems: list[tuple[str, str]] = [
             (fi.path, p) for fi in self.files for p in fi.problems
@@ -154,17 +197,82 @@ class RunFiles:
         self.sources, self.aliases = self._catalogue()
         self.conflicts: list[str] = []
         self._train_maps = self._build_train_maps()
+        self._damaged = _damaged_of(self.files, range(len(self.files)))
+        self._warn_at_open([i for i, fi in enumerate(self.files) if not len(fi.train_ids)], stacklevel)
+
+    def _warn_at_open(self, no_trains: Iterable[int], stacklevel: int) -> None:
+        """The warnings of opening: trains claimed twice, files without trains, damaged index entries."""
         for message in self.conflicts:
-            warnings.warn(message, stacklevel=3)
-        self._damaged: dict[tuple[str, str], list[tuple[FileIndex, DamagedEntries]]] = {}
-        for fi in self.files:
-            for damage in fi.damaged:
-                self._damaged.setdefault((damage.source, damage.group), []).append((fi, damage))
-            if not len(fi.train_ids):
-                warnings.warn(f"{fi.path}: no trains (INDEX/trainId is empty or all zero); "
-                              "none of its data is read", stacklevel=3)
-            for damage in fi.damaged:
-                warnings.warn(f"{fi.path}: {damage.message}", stacklevel=3)
+            warnings.warn(message, stacklevel=stacklevel)
+        for i in no_trains:
+            warnings.warn(f"{self.files[i].path}: no trains (INDEX/trainId is empty or all zero); "
+                          "none of its data is read", stacklevel=stacklevel)
+        for entries in self._damaged.values():
+            for fi, damage in entries:
+                warnings.warn(f"{fi.path}: {damage.message}", stacklevel=stacklevel)
+
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Everything combining the files gave, as a JSON-able header and 1-d arrays,
+        so that :meth:`from_state` makes the same object without the files' indexes
+        (kept in the index cache by :mod:`xfeldata.snapshot`)."""
+        names = list(self._train_maps)
+        maps = [self._train_maps[n] for n in names]
+
+        def joined(attr: str, dtype: type) -> np.ndarray:
+            return np.concatenate([getattr(m, attr) for m in maps] or [np.zeros(0, dtype)]).astype(dtype)
+
+        holders: dict[str, list[int]] = {}
+        for i, fi in enumerate(self.files):
+            for name in fi.sources:
+                holders.setdefault(name, []).append(i)
+        header = {
+            "paths": [fi.path for fi in self.files], "inc_suspect_trains": self.inc_suspect_trains,
+            "problems": [list(p) for p in self.problems], "aliases": self.aliases,
+            "sources": [[e.name, e.category, list(e.groups), holders[e.name]] for e in self.sources.values()],
+            "maps": [list(n) for n in names], "conflicts": self.conflicts,
+            "damaged": sorted({i for i, fi in enumerate(self.files) if fi.damaged}),
+            "no_trains": [i for i, fi in enumerate(self.files) if not len(fi.train_ids)],
+        }
+        arrays = {"train_ids": self.train_ids, "suspect_train_ids": self.suspect_train_ids,
+                  "map_bounds": np.cumsum([0, *(len(m.train_ids) for m in maps)]).astype(np.int64),
+                  "map_train_ids": joined("train_ids", np.uint64), "map_file_no": joined("file_no", np.int32),
+                  "map_first": joined("first", np.uint64), "map_count": joined("count", np.uint64)}
+        return header, arrays
+
+    @classmethod
+    def from_state(cls, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
+                   files: Sequence[FileIndex], stacklevel: int = 2) -> RunFiles:
+        """The run of :meth:`state`'s output; ``files`` are the file indexes in
+        ``header["paths"]`` order (a lazy sequence: only the files whose keys are
+        used, or that had damaged index entries, are looked at).
+
+        Raises
+        ------
+        ValueError, KeyError, TypeError
+            If the state is not one :meth:`state` made for these files.
+        """
+        if len(files) != len(header["paths"]):
+            raise ValueError("run state and files differ")
+        self = cls.__new__(cls)
+        self.files, self.inc_suspect_trains = files, bool(header["inc_suspect_trains"])
+        self.problems = [(str(path), str(message)) for path, message in header["problems"]]
+        self.key_clashes = {}
+        self.train_ids = _readonly(np.asarray(arrays["train_ids"], np.uint64))
+        self.suspect_train_ids = _readonly(np.asarray(arrays["suspect_train_ids"], np.uint64))
+        self.sources = {}
+        for name, category, groups, holders in header["sources"]:
+            merge = partial(_merged_keys_of, files, tuple(holders), name, self.key_clashes.setdefault(name, {}))
+            self.sources[name] = SourceEntry(name, category, tuple(groups), LazyKeys(merge))
+        self.aliases = dict(header["aliases"])
+        self.conflicts = list(header["conflicts"])
+        bounds = arrays["map_bounds"]
+        parts = [arrays[f"map_{a}"] for a in ("train_ids", "file_no", "first", "count")]
+        if len(bounds) != len(header["maps"]) + 1 or any(len(p) != bounds[-1] for p in parts):
+            raise ValueError("run state train maps do not match")
+        self._train_maps = _StoredMaps([(source, group) for source, group in header["maps"]], bounds, parts)
+        self._damaged = _damaged_of(files, header["damaged"])
+        self._warn_at_open(header["no_trains"], stacklevel=stacklevel + 1)
+        return self
 
     def damaged_entries(self, source: str, group: str) -> list[tuple[FileIndex, DamagedEntries]]:
         """The index entries of one source's group that indexing set aside, per file."""

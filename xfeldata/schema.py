@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import xarray as xr
+from xarray.core.indexes import PandasIndex
 
 from .detectors.kinds import DETECTORS, detector_kind_of_device, match_detector_source
 from .files.strings import decode_strings
@@ -139,8 +140,27 @@ def key_dataarray(data: Any, train_ids: np.ndarray, *, source: str, key: str,
         dims = detector_key_dims(source, key, data.shape[data.ndim - n_entry:]) or entry_dims(n_entry)
     names = tuple(dims)
     all_attrs = {**key_attrs(source, key, attrs, files), **extra}
-    return xr.DataArray(data, dims=(*lead, *names), coords=coords, attrs=all_attrs,
-                        name=f"{source}/{key}" if source else key)
+    return labelled(xr.Variable((*lead, *names), data, attrs=all_attrs), coords,
+                    name=f"{source}/{key}" if source else key)
+
+
+def labelled(variable: xr.Variable, coords: Mapping[str, np.ndarray], name: str) -> xr.DataArray:
+    """A DataArray of ``variable`` with one indexed coordinate per entry of ``coords``
+    (dimension name -> labels), as ``xr.DataArray(data, dims=..., coords=coords)`` makes it.
+
+    Built directly from the variable and its indexes: xarray's general
+    constructor infers and checks what is known here, and took 0.1 ms of the
+    0.3 ms of ``run[source, key].values`` for a control key.
+
+    >>> labelled(xr.Variable(("trainId",), [1.5, 2.5]), {"trainId": np.array([10, 11], np.uint64)}, "x").trainId.values
+    array([10, 11], dtype=uint64)
+    """
+    indexes, variables = {}, {}
+    for dim, values in coords.items():
+        index = PandasIndex(pd.Index(np.asarray(values)), dim)
+        indexes[dim] = index
+        variables.update(index.create_variables())
+    return xr.DataArray(variable, variables, name=name, indexes=indexes, fastpath=True)
 
 
 def detector_key_dims(source: str, key: str, entry_shape: Sequence[int]) -> tuple[str, ...] | None:

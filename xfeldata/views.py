@@ -16,9 +16,11 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
+from xarray.backends import BackendArray
+from xarray.core import indexing
 
 from . import schema
-from .arrays import flat_rows_array, padded_array, read_rows
+from .arrays import BlockRead, flat_rows_array, flat_rows_blocks, padded_array, read_rows, small_block
 from .errors import PropertyNameError, SourceNameError
 from .files.strings import decode_strings
 from .fill import default_fill_value
@@ -79,7 +81,36 @@ def group_presence(run: RunSelection, source: str, group: str) -> xr.DataArray:
                                 pulse_ids=pulse_ids, positional=positional, dims=())
 
 
-def key_array(run: RunSelection, source: str, key: str) -> xr.DataArray | xr.Dataset:
+class SmallKeyArray(BackendArray):
+    """A small key's rows (one :class:`~xfeldata.arrays.BlockRead`) as a lazily
+    indexed array for xarray: numpy, no dask; indexing reads only the selected rows.
+
+    >>> run["SA1_XTD2_XGM/DOOCS/MAIN", "beamPosition.ixPos"].variable._data.array  # doctest: +SKIP
+    <xfeldata.views.SmallKeyArray ...>
+    """
+
+    def __init__(self, block: BlockRead):
+        self.block, self.shape, self.dtype = block, block.shape, block.dtype
+
+    def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
+        return indexing.explicit_indexing_adapter(key, self.shape, indexing.IndexingSupport.BASIC,
+                                                  self.block.__getitem__)
+
+
+def _flat_rows(run: RunSelection, source: str, key: str, small_in_memory: bool,
+               found: Any) -> tuple[Any, Any]:
+    """A key's rows (at most one a train) as dask, or, for a small numeric key, lazily
+    indexed numpy (:class:`SmallKeyArray`), and the train map of its selected trains
+    (``found``: ``run.rows`` of the key's group)."""
+    planned = flat_rows_blocks(run, source, key, found=found)
+    block = small_block(planned[0]) if small_in_memory else None
+    if block is None or block.dtype.kind not in "biufcmM" or block.dtype.names:
+        return flat_rows_array(run, source, key, planned=planned)
+    return indexing.LazilyIndexedArray(SmallKeyArray(block)), planned[1]
+
+
+def key_array(run: RunSelection, source: str, key: str, *,
+              small_in_memory: bool = True) -> xr.DataArray | xr.Dataset:
     """One key as a lazy, labelled array.
 
     Control keys and keys with at most one entry per train are ``(trainId, *entry)``;
@@ -87,6 +118,12 @@ def key_array(run: RunSelection, source: str, key: str) -> xr.DataArray | xr.Dat
     index group records pulse IDs, ``(trainId, pulse, *entry)`` (positional) otherwise.
     Only trains with data are on the train axis.  Structured dtypes give a Dataset
     with one variable per field.
+
+    Numeric keys with at most one entry a train and at most
+    :data:`~xfeldata.arrays.SMALL_KEY_BYTES` in the selection (control data) are
+    lazily indexed numpy (``small_in_memory``, the default), not dask: read when
+    their values are used (``.values``, arithmetic, ``.load()``), only the selected
+    rows for ``.sel``/``.isel``; ``.chunk()`` makes them dask.  Others are dask.
 
     Raises
     ------
@@ -96,8 +133,10 @@ def key_array(run: RunSelection, source: str, key: str) -> xr.DataArray | xr.Dat
     source = run.resolve_source(source)
     info = run.key_info(source, key)
     run.check_index(source, key)  # trains whose index entries were set aside raise here
-    if run.rows(source, info.group).count.any():
-        arr, found = flat_rows_array(run, source, key)
+    rows = run.rows(source, info.group)
+    if rows.count.any():
+        arr, found = (_flat_rows(run, source, key, small_in_memory, rows) if rows.count.max() <= 1
+                      else flat_rows_array(run, source, key))
     else:  # no rows in the selected trains (or none at all): an empty array with its dims
         arr, found = _no_rows(info), run.rows(source, info.group)
     counts = found.count.astype(np.int64)
@@ -138,7 +177,7 @@ def _variables(run: RunSelection, source: str, prefix: str
     groups = sorted({run.key_info(source, key).group for key in run.keys(source)})
     masks = {f"{prefix}{group}.present": group_presence(run, source, group) for group in groups}
     for key in run.keys(source):
-        arr = key_array(run, source, key)
+        arr = key_array(run, source, key, small_in_memory=False)
         generic = {d: f"{key}.{d}" for d in arr.dims if d.startswith("dim_")}
         arr = arr.rename(generic) if generic else arr
         if isinstance(arr, xr.Dataset):

@@ -1,19 +1,22 @@
 """A persistent cache of file indexes, so a run opens again without reading its files.
 
 The :class:`~xfeldata.files.index.FileIndex` of every file of a directory is kept
-in one ``.npz`` per directory: each kind of array (train IDs, flags, index
+in one file per directory: each kind of array (train IDs, flags, index
 ``first``/``count``, ...) concatenated over all files, a compact JSON header
 (per file: path, size, mtime, metadata, sources and their index groups), and the
-keys' metadata as JSON per file, decoded only when a source's keys are used.  It
-is loaded with ``allow_pickle=False``, so a cache written by someone else cannot
-run code.  Entries are keyed on each file's absolute path and checked against its
+keys' metadata as JSON per file, decoded only when a source's keys are used.
+Layers above may keep more in it (``extras``: a JSON header and 1-d arrays
+each, e.g. a run's combined index, :mod:`xfeldata.snapshot`).  The file is
+read with one read call: magic bytes, a CRC-32 of the rest, the JSON header
+and the arrays' bytes; nothing in it is executable (no pickle), so a cache
+written by someone else cannot run code.  Entries are keyed on each file's absolute path and checked against its
 size, modification time and inode number, so a changed or replaced file is
 indexed again.  A file rewritten in place with the same size and the same mtime
 is a known limit of stat-based keys: open it with ``cache=False``.  A damaged
 cache is ignored with a warning and rewritten.  The cache is
 written atomically (a temporary file renamed into place).
 
-Where: ``<run directory>/.xfeldata/index.npz`` when the run directory is
+Where: ``<run directory>/.xfeldata/index.bin`` when the run directory is
 writable, else a per-user directory (``$XFELDATA_CACHE_DIR`` or
 ``~/.cache/xfeldata/index``).  Both are read.  ``XFELDATA_INDEX_CACHE=0`` turns
 the cache off.
@@ -28,9 +31,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 import tempfile
-import threading
 import warnings
+import zlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -47,11 +52,10 @@ from .strings import decode_str
 CACHE_VERSION = 5
 CACHE_ENV = "XFELDATA_CACHE_DIR"
 CACHE_SWITCH_ENV = "XFELDATA_INDEX_CACHE"
-RUN_DIR_CACHE = Path(".xfeldata") / "index.npz"
-# np.load parses npy headers with ast.literal_eval, which is not thread-safe on
-# some CPython 3.11 releases ("AST constructor recursion depth mismatch"); the
-# index is read from several threads, so loads take turns.
-_LOAD_LOCK = threading.Lock()
+RUN_DIR_CACHE = Path(".xfeldata") / "index.bin"
+#: The first bytes of a cache file; then CRC-32 and length of the JSON header (two uint32).
+_MAGIC = b"XFDINDEX"
+_PREFIX = struct.Struct("<8sII")
 
 
 def cache_enabled() -> bool:
@@ -225,38 +229,115 @@ def file_index_of(entry: Entry) -> FileIndex:
 
 def _bundle_paths(directory: str) -> list[Path]:
     digest = hashlib.sha1(directory.encode("utf-8", "surrogateescape")).hexdigest()[:16]
-    return [Path(directory) / RUN_DIR_CACHE, user_cache_dir() / f"{Path(directory).name}.{digest}.npz"]
+    return [Path(directory) / RUN_DIR_CACHE, user_cache_dir() / f"{Path(directory).name}.{digest}.bin"]
 
 
-def _split_bundle(header: dict[str, Any], stored: dict[str, np.ndarray]) -> dict[str, Entry]:
-    """Cut a bundle's concatenated arrays into per-file entries (views, no copies).
+#: Per-file numbers of a bundle, one array element per file (in ``paths`` order).
+_FILE_ARRAYS = {"file_n": np.int64, "file_rows": np.int64, "file_has_timestamps": np.bool_,
+                "file_size": np.int64, "file_mtime": np.float64, "file_inode": np.uint64,
+                "keys_offset": np.int64, "keys_length": np.int64}
 
-    Raises
-    ------
-    ValueError
-        If the arrays do not have the lengths the header says.
+
+class Bundle(Mapping[str, Entry]):
+    """The cache of one directory: ``{path: Entry}`` (not yet validated) and the
+    ``extras`` stored with them.
+
+    Only the list of paths and the arrays' places are decoded when it is read;
+    the files' JSON headers when the first entry is asked for, and each entry's
+    arrays when it is.  ``extras`` maps a name to ``(header, arrays)``: JSON-able
+    data and 1-d arrays that layers above keep with the entries (see
+    :func:`write_bundle`).
     """
-    entries, at = {}, dict.fromkeys(stored, 0)
-    for h, keys_at in zip(header["files"], header["keys_at"], strict=True):
-        n, rows = h["n"], sum(len(groups) for _, _, groups in h["sources"])
-        sizes = {"train_ids": n, "valid": n, "suspect": n, "timestamps": n if h["timestamps"] else 0,
+
+    def __init__(self, header: dict[str, Any] | None = None, blob: bytes = b""):
+        header = header or {"paths": [], "arrays": {}, "extras": {}}
+        self.paths: list[str] = list(header["paths"])
+        self._numbers = {path: i for i, path in enumerate(self.paths)}
+        self._stored = _arrays_in(blob, header["arrays"])
+        self.extras: dict[str, tuple[dict[str, Any], dict[str, np.ndarray]]] = {
+            name: (extra["header"], _arrays_in(blob, extra["arrays"]))
+            for name, extra in header.get("extras", {}).items()}
+        expected = {**_ARRAY_DTYPES, **_FILE_ARRAYS, "keys": np.uint8, "files_json": np.uint8} \
+            if self.paths else {}
+        if self._stored.keys() != expected.keys() or any(
+                self._stored[name].dtype != dtype for name, dtype in expected.items()):
+            raise ValueError("unexpected arrays in the index cache")
+        if any(len(self._stored[name]) != len(self.paths) for name in _FILE_ARRAYS if self.paths):
+            raise ValueError("index cache file arrays do not match its paths")
+        self._headers: list[dict[str, Any]] | None = None
+        self._offsets: dict[str, np.ndarray] | None = None
+        self._entries: dict[str, Entry] = {}
+
+    def stamps_of(self, paths: list[str]) -> list[list[Any]] | None:
+        """``[size, mtime, inode]`` of each path's entry as indexed; None if one has none."""
+        numbers = [self._numbers.get(p) for p in paths]
+        if None in numbers:
+            return None
+        columns = [self._stored[a][numbers].tolist() for a in ("file_size", "file_mtime", "file_inode")]
+        return [list(stamp) for stamp in zip(*columns, strict=True)]
+
+    def _prepare(self) -> None:
+        """Decode the files' headers and find where each file's arrays start."""
+        if self._offsets is not None:
+            return
+        headers = json.loads(self._stored["files_json"].tobytes()) if self.paths else []
+        if not isinstance(headers, list) or len(headers) != len(self.paths):
+            raise ValueError("index cache file headers do not match its paths")
+        n, rows, has_ts = (self._stored[a].astype(np.int64) for a in ("file_n", "file_rows", "file_has_timestamps"))
+        sizes = {"train_ids": n, "valid": n, "suspect": n, "timestamps": n * has_ts,
                  "first": rows * n, "count": rows * n}
-        arrays = {}
+        offsets = {}
         for name, size in sizes.items():
-            arrays[name] = stored[name][at[name]:at[name] + size]
-            at[name] += size
-        arrays["first"] = arrays["first"].reshape(rows, n)
-        arrays["count"] = arrays["count"].reshape(rows, n)
-        keys_json = stored["keys"][keys_at[0]:keys_at[0] + keys_at[1]].tobytes()
-        entries[h["path"]] = Entry(h, arrays, keys_json)
-    at["keys"] = len(stored["keys"])
-    if any(at[name] != len(stored[name]) for name in stored):
-        raise ValueError("index cache arrays do not match its header")
-    return entries
+            ends = np.cumsum(size)
+            if len(ends) and ends[-1] != len(self._stored[name]):
+                raise ValueError("index cache arrays do not match its header")
+            offsets[name] = ends - size
+        ends = self._stored["keys_offset"] + self._stored["keys_length"]
+        if len(ends) and ends.max() > len(self._stored["keys"]):
+            raise ValueError("index cache keys do not match its header")
+        self._headers, self._offsets = headers, {**offsets, "rows": rows, "n": n}
+
+    def __getitem__(self, path: str) -> Entry:
+        entry = self._entries.get(path)
+        if entry is None:
+            i = self._numbers[path]
+            self._prepare()
+            at, stored = self._offsets, self._stored
+            n, rows = int(at["n"][i]), int(at["rows"][i])
+            h = self._headers[i]
+            sizes = {"train_ids": n, "valid": n, "suspect": n, "timestamps": n if h["timestamps"] else 0,
+                     "first": rows * n, "count": rows * n}
+            arrays = {name: stored[name][int(at[name][i]):int(at[name][i]) + size] for name, size in sizes.items()}
+            arrays["first"] = arrays["first"].reshape(rows, n)
+            arrays["count"] = arrays["count"].reshape(rows, n)
+            k0 = int(stored["keys_offset"][i])
+            keys_json = stored["keys"][k0:k0 + int(stored["keys_length"][i])].tobytes()
+            entry = self._entries[path] = Entry({**h, "path": path}, arrays, keys_json)
+        return entry
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __contains__(self, path: object) -> bool:
+        return path in self._numbers
 
 
-def read_bundle(directory: str) -> dict[str, Entry]:
-    """The cached entries of a directory's files, ``{path: Entry}`` (not yet validated).
+def _arrays_in(blob: bytes, layout: dict[str, list]) -> dict[str, np.ndarray]:
+    """Views of the 1-d arrays ``{name: [dtype, offset, count]}`` in a blob."""
+    out = {}
+    for name, (dtype, offset, count) in layout.items():
+        dt = np.dtype(dtype)
+        if dt.hasobject or dt.fields is not None:
+            raise ValueError(f"unexpected dtype {dtype} in the index cache")
+        out[name] = np.frombuffer(blob, dt, count, offset)
+    return out
+
+
+def read_bundle(directory: str) -> Bundle:
+    """The cache of a directory's files (entries not yet validated); empty if none.
 
     A cache that cannot be read (truncated, emptied, bit-flipped, a hostile
     header) is ignored with a warning naming it; the files are then indexed
@@ -264,20 +345,20 @@ def read_bundle(directory: str) -> dict[str, Entry]:
     """
     for candidate in _bundle_paths(directory):
         try:
-            entries = _load_bundle(candidate)
-        except FileNotFoundError:
+            bundle = _load_bundle(candidate)
+        except (FileNotFoundError, NotADirectoryError):
             continue
         except Exception as exc:  # noqa: BLE001 - whatever the damage, the files are still there
             warnings.warn(f"{candidate}: damaged index cache ignored, indexing the files again "
                           f"({type(exc).__name__}: {str(exc)[:200]})", stacklevel=4)
             continue
-        if entries is not None:
-            return entries
-    return {}
+        if bundle is not None:
+            return bundle
+    return Bundle()
 
 
-def _load_bundle(candidate: Path) -> dict[str, Entry] | None:
-    """The entries of one cache file; None if it is of another cache version.
+def _load_bundle(candidate: Path) -> Bundle | None:
+    """The bundle of one cache file; None if it is of another cache version.
 
     Raises
     ------
@@ -286,23 +367,23 @@ def _load_bundle(candidate: Path) -> dict[str, Entry] | None:
     Exception
         Of many kinds if it is damaged.
     """
-    with _LOAD_LOCK, np.load(candidate, allow_pickle=False) as npz:
-        header = json.loads(npz["header"].tobytes())
-        if not isinstance(header, dict) or header.get("cache_version") != CACHE_VERSION:
-            return None
-        blob = npz["blob"]
-    stored = {name: np.frombuffer(blob, dtype, count, offset)
-              for name, (dtype, offset, count) in header["arrays"].items()}
-    expected = {**_ARRAY_DTYPES, "keys": np.uint8}
-    if stored.keys() != expected.keys() or any(
-            stored[name].dtype != dtype for name, dtype in expected.items()):
-        raise ValueError("unexpected arrays in the index cache")
-    return _split_bundle(header, stored)
+    with open(candidate, "rb", buffering=0) as f:
+        data = f.read()
+    magic, crc, header_len = _PREFIX.unpack_from(data)
+    if magic != _MAGIC:
+        raise ValueError("not an xfeldata index cache")
+    if zlib.crc32(memoryview(data)[_PREFIX.size:]) != crc:
+        raise ValueError("checksum mismatch")
+    header = json.loads(data[_PREFIX.size:_PREFIX.size + header_len])
+    if not isinstance(header, dict) or header.get("cache_version") != CACHE_VERSION:
+        return None
+    start = _PREFIX.size + header_len + (-(_PREFIX.size + header_len) % 8)
+    return Bundle(header, memoryview(data)[start:])
 
 
 def _concatenate(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, list]]:
     """One byte blob holding 1-d arrays, each 8-byte aligned, and where each one is:
-    ``{name: [dtype descr, offset, count]}`` (one npz member loads much faster than many)."""
+    ``{name: [dtype descr, offset, count]}`` (one read and views into it, no copies)."""
     parts, layout, offset = [], {}, 0
     for name, arr in arrays.items():
         layout[name] = [arr.dtype.str, offset, len(arr)]
@@ -311,27 +392,46 @@ def _concatenate(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, l
     return np.frombuffer(b"".join(parts), np.uint8), layout
 
 
-def write_bundle(directory: str, entries: dict[str, Entry]) -> Path | None:
-    """Store a directory's entries atomically; returns where, or None if nowhere is writable."""
+def write_bundle(directory: str, entries: Mapping[str, Entry],
+                 extras: Mapping[str, tuple[dict[str, Any], dict[str, np.ndarray]]] | None = None
+                 ) -> Path | None:
+    """Store a directory's entries (and ``extras``: name -> (JSON-able header, 1-d
+    arrays)) atomically; returns where, or None if nowhere is writable."""
     values = list(entries.values())
-    keys_at, offset = [], 0
-    for e in values:
-        keys_at.append([offset, len(e.keys_json)])
-        offset += len(e.keys_json)
-    stored = {name: np.concatenate([e.arrays[name].ravel() for e in values] or [np.zeros(0)])
-              .astype(dtype, copy=False) for name, dtype in _ARRAY_DTYPES.items()}
-    stored["keys"] = np.frombuffer(b"".join(e.keys_json for e in values), np.uint8)
-    blob, layout = _concatenate(stored)
-    header = {"cache_version": CACHE_VERSION, "files": [e.header for e in values],
-              "keys_at": keys_at, "arrays": layout}
+    stored: dict[str, np.ndarray] = {}
+    if values:
+        stored = {name: np.concatenate([e.arrays[name].ravel() for e in values])
+                  .astype(dtype, copy=False) for name, dtype in _ARRAY_DTYPES.items()}
+        stored["keys"] = np.frombuffer(b"".join(e.keys_json for e in values), np.uint8)
+        headers = [{k: v for k, v in e.header.items() if k != "path"} for e in values]
+        stored["files_json"] = np.frombuffer(json.dumps(headers).encode(), np.uint8)
+        lengths = [len(e.keys_json) for e in values]
+        per_file = {
+            "file_n": [e.header["n"] for e in values],
+            "file_rows": [sum(len(g) for _, _, g in e.header["sources"]) for e in values],
+            "file_has_timestamps": [e.header["timestamps"] for e in values],
+            "file_size": [e.header["size"] for e in values], "file_mtime": [e.header["mtime"] for e in values],
+            "file_inode": [e.header["inode"] for e in values],
+            "keys_offset": np.cumsum([0, *lengths[:-1]]), "keys_length": lengths}
+        stored.update({name: np.asarray(per_file[name], _FILE_ARRAYS[name]) for name in _FILE_ARRAYS})
+    named = dict(stored)
+    for name, (_, arrays) in (extras or {}).items():
+        named.update({f"{name}/{a}": np.ascontiguousarray(v).ravel() for a, v in arrays.items()})
+    blob, layout = _concatenate(named)
+    header = {"cache_version": CACHE_VERSION, "paths": [e.header["path"] for e in values],
+              "arrays": {name: layout[name] for name in stored},
+              "extras": {name: {"header": h, "arrays": {a: layout[f"{name}/{a}"] for a in arrays}}
+                         for name, (h, arrays) in (extras or {}).items()}}
+    head = json.dumps(header).encode()
+    body = b"".join([head, b"\0" * (-(_PREFIX.size + len(head)) % 8), blob.tobytes()])
+    data = _PREFIX.pack(_MAGIC, zlib.crc32(body), len(head)) + body
     for candidate in _bundle_paths(directory):
         try:
             candidate.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=candidate.parent, prefix=".tmp-", suffix=".npz")
+            fd, tmp = tempfile.mkstemp(dir=candidate.parent, prefix=".tmp-", suffix=candidate.suffix)
             try:
                 with os.fdopen(fd, "wb") as out:
-                    np.savez(out, header=np.frombuffer(json.dumps(header).encode(), np.uint8),
-                             blob=blob)
+                    out.write(data)
                 os.chmod(tmp, 0o644)  # others who read the run may use it too
                 os.replace(tmp, candidate)
             finally:
@@ -387,30 +487,47 @@ def index_files_cached(paths: list[str], progress: bool = False) -> list[FileInd
     # No bar object at all unless asked: tqdm's lock imports multiprocessing (ms at open)
     bar = tqdm(total=len(paths), desc="Indexing files", unit="file") if progress else None
     for directory, dir_paths in by_dir.items():
-        entries = read_bundle(directory)
-        changed = False
-        for path in dir_paths:
-            st, entry = _stat(path), entries.get(path)
-            cached = _cached_index(entry, st) if st is not None and entry else None
-            if cached is not None:
-                results[path] = cached
-            else:
-                try:
-                    fi = read_file_index(path)
-                except FileFormatError as exc:
-                    results[path] = exc
-                else:
-                    results[path] = fi
-                    if st is not None and (fi.size, fi.mtime, fi.inode) == _stamp(st):
-                        entries[path] = entry_of(fi)
-                        changed = True
-            if bar is not None:
-                bar.update()
-        if changed:
-            write_bundle(directory, entries)
+        bundle = read_bundle(directory)
+        found, changed = index_through(bundle, dir_paths, bar)
+        results.update(found)
+        if changed is not None:
+            write_bundle(directory, changed, bundle.extras)
     if bar is not None:
         bar.close()
     return [results[p] for p in paths]
+
+
+def index_through(bundle: Bundle, paths: list[str], bar: Any = None
+                  ) -> tuple[dict[str, FileIndex | FileFormatError], dict[str, Entry] | None]:
+    """Index files of one directory (absolute paths) through its bundle.
+
+    Returns
+    -------
+    found
+        Path -> file index, or the error that indexing it raised.
+    changed
+        The directory's entries with those of files indexed again, if any
+        were (to be written with :func:`write_bundle`); else None.
+    """
+    found: dict[str, FileIndex | FileFormatError] = {}
+    fresh: dict[str, Entry] = {}
+    for path in paths:
+        st, entry = _stat(path), bundle.get(path)
+        cached = _cached_index(entry, st) if st is not None and entry else None
+        if cached is not None:
+            found[path] = cached
+        else:
+            try:
+                fi = read_file_index(path)
+            except FileFormatError as exc:
+                found[path] = exc
+            else:
+                found[path] = fi
+                if st is not None and (fi.size, fi.mtime, fi.inode) == _stamp(st):
+                    fresh[path] = entry_of(fi)
+        if bar is not None:
+            bar.update()
+    return found, ({**bundle, **fresh} if fresh else None)
 
 
 def cached_file_index(path: str | os.PathLike, use_cache: bool = True) -> FileIndex:

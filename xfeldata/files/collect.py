@@ -74,6 +74,19 @@ def index_files(paths: Iterable[PathLike], strict: bool = False,
                 outcomes.append(read_file_index(path))
             except FileFormatError as exc:
                 outcomes.append(exc)
+    return checked_outcomes(outcomes, strict, stacklevel=3)
+
+
+def checked_outcomes(outcomes: list[FileIndex | FileFormatError], strict: bool,
+                     stacklevel: int = 2) -> list[FileIndex]:
+    """The file indexes among indexing outcomes; unreadable files are skipped with
+    a warning each, or, with ``strict`` or if none is readable, raise.
+
+    Raises
+    ------
+    FileFormatError
+        Naming the unreadable file(s).
+    """
     results = [o for o in outcomes if not isinstance(o, FileFormatError)]
     failures = [o for o in outcomes if isinstance(o, FileFormatError)]
     if failures and (strict or not results):
@@ -82,5 +95,5 @@ def index_files(paths: Iterable[PathLike], strict: bool = False,
         raise FileFormatError(failures[0].path, f"{failures[0].problem} (and {len(failures) - 1} "
                               "more unreadable files: " + ", ".join(f.path for f in failures[1:]) + ")")
     for exc in failures:
-        warnings.warn(f"skipping unreadable file {exc}", stacklevel=3)
+        warnings.warn(f"skipping unreadable file {exc}", stacklevel=stacklevel + 1)
     return results

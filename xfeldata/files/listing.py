@@ -28,11 +28,11 @@ def list_run_files(path: str | os.PathLike, include: str = "*") -> list[str]:
     FileNotFoundError
         If the path does not exist, or the directory holds no (matching) run files.
     """
-    path = Path(path)
-    if not path.exists():
+    path = str(Path(path))
+    if os.path.isfile(path):
+        return [path]
+    if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file or directory")
-    if path.is_file():
-        return [str(path)]
     with os.scandir(path) as entries:  # file types from the directory listing, no stat each
         names = sorted(
             e.name for e in entries
@@ -40,11 +40,11 @@ def list_run_files(path: str | os.PathLike, include: str = "*") -> list[str]:
         )
     if not names:
         raise FileNotFoundError(f"{path}: no run files (*.h5) in this directory")
-    picked = [n for n in names if fnmatch.fnmatchcase(n, include)]
+    picked = names if include == "*" else [n for n in names if fnmatch.fnmatchcase(n, include)]
     if not picked:
         raise FileNotFoundError(
             f"{path}: no run files match include={include!r} (of {len(names)} files)")
-    return [str(path / n) for n in picked]
+    return [os.path.join(path, n) for n in picked]
 
 
 def _is_file(entry: os.DirEntry) -> bool:
