@@ -76,14 +76,18 @@ def read_train_ids_and_sources(paths: list[Path]) -> int:
     return n
 
 
-def stat_files(run_dir: Path) -> int:
-    """List the run directory and ``stat`` each HDF5 file (size and mtime).
+def stat_and_read_cache(run_dir: Path) -> int:
+    """List the run directory, ``stat`` each HDF5 file and read the index cache file(s).
 
     The ceiling of opening a run again: a reader must at least see which files
-    there are and that they did not change since its cache was written.
-    Returns the number of files.
+    there are, that they did not change since its cache was written, and read
+    that cache.  Returns the bytes of cache read.
     """
-    return sum(1 for e in os.scandir(run_dir) if e.name.endswith(".h5") and e.stat().st_size)
+    for e in os.scandir(run_dir):
+        if e.name.endswith(".h5"):
+            e.stat()
+    cache = Path(run_dir) / ".xfeldata"
+    return sum(len(p.read_bytes()) for p in cache.glob("*") if p.is_file())
 
 
 def run_files(run_dir: Path) -> list[Path]:
