@@ -46,7 +46,7 @@ import numpy as np
 import xarray as xr
 
 __all__ = ["ENCODING_ATTR", "JSON_ATTRS", "decode", "decode_attrs", "decode_groups", "decode_name", "encode",
-           "encode_attrs", "encode_name", "is_encoded", "matlab_names"]
+           "encode_attrs", "encode_name", "is_encoded", "json_default", "matlab_names"]
 
 #: Root attr that marks a store written through :func:`encode`, and states the rule.
 ENCODING_ATTR = "xfeldata_encoding"
@@ -92,7 +92,8 @@ def _plain(value: Any) -> bool:
     return not isinstance(value, complex | np.complexfloating)
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """``json.dumps(..., default=json_default)``: numpy arrays and scalars as lists and numbers."""
     if isinstance(value, np.ndarray | np.generic):
         return value.tolist()
     raise TypeError(f"attr value {value!r} of type {type(value).__name__} cannot be stored")
@@ -115,7 +116,7 @@ def encode_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
         if _plain(value):
             out[name] = value
         else:
-            out[name] = json.dumps(value, default=_json_default)
+            out[name] = json.dumps(value, default=json_default)
             as_json.append(name)
     if as_json:
         out[JSON_ATTRS] = json.dumps(as_json)
