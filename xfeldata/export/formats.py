@@ -52,13 +52,13 @@ from typing import Any, Literal
 import dask.array as da
 import numpy as np
 import xarray as xr
-from tqdm.dask import TqdmCallback
 
 from .. import schema
 from ..files.progress import tqdm
 from ..run import RunSelection
 from . import names
 from .atomic import atomic_output
+from .xarray import dask_writes, hdf5_write_errors
 
 __all__ = ["GEOMETRY_CLASSES", "load_geometry", "table_selection", "write_mat", "write_npy", "write_png",
            "write_table"]
@@ -203,7 +203,7 @@ def _store(sources: list[da.Array], targets: list[Any], progress: bool | None, d
     """Compute ``sources`` chunk by chunk into ``targets`` (arrays or h5py datasets)."""
     if not sources:
         return
-    with TqdmCallback(tqdm_class=tqdm, **_bar(progress, desc, unit="task")):
+    with dask_writes(progress, desc):
         da.store(sources, targets, lock=lock)
 
 
@@ -294,7 +294,7 @@ def write_mat(obj: xr.Dataset | xr.DataTree, path: str | os.PathLike, *, overwri
     path = Path(path)
     with atomic_output(path, overwrite=overwrite) as tmp:
         hdf5storage.savemat(str(tmp), {"xfeldata_names": table}, format="7.3", appendmat=False)
-        with h5py.File(tmp, "r+") as f:
+        with hdf5_write_errors(), h5py.File(tmp, "r+") as f:
             sources, targets = [], []
             for name, var in variables.items():
                 data, attrs = _matlab_layout(var)

@@ -28,9 +28,13 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
+import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -41,9 +45,38 @@ from ..files.progress import tqdm
 from . import names
 from .atomic import atomic_output
 
-__all__ = ["open_export", "write_netcdf", "write_zarr"]
+__all__ = ["dask_writes", "hdf5_write_errors", "open_export", "write_netcdf", "write_zarr"]
 
 Obj = xr.Dataset | xr.DataTree
+
+
+@contextmanager
+def dask_writes(progress: bool | None, desc: str) -> Iterator[None]:
+    """Run the dask computations of the block on threads of its own, with a progress bar.
+
+    When the block fails (a full disk, Ctrl-C), it waits for the tasks already
+    running and drops the others before the error goes on, so that no task
+    writes (or makes anew) the output after it has been removed.
+    """
+    pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+    try:
+        with dask.config.set(scheduler="threads", pool=pool), \
+                TqdmCallback(tqdm_class=tqdm, desc=desc, unit="task",
+                             disable=not progress if progress is not None else None):
+            yield
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextmanager
+def hdf5_write_errors() -> Iterator[None]:
+    """Raise the write's error where HDF5 then fails to close the file it could not extend."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if isinstance(exc.__context__, OSError):
+            raise exc.__context__ from None
+        raise
 
 
 def _vlen_strings(var: xr.Variable) -> xr.Variable:
@@ -93,13 +126,12 @@ def _write(obj: Obj, path: str | os.PathLike, store: Literal["netcdf", "zarr"], 
         # zarr 3 warns that consolidated metadata is not in its format's specification yet;
         # xarray reads it first, and falls back to the plain metadata without it.
         warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
-        if store == "netcdf":
-            delayed = prepared.to_netcdf(tmp, engine="h5netcdf", compute=False)
-        else:
-            delayed = prepared.to_zarr(tmp, mode="w", compute=False)
-        with TqdmCallback(tqdm_class=tqdm, desc=f"writing {path.name}", unit="task",
-                          disable=not progress if progress is not None else None):
-            delayed.compute()
+        # compute=True: xarray closes the file also when a write fails
+        with hdf5_write_errors(), dask_writes(progress, f"writing {path.name}"):
+            if store == "netcdf":
+                prepared.to_netcdf(tmp, engine="h5netcdf")
+            else:
+                prepared.to_zarr(tmp, mode="w")
     return path
 
 
