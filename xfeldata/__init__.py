@@ -27,6 +27,7 @@ from .errors import (
 if TYPE_CHECKING:  # pragma: no cover
     from .api import Run, open_file, open_run
     from .detectors.plan import by_id, by_index
+    from .export.xarray import open_export, write_netcdf, write_zarr
     from .trains import stack_detector_data
 
 try:
@@ -39,6 +40,7 @@ _LAZY = {
     "Run": ".api", "open_file": ".api", "open_run": ".api",
     "by_id": ".detectors.plan", "by_index": ".detectors.plan",
     "stack_detector_data": ".trains",
+    "write_netcdf": ".export.xarray", "write_zarr": ".export.xarray", "open_export": ".export.xarray",
 }
 
 __all__ = [
@@ -50,9 +52,12 @@ __all__ = [
     "TrainIdError",
     "by_id",
     "by_index",
+    "open_export",
     "open_file",
     "open_run",
     "stack_detector_data",
+    "write_netcdf",
+    "write_zarr",
 ]
 
 
