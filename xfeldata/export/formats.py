@@ -44,6 +44,7 @@ Examples
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -207,6 +208,48 @@ def _store(sources: list[da.Array], targets: list[Any], progress: bool | None, d
         da.store(sources, targets, lock=lock)
 
 
+class _NpyFile:
+    """A ``.npy`` file being filled: ``target[region] = block`` writes the block's rows with ``pwrite``.
+
+    The file's space is allocated first, so a full disk raises here; the
+    blocks are written where they belong, each contiguous run at once, so
+    memory holds only the blocks in flight (a memory map would keep every
+    page written).
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype):
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                  "shape": self.shape}
+        with open(path, "wb") as f:
+            np.lib.format.write_array_header_2_0(f, header)
+            self.offset = f.tell()
+        self.fd = os.open(path, os.O_WRONLY)
+        try:
+            os.posix_fallocate(self.fd, 0, self.offset + math.prod(self.shape) * self.dtype.itemsize)
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def __setitem__(self, region: tuple[slice, ...], block: np.ndarray) -> None:
+        block = np.ascontiguousarray(block, self.dtype)
+        starts = [s.start or 0 for s in region] + [0] * (len(self.shape) - len(region))
+        if not block.size:
+            return
+        # the trailing axes a block covers whole are contiguous in the file, with the axis before them
+        split = len(self.shape)
+        while split > 0 and block.shape[split - 1] == self.shape[split - 1]:
+            split -= 1
+        outer = max(split - 1, 0)
+        for index in np.ndindex(*block.shape[:outer]):
+            where = [start + i for start, i in zip(starts, index, strict=False)] + starts[outer:]
+            flat = np.ravel_multi_index(where, self.shape) if self.shape else 0
+            os.pwrite(self.fd, block[index].tobytes(), self.offset + int(flat) * self.dtype.itemsize)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 def write_npy(obj: xr.Dataset | xr.DataTree, path: str | os.PathLike, *, overwrite: bool = False,
               progress: bool | None = None) -> Path:
     """Write every variable of a Dataset or DataTree as ``.npy`` files in a directory, chunk by chunk.
@@ -232,15 +275,13 @@ def write_npy(obj: xr.Dataset | xr.DataTree, path: str | os.PathLike, *, overwri
             if var.size == 0:
                 np.save(file, np.empty(var.shape, var.dtype))
                 continue
-            target = np.lib.format.open_memmap(file, mode="w+", dtype=var.dtype, shape=var.shape)
-            with open(file, "r+b") as f:  # blocks on disk now: ENOSPC here, not SIGBUS later
-                os.posix_fallocate(f.fileno(), 0, os.path.getsize(file))
+            targets.append(_NpyFile(file, var.shape, var.dtype))
             sources.append(_dask(var))
-            targets.append(target)
-        _store(sources, targets, progress, f"writing {path.name}")
-        for target in targets:
-            target.flush()
-        del targets
+        try:
+            _store(sources, targets, progress, f"writing {path.name}")
+        finally:
+            for target in targets:
+                target.close()
         (tmp / "variables.json").write_text(
             json.dumps(_describe(variables), default=names.json_default, indent=1) + "\n")
     return path
@@ -298,7 +339,8 @@ def write_mat(obj: xr.Dataset | xr.DataTree, path: str | os.PathLike, *, overwri
             sources, targets = [], []
             for name, var in variables.items():
                 data, attrs = _matlab_layout(var)
-                dset = f.create_dataset(matlab[name], shape=data.shape, dtype=data.dtype)
+                chunks = tuple(max(1, c[0]) for c in data.chunks) if data.size else None
+                dset = f.create_dataset(matlab[name], shape=data.shape, dtype=data.dtype, chunks=chunks)
                 dset.attrs.update(attrs)
                 if data.size:
                     sources.append(data)

@@ -27,6 +27,7 @@ Examples
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -70,12 +71,19 @@ def dask_writes(progress: bool | None, desc: str) -> Iterator[None]:
 
 @contextmanager
 def hdf5_write_errors() -> Iterator[None]:
-    """Raise the write's error where HDF5 then fails to close the file it could not extend."""
+    """HDF5's failures to write or close a file it could not extend (a full disk) as :class:`OSError`.
+
+    h5py raises ``RuntimeError`` when closing such a file; the write's own
+    error, or the system error HDF5 names (``errno = 28``), is what a user needs.
+    """
     try:
         yield
     except RuntimeError as exc:
         if isinstance(exc.__context__, OSError):
             raise exc.__context__ from None
+        found = re.search(r"errno = (\d+)", str(exc))
+        if found:
+            raise OSError(int(found.group(1)), str(exc)) from None
         raise
 
 
