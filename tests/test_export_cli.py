@@ -88,6 +88,33 @@ def test_npy_files_per_variable(irregular_run, picked, tmp_path):
     assert described[f"{source}/image.data"]["dims"] == list(tree[source]["image.data"].dims)
 
 
+@pytest.mark.parametrize("fmt", ["npy", "mat"])
+def test_detector_arrays_equal_the_stacked_dataset(irregular_run, tmp_path, fmt):
+    """Dask blocks of one module each (and missing modules filled) land where they belong."""
+    out = tmp_path / f"det.{fmt}"
+    assert export(irregular_run, out, fmt, "--detector", "SPB_DET_AGIPD1M-1") == 0
+    det = xd.open_run(irregular_run).detector("SPB_DET_AGIPD1M-1")
+    if fmt == "npy":
+        arrays = {name: np.load(out / f"{name}.npy") for name in det.variables}
+    else:
+        mat = hdf5storage.loadmat(str(out))
+        arrays = {row["name"]: mat[row["matlab"]] for row in json.loads(mat["xfeldata_names"])}
+    assert set(arrays) == set(det.variables)
+    for name, values in arrays.items():
+        np.testing.assert_array_equal(values, det[name].values)
+        assert values.dtype == det[name].dtype
+
+
+def test_select_takes_source_names_with_colons(irregular_run):
+    from xfeldata.export.cli import parse_select
+
+    run = xd.open_run(irregular_run)
+    assert parse_select(run, f"{XGM}:output") == (f"{XGM}:output", "*")  # a source, not key "output"
+    assert parse_select(run, f"{XGM}:output:data.*") == (f"{XGM}:output", "data.*")
+    assert parse_select(run, "*XGM*:beamPosition.*") == ("*XGM*", "beamPosition.*")
+    assert parse_select(run, "SA3_XTD10_MCP/ADC/1:channel_5.output") == ("SA3_XTD10_MCP/ADC/1:channel_5.output", "*")
+
+
 def test_mat_file_reads_back_with_its_names_table(irregular_run, picked, tmp_path):
     out = tmp_path / "out.mat"
     assert export(irregular_run, out, "mat", *SELECT) == 0
