@@ -1,17 +1,12 @@
 """``xfeldata export RUN OUT --format ...``: a selection of a run in one of the export formats.
 
-===========  =====================================================  ==========
-format       what is written                                        OUT is
-===========  =====================================================  ==========
-h5           the facility's format (``run.write``)                   file (or a run directory)
-virtual      HDF5 virtual datasets over the run (``run.write_virtual``) file
-cxi          a detector as CXI (``xfeldata.write_cxi``)              file
-nc, zarr     one group per source (or ``--detector``: its Dataset)   file / directory
-csv, json    the scalar values of control sources, one row per train  file
-npy          one ``.npy`` per variable (as nc), ``variables.json``   directory
-mat          MATLAB v7.3, one variable per variable (as nc)          file
-png          one 16-bit image per recorded detector frame            directory
-===========  =====================================================  ==========
+- ``h5``: the facility's format (``run.write``); ``virtual``: HDF5 virtual datasets over
+  the run (``run.write_virtual``); ``cxi``: a detector as CXI (``xfeldata.write_cxi``);
+- ``nc`` (a file), ``zarr`` (a directory): one group per source, or with ``--detector``
+  its stacked Dataset;
+- ``csv``, ``json``: the scalar values of control sources, one row per train;
+- ``npy`` (a directory, one file per variable), ``mat`` (MATLAB v7.3): as ``nc``;
+- ``png`` (a directory): one 16-bit image per recorded detector frame.
 
 Heavy imports happen when the command runs, so ``xfeldata --help`` stays quick.
 
@@ -90,17 +85,18 @@ def add_commands(sub: Any) -> None:
                                      "complete.")
     p.add_argument("run", help="run directory or file")
     p.add_argument("out", help="output file or directory")
-    p.add_argument("--format", required=True, choices=list(FORMATS), dest="fmt", help="output format")
+    p.add_argument("--format", required=True, choices=list(FORMATS), dest="fmt",
+                   help="output format (required, no default)")
     p.add_argument("--select", action="append", metavar="SOURCE[:KEYGLOB]", default=None,
                    help="sources (globs) and optionally keys to export; repeat for more "
                         "(default: everything; csv/json: the control sources' scalar keys)")
     p.add_argument("--trains", type=parse_trains, metavar="FIRST:LAST", default=None,
-                   help="train IDs to export, both included (e.g. 10000:10009)")
+                   help="train IDs to export, both included (e.g. 10000:10009; default: all trains)")
     p.add_argument("--detector", default=None, metavar="NAME",
                    help="the detector (device name) for cxi and png (default: the only one); "
                         "for zarr, nc, npy, mat: write its stacked Dataset instead of the sources")
     p.add_argument("--geometry", default=None, metavar="FILE",
-                   help="png: assemble the modules with this CrystFEL .geom file (else module tiles)")
+                   help="png: assemble the modules with this CrystFEL .geom file (default: module tiles side by side)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=_cmd_export)
 
