@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .api import Run, open_file, open_run
     from .detectors.plan import by_id, by_index
     from .export.cxi import write_cxi
+    from .export.xarray import open_export, write_netcdf, write_zarr
     from .trains import stack_detector_data
 
 try:
@@ -41,6 +42,7 @@ _LAZY = {
     "by_id": ".detectors.plan", "by_index": ".detectors.plan",
     "stack_detector_data": ".trains",
     "write_cxi": ".export.cxi",
+    "write_netcdf": ".export.xarray", "write_zarr": ".export.xarray", "open_export": ".export.xarray",
 }
 
 __all__ = [
@@ -52,10 +54,13 @@ __all__ = [
     "TrainIdError",
     "by_id",
     "by_index",
+    "open_export",
     "open_file",
     "open_run",
     "stack_detector_data",
     "write_cxi",
+    "write_netcdf",
+    "write_zarr",
 ]
 
 

@@ -24,6 +24,13 @@ Examples
 >>> ds = xr.open_dataset("r0001", engine="xfeldata", chunks={},
 ...                      source="*/DET/0CH0:xtdf", keys="image.*")  # doctest: +SKIP
 >>> tree = xr.open_datatree("r0001", engine="xfeldata")         # doctest: +SKIP
+
+The engine also reads back what :mod:`xfeldata.export.xarray` wrote (a
+netCDF file or a zarr store): it opens it with xarray's h5netcdf or zarr
+engine and undoes the mapping of :mod:`xfeldata.export.names`, so variables,
+dims and attrs have their original names (``"source/key"``) again; lazily.
+
+>>> ds = xr.open_dataset("r0001.nc", engine="xfeldata", chunks={})   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -35,9 +42,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import h5py
 import numpy as np
 import xarray as xr
-from xarray.backends import BackendArray, BackendEntrypoint
+from xarray.backends import BackendArray, BackendEntrypoint, H5netcdfBackendEntrypoint, ZarrBackendEntrypoint
 from xarray.core import indexing
 
 from . import schema
@@ -50,6 +58,7 @@ from .arrays import (
     execute_block,
     file_stamp,
 )
+from .export import names as export_names
 from .files.handles import FileStamp
 from .files.layout import parse_file_name
 from .files.strings import decode_strings
@@ -372,6 +381,31 @@ def _drop_set(drop_variables: str | Iterable[str] | None) -> set[str]:
     return {drop_variables} if isinstance(drop_variables, str) else set(drop_variables)
 
 
+def _export_backend(path: Any) -> BackendEntrypoint | None:
+    """xarray's zarr or h5netcdf engine for a store that is no run (an export), else None.
+
+    A zarr store is a directory with zarr metadata; a netCDF file is an HDF5
+    file without the run files' ``INDEX`` and ``METADATA`` groups.
+    """
+    if not isinstance(path, str | os.PathLike):
+        return None
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        marks = ("zarr.json", ".zgroup", ".zarray")
+        return ZarrBackendEntrypoint() if any(os.path.exists(os.path.join(path, m)) for m in marks) else None
+    try:
+        if not h5py.is_hdf5(path):
+            return None
+        with h5py.File(path, "r") as f:
+            return None if "INDEX" in f or "METADATA" in f else H5netcdfBackendEntrypoint()
+    except OSError:
+        return None
+
+
+def _stored_names(drop_variables: str | Iterable[str] | None) -> list[str]:
+    return [export_names.encode_name(n) for n in _drop_set(drop_variables)]
+
+
 class XfeldataBackendEntrypoint(BackendEntrypoint):
     """xarray engine ``"xfeldata"``: European XFEL run directories as lazily indexed Datasets.
 
@@ -382,24 +416,27 @@ class XfeldataBackendEntrypoint(BackendEntrypoint):
     >>> tree = xr.open_datatree("r0001", engine="xfeldata", source="*XGM*")  # doctest: +SKIP
     """
 
-    description = "European XFEL run directories (one source per Dataset) via xfeldata"
+    description = ("European XFEL run directories (one source per Dataset) via xfeldata, "
+                   "and the netCDF/zarr exports of xfeldata")
     url = "https://github.com/European-XFEL/EXtra-data"
     open_dataset_parameters = ("filename_or_obj", "drop_variables", "source", "keys",
-                               "include", "inc_suspect_trains")
+                               "include", "inc_suspect_trains", "group")
     supports_groups = True
 
     def open_dataset(  # type: ignore[override]
         self, filename_or_obj: str | os.PathLike, *,
         drop_variables: str | Iterable[str] | None = None,
         source: str | None = None, keys: str | Iterable[str] | None = None,
-        include: str = "*", inc_suspect_trains: bool = True,
+        include: str = "*", inc_suspect_trains: bool = True, group: str | None = None,
     ) -> xr.Dataset:
         """Open one source of a run as a Dataset of lazily indexed variables (or the whole run).
 
         Parameters
         ----------
         filename_or_obj
-            A run directory (or one run file).
+            A run directory (or one run file), or a netCDF file or zarr store
+            written by :mod:`xfeldata.export.xarray` (then only
+            ``drop_variables`` and ``group`` apply).
         drop_variables
             Variable names to leave out.
         source
@@ -412,6 +449,8 @@ class XfeldataBackendEntrypoint(BackendEntrypoint):
             Glob on file names, as for :func:`xfeldata.open_run`.
         inc_suspect_trains
             Keep trains flagged as suspect (default True).
+        group
+            A group of an export (e.g. a source of ``run.to_datatree()``).
 
         Raises
         ------
@@ -422,6 +461,16 @@ class XfeldataBackendEntrypoint(BackendEntrypoint):
         --------
         >>> xr.open_dataset("r0001", engine="xfeldata", source="*XGM/DOOCS/MAIN")  # doctest: +SKIP
         """
+        export = _export_backend(filename_or_obj)
+        if export is not None:
+            ds = export.open_dataset(filename_or_obj, drop_variables=_stored_names(drop_variables),
+                                     group=group)
+            if group in (None, "", "/"):
+                return export_names.decode(ds)
+            with export.open_dataset(filename_or_obj) as root:  # the root says if names are mapped
+                return export_names.decode(ds, encoded=export_names.is_encoded(root.attrs))
+        if group is not None:
+            raise ValueError(f"group={group!r}: a run has no groups (use source=...)")
         run = open_run(filename_or_obj, include=include, inc_suspect_trains=inc_suspect_trains)
         if source is None:  # the whole run, as run.dataset(): variables "source/key" (dask)
             picked = {name: _matching_keys(run, name, keys) for name in run.sources}
@@ -439,7 +488,12 @@ class XfeldataBackendEntrypoint(BackendEntrypoint):
         """``{"/<source>": Dataset}`` for every source matching the glob ``source``.
 
         Sources where no key matches ``keys`` are left out.  The root ``"/"`` is empty.
+        An export (netCDF, zarr) gives its groups with the original names.
         """
+        export = _export_backend(filename_or_obj)
+        if export is not None:
+            return export_names.decode_groups(export.open_groups_as_dict(
+                filename_or_obj, drop_variables=_stored_names(drop_variables)))
         run = open_run(filename_or_obj, include=include, inc_suspect_trains=inc_suspect_trains)
         dropped = _drop_set(drop_variables)
         groups = {"/": xr.Dataset()}
@@ -457,7 +511,7 @@ class XfeldataBackendEntrypoint(BackendEntrypoint):
         source: str = "*", keys: str | Iterable[str] | None = None,
         include: str = "*", inc_suspect_trains: bool = True,
     ) -> xr.DataTree:
-        """A DataTree with one node per source (source names give the paths).
+        """A DataTree with one node per source (source names give the paths), or an export's tree.
 
         Examples
         --------
@@ -470,7 +524,10 @@ class XfeldataBackendEntrypoint(BackendEntrypoint):
         return xr.DataTree.from_dict(groups)
 
     def guess_can_open(self, filename_or_obj: Any) -> bool:
-        """True for a directory that holds run files (``RAW-R0001-DA01-S00000.h5`` ...)."""
+        """True for a directory that holds run files (``RAW-R0001-DA01-S00000.h5`` ...).
+
+        Exports are opened with ``engine="xfeldata"`` given (their files are netCDF or zarr).
+        """
         if not isinstance(filename_or_obj, str | os.PathLike):
             return False
         try:

@@ -8,6 +8,7 @@ Examples
     $ xfeldata make-example r0001 --detector AGIPD1M --trains 20 --frames 4 --sequences 2
     $ xfeldata info r0001 --details
     $ xfeldata validate r0001
+    $ xfeldata export r0001 xgm.csv --format csv --select "SA1_XTD2_XGM/*"
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from .bridge.cli import (
     positive_int,
 )
 from .detectors.kinds import DETECTORS
+from .export.cli import add_commands as add_export_commands
 from .files.layout import FORMAT_VERSIONS
 from .pipeline.cli import add_commands as add_pipeline_commands
 
@@ -247,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_commands(sub)
     add_pipeline_commands(sub)
+    add_export_commands(sub)
     return parser
 
 
