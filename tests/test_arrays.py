@@ -135,16 +135,35 @@ def test_a_detector_array_hands_over_its_one_chunk_without_copying_it():
     assert joined.shape == (4, 3, 4)
 
 
-def test_a_built_detector_array_is_handed_over_and_everything_derived_is_plain_dask(large_run):
+def test_a_built_detector_array_and_its_slices_are_handed_over_and_everything_derived_is_plain_dask(
+        large_run):
     run = xd.open_run(large_run).isel(trainId=slice(18, 23))
     arr = run.detector(keys=["image.data"])["image.data"]
-    assert type(arr.data) is da.Array                            # xarray mixes it with any dask array
-    assert arr.data.__dask_postcompute__()[0] is arrays._finalize_fresh
-    assert (arr.where(run.detector(keys=["image.data"])["present"]) >= 0).any()
-    for derived in (arr.data[1:3], arr.data + 1, arr.data.persist()):
-        assert derived.__dask_postcompute__()[0] is not arrays._finalize_fresh
+    assert isinstance(arr.data, arrays.FreshArray)
+    for fresh in (arr.data, arr.data[1:3], arr.isel(trainId=[0, 2], module=1).data):
+        assert fresh.__dask_postcompute__()[0] is arrays._finalize_fresh
+    assert (arr.where(run.detector(keys=["image.data"])["present"]) >= 0).any()  # mixes with dask
+    for derived in (arr.data + 1, arr.data.persist(), arr.data.persist()[1:3]):
+        assert type(derived) is da.Array
     kept = arr.data.persist()                                    # chunks now held by the graph
     assert not np.shares_memory(kept.compute(), kept.compute())  # dask copies those, as always
+    assert not np.shares_memory(kept[1:3].compute(), kept[1:3].compute())
+
+
+def test_selecting_trains_across_chunks_reads_them_in_one_task_into_one_array(large_run):
+    run = xd.open_run(large_run)
+    whole = run.detector(keys=["image.data"], target_bytes=2**23)["image.data"]
+    per_chunk = whole.data.chunks[0][0]
+    assert 3 <= per_chunk < whole.sizes["trainId"] // 2           # a chunk every few trains
+    trains = slice(per_chunk // 2, per_chunk // 2 + per_chunk)    # a chunk's size across two chunks
+    picked = whole.isel(trainId=trains)
+    assert picked.data.numblocks == (1,) * picked.ndim           # one chunk, one read task
+    assert len(dict(picked.data.__dask_graph__())) == 2
+    expected = run.isel(trainId=trains).detector(keys=["image.data"])["image.data"].values
+    np.testing.assert_array_equal(picked.values, expected)
+    np.testing.assert_array_equal(whole.isel(trainId=[trains.start, trains.stop - 1], pulseId=2).values,
+                                  expected[[0, -1], 2])
+    assert whole.isel(trainId=slice(None)).data.numblocks == whole.data.numblocks  # larger: dask's chunks
 
 
 def test_compressed_rows_decode_straight_into_one_array_per_row(tmp_path):

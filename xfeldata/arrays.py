@@ -492,8 +492,8 @@ def blocks_array(name: str, blocks: Mapping[tuple[int, ...], BlockRead | np.ndar
     ``getter(block, whole block)``, the form of :func:`dask.array.from_array`:
     dask's optimiser fuses later slicing into the index, so a selection reads
     only its rows.  ``fresh=True`` (blocks that read into new memory every time,
-    like :class:`BlockRead` and :class:`GridChunk`, never numpy arrays): computing
-    the array itself hands over a result that is one chunk without copying it.
+    like :class:`BlockRead` and :class:`GridChunk`, never numpy arrays): a
+    :class:`FreshArray`, which hands over a result that is one chunk without copying it.
     """
     if not all(chunks):  # no blocks: dask's own constructors fail for zero-size arrays
         return da.from_array(np.empty(tuple(sum(c) for c in chunks), dtype), chunks=-1)
@@ -502,15 +502,96 @@ def blocks_array(name: str, blocks: Mapping[tuple[int, ...], BlockRead | np.ndar
         graph[(f"{name}-read", *index)] = block
         graph[(name, *index)] = (getter, (f"{name}-read", *index),
                                  tuple(slice(0, n) for n in block.shape))
-    arr = da.Array(graph, name, chunks, dtype=dtype, meta=np.empty((0,) * len(chunks), dtype))
-    if fresh:
-        # Computing a dask array that is one chunk copies the chunk (dask guards
-        # against handing out a buffer its graph holds).  These chunks are new
-        # memory every time, so this array (not those derived from it, nor a
-        # persisted copy) hands its result over as it is.  An attribute of the
-        # instance, not a subclass: xarray refuses to mix dask array types.
-        arr.__dask_postcompute__ = _postcompute_fresh
+    arr = (FreshArray if fresh else da.Array)(graph, name, chunks, dtype=dtype,
+                                              meta=np.empty((0,) * len(chunks), dtype))
     return arr
+
+
+def grid_array(name: str, grid: BlockGrid) -> da.Array:
+    """A :class:`BlockGrid` as a dask array: a chunk (a :class:`GridChunk`) per
+    block of the first axis, whole along every other axis.
+
+    Selecting from it (``.sel``/``.isel``/``[...]``) with ints, slices or one
+    1-d index array gives, while the selection fits in one chunk's bytes, one
+    task reading just the selected cells straight into one new array, however
+    many chunks it spans (no concatenation); computing it hands that array
+    over without dask's final copy (:class:`FreshArray`).
+
+    >>> arr = grid_array("xfeldata-detector-...", grid)   # doctest: +SKIP
+    >>> arr[3:13].numblocks                             # doctest: +SKIP
+    (1, 1, 1, 1, 1, 1)
+    """
+    per_lead: dict[int, dict[tuple[int, ...], BlockRead]] = {}
+    for index, block in grid.blocks.items():
+        per_lead.setdefault(index[0], {})[(0, *index[1:])] = block
+    rest = grid.chunks[1:]
+    chunks = (grid.chunks[0], *((sum(c),) for c in rest))
+    parts = {(i, *(0,) * len(rest)): GridChunk(BlockGrid(part, ((grid.chunks[0][i],), *rest), grid.dtype))
+             for i, part in per_lead.items()}
+    arr = blocks_array(name, parts, chunks, grid.dtype, fresh=True)
+    if isinstance(arr, FreshArray):
+        arr._xfeldata_grid = grid
+    return arr
+
+
+class FreshArray(da.Array):
+    """A dask array whose chunks are new memory every time they are computed
+    (:class:`BlockRead`, :class:`GridChunk` reads; never numpy arrays held in
+    the graph), and the arrays sliced from it.
+
+    Computing a dask array that is one chunk copies the chunk (dask guards
+    against handing out a buffer its graph holds); these chunks are the task's
+    own new memory, so the result is handed over as it is.  Everything else
+    (arithmetic, reductions, a persisted copy) gives plain dask arrays.  Slicing
+    an array made by :func:`grid_array` reads the selection in one task.
+
+    >>> isinstance(grid_array("x", grid)[2:5], FreshArray)   # doctest: +SKIP
+    True
+    """
+
+    __slots__ = ()
+
+    def __dask_postcompute__(self) -> tuple:
+        return _finalize_fresh, ()
+
+    def __getitem__(self, key: Any) -> da.Array:
+        grid = self.__dict__.get("_xfeldata_grid")
+        one = _one_task_selection(self.name, grid, key, self.chunks) if grid is not None else None
+        out = super().__getitem__(key) if one is None else one
+        if type(out) is da.Array:
+            out.__class__ = FreshArray  # slices of new memory are new memory (a view of part is copied)
+        return out
+
+
+def _one_task_selection(name: str, grid: BlockGrid, key: Any,
+                        chunks: tuple[tuple[int, ...], ...]) -> da.Array | None:
+    """``grid[key]`` as a one-chunk dask array whose one task reads the selected
+    cells into one new array; None when dask's own slicing should do it (keys
+    other than ints, slices and one 1-d increasing index array, empty or 0-d
+    results, or results larger than the largest chunk)."""
+    parts = _grid_and_entry_key(key, grid.shape, 0)
+    if parts is None:
+        return None
+    normal = parts[0]
+    shape = []
+    for k, n in zip(normal, grid.shape, strict=True):
+        if isinstance(k, np.ndarray) and k.dtype.kind == "b" and len(k) != n:
+            return None  # let dask raise its IndexError
+        if isinstance(k, int):
+            if not -n <= k < n:
+                return None
+            continue
+        shape.append(len(np.arange(n)[k]))
+    if not shape or 0 in shape:
+        return None
+    row_bytes = int(np.prod(grid.shape[1:], dtype=np.int64)) * grid.dtype.itemsize
+    if int(np.prod(shape, dtype=np.int64)) * grid.dtype.itemsize > max(chunks[0]) * row_bytes:
+        return None
+    out = f"{name}-sel-{tokenize(name, normal)}"
+    graph = {f"{out}-read": GridChunk(grid),
+             (out, *(0,) * len(shape)): (getter, f"{out}-read", normal)}
+    return FreshArray(graph, out, tuple((n,) for n in shape), dtype=grid.dtype,
+                      meta=np.empty((0,) * len(shape), grid.dtype))
 
 
 def _postcompute_fresh() -> tuple:

@@ -27,7 +27,7 @@ from xarray.backends import BackendArray
 from xarray.core import indexing
 
 from .. import schema
-from ..arrays import BlockGrid, BlockRead, GridChunk, blocks_array, padded_blocks, read_rows
+from ..arrays import BlockGrid, BlockRead, grid_array, padded_blocks, read_rows
 from ..errors import PropertyNameError
 from ..run import RunSelection, TrainMap, positions_within
 from .kinds import DetectorKind, detector_kind_of_device, generic_kind, group_detector_sources
@@ -343,14 +343,8 @@ def stack_module_blocks(per_part: dict[tuple[int, int], list[BlockRead] | None],
     if not as_dask:
         return indexing.LazilyIndexedArray(_GridArray(BlockGrid(blocks, chunks, dtype)))
     # dask: a chunk per block of trains holding every module (and stage), read straight into place
-    per_train: dict[int, dict[tuple[int, ...], BlockRead]] = {}
-    for index, block in blocks.items():
-        per_train.setdefault(index[0], {})[(0, *index[1:])] = block
-    grids = {(i, *(0,) * (len(chunks) - 1)): GridChunk(BlockGrid(part, ((train_chunks[i],), *chunks[1:]), dtype))
-             for i, part in per_train.items()}
-    dask_chunks = (train_chunks, *((sum(c),) for c in chunks[1:]))
-    return blocks_array("xfeldata-detector-" + tokenize(what, dask_chunks, *grids.values()),
-                        grids, dask_chunks, dtype, fresh=True)
+    grid = BlockGrid(blocks, chunks, dtype)
+    return grid_array("xfeldata-detector-" + tokenize(what, chunks, *blocks.values()), grid)
 
 
 class _GridArray(BackendArray):
