@@ -166,6 +166,26 @@ def test_selecting_trains_across_chunks_reads_them_in_one_task_into_one_array(la
     assert whole.isel(trainId=slice(None)).data.numblocks == whole.data.numblocks  # larger: dask's chunks
 
 
+@pytest.mark.parametrize("key", [
+    3, -1, slice(2, 9), slice(9, 1, -2), (slice(1, 12), 1), (np.array([0, 4, 11]), slice(None), 1),
+    (np.arange(12) % 3 == 0,), (slice(3, 10), Ellipsis, slice(100, 140)), (np.array([4, 0]),),
+    (slice(None), np.array([1, 3])), (None, 2),
+])
+def test_indexing_a_built_detector_array_gives_what_numpy_gives(large_run, key):
+    arr = xd.open_run(large_run).isel(trainId=slice(0, 12)).detector(
+        keys=["image.data"], target_bytes=2**23)["image.data"].data
+    assert arr.numblocks[0] > 1                                  # selections cross chunk edges
+    whole = arr.compute()
+    np.testing.assert_array_equal(arr[key].compute(), whole[key])
+
+
+def test_a_lazy_index_keeps_a_built_detector_array_lazy(large_run):
+    arr = xd.open_run(large_run).isel(trainId=slice(0, 12)).detector(keys=["image.data"])["image.data"].data
+    picked = arr[da.from_array(np.arange(12) % 2 == 0)]
+    assert np.isnan(picked.shape[0])                             # not computed to build the graph
+    np.testing.assert_array_equal(picked.compute(), arr.compute()[::2])
+
+
 def test_compressed_rows_decode_straight_into_one_array_per_row(tmp_path):
     values = np.random.default_rng(0).random((7, 3, 5)).astype(np.float32)
     with h5py.File(tmp_path / "f.h5", "w") as f:
@@ -417,4 +437,5 @@ def test_a_file_deleted_after_opening_is_named_when_a_chunk_is_read(agipd_raw_ru
         run.detector(modules=[0])
     # trains in the remaining files still read
     assert arr.sel(trainId=slice(10000, 10004)).values.shape == (5,)
+
 

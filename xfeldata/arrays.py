@@ -26,7 +26,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 from dask.array.core import finalize, getter
-from dask.base import tokenize
+from dask.base import is_dask_collection, tokenize
 
 from .errors import DataIndexError, DataReadError, FileChangedError
 from .files.direct import read_rows_into
@@ -569,6 +569,8 @@ def _one_task_selection(name: str, grid: BlockGrid, key: Any,
     cells into one new array; None when dask's own slicing should do it (keys
     other than ints, slices and one 1-d increasing index array, empty or 0-d
     results, or results larger than the largest chunk)."""
+    if any(is_dask_collection(k) for k in (key if isinstance(key, tuple) else (key,))):
+        return None  # a lazy index stays lazy: dask's slicing
     parts = _grid_and_entry_key(key, grid.shape, 0)
     if parts is None:
         return None
