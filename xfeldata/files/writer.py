@@ -38,6 +38,7 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import zlib
@@ -349,8 +350,9 @@ class FileWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
-        else:
-            self.file.close()
+        else:  # the error that stopped the writing is the one to report: closing may fail again (a full disk)
+            with contextlib.suppress(Exception):
+                self.file.close()
 
     def close(self) -> None:
         """Flush every key, write INDEX trains and METADATA, close the file."""
