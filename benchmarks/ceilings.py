@@ -247,7 +247,7 @@ def pread_reader(rows: list[Rows], workers: int | None = None
 
 
 def threaded_decode_reader(rows: list[Rows], workers: int | None = None,
-                           inflater: str = "libdeflate"
+                           inflater: str = "libdeflate", out: np.ndarray | None = None
                            ) -> tuple[Callable[[], None], Callable[[], None], int]:
     """Raw chunks read with ``os.preadv`` at the offsets HDF5 reports (no HDF5 call, no
     lock) and inflated + unshuffled on a thread pool, into one preallocated array.
@@ -261,7 +261,8 @@ def threaded_decode_reader(rows: list[Rows], workers: int | None = None,
     package, the fastest installed) or ``"zlib_into"`` (zlib straight into a
     reused buffer); unshuffling is ``zlib_into.unshuffle``.  Chunks stored with
     a filter skipped are refused (a ceiling must decode the same bytes).
-    Returns ``(read, close, useful_bytes)``.
+    ``out`` (uint8, the bytes of all chunks covering the rows, in order) receives
+    the decoded chunks; by default a new buffer.  Returns ``(read, close, useful_bytes)``.
     """
     op = _Opened(rows)
     workers = workers or os.cpu_count() or 2
@@ -277,7 +278,9 @@ def threaded_decode_reader(rows: list[Rows], workers: int | None = None,
                              "skips a filter")
         pieces.append((fd_of[dsid_path[id(dsid)]], info.byte_offset, info.size, at, n, itemsize))
     largest = max(p[2] for p in pieces)
-    out = np.empty(total, np.uint8)
+    out = np.empty(total, np.uint8) if out is None else out
+    if out.dtype != np.uint8 or out.shape != (total,):
+        raise ValueError(f"out must be {total} uint8 bytes, not {out.dtype} {out.shape}")
     pool = ThreadPoolExecutor(workers)
     local = threading.local()  # one raw and one inflate buffer per worker thread
 
