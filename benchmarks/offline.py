@@ -241,9 +241,9 @@ def _stacked(ctx: Context, run_dir: Path, corrected: bool) -> CaseResult:
     rows = ceilings.detector_rows(run_dir, tids[lo:lo + n])
     readers = [("h5py read_direct of the rows (HDF5 filters)", "ref", ceilings.h5py_reader)]
     if corrected:
-        readers.append((f"read_direct_chunk + libdeflate on {os.cpu_count()} threads", "ceiling",
+        readers.append((f"preadv of the raw chunks + libdeflate on {os.cpu_count()} threads", "ceiling",
                         ceilings.threaded_decode_reader))
-        readers.append((f"read_direct_chunk + zlib_into on {os.cpu_count()} threads", "ref",
+        readers.append((f"preadv of the raw chunks + zlib_into on {os.cpu_count()} threads", "ref",
                         partial(ceilings.threaded_decode_reader, inflater="zlib_into")))
     else:
         readers.append((f"preadv of just the rows into a preallocated array, {os.cpu_count()} "

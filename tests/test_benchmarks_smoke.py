@@ -72,6 +72,32 @@ def test_extra_data_mock_runs_hold_values_not_fill(bench_data):
         assert frames[0].std() > 0
 
 
+@pytest.mark.parametrize("dataset", ["ours", "extra-data"])
+@pytest.mark.parametrize("inflater", ["libdeflate", "zlib_into"])
+def test_the_decompression_ceiling_decodes_the_bytes_h5py_reads(bench_data, dataset, inflater):
+    from benchmarks import ceilings
+    from benchmarks.data import SIZES, ensure_run
+
+    run_dir = ensure_run(bench_data, "tiny", "corr", SIZES["tiny"].corr, lambda msg: None, dataset)
+    with h5py.File(next(run_dir.glob("*AGIPD00*.h5")), "r") as f:
+        train_ids = f["INDEX/trainId"][:2]
+    rows = ceilings.detector_rows(run_dir, train_ids)
+    expected = []
+    for r in rows:
+        with h5py.File(r.path, "r") as f:
+            ds = f[r.dataset]
+            step = ds.chunks[0]
+            lo, hi = r.start - r.start % step, -(-r.stop // step) * step  # whole chunks
+            expected.append(ds[lo:hi].reshape(-1).view(np.uint8))
+    out = np.zeros(sum(e.size for e in expected), np.uint8)
+    read, close, _ = ceilings.threaded_decode_reader(rows, inflater=inflater, out=out)
+    try:
+        read()
+    finally:
+        close()
+    np.testing.assert_array_equal(out, np.concatenate(expected))
+
+
 def test_a_contender_faster_than_its_ceiling_is_flagged():
     from benchmarks.harness import CaseResult, Timing, format_case
 
