@@ -3,7 +3,7 @@
 The :class:`~xfeldata.files.index.FileIndex` of every file of a directory is kept
 in one file per directory: each kind of array (train IDs, flags, index
 ``first``/``count``, ...) concatenated over all files, a compact JSON header
-(per file: path, size, mtime, metadata, sources and their index groups), and the
+(per file: path, size, mtime, metadata if it was read, sources and their index groups), and the
 keys' metadata as JSON per file, decoded only when a source's keys are used.
 Layers above may keep more in it (``extras``: a JSON header and 1-d arrays
 each, e.g. a run's combined index, :mod:`xfeldata.snapshot`).  The file is
@@ -44,12 +44,21 @@ from typing import Any
 import numpy as np
 
 from ..errors import FileFormatError
-from .index import DamagedEntries, FileIndex, IndexGroup, KeyInfo, LazyKeys, SourceInfo, read_file_index
+from .index import (
+    DamagedEntries,
+    FileIndex,
+    IndexGroup,
+    KeyInfo,
+    LazyKeys,
+    LazyMetadata,
+    SourceInfo,
+    read_file_index,
+)
 from .progress import tqdm
 from .strings import decode_str
 
 #: Bump when the stored layout changes; older entries are then ignored.
-CACHE_VERSION = 5
+CACHE_VERSION = 6
 CACHE_ENV = "XFELDATA_CACHE_DIR"
 CACHE_SWITCH_ENV = "XFELDATA_INDEX_CACHE"
 RUN_DIR_CACHE = Path(".xfeldata") / "index.bin"
@@ -165,6 +174,12 @@ def _auxiliary_info(item: list[Any]) -> SourceInfo:
                       {k["key"]: _key_info(name, k) for k in keys})
 
 
+def _metadata_read(metadata: Mapping[str, Any]) -> bool:
+    """Whether a file's METADATA scalars are at hand (kept in the cache only then: reading
+    them all costs about a tenth of indexing a file, and few callers need them)."""
+    return not isinstance(metadata, LazyMetadata) or metadata.loaded
+
+
 def entry_of(fi: FileIndex) -> Entry:
     """The cache entry of a file index."""
     n = len(fi.train_ids)
@@ -173,7 +188,8 @@ def entry_of(fi: FileIndex) -> Entry:
         "path": fi.path, "size": fi.size, "mtime": fi.mtime, "inode": fi.inode,
         "format_version": fi.format_version,
         "damaged": [[d.source, d.group, d.train_ids.tolist(), d.message] for d in fi.damaged],
-        "metadata": _jsonable(fi.metadata), "aliases": fi.aliases, "problems": list(fi.problems),
+        "metadata": _jsonable(dict(fi.metadata)) if _metadata_read(fi.metadata) else None,
+        "aliases": fi.aliases, "problems": list(fi.problems),
         "n": n, "timestamps": fi.timestamps is not None,
         "sources": [[si.name, si.category, list(si.groups)] for si in fi.sources.values()],
         "auxiliary": [_auxiliary_json(si) for si in fi.auxiliary],
@@ -218,7 +234,7 @@ def file_index_of(entry: Entry) -> FileIndex:
         sources[name] = SourceInfo(name, category, groups, LazyKeys(partial(file_keys.source, name)))
     return FileIndex(
         path=h["path"], size=h["size"], mtime=h["mtime"], format_version=h["format_version"],
-        metadata=h["metadata"], train_ids=a["train_ids"],
+        metadata=h["metadata"] if h["metadata"] is not None else LazyMetadata(h["path"]), train_ids=a["train_ids"],
         timestamps=a["timestamps"] if h["timestamps"] else None, valid=a["valid"],
         suspect=a["suspect"], sources=sources, aliases=h["aliases"], problems=tuple(h["problems"]),
         inode=h["inode"], damaged=tuple(DamagedEntries(source, group, np.array(tids, np.uint64), message)
