@@ -558,8 +558,7 @@ def _dataset_info(source: str, key: str, group: str, dsid: h5py.h5d.DatasetID, p
         elif compression is None:
             compression = str(code)
     merged = dict(attrs)
-    if h5py.h5a.get_num_attrs(dsid):
-        merged.update(_attr_dict(h5py.Dataset(dsid)))
+    merged.update(_attr_dict(dsid))
     return KeyInfo(
         source=source, key=key, group=group, path=path, dtype=dsid.dtype, shape=dsid.shape,
         chunks=chunks, compression=compression, compression_opts=opts, shuffle=shuffle,
@@ -567,10 +566,28 @@ def _dataset_info(source: str, key: str, group: str, dsid: h5py.h5d.DatasetID, p
     )
 
 
-def _attr_dict(obj: h5py.HLObject) -> dict[str, Any]:
-    if not len(obj.attrs):
-        return {}
-    return {k: decode_str(v.item() if isinstance(v, np.generic) else v) for k, v in obj.attrs.items()}
+def _attr_value(oid: Any, aid: h5py.h5a.AttrID, name: str) -> Any:
+    """One attribute's value: plain numbers and strings read directly (h5py's
+    ``attrs[name]`` costs several times more), anything else through ``attrs``."""
+    dtype = aid.dtype
+    plain = dtype.kind in "biufS" or (dtype.kind == "O" and h5py.check_string_dtype(dtype) is not None)
+    if aid.shape is None or dtype.subdtype is not None or not plain:
+        hl = h5py.Group(oid) if isinstance(oid, h5py.h5g.GroupID) else h5py.Dataset(oid)
+        return hl.attrs[name]
+    value = np.empty(aid.shape, dtype)
+    aid.read(value)
+    return value[()] if value.ndim == 0 else value
+
+
+def _attr_dict(oid: Any) -> dict[str, Any]:
+    """The attributes of an object (low-level id), strings decoded."""
+    out = {}
+    for i in range(h5py.h5a.get_num_attrs(oid)):
+        aid = h5py.h5a.open(oid, index=i)
+        name = aid.name.decode("utf-8", "surrogateescape")
+        value = _attr_value(oid, aid, name)
+        out[name] = decode_str(value.item() if isinstance(value, np.generic) else value)
+    return out
 
 
 def _datasets_below(group: h5py.h5g.GroupID) -> list[tuple[str, h5py.h5d.DatasetID]]:
@@ -602,7 +619,7 @@ def _control_keys(fid: h5py.h5f.FileID, source: str) -> dict[str, KeyInfo]:
         if name == "value" or name.endswith("/value"):
             key_path = name[: -len("/value")] if "/" in name else ""
             parent = h5py.h5o.open(root, key_path.encode()) if key_path else root
-            attrs = _attr_dict(h5py.Group(parent)) if h5py.h5a.get_num_attrs(parent) else {}
+            attrs = _attr_dict(parent)
             key = path_to_key(key_path)
             keys[key] = _dataset_info(source, key, "", dsid, f"/{root_path}/{name}", attrs)
     return keys
