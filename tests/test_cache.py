@@ -3,6 +3,7 @@
 import os
 import shutil
 
+import h5py
 import numpy as np
 import pytest
 
@@ -184,3 +185,16 @@ def test_metadata_of_a_file_gone_since_indexing_is_an_error_naming_it(run_copy, 
     os.unlink(path)
     with pytest.raises(xd.FileFormatError, match=os.path.basename(path)):
         dict(fi.metadata)
+
+
+def test_a_key_attribute_with_a_null_dataspace_is_cached_and_comes_back(run_copy, user_cache):
+    path = os.path.abspath(sorted(run_copy.glob("*DA01*.h5"))[0])
+    with h5py.File(path, "r+") as f:
+        value_paths = []
+        f["CONTROL"].visit(lambda n: value_paths.append(n) if n.endswith("/value") else None)
+        f["CONTROL"][value_paths[0]].attrs["empty"] = h5py.Empty("f4")
+    fresh = read_file_index(path)
+    cache.index_files_cached([path])  # was: TypeError, not JSON serializable
+    cached = cache.index_files_cached([path])[0]
+    (key,) = [k for si in fresh.sources.values() for k in si.keys.values() if "empty" in k.attrs]
+    assert cached.sources[key.source].keys[key.key].attrs["empty"] == h5py.Empty("f4")

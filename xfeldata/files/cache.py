@@ -37,10 +37,11 @@ import warnings
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 
 from ..errors import FileFormatError
@@ -92,15 +93,20 @@ def _jsonable(value: Any) -> Any:
         return [_jsonable(v) for v in value]
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, h5py.Empty):  # an attribute with a null dataspace
+        return {"__empty__": _dtype_descr(value.dtype)}
     return value
 
 
 def _from_json(value: Any) -> Any:
     if isinstance(value, dict) and "__array__" in value:
         return np.array(value["__array__"], dtype=np.lib.format.descr_to_dtype(value["dtype"]))
+    if isinstance(value, dict) and "__empty__" in value:
+        return h5py.Empty(_descr_dtype(value["__empty__"]))
     return value
 
 
+@lru_cache(maxsize=256)  # a run has few distinct dtypes, and many keys of each
 def _dtype_descr(dtype: np.dtype) -> Any:
     if dtype.kind == "O":  # h5py's variable-length strings: metadata is not kept
         return "|O"
@@ -145,8 +151,9 @@ def _key_json(k: KeyInfo) -> dict[str, Any]:
     return {
         "key": k.key, "group": k.group, "path": k.path, "dtype": _dtype_descr(k.dtype),
         "shape": list(k.shape), "chunks": list(k.chunks) if k.chunks else None,
-        "compression": k.compression, "compression_opts": _jsonable(k.compression_opts),
-        "shuffle": k.shuffle, "attrs": _jsonable(k.attrs),
+        "compression": k.compression,
+        "compression_opts": _jsonable(k.compression_opts) if k.compression_opts is not None else None,
+        "shuffle": k.shuffle, "attrs": _jsonable(k.attrs) if k.attrs else {},
     }
 
 
