@@ -590,17 +590,41 @@ def _attr_dict(oid: Any) -> dict[str, Any]:
     return out
 
 
-def _datasets_below(group: h5py.h5g.GroupID) -> list[tuple[str, h5py.h5d.DatasetID]]:
-    """``(relative name, dataset id)`` of every dataset below a group, in visiting order."""
-    found: list[tuple[str, h5py.h5d.DatasetID]] = []
+def _datasets_below(group: h5py.h5g.GroupID, wanted: Callable[[str], bool] | None = None
+                    ) -> list[tuple[str, h5py.h5d.DatasetID]]:
+    """``(relative name, dataset id)`` of every dataset below a group (reached by hard
+    links, each object once), in visiting order; with ``wanted``, only datasets whose
+    name it accepts.
 
-    def visit(name: bytes) -> None:
+    The names come from one walk over the links, which reads no object headers;
+    only names without children are opened (a name followed by ``name/...`` is a
+    group), as reading an object header is what costs.
+    """
+    names: list[bytes] = []
+    seen: set[int] = set()
+
+    def visit(name: bytes, info: h5py.h5l.LinkInfo) -> None:
+        if info.type == h5py.h5l.TYPE_HARD and info.u not in seen:
+            seen.add(info.u)
+            names.append(name)
+
+    group.links.visit(visit, info=True)
+    found: list[tuple[str, h5py.h5d.DatasetID]] = []
+    for i, name in enumerate(names):
+        if i + 1 < len(names) and names[i + 1].startswith(name + b"/"):
+            continue  # a group with members
+        text = name.decode("utf-8", "surrogateescape")
+        if wanted is not None and not wanted(text):
+            continue
         obj = h5py.h5o.open(group, name)
         if isinstance(obj, h5py.h5d.DatasetID):
-            found.append((name.decode("utf-8", "surrogateescape"), obj))
-
-    h5py.h5o.visit(group, visit)
+            found.append((text, obj))
     return found
+
+
+def _is_value(name: str) -> bool:
+    """Whether a name below a control source is a key's ``value`` dataset."""
+    return name == "value" or name.endswith("/value")
 
 
 def _required(fid: h5py.h5f.FileID, path: str) -> Any:
@@ -615,13 +639,12 @@ def _control_keys(fid: h5py.h5f.FileID, source: str) -> dict[str, KeyInfo]:
     keys: dict[str, KeyInfo] = {}
     root_path = f"{CONTROL}/{source}"
     root = _required(fid, root_path)
-    for name, dsid in _datasets_below(root):
-        if name == "value" or name.endswith("/value"):
-            key_path = name[: -len("/value")] if "/" in name else ""
-            parent = h5py.h5o.open(root, key_path.encode()) if key_path else root
-            attrs = _attr_dict(parent)
-            key = path_to_key(key_path)
-            keys[key] = _dataset_info(source, key, "", dsid, f"/{root_path}/{name}", attrs)
+    for name, dsid in _datasets_below(root, _is_value):
+        key_path = name[: -len("/value")] if "/" in name else ""
+        parent = h5py.h5o.open(root, key_path.encode()) if key_path else root
+        attrs = _attr_dict(parent)
+        key = path_to_key(key_path)
+        keys[key] = _dataset_info(source, key, "", dsid, f"/{root_path}/{name}", attrs)
     return keys
 
 
