@@ -6,6 +6,10 @@ Files are opened read-only and closed before :func:`read_file_index` returns.
 Everything goes through h5py's low-level object API (object ids, whole-dataset
 reads into numpy arrays): its high-level ``File``/``Group``/``Dataset`` wrappers
 cost more than the HDF5 calls themselves for the few small objects read here.
+What costs on a first open is HDF5 reading each object header once, so as few
+objects as possible are touched: datasets are found by walking links (no
+headers), only leaves are opened, and of ``METADATA`` only ``dataFormatVersion``
+is read (the other scalars when first asked for, :class:`LazyMetadata`).
 
 Examples
 --------
