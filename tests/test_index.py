@@ -189,6 +189,21 @@ def test_instrument_keys_are_prefixed_by_their_index_group(agipd_raw_run):
     assert info.nrows == info.shape[0]
 
 
+def test_links_and_empty_groups_below_a_source_add_no_keys(agipd_raw_run, tmp_path):
+    path = copy_file(one_file(agipd_raw_run, "DA01"), tmp_path)
+    before = read_file_index(path).sources
+    with h5py.File(path, "r+") as f:
+        data = f[f"INSTRUMENT/{syn.XGM_OUTPUT}/data"]
+        data["zAgain"] = data["intensityTD"]  # a second hard link: the dataset keeps its first name
+        data["soft"] = h5py.SoftLink(data["intensityTD"].name)
+        data.create_group("empty")
+        key = f[f"CONTROL/{XGM}/beamPosition/ixPos"]
+        key["zCopy"] = key["value"]  # a second hard link to a value dataset
+    after = read_file_index(path).sources
+    assert set(after[syn.XGM_OUTPUT].keys) == set(before[syn.XGM_OUTPUT].keys)
+    assert set(after[XGM].keys) == set(before[XGM].keys)
+
+
 def test_channel_names_with_dots_are_split_correctly():
     assert split_source_entry(f"INSTRUMENT/{syn.DIGITISER_SOURCE}/data") == (
         "INSTRUMENT", syn.DIGITISER_SOURCE, "data")
