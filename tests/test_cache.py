@@ -3,6 +3,7 @@
 import os
 import shutil
 
+import h5py
 import numpy as np
 import pytest
 
@@ -166,3 +167,34 @@ def test_a_damaged_run_state_is_ignored_with_a_warning(run_copy, user_cache, mon
     with pytest.warns(UserWarning, match="damaged run state in the index cache ignored"):
         run = xd.open_run(run_copy)
     _same_run(run, xd.open_run(run_copy, cache=False))
+
+
+def test_metadata_scalars_are_read_when_first_asked_for_and_cached_then(run_copy, user_cache):
+    path = os.path.abspath(sorted(run_copy.glob("*.h5"))[0])
+    fi = cache.index_files_cached([path])[0]
+    assert not fi.metadata.loaded  # indexing read only dataFormatVersion
+    cached = cache.index_files_cached([path])[0]
+    assert cached.metadata == read_file_index(path).metadata  # read from the file now
+    assert cached.metadata["runNumber"] == 1 and cached.metadata["dataFormatVersion"] == "1.3"
+    assert cache.entry_of(cached).header["metadata"]["runNumber"] == 1  # kept once read
+
+
+def test_metadata_of_a_file_gone_since_indexing_is_an_error_naming_it(run_copy, user_cache):
+    path = os.path.abspath(sorted(run_copy.glob("*.h5"))[0])
+    fi = read_file_index(path)
+    os.unlink(path)
+    with pytest.raises(xd.FileFormatError, match=os.path.basename(path)):
+        dict(fi.metadata)
+
+
+def test_a_key_attribute_with_a_null_dataspace_is_cached_and_comes_back(run_copy, user_cache):
+    path = os.path.abspath(sorted(run_copy.glob("*DA01*.h5"))[0])
+    with h5py.File(path, "r+") as f:
+        value_paths = []
+        f["CONTROL"].visit(lambda n: value_paths.append(n) if n.endswith("/value") else None)
+        f["CONTROL"][value_paths[0]].attrs["empty"] = h5py.Empty("f4")
+    fresh = read_file_index(path)
+    cache.index_files_cached([path])  # was: TypeError, not JSON serializable
+    cached = cache.index_files_cached([path])[0]
+    (key,) = [k for si in fresh.sources.values() for k in si.keys.values() if "empty" in k.attrs]
+    assert cached.sources[key.source].keys[key.key].attrs["empty"] == h5py.Empty("f4")

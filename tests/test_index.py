@@ -138,6 +138,22 @@ def test_key_attributes_of_format_1_3_are_merged_from_group_and_value(format_run
     assert info.attrs["displayedName"] == "X position"
 
 
+def test_key_attributes_of_every_kind_read_as_h5py_gives_them_strings_decoded(format_runs, tmp_path):
+    path = copy_file(one_file(format_runs["1.3"], "DA01"), tmp_path)
+    kinds = {"count": np.int64(3), "gain": np.float32(2.5), "flags": np.array([1, 2, 3]), "on": True,
+             "fixed": np.bytes_(b"fix"), "names": np.array(["a", "bc"], dtype=h5py.string_dtype()),
+             "pair": np.array((1, 2.0), dtype=[("a", "i4"), ("b", "f8")]), "none": h5py.Empty("f4"),
+             "bad": b"bad \xff"}
+    with h5py.File(path, "r+") as f:
+        f[f"CONTROL/{XGM}/beamPosition/ixPos/value"].attrs.update(kinds)
+    attrs = read_file_index(path).sources[XGM].keys["beamPosition.ixPos"].attrs
+    assert attrs["displayedName"] == "X position"  # the group's, merged
+    assert (attrs["count"], attrs["gain"], attrs["on"], attrs["fixed"]) == (3, 2.5, True, "fix")
+    assert attrs["flags"].tolist() == [1, 2, 3] and attrs["names"] == ["a", "bc"]
+    assert attrs["pair"] == (1, 2.0) and attrs["none"] == h5py.Empty("f4")
+    assert attrs["bad"] == "bad \ufffd"
+
+
 @pytest.mark.parametrize("version", ["0.5", "1.0", "1.2"])
 def test_key_attributes_are_absent_before_format_1_3(format_runs, version):
     info = read_file_index(one_file(format_runs[version], "DA01")).sources[XGM].keys["beamPosition.ixPos"]
@@ -171,6 +187,21 @@ def test_instrument_keys_are_prefixed_by_their_index_group(agipd_raw_run):
     assert info.group == "data"
     assert info.entry_shape == (1000,)
     assert info.nrows == info.shape[0]
+
+
+def test_links_and_empty_groups_below_a_source_add_no_keys(agipd_raw_run, tmp_path):
+    path = copy_file(one_file(agipd_raw_run, "DA01"), tmp_path)
+    before = read_file_index(path).sources
+    with h5py.File(path, "r+") as f:
+        data = f[f"INSTRUMENT/{syn.XGM_OUTPUT}/data"]
+        data["zAgain"] = data["intensityTD"]  # a second hard link: the dataset keeps its first name
+        data["soft"] = h5py.SoftLink(data["intensityTD"].name)
+        data.create_group("empty")
+        key = f[f"CONTROL/{XGM}/beamPosition/ixPos"]
+        key["zCopy"] = key["value"]  # a second hard link to a value dataset
+    after = read_file_index(path).sources
+    assert set(after[syn.XGM_OUTPUT].keys) == set(before[syn.XGM_OUTPUT].keys)
+    assert set(after[XGM].keys) == set(before[XGM].keys)
 
 
 def test_channel_names_with_dots_are_split_correctly():

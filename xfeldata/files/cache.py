@@ -3,7 +3,7 @@
 The :class:`~xfeldata.files.index.FileIndex` of every file of a directory is kept
 in one file per directory: each kind of array (train IDs, flags, index
 ``first``/``count``, ...) concatenated over all files, a compact JSON header
-(per file: path, size, mtime, metadata, sources and their index groups), and the
+(per file: path, size, mtime, metadata if it was read, sources and their index groups), and the
 keys' metadata as JSON per file, decoded only when a source's keys are used.
 Layers above may keep more in it (``extras``: a JSON header and 1-d arrays
 each, e.g. a run's combined index, :mod:`xfeldata.snapshot`).  The file is
@@ -37,19 +37,29 @@ import warnings
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 
 from ..errors import FileFormatError
-from .index import DamagedEntries, FileIndex, IndexGroup, KeyInfo, LazyKeys, SourceInfo, read_file_index
+from .index import (
+    DamagedEntries,
+    FileIndex,
+    IndexGroup,
+    KeyInfo,
+    LazyKeys,
+    LazyMetadata,
+    SourceInfo,
+    read_file_index,
+)
 from .progress import tqdm
 from .strings import decode_str
 
 #: Bump when the stored layout changes; older entries are then ignored.
-CACHE_VERSION = 5
+CACHE_VERSION = 6
 CACHE_ENV = "XFELDATA_CACHE_DIR"
 CACHE_SWITCH_ENV = "XFELDATA_INDEX_CACHE"
 RUN_DIR_CACHE = Path(".xfeldata") / "index.bin"
@@ -83,15 +93,20 @@ def _jsonable(value: Any) -> Any:
         return [_jsonable(v) for v in value]
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, h5py.Empty):  # an attribute with a null dataspace
+        return {"__empty__": _dtype_descr(value.dtype)}
     return value
 
 
 def _from_json(value: Any) -> Any:
     if isinstance(value, dict) and "__array__" in value:
         return np.array(value["__array__"], dtype=np.lib.format.descr_to_dtype(value["dtype"]))
+    if isinstance(value, dict) and "__empty__" in value:
+        return h5py.Empty(_descr_dtype(value["__empty__"]))
     return value
 
 
+@lru_cache(maxsize=256)  # a run has few distinct dtypes, and many keys of each
 def _dtype_descr(dtype: np.dtype) -> Any:
     if dtype.kind == "O":  # h5py's variable-length strings: metadata is not kept
         return "|O"
@@ -136,8 +151,9 @@ def _key_json(k: KeyInfo) -> dict[str, Any]:
     return {
         "key": k.key, "group": k.group, "path": k.path, "dtype": _dtype_descr(k.dtype),
         "shape": list(k.shape), "chunks": list(k.chunks) if k.chunks else None,
-        "compression": k.compression, "compression_opts": _jsonable(k.compression_opts),
-        "shuffle": k.shuffle, "attrs": _jsonable(k.attrs),
+        "compression": k.compression,
+        "compression_opts": _jsonable(k.compression_opts) if k.compression_opts is not None else None,
+        "shuffle": k.shuffle, "attrs": _jsonable(k.attrs) if k.attrs else {},
     }
 
 
@@ -165,6 +181,12 @@ def _auxiliary_info(item: list[Any]) -> SourceInfo:
                       {k["key"]: _key_info(name, k) for k in keys})
 
 
+def _metadata_read(metadata: Mapping[str, Any]) -> bool:
+    """Whether a file's METADATA scalars are at hand (kept in the cache only then: reading
+    them all costs about a tenth of indexing a file, and few callers need them)."""
+    return not isinstance(metadata, LazyMetadata) or metadata.loaded
+
+
 def entry_of(fi: FileIndex) -> Entry:
     """The cache entry of a file index."""
     n = len(fi.train_ids)
@@ -173,7 +195,8 @@ def entry_of(fi: FileIndex) -> Entry:
         "path": fi.path, "size": fi.size, "mtime": fi.mtime, "inode": fi.inode,
         "format_version": fi.format_version,
         "damaged": [[d.source, d.group, d.train_ids.tolist(), d.message] for d in fi.damaged],
-        "metadata": _jsonable(fi.metadata), "aliases": fi.aliases, "problems": list(fi.problems),
+        "metadata": _jsonable(dict(fi.metadata)) if _metadata_read(fi.metadata) else None,
+        "aliases": fi.aliases, "problems": list(fi.problems),
         "n": n, "timestamps": fi.timestamps is not None,
         "sources": [[si.name, si.category, list(si.groups)] for si in fi.sources.values()],
         "auxiliary": [_auxiliary_json(si) for si in fi.auxiliary],
@@ -218,7 +241,7 @@ def file_index_of(entry: Entry) -> FileIndex:
         sources[name] = SourceInfo(name, category, groups, LazyKeys(partial(file_keys.source, name)))
     return FileIndex(
         path=h["path"], size=h["size"], mtime=h["mtime"], format_version=h["format_version"],
-        metadata=h["metadata"], train_ids=a["train_ids"],
+        metadata=h["metadata"] if h["metadata"] is not None else LazyMetadata(h["path"]), train_ids=a["train_ids"],
         timestamps=a["timestamps"] if h["timestamps"] else None, valid=a["valid"],
         suspect=a["suspect"], sources=sources, aliases=h["aliases"], problems=tuple(h["problems"]),
         inode=h["inode"], damaged=tuple(DamagedEntries(source, group, np.array(tids, np.uint64), message)

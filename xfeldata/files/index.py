@@ -6,6 +6,10 @@ Files are opened read-only and closed before :func:`read_file_index` returns.
 Everything goes through h5py's low-level object API (object ids, whole-dataset
 reads into numpy arrays): its high-level ``File``/``Group``/``Dataset`` wrappers
 cost more than the HDF5 calls themselves for the few small objects read here.
+What costs on a first open is HDF5 reading each object header once, so as few
+objects as possible are touched: datasets are found by walking links (no
+headers), only leaves are opened, and of ``METADATA`` only ``dataFormatVersion``
+is read (the other scalars when first asked for, :class:`LazyMetadata`).
 
 Examples
 --------
@@ -19,6 +23,7 @@ import os
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import h5py
@@ -77,32 +82,37 @@ class KeyInfo:
         return self.shape[0] if self.shape else 0
 
 
-class LazyKeys(Mapping[str, KeyInfo]):
-    """A read-only mapping of keys that is made on first use.
+class LazyMapping(Mapping[str, Any]):
+    """A read-only mapping that is made on first use.
 
     Parameters
     ----------
     load
-        Returns the keys, ``{key: KeyInfo}``; called at most once (twice if two
-        threads race, which gives equal results).
+        Returns the mapping; called at most once (twice if two threads race,
+        which gives equal results).
 
     Examples
     --------
-    >>> keys = LazyKeys(dict)
-    >>> len(keys)
-    0
+    >>> m = LazyMapping(lambda: {"a": 1})
+    >>> m.loaded, m["a"], m.loaded
+    (False, 1, True)
     """
 
-    def __init__(self, load: Callable[[], Mapping[str, KeyInfo]]):
+    def __init__(self, load: Callable[[], Mapping[str, Any]]):
         self._load = load
-        self._keys: Mapping[str, KeyInfo] | None = None
+        self._items: Mapping[str, Any] | None = None
 
-    def _loaded(self) -> Mapping[str, KeyInfo]:
-        if self._keys is None:
-            self._keys = self._load()
-        return self._keys
+    @property
+    def loaded(self) -> bool:
+        """Whether the mapping has been made."""
+        return self._items is not None
 
-    def __getitem__(self, key: str) -> KeyInfo:
+    def _loaded(self) -> Mapping[str, Any]:
+        if self._items is None:
+            self._items = self._load()
+        return self._items
+
+    def __getitem__(self, key: str) -> Any:
         return self._loaded()[key]
 
     def __iter__(self) -> Iterator[str]:
@@ -112,7 +122,18 @@ class LazyKeys(Mapping[str, KeyInfo]):
         return len(self._loaded())
 
     def __repr__(self) -> str:
-        return f"LazyKeys({dict(self._loaded())!r})"
+        return f"{type(self).__name__}({dict(self._loaded())!r})"
+
+
+class LazyKeys(LazyMapping):
+    """The keys of a source, ``{key: KeyInfo}``, made on first use (see :class:`LazyMapping`).
+
+    Examples
+    --------
+    >>> keys = LazyKeys(dict)
+    >>> len(keys)
+    0
+    """
 
 
 @dataclass(frozen=True)
@@ -166,7 +187,8 @@ class FileIndex:
     format_version
         ``"0.5"`` ... ``"1.3"``.
     metadata
-        The length-1 datasets of ``METADATA`` (decoded).
+        The length-1 datasets of ``METADATA`` (decoded); a :class:`LazyMetadata`
+        (read on first use) when the file was just indexed or cached unread.
     train_ids
         ``INDEX/trainId`` without the padding (uint64).
     timestamps
@@ -195,7 +217,7 @@ class FileIndex:
     size: int
     mtime: float
     format_version: str
-    metadata: dict[str, Any]
+    metadata: Mapping[str, Any]
     train_ids: np.ndarray
     timestamps: np.ndarray | None
     valid: np.ndarray
@@ -292,10 +314,23 @@ def split_source_entry(entry: str) -> tuple[str, str, str] | None:
     return None
 
 
-def _read_metadata(fid: h5py.h5f.FileID) -> tuple[str, dict[str, Any]]:
+def _format_version(fid: h5py.h5f.FileID) -> str:
+    """``METADATA/dataFormatVersion`` (``"0.5"`` if there is none): the one scalar indexing needs."""
+    dsid = _dataset(fid, "METADATA/dataFormatVersion")
+    if dsid is None:
+        return "0.5"
+    if dsid.shape not in ((1,), ()):
+        return "1.0"
+    value = _read(dsid)
+    value = value[0] if dsid.shape == (1,) else value[()]
+    return str(decode_str(value.item() if isinstance(value, np.generic) else value))
+
+
+def _read_metadata(fid: h5py.h5f.FileID) -> dict[str, Any]:
+    """The length-1 datasets of ``METADATA`` (decoded)."""
     meta: dict[str, Any] = {}
     if _dataset(fid, "METADATA/dataFormatVersion") is None:
-        return "0.5", {"dataFormatVersion": "0.5"}
+        return {"dataFormatVersion": "0.5"}
     group = h5py.h5o.open(fid, b"METADATA")
     names: list[bytes] = []
     group.links.iterate(names.append)
@@ -306,7 +341,55 @@ def _read_metadata(fid: h5py.h5f.FileID) -> tuple[str, dict[str, Any]]:
             value = value[0] if obj.shape == (1,) else value[()]
             meta[name.decode("utf-8", "surrogateescape")] = decode_str(
                 value.item() if isinstance(value, np.generic) else value)
-    return str(meta.get("dataFormatVersion", "1.0")), meta
+    return meta
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The length-1 datasets of a file's ``METADATA`` group (creation date, run number, ...).
+
+    Raises
+    ------
+    FileFormatError
+        If the file cannot be opened or its METADATA read.
+
+    Examples
+    --------
+    >>> read_metadata("RAW-R0001-DA01-S00000.h5")["runNumber"]   # doctest: +SKIP
+    1
+    """
+    path = os.fspath(path)
+    try:
+        fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY)
+    except OSError as exc:
+        raise FileFormatError(path, f"cannot be opened to read its METADATA: {exc}") from None
+    try:
+        return _read_metadata(fid)
+    except (OSError, KeyError, ValueError, RuntimeError) as exc:
+        raise FileFormatError(path, f"unreadable METADATA ({type(exc).__name__}: {exc})") from None
+    finally:
+        fid.close()
+
+
+class LazyMetadata(LazyMapping):
+    """A file's METADATA scalars (:func:`read_metadata`), read from the file on first use.
+
+    Indexing reads only ``dataFormatVersion``: the other scalars (about a fifth
+    of the time of indexing a file) are needed only by :attr:`Run.metadata
+    <xfeldata.run.Run.metadata>` and exports.
+
+    Examples
+    --------
+    >>> meta = LazyMetadata("RAW-R0001-DA01-S00000.h5")   # doctest: +SKIP
+    >>> meta.loaded, meta["runNumber"], meta.loaded       # doctest: +SKIP
+    (False, 1, True)
+    """
+
+    def __init__(self, path: str):
+        super().__init__(partial(read_metadata, path))
+        self._path = path
+
+    def __repr__(self) -> str:
+        return f"LazyMetadata({self._path!r})" if not self.loaded else super().__repr__()
 
 
 def longest_increasing(ids: np.ndarray) -> np.ndarray:
@@ -395,8 +478,10 @@ def _integer_index(values: np.ndarray, name: str, problems: list[str]) -> np.nda
 
 
 def _index_arrays(fid: h5py.h5f.FileID, path: str, index_path: str, train_ids: np.ndarray,
-                  keys: Mapping[str, KeyInfo], problems: list[str]) -> tuple[IndexGroup, DamagedEntries | None]:
-    """``first``/``count`` of one index group, checked against the rows of its datasets.
+                  keys: Mapping[str, KeyInfo], problems: list[str], grp: Any = None
+                  ) -> tuple[IndexGroup, DamagedEntries | None]:
+    """``first``/``count`` of one index group (``grp``: its id if already open), checked
+    against the rows of its datasets.
 
     Entries that cannot be right (negative or overflowing values, rows past the
     end of every dataset of the group, ``keys``) are set to no rows
@@ -405,11 +490,12 @@ def _index_arrays(fid: h5py.h5f.FileID, path: str, index_path: str, train_ids: n
     """
     n = len(train_ids)
     nrows = max((k.nrows for k in keys.values()), default=0)
-    grp = _open(fid, index_path)
+    grp = _open(fid, index_path) if grp is None else grp
     if grp is None:
         raise KeyError(index_path)
-    if _dataset(grp, "count") is not None:
-        raw = {name: _read_member(grp, name) for name in ("first", "count")}
+    count_ds = _dataset(grp, "count")
+    if count_ds is not None:
+        raw = {"first": _read_member(grp, "first"), "count": _read(count_ds)}
         first = _integer_index(raw["first"], f"{index_path}/first", problems)
         count = _integer_index(raw["count"], f"{index_path}/count", problems)
     elif _dataset(grp, "last") is not None and _dataset(grp, "status") is not None:
@@ -476,8 +562,7 @@ def _dataset_info(source: str, key: str, group: str, dsid: h5py.h5d.DatasetID, p
         elif compression is None:
             compression = str(code)
     merged = dict(attrs)
-    if h5py.h5a.get_num_attrs(dsid):
-        merged.update(_attr_dict(h5py.Dataset(dsid)))
+    merged.update(_attr_dict(dsid))
     return KeyInfo(
         source=source, key=key, group=group, path=path, dtype=dsid.dtype, shape=dsid.shape,
         chunks=chunks, compression=compression, compression_opts=opts, shuffle=shuffle,
@@ -485,23 +570,65 @@ def _dataset_info(source: str, key: str, group: str, dsid: h5py.h5d.DatasetID, p
     )
 
 
-def _attr_dict(obj: h5py.HLObject) -> dict[str, Any]:
-    if not len(obj.attrs):
-        return {}
-    return {k: decode_str(v.item() if isinstance(v, np.generic) else v) for k, v in obj.attrs.items()}
+def _attr_value(oid: Any, aid: h5py.h5a.AttrID, name: str) -> Any:
+    """One attribute's value: plain numbers and strings read directly (h5py's
+    ``attrs[name]`` costs several times more), anything else through ``attrs``."""
+    dtype = aid.dtype
+    plain = dtype.kind in "biufS" or (dtype.kind == "O" and h5py.check_string_dtype(dtype) is not None)
+    if aid.shape is None or dtype.subdtype is not None or not plain:
+        hl = h5py.Group(oid) if isinstance(oid, h5py.h5g.GroupID) else h5py.Dataset(oid)
+        return hl.attrs[name]
+    value = np.empty(aid.shape, dtype)
+    aid.read(value)
+    return value[()] if value.ndim == 0 else value
 
 
-def _datasets_below(group: h5py.h5g.GroupID) -> list[tuple[str, h5py.h5d.DatasetID]]:
-    """``(relative name, dataset id)`` of every dataset below a group, in visiting order."""
+def _attr_dict(oid: Any) -> dict[str, Any]:
+    """The attributes of an object (low-level id), strings decoded."""
+    out = {}
+    for i in range(h5py.h5a.get_num_attrs(oid)):
+        aid = h5py.h5a.open(oid, index=i)
+        name = aid.name.decode("utf-8", "surrogateescape")
+        value = _attr_value(oid, aid, name)
+        out[name] = decode_str(value.item() if isinstance(value, np.generic) else value)
+    return out
+
+
+def _datasets_below(group: h5py.h5g.GroupID, wanted: Callable[[str], bool] | None = None
+                    ) -> list[tuple[str, h5py.h5d.DatasetID]]:
+    """``(relative name, dataset id)`` of every dataset below a group (reached by hard
+    links, each object once), in visiting order; with ``wanted``, only datasets whose
+    name it accepts.
+
+    The names come from one walk over the links, which reads no object headers;
+    only names without children are opened (a name followed by ``name/...`` is a
+    group), as reading an object header is what costs.
+    """
+    names: list[bytes] = []
+    seen: set[int] = set()
+
+    def visit(name: bytes, info: h5py.h5l.LinkInfo) -> None:
+        if info.type == h5py.h5l.TYPE_HARD and info.u not in seen:
+            seen.add(info.u)
+            names.append(name)
+
+    group.links.visit(visit, info=True)
     found: list[tuple[str, h5py.h5d.DatasetID]] = []
-
-    def visit(name: bytes) -> None:
+    for i, name in enumerate(names):
+        if i + 1 < len(names) and names[i + 1].startswith(name + b"/"):
+            continue  # a group with members
+        text = name.decode("utf-8", "surrogateescape")
+        if wanted is not None and not wanted(text):
+            continue
         obj = h5py.h5o.open(group, name)
         if isinstance(obj, h5py.h5d.DatasetID):
-            found.append((name.decode("utf-8", "surrogateescape"), obj))
-
-    h5py.h5o.visit(group, visit)
+            found.append((text, obj))
     return found
+
+
+def _is_value(name: str) -> bool:
+    """Whether a name below a control source is a key's ``value`` dataset."""
+    return name == "value" or name.endswith("/value")
 
 
 def _required(fid: h5py.h5f.FileID, path: str) -> Any:
@@ -516,13 +643,12 @@ def _control_keys(fid: h5py.h5f.FileID, source: str) -> dict[str, KeyInfo]:
     keys: dict[str, KeyInfo] = {}
     root_path = f"{CONTROL}/{source}"
     root = _required(fid, root_path)
-    for name, dsid in _datasets_below(root):
-        if name == "value" or name.endswith("/value"):
-            key_path = name[: -len("/value")] if "/" in name else ""
-            parent = h5py.h5o.open(root, key_path.encode()) if key_path else root
-            attrs = _attr_dict(h5py.Group(parent)) if h5py.h5a.get_num_attrs(parent) else {}
-            key = path_to_key(key_path)
-            keys[key] = _dataset_info(source, key, "", dsid, f"/{root_path}/{name}", attrs)
+    for name, dsid in _datasets_below(root, _is_value):
+        key_path = name[: -len("/value")] if "/" in name else ""
+        parent = h5py.h5o.open(root, key_path.encode()) if key_path else root
+        attrs = _attr_dict(parent)
+        key = path_to_key(key_path)
+        keys[key] = _dataset_info(source, key, "", dsid, f"/{root_path}/{name}", attrs)
     return keys
 
 
@@ -541,9 +667,17 @@ def _alias_target(fid: h5py.h5f.FileID, source: str) -> str | None:
     parts = f"{INSTRUMENT}/{source}".split("/")
     for depth in range(2, len(parts) + 1):
         path = "/".join(parts[:depth])
-        if _open(fid, path) is None:  # missing, or a dangling link
+        try:
+            link_type = fid.links.get_info(path.encode()).type
+        except (KeyError, RuntimeError):
+            if _open(fid, path) is None:  # missing
+                return None
+            raise
+        if link_type == h5py.h5l.TYPE_HARD:
+            continue
+        if _open(fid, path) is None:  # a dangling link
             return None
-        if fid.links.get_info(path.encode()).type == h5py.h5l.TYPE_SOFT:
+        if link_type == h5py.h5l.TYPE_SOFT:
             target = fid.links.get_val(path.encode()).decode("utf-8", "surrogateescape").lstrip("/")
             rest = "/".join(parts[depth:])
             full = f"{target}/{rest}" if rest else target
@@ -592,7 +726,8 @@ def _index_open_file(fid: h5py.h5f.FileID, path: str, st: os.stat_result) -> Fil
     train_ds = _dataset(fid, "INDEX/trainId")
     if train_ds is None or _open(fid, "METADATA") is None:
         raise FileFormatError(path, "no INDEX/trainId or METADATA group: not a European XFEL run file")
-    version, metadata = _read_metadata(fid)
+    version = _format_version(fid)
+    metadata = {"dataFormatVersion": "0.5"} if version == "0.5" else LazyMetadata(path)
     problems: list[str] = []
     raw_ids = _read(train_ds).astype(np.uint64)
     nonzero = np.flatnonzero(raw_ids)
@@ -628,19 +763,21 @@ def _index_open_file(fid: h5py.h5f.FileID, path: str, st: os.stat_result) -> Fil
             index_groups, keys = {}, {}
             if category == CONTROL:
                 keys = _control_keys(fid, source)
-                located = [("", f"INDEX/{source}", keys)]
+                located = [("", f"INDEX/{source}", keys, None)]
             else:
                 located = []
                 for group in groups:
                     data = _open(fid, f"INSTRUMENT/{source}/{group}")
-                    if data is None or _open(fid, f"INDEX/{source}/{group}") is None:
+                    index_grp = _open(fid, f"INDEX/{source}/{group}") if data is not None else None
+                    if index_grp is None:
                         problems.append(f"{source}/{group}: listed but no INDEX or INSTRUMENT group")
                         continue
                     group_keys = _instrument_keys(data, source, group)
                     keys.update(group_keys)
-                    located.append((group, f"INDEX/{source}/{group}", group_keys))
-            for group, index_path, group_keys in located:
-                index_groups[group], bad = _index_arrays(fid, path, index_path, train_ids, group_keys, problems)
+                    located.append((group, f"INDEX/{source}/{group}", group_keys, index_grp))
+            for group, index_path, group_keys, index_grp in located:
+                index_groups[group], bad = _index_arrays(fid, path, index_path, train_ids, group_keys, problems,
+                                                         index_grp)
                 if bad is not None:
                     damaged.append(replace(bad, source=source, group=group))
         except KeyError:
@@ -710,13 +847,14 @@ def _auxiliary_sources(fid: h5py.h5f.FileID, path: str, train_ids: np.ndarray, p
             index_groups, keys = {}, {}
             for group in names:
                 data = _open(fid, f"{section}/{source}/{group}")
-                if data is None or _open(fid, f"INDEX/{source}/{group}") is None:
+                index_grp = _open(fid, f"INDEX/{source}/{group}") if data is not None else None
+                if index_grp is None:
                     problems.append(f"{section} {source}/{group}: listed but no INDEX or {section} group")
                     continue
                 group_keys = _instrument_keys(data, source, group, section)
                 keys.update(group_keys)
                 index_groups[group], bad = _index_arrays(
-                    fid, path, f"INDEX/{source}/{group}", train_ids, group_keys, problems)
+                    fid, path, f"INDEX/{source}/{group}", train_ids, group_keys, problems, index_grp)
                 if bad is not None:
                     damaged.append(replace(bad, source=f"{section}/{source}", group=group))
             found.append(SourceInfo(source, section, index_groups, keys))
