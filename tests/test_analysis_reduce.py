@@ -6,6 +6,9 @@ xarray's own ``data.where(present).mean(dims)``.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -114,3 +117,11 @@ def test_bad_arguments_raise_naming_what_is_wrong(det):
         masked_mean(det["image.data"], FRAMES, det["cellId"])
     with pytest.raises(TypeError, match="<U1"):
         masked_mean(xr.DataArray(np.array(["a"]), dims="x"))
+
+
+def test_masked_mean_needs_no_analysis_extra():
+    code = ("import sys; sys.modules['scipy'] = sys.modules['extra_geom'] = None\n"
+            "from xfeldata.analysis import masked_mean; print(masked_mean.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "masked_mean"
