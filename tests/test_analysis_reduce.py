@@ -94,18 +94,21 @@ def test_float_nan_values_are_left_out_as_xarray_skips_them(det):
 
 
 @pytest.mark.parametrize("chunks", [None, {"pulseId": 1}])
-def test_a_mask_per_pixel_counts_pixel_by_pixel(chunks):
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+def test_a_mask_per_pixel_counts_pixel_by_pixel(chunks, dtype):
     rng = np.random.default_rng(1)
     dims = ("pulseId", "module", "slow_scan", "fast_scan")
-    data = xr.DataArray(rng.integers(0, 1000, (5, 2, 8, 4), dtype=np.int16), dims=dims,
-                        coords={"module": [0, 1]})
+    values = rng.integers(-1000, 1000, (5, 2, 8, 4)).astype(dtype)
+    if dtype == np.float32:
+        values[rng.random(values.shape) > 0.8] = np.nan
+    data = xr.DataArray(values, dims=dims, coords={"module": [0, 1]})
     present = xr.DataArray(rng.random((5, 2, 8, 4)) > 0.5, dims=dims, coords={"module": [0, 1]})
     if chunks:
         data, present = data.chunk(chunks), present.chunk(chunks)
     got = masked_mean(data, "pulseId", present)
     expected = data.astype(np.float64).where(present).mean("pulseId")
     xr.testing.assert_allclose(got, expected.rename(got.name))
-    assert masked_sum(data, "pulseId", present).dtype == np.int64
+    assert masked_sum(data, "pulseId", present).dtype == (np.int64 if dtype == np.int16 else np.float64)
 
 
 def test_bad_arguments_raise_naming_what_is_wrong(det):

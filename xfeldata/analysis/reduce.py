@@ -82,7 +82,8 @@ def _block_sum(x: np.ndarray, mask: np.ndarray | None, axes: tuple[int, ...]) ->
     float64 sum and count of the non-NaN values.  Where the mask is
     constant over large pieces of ``x`` (one flag per frame), those pieces
     are added one at a time into an accumulator, so nothing of the size
-    of ``x`` is allocated; otherwise one ``np.add.reduce(..., where=)``.
+    of ``x`` is allocated (sums that met a NaN are done again for those
+    pixels only); otherwise one ``np.add.reduce(..., where=)``.
     """
     if x.dtype == bool:
         x = x.view(np.uint8)
@@ -96,25 +97,36 @@ def _block_sum(x: np.ndarray, mask: np.ndarray | None, axes: tuple[int, ...]) ->
     mk_shape = ms.shape[n_r:]
     counts = mr.sum(axis=tuple(range(n_r)), dtype=np.int64)
     pieces = int(np.prod(mk_shape)) * n_summed
-    if pieces and x.size // pieces >= _MIN_STEP:
-        acc = np.zeros(kshape, acc_dtype)
-        for k in np.ndindex(*mk_shape):
-            sel = tuple(i if s > 1 else slice(None) for i, s in zip(k, mk_shape, strict=True))
-            into = acc[sel]
-            for r in zip(*np.nonzero(mr[(Ellipsis, *k)]), strict=True):
-                np.add(into, xs[r][sel], out=into, casting="unsafe")
-        total = acc
-        count = np.broadcast_to(counts, kshape)
-        if x.dtype.kind != "f" or not np.isnan(total).any():
-            return _widen(total, x.dtype), count
-    full = np.broadcast_to(np.moveaxis(mask, axes, range(n_r)) if mask is not None else True, xs.shape)
-    if x.dtype.kind == "f":  # NaN in the data: leave NaN values out of the sum and the count
-        full = full & ~np.isnan(xs)
-        count = full.sum(axis=tuple(range(n_r)), dtype=np.int64)
-    else:
-        count = np.broadcast_to(counts, kshape)
-    total = np.add.reduce(xs, axis=tuple(range(n_r)), dtype=acc_dtype, where=full)
+    present_at = np.broadcast_to(ms, xs.shape)  # a view
+    summed_axes = tuple(range(n_r))
+    if not (pieces and x.size // pieces >= _MIN_STEP):  # a mask per pixel: one masked reduce
+        if x.dtype.kind == "f":
+            total, count = _skipping_nan(xs, present_at, summed_axes)
+        else:
+            total = np.add.reduce(xs, axis=summed_axes, dtype=acc_dtype, where=present_at)
+            count = np.broadcast_to(counts, kshape)
+        return _widen(total, x.dtype), count
+    total = np.zeros(kshape, acc_dtype)
+    for k in np.ndindex(*mk_shape):
+        sel = tuple(i if s > 1 else slice(None) for i, s in zip(k, mk_shape, strict=True))
+        into = total[sel]
+        for r in zip(*np.nonzero(mr[(Ellipsis, *k)]), strict=True):
+            np.add(into, xs[r][sel], out=into, casting="unsafe")
+    count = np.broadcast_to(counts, kshape)
+    if x.dtype.kind == "f":  # sums that met a NaN: again for those pixels, NaN values left out
+        nan_at = np.nonzero(np.isnan(total))
+        if nan_at[0].size:
+            count = count.copy()
+            total[nan_at], count[nan_at] = _skipping_nan(xs[(Ellipsis, *nan_at)],
+                                                         present_at[(Ellipsis, *nan_at)], summed_axes)
     return _widen(total, x.dtype), count
+
+
+def _skipping_nan(values: np.ndarray, present: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """float64 sum and count over ``axes`` of the non-NaN ``values`` where ``present``."""
+    counted = present & ~np.isnan(values)
+    return (np.add.reduce(values, axis=axes, dtype=np.float64, where=counted),
+            counted.sum(axis=axes, dtype=np.int64))
 
 
 def _widen(total: np.ndarray, dtype: np.dtype) -> np.ndarray:
