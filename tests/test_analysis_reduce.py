@@ -111,6 +111,12 @@ def test_a_mask_per_pixel_counts_pixel_by_pixel(chunks, dtype):
     assert masked_sum(data, "pulseId", present).dtype == (np.int64 if dtype == np.int16 else np.float64)
 
 
+def test_bool_data_sums_to_int64_counts_as_numpy_does(det):
+    frames = masked_sum(det["present"], "pulseId")
+    assert frames.dtype == np.int64 and frames.name == "present"
+    xr.testing.assert_identical(frames, det["present"].sum("pulseId"))
+
+
 def test_bad_arguments_raise_naming_what_is_wrong(det):
     with pytest.raises(ValueError, match=r"no \['frame'\] dimension"):
         masked_mean(det, ["frame"])

@@ -85,7 +85,8 @@ def _block_sum(x: np.ndarray, mask: np.ndarray | None, axes: tuple[int, ...]) ->
     of ``x`` is allocated (sums that met a NaN are done again for those
     pixels only); otherwise one ``np.add.reduce(..., where=)``.
     """
-    if x.dtype == bool:
+    dtype = x.dtype
+    if dtype == bool:
         x = x.view(np.uint8)
     n_r = len(axes)
     xs = np.moveaxis(x, axes, range(n_r))
@@ -105,7 +106,7 @@ def _block_sum(x: np.ndarray, mask: np.ndarray | None, axes: tuple[int, ...]) ->
         else:
             total = np.add.reduce(xs, axis=summed_axes, dtype=acc_dtype, where=present_at)
             count = np.broadcast_to(counts, kshape)
-        return _widen(total, x.dtype), count
+        return _widen(total, dtype), count
     total = np.zeros(kshape, acc_dtype)
     for k in np.ndindex(*mk_shape):
         sel = tuple(i if s > 1 else slice(None) for i, s in zip(k, mk_shape, strict=True))
@@ -119,7 +120,7 @@ def _block_sum(x: np.ndarray, mask: np.ndarray | None, axes: tuple[int, ...]) ->
             count = count.copy()
             total[nan_at], count[nan_at] = _skipping_nan(xs[(Ellipsis, *nan_at)],
                                                          present_at[(Ellipsis, *nan_at)], summed_axes)
-    return _widen(total, x.dtype), count
+    return _widen(total, dtype), count
 
 
 def _skipping_nan(values: np.ndarray, present: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -137,7 +138,7 @@ def _widen(total: np.ndarray, dtype: np.dtype) -> np.ndarray:
 def _sum_dtype(dtype: np.dtype) -> np.dtype:
     if dtype.kind == "f":
         return np.dtype(np.float64)
-    return np.dtype(np.uint64 if dtype.kind in "ub" else np.int64)
+    return np.dtype(np.uint64 if dtype.kind == "u" else np.int64)
 
 
 def _sum_count(data: xr.DataArray, reduced: list[Hashable],
@@ -176,14 +177,12 @@ def _sum_count(data: xr.DataArray, reduced: list[Hashable],
     return summed, count
 
 
-def _labelled(values: np.ndarray | da.Array, data: xr.DataArray, reduced: list[Hashable],
-              name: str) -> xr.DataArray:
+def _labelled(values: np.ndarray | da.Array, data: xr.DataArray, reduced: list[Hashable]) -> xr.DataArray:
     kept = [d for d in data.dims if d not in reduced]
     coords = {k: v for k, v in data.coords.items() if not set(v.dims) & set(reduced)}
     if not isinstance(values, da.Array):
         values = np.array(np.broadcast_to(values, tuple(data.sizes[d] for d in kept)))
-    return xr.DataArray(values, dims=kept, coords=coords, attrs=dict(data.attrs),
-                        name=f"{data.name}.{name}" if data.name else name)
+    return xr.DataArray(values, dims=kept, coords=coords, attrs=dict(data.attrs), name=data.name)
 
 
 def masked_sum(data: xr.DataArray | xr.Dataset, dims: str | Sequence[Hashable] | None = None,
@@ -211,7 +210,7 @@ def masked_sum(data: xr.DataArray | xr.Dataset, dims: str | Sequence[Hashable] |
     """
     data, reduced, present = _inputs(data, dims, present)
     total, _ = _sum_count(data, reduced, present)
-    return _labelled(total, data, reduced, "sum")
+    return _labelled(total, data, reduced)
 
 
 def masked_mean(data: xr.DataArray | xr.Dataset, dims: str | Sequence[Hashable] | None = None,
@@ -250,4 +249,4 @@ def masked_mean(data: xr.DataArray | xr.Dataset, dims: str | Sequence[Hashable] 
     total, count = _sum_count(data, reduced, present)
     where = da.where if isinstance(total, da.Array) or isinstance(count, da.Array) else np.where
     mean = where(count == 0, np.nan, total.astype(np.float64) / where(count == 0, 1, count))
-    return _labelled(mean, data, reduced, "mean")
+    return _labelled(mean, data, reduced)
