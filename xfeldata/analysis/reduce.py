@@ -86,7 +86,7 @@ def _block_sum(x: np.ndarray, mask: np.ndarray | None, axes: tuple[int, ...]) ->
     pixels only); otherwise one ``np.add.reduce(..., where=)``.
     """
     dtype = x.dtype
-    if dtype == bool:
+    if dtype.kind == "b":
         x = x.view(np.uint8)
     n_r = len(axes)
     xs = np.moveaxis(x, axes, range(n_r))
