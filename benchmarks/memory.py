@@ -38,8 +38,8 @@ threading.Thread(target=sample, daemon=True).start()
 t = time.perf_counter()
 if lib == "xfeldata":
     import xfeldata as xd
-    run = xd.open_run(path, progress=False)
-    run.detector()["image.data"].mean(["trainId", "pulseId"]).values
+    from xfeldata.analysis import masked_mean
+    masked_mean(xd.open_run(path, progress=False).detector(), ["trainId", "pulseId"]).values
 else:
     import extra_data as ed
     from extra_data.components import AGIPD1M

@@ -297,30 +297,36 @@ def case_reduction(ctx: Context) -> list[CaseResult]:
 def reduction(run_dir: Path, repeat: int) -> CaseResult:
     """Mean image per module over all frames of the run at ``run_dir`` (raw AGIPD).
 
-    The headline is the README's form, masked with ``present``; the unmasked mean
-    is listed beside it.  The ceiling reads every frame with ``preadv`` on all
-    cores into reused buffers and sums them per module (float64), no dask.
+    The headline is the README's form, ``analysis.masked_mean(det, dims)`` (masked
+    with ``present``); ``where(present).mean()``, the unmasked mean and the
+    sum / present-count form are listed beside it.  The ceiling reads every frame
+    with ``preadv`` on all cores into reused buffers and sums them per module
+    (float64), no dask.
     """
     import extra_data as ed
 
     import xfeldata as xd
+    from xfeldata.analysis import masked_mean
 
     run, peer = xd.open_run(run_dir, progress=False), ed.RunDirectory(run_dir)
     arr = run.detector()["image.data"]
     nbytes = arr.nbytes
+    dims = ["trainId", "pulseId"]
     res = CaseResult("reduction", f"whole-run reduction: mean image per module over all "
                      f"frames ({nbytes / 2**30:.2f} GiB raw)")
 
     def ours() -> np.ndarray:
+        return masked_mean(run.detector(), dims).values
+
+    def ours_where() -> np.ndarray:
         det = run.detector()
-        return det["image.data"].where(det["present"]).mean(["trainId", "pulseId"]).values
+        return det["image.data"].where(det["present"]).mean(dims).values
 
     def ours_unmasked() -> np.ndarray:
-        return run.detector()["image.data"].mean(["trainId", "pulseId"]).values
+        return run.detector()["image.data"].mean(dims).values
 
     def ours_counted() -> np.ndarray:  # integer pixels: missing cells hold the fill value 0
         det = run.detector()
-        dims = ["trainId", "pulseId"]
         return (det["image.data"].sum(dims, dtype=np.float64) / det["present"].sum(dims)).values
 
     def theirs() -> np.ndarray:
@@ -331,8 +337,10 @@ def reduction(run_dir: Path, repeat: int) -> CaseResult:
     if not (np.allclose(a, b) and np.allclose(a, c)):
         res.notes.append("the means differ between xfeldata's forms or from EXtra-data's")
     del a, b, c
-    res.timings.append(measure("det['image.data'].where(det['present']).mean(...).values",
-                               "xfeldata", ours, repeat, nbytes=nbytes))
+    res.timings.append(measure("analysis.masked_mean(run.detector(), dims).values", "xfeldata",
+                               ours, repeat, nbytes=nbytes))
+    res.timings.append(measure("det['image.data'].where(det['present']).mean(...).values", "ref",
+                               ours_where, repeat, nbytes=nbytes))
     res.timings.append(measure("run.detector()['image.data'].mean(...).values (unmasked)", "ref",
                                ours_unmasked, repeat, nbytes=nbytes))
     res.timings.append(measure("det['image.data'].sum(...) / det['present'].sum(...)", "ref",

@@ -52,6 +52,17 @@ def test_detector_reduction_on_a_cluster_equals_local_schedulers(agipd_corr_run,
     assert len(client.scheduler_info(n_workers=-1)["workers"]) == 2
 
 
+def test_masked_mean_on_a_cluster_equals_numpy(irregular_run, client):
+    """The README's whole-run reduction, one train a chunk (partial sums combined on the cluster)."""
+    from xfeldata.analysis import masked_mean
+
+    run = xd.open_run(irregular_run)
+    lazy = masked_mean(run.detector(target_bytes=2**20), ["trainId", "pulseId"]).data
+    assert lazy.numblocks == (1, 1, 1, 1) and run.detector(target_bytes=2**20)["image.data"].data.numblocks[0] > 1
+    on_cluster = client.compute(lazy).result(timeout=TIMEOUT)
+    np.testing.assert_array_equal(on_cluster, masked_mean(run.detector(dask=False), ["trainId", "pulseId"]).values)
+
+
 def test_control_key_array_on_a_cluster(agipd_raw_run, client):
     arr = xd.open_run(agipd_raw_run)[XGM_SOURCE, "beamPosition.ixPos"]
     assert arr.chunks is None  # a small key is numpy; .chunk() makes it dask, its reads travel

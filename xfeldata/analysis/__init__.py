@@ -1,4 +1,4 @@
-"""Analysis on lazy detector data: calibrate, assemble, count photons, integrate, filter.
+"""Analysis on lazy detector data: masked means, calibrate, assemble, count photons, integrate, filter.
 
 Every function takes the detector Datasets of ``run.detector()`` and
 ``LiveBuffer.detector()`` (or their ``image.data`` DataArray): a ``module``
@@ -21,8 +21,9 @@ from .filters import select_frames
 from .geometry import assemble
 from .integration import radial_profile, radial_profile_2d
 from .photons import lit_pixels, photon_count
+from .reduce import masked_mean, masked_sum
 
 __all__ = [
-    "assemble", "calibrate", "dark_constants", "lit_pixels", "masked", "photon_count",
+    "assemble", "calibrate", "dark_constants", "lit_pixels", "masked", "masked_mean", "masked_sum", "photon_count",
     "radial_profile", "radial_profile_2d", "select_frames",
 ]

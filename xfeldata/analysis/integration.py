@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import weakref
 from functools import partial
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-import scipy.sparse
 import xarray as xr
 
 from ._frames import MODULE_DIM, PIXEL_DIMS, data_array, map_frames, whole_frames
 from .geometry import _module_positions
+
+if TYPE_CHECKING:  # scipy (the analysis extra) is imported where binning needs it
+    import scipy.sparse
 
 #: Radial units: name -> (coordinate name, units attr).
 UNITS = {"q_nm^-1": ("q", "nm^-1"), "q_A^-1": ("q", "A^-1"), "2th_deg": ("2theta", "deg"),
@@ -67,6 +69,8 @@ def _bins(values: np.ndarray, n: int, lo: float, hi: float) -> np.ndarray:
 
 def _matrix(index: np.ndarray, n_bins: int) -> scipy.sparse.csc_matrix:
     """The bins-by-pixels matrix (CSC: one entry per binned pixel's column) of 1s."""
+    import scipy.sparse
+
     pixels = np.flatnonzero(index >= 0)
     ones = np.ones(len(pixels), np.float32)
     return scipy.sparse.csc_matrix((ones, (index.ravel()[pixels], pixels)),
