@@ -55,7 +55,7 @@ import h5py
 import numpy as np
 import xarray as xr
 
-from ..arrays import BlockRead, read_rows
+from ..arrays import BlockRead, GridChunk, read_rows
 from ..detectors.kinds import match_detector_source
 from ..files.cache import cached_file_index
 from ..files.progress import tqdm
@@ -288,6 +288,15 @@ def _copy_frames(f: h5py.File, frames: _Frames, names: list[str], progress: bool
 
 
 # ----- virtual datasets -------------------------------------------------------
+def _reads_of(value: Any) -> list[BlockRead]:
+    """The :class:`BlockRead` s a graph value stands for: itself, or the blocks of a :class:`GridChunk`."""
+    if isinstance(value, BlockRead):
+        return [value]
+    if isinstance(value, GridChunk):
+        return [b for b in value.grid.blocks.values() if isinstance(b, BlockRead)]
+    return []
+
+
 def _block_reads(var: xr.DataArray, name: str, strict: bool = True) -> list[BlockRead]:
     """The file reads behind a variable; with ``strict``, ValueError if its values are not the files' values."""
     from dask.array import Array
@@ -304,7 +313,7 @@ def _block_reads(var: xr.DataArray, name: str, strict: bool = True) -> list[Bloc
             why = (f"{name} is computed ({', '.join(sorted(set(other)))} on the data)" if other
                    else f"{name} is not read from run files")
         else:
-            return [v for n in detector_layers for v in layers[n].values() if isinstance(v, BlockRead)]
+            return [read for n in detector_layers for v in layers[n].values() for read in _reads_of(v)]
     else:
         inner = data
         while not isinstance(inner, _GridArray) and hasattr(inner, "array"):
