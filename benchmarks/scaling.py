@@ -183,7 +183,7 @@ def _receive(trains: list[tuple[dict, dict]]) -> float:
 
 def case_live(ctx: Context) -> list[CaseResult]:
     """LiveBuffer receive rate for trains of 1, 4 and 16 modules."""
-    from .bridge import _raw_pyzmq
+    from .bench_bridge import run_raw
 
     n = ctx.size.bridge_trains
     frames = 2 if ctx.size.name == "tiny" else 32
@@ -200,7 +200,7 @@ def case_live(ctx: Context) -> list[CaseResult]:
                                    lambda trains=trains: SelfTimed(_receive(trains)),
                                    ctx.repeat, **kw))
         res.timings.append(measure("raw pyzmq REQ/REP of the same arrays, zero-copy", "ceiling",
-                                   lambda arrays=arrays: SelfTimed(_raw_pyzmq(arrays, n)),
+                                   lambda trains=trains: SelfTimed(run_raw(trains[0][0], n)),
                                    ctx.repeat, **kw))
         res.check("fraction of raw pyzmq throughput", "ceiling", 0.8)
         out.append(_scaled(res, "live", modules))
