@@ -235,15 +235,7 @@ def pread_reader(rows: list[Rows], workers: int | None = None
         fd, offset, at, n = piece
         os.preadv(fd, [buf[at:at + n]], offset)
 
-    def read() -> None:
-        list(pool.map(one, pieces))
-
-    def close() -> None:
-        pool.shutdown()
-        for fd in fds.values():
-            os.close(fd)
-        op.close()
-    return read, close, op.useful_bytes()
+    return _pooled(pool, one, pieces, fds, op)
 
 
 def threaded_decode_reader(rows: list[Rows], workers: int | None = None,
@@ -304,15 +296,7 @@ def threaded_decode_reader(rows: list[Rows], workers: int | None = None,
     step = max(1, -(-len(pieces) // (4 * workers)))
     batches = [pieces[i:i + step] for i in range(0, len(pieces), step)]
 
-    def read() -> None:
-        list(pool.map(lambda batch: [one(piece) for piece in batch], batches))
-
-    def close() -> None:
-        pool.shutdown()
-        for fd in fds.values():
-            os.close(fd)
-        op.close()
-    return read, close, op.useful_bytes()
+    return _pooled(pool, lambda batch: [one(piece) for piece in batch], batches, fds, op)
 
 
 def memcpy(nbytes: int) -> tuple[Callable[[], None], Callable[[], None], int]:
@@ -363,8 +347,15 @@ def pread_sum_reader(rows: list[Rows], workers: int | None = None, slab_rows: in
         with lock:
             sums[name] = part if sums[name] is None else sums[name] + part
 
+    return _pooled(pool, one, jobs, fds, op)
+
+
+def _pooled(pool: ThreadPoolExecutor, work, items: list, fds: dict, op) -> tuple:
+    """``(read, close, useful bytes)`` of a pooled reader: ``read`` runs ``work`` on every
+    item on ``pool``; ``close`` stops the pool, closes the descriptors and ``op``."""
+
     def read() -> None:
-        list(pool.map(one, jobs))
+        list(pool.map(work, items))
 
     def close() -> None:
         pool.shutdown()

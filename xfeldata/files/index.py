@@ -765,16 +765,7 @@ def _index_open_file(fid: h5py.h5f.FileID, path: str, st: os.stat_result) -> Fil
                 keys = _control_keys(fid, source)
                 located = [("", f"INDEX/{source}", keys, None)]
             else:
-                located = []
-                for group in groups:
-                    data = _open(fid, f"INSTRUMENT/{source}/{group}")
-                    index_grp = _open(fid, f"INDEX/{source}/{group}") if data is not None else None
-                    if index_grp is None:
-                        problems.append(f"{source}/{group}: listed but no INDEX or INSTRUMENT group")
-                        continue
-                    group_keys = _instrument_keys(data, source, group)
-                    keys.update(group_keys)
-                    located.append((group, f"INDEX/{source}/{group}", group_keys, index_grp))
+                keys, located = _locate_groups(fid, "INSTRUMENT", source, groups, problems)
             for group, index_path, group_keys, index_grp in located:
                 index_groups[group], bad = _index_arrays(fid, path, index_path, train_ids, group_keys, problems,
                                                          index_grp)
@@ -793,6 +784,25 @@ def _index_open_file(fid: h5py.h5f.FileID, path: str, st: os.stat_result) -> Fil
         sources=sources, aliases=aliases, problems=tuple(problems), inode=st.st_ino,
         damaged=tuple(damaged), auxiliary=auxiliary,
     )
+
+
+def _locate_groups(fid: h5py.h5f.FileID, section: str, source: str, groups: list[str],
+                   problems: list[str], label: str = "") -> tuple[dict[str, KeyInfo], list[tuple]]:
+    """The keys of a source's groups below ``section`` and, per group found, ``(group,
+    index path, its keys, INDEX group)``; a group without data or index is reported in
+    ``problems`` (prefixed with ``label``) and left out."""
+    keys: dict[str, KeyInfo] = {}
+    located = []
+    for group in groups:
+        data = _open(fid, f"{section}/{source}/{group}")
+        index_grp = _open(fid, f"INDEX/{source}/{group}") if data is not None else None
+        if index_grp is None:
+            problems.append(f"{label}{source}/{group}: listed but no INDEX or {section} group")
+            continue
+        group_keys = _instrument_keys(data, source, group, section)
+        keys.update(group_keys)
+        located.append((group, f"INDEX/{source}/{group}", group_keys, index_grp))
+    return keys, located
 
 
 def _check_source_index(
@@ -844,17 +854,11 @@ def _auxiliary_sources(fid: h5py.h5f.FileID, path: str, train_ids: np.ndarray, p
             if entry.startswith(f"{section}/") and source and group:
                 groups.setdefault(source, []).append(group)
         for source, names in groups.items():
-            index_groups, keys = {}, {}
-            for group in names:
-                data = _open(fid, f"{section}/{source}/{group}")
-                index_grp = _open(fid, f"INDEX/{source}/{group}") if data is not None else None
-                if index_grp is None:
-                    problems.append(f"{section} {source}/{group}: listed but no INDEX or {section} group")
-                    continue
-                group_keys = _instrument_keys(data, source, group, section)
-                keys.update(group_keys)
+            index_groups = {}
+            keys, located = _locate_groups(fid, section, source, names, problems, label=f"{section} ")
+            for group, index_path, group_keys, index_grp in located:
                 index_groups[group], bad = _index_arrays(
-                    fid, path, f"INDEX/{source}/{group}", train_ids, group_keys, problems, index_grp)
+                    fid, path, index_path, train_ids, group_keys, problems, index_grp)
                 if bad is not None:
                     damaged.append(replace(bad, source=f"{section}/{source}", group=group))
             found.append(SourceInfo(source, section, index_groups, keys))
