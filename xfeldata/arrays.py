@@ -34,6 +34,7 @@ from .files.handles import FileStamp, OpenFile, handles
 from .files.index import FileIndex, KeyInfo
 from .files.plain import PlainLayout, pread_rows, pread_rows_to_frames
 from .fill import default_fill_value
+from .into import into_one, tiled_base
 from .run import RunSelection, TrainMap, positions_within
 
 #: Keys with at most this many bytes in the selection are small: one block across
@@ -552,7 +553,12 @@ class FreshArray(da.Array):
     __slots__ = ()
 
     def __dask_postcompute__(self) -> tuple:
-        return _finalize_fresh, ()
+        return _finalize_fresh, (self.chunks,)
+
+    @staticmethod
+    def __dask_optimize__(dsk: Any, keys: Any, **kwargs: Any) -> Any:
+        """dask's array optimisation, after :func:`~xfeldata.into.into_one` (blocks written into one array)."""
+        return da.Array.__dask_optimize__(into_one(dsk, keys), keys, **kwargs)
 
     def __getitem__(self, key: Any) -> da.Array:
         grid = self.__dict__.get("_xfeldata_grid")
@@ -600,8 +606,12 @@ def _postcompute_fresh() -> tuple:
     return _finalize_fresh, ()
 
 
-def _finalize_fresh(results: Any) -> Any:
-    """dask's ``finalize`` without the copy of a result that is one whole fresh chunk."""
+def _finalize_fresh(results: Any, chunks: tuple[tuple[int, ...], ...] | None = None) -> Any:
+    """dask's ``finalize`` without the copy of a result that is one whole fresh chunk, or whose
+    blocks tile one new array in place (:func:`~xfeldata.into.into_one`: that array)."""
+    tiled = tiled_base(results, chunks) if chunks is not None else None
+    if tiled is not None:
+        return tiled
     one = results
     while isinstance(one, list | tuple) and len(one) == 1:
         one = one[0]

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import dask.array as da
 import numpy as np
 import xarray as xr
+
+from ..arrays import FreshArray
+from ..into import written_into
 
 MODULE_DIM = "module"
 PIXEL_DIMS = ("slow_scan", "fast_scan")
@@ -61,7 +65,7 @@ def whole_frames(arr: xr.DataArray, core: Sequence[str], target_bytes: int = BLO
 
 
 def map_frames(kernel: Callable[..., Any], *arrays: Any, core_ndims: Sequence[int],
-               out_core: tuple[int, ...], dtypes: Sequence[Any], **kwargs: Any) -> Any:
+               out_core: tuple[int, ...], dtypes: Sequence[Any], into: bool = False, **kwargs: Any) -> Any:
     """``kernel(*blocks, **kwargs)`` on every block of the loop (frame) dims, core dims whole.
 
     For ``xarray.apply_ufunc(..., dask="allowed")``: each of ``arrays`` has
@@ -75,12 +79,19 @@ def map_frames(kernel: Callable[..., Any], *arrays: Any, core_ndims: Sequence[in
     the blocks reach ``kernel`` as they are: each core axis of an input is kept
     in the output as a length-1 axis and dropped afterwards by a view.
 
+    ``into=True`` (one output): ``kernel`` also takes ``out=`` (None, or the
+    block's place in the output, maybe not contiguous, to fill and return),
+    and the result, computed whole, is written straight into one array
+    (:func:`xfeldata.into.written_into`).
+
     >>> x = da.ones((4, 3), chunks=(2, 3))
     >>> map_frames(lambda b: b.sum(axis=-1, keepdims=True), x, core_ndims=[1], out_core=(1,),
     ...            dtypes=[float]).compute().ravel().tolist()
     [3.0, 3.0, 3.0, 3.0]
     """
     n_loop = max(a.ndim - n for a, n in zip(arrays, core_ndims, strict=True))
+    if into and len(dtypes) == 1 and any(isinstance(a, da.Array) for a in arrays):
+        return _written_into(partial(kernel, **kwargs), arrays, core_ndims, n_loop, out_core, dtypes[0])
     # xarray leaves out leading broadcast axes: put them back (length 1)
     arrays = tuple(a if a.ndim == n_loop + n else a[(None,) * (n_loop + n - a.ndim)]
                    for a, n in zip(arrays, core_ndims, strict=True))
@@ -112,3 +123,30 @@ def map_frames(kernel: Callable[..., Any], *arrays: Any, core_ndims: Sequence[in
         return out[view]
     return tuple(da.map_blocks(operator.getitem, out, i, meta=np.empty((0,) * ndim, dt))[view]
                  for i, dt in enumerate(dtypes))
+
+
+def _written_into(kernel: Callable[..., Any], arrays: Sequence[Any], core_ndims: Sequence[int], n_loop: int,
+                  out_core: tuple[int, ...], dtype: Any) -> da.Array:
+    """The one output of :func:`map_frames` (``into=True``) as a :class:`~xfeldata.arrays.FreshArray`
+    of :func:`~xfeldata.into.written_into` blocks: the loop axes' blocks, the core axes whole.
+
+    Inputs without some leading loop axes get them (length 1) in the task, not as a graph layer.
+    """
+    pads = [n_loop + n - a.ndim for a, n in zip(arrays, core_ndims, strict=True)]
+    loop, letter, pairs = tuple(range(n_loop)), n_loop, []
+    for a, n, pad in zip(arrays, core_ndims, pads, strict=True):
+        pairs += [a, loop[pad:] + tuple(range(letter, letter + n))]
+        letter += n
+    chunkss, inputs = da.core.unify_chunks(*pairs)
+    chunks = tuple(chunkss[i] for i in range(n_loop)) + tuple((n,) for n in out_core)
+
+    def blocks_of(index: tuple[int, ...]) -> list[tuple[int, ...]]:
+        return [tuple(i if a.numblocks[ax] > 1 else 0 for ax, i in enumerate(index[pad:n_loop])) + (0,) * n
+                for a, n, pad in zip(inputs, core_ndims, pads, strict=True)]
+
+    return written_into(partial(_padded, kernel, tuple(pads)), inputs, chunks, dtype, blocks_of, cls=FreshArray)
+
+
+def _padded(kernel: Callable[..., Any], pads: tuple[int, ...], *blocks: Any, out: Any = None) -> Any:
+    """``kernel(*blocks, out=out)``, each block with ``pads`` new leading axes of length 1."""
+    return kernel(*(b[(None,) * p] if p else b for b, p in zip(blocks, pads, strict=True)), out=out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from functools import partial
 
@@ -221,89 +222,151 @@ def _run_sums(d: xr.Dataset, enc: str, cell_values: np.ndarray) -> list:
     return _module_sums(data, cell_arr.rechunk(data.chunks[:len(lead) + 1]), gain, cell_values, enc)
 
 
-def _correct(data: np.ndarray, cells: np.ndarray, positions: np.ndarray, offset: np.ndarray,
+#: Frames corrected by one numpy call: calls long enough that a second thread seldom waits for the GIL,
+#: short enough that a batch's float32 output (256 KiB a frame) is still in cache for the subtraction.
+BATCH = 8
+
+
+def _merged(a: np.ndarray, k: int) -> np.ndarray | None:
+    """``a`` with its ``k`` leading axes as one, as a view of the same memory; None where that needs a copy.
+
+    >>> _merged(np.zeros((2, 3, 4))[:, :, :2], 2).shape
+    (6, 2)
+    >>> _merged(np.zeros((2, 3, 4))[:, :2], 2) is None, _merged(np.zeros((2, 3, 4)).transpose(1, 0, 2), 2) is None
+    (True, True)
+    """
+    sized = [(n, st) for n, st in zip(a.shape[:k], a.strides[:k], strict=True) if n != 1]
+    if any(outer != inner * n for (_, outer), (n, inner) in zip(sized, sized[1:], strict=False)):
+        return None
+    stride = sized[-1][1] if sized else a.itemsize
+    return np.lib.stride_tricks.as_strided(a, (int(np.prod(a.shape[:k])), *a.shape[k:]), (stride, *a.strides[k:]))
+
+
+def _batches(frames: np.ndarray, most: int) -> list[slice]:
+    """``frames`` (increasing indices) as slices of evenly spaced frames, at most ``most`` each.
+
+    >>> _batches(np.array([0, 4, 8, 12, 13, 20]), 3)
+    [slice(0, 9, 4), slice(12, 14, 1), slice(20, 21, 1)]
+    """
+    out, i, n = [], 0, len(frames)
+    values = frames.tolist()
+    while i < n:
+        j = i
+        if i + 1 < n:
+            step = values[i + 1] - values[i]
+            j = i + 1
+            while j + 1 < n and j + 1 - i < most and values[j + 1] - values[j] == step:
+                j += 1
+        step = values[j] - values[i] if j > i else 1
+        out.append(slice(values[i], values[j] + 1, step // (j - i) if j > i else 1))
+        i = j + 1
+    return out
+
+
+def _correct(data: np.ndarray, cells: np.ndarray, offset: np.ndarray,
              bad: np.ndarray, *more: np.ndarray, enc: str, cell_lut: np.ndarray, thresholds: bool,
-             n_core: int) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+             n_core: int, out: np.ndarray | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Offset-correct a block of frames: the kernel of :func:`calibrate`.
 
-    ``data`` is ``(*loop dims, [plane,] ss, fs)``; ``cells`` and ``positions``
-    (the modules' places in the constants) broadcast against the loop dims;
-    ``offset`` and ``bad`` hold the block's modules ``(..., module, ..., cell,
-    stage, ss, fs)``; ``more`` the AGIPD gain thresholds and/or JUNGFRAU's
+    ``data`` is ``(*loop dims, [plane,] ss, fs)``; ``cells`` broadcasts
+    against the loop dims; ``offset`` and ``bad`` hold the block's modules, in
+    the block's order, ``(..., module, ..., cell, stage, ss, fs)`` (length 1 on
+    the other loop dims); ``more`` the AGIPD gain thresholds and/or JUNGFRAU's
     gain key.  Returns the float32 frames and, where the gain stage was looked
     up (AGIPD with thresholds, LPD, JUNGFRAU), the uint8 stage of every pixel
     (:data:`~xfeldata.analysis.gain.INVALID` where it is not one of the constants').
+    The frames go to ``out`` (float32 ``(*loop dims, ss, fs)``, maybe a view) or a new array.
 
     The offset of each (module, cell) the block uses is merged with its bad
-    pixels (NaN) once, and the frames of one (module, cell) are corrected one
-    after the other while it is in cache; each frame is one subtraction,
-    written straight into the output, in float32.
+    pixels (NaN) once, and the frames of one (module, cell) are corrected
+    together while it is in cache, up to :data:`BATCH` evenly spaced frames
+    by one numpy call, written straight into the output, in float32.
     """
     lead = data.shape[:data.ndim - n_core]
     pixel = offset.shape[-2:]
     n_cells, n_stages = offset.shape[-4:-2]
+    loop = offset.shape[:-4]  # the block's modules on their axis, 1 elsewhere
+    mods = np.broadcast_to(np.arange(int(np.prod(loop))).reshape(loop), lead).ravel()  # in the block's constants
     offset = offset.reshape(-1, n_cells, n_stages, *pixel)
     bad = bad.reshape(-1, n_cells, n_stages, *pixel)
     more = list(more)
     threshold = more.pop(0).reshape(-1, n_cells, n_stages - 1, *pixel) if thresholds else None
-    gains = np.broadcast_to(more.pop(0), (*lead, *pixel)) if more else None
-    n_frames = int(np.prod(lead))
+    gains = _frames(np.broadcast_to(more.pop(0), (*lead, *pixel)), len(lead)) if more else None
     flat_cells = np.broadcast_to(cells, lead).ravel()
     inside = (flat_cells >= 0) & (flat_cells < len(cell_lut))
     cell_index = np.where(inside, cell_lut[np.clip(flat_cells, 0, len(cell_lut) - 1)], -1)
-    pos = np.asarray(positions)
-    mods = np.broadcast_to(pos - pos.ravel()[0], lead).ravel()  # places within this block's constants
     staged = threshold is not None or enc in STAGES
-    out = np.empty((n_frames, *pixel), np.float32)
-    stages = np.empty((n_frames, *pixel), np.uint8) if staged else None
-    current, off = (-1, -1), None
+    given = out
+    out = np.empty((*lead, *pixel), np.float32) if out is None else out
+    frames, corrected = _frames(data, len(lead)), _merged(out, len(lead))
+    if corrected is None:  # an output view whose frames do not line up: a new array, copied to it at the end
+        corrected = np.empty((len(frames), *pixel), np.float32)
+    stages = np.empty((len(frames), *pixel), np.uint8) if staged else None
     nan = np.float32(np.nan)
-    for f in np.lexsort((cell_index, mods)):  # frames of one (module, cell) in a row: its offset stays in cache
-        m, c = int(mods[f]), int(cell_index[f])
-        if c < 0:  # a missing frame, or a cell the constants lack
-            out[f] = nan
-            if staged:
-                stages[f] = INVALID
+    order = np.lexsort((cell_index, mods))  # by (module, cell), frames in order within each
+    group = mods[order] * (n_cells + 1) + cell_index[order] + 1
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    for first, stop in zip(starts.tolist(), [*starts[1:].tolist(), len(order)], strict=True):
+        m, c = int(mods[order[first]]), int(cell_index[order[first]])
+        batches = _batches(order[first:stop], BATCH)
+        if c < 0:  # missing frames, or cells the constants lack
+            for sl in batches:
+                corrected[sl] = nan
+                if staged:
+                    stages[sl] = INVALID
             continue
-        if (m, c) != current:  # (stage [+ a NaN stage for invalid ones], ss, fs)
-            current, off = (m, c), np.where(bad[m, c], nan, offset[m, c])
-            if staged:
-                off = np.concatenate([off, np.full((1, *pixel), nan)])
-        at = np.unravel_index(f, lead)  # views of the block's frames, which need not be contiguous
-        frame = data[at]
-        if threshold is not None:  # AGIPD: plane 1 against the thresholds between stages
-            signal, gain_signal = frame[0], frame[1]
-            stage = stages[f]
-            np.greater(gain_signal, threshold[m, c, 0], out=stage)
-            for t in range(1, n_stages - 1):
-                stage += gain_signal > threshold[m, c, t]
-        elif staged:  # LPD, JUNGFRAU: recorded with the pixel
-            signal, stage = split(enc, frame, None if gains is None else gains[at])
-            np.minimum(stage, n_stages, out=stage)
-            stages[f] = stage
-        else:
-            signal = frame[0] if n_core == 3 else frame
-            np.copyto(out[f], signal)  # cast in cache, then subtract: faster than one mixed-type ufunc
-            out[f] -= off[0]
-            continue
-        np.copyto(out[f], signal)
-        out[f] -= np.take_along_axis(off, stage[None].astype(np.intp), axis=0)[0]
+        off = np.where(bad[m, c], nan, offset[m, c])  # (stage [+ a NaN stage for invalid ones], ss, fs)
+        if staged:
+            off = np.concatenate([off, np.full((1, *pixel), nan)])
+        for sl in batches:
+            batch, target = frames[sl], corrected[sl]
+            if threshold is not None:  # AGIPD: plane 1 against the thresholds between stages
+                signal, gain_signal = batch[:, 0], batch[:, 1]
+                stage = stages[sl]
+                np.greater(gain_signal, threshold[m, c, 0], out=stage)
+                for t in range(1, n_stages - 1):
+                    stage += gain_signal > threshold[m, c, t]
+            elif staged:  # LPD, JUNGFRAU: recorded with the pixel
+                signal, stage = split(enc, batch, None if gains is None else gains[sl])
+                np.minimum(stage, n_stages, out=stage)
+                stages[sl] = stage
+            else:
+                np.copyto(target, batch[:, 0] if n_core == 3 else batch)  # cast, then subtract: faster
+                target -= off[0]                                            # than one mixed-type ufunc
+                continue
+            np.copyto(target, signal)
+            target -= np.take_along_axis(off[None], stage[:, None].astype(np.intp), axis=1)[:, 0]
+    if given is not None and not np.shares_memory(corrected, given):
+        np.copyto(out, corrected.reshape(out.shape))
+    elif given is None:
+        out = corrected.reshape(out.shape)
     if not staged:
-        return out.reshape(*lead, *pixel)
+        return out
     stages[stages >= n_stages] = INVALID
-    return out.reshape(*lead, *pixel), stages.reshape(*lead, *pixel)
+    return out, stages.reshape(*lead, *pixel)
+
+
+def _frames(a: np.ndarray, k: int) -> np.ndarray:
+    """``a`` with its ``k`` leading axes as one: a view if it can be, else a copy."""
+    merged = _merged(a, k)
+    return merged if merged is not None else np.ascontiguousarray(a).reshape(-1, *a.shape[k:])
 
 
 def _constant(values: xr.DataArray, dims: tuple[str, ...], like: xr.DataArray) -> xr.DataArray:
     """A constant with ``dims`` (its ``module`` labelled as ``like``'s), chunked by ``like``'s modules if lazy.
 
-    numpy constants become dask arrays without hashing their bytes (they can
-    be large), one block per block of modules of ``like``.
+    numpy constants become dask arrays without hashing or copying their bytes
+    (they can be large), one block (a view) per block of modules of ``like``.
     """
     data = values.data
     if like.chunks is not None and not isinstance(data, da.Array):
-        chunks = (like.chunksizes[MODULE_DIM], *(-1 for _ in dims[1:]))
-        data = da.from_array(np.asarray(data), chunks=chunks, name=False)
+        data = np.asarray(data)
+        edges = np.cumsum((0, *like.chunksizes[MODULE_DIM]))
+        chunks = (like.chunksizes[MODULE_DIM], *((n,) for n in data.shape[1:]))
+        name = f"xfeldata-constant-{uuid.uuid4().hex}"
+        blocks = {(name, i, *(0,) * (data.ndim - 1)): data[a:b]  # views, held by the graph as data
+                  for i, (a, b) in enumerate(zip(edges[:-1], edges[1:], strict=True))}
+        data = da.Array(blocks, name, chunks, dtype=data.dtype, meta=np.empty((0,) * data.ndim, data.dtype))
     elif isinstance(data, da.Array) and like.chunks is not None:
         data = data.rechunk((like.chunksizes[MODULE_DIM], *(-1 for _ in dims[1:])))
     return xr.DataArray(data, dims=dims, coords={MODULE_DIM: like[MODULE_DIM].values})
@@ -368,10 +431,9 @@ def calibrate(det: xr.Dataset, constants: xr.Dataset | None = None, *, mask_bits
     if not np.array_equal(constants[MODULE_DIM].values, det[MODULE_DIM].values):
         constants = constants.sel({MODULE_DIM: det[MODULE_DIM].values})  # a copy: only when needed
     cdims = (MODULE_DIM, "_cell", "_stage", *PIXEL_DIMS)
-    args = [arr, det["cellId"], xr.DataArray(np.arange(arr.sizes[MODULE_DIM]), dims=MODULE_DIM,
-                                             coords={MODULE_DIM: arr[MODULE_DIM].values}),
-            _constant(constants["offset"], cdims, arr), _constant(constants["bad_pixels"], cdims, arr)]
-    core_dims = [core, [], [], list(cdims[1:]), list(cdims[1:])]
+    args = [arr, det["cellId"], _constant(constants["offset"], cdims, arr),
+            _constant(constants["bad_pixels"], cdims, arr)]
+    core_dims = [core, [], list(cdims[1:]), list(cdims[1:])]
     thresholds = has_plane and "gain_threshold" in constants
     if thresholds:
         args.append(_constant(constants["gain_threshold"], (MODULE_DIM, "_cell", "_threshold", *PIXEL_DIMS), arr))
@@ -394,7 +456,7 @@ def calibrate(det: xr.Dataset, constants: xr.Dataset | None = None, *, mask_bits
     results = xr.apply_ufunc(
         partial(map_frames, _correct), *args,
         kwargs={"core_ndims": [len(c) for c in core_dims], "out_core": pixel,
-                "dtypes": [np.float32, np.uint8][:n_out],
+                "dtypes": [np.float32, np.uint8][:n_out], "into": True,
                 "enc": enc, "cell_lut": cell_lut, "thresholds": thresholds, "n_core": len(core)},
         input_core_dims=core_dims, output_core_dims=[list(PIXEL_DIMS)] * n_out, dask="allowed")
     data, stage = results if staged else (results, None)

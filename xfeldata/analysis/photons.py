@@ -2,20 +2,45 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from functools import partial
 
 import numpy as np
 import xarray as xr
 
-from ._frames import MODULE_DIM, PIXEL_DIMS, data_array
+from ._frames import MODULE_DIM, PIXEL_DIMS, data_array, map_frames
 
-#: Elements per step of :func:`_count_kernel`: its float32 scratch (1 MiB) stays in cache.
+#: Elements per step of :func:`_count_kernel`: a step's input, float32 scratch and output (1 MiB each)
+#: stay in a core's L2 cache.
 STEP = 1 << 18
 #: Counts at or above this (2**31, exact in float32) do not fit the int32 output.
 _INT32_LIMIT = np.float32(2**31)
 
 
-def _count_kernel(adu: np.ndarray, adu_per_photon: float, threshold: float) -> np.ndarray:
+#: Shortest contiguous run worth a step of its own; inputs of shorter runs are copied first.
+_MIN_RUN = 1 << 12
+
+
+def _contiguous_from(a: np.ndarray, b: np.ndarray) -> int:
+    """The fewest leading axes of ``a`` and ``b`` (same shape) after which both are contiguous.
+
+    >>> _contiguous_from(np.zeros((3, 4)), np.zeros((4, 3)).T), _contiguous_from(np.zeros((3, 4)), np.zeros((3, 4)))
+    (2, 0)
+    """
+    return next(k for k in range(a.ndim + 1) if a[(0,) * k].flags.c_contiguous and b[(0,) * k].flags.c_contiguous)
+
+
+def _steps(a: np.ndarray, b: np.ndarray, lead: int, step: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """1-d views of ``a`` and ``b`` (same shape), at most ``step`` long, that cover both in the same
+    order: a loop over the ``lead`` leading axes, then steps through what remains (contiguous)."""
+    for index in np.ndindex(*a.shape[:lead]):
+        x, y = a[index].reshape(-1), b[index].reshape(-1)
+        for start in range(0, x.size, step):
+            yield x[start:start + step], y[start:start + step]
+
+
+def _count_kernel(adu: np.ndarray, adu_per_photon: float, threshold: float,
+                  out: np.ndarray | None = None) -> np.ndarray:
     """One pass over ``adu`` in cache-sized steps: scale and shift in float32, truncate to int32, clip at 0.
 
     Truncation is ``floor`` wherever the result is kept (values of 1 and
@@ -23,25 +48,31 @@ def _count_kernel(adu: np.ndarray, adu_per_photon: float, threshold: float) -> n
     NaN (a missing frame or masked pixel), which the cast turns into the most
     negative int32 (or 0).  The clip is an integer ``maximum`` against an
     array of zeros: numpy's scalar-operand path of it is not vectorised.
+    The counts go to ``out`` (int32, ``adu``'s shape, maybe a view) or a new array.
     """
-    flat = np.asarray(adu).reshape(-1)
-    out = np.empty(flat.shape, np.int32)
-    size = min(STEP, flat.size)
+    adu = np.asarray(adu)
+    out = np.empty(adu.shape, np.int32) if out is None else out
+    if not adu.size:
+        return out
+    lead = _contiguous_from(adu, out)
+    if lead and int(np.prod(adu.shape[lead:])) < _MIN_RUN:  # short runs: count a contiguous copy
+        np.copyto(out, _count_kernel(np.ascontiguousarray(adu), adu_per_photon, threshold))
+        return out
+    size = min(STEP, adu.size)
     scratch, zeros = np.empty(size, np.float32), np.zeros(size, np.int32)
     scale, shift = np.float32(adu_per_photon), np.float32(1.0 - threshold)
     with np.errstate(invalid="ignore"):  # NaN and out-of-range values in the cast: clipped just after
-        for start in range(0, flat.size, STEP):
-            piece = flat[start:start + STEP]
-            x, counts = scratch[:len(piece)], out[start:start + STEP]
+        for piece, counts in _steps(adu, out, lead, STEP):
+            x = scratch[:len(piece)]
             np.divide(piece, scale, out=x, dtype=np.float32)
             x += shift
-            if (x >= _INT32_LIMIT).any():  # +inf or more photons than int32 holds: never a silent 0
-                bad = piece[x >= _INT32_LIMIT][0]
+            if np.fmax.reduce(x) >= _INT32_LIMIT:  # +inf or more photons than int32 holds: never a silent 0
+                bad = piece[x >= _INT32_LIMIT][0]  # (fmax skips NaN)
                 raise OverflowError(f"photon_count: a pixel value of {bad} ADU is {bad / scale:.3g} photons, "
                                     "more than the int32 counts hold (values must be finite)")
             np.copyto(counts, x, casting="unsafe")
             np.maximum(counts, zeros[:len(piece)], out=counts)
-    return out.reshape(np.shape(adu))
+    return out
 
 
 def photon_count(arr: xr.DataArray | xr.Dataset, adu_per_photon: float,
@@ -79,9 +110,9 @@ def photon_count(arr: xr.DataArray | xr.Dataset, adu_per_photon: float,
         arr = data_array(arr)
     if not adu_per_photon > 0:
         raise ValueError(f"adu_per_photon must be positive, not {adu_per_photon}")
-    out = xr.apply_ufunc(_count_kernel, arr, kwargs={"adu_per_photon": float(adu_per_photon),
-                                                     "threshold": float(threshold)},
-                         dask="parallelized", output_dtypes=[np.int32], keep_attrs=True)
+    out = xr.apply_ufunc(partial(map_frames, _count_kernel), arr, dask="allowed", keep_attrs=True,
+                         kwargs={"core_ndims": [0], "out_core": (), "dtypes": [np.int32], "into": True,
+                                 "adu_per_photon": float(adu_per_photon), "threshold": float(threshold)})
     out.attrs.update(units="photons", adu_per_photon=float(adu_per_photon), threshold=float(threshold))
     return out.rename(f"{arr.name}.photons" if arr.name else "photons")
 

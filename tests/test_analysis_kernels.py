@@ -1,0 +1,185 @@
+"""The block kernels of photon_count and calibrate against straightforward numpy, on every path.
+
+The fast paths (cache-sized steps, batches of evenly spaced frames, blocks written
+straight into one output array) must give exactly what a plain whole-array numpy
+expression gives: values, dtype, NaN and ``present`` where data are missing.
+"""
+
+from __future__ import annotations
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+
+from xfeldata import analysis
+from xfeldata.analysis import photons
+from xfeldata.analysis.gain import INVALID
+
+DIMS = ("trainId", "pulseId", "module", "slow_scan", "fast_scan")
+
+
+@pytest.fixture
+def no_concatenation(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("dask concatenated the blocks")
+    monkeypatch.setattr(dask.array.core, "concatenate3", refuse)
+
+
+# -- photon_count ---------------------------------------------------------------
+
+
+def _adu(shape=(3, 4, 5, 64, 32), seed=0):
+    rng = np.random.default_rng(seed)
+    values = (rng.random(shape, dtype=np.float32) * 400 - 50).astype(np.float32)
+    values[rng.random(shape) < 0.01] = np.nan
+    values.flat[:6] = [29.999998, 30.0, 30.000002, 89.99999, 90.0, -0.0]  # around the thresholds
+    return xr.DataArray(values, dims=DIMS, coords={"module": [0, 3, 4, 8, 9]})
+
+
+def _counts(adu: np.ndarray, adu_per_photon: float, threshold: float) -> np.ndarray:
+    """The formula, in float32 as documented, NaN counting 0."""
+    with np.errstate(invalid="ignore"):
+        x = np.floor(adu / np.float32(adu_per_photon) + np.float32(1 - threshold))
+        return np.where(x >= 1, x, 0).astype(np.int32)
+
+
+@pytest.mark.parametrize("chunks", [{"trainId": 1}, {"module": 2}, {"pulseId": 3, "module": 1, "slow_scan": 32}])
+def test_photon_count_on_dask_equals_the_formula_and_writes_one_array(chunks, no_concatenation):
+    adu = _adu()
+    expected = _counts(adu.values, 60, 0.5)
+    counts = analysis.photon_count(adu.chunk(chunks), 60)
+    assert isinstance(counts.data, da.Array) and counts.dtype == np.int32 and counts.dims == adu.dims
+    values = counts.values
+    np.testing.assert_array_equal(values, expected)
+    assert values.dtype == np.int32 and values.base is None
+    assert [values.flat[i] for i in (1, 4, 5)] == [1, 2, 0]  # 30 and 90 ADU: 1 and 2 photons; -0: none
+
+
+def test_photon_count_of_numpy_in_any_layout_equals_the_formula():
+    adu = _adu()
+    expected = _counts(adu.values, 7.5, 0.3)
+    np.testing.assert_array_equal(analysis.photon_count(adu, 7.5, 0.3).values, expected)
+    turned = adu.transpose("fast_scan", "module", "slow_scan", "trainId", "pulseId")  # not contiguous
+    np.testing.assert_array_equal(analysis.photon_count(turned, 7.5, 0.3).transpose(*DIMS).values, expected)
+    strided = adu.isel(fast_scan=slice(None, None, 3))
+    np.testing.assert_array_equal(analysis.photon_count(strided, 7.5, 0.3).values, expected[..., ::3])
+
+
+def test_photon_count_steps_through_long_arrays_exactly(monkeypatch):
+    monkeypatch.setattr(photons, "STEP", 1000)  # many steps, the last one short
+    adu = _adu()
+    np.testing.assert_array_equal(analysis.photon_count(adu.chunk({"module": 2}), 60).values,
+                                  _counts(adu.values, 60, 0.5))
+
+
+@pytest.mark.parametrize("value", [np.inf, 2.0**31, 3e9])
+def test_photon_count_on_dask_refuses_an_overflow_in_any_block(value):
+    adu = _adu()
+    adu.values[2, 3, 4, 63, 31] = value  # the last pixel of the last block
+    adu.values[2, 3, 4, 0, 0] = np.nan   # NaN in the same step does not hide it
+    with pytest.raises(OverflowError, match="int32"):
+        analysis.photon_count(adu.chunk({"trainId": 1}), 1).compute()
+    adu.values[2, 3, 4, 63, 31] = 2.0**31 - 256  # the largest float32 count below the limit
+    assert analysis.photon_count(adu.chunk({"trainId": 1}), 1).values[2, 3, 4, 63, 31] == 2**31 - 256
+
+
+# -- calibrate ------------------------------------------------------------------
+
+
+def _raw(kind: str, seed=1, n=(3, 5), modules=(0, 2, 3, 7)):
+    """Raw frames with irregular cells (some missing, some the constants lack) and their constants."""
+    rng = np.random.default_rng(seed)
+    shape = (*n, len(modules), 16, 8)
+    cells = rng.integers(0, 6, size=shape[:3])
+    cells[0, 1] = -1          # missing frames
+    cells[1, :, 2] = 2        # a module whose frames share one cell
+    const_cells = np.array([0, 1, 3, 4, 5])  # cell 2 is not in the constants
+    n_stages = 3 if kind != "AGIPD1M-1" else 1
+    if kind.startswith("AGIPD"):
+        gain = rng.integers(0, 3000, size=shape, dtype=np.uint16)
+        word = rng.integers(4000, 6000, size=shape, dtype=np.uint16)
+        data = np.stack([word, gain], axis=3)
+        dims = ("trainId", "pulseId", "module", "gain", "slow_scan", "fast_scan")
+    else:  # LPD: bits 12-13 the stage, 3 invalid
+        data = (rng.integers(0, 4, size=shape).astype(np.uint16) << 12) | \
+            rng.integers(0, 4096, size=shape).astype(np.uint16)
+        dims = DIMS
+    det = xr.Dataset({"image.data": (dims, data), "cellId": (DIMS[:3], cells),
+                      "present": (DIMS[:3], cells >= 0)},
+                     coords={"trainId": np.arange(n[0]) + 100, "pulseId": np.arange(n[1]), "module": list(modules)},
+                     attrs={"kind": kind.split("-")[0]})
+    cshape = (len(modules), len(const_cells), n_stages, 16, 8)
+    cdims = ("module", "cell", "gain_stage", "slow_scan", "fast_scan")
+    constants = xr.Dataset({"offset": (cdims, rng.normal(2000, 300, cshape).astype(np.float32)),
+                            "bad_pixels": (cdims, rng.random(cshape) < 0.05)},
+                           coords={"module": list(modules), "cell": const_cells, "gain_stage": np.arange(n_stages)},
+                           attrs={"kind": kind.split("-")[0]})
+    if kind == "AGIPD1M":
+        levels = np.sort(rng.integers(500, 2500, size=(*cshape[:2], 2, 16, 8)), axis=2).astype(np.float32)
+        constants["gain_threshold"] = (("module", "cell", "threshold", "slow_scan", "fast_scan"), levels)
+    return det, constants
+
+
+def _reference(det: xr.Dataset, constants: xr.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Offset correction by whole-array fancy indexing: (float32 values, uint8 stage)."""
+    raw = det["image.data"].values
+    cells = det["cellId"].values[..., None, None]
+    where = np.searchsorted(constants.cell.values, cells)
+    known = (cells >= 0) & (where < constants.sizes["cell"])
+    known &= constants.cell.values[np.minimum(where, constants.sizes["cell"] - 1)] == cells
+    cell = np.where(known, where, 0)
+    module = np.arange(det.sizes["module"])[:, None, None]
+    n_stages = constants.sizes["gain_stage"]
+    if det.attrs["kind"] == "LPD1M":
+        signal, stage = raw & 0x0FFF, (raw >> 12).astype(np.int64)
+    else:
+        signal, stage = raw[:, :, :, 0], np.zeros(raw[:, :, :, 0].shape, np.int64)
+        if "gain_threshold" in constants:
+            # (..., threshold, ss, fs) per frame
+            thresholds = constants["gain_threshold"].values[module[:, 0, 0], cell[..., 0, 0]]
+            stage = sum((raw[:, :, :, 1] > thresholds[..., t, :, :]).astype(np.int64) for t in range(n_stages - 1))
+    valid = known & (stage < n_stages)
+    s = np.minimum(stage, n_stages - 1)
+    ss, fs = np.indices(signal.shape[-2:])
+    offset = constants["offset"].values[module, cell, s, ss, fs]
+    bad = constants["bad_pixels"].values[module, cell, s, ss, fs]
+    values = np.where(valid & ~bad, signal.astype(np.float32) - offset, np.float32(np.nan)).astype(np.float32)
+    return values, np.where(valid, stage, INVALID).astype(np.uint8)
+
+
+@pytest.mark.parametrize("kind", ["AGIPD1M-1", "AGIPD1M", "LPD1M"])
+@pytest.mark.parametrize("chunks", [None, {"module": 1}, {"trainId": 1, "module": 2}])
+def test_calibrate_equals_whole_array_fancy_indexing(kind, chunks):
+    det, constants = _raw(kind)
+    values, stage = _reference(det, constants)
+    out = analysis.calibrate(det if chunks is None else det.chunk(chunks), constants)
+    assert out["image.data"].dims == DIMS and out["image.data"].dtype == np.float32
+    got = out["image.data"].values
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, values)
+    np.testing.assert_array_equal(out["present"].values, det["present"].values[..., None, None] & np.isfinite(values))
+    if kind == "AGIPD1M-1":
+        assert "image.gain" not in out
+    else:
+        np.testing.assert_array_equal(out["image.gain"].values, stage)
+    assert np.isnan(values).any() and np.isfinite(values).any()
+
+
+def test_calibrate_on_dask_writes_one_array(no_concatenation):
+    det, constants = _raw("AGIPD1M-1")
+    values, _ = _reference(det, constants)
+    got = analysis.calibrate(det.chunk({"module": 1}), constants)["image.data"].values
+    np.testing.assert_array_equal(got, values)
+    assert got.base is None
+
+
+def test_calibrate_frames_in_odd_layouts_equal_the_reference():
+    det, constants = _raw("AGIPD1M-1")
+    values, _ = _reference(det, constants)
+    turned = det.transpose("module", "pulseId", "trainId", ...)  # frames of a block not evenly spaced
+    got = analysis.calibrate(turned.chunk({"module": 2}), constants)["image.data"].transpose(*DIMS).values
+    np.testing.assert_array_equal(got, values)
+    got = analysis.calibrate(turned, constants)["image.data"].transpose(*DIMS).values
+    np.testing.assert_array_equal(got, values)

@@ -1,0 +1,71 @@
+"""Blocks written straight into one output array (xfeldata.into) and its hand-over by FreshArray."""
+
+from __future__ import annotations
+
+import pickle
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+
+from xfeldata import into
+from xfeldata.arrays import FreshArray
+
+
+def _double(block, out=None):
+    return np.multiply(block, 2, out=out)
+
+
+def _doubled(x: da.Array) -> da.Array:
+    return into.written_into(_double, [x], x.chunks, x.dtype, cls=FreshArray)
+
+
+@pytest.fixture
+def no_concatenation(monkeypatch):
+    """dask's final concatenation of the blocks fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("dask concatenated the blocks")
+    monkeypatch.setattr(dask.array.core, "concatenate3", refuse)
+
+
+@pytest.mark.parametrize("chunks", [(2, 6), (6, 2), (2, 3)])
+def test_a_computed_array_is_its_blocks_written_into_one_array(chunks, no_concatenation):
+    x = da.from_array(np.arange(36.0).reshape(6, 6), chunks=chunks)
+    doubled = _doubled(x)
+    for scheduler in ("threads", "sync"):
+        with dask.config.set(scheduler=scheduler):
+            values = doubled.compute()
+            np.testing.assert_array_equal(values, np.arange(36.0).reshape(6, 6) * 2)
+            assert values.base is None and values.flags.c_contiguous  # one new array, not a view
+            assert not np.shares_memory(values, doubled.compute())  # a new one every time
+
+
+def test_as_an_input_or_in_part_its_blocks_are_new_memory_as_usual():
+    x = da.from_array(np.arange(36.0).reshape(6, 6), chunks=(2, 3))
+    doubled = _doubled(x)
+    expected = np.arange(36.0).reshape(6, 6) * 2
+    np.testing.assert_array_equal((doubled + 1).compute(), expected + 1)
+    np.testing.assert_array_equal(doubled[1:5, 2:].compute(), expected[1:5, 2:])
+    assert float(doubled.sum().compute()) == expected.sum()
+    both, plus = dask.compute(doubled, doubled + 1)
+    np.testing.assert_array_equal(both, expected)
+    np.testing.assert_array_equal(plus, expected + 1)
+    np.testing.assert_array_equal(dask.compute(doubled, optimize_graph=False)[0], expected)
+
+
+def test_a_copy_in_another_process_has_no_place_for_blocks():
+    output = into.OneArray(((2, 2), (3,)), np.float64)
+    assert output.block((1, 0)).shape == (2, 3)
+    assert pickle.loads(pickle.dumps(output)).block((1, 0)) is None
+    x = da.from_array(np.arange(12.0).reshape(4, 3), chunks=(2, 3))
+    np.testing.assert_array_equal(_doubled(x).compute(scheduler="processes"), np.arange(12.0).reshape(4, 3) * 2)
+
+
+def test_blocks_that_do_not_tile_their_array_in_place_are_concatenated():
+    whole = np.arange(12.0).reshape(4, 3).copy()  # an array of its own, as OneArray allocates
+    chunks = ((2, 2), (3,))
+    assert into.tiled_base([[whole[:2]], [whole[2:]]], chunks) is whole
+    assert into.tiled_base([[whole[2:]], [whole[:2]]], chunks) is None      # swapped
+    assert into.tiled_base([[whole[:2].copy()], [whole[2:]]], chunks) is None  # not all views of it
+    assert into.tiled_base([[whole[:2]], [whole[2:]]], ((2, 1), (3,))) is None  # not its shape

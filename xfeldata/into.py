@@ -1,0 +1,196 @@
+"""Blocks of a dask array computed straight into one output array, with no concatenation.
+
+Computing a dask array of many chunks makes every task put its block in new
+memory and then copies all blocks into the result (dask's final
+concatenation): one more write of the whole result.  An array built by
+:func:`written_into` has block tasks that can write into a view of one array
+instead.  When such an array is itself computed (``.values``, ``.compute()``),
+:func:`into_one` rewrites its block tasks to write into one new array,
+allocated by the first of them, and the result is that array
+(:class:`~xfeldata.arrays.FreshArray` hands it over).  Used as the input of
+other computations, the blocks are new memory as for any dask array.
+
+The array is shared by the tasks of one computation only: it is created by a
+task of that computation, and a copy sent to another process (the
+``processes`` or distributed schedulers) writes nothing, so there every block
+is new memory and dask concatenates as usual.
+
+Examples
+--------
+>>> x = da.arange(6, chunks=2)
+>>> doubled = written_into(lambda b, out=None: np.multiply(b, 2, out=out), [x], x.chunks, x.dtype)
+>>> doubled.compute().tolist()
+[0, 2, 4, 6, 8, 10]
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from functools import partial
+from itertools import product
+from typing import Any
+
+import dask.array as da
+import numpy as np
+from dask.base import tokenize
+from dask.core import flatten
+from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+
+
+class WritesInto:
+    """The block function of a :func:`written_into` array.
+
+    ``fn(*blocks, out=None)`` returns the block in new memory, or, given
+    ``out`` (a view of the block's place in the output, maybe not
+    contiguous), fills every element of it and returns it.
+    """
+
+    def __init__(self, fn: Callable[..., np.ndarray], chunks: tuple[tuple[int, ...], ...], dtype: Any):
+        self.fn, self.chunks, self.dtype = fn, chunks, np.dtype(dtype)
+
+    def __call__(self, *blocks: Any) -> np.ndarray:
+        return self.fn(*blocks, out=None)
+
+    def into(self, output: OneArray, *blocks: Any, index: tuple[int, ...]) -> np.ndarray:
+        """The block at ``index`` written into its place in ``output`` (new memory if it has none here)."""
+        return self.fn(*blocks, out=output.block(index))
+
+    def __dask_tokenize__(self) -> tuple:
+        return ("xfeldata.WritesInto", tokenize(self.fn), self.chunks, str(self.dtype))
+
+
+class OneArray:
+    """The output array of one computation: allocated by the first block that asks for its place.
+
+    A copy in another process has no place for any block (:meth:`block` gives None).
+    """
+
+    def __init__(self, chunks: tuple[tuple[int, ...], ...], dtype: Any, local: bool = True):
+        self.chunks, self.dtype = chunks, np.dtype(dtype)
+        self._lock = threading.Lock() if local else None
+        self._array: np.ndarray | None = None
+
+    def block(self, index: tuple[int, ...]) -> np.ndarray | None:
+        if self._lock is None:
+            return None
+        with self._lock:
+            if self._array is None:
+                self._array = np.empty(tuple(sum(c) for c in self.chunks), self.dtype)
+        return self._array[block_slices(self.chunks, index)]
+
+    def __reduce__(self) -> tuple:
+        return OneArray, (self.chunks, self.dtype, False)
+
+
+def block_slices(chunks: tuple[tuple[int, ...], ...], index: tuple[int, ...]) -> tuple[slice, ...]:
+    """The place of the block at ``index`` in an array of ``chunks``.
+
+    >>> block_slices(((2, 2, 1), (3,)), (1, 0))
+    (slice(2, 4, None), slice(0, 3, None))
+    """
+    starts = (sum(c[:i]) for c, i in zip(chunks, index, strict=True))
+    return tuple(slice(s, s + c[i]) for s, c, i in zip(starts, chunks, index, strict=True))
+
+
+def written_into(fn: Callable[..., np.ndarray], inputs: Sequence[da.Array],
+                 chunks: tuple[tuple[int, ...], ...], dtype: Any,
+                 blocks_of: Callable[[tuple[int, ...]], Sequence[tuple[int, ...]]] | None = None,
+                 cls: type[da.Array] = da.Array) -> da.Array:
+    """A dask array of ``chunks`` whose block at ``index`` is ``fn(*blocks, out=None)``.
+
+    ``blocks_of(index)`` gives, per input, the index of its block that goes
+    into the output block at ``index`` (default: the same index).  The array
+    is of class ``cls``; only a :class:`~xfeldata.arrays.FreshArray` computes
+    its blocks straight into one array (:func:`into_one`).
+    """
+    name = "xfeldata-into-" + tokenize(fn, chunks, str(np.dtype(dtype)), *(a.name for a in inputs))
+    writer = WritesInto(fn, chunks, dtype)
+    graph: dict = {}
+    for index in product(*(range(len(c)) for c in chunks)):
+        picked = blocks_of(index) if blocks_of is not None else [index] * len(inputs)
+        graph[(name, *index)] = (writer, *(_block(a, b) for a, b in zip(inputs, picked, strict=True)))
+    hlg = HighLevelGraph.from_collections(name, graph, dependencies=list(inputs))
+    return cls(hlg, name, chunks, dtype=dtype, meta=np.empty((0,) * len(chunks), dtype))
+
+
+def _block(a: da.Array, index: tuple[int, ...]) -> Any:
+    """The key of block ``index`` of ``a``, or the block itself where ``a``'s graph holds it as
+    data (a numpy array in memory): then no task of the graph has to hand it over."""
+    key = (a.name, *index)
+    layer = a.dask.layers.get(a.name)
+    value = layer.mapping.get(key) if isinstance(layer, MaterializedLayer) else None
+    value = getattr(value, "value", value) if type(value).__name__ == "DataNode" else value
+    return value if isinstance(value, np.ndarray) else key
+
+
+def into_one(dsk: Any, keys: Any) -> Any:
+    """``dsk`` with the block tasks of each :func:`written_into` array whose blocks are all in
+    ``keys`` writing into one :class:`OneArray` (a task of their layer)."""
+    if not isinstance(dsk, HighLevelGraph):
+        return dsk
+    wanted: dict[str, set] = {}
+    for key in _with_finalized(dsk, keys):
+        if isinstance(key, tuple) and key and isinstance(key[0], str):
+            wanted.setdefault(key[0], set()).add(key)
+    layers = None
+    for name, asked in wanted.items():
+        layer = dsk.layers.get(name)
+        if not isinstance(layer, MaterializedLayer):
+            continue
+        task = layer.mapping.get(next(iter(asked)))
+        if not (isinstance(task, tuple) and task and isinstance(task[0], WritesInto)):
+            continue
+        writer = task[0]
+        if len(asked) != int(np.prod([len(c) for c in writer.chunks])) or len(asked) < 2:
+            continue  # a part of the array, or one block (handed over as it is anyway)
+        output = f"{name}-output"
+        mapping = {output: (partial(OneArray, writer.chunks, writer.dtype),)}
+        for key, (_, *args) in layer.mapping.items():
+            mapping[key] = (partial(writer.into, index=key[1:]), output, *args)
+        layers = dict(dsk.layers) if layers is None else layers
+        layers[name] = MaterializedLayer(mapping, annotations=layer.annotations)
+    return dsk if layers is None else HighLevelGraph(layers, dsk.dependencies)
+
+
+def _with_finalized(dsk: HighLevelGraph, keys: Any) -> list:
+    """``keys``, and the keys that a requested task of a one-task layer takes (dask computes a
+    collection by a task of its own that finalizes the collection's blocks)."""
+    out = []
+    for key in flatten(keys):
+        out.append(key)
+        layer = dsk.layers.get(key if isinstance(key, str) else None)
+        if isinstance(layer, MaterializedLayer) and len(layer.mapping) == 1:
+            out.extend(getattr(layer.mapping.get(key), "dependencies", ()))
+    return out
+
+
+def _root(a: np.ndarray) -> np.ndarray:
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+def tiled_base(results: Any, chunks: tuple[tuple[int, ...], ...]) -> np.ndarray | None:
+    """The array that the blocks ``results`` (nested lists, in block order) are views of, if they
+    tile all of it in place (as :func:`into_one` writes them); else None.
+
+    >>> whole = np.zeros((4, 3))
+    >>> tiled_base([[whole[:2]], [whole[2:]]], ((2, 2), (3,))) is whole
+    True
+    >>> tiled_base([[whole[2:]], [whole[:2]]], ((2, 2), (3,))) is None
+    True
+    """
+    parts = list(flatten(results))
+    if len(parts) < 2 or len(parts) != int(np.prod([len(c) for c in chunks])) \
+            or not all(isinstance(p, np.ndarray) for p in parts):
+        return None
+    base = _root(parts[0])
+    if base.base is not None or base.shape != tuple(sum(c) for c in chunks) or base.dtype != parts[0].dtype:
+        return None
+    for part, index in zip(parts, product(*(range(len(c)) for c in chunks)), strict=True):
+        place = base[block_slices(chunks, index)]
+        if _root(part) is not base or part.shape != place.shape or part.strides != place.strides \
+                or part.__array_interface__["data"][0] != place.__array_interface__["data"][0]:
+            return None
+    return base
