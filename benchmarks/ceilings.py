@@ -299,14 +299,22 @@ def threaded_decode_reader(rows: list[Rows], workers: int | None = None,
     return _pooled(pool, lambda batch: [one(piece) for piece in batch], batches, fds, op)
 
 
-def memcpy(nbytes: int) -> tuple[Callable[[], None], Callable[[], None], int]:
-    """numpy copy of ``nbytes`` between two preallocated arrays (memory bandwidth)."""
+def memcpy(nbytes: int, threads: int = 1) -> tuple[Callable[[], None], Callable[[], None], int]:
+    """numpy copy of ``nbytes`` between two preallocated arrays (memory bandwidth), on
+    ``threads`` threads, each copying one contiguous part (numpy releases the GIL)."""
     src = np.ones(nbytes, np.uint8)
     dst = np.empty_like(src)
+    if threads == 1:
+        def copy() -> None:
+            np.copyto(dst, src)
+        return copy, lambda: None, nbytes
+    edges = [nbytes * i // threads // 4096 * 4096 for i in range(threads)] + [nbytes]
+    parts = [slice(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    pool = ThreadPoolExecutor(threads)
 
-    def copy() -> None:
-        np.copyto(dst, src)
-    return copy, lambda: None, nbytes
+    def copy_threads() -> None:
+        list(pool.map(lambda part: np.copyto(dst[part], src[part]), parts))
+    return copy_threads, pool.shutdown, nbytes
 
 
 def pread_sum_reader(rows: list[Rows], workers: int | None = None, slab_rows: int = 64
