@@ -183,3 +183,54 @@ def test_calibrate_frames_in_odd_layouts_equal_the_reference():
     np.testing.assert_array_equal(got, values)
     got = analysis.calibrate(turned, constants)["image.data"].transpose(*DIMS).values
     np.testing.assert_array_equal(got, values)
+
+
+# -- dark_constants ---------------------------------------------------------------
+
+
+def _dark_reference(det: xr.Dataset, cell_values: np.ndarray, n_stages: int) -> tuple[np.ndarray, np.ndarray]:
+    """Offset and noise per (module, cell, stage) from all of a module's frames of a cell at once."""
+    raw, cells = det["image.data"].values, det["cellId"].values
+    lpd = det.attrs["kind"] == "LPD1M"
+    pixel = raw.shape[-2:]
+    mean = np.full((raw.shape[2], len(cell_values), n_stages, *pixel), np.nan)
+    noise = mean.copy()
+    for m in range(raw.shape[2]):
+        for i, c in enumerate(cell_values):
+            x = raw[:, :, m][cells[:, :, m] == c]
+            signal = (x & 0x0FFF if lpd else x[:, 0]).astype(np.float64)
+            stage = (x >> 12) if lpd else np.zeros(signal.shape, int)
+            for s in range(n_stages):
+                inside = stage == s
+                xs = np.where(inside, signal, 0.0)
+                n = inside.sum(axis=0)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    mean[m, i, s] = xs.sum(axis=0) / n
+                    noise[m, i, s] = np.sqrt(np.maximum((xs * xs).sum(axis=0) / n - mean[m, i, s] ** 2, 0))
+    return mean.astype(np.float32), noise.astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["AGIPD1M-1", "LPD1M"])
+def test_dark_constants_from_running_sums_equal_all_frames_at_once(kind):
+    det, _ = _raw(kind, n=(6, 5))
+    det["image.data"].values[..., :4] = 5000  # some pixels without noise
+    cell_values = np.unique(det["cellId"].values[det["cellId"].values >= 0])
+    mean, noise = _dark_reference(det, cell_values, 3 if kind == "LPD1M" else 1)
+    for chunks in (None, {"trainId": 1, "module": 1}, {"trainId": 4, "module": 2}):
+        got = analysis.dark_constants(det if chunks is None else det.chunk(chunks)).compute()
+        np.testing.assert_array_equal(got.cell, cell_values)
+        np.testing.assert_array_equal(got["offset"].values, mean)
+        np.testing.assert_array_equal(got["noise"].values, noise)
+        assert got["bad_pixels"].values[..., :4].all()  # noise 0
+
+
+def test_dark_constants_add_each_block_to_one_running_sum_per_module():
+    """No task takes the sums of more than one block: memory holds one sums array per module being
+    summed, not one per block."""
+    det, _ = _raw("LPD1M", n=(6, 5))
+    lazy = analysis.dark_constants(det.chunk({"trainId": 1, "module": 1}))
+    graph = dict(lazy["offset"].data.__dask_graph__())
+    sums = {k for k in graph if str(k).startswith("_cell_sums")}
+    assert len(sums) == 6 * 4  # a task per block
+    for key in graph:  # (summing the blocks' sums at the end would take all of a module's)
+        assert len(dask.core.get_dependencies(graph, key) & sums) <= 1, key

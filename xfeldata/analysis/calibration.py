@@ -29,15 +29,19 @@ def _as_blocks(arr: xr.DataArray) -> da.Array:
 
 
 def _cell_sums(block: np.ndarray, cells: np.ndarray, gain: np.ndarray | None, cell_values: np.ndarray,
-               enc: str) -> np.ndarray:
-    """Sum, sum of squares and count per memory cell (and gain stage) of one module's block of frames.
+               enc: str, into: np.ndarray | None = None) -> np.ndarray:
+    """Sum, sum of squares and count per memory cell (and gain stage) of one module's block of frames,
+    added to ``into`` (the running sums of the module's blocks before it; None: none yet).
 
     ``block`` is ``(*frame dims, 1, *pixel)``, ``cells`` ``(*frame dims, 1)``,
-    ``gain`` (JUNGFRAU's gain key) like ``block`` or None.  Returns ``(3,
-    n_cells, n_stages, *pixel)`` float64: for LPD and JUNGFRAU the stage of
-    every pixel comes from its raw data (:mod:`~xfeldata.analysis.gain`), so
-    the counts are per pixel; otherwise the block is one stage.  Frames whose
-    cell is -1 (missing) are left out.
+    ``gain`` (JUNGFRAU's gain key) like ``block`` or None.  Returns ``into``
+    (or new zeros), ``(3, n_cells, n_stages, *pixel)`` float64: for LPD and
+    JUNGFRAU the stage of every pixel comes from its raw data
+    (:mod:`~xfeldata.analysis.gain`), so the counts are per pixel; otherwise
+    the block is one stage.  Frames whose cell is -1 (missing) are left out.
+    Each cell's sums over the block are added to the running ones as a whole,
+    so the result does not depend on how many blocks the frames came in
+    (integer data: float64 sums are exact).
     """
     pixel = block.shape[cells.ndim:]
     frames = block.reshape(-1, *pixel)
@@ -47,37 +51,46 @@ def _cell_sums(block: np.ndarray, cells: np.ndarray, gain: np.ndarray | None, ce
     valid = (flat >= 0) & (index < len(cell_values))
     valid[valid] = cell_values[index[valid]] == flat[valid]
     n_stages = STAGES.get(enc, 1)
-    out = np.zeros((3, len(cell_values), n_stages, *pixel))
+    out = np.zeros((3, len(cell_values), n_stages, *pixel)) if into is None else into
     for c in np.unique(index[valid]):
         rows = valid & (index == c)
         signal, stage = split(enc, frames[rows], None if gains is None else gains[rows])
         x = signal.astype(np.float64)
         if stage is None:
-            out[0, c, 0], out[1, c, 0], out[2, c, 0] = x.sum(axis=0), (x * x).sum(axis=0), len(x)
+            out[0, c, 0] += x.sum(axis=0)
+            out[1, c, 0] += (x * x).sum(axis=0)
+            out[2, c, 0] += len(x)
             continue
         for s in range(n_stages):
             inside = stage == s
             xs = np.where(inside, x, 0.0)
-            out[0, c, s], out[1, c, s], out[2, c, s] = xs.sum(axis=0), (xs * xs).sum(axis=0), inside.sum(axis=0)
+            out[0, c, s] += xs.sum(axis=0)
+            out[1, c, s] += (xs * xs).sum(axis=0)
+            out[2, c, s] += inside.sum(axis=0)
     return out
 
 
 def _module_sums(data: da.Array, cells: da.Array, gain: da.Array | None, cell_values: np.ndarray,
-                 enc: str) -> list:
-    """Per module (one block column of ``data``), the delayed sum of :func:`_cell_sums` over its blocks."""
+                 enc: str, start: Sequence | None = None) -> list:
+    """Per module (one block column of ``data``), the delayed running sums of :func:`_cell_sums`
+    over its blocks, one block after the other into one array (continuing ``start[m]``, if given).
+
+    Only the running sums and the blocks being added are in memory, not one
+    sums array per block.
+    """
     k = cells.ndim - 1  # the module axis
     data_blocks, cell_blocks = data.to_delayed(), cells.to_delayed()
     gain_blocks = None if gain is None else gain.to_delayed()
     tail = (0,) * (data.ndim - k - 1)
     per_module = []
     for m in range(data.numblocks[k]):
-        parts = []
+        sums = None if start is None else start[m]
         for idx in np.ndindex(*data.numblocks[:k]):
             here = (*idx, m)
-            parts.append(dask.delayed(_cell_sums)(
+            sums = dask.delayed(_cell_sums)(
                 data_blocks[here + tail], cell_blocks[here],
-                None if gain_blocks is None else gain_blocks[here + tail], cell_values, enc))
-        per_module.append(dask.delayed(sum)(parts))
+                None if gain_blocks is None else gain_blocks[here + tail], cell_values, enc, sums)
+        per_module.append(sums)
     return per_module
 
 
@@ -159,9 +172,10 @@ def dark_constants(dark: xr.Dataset | Sequence[xr.Dataset], *,
                              f"{d[MODULE_DIM].values.tolist()}")
         if d.attrs.get("kind") != kind:
             raise ValueError(f"dark runs of different detector kinds: {kind} and {d.attrs.get('kind')}")
-        runs.append(_run_sums(d, enc, cell_values))
-    if enc in STAGES:  # the stages come from the data: the runs add up
-        per_module = [dask.delayed(sum)(list(parts)) for parts in zip(*runs, strict=True)]
+        # the stages come from the data (LPD, JUNGFRAU): every run adds to the same running sums
+        runs.append(_run_sums(d, enc, cell_values, runs[-1] if runs and enc in STAGES else None))
+    if enc in STAGES:
+        per_module = runs[-1]
         n_stages = STAGES[enc]
     else:  # one stage per run
         per_module = [dask.delayed(np.concatenate)(list(parts), axis=2) for parts in zip(*runs, strict=True)]
@@ -203,8 +217,9 @@ def _pixel_shape(arr: xr.DataArray, enc: str) -> tuple[int, ...]:
     return tuple(arr.sizes[d] for d in (*planes, *PIXEL_DIMS))
 
 
-def _run_sums(d: xr.Dataset, enc: str, cell_values: np.ndarray) -> list:
-    """Delayed per-cell sums of each module of one dark run (see :func:`_cell_sums`)."""
+def _run_sums(d: xr.Dataset, enc: str, cell_values: np.ndarray, start: Sequence | None = None) -> list:
+    """Delayed per-cell sums of each module of one dark run (see :func:`_cell_sums`), added to
+    ``start`` (per module: the delayed sums of earlier runs), if given."""
     arr = data_array(d)
     planes = [GAIN_PLANE_DIM] if enc == "agipd" and GAIN_PLANE_DIM in arr.dims else []
     core = [*planes, *PIXEL_DIMS]
@@ -219,7 +234,7 @@ def _run_sums(d: xr.Dataset, enc: str, cell_values: np.ndarray) -> list:
             raise KeyError("the JUNGFRAU dark Dataset has no image.gain variable (its gain key, data.gain)")
         gain = _as_blocks(d["image.gain"].transpose(*arr.dims)).rechunk(data.chunks)
     cell_arr = cells.data if isinstance(cells.data, da.Array) else da.from_array(np.asarray(cells.data))
-    return _module_sums(data, cell_arr.rechunk(data.chunks[:len(lead) + 1]), gain, cell_values, enc)
+    return _module_sums(data, cell_arr.rechunk(data.chunks[:len(lead) + 1]), gain, cell_values, enc, start)
 
 
 #: Frames corrected by one numpy call: calls long enough that a second thread seldom waits for the GIL,
