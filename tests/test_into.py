@@ -11,6 +11,7 @@ import pytest
 
 from xfeldata import into
 from xfeldata.arrays import FreshArray
+from xfeldata.pool import ArrayPool
 
 
 def _double(block, out=None):
@@ -37,8 +38,20 @@ def test_a_computed_array_is_its_blocks_written_into_one_array(chunks, no_concat
         with dask.config.set(scheduler=scheduler):
             values = doubled.compute()
             np.testing.assert_array_equal(values, np.arange(36.0).reshape(6, 6) * 2)
-            assert values.base is None and values.flags.c_contiguous  # one new array, not a view
-            assert not np.shares_memory(values, doubled.compute())  # a new one every time
+            assert values.flags.c_contiguous and values.flags.writeable  # one array (no concatenation)
+            assert not np.shares_memory(values, doubled.compute())  # another one while this one is used
+
+
+def test_the_memory_of_an_output_nothing_uses_is_used_again(monkeypatch):
+    monkeypatch.setattr(into, "_outputs", ArrayPool(keep=2))  # none kept by other tests
+    x = da.from_array(np.arange(36.0).reshape(6, 6), chunks=(2, 3))
+    address = _doubled(x).compute().__array_interface__["data"][0]  # dropped at once
+    again = _doubled(x).compute()
+    assert again.__array_interface__["data"][0] == address
+    np.testing.assert_array_equal(again, np.arange(36.0).reshape(6, 6) * 2)
+    assert not np.shares_memory(again, _doubled(x).compute())  # in use: not again
+    monkeypatch.setenv("XFELDATA_KEEP_BUFFERS", "0")
+    assert _doubled(x).compute().base is None  # new memory, not the pool's
 
 
 def test_as_an_input_or_in_part_its_blocks_are_new_memory_as_usual():
@@ -69,3 +82,7 @@ def test_blocks_that_do_not_tile_their_array_in_place_are_concatenated():
     assert into.tiled_base([[whole[2:]], [whole[:2]]], chunks) is None      # swapped
     assert into.tiled_base([[whole[:2].copy()], [whole[2:]]], chunks) is None  # not all views of it
     assert into.tiled_base([[whole[:2]], [whole[2:]]], ((2, 1), (3,))) is None  # not its shape
+    pooled = np.empty(whole.nbytes, np.uint8)  # ArrayPool's memory of an earlier output
+    typed = pooled.view(whole.dtype).reshape(4, 3)
+    tiled = into.tiled_base([[typed[:2]], [typed[2:]]], chunks)
+    assert tiled.shape == (4, 3) and tiled.dtype == whole.dtype and np.shares_memory(tiled, pooled)

@@ -25,6 +25,7 @@ Examples
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -36,6 +37,8 @@ import numpy as np
 from dask.base import tokenize
 from dask.core import flatten
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+
+from .pool import ArrayPool
 
 
 class WritesInto:
@@ -60,8 +63,33 @@ class WritesInto:
         return ("xfeldata.WritesInto", tokenize(self.fn), self.chunks, str(self.dtype))
 
 
+#: Outputs of at most this many bytes reuse the memory of earlier ones (:func:`new_output`).
+KEEP_BYTES = 2**30
+_outputs = ArrayPool(keep=2)
+
+
+def new_output(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """An uninitialised C-contiguous array for the output of a computation: in the memory of an
+    earlier output of as many bytes that nothing uses any more, where there is one
+    (:class:`~xfeldata.pool.ArrayPool`, two kept), else in new memory.
+
+    New memory of 128 MiB costs about as much as writing it once more (the
+    kernel zeroes each page as it is first written).  Outputs over
+    :data:`KEEP_BYTES` always get new memory, and so does everything with
+    ``XFELDATA_KEEP_BUFFERS=0`` (as for the bridge's buffers).
+
+    >>> new_output((2, 3), np.float32).shape
+    (2, 3)
+    """
+    dtype = np.dtype(dtype)
+    if int(np.prod(shape)) * dtype.itemsize > KEEP_BYTES or os.environ.get("XFELDATA_KEEP_BUFFERS", "1") == "0":
+        return np.empty(shape, dtype)
+    return _outputs.empty(tuple(shape), dtype)
+
+
 class OneArray:
-    """The output array of one computation: allocated by the first block that asks for its place.
+    """The output array of one computation: allocated by the first block that asks for its place
+    (:func:`new_output`).
 
     A copy in another process has no place for any block (:meth:`block` gives None).
     """
@@ -76,7 +104,7 @@ class OneArray:
             return None
         with self._lock:
             if self._array is None:
-                self._array = np.empty(tuple(sum(c) for c in self.chunks), self.dtype)
+                self._array = new_output(tuple(sum(c) for c in self.chunks), self.dtype)
         return self._array[block_slices(self.chunks, index)]
 
     def __reduce__(self) -> tuple:
@@ -185,12 +213,18 @@ def tiled_base(results: Any, chunks: tuple[tuple[int, ...], ...]) -> np.ndarray 
     if len(parts) < 2 or len(parts) != int(np.prod([len(c) for c in chunks])) \
             or not all(isinstance(p, np.ndarray) for p in parts):
         return None
-    base = _root(parts[0])
-    if base.base is not None or base.shape != tuple(sum(c) for c in chunks) or base.dtype != parts[0].dtype:
+    root, shape, dtype = _root(parts[0]), tuple(sum(c) for c in chunks), parts[0].dtype
+    if root.base is not None or not root.flags.c_contiguous or root.nbytes != int(np.prod(shape)) * dtype.itemsize:
+        return None
+    if root.shape == shape and root.dtype == dtype:
+        base = root
+    elif root.ndim == 1 and root.dtype == np.uint8:  # memory of an earlier output (ArrayPool's bytes)
+        base = root.view(dtype).reshape(shape)
+    else:
         return None
     for part, index in zip(parts, product(*(range(len(c)) for c in chunks)), strict=True):
         place = base[block_slices(chunks, index)]
-        if _root(part) is not base or part.shape != place.shape or part.strides != place.strides \
+        if _root(part) is not root or part.shape != place.shape or part.strides != place.strides \
                 or part.__array_interface__["data"][0] != place.__array_interface__["data"][0]:
             return None
     return base
