@@ -234,3 +234,15 @@ def test_dark_constants_add_each_block_to_one_running_sum_per_module():
     assert len(sums) == 6 * 4  # a task per block
     for key in graph:  # (summing the blocks' sums at the end would take all of a module's)
         assert len(dask.core.get_dependencies(graph, key) & sums) <= 1, key
+
+
+def test_outputs_mix_with_other_dask_arrays_in_a_dataset():
+    """xarray refuses to compute Datasets mixing dask array types: the outputs are plain dask arrays."""
+    adu = _adu().chunk({"trainId": 1})
+    both = xr.Dataset({"counts": analysis.photon_count(adu, 60), "lit": analysis.lit_pixels(adu, 100)})
+    assert type(both["counts"].data) is da.Array
+    computed = both.compute()
+    np.testing.assert_array_equal(computed["counts"].values, _counts(adu.values, 60, 0.5))
+    det, constants = _raw("AGIPD1M-1")
+    out = analysis.calibrate(det.chunk({"module": 1}), constants)
+    np.testing.assert_array_equal(out.compute()["image.data"].values, _reference(det, constants)[0])

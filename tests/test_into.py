@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from xfeldata import into
-from xfeldata.arrays import FreshArray
+from xfeldata.arrays import FreshArray, handed_over
 from xfeldata.pool import ArrayPool
 
 
@@ -18,8 +18,10 @@ def _double(block, out=None):
     return np.multiply(block, 2, out=out)
 
 
-def _doubled(x: da.Array) -> da.Array:
-    return into.written_into(_double, [x], x.chunks, x.dtype, cls=FreshArray)
+def _doubled(x: da.Array, fresh: bool = False) -> da.Array:
+    if fresh:
+        return into.written_into(_double, [x], x.chunks, x.dtype, cls=FreshArray)
+    return handed_over(into.written_into(_double, [x], x.chunks, x.dtype))
 
 
 @pytest.fixture
@@ -30,10 +32,11 @@ def no_concatenation(monkeypatch):
     monkeypatch.setattr(dask.array.core, "concatenate3", refuse)
 
 
+@pytest.mark.parametrize("fresh", [False, True])
 @pytest.mark.parametrize("chunks", [(2, 6), (6, 2), (2, 3)])
-def test_a_computed_array_is_its_blocks_written_into_one_array(chunks, no_concatenation):
+def test_a_computed_array_is_its_blocks_written_into_one_array(chunks, fresh, no_concatenation):
     x = da.from_array(np.arange(36.0).reshape(6, 6), chunks=chunks)
-    doubled = _doubled(x)
+    doubled = _doubled(x, fresh)
     for scheduler in ("threads", "sync"):
         with dask.config.set(scheduler=scheduler):
             values = doubled.compute()

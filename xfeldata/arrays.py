@@ -20,6 +20,7 @@ import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import partial
 from itertools import groupby, product
 from typing import Any
 
@@ -553,7 +554,7 @@ class FreshArray(da.Array):
     __slots__ = ()
 
     def __dask_postcompute__(self) -> tuple:
-        return _finalize_fresh, (self.chunks,)
+        return _postcompute_fresh(self.chunks)
 
     @staticmethod
     def __dask_optimize__(dsk: Any, keys: Any, **kwargs: Any) -> Any:
@@ -602,8 +603,21 @@ def _one_task_selection(name: str, grid: BlockGrid, key: Any,
                       meta=np.empty((0,) * len(shape), grid.dtype))
 
 
-def _postcompute_fresh() -> tuple:
-    return _finalize_fresh, ()
+def handed_over(arr: da.Array) -> da.Array:
+    """``arr``, whose chunks are new memory every time they are computed, computed as a
+    :class:`FreshArray` is (blocks written into one array, that array handed over) but still
+    a plain dask array: xarray refuses to compute a Dataset that mixes dask array types.
+
+    >>> type(handed_over(da.ones(4, chunks=2))) is da.Array
+    True
+    """
+    arr.__dask_optimize__ = FreshArray.__dask_optimize__
+    arr.__dask_postcompute__ = partial(_postcompute_fresh, arr.chunks)
+    return arr
+
+
+def _postcompute_fresh(chunks: tuple[tuple[int, ...], ...] | None = None) -> tuple:
+    return _finalize_fresh, (chunks,)
 
 
 def _finalize_fresh(results: Any, chunks: tuple[tuple[int, ...], ...] | None = None) -> Any:

@@ -7,7 +7,7 @@ concatenation): one more write of the whole result.  An array built by
 instead.  When such an array is itself computed (``.values``, ``.compute()``),
 :func:`into_one` rewrites its block tasks to write into one new array,
 allocated by the first of them, and the result is that array
-(:class:`~xfeldata.arrays.FreshArray` hands it over).  Used as the input of
+(:class:`~xfeldata.arrays.FreshArray`, or :func:`~xfeldata.arrays.handed_over`, hands it over).  Used as the input of
 other computations, the blocks are new memory as for any dask array.
 
 The array is shared by the tasks of one computation only: it is created by a
@@ -129,8 +129,9 @@ def written_into(fn: Callable[..., np.ndarray], inputs: Sequence[da.Array],
 
     ``blocks_of(index)`` gives, per input, the index of its block that goes
     into the output block at ``index`` (default: the same index).  The array
-    is of class ``cls``; only a :class:`~xfeldata.arrays.FreshArray` computes
-    its blocks straight into one array (:func:`into_one`).
+    is of class ``cls``; a :class:`~xfeldata.arrays.FreshArray`, or an array
+    given its hand-over (:func:`~xfeldata.arrays.handed_over`), computes its
+    blocks straight into one array (:func:`into_one`).
     """
     name = "xfeldata-into-" + tokenize(fn, chunks, str(np.dtype(dtype)), *(a.name for a in inputs))
     writer = WritesInto(fn, chunks, dtype)

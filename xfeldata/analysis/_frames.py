@@ -11,7 +11,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ..arrays import FreshArray
+from ..arrays import handed_over
 from ..into import written_into
 
 MODULE_DIM = "module"
@@ -127,8 +127,8 @@ def map_frames(kernel: Callable[..., Any], *arrays: Any, core_ndims: Sequence[in
 
 def _written_into(kernel: Callable[..., Any], arrays: Sequence[Any], core_ndims: Sequence[int], n_loop: int,
                   out_core: tuple[int, ...], dtype: Any) -> da.Array:
-    """The one output of :func:`map_frames` (``into=True``) as a :class:`~xfeldata.arrays.FreshArray`
-    of :func:`~xfeldata.into.written_into` blocks: the loop axes' blocks, the core axes whole.
+    """The one output of :func:`map_frames` (``into=True``): :func:`~xfeldata.into.written_into`
+    blocks (the loop axes' blocks, the core axes whole), :func:`~xfeldata.arrays.handed_over`.
 
     Inputs without some leading loop axes get them (length 1) in the task, not as a graph layer.
     """
@@ -144,7 +144,7 @@ def _written_into(kernel: Callable[..., Any], arrays: Sequence[Any], core_ndims:
         return [tuple(i if a.numblocks[ax] > 1 else 0 for ax, i in enumerate(index[pad:n_loop])) + (0,) * n
                 for a, n, pad in zip(inputs, core_ndims, pads, strict=True)]
 
-    return written_into(partial(_padded, kernel, tuple(pads)), inputs, chunks, dtype, blocks_of, cls=FreshArray)
+    return handed_over(written_into(partial(_padded, kernel, tuple(pads)), inputs, chunks, dtype, blocks_of))
 
 
 def _padded(kernel: Callable[..., Any], pads: tuple[int, ...], *blocks: Any, out: Any = None) -> Any:
