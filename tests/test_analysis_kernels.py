@@ -167,12 +167,19 @@ def test_calibrate_equals_whole_array_fancy_indexing(kind, chunks):
     assert np.isnan(values).any() and np.isfinite(values).any()
 
 
-def test_calibrate_on_dask_writes_one_array(no_concatenation):
-    det, constants = _raw("AGIPD1M-1")
-    values, _ = _reference(det, constants)
-    got = analysis.calibrate(det.chunk({"module": 1}), constants)["image.data"].values
+@pytest.mark.parametrize("kind", ["AGIPD1M-1", "AGIPD1M", "LPD1M"])
+def test_calibrate_on_dask_writes_one_array(kind, no_concatenation):
+    det, constants = _raw(kind)
+    values, stage = _reference(det, constants)
+    out = analysis.calibrate(det.chunk({"module": 1}), constants)
+    got = out["image.data"].values
     np.testing.assert_array_equal(got, values)
     assert got.flags.c_contiguous
+    if kind != "AGIPD1M-1":  # frames and stages: either alone, or both in one computation
+        np.testing.assert_array_equal(out["image.gain"].values, stage)
+        both = out[["image.data", "image.gain"]].compute()
+        np.testing.assert_array_equal(both["image.data"].values, values)
+        np.testing.assert_array_equal(both["image.gain"].values, stage)
 
 
 def test_calibrate_frames_in_odd_layouts_equal_the_reference():

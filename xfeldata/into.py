@@ -42,25 +42,45 @@ from .pool import ArrayPool
 
 
 class WritesInto:
-    """The block function of a :func:`written_into` array.
+    """The block function of a :func:`written_into` array (or arrays: one per dtype).
 
     ``fn(*blocks, out=None)`` returns the block in new memory, or, given
     ``out`` (a view of the block's place in the output, maybe not
-    contiguous), fills every element of it and returns it.
+    contiguous), fills every element of it and returns it.  With several
+    outputs, ``out`` is a tuple (an entry per output, None or a view) and so is
+    the result.
     """
 
-    def __init__(self, fn: Callable[..., np.ndarray], chunks: tuple[tuple[int, ...], ...], dtype: Any):
-        self.fn, self.chunks, self.dtype = fn, chunks, np.dtype(dtype)
+    def __init__(self, fn: Callable[..., Any], chunks: tuple[tuple[int, ...], ...], dtypes: Sequence[Any]):
+        self.fn, self.chunks, self.dtypes = fn, chunks, tuple(np.dtype(d) for d in dtypes)
 
-    def __call__(self, *blocks: Any) -> np.ndarray:
-        return self.fn(*blocks, out=None)
+    def __call__(self, *blocks: Any) -> Any:
+        return self.fn(*blocks, out=None if len(self.dtypes) == 1 else (None,) * len(self.dtypes))
 
-    def into(self, output: OneArray, *blocks: Any, index: tuple[int, ...]) -> np.ndarray:
-        """The block at ``index`` written into its place in ``output`` (new memory if it has none here)."""
-        return self.fn(*blocks, out=output.block(index))
+    def into(self, *args: Any, index: tuple[int, ...], which: tuple[int, ...]) -> Any:
+        """The block at ``index`` with outputs ``which`` written into their places in the
+        :class:`OneArray` s that come first in ``args`` (new memory where they have none here)."""
+        out: list = [None] * len(self.dtypes)
+        for j, output in zip(which, args[:len(which)], strict=True):
+            out[j] = output.block(index)
+        blocks = args[len(which):]
+        return self.fn(*blocks, out=out[0] if len(out) == 1 else tuple(out))
 
     def __dask_tokenize__(self) -> tuple:
-        return ("xfeldata.WritesInto", tokenize(self.fn), self.chunks, str(self.dtype))
+        return ("xfeldata.WritesInto", tokenize(self.fn), self.chunks, [str(d) for d in self.dtypes])
+
+
+class Part:
+    """Output ``j`` of the blocks of a :class:`WritesInto` with several outputs (a task's function)."""
+
+    def __init__(self, writer: WritesInto, j: int):
+        self.writer, self.j = writer, j
+
+    def __call__(self, results: tuple) -> np.ndarray:
+        return results[self.j]
+
+    def __dask_tokenize__(self) -> tuple:
+        return ("xfeldata.Part", self.writer.__dask_tokenize__(), self.j)
 
 
 #: Outputs of at most this many bytes reuse the memory of earlier ones (:func:`new_output`).
@@ -121,26 +141,39 @@ def block_slices(chunks: tuple[tuple[int, ...], ...], index: tuple[int, ...]) ->
     return tuple(slice(s, s + c[i]) for s, c, i in zip(starts, chunks, index, strict=True))
 
 
-def written_into(fn: Callable[..., np.ndarray], inputs: Sequence[da.Array],
+def written_into(fn: Callable[..., Any], inputs: Sequence[da.Array],
                  chunks: tuple[tuple[int, ...], ...], dtype: Any,
                  blocks_of: Callable[[tuple[int, ...]], Sequence[tuple[int, ...]]] | None = None,
-                 cls: type[da.Array] = da.Array) -> da.Array:
+                 cls: type[da.Array] = da.Array) -> Any:
     """A dask array of ``chunks`` whose block at ``index`` is ``fn(*blocks, out=None)``.
 
     ``blocks_of(index)`` gives, per input, the index of its block that goes
     into the output block at ``index`` (default: the same index).  The array
     is of class ``cls``; a :class:`~xfeldata.arrays.FreshArray`, or an array
     given its hand-over (:func:`~xfeldata.arrays.handed_over`), computes its
-    blocks straight into one array (:func:`into_one`).
+    blocks straight into one array (:func:`into_one`).  ``dtype`` a list: ``fn``
+    has as many outputs (see :class:`WritesInto`), and the result is a tuple of
+    arrays, one per output, each of them written into one array when computed whole.
     """
-    name = "xfeldata-into-" + tokenize(fn, chunks, str(np.dtype(dtype)), *(a.name for a in inputs))
-    writer = WritesInto(fn, chunks, dtype)
+    dtypes = list(dtype) if isinstance(dtype, list | tuple) else [dtype]
+    name = "xfeldata-into-" + tokenize(fn, chunks, [str(np.dtype(d)) for d in dtypes], *(a.name for a in inputs))
+    writer = WritesInto(fn, chunks, dtypes)
     graph: dict = {}
-    for index in product(*(range(len(c)) for c in chunks)):
+    indices = list(product(*(range(len(c)) for c in chunks)))
+    for index in indices:
         picked = blocks_of(index) if blocks_of is not None else [index] * len(inputs)
         graph[(name, *index)] = (writer, *(_block(a, b) for a, b in zip(inputs, picked, strict=True)))
     hlg = HighLevelGraph.from_collections(name, graph, dependencies=list(inputs))
-    return cls(hlg, name, chunks, dtype=dtype, meta=np.empty((0,) * len(chunks), dtype))
+    if not isinstance(dtype, list | tuple):
+        return cls(hlg, name, chunks, dtype=dtype, meta=np.empty((0,) * len(chunks), dtype))
+    blocks = da.Array(hlg, name, chunks, dtype=dtypes[0], meta=np.empty((0,) * len(chunks), dtypes[0]))
+    parts = []
+    for j, dt in enumerate(dtypes):
+        part = f"{name}-{j}"
+        layer = {(part, *index): (Part(writer, j), (name, *index)) for index in indices}
+        parts.append(cls(HighLevelGraph.from_collections(part, layer, dependencies=[blocks]), part, chunks,
+                         dtype=dt, meta=np.empty((0,) * len(chunks), dt)))
+    return tuple(parts)
 
 
 def _block(a: da.Array, index: tuple[int, ...]) -> Any:
@@ -154,29 +187,39 @@ def _block(a: da.Array, index: tuple[int, ...]) -> Any:
 
 
 def into_one(dsk: Any, keys: Any) -> Any:
-    """``dsk`` with the block tasks of each :func:`written_into` array whose blocks are all in
-    ``keys`` writing into one :class:`OneArray` (a task of their layer)."""
+    """``dsk`` with the block tasks of each :func:`written_into` array (or output of one) whose
+    blocks are all in ``keys`` writing into one :class:`OneArray` (a task of their layer)."""
     if not isinstance(dsk, HighLevelGraph):
         return dsk
     wanted: dict[str, set] = {}
     for key in _with_finalized(dsk, keys):
         if isinstance(key, tuple) and key and isinstance(key[0], str):
             wanted.setdefault(key[0], set()).add(key)
-    layers = None
+    plans: dict[str, set[int]] = {}  # the layer of WritesInto tasks -> its outputs computed whole
     for name, asked in wanted.items():
+        layer = dsk.layers.get(name)
+        task = layer.mapping.get(next(iter(asked))) if isinstance(layer, MaterializedLayer) else None
+        if not (isinstance(task, tuple) and task and isinstance(task[0], WritesInto | Part)):
+            continue
+        writer = task[0] if isinstance(task[0], WritesInto) else task[0].writer
+        if len(asked) != int(np.prod([len(c) for c in writer.chunks])) or len(asked) < 2:
+            continue  # a part of the array, or one block (handed over as it is anyway)
+        if isinstance(task[0], WritesInto):
+            if len(writer.dtypes) == 1:
+                plans.setdefault(name, set()).add(0)
+        else:
+            plans.setdefault(task[1][0], set()).add(task[0].j)
+    layers = None
+    for name, which in plans.items():
         layer = dsk.layers.get(name)
         if not isinstance(layer, MaterializedLayer):
             continue
-        task = layer.mapping.get(next(iter(asked)))
-        if not (isinstance(task, tuple) and task and isinstance(task[0], WritesInto)):
-            continue
-        writer = task[0]
-        if len(asked) != int(np.prod([len(c) for c in writer.chunks])) or len(asked) < 2:
-            continue  # a part of the array, or one block (handed over as it is anyway)
-        output = f"{name}-output"
-        mapping = {output: (partial(OneArray, writer.chunks, writer.dtype),)}
+        writer = next(iter(layer.mapping.values()))[0]
+        outputs = [f"{name}-output-{j}" for j in sorted(which)]
+        mapping = {out: (partial(OneArray, writer.chunks, writer.dtypes[j]),)
+                   for out, j in zip(outputs, sorted(which), strict=True)}
         for key, (_, *args) in layer.mapping.items():
-            mapping[key] = (partial(writer.into, index=key[1:]), output, *args)
+            mapping[key] = (partial(writer.into, index=key[1:], which=tuple(sorted(which))), *outputs, *args)
         layers = dict(dsk.layers) if layers is None else layers
         layers[name] = MaterializedLayer(mapping, annotations=layer.annotations)
     return dsk if layers is None else HighLevelGraph(layers, dsk.dependencies)

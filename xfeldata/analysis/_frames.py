@@ -79,10 +79,10 @@ def map_frames(kernel: Callable[..., Any], *arrays: Any, core_ndims: Sequence[in
     the blocks reach ``kernel`` as they are: each core axis of an input is kept
     in the output as a length-1 axis and dropped afterwards by a view.
 
-    ``into=True`` (one output): ``kernel`` also takes ``out=`` (None, or the
-    block's place in the output, maybe not contiguous, to fill and return),
-    and the result, computed whole, is written straight into one array
-    (:func:`xfeldata.into.written_into`).
+    ``into=True``: ``kernel`` also takes ``out=`` (None, or the block's place
+    in the output, maybe not contiguous, to fill and return; with several
+    outputs a tuple of those), and each output, computed whole, is written
+    straight into one array (:func:`xfeldata.into.written_into`).
 
     >>> x = da.ones((4, 3), chunks=(2, 3))
     >>> map_frames(lambda b: b.sum(axis=-1, keepdims=True), x, core_ndims=[1], out_core=(1,),
@@ -90,8 +90,9 @@ def map_frames(kernel: Callable[..., Any], *arrays: Any, core_ndims: Sequence[in
     [3.0, 3.0, 3.0, 3.0]
     """
     n_loop = max(a.ndim - n for a, n in zip(arrays, core_ndims, strict=True))
-    if into and len(dtypes) == 1 and any(isinstance(a, da.Array) for a in arrays):
-        return _written_into(partial(kernel, **kwargs), arrays, core_ndims, n_loop, out_core, dtypes[0])
+    if into and any(isinstance(a, da.Array) for a in arrays):
+        return _written_into(partial(kernel, **kwargs), arrays, core_ndims, n_loop, out_core,
+                             dtypes[0] if len(dtypes) == 1 else list(dtypes))
     # xarray leaves out leading broadcast axes: put them back (length 1)
     arrays = tuple(a if a.ndim == n_loop + n else a[(None,) * (n_loop + n - a.ndim)]
                    for a, n in zip(arrays, core_ndims, strict=True))
@@ -126,9 +127,10 @@ def map_frames(kernel: Callable[..., Any], *arrays: Any, core_ndims: Sequence[in
 
 
 def _written_into(kernel: Callable[..., Any], arrays: Sequence[Any], core_ndims: Sequence[int], n_loop: int,
-                  out_core: tuple[int, ...], dtype: Any) -> da.Array:
-    """The one output of :func:`map_frames` (``into=True``): :func:`~xfeldata.into.written_into`
-    blocks (the loop axes' blocks, the core axes whole), :func:`~xfeldata.arrays.handed_over`.
+                  out_core: tuple[int, ...], dtype: Any) -> Any:
+    """The output(s) of :func:`map_frames` (``into=True``; ``dtype`` a list: several):
+    :func:`~xfeldata.into.written_into` blocks (the loop axes' blocks, the core axes whole),
+    each output :func:`~xfeldata.arrays.handed_over`.
 
     Inputs without some leading loop axes get them (length 1) in the task, not as a graph layer.
     """
@@ -144,7 +146,8 @@ def _written_into(kernel: Callable[..., Any], arrays: Sequence[Any], core_ndims:
         return [tuple(i if a.numblocks[ax] > 1 else 0 for ax, i in enumerate(index[pad:n_loop])) + (0,) * n
                 for a, n, pad in zip(inputs, core_ndims, pads, strict=True)]
 
-    return handed_over(written_into(partial(_padded, kernel, tuple(pads)), inputs, chunks, dtype, blocks_of))
+    out = written_into(partial(_padded, kernel, tuple(pads)), inputs, chunks, dtype, blocks_of)
+    return tuple(handed_over(o) for o in out) if isinstance(out, tuple) else handed_over(out)
 
 
 def _padded(kernel: Callable[..., Any], pads: tuple[int, ...], *blocks: Any, out: Any = None) -> Any:

@@ -290,7 +290,8 @@ def _correct(data: np.ndarray, cells: np.ndarray, offset: np.ndarray,
     gain key.  Returns the float32 frames and, where the gain stage was looked
     up (AGIPD with thresholds, LPD, JUNGFRAU), the uint8 stage of every pixel
     (:data:`~xfeldata.analysis.gain.INVALID` where it is not one of the constants').
-    The frames go to ``out`` (float32 ``(*loop dims, ss, fs)``, maybe a view) or a new array.
+    The frames go to ``out`` (float32 ``(*loop dims, ss, fs)``, maybe a view) or a new array;
+    where stages are looked up, ``out`` is a pair: (frames or None, stages or None).
 
     The offset of each (module, cell) the block uses is merged with its bad
     pixels (NaN) once, and the frames of one (module, cell) are corrected
@@ -311,12 +312,15 @@ def _correct(data: np.ndarray, cells: np.ndarray, offset: np.ndarray,
     inside = (flat_cells >= 0) & (flat_cells < len(cell_lut))
     cell_index = np.where(inside, cell_lut[np.clip(flat_cells, 0, len(cell_lut) - 1)], -1)
     staged = threshold is not None or enc in STAGES
-    given = out
-    out = np.empty((*lead, *pixel), np.float32) if out is None else out
+    given, given_stages = out if isinstance(out, tuple) else (out, None)
+    out = np.empty((*lead, *pixel), np.float32) if given is None else given
     frames, corrected = _frames(data, len(lead)), _merged(out, len(lead))
     if corrected is None:  # an output view whose frames do not line up: a new array, copied to it at the end
         corrected = np.empty((len(frames), *pixel), np.float32)
-    stages = np.empty((len(frames), *pixel), np.uint8) if staged else None
+    stages = None
+    if staged:
+        stages = None if given_stages is None else _merged(given_stages, len(lead))
+        stages = np.empty((len(frames), *pixel), np.uint8) if stages is None else stages
     nan = np.float32(np.nan)
     order = np.lexsort((cell_index, mods))  # by (module, cell), frames in order within each
     group = mods[order] * (n_cells + 1) + cell_index[order] + 1
@@ -358,7 +362,11 @@ def _correct(data: np.ndarray, cells: np.ndarray, offset: np.ndarray,
     if not staged:
         return out
     stages[stages >= n_stages] = INVALID
-    return out, stages.reshape(*lead, *pixel)
+    if given_stages is None:
+        return out, stages.reshape(*lead, *pixel)
+    if not np.shares_memory(stages, given_stages):
+        np.copyto(given_stages, stages.reshape(given_stages.shape))
+    return out, given_stages
 
 
 def _frames(a: np.ndarray, k: int) -> np.ndarray:
