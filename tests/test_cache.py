@@ -130,6 +130,7 @@ def _same_run(a, b):
             ma, mb = a.rows(source, group), b.rows(source, group)
             for field in ("train_ids", "file_no", "first", "count"):
                 np.testing.assert_array_equal(getattr(ma, field), getattr(mb, field))
+                assert getattr(ma, field).dtype == getattr(mb, field).dtype  # stored narrow, widened back
 
 
 def test_opening_again_neither_indexes_nor_combines_the_files(run_copy, user_cache, monkeypatch):

@@ -83,7 +83,7 @@ class CachedFiles(Sequence[FileIndex]):
         if self._indexed is None:  # the cache is missing, damaged or stale: index through it once
             self._indexed, changed = index_through(self._bundle, self._paths)
             if changed is not None:
-                write_bundle(self._directory, changed, self._bundle.extras)
+                write_bundle(self._directory, changed, _without_states(self._bundle.extras))
         fi = self._indexed[path]
         if isinstance(fi, FileFormatError):
             raise fi
@@ -93,6 +93,11 @@ class CachedFiles(Sequence[FileIndex]):
 
     def __len__(self) -> int:
         return len(self._paths)
+
+
+def _without_states(extras: dict[str, Any]) -> dict[str, Any]:
+    """Extras of the files' index cache but run states (kept there by earlier versions)."""
+    return {k: v for k, v in extras.items() if not k.startswith(_PREFIX)}
 
 
 def _state_name(paths: Sequence[str], inc_suspect_trains: bool) -> str:
@@ -166,7 +171,7 @@ def run_files(paths: Iterable[str | os.PathLike], *, inc_suspect_trains: bool = 
     files = checked_outcomes([outcomes[p] for p in paths], strict, stacklevel=3)
     combined = RunFiles(files, inc_suspect_trains, stacklevel=5)
     if changed is not None:
-        write_bundle(directory, changed, bundle.extras)
+        write_bundle(directory, changed, _without_states(bundle.extras))
     if len(files) == len(paths) and stamps is not None and \
             all([fi.size, fi.mtime, fi.inode] == s for fi, s in zip(combined.files, stamps, strict=True)):
         header, arrays = combined.state()
