@@ -229,6 +229,25 @@ def test_a_file_changed_in_place_while_open_raises_naming_it(small_run, damage):
         np.asarray(run.detector(dask=False)["image.data"])
 
 
+def test_readers_kept_with_an_open_file_are_not_used_for_a_changed_file(small_run):
+    # trains() keeps one reader per dataset with the open file (where its rows are):
+    # a file replaced since must not be read through them
+    run = xd.open_run(small_run)
+    devices = {XGM: {IXPOS}}
+    before = [d[XGM][f"{IXPOS}.value"] for _, d in run.trains(devices=devices)]  # files stay open
+    victim, changed = small_run / DA01, small_run / "changed.tmp"
+    shutil.copyfile(victim, changed)
+    with h5py.File(changed, "r+") as f:
+        f[f"CONTROL/{XGM}/{IXPOS.replace('.', '/')}/value"][...] *= -1
+    os.replace(changed, victim)
+    reopened = xd.open_run(small_run)
+    try:
+        after = [d[XGM][f"{IXPOS}.value"] for _, d in reopened.trains(devices=devices)]
+    except FileChangedError:  # the handle cache still held the old file: it is dropped now
+        after = [d[XGM][f"{IXPOS}.value"] for _, d in reopened.trains(devices=devices)]
+    assert after == [-b for b in before] and any(before)
+
+
 def test_the_xarray_engine_does_not_read_a_replaced_file(small_run, slow_only_run):
     ds = xr.open_dataset(small_run, engine="xfeldata", source=XGM)
     shutil.copyfile(slow_only_run / DA01, small_run / "foreign.tmp")

@@ -129,8 +129,8 @@ class _KeyReader:
         path = fi.path
         entry = leases.enter_context(handles.use(path, (fi.size, fi.mtime, fi.inode)))
         if ds is None or ds.entry is not entry:  # new, or the cache reopened the file
-            try:
-                ds = _Rows(entry, info, path)
+            try:  # one reader per dataset and open file, kept for later iterations too
+                ds = entry.memo((_Rows, info.path, info.shape), lambda: _Rows(entry, info, path))
             except KeyError:
                 handles.forget(path)
                 raise OSError(f"{path}: dataset {info.path} ({self.source} {self.key}) "
