@@ -18,7 +18,7 @@ import fnmatch
 import math
 import os
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -41,6 +41,10 @@ from .files.layout import parse_file_name, path_to_key
 from .files.strings import decode_str
 
 SelectionSpec = str | Mapping[str, Iterable[str] | None] | Iterable[tuple[str, str]]
+
+
+#: Plans one selection keeps (:meth:`RunSelection.memo`).
+MAX_MEMO = 256
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -441,6 +445,7 @@ class RunSelection:
         self._selection: dict[str, frozenset[str] | None] = (
             {name: None for name in files.sources} if selection is None else dict(selection)
         )
+        self._memo: dict[Hashable, Any] = {}
 
     def _new(self, train_ids: np.ndarray | None = None,
              selection: Mapping[str, frozenset[str] | None] | None = None) -> RunSelection:
@@ -590,7 +595,23 @@ class RunSelection:
     def rows(self, source: str, group: str = "") -> TrainMap:
         """Where the rows of a source's index group are, for the selected trains that list it."""
         source = self.resolve_source(source)
-        return self._files.train_map(source, group).lookup(self._train_ids)
+
+        def lookup() -> TrainMap:
+            found = self._files.train_map(source, group).lookup(self._train_ids)
+            return TrainMap(*(_readonly(a) for a in (found.train_ids, found.file_no, found.first, found.count)))
+        return self.memo(("rows", source, group), lookup)
+
+    def memo(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        """What ``make()`` returns, made once for this selection (which never changes):
+        plans derived from its index, e.g. where a key's rows are.  At most
+        :data:`MAX_MEMO` are kept (the oldest go first)."""
+        memo = self._memo
+        found = memo.get(key)
+        if found is None:
+            found = memo[key] = make()
+            if len(memo) > MAX_MEMO:
+                del memo[next(iter(memo))]
+        return found
 
     def data_counts(self, source: str, group: str | None = None) -> np.ndarray:
         """Rows of data per selected train (0 where the source has none).
