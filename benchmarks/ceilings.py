@@ -77,17 +77,62 @@ def read_train_ids_and_sources(paths: list[Path]) -> int:
 
 
 def stat_and_read_cache(run_dir: Path) -> int:
-    """List the run directory, ``stat`` each HDF5 file and read the index cache file(s).
+    """List the run directory, ``stat`` each HDF5 file and read the cache a reopen needs.
 
     The ceiling of opening a run again: a reader must at least see which files
     there are, that they did not change since its cache was written, and read
-    that cache.  Returns the bytes of cache read.
+    that cache: xfeldata's run states (``.xfeldata/runs.bin``) where present,
+    else every file of ``.xfeldata/``.  Returns the bytes of cache read.
     """
     for e in os.scandir(run_dir):
         if e.name.endswith(".h5"):
             e.stat()
     cache = Path(run_dir) / ".xfeldata"
+    states = cache / "runs.bin"
+    if states.is_file():
+        return len(states.read_bytes())
     return sum(len(p.read_bytes()) for p in cache.glob("*") if p.is_file())
+
+
+def key_pread_reader(paths: list[Path], dataset: str) -> tuple[Callable[[], np.ndarray], Callable[[], None]]:
+    """``os.preadv`` of one unfiltered dataset's bytes in each file into one new array.
+
+    The ceiling of reading one control key over a run: where the bytes are
+    (contiguous storage or each chunk's offset) is found, and the files opened,
+    before timing; a call allocates the result and reads each file's rows with one
+    ``preadv`` per chunk.  Returns ``(read, close)``.
+    """
+    plan, fds, rows, dtype = [], [], 0, None
+    for path in paths:
+        with h5py.File(path, "r") as f:
+            ds = f[dataset]
+            if ds.compression or ds.shuffle or ds.dtype.hasobject:
+                raise ValueError(f"{path}: {dataset} is filtered or not fixed-size")
+            dtype, row_bytes = ds.dtype, ds.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.int64))
+            if ds.chunks is None:
+                extents = [(ds.id.get_offset(), ds.shape[0])]
+            else:
+                extents = [(ds.id.get_chunk_info_by_coord((k,) + (0,) * (ds.ndim - 1)).byte_offset,
+                            min(ds.chunks[0], ds.shape[0] - k)) for k in range(0, ds.shape[0], ds.chunks[0])]
+        fd = os.open(path, os.O_RDONLY)
+        fds.append(fd)
+        for offset, n in extents:
+            plan.append((fd, offset, rows * row_bytes, n * row_bytes))
+            rows += n
+    shape = (rows,)
+
+    def read() -> np.ndarray:
+        out = np.empty(shape, dtype)
+        flat = out.view(np.uint8)
+        for fd, offset, at, size in plan:
+            os.preadv(fd, [flat[at: at + size]], offset)
+        return out
+
+    def close() -> None:
+        for fd in fds:
+            os.close(fd)
+
+    return read, close
 
 
 def run_files(run_dir: Path) -> list[Path]:

@@ -33,7 +33,7 @@ def test_control_key_case_runs_on_both_data_sets(bench_data, tmp_path):
     assert [(r.name, r.dataset) for r in results] == [("control_key", "ours"),
                                                       ("control_key", "extra-data")]
     for res in results:
-        assert {t.role for t in res.timings} == {"xfeldata", "peer", "ceiling"}
+        assert {t.role for t in res.timings} == {"xfeldata", "peer", "ceiling", "ref"}
         assert all(t.median > 0 for t in res.timings)
         assert not any(n.startswith("values differ") for n in res.notes)
     data = json.loads(out.read_text())

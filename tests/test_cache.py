@@ -1,5 +1,6 @@
 """The persistent index cache: one bundle per run directory, refreshed when a file changes."""
 
+import contextlib
 import os
 import shutil
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 import xfeldata as xd
+from xfeldata import snapshot
 from xfeldata.files import cache
 from xfeldata.files.index import read_file_index
 from xfeldata.run import RunFiles
@@ -72,7 +74,7 @@ def test_read_only_run_directory_falls_back_to_the_user_cache(run_copy, user_cac
         run_copy.chmod(0o555)
     try:
         run = xd.open_run(run_copy)
-        assert len(list(user_cache.glob("*.bin"))) == 1
+        assert len(list(user_cache.glob("*.bin"))) == 2  # the files' index cache and the run states
         again = xd.open_run(run_copy)
         np.testing.assert_array_equal(again.train_ids, run.train_ids)
     finally:
@@ -106,7 +108,8 @@ def test_a_corrupt_cache_is_ignored_and_replaced(run_copy, user_cache):
     bundle.write_bytes(b"garbage")
     with pytest.warns(UserWarning, match="damaged index cache ignored"):
         assert cache.read_bundle(str(run_copy)) == {}
-        xd.open_run(run_copy)
+        run = xd.open_run(run_copy)
+        run.keys(run.sources[0])  # opened from the run state: the files' index cache is read when first used
     assert len(cache.read_bundle(str(run_copy))) == len(list(run_copy.glob("*.h5")))
 
 
@@ -127,6 +130,7 @@ def _same_run(a, b):
             ma, mb = a.rows(source, group), b.rows(source, group)
             for field in ("train_ids", "file_no", "first", "count"):
                 np.testing.assert_array_equal(getattr(ma, field), getattr(mb, field))
+                assert getattr(ma, field).dtype == getattr(mb, field).dtype  # stored narrow, widened back
 
 
 def test_opening_again_neither_indexes_nor_combines_the_files(run_copy, user_cache, monkeypatch):
@@ -154,19 +158,56 @@ def test_each_set_of_files_and_suspect_choice_has_its_own_state(run_copy, user_c
     for kwargs in ({}, {"include": "*DA*"}, {"inc_suspect_trains": False}):
         xd.open_run(run_copy, **kwargs)
         _same_run(xd.open_run(run_copy, **kwargs), xd.open_run(run_copy, cache=False, **kwargs))
-    states = [name for name in cache.read_bundle(str(run_copy)).extras if name.startswith("run-state.")]
+    states = [name for name in cache.read_bundle(str(run_copy), snapshot.STATES).extras
+              if name.startswith("run-state.")]
     assert len(states) == 3
 
 
 def test_a_damaged_run_state_is_ignored_with_a_warning(run_copy, user_cache, monkeypatch):
     xd.open_run(run_copy)
-    bundle = cache.read_bundle(str(run_copy))
+    bundle = cache.read_bundle(str(run_copy), snapshot.STATES)
     (name, (header, arrays)), = bundle.extras.items()
     arrays = {**arrays, "map_bounds": arrays["map_bounds"][:-1]}  # the train maps no longer add up
-    cache.write_bundle(str(run_copy), bundle, {name: (header, arrays)})
+    cache.write_bundle(str(run_copy), {}, {name: (header, arrays)}, snapshot.STATES)
     with pytest.warns(UserWarning, match="damaged run state in the index cache ignored"):
         run = xd.open_run(run_copy)
     _same_run(run, xd.open_run(run_copy, cache=False))
+
+
+def test_opening_again_reads_only_the_run_state_until_a_file_index_is_needed(run_copy, user_cache,
+                                                                            monkeypatch):
+    xd.open_run(run_copy)
+    read = []
+    real = cache.read_bundle
+    monkeypatch.setattr(snapshot, "read_bundle", lambda d, kind="index": read.append(kind) or real(d, kind))
+    again = xd.open_run(run_copy)
+    assert read == [snapshot.STATES]
+    _same_run(again, xd.open_run(run_copy, cache=False))
+    assert read[:2] == [snapshot.STATES, "index"]
+
+
+@pytest.mark.parametrize("damage", ["removed", "emptied"])
+def test_a_run_state_without_its_index_cache_indexes_the_files_when_used(run_copy, user_cache, damage):
+    xd.open_run(run_copy)
+    index = run_copy / cache.RUN_DIR_CACHE
+    if damage == "removed":
+        index.unlink()
+    else:
+        index.write_bytes(b"")
+    with pytest.warns(UserWarning) if damage == "emptied" else contextlib.nullcontext():
+        again = xd.open_run(run_copy)
+        _same_run(again, xd.open_run(run_copy, cache=False))
+
+
+def test_a_file_changed_after_opening_from_the_run_state_is_an_error_when_used(run_copy, user_cache):
+    xd.open_run(run_copy)
+    again = xd.open_run(run_copy)
+    path = sorted(run_copy.glob("*DA01*.h5"))[0]
+    os.utime(path, ns=(0, 10**18))
+    reopened = xd.open_run(run_copy)  # sees the change; its index cache entry is replaced
+    with pytest.raises(xd.FileFormatError, match="changed since the run was opened"):
+        [fi.sources for fi in again.file_indexes]
+    _same_run(reopened, xd.open_run(run_copy, cache=False))
 
 
 def test_metadata_scalars_are_read_when_first_asked_for_and_cached_then(run_copy, user_cache):

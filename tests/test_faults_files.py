@@ -229,6 +229,25 @@ def test_a_file_changed_in_place_while_open_raises_naming_it(small_run, damage):
         np.asarray(run.detector(dask=False)["image.data"])
 
 
+def test_readers_kept_with_an_open_file_are_not_used_for_a_changed_file(small_run):
+    # trains() keeps one reader per dataset with the open file (where its rows are):
+    # a file replaced since must not be read through them
+    run = xd.open_run(small_run)
+    devices = {XGM: {IXPOS}}
+    before = [d[XGM][f"{IXPOS}.value"] for _, d in run.trains(devices=devices)]  # files stay open
+    victim, changed = small_run / DA01, small_run / "changed.tmp"
+    shutil.copyfile(victim, changed)
+    with h5py.File(changed, "r+") as f:
+        f[f"CONTROL/{XGM}/{IXPOS.replace('.', '/')}/value"][...] *= -1
+    os.replace(changed, victim)
+    reopened = xd.open_run(small_run)
+    try:
+        after = [d[XGM][f"{IXPOS}.value"] for _, d in reopened.trains(devices=devices)]
+    except FileChangedError:  # the handle cache still held the old file: it is dropped now
+        after = [d[XGM][f"{IXPOS}.value"] for _, d in reopened.trains(devices=devices)]
+    assert after == [-b for b in before] and any(before)
+
+
 def test_the_xarray_engine_does_not_read_a_replaced_file(small_run, slow_only_run):
     ds = xr.open_dataset(small_run, engine="xfeldata", source=XGM)
     shutil.copyfile(slow_only_run / DA01, small_run / "foreign.tmp")
@@ -255,20 +274,24 @@ CACHE_DAMAGE = {
 }
 
 
+@pytest.mark.parametrize("which", [RUN_DIR_CACHE.name, "runs.bin"])  # the files' index, the run states
 @pytest.mark.parametrize("damage", sorted(CACHE_DAMAGE))
-def test_a_damaged_index_cache_is_ignored_with_a_warning_and_rebuilt(small_run, damage):
+def test_a_damaged_index_cache_is_ignored_with_a_warning_and_rebuilt(small_run, damage, which):
     good = xd.open_run(small_run)
-    cache = small_run / RUN_DIR_CACHE
+    cache = small_run / RUN_DIR_CACHE.with_name(which)
     assert cache.exists()
     CACHE_DAMAGE[damage](cache)
     before = digests(small_run)
     with pytest.warns(UserWarning, match=f"{cache}: damaged index cache ignored"):
         run = xd.open_run(small_run)
+        # opened from the run state, the files' index cache is read when a file's index is first needed
+        np.testing.assert_array_equal(run[XGM, IXPOS].values, good[XGM, IXPOS].values)
     assert run.train_ids.tolist() == good.train_ids.tolist()
-    np.testing.assert_array_equal(run[XGM, IXPOS].values, good[XGM, IXPOS].values)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # rebuilt: the next open reads it without complaint
-        assert xd.open_run(small_run).train_ids.tolist() == good.train_ids.tolist()
+        again = xd.open_run(small_run)
+        assert again.train_ids.tolist() == good.train_ids.tolist()
+        np.testing.assert_array_equal(again[XGM, IXPOS].values, good[XGM, IXPOS].values)
     assert digests(small_run) == before
 
 

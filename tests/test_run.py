@@ -532,3 +532,20 @@ def test_open_run_by_proposal_and_run_number(tmp_path, monkeypatch):
     assert xd.open_run(proposal="p700000", run="r7", data="all").sources == run.sources
     with pytest.raises(FileNotFoundError, match="r0008"):
         xd.open_run(proposal=700000, run=8)
+
+
+def test_plans_a_selection_keeps_give_what_planning_anew_gives(irregular):
+    # run.rows and the row plans of small keys are made once per selection (RunSelection.memo)
+    key = "beamPosition.ixPos"
+    first = irregular[XGM, key]
+    again = irregular[XGM, key]
+    fresh = xd.open_run(irregular.files[0].rsplit("/", 1)[0], cache=False)[XGM, key]
+    for arr in (again, fresh):
+        assert arr.identical(first) and arr.dtype == first.dtype
+    some = irregular.train_ids[::3]
+    picked = irregular.sel(trainId=some)  # its own selection: its own plans
+    expected = first.sel(trainId=np.intersect1d(some, first.trainId)).values
+    np.testing.assert_array_equal(picked[XGM, key].values, expected)
+    assert irregular[XGM, key].equals(first)  # the wider selection's plans are untouched
+    rows = irregular.rows(XGM)
+    assert not rows.first.flags.writeable and not rows.count.flags.writeable  # shared: read-only

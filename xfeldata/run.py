@@ -18,7 +18,7 @@ import fnmatch
 import math
 import os
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -41,6 +41,10 @@ from .files.layout import parse_file_name, path_to_key
 from .files.strings import decode_str
 
 SelectionSpec = str | Mapping[str, Iterable[str] | None] | Iterable[tuple[str, str]]
+
+
+#: Plans one selection keeps (:meth:`RunSelection.memo`).
+MAX_MEMO = 256
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -142,19 +146,26 @@ def _damaged_of(files: Sequence[FileIndex], numbers: Iterable[int]
 
 
 class _StoredMaps(Mapping[tuple[str, str], TrainMap]):
-    """Train maps cut out of concatenated arrays when first used: ``bounds[n]:bounds[n + 1]`` is map n."""
+    """Train maps cut out of concatenated arrays when first used: ``bounds[k]:bounds[k + 1]``
+    is stored map k, and the map of ``names[n]`` is stored map ``map_of[n]`` (index groups
+    with the same rows share one); row numbers are widened back to uint64."""
 
-    def __init__(self, names: list[tuple[str, str]], bounds: np.ndarray, parts: list[np.ndarray]):
-        self._numbers = {name: n for n, name in enumerate(names)}
+    def __init__(self, names: list[tuple[str, str]], map_of: list[int], bounds: np.ndarray,
+                 parts: list[np.ndarray]):
+        if len(map_of) != len(names) or any(not 0 <= k < len(bounds) - 1 for k in map_of):
+            raise ValueError("run state train maps do not match")
+        self._numbers = {name: k for name, k in zip(names, map_of, strict=True)}
         self._bounds, self._parts = bounds.tolist(), parts
-        self._made: dict[tuple[str, str], TrainMap] = {}
+        self._made: dict[int, TrainMap] = {}
 
     def __getitem__(self, name: tuple[str, str]) -> TrainMap:
-        found = self._made.get(name)
+        k = self._numbers[name]
+        found = self._made.get(k)
         if found is None:
-            n = self._numbers[name]
-            lo, hi = self._bounds[n], self._bounds[n + 1]
-            found = self._made[name] = TrainMap(*(p[lo:hi] for p in self._parts))
+            lo, hi = self._bounds[k], self._bounds[k + 1]
+            tids, file_no, first, count = (p[lo:hi] for p in self._parts)
+            found = self._made[k] = TrainMap(tids, file_no, _readonly(first.astype(np.uint64)),
+                                             _readonly(count.astype(np.uint64)))
         return found
 
     def __iter__(self):
@@ -216,10 +227,17 @@ class RunFiles:
         so that :meth:`from_state` makes the same object without the files' indexes
         (kept in the index cache by :mod:`xfeldata.snapshot`)."""
         names = list(self._train_maps)
-        maps = [self._train_maps[n] for n in names]
+        unique: dict[tuple[bytes, ...], int] = {}
+        map_of = [unique.setdefault(tuple(getattr(m, a).tobytes() for a in ("train_ids", "file_no", "first", "count")),
+                                    len(unique)) for m in (self._train_maps[n] for n in names)]
+        maps = [self._train_maps[names[map_of.index(k)]] for k in range(len(unique))]
 
         def joined(attr: str, dtype: type) -> np.ndarray:
             return np.concatenate([getattr(m, attr) for m in maps] or [np.zeros(0, dtype)]).astype(dtype)
+
+        def rows(attr: str) -> np.ndarray:  # row numbers stored narrow when they fit
+            values = joined(attr, np.uint64)
+            return values.astype(np.uint32) if not len(values) or values.max() < 2**32 else values
 
         holders: dict[str, list[int]] = {}
         for i, fi in enumerate(self.files):
@@ -229,14 +247,14 @@ class RunFiles:
             "paths": [fi.path for fi in self.files], "inc_suspect_trains": self.inc_suspect_trains,
             "problems": [list(p) for p in self.problems], "aliases": self.aliases,
             "sources": [[e.name, e.category, list(e.groups), holders[e.name]] for e in self.sources.values()],
-            "maps": [list(n) for n in names], "conflicts": self.conflicts,
+            "maps": [list(n) for n in names], "map_of": map_of, "conflicts": self.conflicts,
             "damaged": sorted({i for i, fi in enumerate(self.files) if fi.damaged}),
             "no_trains": [i for i, fi in enumerate(self.files) if not len(fi.train_ids)],
         }
         arrays = {"train_ids": self.train_ids, "suspect_train_ids": self.suspect_train_ids,
                   "map_bounds": np.cumsum([0, *(len(m.train_ids) for m in maps)]).astype(np.int64),
                   "map_train_ids": joined("train_ids", np.uint64), "map_file_no": joined("file_no", np.int32),
-                  "map_first": joined("first", np.uint64), "map_count": joined("count", np.uint64)}
+                  "map_first": rows("first"), "map_count": rows("count")}
         return header, arrays
 
     @classmethod
@@ -267,9 +285,10 @@ class RunFiles:
         self.conflicts = list(header["conflicts"])
         bounds = arrays["map_bounds"]
         parts = [arrays[f"map_{a}"] for a in ("train_ids", "file_no", "first", "count")]
-        if len(bounds) != len(header["maps"]) + 1 or any(len(p) != bounds[-1] for p in parts):
+        if not len(bounds) or any(len(p) != bounds[-1] for p in parts):
             raise ValueError("run state train maps do not match")
-        self._train_maps = _StoredMaps([(source, group) for source, group in header["maps"]], bounds, parts)
+        self._train_maps = _StoredMaps([(source, group) for source, group in header["maps"]],
+                                       [int(k) for k in header["map_of"]], bounds, parts)
         self._damaged = _damaged_of(files, header["damaged"])
         self._warn_at_open(header["no_trains"], stacklevel=stacklevel + 1)
         return self
@@ -426,6 +445,7 @@ class RunSelection:
         self._selection: dict[str, frozenset[str] | None] = (
             {name: None for name in files.sources} if selection is None else dict(selection)
         )
+        self._memo: dict[Hashable, Any] = {}
 
     def _new(self, train_ids: np.ndarray | None = None,
              selection: Mapping[str, frozenset[str] | None] | None = None) -> RunSelection:
@@ -575,7 +595,23 @@ class RunSelection:
     def rows(self, source: str, group: str = "") -> TrainMap:
         """Where the rows of a source's index group are, for the selected trains that list it."""
         source = self.resolve_source(source)
-        return self._files.train_map(source, group).lookup(self._train_ids)
+
+        def lookup() -> TrainMap:
+            found = self._files.train_map(source, group).lookup(self._train_ids)
+            return TrainMap(*(_readonly(a) for a in (found.train_ids, found.file_no, found.first, found.count)))
+        return self.memo(("rows", source, group), lookup)
+
+    def memo(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        """What ``make()`` returns, made once for this selection (which never changes):
+        plans derived from its index, e.g. where a key's rows are.  At most
+        :data:`MAX_MEMO` are kept (the oldest go first)."""
+        memo = self._memo
+        found = memo.get(key)
+        if found is None:
+            found = memo[key] = make()
+            if len(memo) > MAX_MEMO:
+                del memo[next(iter(memo))]
+        return found
 
     def data_counts(self, source: str, group: str | None = None) -> np.ndarray:
         """Rows of data per selected train (0 where the source has none).

@@ -129,8 +129,8 @@ class _KeyReader:
         path = fi.path
         entry = leases.enter_context(handles.use(path, (fi.size, fi.mtime, fi.inode)))
         if ds is None or ds.entry is not entry:  # new, or the cache reopened the file
-            try:
-                ds = _Rows(entry, info, path)
+            try:  # one reader per dataset and open file, kept for later iterations too
+                ds = entry.memo((_Rows, info.path, info.shape), lambda: _Rows(entry, info, path))
             except KeyError:
                 handles.forget(path)
                 raise OSError(f"{path}: dataset {info.path} ({self.source} {self.key}) "
@@ -299,6 +299,14 @@ class _Rows:
         self.nrows = self.shape[0] if self.shape else 0
         self.layout = layout_of(self.dsid, info.shape, info.dtype, info.chunks,
                                 info.compression is not None or info.shuffle, entry.userblock)
+        if self.layout is None and info.chunks is None:
+            # the index knows no chunks (a control key's timestamps are not indexed): ask
+            # the dataset itself; pread only if it holds exactly the bytes of info's dtype
+            found = entry.plain_layout(info.path)
+            row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+            if found is not None and found.dtype == self.dtype and found.row_bytes == row_bytes \
+                    and found.nrows == self.nrows:
+                self.layout = found
 
     @property
     def name(self) -> str:

@@ -102,7 +102,7 @@ def _flat_rows(run: RunSelection, source: str, key: str, small_in_memory: bool,
     """A key's rows (at most one a train) as dask, or, for a small numeric key, lazily
     indexed numpy (:class:`SmallKeyArray`), and the train map of its selected trains
     (``found``: ``run.rows`` of the key's group)."""
-    planned = flat_rows_blocks(run, source, key, found=found)
+    planned = run.memo((flat_rows_blocks, source, key), lambda: flat_rows_blocks(run, source, key, found=found))
     block = small_block(planned[0]) if small_in_memory else None
     if block is None or block.dtype.kind not in "biufcmM" or block.dtype.names:
         return flat_rows_array(run, source, key, planned=planned)

@@ -250,9 +250,12 @@ def file_index_of(entry: Entry) -> FileIndex:
     )
 
 
-def _bundle_paths(directory: str) -> list[Path]:
+def _bundle_paths(directory: str, kind: str = "index") -> list[Path]:
+    """Where the bundle ``kind`` of a directory goes: the run directory, else the user's cache."""
     digest = hashlib.sha1(directory.encode("utf-8", "surrogateescape")).hexdigest()[:16]
-    return [Path(directory) / RUN_DIR_CACHE, user_cache_dir() / f"{Path(directory).name}.{digest}.bin"]
+    tail = "" if kind == "index" else f".{kind}"
+    return [Path(directory) / RUN_DIR_CACHE.with_name(f"{kind}.bin"),
+            user_cache_dir() / f"{Path(directory).name}.{digest}{tail}.bin"]
 
 
 #: Per-file numbers of a bundle, one array element per file (in ``paths`` order).
@@ -359,14 +362,17 @@ def _arrays_in(blob: bytes, layout: dict[str, list]) -> dict[str, np.ndarray]:
     return out
 
 
-def read_bundle(directory: str) -> Bundle:
+def read_bundle(directory: str, kind: str = "index") -> Bundle:
     """The cache of a directory's files (entries not yet validated); empty if none.
+
+    ``kind`` picks another bundle of the same directory (one holding only
+    ``extras``, such as the run states of :mod:`xfeldata.snapshot`).
 
     A cache that cannot be read (truncated, emptied, bit-flipped, a hostile
     header) is ignored with a warning naming it; the files are then indexed
     again and the cache is rewritten.
     """
-    for candidate in _bundle_paths(directory):
+    for candidate in _bundle_paths(directory, kind):
         try:
             bundle = _load_bundle(candidate)
         except (FileNotFoundError, NotADirectoryError):
@@ -416,10 +422,10 @@ def _concatenate(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, l
 
 
 def write_bundle(directory: str, entries: Mapping[str, Entry],
-                 extras: Mapping[str, tuple[dict[str, Any], dict[str, np.ndarray]]] | None = None
-                 ) -> Path | None:
+                 extras: Mapping[str, tuple[dict[str, Any], dict[str, np.ndarray]]] | None = None,
+                 kind: str = "index") -> Path | None:
     """Store a directory's entries (and ``extras``: name -> (JSON-able header, 1-d
-    arrays)) atomically; returns where, or None if nowhere is writable."""
+    arrays)) atomically as its bundle ``kind``; returns where, or None if nowhere is writable."""
     values = list(entries.values())
     stored: dict[str, np.ndarray] = {}
     if values:
@@ -448,7 +454,7 @@ def write_bundle(directory: str, entries: Mapping[str, Entry],
     head = json.dumps(header).encode()
     body = b"".join([head, b"\0" * (-(_PREFIX.size + len(head)) % 8), blob.tobytes()])
     data = _PREFIX.pack(_MAGIC, zlib.crc32(body), len(head)) + body
-    for candidate in _bundle_paths(directory):
+    for candidate in _bundle_paths(directory, kind):
         try:
             candidate.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=candidate.parent, prefix=".tmp-", suffix=candidate.suffix)

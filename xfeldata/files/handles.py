@@ -25,8 +25,9 @@ import os
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import h5py
 
@@ -52,6 +53,7 @@ class OpenFile:
         self.users = 0
         self.evicted = False
         self._layouts: dict[str, PlainLayout | None] = {}
+        self._memo: dict[Hashable, Any] = {}
         self._userblock: int | None = None
         try:  # HDF5's own descriptor: same file, same lifetime as the handle
             self.fd: int | None = file.id.get_vfd_handle() if file.driver == "sec2" else None
@@ -70,6 +72,15 @@ class OpenFile:
         if dataset not in self._layouts:
             self._layouts[dataset] = plain_layout(self.file[dataset])
         return self._layouts[dataset]
+
+    def memo(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        """What ``make()`` returns, made once for this open file (readers of its
+        datasets, with what they learnt of where the rows are): it goes with the
+        handle when the file is closed or found changed."""
+        found = self._memo.get(key)
+        if found is None:
+            found = self._memo[key] = make()
+        return found
 
     def close(self) -> None:
         self.file.close()
