@@ -32,7 +32,7 @@ from .errors import DataIndexError, DataReadError, FileChangedError
 from .files.direct import read_rows_into
 from .files.handles import FileStamp, OpenFile, handles
 from .files.index import FileIndex, KeyInfo
-from .files.plain import PlainLayout, pread_rows, pread_rows_to_frames
+from .files.plain import PlainLayout, pread_rows, pread_rows_to_buffers
 from .files.pool import run_all
 from .fill import default_fill_value
 from .run import RunSelection, TrainMap, positions_within
@@ -338,10 +338,11 @@ def _read_rows_strided(opened: OpenFile, read: RowRead, out: np.ndarray,
         return
     cells = read.target + np.arange(n) if isinstance(read.target, int) else np.asarray(read.target)
     coords = np.unravel_index(cells, grid_shape)
+    if layout is not None and opened.fd is not None and out.dtype == layout.dtype:
+        buffers = _entry_buffers(out, coords)
+        if buffers is not None and pread_rows_to_buffers(opened.fd, layout, read.start, read.stop, buffers):
+            return
     frames = [out[index] for index in zip(*(c.tolist() for c in coords), strict=True)]
-    if layout is not None and opened.fd is not None \
-            and pread_rows_to_frames(opened.fd, layout, read.start, read.stop, frames):
-        return
     ds = opened.file[read.dataset] if ds is None else ds
     if out.dtype == ds.dtype and ds.dtype.kind != "O" and all(f.flags.c_contiguous for f in frames):
         read_rows_into(ds, read.start, read.stop, frames, decoded)  # decoded into place
@@ -349,6 +350,30 @@ def _read_rows_strided(opened: OpenFile, read: RowRead, out: np.ndarray,
     rows = np.empty((n, *out.shape[len(grid_shape):]), out.dtype)
     _read_through_hdf5(ds, replace(read, target=0), rows, decoded)
     out[coords] = rows
+
+
+def _entry_buffers(out: np.ndarray, coords: tuple[np.ndarray, ...]) -> list[memoryview] | None:
+    """Writable byte buffers of the entries of ``out`` at grid ``coords`` (leading axes),
+    as slices of one memoryview of the C-contiguous array ``out`` is a view of;
+    None if ``out``'s entries are not contiguous or it is not such a view."""
+    root = out
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    entry = out.shape[len(coords):]
+    entry_strides, step = [], out.itemsize
+    for d in reversed(entry):
+        entry_strides.insert(0, step)
+        step *= d
+    if not root.flags.c_contiguous or root.dtype.hasobject or not root.flags.writeable \
+            or any(d > 1 and s != e for d, s, e in zip(entry, out.strides[len(coords):], entry_strides,
+                                                       strict=True)):
+        return None
+    at = out.__array_interface__["data"][0] - root.__array_interface__["data"][0]
+    offsets = np.atleast_1d(at + sum(c.astype(np.int64) * s for c, s in zip(coords, out.strides, strict=False)))
+    flat = memoryview(root.reshape(-1).view(np.uint8))
+    if len(offsets) and (offsets.min() < 0 or offsets.max() + step > len(flat)):
+        return None
+    return [flat[o: o + step] for o in offsets.tolist()]
 
 
 def chunk_rows(info: KeyInfo, target_bytes: int = TARGET_CHUNK_BYTES) -> int:
