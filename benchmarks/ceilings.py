@@ -246,13 +246,15 @@ def direct_chunk_reader(rows: list[Rows]) -> tuple[Callable[[], None], Callable[
     return read, op.close, op.useful_bytes()
 
 
-def pread_reader(rows: list[Rows], workers: int | None = None
+def pread_reader(rows: list[Rows], workers: int | None = None, fresh: bool = False
                  ) -> tuple[Callable[[], None], Callable[[], None], int]:
     """``os.preadv`` of exactly the rows (uncompressed, at the offsets HDF5 reports) into
     one preallocated buffer, on a thread pool: the page cache's copy speed.
 
     Chunks that lie back to back in a file (one-frame chunks written in order)
-    are read with one call.
+    are read with one call.  ``fresh=True`` reads into a new buffer every call
+    (``np.empty``: the kernel gives and zeroes new pages as they are first
+    written), as a reader must for a result its caller keeps.
 
     Returns ``(read, close, useful_bytes)``.
     """
@@ -273,14 +275,21 @@ def pread_reader(rows: list[Rows], workers: int | None = None
             else:
                 pieces.append(piece)
             total += (hi - lo) * row_bytes
-    buf = np.empty(total, np.uint8)
+    buf = [np.empty(total, np.uint8)]
     pool = ThreadPoolExecutor(workers or os.cpu_count() or 2)
 
     def one(piece: tuple) -> None:
         fd, offset, at, n = piece
-        os.preadv(fd, [buf[at:at + n]], offset)
+        os.preadv(fd, [buf[0][at:at + n]], offset)
 
-    return _pooled(pool, one, pieces, fds, op)
+    read, close, useful = _pooled(pool, one, pieces, fds, op)
+    if not fresh:
+        return read, close, useful
+
+    def read_fresh() -> None:
+        buf[0] = np.empty(total, np.uint8)
+        read()
+    return read_fresh, close, useful
 
 
 def threaded_decode_reader(rows: list[Rows], workers: int | None = None,

@@ -254,6 +254,9 @@ def _stacked(ctx: Context, run_dir: Path, corrected: bool) -> CaseResult:
     else:
         readers.append((f"preadv of just the rows into a preallocated array, {os.cpu_count()} "
                         "threads", "ceiling", ceilings.pread_reader))
+        readers.append((f"preadv of just the rows into fresh memory (a new array each call, as a "
+                        f"result the caller keeps), {os.cpu_count()} threads", "ref",
+                        partial(ceilings.pread_reader, fresh=True)))
         readers.append(("read_direct_chunk into a preallocated array", "ref",
                         ceilings.direct_chunk_reader))
     for label, role, make in readers:

@@ -106,6 +106,12 @@ def case_read(ctx: Context) -> list[CaseResult]:
                                        ctx.repeat, nbytes=useful, items=n))
         finally:
             close()
+        read, close, useful = ceilings.pread_reader(ceilings.detector_rows(ctx.raw, tids[:n]), fresh=True)
+        try:
+            res.timings.append(measure("preadv of just the rows into fresh memory (a new array "
+                                       "each call)", "ref", read, ctx.repeat, nbytes=useful, items=n))
+        finally:
+            close()
         res.check("speed-up vs EXtra-data", "peer", 2.0)
         res.check("fraction of the preadv ceiling", "ceiling", 0.5)
         out.append(_scaled(res, "read", n))

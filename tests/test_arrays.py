@@ -169,7 +169,8 @@ def test_selecting_trains_across_chunks_reads_them_in_one_task_into_one_array(la
 @pytest.mark.parametrize("key", [
     3, -1, slice(2, 9), slice(9, 1, -2), (slice(1, 12), 1), (np.array([0, 4, 11]), slice(None), 1),
     (np.arange(12) % 3 == 0,), (slice(3, 10), Ellipsis, slice(100, 140)), (np.array([4, 0]),),
-    (slice(None), np.array([1, 3])), (None, 2),
+    (slice(None), np.array([1, 3])), (None, 2), (np.array([1, 5, 6]), 2), (slice(2, 8), np.array([0, 2]), 1),
+    (np.array([0, 3]), slice(None), slice(None), 1, slice(3, 9)),
 ])
 def test_indexing_a_built_detector_array_gives_what_numpy_gives(large_run, key):
     arr = xd.open_run(large_run).isel(trainId=slice(0, 12)).detector(

@@ -16,9 +16,7 @@ dask.array<...>
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
 from itertools import groupby, product
@@ -27,13 +25,16 @@ from typing import Any
 import dask.array as da
 import numpy as np
 from dask.array.core import finalize, getter
-from dask.base import is_dask_collection, tokenize
+from dask.base import get_scheduler, is_dask_collection, tokenize
+from dask.local import get_sync
+from dask.threaded import get as get_threaded
 
 from .errors import DataIndexError, DataReadError, FileChangedError
 from .files.direct import read_rows_into
 from .files.handles import FileStamp, OpenFile, handles
 from .files.index import FileIndex, KeyInfo
-from .files.plain import PlainLayout, pread_rows, pread_rows_to_frames
+from .files.plain import PlainLayout, pread_rows, pread_rows_to_buffers
+from .files.pool import run_all
 from .fill import default_fill_value
 from .into import into_one, tiled_base
 from .run import RunSelection, TrainMap, positions_within
@@ -43,8 +44,6 @@ from .run import RunSelection, TrainMap, positions_within
 #: ``run[source, key]`` gives them without dask, lazily indexed numpy
 #: (:func:`xfeldata.views.key_array`): nothing is read before the values are used.
 SMALL_KEY_BYTES = 16 * 2**20
-#: Threads reading the blocks of one in-memory selection (:class:`BlockGrid`).
-READ_THREADS = min(4, os.cpu_count() or 1)
 #: Size that dask chunks aim at: large enough that per-task overhead stays small.
 TARGET_CHUNK_BYTES = 128 * 2**20
 
@@ -185,10 +184,27 @@ def _grid_and_entry_key(key: Any, shape: tuple[int, ...], entry_ndim: int) -> tu
                     return None
             arrays += 1
             normal.append(a)
-    if arrays > 1 or (arrays and any(isinstance(k, int) for k in normal)):
+    if arrays > 1 or (arrays and not _outer_like(normal)):
         return None  # numpy would move the broadcast axes: leave it to numpy
     split = len(shape) - entry_ndim
     return tuple(normal[:split]), tuple(normal[split:])
+
+
+def _outer_like(normal: list) -> bool:
+    """Whether numpy indexes with ``normal`` (ints, slices and one index array) as outer
+    indexing does: the array's axis stays where it is, which numpy does unless ints
+    and the array are apart and a slice comes before the array (it then moves the
+    array's axis to the front).
+
+    >>> _outer_like([np.arange(2), slice(None), 3]), _outer_like([slice(None), np.arange(2), 3])
+    (True, True)
+    >>> _outer_like([slice(None), np.arange(2), slice(None), 3])
+    False
+    """
+    at = next(i for i, k in enumerate(normal) if isinstance(k, np.ndarray))
+    advanced = [i for i, k in enumerate(normal) if isinstance(k, int)] + [at]
+    together = max(advanced) - min(advanced) + 1 == len(advanced)
+    return together or all(isinstance(k, int) for k in normal[:at])
 
 
 def _cells_of(reads: Sequence[RowRead]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -324,10 +340,11 @@ def _read_rows_strided(opened: OpenFile, read: RowRead, out: np.ndarray,
         return
     cells = read.target + np.arange(n) if isinstance(read.target, int) else np.asarray(read.target)
     coords = np.unravel_index(cells, grid_shape)
+    if layout is not None and opened.fd is not None and out.dtype == layout.dtype:
+        buffers = _entry_buffers(out, coords)
+        if buffers is not None and pread_rows_to_buffers(opened.fd, layout, read.start, read.stop, buffers):
+            return
     frames = [out[index] for index in zip(*(c.tolist() for c in coords), strict=True)]
-    if layout is not None and opened.fd is not None \
-            and pread_rows_to_frames(opened.fd, layout, read.start, read.stop, frames):
-        return
     ds = opened.file[read.dataset] if ds is None else ds
     if out.dtype == ds.dtype and ds.dtype.kind != "O" and all(f.flags.c_contiguous for f in frames):
         read_rows_into(ds, read.start, read.stop, frames, decoded)  # decoded into place
@@ -335,6 +352,30 @@ def _read_rows_strided(opened: OpenFile, read: RowRead, out: np.ndarray,
     rows = np.empty((n, *out.shape[len(grid_shape):]), out.dtype)
     _read_through_hdf5(ds, replace(read, target=0), rows, decoded)
     out[coords] = rows
+
+
+def _entry_buffers(out: np.ndarray, coords: tuple[np.ndarray, ...]) -> list[memoryview] | None:
+    """Writable byte buffers of the entries of ``out`` at grid ``coords`` (leading axes),
+    as slices of one memoryview of the C-contiguous array ``out`` is a view of;
+    None if ``out``'s entries are not contiguous or it is not such a view."""
+    root = out
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    entry = out.shape[len(coords):]
+    entry_strides, step = [], out.itemsize
+    for d in reversed(entry):
+        entry_strides.insert(0, step)
+        step *= d
+    if not root.flags.c_contiguous or root.dtype.hasobject or not root.flags.writeable \
+            or any(d > 1 and s != e for d, s, e in zip(entry, out.strides[len(coords):], entry_strides,
+                                                       strict=True)):
+        return None
+    at = out.__array_interface__["data"][0] - root.__array_interface__["data"][0]
+    offsets = np.atleast_1d(at + sum(c.astype(np.int64) * s for c, s in zip(coords, out.strides, strict=False)))
+    flat = memoryview(root.reshape(-1).view(np.uint8))
+    if len(offsets) and (offsets.min() < 0 or offsets.max() + step > len(flat)):
+        return None
+    return [flat[o: o + step] for o in offsets.tolist()]
 
 
 def chunk_rows(info: KeyInfo, target_bytes: int = TARGET_CHUNK_BYTES) -> int:
@@ -533,6 +574,7 @@ def grid_array(name: str, grid: BlockGrid) -> da.Array:
     arr = blocks_array(name, parts, chunks, grid.dtype, fresh=True)
     if isinstance(arr, FreshArray):
         arr._xfeldata_grid = grid
+        arr._xfeldata_read = (grid, (slice(None),) * grid.ndim)
     return arr
 
 
@@ -546,6 +588,14 @@ class FreshArray(da.Array):
     own new memory, so the result is handed over as it is.  Everything else
     (arithmetic, reductions, a persisted copy) gives plain dask arrays.  Slicing
     an array made by :func:`grid_array` reads the selection in one task.
+
+    An array made by :func:`grid_array`, or selected from one, computed by
+    itself (``.compute()``, ``np.asarray``, xarray's ``.values``) with dask's
+    local schedulers (threads or synchronous, which share this process's
+    memory) is read straight into one new array, however many chunks it
+    spans: no task per chunk and no concatenation, peak memory about the
+    result.  Other schedulers (``dask.distributed``, processes), and
+    ``dask.compute`` of several collections, compute the chunks as usual.
 
     >>> isinstance(grid_array("x", grid)[2:5], FreshArray)   # doctest: +SKIP
     True
@@ -561,29 +611,67 @@ class FreshArray(da.Array):
         """dask's array optimisation, after :func:`~xfeldata.into.into_one` (blocks written into one array)."""
         return da.Array.__dask_optimize__(into_one(dsk, keys), keys, **kwargs)
 
+    def compute(self, **kwargs: Any) -> Any:
+        direct = _read_directly(self, kwargs)
+        return super().compute(**kwargs) if direct is None else direct
+
     def __getitem__(self, key: Any) -> da.Array:
         grid = self.__dict__.get("_xfeldata_grid")
-        one = _one_task_selection(self.name, grid, key, self.chunks) if grid is not None else None
+        normal = _grid_selection(grid.shape, key) if grid is not None else None
+        one = _one_task_selection(self.name, grid, normal, self.chunks) if normal is not None else None
         out = super().__getitem__(key) if one is None else one
         if type(out) is da.Array:
             out.__class__ = FreshArray  # slices of new memory are new memory (a view of part is copied)
+        read = (grid, normal) if normal is not None else _composed(self.__dict__.get("_xfeldata_read"),
+                                                                   key, self.shape)
+        if read is not None and isinstance(out, FreshArray):
+            out._xfeldata_read = read
         return out
 
 
-def _one_task_selection(name: str, grid: BlockGrid, key: Any,
-                        chunks: tuple[tuple[int, ...], ...]) -> da.Array | None:
-    """``grid[key]`` as a one-chunk dask array whose one task reads the selected
-    cells into one new array; None when dask's own slicing should do it (keys
-    other than ints, slices and one 1-d increasing index array, empty or 0-d
-    results, or results larger than the largest chunk)."""
+def _read_directly(arr: FreshArray, kwargs: dict) -> np.ndarray | None:
+    """``arr`` read straight into one array when it is a whole :class:`BlockGrid` or
+    a selection of one and the scheduler shares this process's memory; else None."""
+    read = arr.__dict__.get("_xfeldata_read")
+    if read is None or set(kwargs) - {"scheduler"}:
+        return None
+    if get_scheduler(scheduler=kwargs.get("scheduler"), collections=[arr]) not in (get_threaded, get_sync):
+        return None
+    grid, normal = read
+    out = grid[normal]
+    return out if out.shape == arr.shape else None  # (never expected; dask's path then)
+
+
+def _composed(read: tuple | None, key: Any, shape: tuple[int, ...]) -> tuple | None:
+    """``(grid, grid key)`` of ``grid[grid key][key]``, where ``shape`` is that of
+    ``grid[grid key]`` (xarray selects one axis after another); None if ``key``
+    is not one :func:`_grid_selection` takes."""
+    if read is None:
+        return None
+    grid, normal = read
+    new = _grid_selection(shape, key)
+    if new is None:
+        return None
+    then = iter(new)
+    composed = []
+    for k, n in zip(normal, grid.shape, strict=True):
+        composed.append(k if isinstance(k, int) else np.arange(n)[k][next(then)])
+    return grid, tuple(int(k) if np.ndim(k) == 0 else k for k in composed)
+
+
+def _grid_selection(grid_shape: tuple[int, ...], key: Any) -> tuple | None:
+    """``key`` as a key of :class:`BlockGrid` (ints, slices, one 1-d increasing index
+    array per axis) that selects what numpy's ``[key]`` selects, or None (lazy
+    dask indices, keys numpy and outer indexing read differently, out-of-range
+    ints and bad boolean lengths, left to dask to raise, empty or 0-d results)."""
     if any(is_dask_collection(k) for k in (key if isinstance(key, tuple) else (key,))):
         return None  # a lazy index stays lazy: dask's slicing
-    parts = _grid_and_entry_key(key, grid.shape, 0)
+    parts = _grid_and_entry_key(key, grid_shape, 0)
     if parts is None:
         return None
     normal = parts[0]
     shape = []
-    for k, n in zip(normal, grid.shape, strict=True):
+    for k, n in zip(normal, grid_shape, strict=True):
         if isinstance(k, np.ndarray) and k.dtype.kind == "b" and len(k) != n:
             return None  # let dask raise its IndexError
         if isinstance(k, int):
@@ -593,6 +681,17 @@ def _one_task_selection(name: str, grid: BlockGrid, key: Any,
         shape.append(len(np.arange(n)[k]))
     if not shape or 0 in shape:
         return None
+    return normal
+
+
+def _one_task_selection(name: str, grid: BlockGrid, normal: tuple,
+                        chunks: tuple[tuple[int, ...], ...]) -> da.Array | None:
+    """``grid[normal]`` (from :func:`_grid_selection`) as a one-chunk dask array whose
+    one task reads the selected cells into one new array; None when the result is
+    larger than the largest chunk (dask's chunks then, so that a lazy reduction
+    over it holds a few chunks at a time)."""
+    shape = tuple(len(np.arange(n)[k]) for k, n in zip(normal, grid.shape, strict=True)
+                  if not isinstance(k, int))
     row_bytes = int(np.prod(grid.shape[1:], dtype=np.int64)) * grid.dtype.itemsize
     if int(np.prod(shape, dtype=np.int64)) * grid.dtype.itemsize > max(chunks[0]) * row_bytes:
         return None
@@ -755,7 +854,8 @@ class BlockGrid:
 
     The in-memory counterpart of :func:`blocks_array` (same blocks and chunks):
     each block intersecting the selection reads its part into a view of the
-    result, on :data:`READ_THREADS` threads, so a selection costs one pass over
+    result, on the shared reader threads (:func:`~xfeldata.files.pool.run_all`),
+    so a selection costs one pass over
     its bytes and no concatenation.
 
     Examples
@@ -788,12 +888,7 @@ class BlockGrid:
         per_axis = [self._parts(axis, p) for axis, p in enumerate(picked)]
         jobs = [(self.blocks[index], [per_axis[axis][b] for axis, b in enumerate(index)])
                 for index in product(*per_axis) if index in self.blocks]
-        if len(jobs) > 1 and READ_THREADS > 1:
-            with ThreadPoolExecutor(READ_THREADS) as pool:
-                list(pool.map(lambda job: _read_part(out, *job), jobs))
-        else:
-            for job in jobs:
-                _read_part(out, *job)
+        run_all(lambda job: _read_part(out, *job), jobs)
         return out[drop]
 
     def _parts(self, axis: int, picked: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:

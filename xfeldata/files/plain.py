@@ -183,16 +183,23 @@ def pread_rows_to_frames(fd: int, layout: PlainLayout, lo: int, hi: int,
     The destinations may lie anywhere (e.g. one module's frames in a stacked
     array); returns False, like :func:`pread_rows`, when HDF5 must read instead.
     """
+    if any(f.dtype != layout.dtype or not f.flags.c_contiguous for f in frames):
+        return False
+    return pread_rows_to_buffers(fd, layout, lo, hi, [f.reshape(-1).view(np.uint8) for f in frames])
+
+
+def pread_rows_to_buffers(fd: int, layout: PlainLayout, lo: int, hi: int, buffers: list) -> bool:
+    """:func:`pread_rows_to_frames` into writable byte buffers (e.g. memoryview slices of
+    one array, cheaper to make than numpy views), one of ``layout.row_bytes`` per row;
+    the caller makes sure they hold the dataset's dtype."""
     if hi <= lo:
         return True
     rb = layout.row_bytes
-    if len(frames) != hi - lo or any(f.dtype != layout.dtype or f.nbytes != rb
-                                     or not f.flags.c_contiguous for f in frames):
+    if len(buffers) != hi - lo or any(len(b) != rb for b in buffers):
         return False
     pieces = layout.pieces(lo, hi)
     if pieces is None:
         return False
-    buffers = [f.reshape(-1).view(np.uint8) for f in frames]
     for file_offset, at, size in pieces:
         first, last = at // rb, (at + size) // rb
         for i in range(first, last, _IOV_MAX):
