@@ -13,6 +13,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import resource
 import threading
 import time
 
@@ -27,14 +28,25 @@ def make_train(modules: int, mib: int) -> dict:
             for m in range(modules)}
 
 
-def _timed_next(next_train, ntrains: int, warmup: int = 1) -> float:
-    """``warmup`` untimed ``next_train()`` calls, then the time of ``ntrains`` more."""
+def _timed_next(next_train, ntrains: int, warmup: int = 1, faults: list | None = None) -> float:
+    """``warmup`` untimed ``next_train()`` calls, then the time of ``ntrains`` more.
+
+    ``faults``: a list to append the minor page faults per timed train to (whole process).
+    """
     for _ in range(warmup):
         next_train()
+    before = _minflt()
     start = time.perf_counter()
     for _ in range(ntrains):
         next_train()
-    return time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    if faults is not None:
+        faults.append((_minflt() - before) / ntrains)
+    return elapsed
+
+
+def _minflt() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def run_xfeldata(train: dict, ntrains: int, client: str = "xfeldata", **serve_kw) -> float:
@@ -136,7 +148,7 @@ def run_live_buffer(train: dict, ntrains: int, maxlen: int = 4, warmup: int | No
 
 
 def time_live_buffer(trains: list, ntrains: int, maxlen: int = 4,
-                     warmup: int | None = None) -> float:
+                     warmup: int | None = None, faults: list | None = None) -> float:
     """``serve(trains)`` (REP) -> :class:`~xfeldata.bridge.LiveBuffer`; time ``ntrains`` received.
 
     The buffer receives in its own thread (decode and :meth:`LiveBuffer.add`
@@ -148,6 +160,7 @@ def time_live_buffer(trains: list, ntrains: int, maxlen: int = 4,
     ``maxlen`` trains lands in memory the process has not used before (on
     Linux every 4 KiB page of it is faulted in once).  ``trains`` holds at
     least ``warmup + ntrains`` trains for :func:`xfeldata.bridge.serve`.
+    ``faults``: a list to append the minor page faults per timed train to.
     """
     from xfeldata.bridge import LiveBuffer, serve
 
@@ -161,10 +174,14 @@ def time_live_buffer(trains: list, ntrains: int, maxlen: int = 4,
             filed = 0
             while filed < warmup:
                 filed = buf.wait_newer(filed, timeout=_TIMEOUT_S).filed
+            before = _minflt()
             start, first = time.perf_counter(), filed
             while filed < first + ntrains:
                 filed = buf.wait_newer(filed, timeout=_TIMEOUT_S).filed
-            return time.perf_counter() - start
+            elapsed = time.perf_counter() - start
+            if faults is not None:
+                faults.append((_minflt() - before) / (filed - first))
+            return elapsed
     finally:
         handle.stop()
 
@@ -183,7 +200,8 @@ def array_payloads(frames: list) -> list[int]:
             if msgpack.unpackb(frames[i])["content"] == "array"]
 
 
-def run_raw(train: dict, ntrains: int, keep_buffers: bool = True, warmup: int = 1) -> float:
+def run_raw(train: dict, ntrains: int, keep_buffers: bool = True, warmup: int = 1,
+            faults: list | None = None) -> float:
     """The ceiling: the same frames over raw pyzmq REQ/REP, ``copy=False`` on both ends.
 
     The frames are those :func:`xfeldata.bridge.encode` makes for the train
@@ -198,7 +216,8 @@ def run_raw(train: dict, ntrains: int, keep_buffers: bool = True, warmup: int = 
     client makes it (:func:`xfeldata.bridge.buffers.keep_freed_memory`).
     ``warmup`` trains are received before timing: 1 as the clients are
     timed; with 2 the second train's memory is in use too (the steady
-    state: no page faults in the timed trains).
+    state: no page faults in the timed trains).  ``faults`` as for
+    :func:`_timed_next`.
     """
     import zmq
 
@@ -237,7 +256,7 @@ def run_raw(train: dict, ntrains: int, keep_buffers: bool = True, warmup: int = 
         return [np.frombuffer(got[i].buffer, np.uint8) for i in arrays]
 
     try:
-        return _timed_next(next_train, ntrains, warmup)
+        return _timed_next(next_train, ntrains, warmup, faults)
     finally:
         thread.join(_TIMEOUT_S)
         req.close(0)

@@ -31,7 +31,6 @@ Examples
 from __future__ import annotations
 
 import gc
-import resource
 import statistics
 from collections.abc import Callable
 from dataclasses import replace
@@ -160,15 +159,6 @@ def _live_trains(modules: int, frames: int, n: int) -> list[tuple[dict, dict]]:
             for i in range(n)]
 
 
-def _faults_per_train(fn: Callable[[], float], ntrains: int, faults: list[float]) -> float:
-    """Call ``fn`` (it returns seconds); append the minor page faults per train to ``faults``."""
-    gc.collect()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    seconds = fn()
-    faults.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / ntrains)
-    return seconds
-
-
 def case_live(ctx: Context) -> list[CaseResult]:
     """LiveBuffer receive rate for trains of 1, 4 and 16 modules, in the steady state.
 
@@ -178,7 +168,7 @@ def case_live(ctx: Context) -> list[CaseResult]:
     the raw pyzmq ceiling after two trains.  A ref line times the buffer
     from empty (the first ``maxlen`` trains land in memory the process has
     not used, every page faulted in once).  The notes give the minor page
-    faults per train of each (whole process, set-up included).
+    faults per timed train of each (whole process).
     """
     from .bench_bridge import LIVE_IN_FLIGHT, run_raw, time_live_buffer
 
@@ -197,23 +187,23 @@ def case_live(ctx: Context) -> list[CaseResult]:
         faults: dict[str, list[float]] = {"live": [], "raw": [], "empty": []}
         contenders = [
             ("LiveBuffer(endpoint) fed by serve(trains), full", "xfeldata", "live",
-             lambda t=trains: time_live_buffer(t, n, LIVE_MAXLEN)),
+             lambda f, t=trains: time_live_buffer(t, n, LIVE_MAXLEN, faults=f)),
             ("raw pyzmq REQ/REP of the same arrays, zero-copy", "ceiling", "raw",
-             lambda t=trains: run_raw(t[0][0], n, warmup=2)),
+             lambda f, t=trains: run_raw(t[0][0], n, warmup=2, faults=f)),
             ("LiveBuffer from empty (first trains into unused memory)", "ref", "empty",
-             lambda t=trains: time_live_buffer(t, n, LIVE_MAXLEN, warmup=1)),
+             lambda f, t=trains: time_live_buffer(t, n, LIVE_MAXLEN, warmup=1, faults=f)),
         ]
         times: dict[str, list[float]] = {key: [] for _, _, key, _ in contenders}
         for i in range(1 + ctx.repeat):  # one warm-up round, then take turns
             for _, _, key, fn in contenders:
-                seconds = _faults_per_train(fn, n, faults[key] if i else [])
+                gc.collect()
+                seconds = fn(faults[key] if i else [])
                 if i:
                     times[key].append(seconds)
         for label, role, key, _ in contenders:
             res.timings.append(Timing(label, role, times[key], **kw))
-        res.notes.append("minor page faults per timed train (median; whole process, set-up "
-                         "included): " + ", ".join(f"{key} {statistics.median(v):.0f}"
-                                                    for key, v in faults.items()))
+        res.notes.append("minor page faults per timed train (median, whole process): "
+                         + ", ".join(f"{key} {statistics.median(v):.0f}" for key, v in faults.items()))
         res.check("fraction of raw pyzmq throughput", "ceiling", 0.8)
         out.append(_scaled(res, "live", modules))
         del trains, arrays
