@@ -13,6 +13,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import resource
 import threading
 import time
 
@@ -27,13 +28,25 @@ def make_train(modules: int, mib: int) -> dict:
             for m in range(modules)}
 
 
-def _timed_next(next_train, ntrains: int) -> float:
-    """One warm-up ``next_train()``, then the time of ``ntrains`` more."""
-    next_train()
+def _timed_next(next_train, ntrains: int, warmup: int = 1, faults: list | None = None) -> float:
+    """``warmup`` untimed ``next_train()`` calls, then the time of ``ntrains`` more.
+
+    ``faults``: a list to append the minor page faults per timed train to (whole process).
+    """
+    for _ in range(warmup):
+        next_train()
+    before = _minflt()
     start = time.perf_counter()
     for _ in range(ntrains):
         next_train()
-    return time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    if faults is not None:
+        faults.append((_minflt() - before) / ntrains)
+    return elapsed
+
+
+def _minflt() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def run_xfeldata(train: dict, ntrains: int, client: str = "xfeldata", **serve_kw) -> float:
@@ -122,34 +135,73 @@ def run_published(train: dict, ntrains: int, client: str = "karabo_bridge") -> f
         t.join(5)
 
 
-def run_live_buffer(train: dict, ntrains: int, maxlen: int = 4) -> float:
+#: Trains a :class:`~xfeldata.bridge.LiveBuffer` receives beyond ``maxlen`` before its
+#: memory is all in place: the one ZeroMQ's queue holds and the one being decoded.
+LIVE_IN_FLIGHT = 2
+
+
+def run_live_buffer(train: dict, ntrains: int, maxlen: int = 4, warmup: int | None = None) -> float:
+    """``serve`` (REP) of one train again and again -> :func:`time_live_buffer`."""
+    warmup = maxlen + LIVE_IN_FLIGHT if warmup is None else warmup
+    return time_live_buffer([(tid, train) for tid in range(warmup + ntrains)], ntrains,
+                            maxlen, warmup)
+
+
+def time_live_buffer(trains: list, ntrains: int, maxlen: int = 4,
+                     warmup: int | None = None, faults: list | None = None) -> float:
     """``serve(trains)`` (REP) -> :class:`~xfeldata.bridge.LiveBuffer`; time ``ntrains`` received.
 
     The buffer receives in its own thread (decode and :meth:`LiveBuffer.add`
-    included).  It is filled (``maxlen`` trains) before timing, so each timed
-    train evicts the oldest one, as in a running monitor: the steady state.
+    included).  Timing starts once ``warmup`` trains are in (default
+    ``maxlen + LIVE_IN_FLIGHT``: the buffer full, each timed train evicting
+    the oldest one as in a running monitor, and the memory of every train
+    held or in flight already in use: the steady state).  ``warmup=1``
+    times the filling of an empty buffer as well, where each of the first
+    ``maxlen`` trains lands in memory the process has not used before (on
+    Linux every 4 KiB page of it is faulted in once).  ``trains`` holds at
+    least ``warmup + ntrains`` trains for :func:`xfeldata.bridge.serve`.
+    ``faults``: a list to append the minor page faults per timed train to.
     """
     from xfeldata.bridge import LiveBuffer, serve
 
-    trains = [(tid, train) for tid in range(ntrains + maxlen)]
-    handle = serve(trains, sock="REP", background=True)
+    warmup = maxlen + LIVE_IN_FLIGHT if warmup is None else warmup
+    if len(trains) < warmup + ntrains:
+        raise ValueError(f"{len(trains)} trains for {warmup} + {ntrains}")
+    handle = serve(trains[:warmup + ntrains], sock="REP", background=True)
     try:
         with LiveBuffer(handle.endpoint, maxlen=maxlen, timeout=_TIMEOUT_S) as buf:
-            buf.wait(maxlen, timeout=_TIMEOUT_S)
-            start = time.perf_counter()
-            received = buf.received
-            deadline = start + _TIMEOUT_S
-            while buf.received < received + ntrains and time.perf_counter() < deadline:
-                time.sleep(0.001)
+            # woken once per train filed (no polling loop competing for the GIL)
+            filed = 0
+            while filed < warmup:
+                filed = buf.wait_newer(filed, timeout=_TIMEOUT_S).filed
+            before = _minflt()
+            start, first = time.perf_counter(), filed
+            while filed < first + ntrains:
+                filed = buf.wait_newer(filed, timeout=_TIMEOUT_S).filed
             elapsed = time.perf_counter() - start
-            if buf.received < received + ntrains:
-                raise TimeoutError(f"{buf.received - received} of {ntrains} trains received")
+            if faults is not None:
+                faults.append((_minflt() - before) / (filed - first))
             return elapsed
     finally:
         handle.stop()
 
 
-def run_raw(train: dict, ntrains: int, keep_buffers: bool = True) -> float:
+def array_payloads(frames: list) -> list[int]:
+    """Indices of the array payload frames of a 2.2 message (after each ``array`` header).
+
+    >>> from xfeldata.bridge import encode
+    >>> array_payloads(encode({"A:o": {"n": 1, "x": np.zeros(2), "y": np.ones(3)}},
+    ...                       {"A:o": {"timestamp.tid": 1}}))
+    [3, 5]
+    """
+    import msgpack
+
+    return [i + 1 for i in range(0, len(frames), 2)
+            if msgpack.unpackb(frames[i])["content"] == "array"]
+
+
+def run_raw(train: dict, ntrains: int, keep_buffers: bool = True, warmup: int = 1,
+            faults: list | None = None) -> float:
     """The ceiling: the same frames over raw pyzmq REQ/REP, ``copy=False`` on both ends.
 
     The frames are those :func:`xfeldata.bridge.encode` makes for the train
@@ -162,6 +214,10 @@ def run_raw(train: dict, ntrains: int, keep_buffers: bool = True) -> float:
     sockets have the protocol's high-water mark of 1 and LINGER 0.  With
     ``keep_buffers`` the allocator keeps freed message memory as xfeldata's
     client makes it (:func:`xfeldata.bridge.buffers.keep_freed_memory`).
+    ``warmup`` trains are received before timing: 1 as the clients are
+    timed; with 2 the second train's memory is in use too (the steady
+    state: no page faults in the timed trains).  ``faults`` as for
+    :func:`_timed_next`.
     """
     import zmq
 
@@ -172,6 +228,7 @@ def run_raw(train: dict, ntrains: int, keep_buffers: bool = True) -> float:
         keep_freed_memory(sum(v.nbytes for p in train.values() for v in p.values()
                                   if isinstance(v, np.ndarray)))
     frames = encode(train, {s: {"timestamp.tid": 1} for s in train})
+    arrays = array_payloads(frames)  # known before timing: the same frames every time
     server_ctx, client_ctx = zmq.Context(), zmq.Context()
     rep = server_ctx.socket(zmq.REP)
     req = client_ctx.socket(zmq.REQ)
@@ -183,7 +240,7 @@ def run_raw(train: dict, ntrains: int, keep_buffers: bool = True) -> float:
 
     def server() -> None:
         try:
-            for _ in range(ntrains + 1):
+            for _ in range(ntrains + warmup):
                 rep.recv()
                 rep.send_multipart(frames, copy=False)
         except zmq.ZMQError:
@@ -196,10 +253,10 @@ def run_raw(train: dict, ntrains: int, keep_buffers: bool = True) -> float:
     def next_train() -> list:
         req.send(b"next")
         got = req.recv_multipart(copy=False)
-        return [np.frombuffer(f.buffer, np.uint8) for f in got[3::4]]  # the array frames
+        return [np.frombuffer(got[i].buffer, np.uint8) for i in arrays]
 
     try:
-        return _timed_next(next_train, ntrains)
+        return _timed_next(next_train, ntrains, warmup, faults)
     finally:
         thread.join(_TIMEOUT_S)
         req.close(0)

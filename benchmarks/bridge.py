@@ -64,7 +64,9 @@ CONTENDERS = {
 #: Every driver a worker process can run (the live case's too).
 WORKERS = {**CONTENDERS,
            "live_buffer": ("xfeldata", "serve(trains) -> LiveBuffer(maxlen=4), full",
-                           lambda t, n: bench_bridge.run_live_buffer(t, n))}
+                           lambda t, n: bench_bridge.run_live_buffer(t, n)),
+           "raw_steady": ("ceiling", "raw pyzmq, same frames, copy=False both ends, 2 warm-up trains",
+                          lambda t, n: bench_bridge.run_raw(t, n, warmup=2))}
 
 
 def worker(name: str, ntrains: int, mib: int) -> dict:

@@ -16,7 +16,8 @@ Four series, each a list of :class:`~benchmarks.harness.CaseResult` with
   thread each), xfeldata and EXtra-data on the same cluster; x is workers;
 - ``live``: :class:`xfeldata.bridge.LiveBuffer` receiving trains of 1, 4 and 16
   AGIPD modules from :func:`xfeldata.bridge.serve` (REQ/REP on loopback), with
-  raw pyzmq moving the same arrays as the ceiling; x is modules.
+  raw pyzmq moving the same arrays as the ceiling, both in the steady state
+  (their memory in use), and the buffer from empty as a ref; x is modules.
 
 :func:`format_table` prints one line per point; :func:`plot` draws the series
 (time per call, log-log) into ``benchmarks/scaling.png``.
@@ -29,7 +30,8 @@ Examples
 
 from __future__ import annotations
 
-import time
+import gc
+import statistics
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -38,7 +40,7 @@ import numpy as np
 
 from . import offline
 from .data import RunSpec, ensure_run
-from .harness import CaseResult, SelfTimed, Timing, measure
+from .harness import CaseResult, Timing, measure
 from .offline import Context
 
 PLOT = Path(__file__).resolve().parent / "scaling.png"
@@ -47,7 +49,7 @@ OPEN_RUNS = [(72, RunSpec(80, 1, 20)), (288, RunSpec(80, 1, 5)), (720, RunSpec(8
 READ_TRAINS = (1, 10, 100)
 WORKERS = (1, 2)
 LIVE_MODULES = (1, 4, 16)
-_TIMEOUT_S = 60
+LIVE_MAXLEN = 4
 
 
 def _scaled(res: CaseResult, series: str, x: float) -> CaseResult:
@@ -163,51 +165,51 @@ def _live_trains(modules: int, frames: int, n: int) -> list[tuple[dict, dict]]:
             for i in range(n)]
 
 
-def _receive(trains: list[tuple[dict, dict]]) -> float:
-    """Seconds for a LiveBuffer to receive ``trains[1:]`` from ``serve`` (after the first)."""
-    from xfeldata.bridge import LiveBuffer, serve
-
-    handle = serve(trains, sock="REP", background=True)
-    buf = LiveBuffer(handle.endpoint, maxlen=4, timeout=_TIMEOUT_S)
-    try:
-        buf.start()
-        deadline = time.monotonic() + _TIMEOUT_S
-        while buf.received < 1 and time.monotonic() < deadline:
-            time.sleep(0.0005)
-        t0 = time.perf_counter()
-        while buf.received < len(trains) and time.monotonic() < deadline:
-            time.sleep(0.0005)
-        elapsed = time.perf_counter() - t0
-        if buf.received < len(trains):
-            raise TimeoutError(f"LiveBuffer received {buf.received} of {len(trains)} trains "
-                               f"from {handle.endpoint} in {_TIMEOUT_S} s")
-    finally:
-        buf.stop()
-        handle.stop()
-    return elapsed
-
-
 def case_live(ctx: Context) -> list[CaseResult]:
-    """LiveBuffer receive rate for trains of 1, 4 and 16 modules."""
-    from .bench_bridge import run_raw
+    """LiveBuffer receive rate for trains of 1, 4 and 16 modules, in the steady state.
+
+    The contender and the ceiling are timed once their memory is in use: the
+    buffer full (``maxlen`` trains, each new one evicting the oldest) and the
+    trains in flight received (:func:`benchmarks.bench_bridge.time_live_buffer`),
+    the raw pyzmq ceiling after two trains.  A ref line times the buffer
+    from empty (the first ``maxlen`` trains land in memory the process has
+    not used, every page faulted in once).  The notes give the minor page
+    faults per timed train of each (whole process).
+    """
+    from .bench_bridge import LIVE_IN_FLIGHT, run_raw, time_live_buffer
 
     n = ctx.size.bridge_trains
     frames = 2 if ctx.size.name == "tiny" else 32
     out = []
     for modules in LIVE_MODULES:
-        trains = _live_trains(modules, frames, n + 1)
+        trains = _live_trains(modules, frames, n + LIVE_MAXLEN + LIVE_IN_FLIGHT)
         arrays = [v for src in trains[0][0].values() for v in src.values()
                   if isinstance(v, np.ndarray)]
         nbytes = n * sum(a.nbytes for a in arrays)
-        res = CaseResult("scaling_live", f"LiveBuffer receiving {n} trains of {modules} AGIPD "
-                         f"module(s) x {frames} frames from serve() (REQ/REP, loopback)")
+        res = CaseResult("scaling_live", f"LiveBuffer(maxlen={LIVE_MAXLEN}) receiving {n} trains of "
+                         f"{modules} AGIPD module(s) x {frames} frames from serve() (REQ/REP, "
+                         f"loopback), steady state")
         kw = dict(nbytes=nbytes, items=n)
-        res.timings.append(measure("LiveBuffer(endpoint) fed by serve(trains)", "xfeldata",
-                                   lambda trains=trains: SelfTimed(_receive(trains)),
-                                   ctx.repeat, **kw))
-        res.timings.append(measure("raw pyzmq REQ/REP of the same arrays, zero-copy", "ceiling",
-                                   lambda trains=trains: SelfTimed(run_raw(trains[0][0], n)),
-                                   ctx.repeat, **kw))
+        faults: dict[str, list[float]] = {"live": [], "raw": [], "empty": []}
+        contenders = [
+            ("LiveBuffer(endpoint) fed by serve(trains), full", "xfeldata", "live",
+             lambda f, t=trains: time_live_buffer(t, n, LIVE_MAXLEN, faults=f)),
+            ("raw pyzmq REQ/REP of the same arrays, zero-copy", "ceiling", "raw",
+             lambda f, t=trains: run_raw(t[0][0], n, warmup=2, faults=f)),
+            ("LiveBuffer from empty (first trains into unused memory)", "ref", "empty",
+             lambda f, t=trains: time_live_buffer(t, n, LIVE_MAXLEN, warmup=1, faults=f)),
+        ]
+        times: dict[str, list[float]] = {key: [] for _, _, key, _ in contenders}
+        for i in range(1 + ctx.repeat):  # one warm-up round, then take turns
+            for _, _, key, fn in contenders:
+                gc.collect()
+                seconds = fn(faults[key] if i else [])
+                if i:
+                    times[key].append(seconds)
+        for label, role, key, _ in contenders:
+            res.timings.append(Timing(label, role, times[key], **kw))
+        res.notes.append("minor page faults per timed train (median, whole process): "
+                         + ", ".join(f"{key} {statistics.median(v):.0f}" for key, v in faults.items()))
         res.check("fraction of raw pyzmq throughput", "ceiling", 0.8)
         out.append(_scaled(res, "live", modules))
         del trains, arrays

@@ -133,6 +133,33 @@ def test_memory_case_skipped_below_large(tmp_path):
 def test_bridge_contenders_run_each_in_a_fresh_process():
     from benchmarks.bridge import run_worker
 
-    for name in ("xfeldata", "raw", "live_buffer"):
+    for name in ("xfeldata", "raw", "raw_steady", "live_buffer"):
         out = run_worker(name, ntrains=2, mib=1)
         assert out["seconds"] > 0 and out["cpu"] > 0 and out["minflt"] >= 0, name
+
+
+def test_raw_ceiling_wraps_every_array_and_nothing_else():
+    import numpy as np
+
+    from benchmarks.bench_bridge import array_payloads
+    from xfeldata.bridge import Simulator, encode
+
+    data, meta = next(iter(Simulator("AGIPD", modules=[0, 1], frames=2, ntrains=1, slow=False)))
+    frames = encode(data, meta)
+    arrays = [v for s in sorted(data) for v in data[s].values() if isinstance(v, np.ndarray)]
+    got = [frames[i] for i in array_payloads(frames)]
+    assert len(got) == len(arrays) > 2
+    assert all(np.shares_memory(np.asarray(f), a) for f, a in zip(got, arrays, strict=True))
+
+
+def test_scaling_live_times_the_steady_state(tmp_path):
+    from benchmarks.data import SIZES
+    from benchmarks.offline import Context
+    from benchmarks.scaling import LIVE_MODULES, case_live
+
+    results = case_live(Context(SIZES["tiny"], tmp_path, tmp_path, 1))
+    assert [r.scale for r in results] == [("live", m) for m in LIVE_MODULES]
+    for res in results:
+        assert [t.role for t in res.timings] == ["xfeldata", "ceiling", "ref"]
+        assert all(len(t.times) == 1 and t.times[0] > 0 for t in res.timings)
+        assert "page faults" in res.notes[0]
