@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 import xarray as xr
 
+import xfeldata as xd
 from xfeldata import analysis
 from xfeldata.analysis import photons
 from xfeldata.analysis.gain import INVALID
+from xfeldata.testing import make_example
 
 DIMS = ("trainId", "pulseId", "module", "slow_scan", "fast_scan")
 
@@ -253,3 +255,17 @@ def test_outputs_mix_with_other_dask_arrays_in_a_dataset():
     det, constants = _raw("AGIPD1M-1")
     out = analysis.calibrate(det.chunk({"module": 1}), constants)
     np.testing.assert_array_equal(out.compute()["image.data"].values, _reference(det, constants)[0])
+
+
+def test_calibrated_and_masked_datasets_compute_whole(tmp_path):
+    """calibrate and masked keep the detector's lazy variables beside derived ones; the Dataset still computes."""
+    from xfeldata.analysis import calibrate, dark_constants, masked
+
+    run = xd.open_run(make_example(tmp_path / "run", n_trains=2, frames_per_train=4), progress=False)
+    dark = xd.open_run(make_example(tmp_path / "dark", n_trains=2, frames_per_train=4, dark=True), progress=False)
+    lazy = calibrate(run.detector(), dark_constants(dark.detector()))
+    whole = lazy.compute()
+    np.testing.assert_array_equal(whole["cellId"].values, run.detector()["cellId"].values)
+    np.testing.assert_array_equal(whole["image.data"].values, lazy["image.data"].values)
+    corr = xd.open_run(make_example(tmp_path / "corr", n_trains=2, frames_per_train=4, corrected=True), progress=False)
+    assert masked(corr.detector()).compute()["image.data"].dtype == np.float32

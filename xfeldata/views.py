@@ -20,7 +20,16 @@ from xarray.backends import BackendArray
 from xarray.core import indexing
 
 from . import schema
-from .arrays import BlockRead, flat_rows_array, flat_rows_blocks, padded_array, read_rows, small_block
+from .arrays import (
+    BlockRead,
+    FreshArray,
+    flat_rows_array,
+    flat_rows_blocks,
+    handed_over,
+    padded_array,
+    read_rows,
+    small_block,
+)
 from .errors import PropertyNameError, SourceNameError
 from .files.strings import decode_strings
 from .fill import default_fill_value
@@ -318,3 +327,25 @@ def control_frame(run: RunSelection, sources: str = "*", keys: str = "*",
 
 
 __all__ = ["control_frame", "key_array", "run_dataset", "source_dataset", "to_datatree"]
+
+
+def uniform_dask(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with every :class:`FreshArray` variable (data or coordinate) as a plain dask
+    array computed the same way (:func:`handed_over`), so that a Dataset mixing the
+    detector's variables with arrays derived from them can be computed (xarray refuses
+    to compute a Dataset that mixes dask array types).  Only the one-task selections
+    of :class:`FreshArray` are lost.
+
+    >>> ds = xr.Dataset({"a": ("x", da.ones(4, chunks=2))})
+    >>> uniform_dask(ds)["a"].data is ds["a"].data
+    True
+    """
+    fresh = {k: v for k, v in ds.variables.items() if isinstance(v.data, FreshArray)}
+    if not fresh:
+        return ds
+    out = ds.copy()
+    for k, v in fresh.items():
+        a = v.data
+        plain = handed_over(da.Array(a.dask, a.name, a.chunks, meta=a._meta))
+        out[k] = v.copy(deep=False, data=plain)
+    return out

@@ -11,6 +11,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from ..views import uniform_dask
 from ._frames import MODULE_DIM, PIXEL_DIMS, data_array, map_frames
 from .gain import INVALID, STAGES, encoding, split
 
@@ -491,7 +492,7 @@ def calibrate(det: xr.Dataset, constants: xr.Dataset | None = None, *, mask_bits
         out["image.gain"] = stage if stage.dims == dims else stage.transpose(*dims)
     if "present" in det:
         out["present"] = det["present"] & np.isfinite(out["image.data"])
-    return out
+    return uniform_dask(out)
 
 
 def masked(det: xr.Dataset, mask_bits: int = 0xFFFFFFFF) -> xr.Dataset:
@@ -515,4 +516,4 @@ def masked(det: xr.Dataset, mask_bits: int = 0xFFFFFFFF) -> xr.Dataset:
     out["image.data"] = arr.where(good)
     if "present" in det:
         out["present"] = det["present"] & good
-    return out
+    return uniform_dask(out)
