@@ -96,6 +96,19 @@ def test_assemble_on_dask_is_lazy_and_equals_numpy(agipd_geometry):
     np.testing.assert_array_equal(img.values, analysis.assemble(arr.compute(), agipd_geometry).values)
 
 
+def test_assemble_on_dask_blocks_written_into_one_image_stack_equals_position_modules(agipd_geometry):
+    """Several frame blocks, a module subset: .values (blocks written into one array),
+    .compute() and a slice all equal EXtra-geom's position_modules frame by frame."""
+    arr = frames(5, modules=[0, 3, 15]).chunk({"pulseId": 2})
+    img = analysis.assemble(arr, agipd_geometry)
+    full = np.full((5, 16, 512, 128), np.nan, np.float32)
+    full[:, [0, 3, 15]] = arr.values
+    expected = np.stack([agipd_geometry.position_modules(f)[0] for f in full])
+    np.testing.assert_array_equal(img.values, expected)
+    np.testing.assert_array_equal(img.compute().values, expected)
+    np.testing.assert_array_equal(img[1:4].values, expected[1:4])
+
+
 def test_assemble_run_and_live_detector_keeps_train_and_pulse_labels(data, live, constants, agipd_geometry):
     offline = analysis.assemble(analysis.calibrate(data, constants), agipd_geometry)
     online = analysis.assemble(analysis.calibrate(live, constants), agipd_geometry)

@@ -125,21 +125,26 @@ def assemble(arr: xr.DataArray | xr.Dataset, geom: Any) -> xr.DataArray:
     n_modules = geom.expected_data_shape[0]
     full = bool(len(modules) == n_modules and (modules == np.arange(n_modules)).all())
 
-    def kernel(block: np.ndarray) -> np.ndarray:
-        block = np.asarray(block, dtype)
-        if not full:
-            stack = np.full(block.shape[:-3] + tuple(geom.expected_data_shape), np.nan, dtype)
-            stack[..., modules, :, :] = block
-            block = stack
-        out = np.full(block.shape[:-3] + shape, np.nan, dtype)
-        layout.snapped.position_modules(block, out=out)
+    def kernel(block: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        # frame by frame: an image's NaN fill is still in cache when its tiles overwrite it
+        out = np.empty(block.shape[:-3] + shape, dtype) if out is None else out
+        stack = None if full else np.empty(tuple(geom.expected_data_shape), dtype)
+        for index in np.ndindex(block.shape[:-3]):
+            frame, image = np.asarray(block[index], dtype), out[index]
+            if stack is not None:
+                stack.fill(np.nan)
+                stack[modules] = frame
+                frame = stack
+            image.fill(np.nan)
+            layout.snapped.position_modules(frame, out=image)
         return out
 
     core = [MODULE_DIM, *PIXEL_DIMS]
     arr = whole_frames(arr, core)
     image = xr.apply_ufunc(
         partial(map_frames, kernel), arr, input_core_dims=[core], output_core_dims=[list(IMAGE_DIMS)],
-        kwargs={"core_ndims": [3], "out_core": shape, "dtypes": [dtype]}, dask="allowed", keep_attrs=True)
+        kwargs={"core_ndims": [3], "out_core": shape, "dtypes": [dtype], "into": True}, dask="allowed",
+        keep_attrs=True)
     image = image.assign_coords(y=("y", y, {"units": "m"}), x=("x", x, {"units": "m"}))
     image.attrs["geometry"] = type(geom).__name__
     return image
