@@ -10,7 +10,7 @@ import pytest
 
 import xfeldata as xd
 from xfeldata import snapshot
-from xfeldata.files import cache
+from xfeldata.files import cache, parallel
 from xfeldata.files.index import read_file_index
 from xfeldata.run import RunFiles
 
@@ -86,8 +86,8 @@ def test_a_changed_file_is_indexed_again(run_copy, user_cache, monkeypatch):
     path = sorted(run_copy.glob("*DA01*.h5"))[0]
     os.utime(path, ns=(0, 10**18))  # a different mtime: the entry no longer matches
     indexed = []
-    original = cache.read_file_index
-    monkeypatch.setattr(cache, "read_file_index", lambda p: indexed.append(p) or original(p))
+    original = parallel.read_file_index  # files to index go through files.parallel
+    monkeypatch.setattr(parallel, "read_file_index", lambda p: indexed.append(p) or original(p))
     run = xd.open_run(run_copy)
     assert indexed == [os.path.abspath(path)]
     assert any(fi.mtime == os.stat(path).st_mtime for fi in run.file_indexes)

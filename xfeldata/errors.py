@@ -36,6 +36,23 @@ class FileFormatError(XfeldataError, ValueError):
         super().__init__(f"{self.path}: {problem}")
 
 
+class IndexWorkerError(XfeldataError, RuntimeError):
+    """A process indexing files in parallel failed (crashed, timed out or raised) on one file.
+
+    Parameters
+    ----------
+    path
+        The file the worker was indexing.
+    problem
+        What happened.
+    """
+
+    def __init__(self, path: str, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
 class DataIndexError(XfeldataError, IndexError):
     """The index of a file points outside the data of one key.
 

@@ -55,6 +55,7 @@ from .index import (
     SourceInfo,
     read_file_index,
 )
+from .parallel import read_file_indexes
 from .progress import tqdm
 from .strings import decode_str
 
@@ -540,22 +541,21 @@ def index_through(bundle: Bundle, paths: list[str], bar: Any = None
     """
     found: dict[str, FileIndex | FileFormatError] = {}
     fresh: dict[str, Entry] = {}
+    todo: list[tuple[str, os.stat_result | None]] = []
     for path in paths:
         st, entry = _stat(path), bundle.get(path)
         cached = _cached_index(entry, st) if st is not None and entry else None
         if cached is not None:
             found[path] = cached
+            if bar is not None:
+                bar.update()
         else:
-            try:
-                fi = read_file_index(path)
-            except FileFormatError as exc:
-                found[path] = exc
-            else:
-                found[path] = fi
-                if st is not None and (fi.size, fi.mtime, fi.inode) == _stamp(st):
-                    fresh[path] = entry_of(fi)
-        if bar is not None:
-            bar.update()
+            todo.append((path, st))
+    outcomes = read_file_indexes([p for p, _ in todo], on_done=bar.update if bar is not None else None)
+    for (path, st), fi in zip(todo, outcomes, strict=True):
+        found[path] = fi
+        if not isinstance(fi, FileFormatError) and st is not None and (fi.size, fi.mtime, fi.inode) == _stamp(st):
+            fresh[path] = entry_of(fi)
     return found, ({**bundle, **fresh} if fresh else None)
 
 
