@@ -13,6 +13,7 @@ Content is deterministic: any train can be recomputed with
 
 from __future__ import annotations
 
+import shutil
 import zlib
 from pathlib import Path
 
@@ -36,6 +37,14 @@ DETECTOR_RUN = {"n_trains": 5, "frames_per_train": 2, "slow_sources": False}
 #: Modules written for each kind in ``detector_runs``.
 DETECTOR_RUN_MODULES = {"JUNGFRAU": [1, 2], "LPDMINI": [1, 2], "EPIX100": [0]}
 SLOW_RUN = {"detector": None, "n_trains": 10, "trains_per_sequence": 5}
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    """A copy of the run files of ``src`` in ``dst`` (tests that damage files work on copies)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for path in sorted(src.glob("*.h5")):
+        shutil.copyfile(path, dst / path.name)
+    return dst
 
 
 def _make(factory: pytest.TempPathFactory, name: str, **kwargs) -> Path:

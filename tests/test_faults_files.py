@@ -21,6 +21,7 @@ import h5py
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import copy_run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -38,13 +39,6 @@ XGM = syn.XGM_SOURCE
 XGM_OUT = f"{XGM}:output"
 IXPOS = "beamPosition.ixPos"
 DA01 = "RAW-R0001-DA01-S00000.h5"
-
-
-def copy_run(src: Path, dst: Path) -> Path:
-    dst.mkdir(parents=True, exist_ok=True)
-    for path in sorted(src.glob("*.h5")):
-        shutil.copyfile(path, dst / path.name)
-    return dst
 
 
 def digests(run_dir: Path) -> dict[str, str]:

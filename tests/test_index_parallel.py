@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import warnings
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import h5py
 import pytest
+from conftest import copy_run
 
 import xfeldata as xd
 from xfeldata.errors import FileFormatError, IndexWorkerError
@@ -22,13 +22,6 @@ from xfeldata.testing import synthetic as syn
 
 XGM = syn.XGM_SOURCE
 DA01 = "RAW-R0001-DA01-S00000.h5"
-
-
-def copy_run(src: Path, dst: Path) -> Path:
-    dst.mkdir(parents=True, exist_ok=True)
-    for path in sorted(src.glob("*.h5")):
-        shutil.copyfile(path, dst / path.name)
-    return dst
 
 
 @pytest.fixture
