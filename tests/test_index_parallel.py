@@ -117,3 +117,11 @@ def test_open_run_with_workers_equals_serial(format_runs, tmp_path, monkeypatch)
     pooled = xd.open_run(run_dir)
     assert list(serial.train_ids) == list(pooled.train_ids)
     assert serial.sources == pooled.sources
+
+
+def test_a_worker_count_that_is_not_a_number_is_an_error_naming_the_variable(monkeypatch):
+    from xfeldata.files import parallel
+
+    monkeypatch.setenv("XFELDATA_INDEX_WORKERS", "two")
+    with pytest.raises(ValueError, match="XFELDATA_INDEX_WORKERS.*'two'"):
+        parallel.worker_count(1000)

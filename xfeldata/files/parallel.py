@@ -41,6 +41,7 @@ from typing import Any
 
 from ..errors import FileFormatError, IndexWorkerError
 from .index import FileIndex, read_file_index
+from .pool import CORES
 
 WORKERS_ENV = "XFELDATA_INDEX_WORKERS"
 #: Fewest files to index for workers to start (2 cores: neutral at 72 files, 2.2x at 288 and 720).
@@ -69,12 +70,12 @@ def worker_count(n_files: int, workers: int | None = None) -> int:
         try:
             workers = int(os.environ[WORKERS_ENV])
         except ValueError:
-            workers = 0
+            raise ValueError(f"${WORKERS_ENV} must be a whole number of worker processes "
+                             f"(0 turns them off), not {os.environ[WORKERS_ENV]!r}") from None
     if workers is None:
         if n_files < MIN_FILES:
             return 0
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        workers = cores - 1
+        workers = CORES - 1
     chunks = -(-n_files // CHUNK)
     return max(0, min(workers, chunks - 1))
 

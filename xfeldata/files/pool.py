@@ -21,8 +21,10 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+#: The cores this process may run on.
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 #: Reader threads of the shared pool: one per core.
-READERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+READERS = CORES
 
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
