@@ -227,10 +227,15 @@ class RunFiles:
         so that :meth:`from_state` makes the same object without the files' indexes
         (kept in the index cache by :mod:`xfeldata.snapshot`)."""
         names = list(self._train_maps)
-        unique: dict[tuple[bytes, ...], int] = {}
-        map_of = [unique.setdefault(tuple(getattr(m, a).tobytes() for a in ("train_ids", "file_no", "first", "count")),
-                                    len(unique)) for m in (self._train_maps[n] for n in names)]
-        maps = [self._train_maps[names[map_of.index(k)]] for k in range(len(unique))]
+        unique: dict[tuple[bytes, ...], int] = {}  # index groups with the same rows store one map
+        maps: list[TrainMap] = []
+        map_of: list[int] = []
+        for m in (self._train_maps[n] for n in names):
+            rows_of_m = tuple(getattr(m, a).tobytes() for a in ("train_ids", "file_no", "first", "count"))
+            if rows_of_m not in unique:
+                unique[rows_of_m] = len(maps)
+                maps.append(m)
+            map_of.append(unique[rows_of_m])
 
         def joined(attr: str, dtype: type) -> np.ndarray:
             return np.concatenate([getattr(m, attr) for m in maps] or [np.zeros(0, dtype)]).astype(dtype)
