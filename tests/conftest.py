@@ -269,3 +269,14 @@ def agipd_geometry():
 
     return AGIPD_1MGeometry.from_quad_positions(
         quad_pos=[(-525, 625), (-550, -10), (520, -160), (542.5, 475)])
+
+
+@pytest.fixture(params=["compiled", "numpy"])
+def kernels(request, monkeypatch) -> str:
+    """Runs a test with the compiled (numba) analysis kernels and again with their numpy twins."""
+    from xfeldata.analysis import _jit
+
+    if request.param == "compiled" and _jit._numba() is None:
+        pytest.skip("numba is not installed")
+    monkeypatch.setenv(_jit.ENV, "1" if request.param == "compiled" else "0")
+    return request.param
