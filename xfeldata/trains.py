@@ -25,9 +25,10 @@ are read with one call per file and handed out per train as views of that
 block.  So keeping one train's array alive keeps its block alive; the arrays of
 different trains never overlap.  Uncompressed rows are read with ``pread``
 around HDF5 (see :class:`_Rows`), through the descriptor of the handle cache's
-open file, and large blocks of different keys (detector modules) are read by
-:data:`READ_THREADS` threads side by side: the iterating thread opens the
-datasets and finds where the rows are, the threads only ``pread``.
+open file, and large blocks of different keys (detector modules) are read side by
+side on the process's shared reader threads (:func:`~xfeldata.files.pool.run_all`):
+the iterating thread opens the datasets and finds where the rows are, the threads
+only ``pread``.
 
 Examples
 --------
@@ -38,9 +39,7 @@ Examples
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, closing
 from itertools import pairwise
 from typing import Any
@@ -54,6 +53,7 @@ from .errors import DataIndexError, DataReadError, PropertyNameError
 from .files.handles import OpenFile, handles
 from .files.index import KeyInfo
 from .files.plain import layout_of, pread_pieces
+from .files.pool import run_all
 from .files.strings import decode_str
 from .run import RunSelection, SelectionSpec
 
@@ -65,9 +65,7 @@ BLOCK_BYTES = 64 * 2**20
 MIN_KEY_BLOCK_BYTES = 256 * 2**10
 #: The most trains read in one block.
 MAX_BLOCK_TRAINS = 512
-#: Threads reading the blocks of large keys (e.g. detector modules) side by side.
-READ_THREADS = min(4, os.cpu_count() or 1)
-#: Blocks at least this large are read in the thread pool.
+#: Blocks at least this large are read on the shared reader threads, side by side.
 PARALLEL_MIN_BYTES = 256 * 2**10
 #: Bytes that may be read in vain to join two trains' rows into one read.
 MAX_GAP_BYTES = 2 * 2**20
@@ -474,19 +472,13 @@ def _generate(readers: list[tuple[str, list[tuple[str, _KeyReader]]]], tids: lis
               timestamps: list[int]) -> Iterator[tuple[int, TrainData]]:
     big = [r for _, krs in readers for _, r in krs
            if r.bytes_per_train * r.block_trains >= PARALLEL_MIN_BYTES]
-    pool = ThreadPoolExecutor(READ_THREADS) if len(big) > 1 and READ_THREADS > 1 else None
-    try:
-        for i, tid in enumerate(tids):
-            if pool is not None:
-                _fill_side_by_side([r for r in big if not r.start <= i < r.stop], i, pool)
-            yield tid, _assemble(readers, i, tid, timestamps[i])
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+    for i, tid in enumerate(tids):
+        _fill_side_by_side([r for r in big if not r.start <= i < r.stop], i)
+        yield tid, _assemble(readers, i, tid, timestamps[i])
 
 
-def _fill_side_by_side(readers: list[_KeyReader], i: int, pool: ThreadPoolExecutor) -> None:
-    """Read the blocks of several keys starting at train position ``i`` in the pool's threads.
+def _fill_side_by_side(readers: list[_KeyReader], i: int) -> None:
+    """Read the blocks of several keys starting at train position ``i`` on the shared reader threads.
 
     The reads are planned here (HDF5 calls stay in this thread); the threads only ``pread``.
     """
@@ -494,8 +486,7 @@ def _fill_side_by_side(readers: list[_KeyReader], i: int, pool: ThreadPoolExecut
         return
     with ExitStack() as stack:
         blocks = [stack.enter_context(r.plan(i)) for r in readers]
-        for future in [pool.submit(block.fetch) for block in blocks]:
-            future.result()
+        run_all(lambda block: block.fetch(), blocks)
         for r, block in zip(readers, blocks, strict=True):
             r.install(block)
 
