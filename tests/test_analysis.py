@@ -225,6 +225,7 @@ def test_radial_profile_of_a_synthetic_ring_peaks_at_its_radius(data, constants,
 # -- photons ------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("kernels")
 def test_photon_count_formula_and_threshold():
     adu = xr.DataArray(np.array([-10, 0, 29, 31, 60, 89, 91, np.nan], np.float32), dims="x")
     assert analysis.photon_count(adu, 60).values.tolist() == [0, 0, 0, 1, 1, 1, 2, 0]
@@ -234,6 +235,7 @@ def test_photon_count_formula_and_threshold():
         analysis.photon_count(adu, 0)
 
 
+@pytest.mark.usefixtures("kernels")
 @pytest.mark.parametrize("value", [np.inf, 3e9])
 def test_photon_count_refuses_counts_int32_cannot_hold_rather_than_giving_0(value):
     adu = xr.DataArray(np.array([60, value, 120], np.float32), dims="x")
@@ -242,6 +244,7 @@ def test_photon_count_refuses_counts_int32_cannot_hold_rather_than_giving_0(valu
     assert analysis.photon_count(adu.where(adu < 1e9), 60).values.tolist() == [1, 0, 2]
 
 
+@pytest.mark.usefixtures("kernels")
 def test_photon_count_and_lit_pixels_keep_labels_on_dask():
     arr = frames(3, modules=[2, 5], chunks=True) * 100
     counts = analysis.photon_count(arr, 30)
@@ -253,6 +256,7 @@ def test_photon_count_and_lit_pixels_keep_labels_on_dask():
     np.testing.assert_array_equal(lit.values, (arr.values > 50).sum(axis=(1, 2, 3)))
 
 
+@pytest.mark.usefixtures("kernels")
 def test_dark_calibrate_photon_count_recovers_the_photons_written(data, constants, analysis_runs):
     counts = analysis.photon_count(analysis.calibrate(data, constants), ADU).values
     truth = np.stack([
@@ -270,6 +274,7 @@ def test_dark_calibrate_photon_count_recovers_the_photons_written(data, constant
     assert bad.mean() < 0.01
 
 
+@pytest.mark.usefixtures("kernels")
 def test_calibrate_subtracts_the_dark_offset_per_cell_and_masks_bad_pixels(data, constants):
     out = analysis.calibrate(data, constants)
     assert isinstance(out["image.data"].data, da.Array)
@@ -284,6 +289,7 @@ def test_calibrate_subtracts_the_dark_offset_per_cell_and_masks_bad_pixels(data,
     assert np.isnan(frame).sum() == c["bad_pixels"].values.sum()
 
 
+@pytest.mark.usefixtures("kernels")
 def test_calibrate_masks_bad_pixels_and_missing_frames_in_present(data, constants):
     """present becomes per pixel: the frame was recorded and the pixel is not bad for its cell."""
     gappy = data.copy(deep=True).load()  # the fixture is shared: change a copy
@@ -319,6 +325,7 @@ def test_dark_constants_noise_and_offset_match_the_writers_model(constants):
     assert np.median(np.abs(constants["offset"].values[0, 0, 0] - pedestal)) < 5
 
 
+@pytest.mark.usefixtures("kernels")
 def test_calibrate_takes_agipd_gain_stages_from_the_gain_plane(dark, data, constants):
     """Two dark 'stages' (the second shifted by 100 ADU and its gain plane by 1000 ADU): a frame
     whose gain plane is in the second stage is corrected with the second stage's offset."""
@@ -347,6 +354,7 @@ def test_calibrate_corrected_data_applies_its_mask_bits(agipd_corr_run):
     assert np.isnan(only[(mask & 1) != 0]).all() and np.isfinite(only[mask == 2]).all()
 
 
+@pytest.mark.usefixtures("kernels")
 def test_calibrate_on_numpy_and_live_equals_dask(data, live, constants):
     lazy = analysis.calibrate(data, constants)["image.data"].values
     eager = analysis.calibrate(data.load(), constants)["image.data"]
@@ -355,6 +363,7 @@ def test_calibrate_on_numpy_and_live_equals_dask(data, live, constants):
     np.testing.assert_array_equal(lazy, analysis.calibrate(live, constants)["image.data"].values)
 
 
+@pytest.mark.usefixtures("kernels")
 def test_calibrate_takes_lazy_constants_and_a_subset_of_their_modules(dark, data, constants):
     some = data.sel(module=[MODULES[2], MODULES[0]])
     lazy = analysis.calibrate(some, analysis.dark_constants(dark))["image.data"]

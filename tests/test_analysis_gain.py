@@ -77,6 +77,7 @@ def test_lpd_dark_constants_take_the_stage_of_each_pixel_from_its_bits(lpd):
     assert 3 < float(np.median(constants["noise"].values)) < 7  # the writer's LPD noise: 5 ADU
 
 
+@pytest.mark.usefixtures("kernels")
 def test_lpd_calibrate_corrects_each_stage_and_recovers_the_photons(lpd):
     constants = analysis.dark_constants(shift_lpd_stages(lpd["dark"])).compute()
     out = analysis.calibrate(shift_lpd_stages(lpd["data"]), constants)
@@ -94,6 +95,7 @@ def test_lpd_calibrate_corrects_each_stage_and_recovers_the_photons(lpd):
     assert recovered > 0.99, recovered
 
 
+@pytest.mark.usefixtures("kernels")
 def test_lpd_invalid_stage_bits_are_nan_and_not_present(lpd):
     constants = analysis.dark_constants(lpd["dark"]).compute()
     data = lpd["data"].copy(deep=True).load()  # the fixture is shared: change a copy
@@ -108,6 +110,7 @@ def test_lpd_invalid_stage_bits_are_nan_and_not_present(lpd):
     np.testing.assert_array_equal(frame["present"].values[10:], ~bad[10:])
 
 
+@pytest.mark.usefixtures("kernels")
 def test_lpd_constants_of_one_stage_leave_the_other_stages_nan(lpd):
     high = lpd["dark"].isel(gain=[0])  # a dark run in forced high gain
     constants = analysis.dark_constants(high).compute()
@@ -134,6 +137,7 @@ def test_jungfrau_dark_constants_from_the_three_gain_runs(jungfrau):
     assert 8 < float(np.median(constants["noise"].values)) < 12  # the writer's JUNGFRAU noise: 10 ADU
 
 
+@pytest.mark.usefixtures("kernels")
 def test_jungfrau_calibrate_takes_the_stage_of_each_pixel_from_the_gain_key(jungfrau):
     dark, data = jungfrau["dark"], jungfrau["data"].load()
     darks = [dark, as_jungfrau_stage(dark, 1, 1000), as_jungfrau_stage(dark, 3, 2000)]

@@ -47,6 +47,7 @@ def _counts(adu: np.ndarray, adu_per_photon: float, threshold: float) -> np.ndar
         return np.where(x >= 1, x, 0).astype(np.int32)
 
 
+@pytest.mark.usefixtures("kernels")
 @pytest.mark.parametrize("chunks", [{"trainId": 1}, {"module": 2}, {"pulseId": 3, "module": 1, "slow_scan": 32}])
 def test_photon_count_on_dask_equals_the_formula_and_writes_one_array(chunks, no_concatenation):
     adu = _adu()
@@ -59,6 +60,7 @@ def test_photon_count_on_dask_equals_the_formula_and_writes_one_array(chunks, no
     assert [values.flat[i] for i in (1, 4, 5)] == [1, 2, 0]  # 30 and 90 ADU: 1 and 2 photons; -0: none
 
 
+@pytest.mark.usefixtures("kernels")
 def test_photon_count_of_numpy_in_any_layout_equals_the_formula():
     adu = _adu()
     expected = _counts(adu.values, 7.5, 0.3)
@@ -69,6 +71,7 @@ def test_photon_count_of_numpy_in_any_layout_equals_the_formula():
     np.testing.assert_array_equal(analysis.photon_count(strided, 7.5, 0.3).values, expected[..., ::3])
 
 
+@pytest.mark.usefixtures("kernels")
 def test_photon_count_steps_through_long_arrays_exactly(monkeypatch):
     monkeypatch.setattr(photons, "STEP", 1000)  # many steps, the last one short
     adu = _adu()
@@ -76,6 +79,7 @@ def test_photon_count_steps_through_long_arrays_exactly(monkeypatch):
                                   _counts(adu.values, 60, 0.5))
 
 
+@pytest.mark.usefixtures("kernels")
 @pytest.mark.parametrize("value", [np.inf, 2.0**31, 3e9])
 def test_photon_count_on_dask_refuses_an_overflow_in_any_block(value):
     adu = _adu()
@@ -151,6 +155,7 @@ def _reference(det: xr.Dataset, constants: xr.Dataset) -> tuple[np.ndarray, np.n
     return values, np.where(valid, stage, INVALID).astype(np.uint8)
 
 
+@pytest.mark.usefixtures("kernels")
 @pytest.mark.parametrize("kind", ["AGIPD1M-1", "AGIPD1M", "LPD1M"])
 @pytest.mark.parametrize("chunks", [None, {"module": 1}, {"trainId": 1, "module": 2}])
 def test_calibrate_equals_whole_array_fancy_indexing(kind, chunks):
@@ -169,6 +174,7 @@ def test_calibrate_equals_whole_array_fancy_indexing(kind, chunks):
     assert np.isnan(values).any() and np.isfinite(values).any()
 
 
+@pytest.mark.usefixtures("kernels")
 @pytest.mark.parametrize("kind", ["AGIPD1M-1", "AGIPD1M", "LPD1M"])
 def test_calibrate_on_dask_writes_one_array(kind, no_concatenation):
     det, constants = _raw(kind)
@@ -184,6 +190,7 @@ def test_calibrate_on_dask_writes_one_array(kind, no_concatenation):
         np.testing.assert_array_equal(both["image.gain"].values, stage)
 
 
+@pytest.mark.usefixtures("kernels")
 def test_calibrate_frames_in_odd_layouts_equal_the_reference():
     det, constants = _raw("AGIPD1M-1")
     values, _ = _reference(det, constants)
@@ -192,6 +199,57 @@ def test_calibrate_frames_in_odd_layouts_equal_the_reference():
     np.testing.assert_array_equal(got, values)
     got = analysis.calibrate(turned, constants)["image.data"].transpose(*DIMS).values
     np.testing.assert_array_equal(got, values)
+
+
+def _jungfrau(det: xr.Dataset, seed=2) -> xr.Dataset:
+    """``det`` (LPD words) as JUNGFRAU raw data: 14-bit signal and a gain key of 0-3 (2 is invalid)."""
+    rng = np.random.default_rng(seed)
+    gain = rng.integers(0, 4, size=det["image.data"].shape).astype(np.uint8)
+    return det.assign({"image.gain": (DIMS, gain)}).assign_attrs(kind="JUNGFRAU")
+
+
+def _both_kernels(monkeypatch, fn):
+    """``fn()`` with the compiled kernels and with their numpy twins."""
+    from xfeldata.analysis import _jit
+
+    results = []
+    for mode in ("1", "0"):
+        monkeypatch.setenv(_jit.ENV, mode)
+        results.append(fn())
+    return results
+
+
+@pytest.mark.parametrize("kind", ["AGIPD1M-1", "AGIPD1M", "LPD1M", "JUNGFRAU"])
+@pytest.mark.parametrize("chunks", [None, {"pulseId": 2, "module": 1}])
+def test_compiled_calibrate_gives_the_numpy_twins_bits(kind, chunks, monkeypatch):
+    """The same float32 bits (NaN included) and stages, on every stage path, also into output views that
+    are not contiguous (blocks of a few pulses); thresholds that are NaN (no dark frames) give stage 0."""
+    pytest.importorskip("numba")
+    det, constants = _raw("LPD1M" if kind == "JUNGFRAU" else kind)
+    if kind == "JUNGFRAU":
+        det, constants = _jungfrau(det), constants.assign_attrs(kind="JUNGFRAU")
+    if kind == "AGIPD1M":
+        constants["gain_threshold"][0, 1, :, :4] = np.nan
+    lazy = det if chunks is None else det.chunk(chunks)
+    compiled, twin = _both_kernels(monkeypatch, lambda: analysis.calibrate(lazy, constants).compute())
+    for name in ("image.data", "image.gain", "present"):
+        if name in twin:
+            assert compiled[name].dtype == twin[name].dtype
+            np.testing.assert_array_equal(compiled[name].values.view(np.uint8), twin[name].values.view(np.uint8))
+    assert np.isnan(twin["image.data"].values).any()
+
+
+def test_compiled_photon_count_gives_the_numpy_twins_counts_and_errors(monkeypatch):
+    pytest.importorskip("numba")
+    adu = _adu()
+    for arr in (adu, adu.astype(np.float64), adu.chunk({"pulseId": 2, "module": 2}), adu.isel(fast_scan=slice(3))):
+        compiled, twin = _both_kernels(monkeypatch, lambda arr=arr: analysis.photon_count(arr, 7.5, 0.3).values)
+        assert compiled.dtype == twin.dtype == np.int32
+        np.testing.assert_array_equal(compiled, twin)
+    adu.values[1, 2, 3, 4, 5] = 3e10
+    adu.values[2, 2, 3, 4, 5] = np.inf
+    errors = _both_kernels(monkeypatch, lambda: pytest.raises(OverflowError, analysis.photon_count, adu, 1).value)
+    assert str(errors[0]) == str(errors[1]) and "3e+10" in str(errors[0])
 
 
 # -- dark_constants ---------------------------------------------------------------
@@ -245,6 +303,7 @@ def test_dark_constants_add_each_block_to_one_running_sum_per_module():
         assert len(dask.core.get_dependencies(graph, key) & sums) <= 1, key
 
 
+@pytest.mark.usefixtures("kernels")
 def test_outputs_mix_with_other_dask_arrays_in_a_dataset():
     """xarray refuses to compute Datasets mixing dask array types: the outputs are plain dask arrays."""
     adu = _adu().chunk({"trainId": 1})
@@ -257,6 +316,7 @@ def test_outputs_mix_with_other_dask_arrays_in_a_dataset():
     np.testing.assert_array_equal(out.compute()["image.data"].values, _reference(det, constants)[0])
 
 
+@pytest.mark.usefixtures("kernels")
 def test_calibrated_and_masked_datasets_compute_whole(tmp_path):
     """calibrate and masked keep the detector's lazy variables beside derived ones; the Dataset still computes."""
     from xfeldata.analysis import calibrate, dark_constants, masked

@@ -13,7 +13,8 @@ import xarray as xr
 
 from ..views import uniform_dask
 from ._frames import MODULE_DIM, PIXEL_DIMS, data_array, map_frames
-from .gain import INVALID, STAGES, encoding, split
+from ._jit import jitted
+from .gain import _JUNGFRAU_STAGE, _LPD_STAGE, INVALID, STAGES, encoding, split
 
 CELL_DIM = "cell"
 STAGE_DIM = "gain_stage"
@@ -279,6 +280,110 @@ def _batches(frames: np.ndarray, most: int) -> list[slice]:
     return out
 
 
+#: How the compiled kernel finds a pixel's stage: one stage, AGIPD's gain plane against thresholds,
+#: LPD's bits 12-13, JUNGFRAU's gain key.
+_SINGLE, _THRESHOLDS, _LPD, _JUNGFRAU = 0, 1, 2, 3
+
+
+@jitted
+def _correct_compiled(frames: np.ndarray, gains: np.ndarray, order: np.ndarray, mods: np.ndarray,
+                      cells: np.ndarray, offset: np.ndarray, bad: np.ndarray, threshold: np.ndarray,
+                      lut: np.ndarray, mode: int, out: np.ndarray, stages: np.ndarray) -> None:
+    """One pass over a block's frames, in ``order`` (by module and cell, so that their constants stay
+    in cache): the float32 frames minus their offsets into ``out``, NaN where bad, invalid or
+    missing, and (``mode`` other than ``_SINGLE``) the uint8 stage into ``stages``.
+
+    ``frames`` is ``(frame, plane, ss, fs)`` (plane 0 the signal, AGIPD's plane 1 its gain signal),
+    ``gains`` JUNGFRAU's uint8 gain key ``(frame, ss, fs)``, ``mods`` and ``cells`` each frame's
+    index in ``offset``/``bad`` ``(module, cell, stage, ss, fs)`` (cell -1: none), ``threshold``
+    AGIPD's ``(module, cell, stage - 1, ss, fs)``, ``lut`` LPD's or JUNGFRAU's recorded value ->
+    stage.  The numbers are those of the numpy twin in :func:`_correct`: the same float32 cast and
+    subtraction, the same stage.
+    """
+    nan = np.float32(np.nan)
+    invalid = np.uint8(255)
+    n_stages = offset.shape[2]
+    n_ss, n_fs = out.shape[1], out.shape[2]
+    for k in range(order.shape[0]):
+        f = order[k]
+        m, c = mods[f], cells[f]
+        if c < 0:  # missing frame, or a cell the constants lack
+            for i in range(n_ss):
+                for j in range(n_fs):
+                    out[f, i, j] = nan
+            if mode != _SINGLE:
+                for i in range(n_ss):
+                    for j in range(n_fs):
+                        stages[f, i, j] = invalid
+            continue
+        if mode == _SINGLE:
+            for i in range(n_ss):
+                for j in range(n_fs):
+                    x = np.float32(frames[f, 0, i, j]) - offset[m, c, 0, i, j]
+                    out[f, i, j] = nan if bad[m, c, 0, i, j] else x
+        elif mode == _THRESHOLDS:
+            for i in range(n_ss):
+                for j in range(n_fs):
+                    g = np.float32(frames[f, 1, i, j])
+                    s = 0
+                    for t in range(n_stages - 1):
+                        if g > threshold[m, c, t, i, j]:
+                            s += 1
+                    x = np.float32(frames[f, 0, i, j]) - offset[m, c, s, i, j]
+                    out[f, i, j] = nan if bad[m, c, s, i, j] else x
+                    stages[f, i, j] = s
+        else:
+            for i in range(n_ss):
+                for j in range(n_fs):
+                    word = frames[f, 0, i, j]
+                    if mode == _LPD:
+                        s = lut[word >> 12]
+                        word = word & 0x0FFF
+                    else:
+                        s = lut[gains[f, i, j]]
+                        word = word & 0x3FFF
+                    if s >= n_stages:
+                        out[f, i, j] = nan
+                        stages[f, i, j] = invalid
+                    else:
+                        x = np.float32(word) - offset[m, c, s, i, j]
+                        out[f, i, j] = nan if bad[m, c, s, i, j] else x
+                        stages[f, i, j] = s
+
+
+#: Raw dtypes whose float32 cast (and bit fields) the compiled kernel does as numpy; others: the twin.
+_COMPILED_DTYPES = frozenset(np.dtype(t) for t in (np.uint16, np.int16, np.uint8, np.int8, np.float32))
+
+
+def _correct_fast(frames: np.ndarray, gains: np.ndarray | None, mods: np.ndarray, cell_index: np.ndarray,
+                  offset: np.ndarray, bad: np.ndarray, threshold: np.ndarray | None, enc: str,
+                  corrected: np.ndarray, stages: np.ndarray | None) -> bool:
+    """:func:`_correct`'s block by the compiled kernel, where there is one for it; False where not
+    (no numba, ``XFELDATA_JIT=0``, or a raw dtype it does not take): then the numpy twin runs."""
+    kernel = _correct_compiled.compiled()
+    if kernel is None or frames.dtype not in _COMPILED_DTYPES or offset.dtype != np.float32 \
+            or bad.dtype != np.bool_ or (threshold is not None and threshold.dtype != np.float32):
+        return False  # (float64 constants: the twin's mixed-precision subtraction)
+    if enc in ("lpd", "jungfrau") and frames.dtype != np.uint16:
+        return False
+    mode = _THRESHOLDS if threshold is not None else {"lpd": _LPD, "jungfrau": _JUNGFRAU}.get(enc, _SINGLE)
+    lut = {_LPD: _LPD_STAGE, _JUNGFRAU: _JUNGFRAU_STAGE}.get(mode, _LPD_STAGE)
+    if gains is None:
+        gains = np.zeros((0, 0, 0), np.uint8)
+    elif gains.dtype != np.uint8:
+        gains = np.clip(gains, 0, 255).astype(np.uint8)  # as gain.split does
+    if frames.ndim == 3:
+        frames = frames[:, None]
+    if threshold is None:
+        threshold = np.zeros((0,) * 5, np.float32)
+    if stages is None:
+        stages = np.zeros((0, 0, 0), np.uint8)
+    order = np.lexsort((cell_index, mods))
+    kernel(frames, gains, order, mods, cell_index, offset, bad, threshold,
+           lut, mode, corrected, stages)
+    return True
+
+
 def _correct(data: np.ndarray, cells: np.ndarray, offset: np.ndarray,
              bad: np.ndarray, *more: np.ndarray, enc: str, cell_lut: np.ndarray, thresholds: bool,
              n_core: int, out: np.ndarray | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
@@ -294,9 +399,10 @@ def _correct(data: np.ndarray, cells: np.ndarray, offset: np.ndarray,
     The frames go to ``out`` (float32 ``(*loop dims, ss, fs)``, maybe a view) or a new array;
     where stages are looked up, ``out`` is a pair: (frames or None, stages or None).
 
-    The offset of each (module, cell) the block uses is merged with its bad
-    pixels (NaN) once, and the frames of one (module, cell) are corrected
-    together while it is in cache, up to :data:`BATCH` evenly spaced frames
+    With compiled kernels (:mod:`~xfeldata.analysis._jit`), one pass of
+    :func:`_correct_compiled` over the block.  The numpy twin merges the offset of
+    each (module, cell) the block uses with its bad pixels (NaN) once, and the
+    frames of one (module, cell) are corrected together while it is in cache, up to :data:`BATCH` evenly spaced frames
     by one numpy call, written straight into the output, in float32.
     """
     lead = data.shape[:data.ndim - n_core]
@@ -323,6 +429,8 @@ def _correct(data: np.ndarray, cells: np.ndarray, offset: np.ndarray,
         stages = None if given_stages is None else _merged(given_stages, len(lead))
         stages = np.empty((len(frames), *pixel), np.uint8) if stages is None else stages
     nan = np.float32(np.nan)
+    if _correct_fast(frames, gains, mods, cell_index, offset, bad, threshold, enc, corrected, stages):
+        return _delivered(out, given, corrected, stages, given_stages, staged, lead, pixel)
     order = np.lexsort((cell_index, mods))  # by (module, cell), frames in order within each
     group = mods[order] * (n_cells + 1) + cell_index[order] + 1
     starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
@@ -356,13 +464,22 @@ def _correct(data: np.ndarray, cells: np.ndarray, offset: np.ndarray,
                 continue
             np.copyto(target, signal)
             target -= np.take_along_axis(off[None], stage[:, None].astype(np.intp), axis=1)[:, 0]
+    if staged:
+        stages[stages >= n_stages] = INVALID
+    return _delivered(out, given, corrected, stages, given_stages, staged, lead, pixel)
+
+
+def _delivered(out: np.ndarray, given: np.ndarray | None, corrected: np.ndarray, stages: np.ndarray | None,
+               given_stages: np.ndarray | None, staged: bool, lead: tuple[int, ...], pixel: tuple[int, ...]
+               ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """:func:`_correct`'s result: the frames (and stages) copied to the given outputs where they were
+    worked on elsewhere."""
     if given is not None and not np.shares_memory(corrected, given):
         np.copyto(out, corrected.reshape(out.shape))
     elif given is None:
         out = corrected.reshape(out.shape)
     if not staged:
         return out
-    stages[stages >= n_stages] = INVALID
     if given_stages is None:
         return out, stages.reshape(*lead, *pixel)
     if not np.shares_memory(stages, given_stages):

@@ -9,6 +9,7 @@ import numpy as np
 import xarray as xr
 
 from ._frames import MODULE_DIM, PIXEL_DIMS, data_array, map_frames
+from ._jit import jitted
 
 #: Elements per step of :func:`_count_kernel`: a step's input, float32 scratch and output (1 MiB each)
 #: stay in a core's L2 cache.
@@ -39,16 +40,51 @@ def _steps(a: np.ndarray, b: np.ndarray, lead: int, step: int) -> Iterator[tuple
             yield x[start:start + step], y[start:start + step]
 
 
+@jitted
+def _count_compiled(adu: np.ndarray, scale: np.float32, shift: np.float32, out: np.ndarray) -> int:
+    """The counts of the 1-d ``adu`` into ``out`` in one pass; the index of the first value of
+    2**31 photons or more (or +inf), where it stops, else -1.
+
+    Each count is the numpy twin's: ``adu`` as float32, divided by ``scale``,
+    plus ``shift``, in float32; truncated to int32 where it is 1 or more, else
+    0 (negative values, NaN), which is what the twin's cast and clip give.
+    """
+    limit = np.float32(2.0**31)
+    one = np.float32(1.0)
+    for i in range(adu.shape[0]):
+        x = np.float32(adu[i]) / scale + shift
+        if x >= limit:
+            return i
+        out[i] = np.int32(x) if x >= one else np.int32(0)
+    return -1
+
+
+#: Input dtypes whose float32 conversion numba does exactly as numpy (others: the numpy twin).
+_COMPILED_DTYPES = frozenset(np.dtype(t) for t in (np.float32, np.float64, np.uint8, np.int8, np.uint16, np.int16))
+
+
+def _overflow(value: float, scale: np.float32) -> OverflowError:
+    return OverflowError(f"photon_count: a pixel value of {value} ADU is {value / scale:.3g} photons, "
+                         "more than the int32 counts hold (values must be finite)")
+
+
 def _count_kernel(adu: np.ndarray, adu_per_photon: float, threshold: float,
                   out: np.ndarray | None = None) -> np.ndarray:
-    """One pass over ``adu`` in cache-sized steps: scale and shift in float32, truncate to int32, clip at 0.
+    """One pass over ``adu``: scale and shift in float32, truncate to int32, clip at 0.
 
-    Truncation is ``floor`` wherever the result is kept (values of 1 and
-    more), and the clip at 0 takes everything else to 0: negative values, and
-    NaN (a missing frame or masked pixel), which the cast turns into the most
-    negative int32 (or 0).  The clip is an integer ``maximum`` against an
-    array of zeros: numpy's scalar-operand path of it is not vectorised.
+    With compiled kernels (:mod:`~xfeldata.analysis._jit`), each contiguous
+    run of ``adu`` and ``out`` in one compiled call.  The numpy twin goes in
+    cache-sized steps; truncation is ``floor`` wherever the result is kept
+    (values of 1 and more), and the clip at 0 takes everything else to 0:
+    negative values, and NaN (a missing frame or masked pixel), which the cast
+    turns into the most negative int32 (or 0).  The clip is an integer
+    ``maximum`` against an array of zeros: numpy's scalar-operand path of it
+    is not vectorised.  A count of 2**31 or more (or +inf) raises
+    :class:`OverflowError` naming the first such value.
     The counts go to ``out`` (int32, ``adu``'s shape, maybe a view) or a new array.
+
+    >>> _count_kernel(np.array([[-5.0, 35.0], [95.0, np.nan]], np.float32), 60, 0.5).tolist()
+    [[0, 1], [2, 0]]
     """
     adu = np.asarray(adu)
     out = np.empty(adu.shape, np.int32) if out is None else out
@@ -58,18 +94,24 @@ def _count_kernel(adu: np.ndarray, adu_per_photon: float, threshold: float,
     if lead and int(np.prod(adu.shape[lead:])) < _MIN_RUN:  # short runs: count a contiguous copy
         np.copyto(out, _count_kernel(np.ascontiguousarray(adu), adu_per_photon, threshold))
         return out
+    scale, shift = np.float32(adu_per_photon), np.float32(1.0 - threshold)
+    compiled = _count_compiled.compiled() if adu.dtype in _COMPILED_DTYPES else None
+    if compiled is not None:
+        whole = int(np.prod(adu.shape[lead:]))
+        for piece, counts in _steps(adu, out, lead, whole):
+            stop = compiled(piece, scale, shift, counts)
+            if stop >= 0:
+                raise _overflow(piece[stop], scale)
+        return out
     size = min(STEP, adu.size)
     scratch, zeros = np.empty(size, np.float32), np.zeros(size, np.int32)
-    scale, shift = np.float32(adu_per_photon), np.float32(1.0 - threshold)
     with np.errstate(invalid="ignore"):  # NaN and out-of-range values in the cast: clipped just after
         for piece, counts in _steps(adu, out, lead, STEP):
             x = scratch[:len(piece)]
             np.divide(piece, scale, out=x, dtype=np.float32)
             x += shift
             if np.fmax.reduce(x) >= _INT32_LIMIT:  # +inf or more photons than int32 holds: never a silent 0
-                bad = piece[x >= _INT32_LIMIT][0]  # (fmax skips NaN)
-                raise OverflowError(f"photon_count: a pixel value of {bad} ADU is {bad / scale:.3g} photons, "
-                                    "more than the int32 counts hold (values must be finite)")
+                raise _overflow(piece[x >= _INT32_LIMIT][0], scale)  # (fmax skips NaN)
             np.copyto(counts, x, casting="unsafe")
             np.maximum(counts, zeros[:len(piece)], out=counts)
     return out
