@@ -125,29 +125,59 @@ def case_photon_count(ctx: Context) -> list[CaseResult]:
                      lambda: analysis.photon_count(lazy, 60).values, arr.values)]
 
 
-def case_calibrate(ctx: Context) -> list[CaseResult]:
-    """Offset correction of raw uint16 AGIPD frames (gain plane, 4 memory cells) vs a numpy copy."""
+def _raw_agipd(n: int, rng: np.random.Generator):
+    """``n`` raw AGIPD-1M frames (uint16, signal and gain planes, 4 memory cells) as run.detector()
+    labels and chunks them (one module, whole trains)."""
     import xarray as xr
 
-    from xfeldata import analysis
-
-    n = _n_frames(ctx)
-    rng = np.random.default_rng(1)
     raw = rng.integers(4000, 6000, size=(n // 4, 4, 16, 2, 512, 128), dtype=np.uint16)
-    det = xr.Dataset(
+    return raw, xr.Dataset(
         {"image.data": (("trainId", "pulseId", "module", "gain", "slow_scan", "fast_scan"), raw),
          "cellId": (("trainId", "pulseId", "module"), np.broadcast_to(np.arange(4)[None, :, None], raw.shape[:3]))},
         coords={"trainId": np.arange(n // 4), "pulseId": np.arange(4), "module": np.arange(16)},
         attrs={"kind": "AGIPD1M"},  # as run.detector() labels it: plane 1 of the gain axis is the gain signal
     ).chunk({"module": 1})  # as run.detector() chunks: one module, whole trains (up to 128 MiB)
-    shape = (16, 4, 1, 512, 128)
+
+
+def _offsets(rng: np.random.Generator, stages: int):
+    """Dark constants of 16 modules, 4 cells and ``stages`` gain stages; with more than one stage,
+    gain thresholds that put about a third of the raw gain signal (4000-6000) in each stage."""
+    import xarray as xr
+
+    shape = (16, 4, stages, 512, 128)
     dims = ("module", "cell", "gain_stage", "slow_scan", "fast_scan")
     constants = xr.Dataset({"offset": (dims, rng.normal(5000, 300, shape).astype(np.float32)),
                             "bad_pixels": (dims, rng.random(shape) < 0.01)},
                            coords={"module": np.arange(16), "cell": np.arange(4)})
+    if stages > 1:
+        limits = np.linspace(4000, 6000, stages + 1)[1:-1].astype(np.float32)
+        shape = (16, 4, stages - 1, 512, 128)
+        constants["gain_threshold"] = (("module", "cell", "threshold", "slow_scan", "fast_scan"),
+                                       np.broadcast_to(limits[None, None, :, None, None], shape))
+    return constants
+
+
+def case_calibrate(ctx: Context) -> list[CaseResult]:
+    """Offset correction of raw uint16 AGIPD frames (gain plane, 4 memory cells) vs a numpy copy:
+    one gain stage, and three stages taken from the gain plane by thresholds (also giving the stage)."""
+    from xfeldata import analysis
+
+    n = _n_frames(ctx)
+    rng = np.random.default_rng(1)
+    raw, det = _raw_agipd(n, rng)
+    single, staged = _offsets(rng, 1), _offsets(rng, 3)
+
+    def with_stages() -> tuple:
+        out = analysis.calibrate(det, staged)[["image.data", "image.gain"]].compute()  # one pass for both
+        return out["image.data"].values, out["image.gain"].values
+
     return [_vs_copy(ctx, "calibrate", f"offset correction of {n} raw AGIPD-1M frames (uint16, gain plane)",
                      "analysis.calibrate(det, constants)['image.data'].values",
-                     lambda: analysis.calibrate(det, constants)["image.data"].values, raw)]
+                     lambda: analysis.calibrate(det, single)["image.data"].values, raw),
+            _vs_copy(ctx, "calibrate_gain", f"offset correction of {n} raw AGIPD-1M frames in 3 gain stages "
+                     "by the gain plane's thresholds",
+                     "calibrate(det, constants): 'image.data' and 'image.gain' values",
+                     with_stages, raw)]
 
 
 CASES: dict[str, Callable[[Context], list[CaseResult]]] = {

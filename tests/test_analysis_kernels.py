@@ -223,13 +223,16 @@ def _both_kernels(monkeypatch, fn):
 @pytest.mark.parametrize("chunks", [None, {"pulseId": 2, "module": 1}])
 def test_compiled_calibrate_gives_the_numpy_twins_bits(kind, chunks, monkeypatch):
     """The same float32 bits (NaN included) and stages, on every stage path, also into output views that
-    are not contiguous (blocks of a few pulses); thresholds that are NaN (no dark frames) give stage 0."""
+    are not contiguous (blocks of a few pulses); thresholds that are NaN (no dark frames) give stage 0,
+    thresholds out of order the number of them a pixel's gain signal is above."""
     pytest.importorskip("numba")
     det, constants = _raw("LPD1M" if kind == "JUNGFRAU" else kind)
     if kind == "JUNGFRAU":
         det, constants = _jungfrau(det), constants.assign_attrs(kind="JUNGFRAU")
     if kind == "AGIPD1M":
         constants["gain_threshold"][0, 1, :, :4] = np.nan
+        swapped = constants["gain_threshold"].values[1, 0, ::-1].copy()  # a high threshold below the low one
+        constants["gain_threshold"].values[1, 0] = swapped
     lazy = det if chunks is None else det.chunk(chunks)
     compiled, twin = _both_kernels(monkeypatch, lambda: analysis.calibrate(lazy, constants).compute())
     for name in ("image.data", "image.gain", "present"):

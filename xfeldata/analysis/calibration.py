@@ -13,7 +13,7 @@ import xarray as xr
 
 from ..views import uniform_dask
 from ._frames import MODULE_DIM, PIXEL_DIMS, data_array, map_frames
-from ._jit import jitted
+from ._jit import flat_frames, jitted
 from .gain import _JUNGFRAU_STAGE, _LPD_STAGE, INVALID, STAGES, encoding, split
 
 CELL_DIM = "cell"
@@ -286,69 +286,88 @@ _SINGLE, _THRESHOLDS, _LPD, _JUNGFRAU = 0, 1, 2, 3
 
 
 @jitted
-def _correct_compiled(frames: np.ndarray, gains: np.ndarray, order: np.ndarray, mods: np.ndarray,
-                      cells: np.ndarray, offset: np.ndarray, bad: np.ndarray, threshold: np.ndarray,
-                      lut: np.ndarray, mode: int, out: np.ndarray, stages: np.ndarray) -> None:
+def _correct_compiled(frames: np.ndarray, at: np.ndarray, gains: np.ndarray, gains_at: np.ndarray,
+                      order: np.ndarray, mods: np.ndarray, cells: np.ndarray, offset: np.ndarray,
+                      bad: np.ndarray, threshold: np.ndarray, lut: np.ndarray, mode: int,
+                      out: np.ndarray, out_at: np.ndarray, stages: np.ndarray, stages_at: np.ndarray) -> None:
     """One pass over a block's frames, in ``order`` (by module and cell, so that their constants stay
     in cache): the float32 frames minus their offsets into ``out``, NaN where bad, invalid or
     missing, and (``mode`` other than ``_SINGLE``) the uint8 stage into ``stages``.
 
-    ``frames`` is ``(frame, plane, ss, fs)`` (plane 0 the signal, AGIPD's plane 1 its gain signal),
-    ``gains`` JUNGFRAU's uint8 gain key ``(frame, ss, fs)``, ``mods`` and ``cells`` each frame's
-    index in ``offset``/``bad`` ``(module, cell, stage, ss, fs)`` (cell -1: none), ``threshold``
-    AGIPD's ``(module, cell, stage - 1, ss, fs)``, ``lut`` LPD's or JUNGFRAU's recorded value ->
-    stage.  The numbers are those of the numpy twin in :func:`_correct`: the same float32 cast and
-    subtraction, the same stage.
+    Every array of frames is 1-d, with its frames' offsets beside it
+    (:func:`~xfeldata.analysis._jit.flat_frames`): ``frames`` and ``at``
+    ``(frame, plane)`` (plane 0 the signal, AGIPD's plane 1 its gain signal),
+    ``gains`` JUNGFRAU's uint8 gain key, ``out``, ``stages``.  ``mods`` and
+    ``cells`` are each frame's index in ``offset``/``bad`` ``(module, cell,
+    stage, pixel)`` (cell -1: none), ``threshold`` AGIPD's ``(module, cell,
+    stage - 1, pixel)``, ``lut`` LPD's or JUNGFRAU's recorded value -> stage.
+    The numbers are those of the numpy twin in :func:`_correct`: the same
+    float32 cast and subtraction, the same stage.
     """
     nan = np.float32(np.nan)
     invalid = np.uint8(255)
-    n_stages = offset.shape[2]
-    n_ss, n_fs = out.shape[1], out.shape[2]
+    n_stages, n_pix = offset.shape[2], offset.shape[3]
     for k in range(order.shape[0]):
         f = order[k]
         m, c = mods[f], cells[f]
+        o = out_at[f]
         if c < 0:  # missing frame, or a cell the constants lack
-            for i in range(n_ss):
-                for j in range(n_fs):
-                    out[f, i, j] = nan
+            out[o:o + n_pix] = nan
             if mode != _SINGLE:
-                for i in range(n_ss):
-                    for j in range(n_fs):
-                        stages[f, i, j] = invalid
+                stages[stages_at[f]:stages_at[f] + n_pix] = invalid
             continue
+        signal = frames[at[f, 0]:at[f, 0] + n_pix]
+        corrected = out[o:o + n_pix]
         if mode == _SINGLE:
-            for i in range(n_ss):
-                for j in range(n_fs):
-                    x = np.float32(frames[f, 0, i, j]) - offset[m, c, 0, i, j]
-                    out[f, i, j] = nan if bad[m, c, 0, i, j] else x
-        elif mode == _THRESHOLDS:
-            for i in range(n_ss):
-                for j in range(n_fs):
-                    g = np.float32(frames[f, 1, i, j])
-                    s = 0
-                    for t in range(n_stages - 1):
-                        if g > threshold[m, c, t, i, j]:
-                            s += 1
-                    x = np.float32(frames[f, 0, i, j]) - offset[m, c, s, i, j]
-                    out[f, i, j] = nan if bad[m, c, s, i, j] else x
-                    stages[f, i, j] = s
-        else:
-            for i in range(n_ss):
-                for j in range(n_fs):
-                    word = frames[f, 0, i, j]
-                    if mode == _LPD:
-                        s = lut[word >> 12]
-                        word = word & 0x0FFF
-                    else:
-                        s = lut[gains[f, i, j]]
-                        word = word & 0x3FFF
-                    if s >= n_stages:
-                        out[f, i, j] = nan
-                        stages[f, i, j] = invalid
-                    else:
-                        x = np.float32(word) - offset[m, c, s, i, j]
-                        out[f, i, j] = nan if bad[m, c, s, i, j] else x
-                        stages[f, i, j] = s
+            off, skip = offset[m, c, 0], bad[m, c, 0]
+            for p in range(n_pix):
+                x = np.float32(signal[p]) - off[p]
+                corrected[p] = nan if skip[p] else x
+            continue
+        stage = stages[stages_at[f]:stages_at[f] + n_pix]
+        off, skip = offset[m, c], bad[m, c]
+        if mode == _THRESHOLDS:
+            gain_signal, limits = frames[at[f, 1]:at[f, 1] + n_pix], threshold[m, c]
+            if n_stages == 3:  # AGIPD's three stages: all three corrected, then a select, so that the loop vectorises
+                low, high = limits[0], limits[1]
+                off0, off1, off2, skip0, skip1, skip2 = off[0], off[1], off[2], skip[0], skip[1], skip[2]
+                for p in range(n_pix):
+                    g = np.float32(gain_signal[p])
+                    above_low, above_high = g > low[p], g > high[p]
+                    x = np.float32(signal[p])
+                    x0 = nan if skip0[p] else x - off0[p]
+                    x1 = nan if skip1[p] else x - off1[p]
+                    x2 = nan if skip2[p] else x - off2[p]
+                    both, either = above_low & above_high, above_low | above_high  # stage 2; stage 1 or 2
+                    x12 = x2 if both else x1
+                    corrected[p] = x12 if either else x0
+                    stage[p] = np.uint8(above_low) + np.uint8(above_high)
+                continue
+            for p in range(n_pix):
+                g = np.float32(gain_signal[p])
+                s = 0
+                for t in range(n_stages - 1):
+                    s += g > limits[t, p]
+                x = np.float32(signal[p]) - off[s, p]
+                corrected[p] = nan if skip[s, p] else x
+                stage[p] = s
+            continue
+        key = gains[gains_at[f]:gains_at[f] + n_pix]
+        for p in range(n_pix):
+            word = signal[p]
+            if mode == _LPD:
+                s = lut[word >> 12]
+                word = word & 0x0FFF
+            else:
+                s = lut[key[p]]
+                word = word & 0x3FFF
+            if s >= n_stages:
+                corrected[p] = nan
+                stage[p] = invalid
+            else:
+                x = np.float32(word) - off[s, p]
+                corrected[p] = nan if skip[s, p] else x
+                stage[p] = s
 
 
 #: Raw dtypes whose float32 cast (and bit fields) the compiled kernel does as numpy; others: the twin.
@@ -369,7 +388,7 @@ def _correct_fast(frames: np.ndarray, gains: np.ndarray | None, mods: np.ndarray
     mode = _THRESHOLDS if threshold is not None else {"lpd": _LPD, "jungfrau": _JUNGFRAU}.get(enc, _SINGLE)
     lut = {_LPD: _LPD_STAGE, _JUNGFRAU: _JUNGFRAU_STAGE}.get(mode, _LPD_STAGE)
     if gains is None:
-        gains = np.zeros((0, 0, 0), np.uint8)
+        gains = np.zeros((len(frames), 0), np.uint8)
     elif gains.dtype != np.uint8:
         gains = np.clip(gains, 0, 255).astype(np.uint8)  # as gain.split does
     if frames.ndim == 3:
@@ -377,10 +396,16 @@ def _correct_fast(frames: np.ndarray, gains: np.ndarray | None, mods: np.ndarray
     if threshold is None:
         threshold = np.zeros((0,) * 5, np.float32)
     if stages is None:
-        stages = np.zeros((0, 0, 0), np.uint8)
+        stages = np.zeros((len(frames), 0), np.uint8)
+    outputs = flat_frames(corrected, 1), flat_frames(stages, 1)
+    if outputs[0] is None or outputs[1] is None:
+        return False  # outputs whose frames are not contiguous: the twin writes them
+    inputs = [flat_frames(a, n) or flat_frames(np.ascontiguousarray(a), n) for a, n in ((frames, 2), (gains, 1))]
+    pixels = int(np.prod(offset.shape[3:]))
+    # (bad pixels as bytes: numba's loads of booleans keep its loops from vectorising)
+    constants = [np.ascontiguousarray(c).reshape(*c.shape[:3], pixels) for c in (offset, bad.view(np.uint8), threshold)]
     order = np.lexsort((cell_index, mods))
-    kernel(frames, gains, order, mods, cell_index, offset, bad, threshold,
-           lut, mode, corrected, stages)
+    kernel(*inputs[0], *inputs[1], order, mods, cell_index, *constants, lut, mode, *outputs[0], *outputs[1])
     return True
 
 

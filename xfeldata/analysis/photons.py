@@ -42,21 +42,23 @@ def _steps(a: np.ndarray, b: np.ndarray, lead: int, step: int) -> Iterator[tuple
 
 @jitted
 def _count_compiled(adu: np.ndarray, scale: np.float32, shift: np.float32, out: np.ndarray) -> int:
-    """The counts of the 1-d ``adu`` into ``out`` in one pass; the index of the first value of
-    2**31 photons or more (or +inf), where it stops, else -1.
+    """The counts of the 1-d ``adu`` into ``out`` in one pass; how many values are 2**31 photons
+    or more (or +inf): where that is not 0, ``out`` is not to be used.
 
     Each count is the numpy twin's: ``adu`` as float32, divided by ``scale``,
     plus ``shift``, in float32; truncated to int32 where it is 1 or more, else
     0 (negative values, NaN), which is what the twin's cast and clip give.
+    The loop has no exit, so that it is vectorised (an early return for the
+    first overflow made it four times slower).
     """
     limit = np.float32(2.0**31)
     one = np.float32(1.0)
+    over = 0
     for i in range(adu.shape[0]):
         x = np.float32(adu[i]) / scale + shift
-        if x >= limit:
-            return i
+        over += x >= limit
         out[i] = np.int32(x) if x >= one else np.int32(0)
-    return -1
+    return over
 
 
 #: Input dtypes whose float32 conversion numba does exactly as numpy (others: the numpy twin).
@@ -99,9 +101,9 @@ def _count_kernel(adu: np.ndarray, adu_per_photon: float, threshold: float,
     if compiled is not None:
         whole = int(np.prod(adu.shape[lead:]))
         for piece, counts in _steps(adu, out, lead, whole):
-            stop = compiled(piece, scale, shift, counts)
-            if stop >= 0:
-                raise _overflow(piece[stop], scale)
+            if compiled(piece, scale, shift, counts):
+                x = np.divide(piece, scale, dtype=np.float32) + shift
+                raise _overflow(piece[x >= _INT32_LIMIT][0], scale)
         return out
     size = min(STEP, adu.size)
     scratch, zeros = np.empty(size, np.float32), np.zeros(size, np.int32)
