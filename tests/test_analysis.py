@@ -147,6 +147,7 @@ def test_pixel_q_and_chi_equal_pyfai(agipd_geometry):
     assert np.abs((chi - chi_pyfai + 180) % 360 - 180).max() < 1e-4
 
 
+@pytest.mark.usefixtures("kernels")
 def test_radial_profile_equals_pyfai_integrate1d_without_splitting(agipd_geometry):
     """Tolerance: 2e-3 absolute on uniform [0, 1) pixels; pyFAI bins float32 q, so a pixel
     within float32 rounding of a bin edge may fall into the neighbour bin."""
@@ -165,6 +166,7 @@ def test_radial_profile_equals_pyfai_integrate1d_without_splitting(agipd_geometr
     assert prof.dims == ("pulseId", "q") and prof.q.attrs["units"] == "nm^-1"
 
 
+@pytest.mark.usefixtures("kernels")
 def test_radial_profile_leaves_out_nan_and_masked_pixels(agipd_geometry):
     arr = xr.ones_like(frames(1, modules=[0, 1]))
     arr[0, 1] = np.nan
@@ -176,6 +178,7 @@ def test_radial_profile_leaves_out_nan_and_masked_pixels(agipd_geometry):
     assert np.nanmax(prof.values) == 1.0 and np.nanmin(prof.values) == 1.0
 
 
+@pytest.mark.usefixtures("kernels")
 def test_radial_profile_without_a_mask_leaves_out_nan_and_infinite_pixels(agipd_geometry):
     arr = xr.ones_like(frames(3, modules=[0, 1]))
     arr[0, 1] = np.nan
@@ -187,6 +190,7 @@ def test_radial_profile_without_a_mask_leaves_out_nan_and_infinite_pixels(agipd_
     np.testing.assert_array_equal(prof.values[2][np.isfinite(prof.values[1])], 2.0)
 
 
+@pytest.mark.usefixtures("kernels")
 def test_radial_profile_on_dask_and_live_equals_numpy(live, constants, agipd_geometry):
     arr = frames(3, chunks=True)
     lazy = analysis.radial_profile(arr, agipd_geometry, DISTANCE, WAVELENGTH, npt=64)
@@ -198,6 +202,7 @@ def test_radial_profile_on_dask_and_live_equals_numpy(live, constants, agipd_geo
     assert prof.dims == ("trainId", "pulseId", "q") and prof.sizes["trainId"] == live.sizes["trainId"]
 
 
+@pytest.mark.usefixtures("kernels")
 def test_radial_profile_2d_bins_chi_and_sums_to_the_1d_profile(agipd_geometry):
     q, chi = pixel_radial(agipd_geometry, DISTANCE, WAVELENGTH)
     arr = xr.DataArray(chi[None].astype(np.float32), dims=("pulseId", "module", "slow_scan", "fast_scan"))

@@ -255,6 +255,27 @@ def test_compiled_photon_count_gives_the_numpy_twins_counts_and_errors(monkeypat
     assert str(errors[0]) == str(errors[1]) and "3e+10" in str(errors[0])
 
 
+def test_compiled_radial_profile_gives_the_numpy_twins_bits(agipd_geometry, monkeypatch):
+    """The histogram sums in pixel order in float32 as the twin's sparse matrix product: the same bits,
+    with NaN and infinite pixels, a mask, integer frames and empty bins (NaN)."""
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(5)
+    values = rng.random((3, 2, 512, 128), np.float32) * 100
+    values[0, 1, :7] = np.nan
+    values[1, 0, 40:45] = np.inf
+    arr = xr.DataArray(values, dims=("pulseId", "module", "slow_scan", "fast_scan"), coords={"module": [3, 8]})
+    mask = np.zeros((2, 512, 128), bool)
+    mask[1, 100:300] = True
+    for given, kwargs in ((arr, {}), (arr, {"mask": mask}), (arr.chunk({"pulseId": 2}), {"q_range": (0, 40)}),
+                          ((arr.fillna(0).clip(0, 1e4) * 10).astype(np.uint16), {})):
+        compiled, twin = _both_kernels(monkeypatch, lambda given=given, kwargs=kwargs: analysis.radial_profile(
+            given, agipd_geometry, 0.2, 1.3e-10, npt=400, **kwargs).values)
+        assert compiled.dtype == twin.dtype == np.float32
+        np.testing.assert_array_equal(compiled.view(np.uint32), twin.view(np.uint32))
+        assert np.isfinite(twin).any()
+        assert np.isnan(twin).any() == ("q_range" in kwargs)  # bins from q = 0: empty in the central hole
+
+
 # -- dark_constants ---------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import xarray as xr
+from dask.base import tokenize
 
 from ..arrays import handed_over
 from ..into import written_into
@@ -116,7 +117,12 @@ def map_frames(kernel: Callable[..., Any], *arrays: Any, core_ndims: Sequence[in
         return shaped if n_out > 1 else shaped[0]
 
     ndim = n_loop + n_dropped + len(out_core)
-    out = da.blockwise(run, loop + tuple(dropped) + new, *pairs, new_axes=dict(zip(new, out_core, strict=True)),
+    # named by the kernel, not by ``run``: dask would pickle the closure, and a kernel object's
+    # ``__dask_tokenize__`` (one made once for its large tables) would go unused
+    name = f"{getattr(kernel, '__name__', type(kernel).__name__).strip('_')}-" \
+           f"{tokenize(kernel, kwargs, out_core, list(map(str, dtypes)), *pairs)}"
+    out = da.blockwise(run, loop + tuple(dropped) + new, *pairs, name=name,
+                       new_axes=dict(zip(new, out_core, strict=True)),
                        adjust_chunks={d: 1 for d in dropped}, concatenate=False,
                        meta=np.empty((0,) * ndim, dtypes[0]))
     view = (slice(None),) * n_loop + (0,) * n_dropped

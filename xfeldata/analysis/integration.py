@@ -1,20 +1,25 @@
 """Azimuthal integration of many frames at once: radial profiles ``(..., q)`` and ``(..., q, chi)``.
 
-Each pixel falls into one bin (no pixel splitting) by its centre; a sparse
-bins-by-pixels matrix (CSC), built once per geometry and parameters and cached, turns each
-frame into the sums of every bin in one pass over the frame as it lies in memory.
+Each pixel falls into one bin (no pixel splitting) by its centre.  The bin of
+every pixel, worked out once per geometry and parameters and cached, turns each
+frame into the sums of every bin in one pass over the frame as it lies in
+memory: a compiled histogram (:mod:`~xfeldata.analysis._jit`), or, as its numpy
+twin, the product with a sparse bins-by-pixels matrix (CSC), which sums in the
+same (pixel) order in float32 and so gives the same bits.
 """
 
 from __future__ import annotations
 
 import weakref
 from functools import partial
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
+from dask.base import tokenize
 
 from ._frames import MODULE_DIM, PIXEL_DIMS, data_array, map_frames, whole_frames
+from ._jit import jitted
 from .geometry import _module_positions
 
 if TYPE_CHECKING:  # scipy (the analysis extra) is imported where binning needs it
@@ -67,31 +72,36 @@ def _bins(values: np.ndarray, n: int, lo: float, hi: float) -> np.ndarray:
     return index
 
 
-def _matrix(index: np.ndarray, n_bins: int) -> scipy.sparse.csc_matrix:
+def _matrix(bins: np.ndarray, n_bins: int) -> scipy.sparse.csc_matrix:
     """The bins-by-pixels matrix (CSC: one entry per binned pixel's column) of 1s."""
     import scipy.sparse
 
-    pixels = np.flatnonzero(index >= 0)
+    pixels = np.flatnonzero(bins >= 0)
     ones = np.ones(len(pixels), np.float32)
-    return scipy.sparse.csc_matrix((ones, (index.ravel()[pixels], pixels)),
-                                   shape=(n_bins, index.size))
+    return scipy.sparse.csc_matrix((ones, (bins[pixels], pixels)), shape=(n_bins, bins.size))
 
 
-def _without(matrix: scipy.sparse.csc_matrix, leave_out: np.ndarray) -> scipy.sparse.csc_matrix:
-    """``matrix`` without the entries of the pixels (columns) where ``leave_out`` is True."""
-    cols = np.repeat(np.arange(matrix.shape[1]), np.diff(matrix.indptr))
-    out = matrix.copy()
-    out.data[leave_out.ravel()[cols]] = 0
-    out.eliminate_zeros()  # a stored 0 would still make NaN * 0 = NaN
-    return out
+class _Binning:
+    """The bin of every pixel for one call's parameters, as an index and as a matrix, and the bin edges.
 
+    Its dask token is made once, from the bins: a graph names its blocks
+    without hashing the matrix again on every call.
+    """
 
-class _Binning(NamedTuple):
-    """The pixel-to-bin matrix of one call's parameters, and the bin edges it used."""
+    def __init__(self, bins: np.ndarray, n_bins: int, edges: tuple[float, ...]) -> None:
+        self.bins = bins.astype(np.int32).ravel()  # (pixels,): bin index, -1 none
+        self.n_bins = n_bins
+        self.matrix = _matrix(self.bins, n_bins)  # (bins, pixels): its product with a frame sums the bins
+        self.pixels_per_bin = np.asarray(self.matrix.sum(axis=1), np.float32).ravel()  # counts, none left out
+        self.edges = edges  # (lo, hi) of the radial bins, then (lo, hi) of chi for 2-D
+        self.token = tokenize(self.bins, n_bins)
 
-    matrix: scipy.sparse.csc_matrix  # (bins, pixels): its product with a frame scatters the frame's pixels
-    pixels_per_bin: np.ndarray  # (bins,) float32: the counts when no pixel is left out
-    edges: tuple[float, ...]  # (lo, hi) of the radial bins, then (lo, hi) of chi for 2-D
+    def __dask_tokenize__(self) -> str:
+        return self.token
+
+    def without(self, leave_out: np.ndarray) -> _Binning:
+        """This binning with the pixels where ``leave_out`` is True in no bin."""
+        return _Binning(np.where(np.asarray(leave_out, bool).ravel(), -1, self.bins), self.n_bins, self.edges)
 
 
 #: Binnings per geometry (dropped with it), keyed by all the other parameters.
@@ -122,46 +132,82 @@ def _binning(geom: Any, modules: np.ndarray, distance: float, wavelength: float,
         c_bin = _bins(chi, npt_azim, c_lo, c_hi)
         index = np.where((index >= 0) & (c_bin >= 0), index * npt_azim + c_bin, -1)
         edges, n_bins = (lo, hi, c_lo, c_hi), npt * npt_azim
-    matrix = _matrix(index, n_bins)
-    binning = _Binning(matrix, np.asarray(matrix.sum(axis=1), np.float32).ravel(), edges)
+    binning = _Binning(index, n_bins, edges)
     if len(cached) >= _MAX_CACHED:
         cached.pop(next(iter(cached)))
     cached[key] = binning
     return binning
 
 
+@jitted
+def _histogram_compiled(frames: np.ndarray, bins: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> None:
+    """Each frame's finite pixels summed into their bins (``bins`` -1: none), in pixel order and in
+    float32 as the twin's matrix product, with the number of them; ``sums``, ``counts`` zeroed
+    ``(frame, bin)``."""
+    for f in range(frames.shape[0]):
+        frame, total, count = frames[f], sums[f], counts[f]
+        for p in range(frame.shape[0]):
+            b = bins[p]
+            x = np.float32(frame[p])
+            if b >= 0 and np.isfinite(x):
+                total[b] += x
+                count[b] += np.float32(1)
+
+
+def _histogram(frames: np.ndarray, binning: _Binning) -> tuple[np.ndarray, np.ndarray]:
+    """Sums and counts of the finite pixels in each bin, ``(frame, bin)`` float32, of ``(frame, pixel)``."""
+    compiled = _histogram_compiled.compiled()
+    if compiled is not None:
+        sums = np.zeros((len(frames), binning.n_bins), np.float32)
+        counts = np.zeros_like(sums)
+        compiled(frames, binning.bins, sums, counts)
+        return sums, counts
+    matrix = binning.matrix
+    sums = np.empty((len(frames), binning.n_bins), np.float32)
+    counts = np.empty_like(sums)
+    for i, frame in enumerate(frames):
+        frame = frame if frame.dtype == np.float32 else frame.astype(np.float32)
+        sums[i] = matrix @ frame  # one pass over the frame as it lies in memory
+        counts[i] = binning.pixels_per_bin
+        # A NaN or infinite pixel makes its bin's sum NaN or infinite, so finite
+        # sums mean that no binned pixel is to be left out.
+        if not np.isfinite(sums[i]).all():
+            valid = np.isfinite(frame)
+            sums[i] = matrix @ np.where(valid, frame, np.float32(0))
+            counts[i] = matrix @ valid.astype(np.float32)
+    return sums, counts
+
+
+class _Integrator:
+    """The block kernel of :func:`_integrate`: mean of each bin of every frame, NaN where a bin is empty.
+
+    An object, not a closure, so that dask names its blocks by the binning's token.
+    """
+
+    def __init__(self, binning: _Binning, out_shape: tuple[int, ...]) -> None:
+        self.binning, self.out_shape = binning, out_shape
+
+    def __dask_tokenize__(self) -> tuple:
+        return ("radial-profile", self.binning.token, self.out_shape)
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        lead = block.shape[:-3]
+        sums, counts = _histogram(block.reshape(-1, self.binning.bins.size), self.binning)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = np.divide(sums, counts, out=sums)
+        out[counts == 0] = np.nan
+        return out.reshape(lead + self.out_shape)
+
+
 def _integrate(arr: xr.DataArray, binning: _Binning, out_dims: list[str],
                out_shape: tuple[int, ...], mask: np.ndarray | None) -> xr.DataArray:
-    matrix, pixels_per_bin = binning.matrix, binning.pixels_per_bin
-    if mask is not None:  # masked pixels out of the matrix, once per call
-        matrix = _without(matrix, np.asarray(mask, bool))
-        pixels_per_bin = np.asarray(matrix.sum(axis=1), np.float32).ravel()
-    n_pixels = matrix.shape[1]
-
-    def kernel(block: np.ndarray) -> np.ndarray:
-        lead = block.shape[:-3]
-        frames = block.reshape(-1, n_pixels)
-        out = np.empty((len(frames), matrix.shape[0]), np.float32)
-        for i, frame in enumerate(frames):
-            frame = frame if frame.dtype == np.float32 else frame.astype(np.float32)
-            sums = matrix @ frame  # one pass over the frame as it lies in memory
-            counts = pixels_per_bin
-            # A NaN or infinite pixel makes its bin's sum NaN or infinite, so finite
-            # sums mean that no binned pixel is to be left out.
-            if not np.isfinite(sums).all():
-                valid = np.isfinite(frame)
-                sums = matrix @ np.where(valid, frame, np.float32(0))
-                counts = matrix @ valid.astype(np.float32)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                np.divide(sums, counts, out=out[i])
-            out[i][counts == 0] = np.nan
-        return out.reshape(lead + out_shape)
-
+    if mask is not None:  # masked pixels out of every bin, once per call
+        binning = binning.without(mask)
     core = [MODULE_DIM, *PIXEL_DIMS]
     arr = whole_frames(arr, core)
     return xr.apply_ufunc(
-        partial(map_frames, kernel), arr, input_core_dims=[core], output_core_dims=[out_dims],
-        kwargs={"core_ndims": [3], "out_core": out_shape, "dtypes": [np.float32]},
+        partial(map_frames, _Integrator(binning, out_shape)), arr, input_core_dims=[core],
+        output_core_dims=[out_dims], kwargs={"core_ndims": [3], "out_core": out_shape, "dtypes": [np.float32]},
         dask="allowed", keep_attrs=True)
 
 
