@@ -64,6 +64,7 @@ def frames(n=3, modules=range(16), seed=0, chunks=None):
 # -- assemble -----------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("kernels")
 def test_assemble_equals_position_modules_with_nan_for_missing_modules(agipd_geometry):
     arr = frames(2, modules=[1, 4, 9])
     img = analysis.assemble(arr, agipd_geometry)
@@ -75,6 +76,7 @@ def test_assemble_equals_position_modules_with_nan_for_missing_modules(agipd_geo
     assert np.isnan(img.values).mean() > 0.8  # gaps and 13 missing modules
 
 
+@pytest.mark.usefixtures("kernels")
 def test_assemble_x_y_are_pixel_centres_in_metres(agipd_geometry):
     index = xr.DataArray(np.arange(16 * 512 * 128, dtype=np.float64).reshape(16, 512, 128),
                          dims=("module", "slow_scan", "fast_scan"))
@@ -89,6 +91,7 @@ def test_assemble_x_y_are_pixel_centres_in_metres(agipd_geometry):
     assert img.x.attrs["units"] == "m"
 
 
+@pytest.mark.usefixtures("kernels")
 def test_assemble_on_dask_is_lazy_and_equals_numpy(agipd_geometry):
     arr = frames(4, chunks=True)
     img = analysis.assemble(arr, agipd_geometry)
@@ -96,6 +99,7 @@ def test_assemble_on_dask_is_lazy_and_equals_numpy(agipd_geometry):
     np.testing.assert_array_equal(img.values, analysis.assemble(arr.compute(), agipd_geometry).values)
 
 
+@pytest.mark.usefixtures("kernels")
 def test_assemble_on_dask_blocks_written_into_one_image_stack_equals_position_modules(agipd_geometry):
     """Several frame blocks, a module subset: .values (blocks written into one array),
     .compute() and a slice all equal EXtra-geom's position_modules frame by frame."""
@@ -109,6 +113,7 @@ def test_assemble_on_dask_blocks_written_into_one_image_stack_equals_position_mo
     np.testing.assert_array_equal(img[1:4].values, expected[1:4])
 
 
+@pytest.mark.usefixtures("kernels")
 def test_assemble_run_and_live_detector_keeps_train_and_pulse_labels(data, live, constants, agipd_geometry):
     offline = analysis.assemble(analysis.calibrate(data, constants), agipd_geometry)
     online = analysis.assemble(analysis.calibrate(live, constants), agipd_geometry)

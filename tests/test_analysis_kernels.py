@@ -255,6 +255,23 @@ def test_compiled_photon_count_gives_the_numpy_twins_counts_and_errors(monkeypat
     assert str(errors[0]) == str(errors[1]) and "3e+10" in str(errors[0])
 
 
+def test_compiled_assemble_gives_position_modules_bits(agipd_geometry, monkeypatch):
+    """The compiled index map gives EXtra-geom's images bit for bit: integer and float64 frames,
+    modules out of order, frames that are not contiguous, blocks of several frames, NaN pixels."""
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(6)
+    values = rng.random((16, 3, 512, 128)) * 1000  # (module, pulse, ...): transposed, frames not contiguous
+    values[2, 1, :5] = np.nan
+    arr = xr.DataArray(values, dims=("module", "pulseId", "slow_scan", "fast_scan"),
+                       coords={"module": np.arange(16)}).transpose("pulseId", "module", ...)
+    for given in (arr, arr.isel(module=[9, 1, 4]), arr.fillna(0).astype(np.uint16), arr.astype(np.float32).chunk(
+            {"pulseId": 2})):
+        compiled, twin = _both_kernels(monkeypatch, lambda given=given: analysis.assemble(given, agipd_geometry).values)
+        assert compiled.dtype == twin.dtype
+        np.testing.assert_array_equal(compiled.view(np.uint8), twin.view(np.uint8))
+        assert np.isnan(twin).any() and np.isfinite(twin).any()
+
+
 def test_compiled_radial_profile_gives_the_numpy_twins_bits(agipd_geometry, monkeypatch):
     """The histogram sums in pixel order in float32 as the twin's sparse matrix product: the same bits,
     with NaN and infinite pixels, a mask, integer frames and empty bins (NaN)."""

@@ -8,8 +8,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import xarray as xr
+from dask.base import tokenize
 
 from ._frames import MODULE_DIM, PIXEL_DIMS, data_array, map_frames, whole_frames
+from ._jit import flat_frames, jitted
 
 IMAGE_DIMS = ("y", "x")
 
@@ -40,6 +42,8 @@ class _Layout(NamedTuple):
     shape: tuple[int, int]
     y: np.ndarray
     x: np.ndarray
+    source: np.ndarray  # (ny * nx,) int32: each image pixel's index in the flat module stack, -1 in gaps
+    token: str  # dask token of the layout (of ``source`` and ``shape``), made once
 
 
 _LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -56,11 +60,13 @@ def _layout(geom: Any) -> _Layout:
     except (KeyError, TypeError):
         pass
     snapped = geom._snapped()
-    image, centre = snapped.position_modules(np.zeros(geom.expected_data_shape, np.float32))
+    stack = np.arange(np.prod(geom.expected_data_shape), dtype=np.float64).reshape(geom.expected_data_shape)
+    image, centre = snapped.position_modules(stack)  # where each pixel goes, tiles overlapping as they do
     size = geom.pixel_size
     y = (np.arange(image.shape[0]) - centre[0] + 0.5) * size
     x = (np.arange(image.shape[1]) - centre[1] + 0.5) * size
-    layout = _Layout(snapped, image.shape, y, x)
+    source = np.where(np.isnan(image), -1, image).astype(np.int32).ravel()
+    layout = _Layout(snapped, image.shape, y, x, source, tokenize(source, image.shape))
     try:
         _LAYOUTS[geom] = layout
     except TypeError:  # an object that cannot be weakly referenced: not cached
@@ -79,6 +85,75 @@ def _module_positions(arr: xr.DataArray, geom: Any) -> np.ndarray:
         raise ValueError(f"pixel dims {tuple(arr.sizes[d] for d in PIXEL_DIMS)} do not match the "
                          f"geometry's modules {tuple(geom.expected_data_shape[1:])}")
     return modules
+
+
+@jitted
+def _assemble_compiled(frames: np.ndarray, frames_at: np.ndarray, source: np.ndarray,
+                       images: np.ndarray, images_at: np.ndarray) -> None:
+    """Every image pixel from its place in its frame (``source``, -1: NaN); frames and images flat,
+    with each one's offset (:func:`~xfeldata.analysis._jit.flat_frames`)."""
+    nan = np.nan
+    n = source.shape[0]
+    for f in range(frames_at.shape[0]):
+        frame, image = frames[frames_at[f]:], images[images_at[f]:images_at[f] + n]
+        for i in range(n):
+            j = source[i]
+            image[i] = frame[j] if j >= 0 else nan
+
+
+#: Image dtypes the compiled kernel writes (others, float16: the twin).
+_COMPILED_DTYPES = frozenset({np.dtype(np.float32), np.dtype(np.float64)})
+
+
+class _Assembler:
+    """The block kernel of :func:`assemble`, with the dask token of its geometry's layout and modules."""
+
+    def __init__(self, layout: _Layout, geom: Any, modules: np.ndarray, dtype: np.dtype) -> None:
+        self.layout, self.geom, self.modules, self.dtype = layout, geom, modules, dtype
+        self.n_modules = geom.expected_data_shape[0]
+        self.full = bool(len(modules) == self.n_modules and (modules == np.arange(self.n_modules)).all())
+        self._source: np.ndarray | None = None
+
+    def __dask_tokenize__(self) -> tuple:
+        return ("assemble", self.layout.token, self.modules.tolist(), str(self.dtype))
+
+    def source(self) -> np.ndarray:
+        """Each image pixel's index in a block's frame (its modules only), -1 in gaps and missing modules."""
+        if self._source is None:
+            full = self.layout.source
+            if self.full:
+                self._source = full
+            else:
+                per_module = int(np.prod(self.geom.expected_data_shape[1:]))
+                position = np.full(self.n_modules, -1, np.int64)
+                position[self.modules] = np.arange(len(self.modules))  # a module given twice: the last
+                module = position[np.maximum(full, 0) // per_module]
+                self._source = np.where((full >= 0) & (module >= 0),
+                                        module * per_module + full % per_module, -1).astype(np.int32)
+        return self._source
+
+    def __call__(self, block: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        lead, shape = block.shape[:-3], self.layout.shape
+        out = np.empty(lead + shape, self.dtype) if out is None else out
+        compiles = self.dtype in _COMPILED_DTYPES and (block.dtype.kind in "ui" or block.dtype in _COMPILED_DTYPES)
+        kernel = _assemble_compiled.compiled() if compiles else None
+        images = None if kernel is None else flat_frames(out, len(lead))
+        if images is not None:
+            frames = flat_frames(block, len(lead)) or flat_frames(np.ascontiguousarray(block), len(lead))
+            kernel(frames[0], frames[1].ravel(), self.source(), images[0], images[1].ravel())
+            return out
+        # the numpy twin: EXtra-geom, frame by frame (an image's NaN fill is still in cache when its tiles
+        # overwrite it)
+        stack = None if self.full else np.empty(tuple(self.geom.expected_data_shape), self.dtype)
+        for index in np.ndindex(lead):
+            frame, image = np.asarray(block[index], self.dtype), out[index]
+            if stack is not None:
+                stack.fill(np.nan)
+                stack[self.modules] = frame
+                frame = stack
+            image.fill(np.nan)
+            self.layout.snapped.position_modules(frame, out=image)
+        return out
 
 
 def assemble(arr: xr.DataArray | xr.Dataset, geom: Any) -> xr.DataArray:
@@ -122,27 +197,11 @@ def assemble(arr: xr.DataArray | xr.Dataset, geom: Any) -> xr.DataArray:
     layout = _layout(geom)
     shape, y, x = layout.shape, layout.y, layout.x
     dtype = arr.dtype if arr.dtype.kind == "f" else np.dtype(np.float32)
-    n_modules = geom.expected_data_shape[0]
-    full = bool(len(modules) == n_modules and (modules == np.arange(n_modules)).all())
-
-    def kernel(block: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        # frame by frame: an image's NaN fill is still in cache when its tiles overwrite it
-        out = np.empty(block.shape[:-3] + shape, dtype) if out is None else out
-        stack = None if full else np.empty(tuple(geom.expected_data_shape), dtype)
-        for index in np.ndindex(block.shape[:-3]):
-            frame, image = np.asarray(block[index], dtype), out[index]
-            if stack is not None:
-                stack.fill(np.nan)
-                stack[modules] = frame
-                frame = stack
-            image.fill(np.nan)
-            layout.snapped.position_modules(frame, out=image)
-        return out
-
     core = [MODULE_DIM, *PIXEL_DIMS]
     arr = whole_frames(arr, core)
     image = xr.apply_ufunc(
-        partial(map_frames, kernel), arr, input_core_dims=[core], output_core_dims=[list(IMAGE_DIMS)],
+        partial(map_frames, _Assembler(layout, geom, modules, dtype)), arr, input_core_dims=[core],
+        output_core_dims=[list(IMAGE_DIMS)],
         kwargs={"core_ndims": [3], "out_core": shape, "dtypes": [dtype], "into": True}, dask="allowed",
         keep_attrs=True)
     image = image.assign_coords(y=("y", y, {"units": "m"}), x=("x", x, {"units": "m"}))
