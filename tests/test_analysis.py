@@ -64,7 +64,6 @@ def frames(n=3, modules=range(16), seed=0, chunks=None):
 # -- assemble -----------------------------------------------------------------
 
 
-@pytest.mark.usefixtures("kernels")
 def test_assemble_equals_position_modules_with_nan_for_missing_modules(agipd_geometry):
     arr = frames(2, modules=[1, 4, 9])
     img = analysis.assemble(arr, agipd_geometry)
@@ -76,7 +75,6 @@ def test_assemble_equals_position_modules_with_nan_for_missing_modules(agipd_geo
     assert np.isnan(img.values).mean() > 0.8  # gaps and 13 missing modules
 
 
-@pytest.mark.usefixtures("kernels")
 def test_assemble_x_y_are_pixel_centres_in_metres(agipd_geometry):
     index = xr.DataArray(np.arange(16 * 512 * 128, dtype=np.float64).reshape(16, 512, 128),
                          dims=("module", "slow_scan", "fast_scan"))
@@ -91,7 +89,6 @@ def test_assemble_x_y_are_pixel_centres_in_metres(agipd_geometry):
     assert img.x.attrs["units"] == "m"
 
 
-@pytest.mark.usefixtures("kernels")
 def test_assemble_on_dask_is_lazy_and_equals_numpy(agipd_geometry):
     arr = frames(4, chunks=True)
     img = analysis.assemble(arr, agipd_geometry)
@@ -113,7 +110,6 @@ def test_assemble_on_dask_blocks_written_into_one_image_stack_equals_position_mo
     np.testing.assert_array_equal(img[1:4].values, expected[1:4])
 
 
-@pytest.mark.usefixtures("kernels")
 def test_assemble_run_and_live_detector_keeps_train_and_pulse_labels(data, live, constants, agipd_geometry):
     offline = analysis.assemble(analysis.calibrate(data, constants), agipd_geometry)
     online = analysis.assemble(analysis.calibrate(live, constants), agipd_geometry)
@@ -152,7 +148,6 @@ def test_pixel_q_and_chi_equal_pyfai(agipd_geometry):
     assert np.abs((chi - chi_pyfai + 180) % 360 - 180).max() < 1e-4
 
 
-@pytest.mark.usefixtures("kernels")
 def test_radial_profile_equals_pyfai_integrate1d_without_splitting(agipd_geometry):
     """Tolerance: 2e-3 absolute on uniform [0, 1) pixels; pyFAI bins float32 q, so a pixel
     within float32 rounding of a bin edge may fall into the neighbour bin."""
@@ -171,7 +166,6 @@ def test_radial_profile_equals_pyfai_integrate1d_without_splitting(agipd_geometr
     assert prof.dims == ("pulseId", "q") and prof.q.attrs["units"] == "nm^-1"
 
 
-@pytest.mark.usefixtures("kernels")
 def test_radial_profile_leaves_out_nan_and_masked_pixels(agipd_geometry):
     arr = xr.ones_like(frames(1, modules=[0, 1]))
     arr[0, 1] = np.nan
@@ -195,7 +189,6 @@ def test_radial_profile_without_a_mask_leaves_out_nan_and_infinite_pixels(agipd_
     np.testing.assert_array_equal(prof.values[2][np.isfinite(prof.values[1])], 2.0)
 
 
-@pytest.mark.usefixtures("kernels")
 def test_radial_profile_on_dask_and_live_equals_numpy(live, constants, agipd_geometry):
     arr = frames(3, chunks=True)
     lazy = analysis.radial_profile(arr, agipd_geometry, DISTANCE, WAVELENGTH, npt=64)
@@ -207,7 +200,6 @@ def test_radial_profile_on_dask_and_live_equals_numpy(live, constants, agipd_geo
     assert prof.dims == ("trainId", "pulseId", "q") and prof.sizes["trainId"] == live.sizes["trainId"]
 
 
-@pytest.mark.usefixtures("kernels")
 def test_radial_profile_2d_bins_chi_and_sums_to_the_1d_profile(agipd_geometry):
     q, chi = pixel_radial(agipd_geometry, DISTANCE, WAVELENGTH)
     arr = xr.DataArray(chi[None].astype(np.float32), dims=("pulseId", "module", "slow_scan", "fast_scan"))
