@@ -38,6 +38,19 @@ def _frames(n: int, dtype=np.float32):
                         coords={"pulseId": np.arange(n), "module": np.arange(16)})
 
 
+def _best_of_threads(ctx: Context, make: Callable, size: int, label: str, **units: int) -> list:
+    """A ceiling of :mod:`benchmarks.ceilings`, ``make(size, threads)`` over ``size`` bytes, timed on 1 and
+    2 threads: the faster is the ceiling, the slower a reference line (xfeldata runs on dask's threads)."""
+    timings = []
+    for threads in (1, 2):
+        run, close, _ = make(size, threads)
+        timings.append(measure(f"{label}, {threads} thread(s)", "ceiling", run, ctx.repeat, **units))
+        close()
+    timings.sort(key=lambda t: t.median)
+    timings[1].role = "ref"
+    return timings
+
+
 def case_assemble(ctx: Context) -> list[CaseResult]:
     """Assemble detector images: analysis.assemble (dask) vs position_modules per frame."""
     from xfeldata import analysis
@@ -50,14 +63,9 @@ def case_assemble(ctx: Context) -> list[CaseResult]:
                                lambda: analysis.assemble(lazy, geom).values, ctx.repeat, items=n))
     res.timings.append(measure("geom.position_modules(frame) per frame", "peer",
                                lambda: [geom.position_modules(f) for f in arr.values], ctx.repeat, items=n))
-    copies = []
-    for threads in (1, 2):  # less than assembling: it writes the frames' bytes, not the larger images'
-        copy, close, _ = ceilings.memcpy(arr.values.nbytes, threads)
-        copies.append(measure(f"numpy copy of the frames' bytes into preallocated memory, {threads} thread(s)",
-                              "ceiling", copy, ctx.repeat, items=n))
-        close()
-    copies.sort(key=lambda t: t.median)
-    copies[1].role = "ref"
+    # less than assembling: it writes the frames' bytes, not the larger images'
+    copies = _best_of_threads(ctx, ceilings.memcpy, arr.values.nbytes,
+                              "numpy copy of the frames' bytes into preallocated memory", items=n)
     res.timings += copies
     images = np.empty((n, *analysis.geometry.image_grid(geom)[0]), np.float32)
     res.timings.append(measure("NaN-fill new images and copy the frames (1 thread, new memory)", "ref",
@@ -93,6 +101,8 @@ def case_radial_profile(ctx: Context) -> list[CaseResult]:
                                ctx.repeat, items=n))
     res.timings.append(measure("ai.integrate1d(frame) per frame, no splitting", "peer", pyfai,
                                ctx.repeat, items=n))
+    res.timings += _best_of_threads(ctx, ceilings.read_sum, arr.values.nbytes,
+                                    "numpy sum of the frames' bytes (reading each once)", items=n)
     res.check("radial_profile frames/s vs pyFAI integrate1d", "peer", 10.0)
     res.notes.append("the pixel-to-bin matrix is built in the warm-up call and cached per geometry and parameters")
     return [res]
@@ -105,15 +115,8 @@ def _vs_copy(ctx: Context, name: str, title: str, label: str, fn: Callable[[], o
     context, ``source.copy()`` (one thread, into new memory, as ``fn``'s result is)."""
     res = CaseResult(name, title)
     res.timings.append(measure(label, "xfeldata", fn, ctx.repeat, nbytes=source.nbytes))
-    copies = []
-    for threads in (1, 2):
-        copy, close, _ = ceilings.memcpy(source.nbytes, threads)
-        copies.append(measure(f"numpy copy of the same bytes into preallocated memory, {threads} thread(s)",
-                              "ceiling", copy, ctx.repeat, nbytes=source.nbytes))
-        close()
-    copies.sort(key=lambda t: t.median)
-    copies[1].role = "ref"  # the slower of the two: for context
-    res.timings += copies
+    res.timings += _best_of_threads(ctx, ceilings.memcpy, source.nbytes,
+                                    "numpy copy of the same bytes into preallocated memory", nbytes=source.nbytes)
     res.timings.append(measure("numpy source.copy() (1 thread, into new memory)", "ref", source.copy,
                                ctx.repeat, nbytes=source.nbytes))
     res.check(f"{name} fraction of a numpy copy", "ceiling", 0.5)

@@ -371,6 +371,21 @@ def memcpy(nbytes: int, threads: int = 1) -> tuple[Callable[[], None], Callable[
     return copy_threads, pool.shutdown, nbytes
 
 
+def read_sum(nbytes: int, threads: int = 1) -> tuple[Callable[[], None], Callable[[], None], int]:
+    """numpy sum of ``nbytes`` of float32 in preallocated memory (reading every byte once, writing
+    nothing: the limit of any reduction of those bytes), on ``threads`` threads, one part each."""
+    src = np.ones(nbytes // 4, np.float32)
+    edges = [len(src) * i // threads // 1024 * 1024 for i in range(threads)] + [len(src)]
+    parts = [slice(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    if threads == 1:
+        return lambda: src.sum(), lambda: None, nbytes
+    pool = ThreadPoolExecutor(threads)
+
+    def sum_threads() -> None:
+        list(pool.map(lambda part: src[part].sum(), parts))
+    return sum_threads, pool.shutdown, nbytes
+
+
 def pread_sum_reader(rows: list[Rows], workers: int | None = None, slab_rows: int = 64
                      ) -> tuple[Callable[[], None], Callable[[], None], int]:
     """``os.preadv`` of the rows (uncompressed) in slabs of ``slab_rows`` into one reused

@@ -115,3 +115,13 @@ def flat_frames(a: np.ndarray, n_lead: int) -> tuple[np.ndarray, np.ndarray] | N
     flat = np.lib.stride_tricks.as_strided(a, shape=(span,), strides=(item,), writeable=a.flags.writeable)
     return flat, offsets
 
+
+
+def contiguous_frames(a: np.ndarray, n_lead: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`flat_frames` of ``a``, or of a C-contiguous copy of it where its frames are not.
+
+    >>> flat, offsets = contiguous_frames(np.arange(6).reshape(2, 3).T, 1)  # frames not contiguous
+    >>> offsets.tolist(), flat[offsets[1]:offsets[1] + 2].tolist()
+    ([0, 2, 4], [1, 4])
+    """
+    return flat_frames(a, n_lead) or flat_frames(np.ascontiguousarray(a), n_lead)

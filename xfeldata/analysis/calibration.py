@@ -13,7 +13,7 @@ import xarray as xr
 
 from ..views import uniform_dask
 from ._frames import MODULE_DIM, PIXEL_DIMS, data_array, map_frames
-from ._jit import flat_frames, jitted
+from ._jit import contiguous_frames, flat_frames, jitted
 from .gain import _JUNGFRAU_STAGE, _LPD_STAGE, INVALID, STAGES, encoding, split
 
 CELL_DIM = "cell"
@@ -400,7 +400,7 @@ def _correct_fast(frames: np.ndarray, gains: np.ndarray | None, mods: np.ndarray
     outputs = flat_frames(corrected, 1), flat_frames(stages, 1)
     if outputs[0] is None or outputs[1] is None:
         return False  # outputs whose frames are not contiguous: the twin writes them
-    inputs = [flat_frames(a, n) or flat_frames(np.ascontiguousarray(a), n) for a, n in ((frames, 2), (gains, 1))]
+    inputs = contiguous_frames(frames, 2), contiguous_frames(gains, 1)
     pixels = int(np.prod(offset.shape[3:]))
     # (bad pixels as bytes: numba's loads of booleans keep its loops from vectorising)
     constants = [np.ascontiguousarray(c).reshape(*c.shape[:3], pixels) for c in (offset, bad.view(np.uint8), threshold)]

@@ -11,7 +11,7 @@ import xarray as xr
 from dask.base import tokenize
 
 from ._frames import MODULE_DIM, PIXEL_DIMS, data_array, map_frames, whole_frames
-from ._jit import flat_frames, jitted
+from ._jit import contiguous_frames, flat_frames, jitted
 
 IMAGE_DIMS = ("y", "x")
 
@@ -139,7 +139,7 @@ class _Assembler:
         kernel = _assemble_compiled.compiled() if compiles else None
         images = None if kernel is None else flat_frames(out, len(lead))
         if images is not None:
-            frames = flat_frames(block, len(lead)) or flat_frames(np.ascontiguousarray(block), len(lead))
+            frames = contiguous_frames(block, len(lead))
             kernel(frames[0], frames[1].ravel(), self.source(), images[0], images[1].ravel())
             return out
         # the numpy twin: EXtra-geom, frame by frame (an image's NaN fill is still in cache when its tiles

@@ -10,6 +10,7 @@ same (pixel) order in float32 and so gives the same bits.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -91,13 +92,21 @@ class _Binning:
     def __init__(self, bins: np.ndarray, n_bins: int, edges: tuple[float, ...]) -> None:
         self.bins = bins.astype(np.int32).ravel()  # (pixels,): bin index, -1 none
         self.n_bins = n_bins
-        self.matrix = _matrix(self.bins, n_bins)  # (bins, pixels): its product with a frame sums the bins
-        self.pixels_per_bin = np.asarray(self.matrix.sum(axis=1), np.float32).ravel()  # counts, none left out
         self.edges = edges  # (lo, hi) of the radial bins, then (lo, hi) of chi for 2-D
         self.token = tokenize(self.bins, n_bins)
 
     def __dask_tokenize__(self) -> str:
         return self.token
+
+    @functools.cached_property
+    def matrix(self) -> scipy.sparse.csc_matrix:
+        """(bins, pixels): its product with a frame sums the bins (the numpy twin's; built when it first runs)."""
+        return _matrix(self.bins, self.n_bins)
+
+    @functools.cached_property
+    def pixels_per_bin(self) -> np.ndarray:
+        """(bins,) float32: the counts when no pixel is left out."""
+        return np.bincount(self.bins[self.bins >= 0], minlength=self.n_bins).astype(np.float32)
 
     def without(self, leave_out: np.ndarray) -> _Binning:
         """This binning with the pixels where ``leave_out`` is True in no bin."""
