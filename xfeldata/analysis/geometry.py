@@ -44,6 +44,7 @@ class _Layout(NamedTuple):
     x: np.ndarray
     source: np.ndarray  # (ny * nx,) int32: each image pixel's index in the flat module stack, -1 in gaps
     token: str  # dask token of the layout (of ``source`` and ``shape``), made once
+    subsets: dict  # ``source`` for a subset of modules, by the modules' tuple (see :meth:`_Assembler.source`)
 
 
 _LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -66,7 +67,7 @@ def _layout(geom: Any) -> _Layout:
     y = (np.arange(image.shape[0]) - centre[0] + 0.5) * size
     x = (np.arange(image.shape[1]) - centre[1] + 0.5) * size
     source = np.where(np.isnan(image), -1, image).astype(np.int32).ravel()
-    layout = _Layout(snapped, image.shape, y, x, source, tokenize(source, image.shape))
+    layout = _Layout(snapped, image.shape, y, x, source, tokenize(source, image.shape), {})
     try:
         _LAYOUTS[geom] = layout
     except TypeError:  # an object that cannot be weakly referenced: not cached
@@ -112,25 +113,27 @@ class _Assembler:
         self.layout, self.geom, self.modules, self.dtype = layout, geom, modules, dtype
         self.n_modules = geom.expected_data_shape[0]
         self.full = bool(len(modules) == self.n_modules and (modules == np.arange(self.n_modules)).all())
-        self._source: np.ndarray | None = None
 
     def __dask_tokenize__(self) -> tuple:
         return ("assemble", self.layout.token, self.modules.tolist(), str(self.dtype))
 
     def source(self) -> np.ndarray:
-        """Each image pixel's index in a block's frame (its modules only), -1 in gaps and missing modules."""
-        if self._source is None:
-            full = self.layout.source
-            if self.full:
-                self._source = full
-            else:
-                per_module = int(np.prod(self.geom.expected_data_shape[1:]))
-                position = np.full(self.n_modules, -1, np.int64)
-                position[self.modules] = np.arange(len(self.modules))  # a module given twice: the last
-                module = position[np.maximum(full, 0) // per_module]
-                self._source = np.where((full >= 0) & (module >= 0),
-                                        module * per_module + full % per_module, -1).astype(np.int32)
-        return self._source
+        """Each image pixel's index in a block's frame (its modules only), -1 in gaps and missing modules;
+        worked out once per layout and subset of modules."""
+        full = self.layout.source
+        if self.full:
+            return full
+        key = tuple(self.modules.tolist())
+        source = self.layout.subsets.get(key)
+        if source is None:
+            per_module = int(np.prod(self.geom.expected_data_shape[1:]))
+            position = np.full(self.n_modules, -1, np.int64)
+            position[self.modules] = np.arange(len(self.modules))  # a module given twice: the last
+            module = position[np.maximum(full, 0) // per_module]
+            source = np.where((full >= 0) & (module >= 0), module * per_module + full % per_module,
+                              -1).astype(np.int32)
+            self.layout.subsets[key] = source
+        return source
 
     def __call__(self, block: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         lead, shape = block.shape[:-3], self.layout.shape
