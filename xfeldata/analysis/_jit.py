@@ -116,7 +116,6 @@ def flat_frames(a: np.ndarray, n_lead: int) -> tuple[np.ndarray, np.ndarray] | N
     return flat, offsets
 
 
-
 def contiguous_frames(a: np.ndarray, n_lead: int) -> tuple[np.ndarray, np.ndarray]:
     """:func:`flat_frames` of ``a``, or of a C-contiguous copy of it where its frames are not.
 
