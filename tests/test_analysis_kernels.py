@@ -256,7 +256,7 @@ def test_compiled_photon_count_gives_the_numpy_twins_counts_and_errors(monkeypat
 
 
 def test_compiled_assemble_gives_position_modules_bits(agipd_geometry, monkeypatch):
-    """The compiled index map gives EXtra-geom's images bit for bit: integer and float64 frames,
+    """The compiled tile kernel gives EXtra-geom's images bit for bit: integer and float64 frames,
     modules out of order, frames that are not contiguous, blocks of several frames, NaN pixels."""
     pytest.importorskip("numba")
     rng = np.random.default_rng(6)
@@ -270,6 +270,50 @@ def test_compiled_assemble_gives_position_modules_bits(agipd_geometry, monkeypat
         assert compiled.dtype == twin.dtype
         np.testing.assert_array_equal(compiled.view(np.uint8), twin.view(np.uint8))
         assert np.isnan(twin).any() and np.isfinite(twin).any()
+
+
+@pytest.mark.parametrize("geometry", ["AGIPD_500K2GGeometry", "LPD_1MGeometry", "LPD_MiniGeometry", "DSSC_1MGeometry",
+                                      "JUNGFRAUGeometry", "PNCCDGeometry", "Epix100Geometry"])
+def test_compiled_assemble_of_every_detector_gives_position_modules_bits(geometry, monkeypatch):
+    """Modules turned, mirrored or as they are (every tile kind), with one module missing."""
+    pytest.importorskip("numba")
+    extra_geom = pytest.importorskip("extra_geom")
+    geom = getattr(extra_geom, geometry).example()
+    shape = geom.expected_data_shape
+    values = np.random.default_rng(1).random((2, *shape), np.float32)
+    arr = xr.DataArray(values, dims=("pulseId", "module", "slow_scan", "fast_scan"))
+    if shape[0] > 1:
+        arr = arr.assign_coords(module=np.arange(shape[0])).drop_sel(module=1)
+    compiled, twin = _both_kernels(monkeypatch, lambda: analysis.assemble(arr, geom).values)
+    np.testing.assert_array_equal(compiled.view(np.uint8), twin.view(np.uint8))
+    assert np.isfinite(twin).sum() == arr.size
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.float64])
+def test_tiles_assemble_any_index_map_as_a_gather(dtype):
+    """Blocks cut by the module's edge, pixels given twice, shuffled pixels and gaps: the tile plan
+    gives what gathering every image pixel from its frame pixel gives."""
+    pytest.importorskip("numba")
+    from xfeldata.analysis import _tiles
+
+    rng = np.random.default_rng(3)
+    frame_shape = (2, 13, 20)  # not multiples of 8
+    index = np.arange(np.prod(frame_shape)).reshape(frame_shape)
+    image = np.full((30, 50), -1)
+    image[1:21, 2:15] = index[0].T[::-1]  # turned
+    image[1:14, 20:40] = index[1][:, ::-1]  # mirrored
+    image[25, :10] = index[1, 10, :10]  # given twice (rows 8-12 are in no block)
+    image[27:29, 40:50] = rng.permutation(index[:, 8:].ravel())[:20].reshape(2, 10)  # shuffled
+    source = image.ravel()
+    tiles = _tiles.plan(source, frame_shape)
+    assert {0, 1, 2} >= set(tiles.kind.tolist()) >= {1, 2} and len(tiles.stray_at) > 20
+    frames = (rng.random((3, *frame_shape)) * 1000).astype(dtype)
+    images = np.empty((3, *image.shape), np.float32)
+    _tiles.assemble_frames(frames.ravel(), np.arange(3) * frames[0].size, tiles, images.ravel(),
+                           np.arange(3) * image.size)
+    gathered = np.where(source >= 0, frames.reshape(3, -1)[:, np.maximum(source, 0)], np.nan)
+    expected = np.ascontiguousarray(gathered, np.float32)
+    np.testing.assert_array_equal(images.reshape(3, -1).view(np.uint8), expected.view(np.uint8))
 
 
 def test_compiled_radial_profile_gives_the_numpy_twins_bits(agipd_geometry, monkeypatch):

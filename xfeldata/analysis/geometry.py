@@ -11,7 +11,7 @@ import xarray as xr
 from dask.base import tokenize
 
 from ._frames import MODULE_DIM, PIXEL_DIMS, data_array, map_frames, whole_frames
-from ._jit import contiguous_frames, flat_frames, jitted
+from ._jit import contiguous_frames, enabled, flat_frames
 
 IMAGE_DIMS = ("y", "x")
 
@@ -45,6 +45,7 @@ class _Layout(NamedTuple):
     source: np.ndarray  # (ny * nx,) int32: each image pixel's index in the flat module stack, -1 in gaps
     token: str  # dask token of the layout (of ``source`` and ``shape``), made once
     subsets: dict  # ``source`` for a subset of modules, by the modules' tuple (see :meth:`_Assembler.source`)
+    tiles: dict  # the compiled kernel's plan of ``source`` or of a subset's, by the modules' tuple
 
 
 _LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -67,7 +68,7 @@ def _layout(geom: Any) -> _Layout:
     y = (np.arange(image.shape[0]) - centre[0] + 0.5) * size
     x = (np.arange(image.shape[1]) - centre[1] + 0.5) * size
     source = np.where(np.isnan(image), -1, image).astype(np.int32).ravel()
-    layout = _Layout(snapped, image.shape, y, x, source, tokenize(source, image.shape), {})
+    layout = _Layout(snapped, image.shape, y, x, source, tokenize(source, image.shape), {}, {})
     try:
         _LAYOUTS[geom] = layout
     except TypeError:  # an object that cannot be weakly referenced: not cached
@@ -86,20 +87,6 @@ def _module_positions(arr: xr.DataArray, geom: Any) -> np.ndarray:
         raise ValueError(f"pixel dims {tuple(arr.sizes[d] for d in PIXEL_DIMS)} do not match the "
                          f"geometry's modules {tuple(geom.expected_data_shape[1:])}")
     return modules
-
-
-@jitted
-def _assemble_compiled(frames: np.ndarray, frames_at: np.ndarray, source: np.ndarray,
-                       images: np.ndarray, images_at: np.ndarray) -> None:
-    """Every image pixel from its place in its frame (``source``, -1: NaN); frames and images flat,
-    with each one's offset (:func:`~xfeldata.analysis._jit.flat_frames`)."""
-    nan = np.nan
-    n = source.shape[0]
-    for f in range(frames_at.shape[0]):
-        frame, image = frames[frames_at[f]:], images[images_at[f]:images_at[f] + n]
-        for i in range(n):
-            j = source[i]
-            image[i] = frame[j] if j >= 0 else nan
 
 
 #: Image dtypes the compiled kernel writes (others, float16: the twin).
@@ -135,15 +122,29 @@ class _Assembler:
             self.layout.subsets[key] = source
         return source
 
+    def tiles(self) -> Any:
+        """The compiled kernel's plan of :meth:`source` (:func:`~xfeldata.analysis._tiles.plan`), worked out
+        once per layout and subset of modules."""
+        from . import _tiles
+
+        key = tuple(self.modules.tolist())
+        tiles = self.layout.tiles.get(key)
+        if tiles is None:
+            tiles = _tiles.plan(self.source(), (len(self.modules), *self.geom.expected_data_shape[1:]))
+            self.layout.tiles[key] = tiles
+        return tiles
+
     def __call__(self, block: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         lead, shape = block.shape[:-3], self.layout.shape
         out = np.empty(lead + shape, self.dtype) if out is None else out
-        compiles = self.dtype in _COMPILED_DTYPES and (block.dtype.kind in "ui" or block.dtype in _COMPILED_DTYPES)
-        kernel = _assemble_compiled.compiled() if compiles else None
-        images = None if kernel is None else flat_frames(out, len(lead))
+        compiles = enabled() and self.dtype in _COMPILED_DTYPES and (
+            block.dtype.kind in "ui" or block.dtype in _COMPILED_DTYPES)
+        images = flat_frames(out, len(lead)) if compiles else None
         if images is not None:
+            from ._tiles import assemble_frames
+
             frames = contiguous_frames(block, len(lead))
-            kernel(frames[0], frames[1].ravel(), self.source(), images[0], images[1].ravel())
+            assemble_frames(frames[0], frames[1], self.tiles(), images[0], images[1])
             return out
         # the numpy twin: EXtra-geom, frame by frame (an image's NaN fill is still in cache when its tiles
         # overwrite it)
