@@ -190,6 +190,10 @@ def _assemble(frames, frames_at, images, images_at, kind, src_at, src_step, dst_
     nan = np.nan
     for f in range(frames_at.shape[0]):
         fo, io = frames_at[f], images_at[f]
+        for g in range(gap_at.shape[0]):
+            start = io + gap_at[g]
+            for i in range(start, start + gap_len[g]):
+                images[i] = nan
         for b in range(kind.shape[0]):
             if kind[b] == TRANSPOSED:
                 _move_transposed(frames, fo + src_at[b], src_step[b], images, io + dst_at[b], dst_step[b])
@@ -197,10 +201,6 @@ def _assemble(frames, frames_at, images, images_at, kind, src_at, src_step, dst_
                 _move_rows(frames, fo + src_at[b], src_step[b], images, io + dst_at[b], dst_step[b])
             else:
                 _move_mirrored(frames, fo + src_at[b], src_step[b], images, io + dst_at[b], dst_step[b])
-        for g in range(gap_at.shape[0]):
-            start = io + gap_at[g]
-            for i in range(start, start + gap_len[g]):
-                images[i] = nan
         for s in range(stray_at.shape[0]):
             images[io + stray_at[s]] = frames[fo + stray_source[s]]
 
