@@ -78,3 +78,40 @@ def test_raw_pixels_of_a_train_selection_on_a_cluster(agipd_raw_run, client):
     cluster, sync, *_ = compute_everywhere(arr, client)
     assert cluster.shape == (4, 2, 2)
     np.testing.assert_array_equal(cluster, sync)
+
+
+def test_assemble_on_a_cluster_equals_position_modules_and_plans_once_per_worker(agipd_geometry, client):
+    """The tile plan is made once in each worker process, not in every task of every compute
+    (a layout pickled into a task arrives without what was worked out from it)."""
+    pytest.importorskip("numba")
+    xr = pytest.importorskip("xarray")
+    from xfeldata import analysis
+
+    def count_plans():
+        from xfeldata.analysis import _tiles
+
+        made = []
+        plan = _tiles.plan
+        _tiles.plan = lambda *args: made.append(1) or plan(*args)
+        _tiles.plan.made, _tiles.plan.original = made, plan
+
+    def plans_made():
+        from xfeldata.analysis import _tiles
+
+        made, _tiles.plan = len(_tiles.plan.made), _tiles.plan.original
+        return made
+
+    values = np.random.default_rng(4).random((8, 2, 512, 128), np.float32)
+    arr = xr.DataArray(values, dims=("pulseId", "module", "slow_scan", "fast_scan"), coords={"module": [5, 0]})
+    images = analysis.assemble(arr.chunk({"pulseId": 1}), agipd_geometry).data
+    client.run(count_plans)
+    try:
+        results = [client.compute(images).result(timeout=TIMEOUT) for _ in range(2)]
+    finally:
+        made = client.run(plans_made)
+    full = np.full((8, 16, 512, 128), np.nan, np.float32)
+    full[:, [5, 0]] = values
+    expected = np.stack([agipd_geometry.position_modules(f)[0] for f in full])
+    for result in results:
+        np.testing.assert_array_equal(result, expected)
+    assert sum(made.values()) <= len(made) and sum(made.values()) >= 1  # 8 tasks twice: once per worker at most

@@ -5,11 +5,11 @@ of 90 degrees or mirrored, so nearly every pixel of an image belongs to an
 8 x 8 block of its frame that is copied, mirrored or transposed whole.
 :func:`plan` finds those blocks in an index map (each image pixel's place in
 the frame, as :mod:`~xfeldata.analysis.geometry` makes it from EXtra-geom);
-:func:`assemble_frames` loads each block as 8 vectors of 8 pixels, shuffles
-them in registers and stores 8 vectors, then fills the gaps with NaN runs and
+:func:`assemble_frames` fills the gaps with NaN runs, loads each block as 8
+vectors of 8 pixels, shuffles them in registers and stores 8 vectors, then
 gathers whatever pixels are left one by one.  A pixel-by-pixel gather through
 the map reads a turned module out of order and took about twice as long
-(RESULTS.md, "assemble").
+(``benchmarks/RESULTS.md``, "assemble in 8 x 8 tiles").
 
 Examples
 --------
@@ -29,7 +29,7 @@ A frame of one 8 x 8 module, transposed into an image with a gap column:
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numba
 import numpy as np
@@ -42,13 +42,15 @@ ROWS, MIRRORED, TRANSPOSED = 0, 1, 2
 
 
 class Tiles(NamedTuple):
-    """How one index map assembles a frame: 8 x 8 blocks, NaN runs and single pixels (all int64).
+    """How one index map assembles a frame: 8 x 8 blocks, NaN runs and single pixels (int64 arrays).
 
     Block ``b`` loads 8 vectors of 8 frame pixels, vector ``k`` at
     ``src_at[b] + k * src_step[b]``, rearranges them by ``kind[b]`` and stores
     vector ``k`` at image element ``dst_at[b] + k * dst_step[b]``.
     """
 
+    frame_size: int  # elements of a frame and of an image: every entry stays inside them
+    image_size: int
     kind: np.ndarray
     src_at: np.ndarray
     src_step: np.ndarray
@@ -63,14 +65,28 @@ class Tiles(NamedTuple):
 def plan(source: np.ndarray, frame_shape: tuple[int, int, int]) -> Tiles:
     """The blocks, gaps and single pixels that assemble frames of ``frame_shape`` by ``source``.
 
-    ``source`` holds each image pixel's index in the flat frame, -1 in gaps.
     A block of 8 x 8 frame pixels (slow scan x fast scan, at multiples of 8
-    in one module) is a tile when each of its pixels is the one ``source``
-    puts at its image pixel and the image pixels form an 8 x 8 square: a
-    fast-scan row to an image row (as it is or mirrored), or to an image
-    column (transposed).  Every other image pixel is a gap (NaN) or a stray.
+    in one module) is moved whole when each of its pixels is the one
+    ``source`` puts at its image pixel and its fast-scan rows land as 8
+    runs of 8 image elements, each as it is or mirrored, or, transposed,
+    its slow-scan columns do.  Every other image pixel is a gap (NaN) or a
+    stray, gathered alone.
 
-    >>> source = np.arange(128).reshape(8, 16)[:, ::-1].ravel()   # a 8 x 16 module, mirrored
+    Parameters
+    ----------
+    source
+        ``(n,)`` integers: each image pixel's index in the flat frame, -1 (or below) in gaps.
+    frame_shape
+        ``(module, slow_scan, fast_scan)`` of a frame.
+
+    Returns
+    -------
+    Tiles
+        For :func:`assemble_frames`.
+
+    Examples
+    --------
+    >>> source = np.arange(128).reshape(8, 16)[:, ::-1].ravel()   # an 8 x 16 module, mirrored
     >>> tiles = plan(source, (1, 8, 16))
     >>> tiles.kind.tolist(), tiles.dst_at.tolist(), tiles.dst_step.tolist()
     ([1, 1], [8, 0], [16, 16])
@@ -96,8 +112,9 @@ def plan(source: np.ndarray, frame_shape: tuple[int, int, int]) -> Tiles:
     tile = square & (kind >= 0)
     kind, first, at, ss_step, fs_step = kind[tile], first[tile], at[tile], ss_step[tile], fs_step[tile]
     transposed, back = kind == TRANSPOSED, ss_step < 0
-    # transposed: vectors are frame rows, stored as image rows along fs_step; a block whose slow
-    # scan runs to the left loads its rows bottom-up.  Rows and mirrored: vector k is frame row k.
+    # transposed: the loaded vectors are frame rows, and after the transpose vector k is the block's
+    # fast-scan column k, stored at k * fs_step (a block whose slow scan runs to lower image elements
+    # loads its rows bottom-up).  Rows and mirrored: vector k is frame row k, stored at k * ss_step.
     src_at = np.where(transposed & back, first + 7 * n_fs, first)
     src_step = np.where(transposed & back, -n_fs, n_fs)
     dst_at = at - 7 * ((transposed & back) | (kind == MIRRORED))
@@ -108,7 +125,7 @@ def plan(source: np.ndarray, frame_shape: tuple[int, int, int]) -> Tiles:
     gap_at, gap_end = np.flatnonzero(gaps == 1), np.flatnonzero(gaps == -1)
     stray_at = np.flatnonzero(rest & (source >= 0))
     fields = (kind, src_at, src_step, dst_at, dst_step, gap_at, gap_end - gap_at, stray_at, source[stray_at])
-    return Tiles(*(np.ascontiguousarray(f, np.int64) for f in fields))
+    return Tiles(n_pixels, len(source), *(np.ascontiguousarray(f, np.int64) for f in fields))
 
 
 def _vector_type(dtype: types.Type) -> ir.VectorType:
@@ -130,8 +147,8 @@ def _mask(*lanes: int) -> ir.Constant:
     return ir.Constant(ir.VectorType(ir.IntType(32), 8), lanes)
 
 
-# An 8 x 8 transpose in three rounds of two-vector shuffles (which x86 does as unpack, shuffle and
-# 128-bit permute): each round lists (vector i, vector j, lanes of their concatenation).
+# An 8 x 8 transpose in three rounds of two-vector shuffles (for 32-bit lanes, x86's unpack, shuffle
+# and 128-bit permute): each round lists (vector i, vector j, lanes of their concatenation).
 _LOW, _HIGH = (0, 8, 1, 9, 4, 12, 5, 13), (2, 10, 3, 11, 6, 14, 7, 15)
 _PAIRS_LOW, _PAIRS_HIGH = (0, 1, 8, 9, 4, 5, 12, 13), (2, 3, 10, 11, 6, 7, 14, 15)
 _HALF_LOW, _HALF_HIGH = (0, 1, 2, 3, 8, 9, 10, 11), (4, 5, 6, 7, 12, 13, 14, 15)
@@ -151,7 +168,7 @@ def _rearranged(builder: ir.IRBuilder, vectors: list, kind: int) -> list:
     return vectors
 
 
-def _block_mover(kind: int):
+def _block_mover(kind: int) -> Any:
     """An intrinsic ``move(src, src_at, src_step, dst, dst_at, dst_step)`` of one block of ``kind``
     between 1-d C-contiguous arrays (no bounds checks: :func:`plan` keeps every block inside)."""
 
@@ -159,8 +176,9 @@ def _block_mover(kind: int):
     def move(typingctx, src, src_at, src_step, dst, dst_at, dst_step):
         if not all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (src, dst)):
             return None
-        if not isinstance(dst.dtype, types.Float) or not isinstance(src.dtype, types.Integer | types.Float):
-            return None
+        floats = (types.float32, types.float64)
+        if dst.dtype not in floats or not (isinstance(src.dtype, types.Integer) or src.dtype in floats):
+            return None  # (any other type: a typing error, never a vector of the wrong width)
 
         def codegen(context, builder, signature, args):
             src_ptr = context.make_array(signature.args[0])(context, builder, args[0]).data
@@ -207,7 +225,24 @@ def _assemble(frames, frames_at, images, images_at, kind, src_at, src_step, dst_
 
 def assemble_frames(frames: np.ndarray, frames_at: np.ndarray, tiles: Tiles, images: np.ndarray,
                     images_at: np.ndarray) -> None:
-    """Assemble frames into images by ``tiles`` (of :func:`plan`), both flat with each one's offset
-    (:func:`~xfeldata.analysis._jit.flat_frames`); releases the GIL."""
-    _assemble(frames, np.ascontiguousarray(frames_at, np.int64).ravel(), images,
-              np.ascontiguousarray(images_at, np.int64).ravel(), *tiles)
+    """Assemble frames into images by ``tiles`` (of :func:`plan`), both 1-d C-contiguous with each
+    frame's and image's offset (:func:`~xfeldata.analysis._jit.flat_frames`); releases the GIL.
+
+    >>> tiles = plan(np.array([1, 0, -1]), (1, 1, 2))   # two pixels swapped, a gap: no blocks
+    >>> images = np.empty(6)
+    >>> assemble_frames(np.array([1, 2, 3, 4], np.uint8), np.array([0, 2]), tiles, images, np.array([0, 3]))
+    >>> images.tolist()
+    [2.0, 1.0, nan, 4.0, 3.0, nan]
+    """
+    frames_at = np.ascontiguousarray(frames_at, np.int64).ravel()
+    images_at = np.ascontiguousarray(images_at, np.int64).ravel()
+    if len(frames_at) != len(images_at):
+        raise ValueError(f"{len(frames_at)} frame offsets for {len(images_at)} images")
+    for name, array, at, size in (("frame", frames, frames_at, tiles.frame_size),
+                                  ("image", images, images_at, tiles.image_size)):
+        if array.ndim != 1 or not array.flags.c_contiguous:
+            raise ValueError(f"the {name}s must be one 1-d C-contiguous array")
+        if len(at) and (at.min() < 0 or at.max() + size > array.size):
+            raise ValueError(f"{name} offsets {at.min()}..{at.max()} with {size} elements each do not fit "
+                             f"in {array.size} elements")
+    _assemble(frames, frames_at, images, images_at, *tiles[2:])

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 import weakref
+from collections import OrderedDict
+from collections.abc import Callable
 from functools import partial
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import xarray as xr
@@ -12,6 +15,9 @@ from dask.base import tokenize
 
 from ._frames import MODULE_DIM, PIXEL_DIMS, data_array, map_frames, whole_frames
 from ._jit import contiguous_frames, enabled, flat_frames
+
+if TYPE_CHECKING:
+    from . import _tiles
 
 IMAGE_DIMS = ("y", "x")
 
@@ -44,8 +50,6 @@ class _Layout(NamedTuple):
     x: np.ndarray
     source: np.ndarray  # (ny * nx,) int32: each image pixel's index in the flat module stack, -1 in gaps
     token: str  # dask token of the layout (of ``source`` and ``shape``), made once
-    subsets: dict  # ``source`` for a subset of modules, by the modules' tuple (see :meth:`_Assembler.source`)
-    tiles: dict  # the compiled kernel's plan of ``source`` or of a subset's, by the modules' tuple
 
 
 _LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -68,12 +72,33 @@ def _layout(geom: Any) -> _Layout:
     y = (np.arange(image.shape[0]) - centre[0] + 0.5) * size
     x = (np.arange(image.shape[1]) - centre[1] + 0.5) * size
     source = np.where(np.isnan(image), -1, image).astype(np.int32).ravel()
-    layout = _Layout(snapped, image.shape, y, x, source, tokenize(source, image.shape), {}, {})
+    layout = _Layout(snapped, image.shape, y, x, source, tokenize(source, image.shape))
     try:
         _LAYOUTS[geom] = layout
     except TypeError:  # an object that cannot be weakly referenced: not cached
         pass
     return layout
+
+
+#: What :class:`_Assembler` works out from a layout for a subset of modules (index maps, tile plans),
+#: by (what, layout token, modules): kept in the process, not on the layout, because a layout pickled
+#: into a ``dask.distributed`` task arrives in a worker without it.  The most recent few are kept.
+_DERIVED: OrderedDict[tuple, Any] = OrderedDict()
+_DERIVED_LOCK = threading.RLock()  # (a plan is made from an index map, itself derived)
+_DERIVED_KEPT = 8
+
+
+def _derived(what: str, layout: _Layout, modules: tuple[int, ...], make: Callable[[], Any]) -> Any:
+    """``make()``, once per process for ``what``, ``layout`` and ``modules`` while it is among the most recent."""
+    key = (what, layout.token, modules)
+    with _DERIVED_LOCK:  # threads assembling blocks of one array wait for the first one's result
+        if key in _DERIVED:
+            _DERIVED.move_to_end(key)
+            return _DERIVED[key]
+        value = _DERIVED[key] = make()
+        while len(_DERIVED) > _DERIVED_KEPT:
+            _DERIVED.popitem(last=False)
+        return value
 
 
 def _module_positions(arr: xr.DataArray, geom: Any) -> np.ndarray:
@@ -105,34 +130,25 @@ class _Assembler:
         return ("assemble", self.layout.token, self.modules.tolist(), str(self.dtype))
 
     def source(self) -> np.ndarray:
-        """Each image pixel's index in a block's frame (its modules only), -1 in gaps and missing modules;
-        worked out once per layout and subset of modules."""
+        """Each image pixel's index in a block's frame (its modules only), -1 in gaps and missing modules."""
+        return self.layout.source if self.full else _derived(
+            "source", self.layout, tuple(self.modules.tolist()), self._subset_source)
+
+    def _subset_source(self) -> np.ndarray:
         full = self.layout.source
-        if self.full:
-            return full
-        key = tuple(self.modules.tolist())
-        source = self.layout.subsets.get(key)
-        if source is None:
-            per_module = int(np.prod(self.geom.expected_data_shape[1:]))
-            position = np.full(self.n_modules, -1, np.int64)
-            position[self.modules] = np.arange(len(self.modules))  # a module given twice: the last
-            module = position[np.maximum(full, 0) // per_module]
-            source = np.where((full >= 0) & (module >= 0), module * per_module + full % per_module,
-                              -1).astype(np.int32)
-            self.layout.subsets[key] = source
-        return source
+        per_module = int(np.prod(self.geom.expected_data_shape[1:]))
+        position = np.full(self.n_modules, -1, np.int64)
+        position[self.modules] = np.arange(len(self.modules))  # a module given twice: the last
+        module = position[np.maximum(full, 0) // per_module]
+        return np.where((full >= 0) & (module >= 0), module * per_module + full % per_module, -1).astype(np.int32)
 
-    def tiles(self) -> Any:
-        """The compiled kernel's plan of :meth:`source` (:func:`~xfeldata.analysis._tiles.plan`), worked out
-        once per layout and subset of modules."""
-        from . import _tiles
+    def tiles(self) -> _tiles.Tiles:
+        """The compiled kernel's plan of :meth:`source` (:func:`~xfeldata.analysis._tiles.plan`)."""
+        from . import _tiles  # here, not at the top: it imports numba (about half a second)
 
-        key = tuple(self.modules.tolist())
-        tiles = self.layout.tiles.get(key)
-        if tiles is None:
-            tiles = _tiles.plan(self.source(), (len(self.modules), *self.geom.expected_data_shape[1:]))
-            self.layout.tiles[key] = tiles
-        return tiles
+        frame_shape = (len(self.modules), *self.geom.expected_data_shape[1:])
+        return _derived("tiles", self.layout, tuple(self.modules.tolist()),
+                        lambda: _tiles.plan(self.source(), frame_shape))
 
     def __call__(self, block: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         lead, shape = block.shape[:-3], self.layout.shape
@@ -141,10 +157,10 @@ class _Assembler:
             block.dtype.kind in "ui" or block.dtype in _COMPILED_DTYPES)
         images = flat_frames(out, len(lead)) if compiles else None
         if images is not None:
-            from ._tiles import assemble_frames
+            from . import _tiles  # (numba: imported on the compiled path only)
 
             frames = contiguous_frames(block, len(lead))
-            assemble_frames(frames[0], frames[1], self.tiles(), images[0], images[1])
+            _tiles.assemble_frames(frames[0], frames[1], self.tiles(), images[0], images[1])
             return out
         # the numpy twin: EXtra-geom, frame by frame (an image's NaN fill is still in cache when its tiles
         # overwrite it)
@@ -163,9 +179,10 @@ class _Assembler:
 def assemble(arr: xr.DataArray | xr.Dataset, geom: Any) -> xr.DataArray:
     """Module stacks ``(..., module, slow_scan, fast_scan)`` as images ``(..., y, x)``.
 
-    Each frame equals ``geom.position_modules(frame)`` of EXtra-geom, whose
-    pixel-grid-aligned (snapped) geometry, worked out once per geometry and
-    cached, copies the tiles of a whole block of frames at once: NaN in the gaps and where a module is missing
+    Each frame equals ``geom.position_modules(frame)`` of EXtra-geom (from
+    the pixel-grid-aligned geometry's placement of every pixel, worked out
+    once per geometry and cached; compiled, whole 8 x 8 blocks of pixels
+    are moved at once): NaN in the gaps and where a module is missing
     (not in the ``module`` coordinate, or NaN in the data).  Any subset of
     modules is placed by its ``module`` coordinate.
 
