@@ -401,6 +401,21 @@ def test_outputs_mix_with_other_dask_arrays_in_a_dataset():
     np.testing.assert_array_equal(out.compute()["image.data"].values, _reference(det, constants)[0])
 
 
+def test_a_detector_dataset_with_arrays_of_ones_own_computes_through_uniform_dask(tmp_path):
+    """xarray refuses a Dataset mixing dask array types: uniform_dask makes the detector's variables
+    plain dask arrays, with the same values, so that the whole Dataset computes."""
+    run = xd.open_run(make_example(tmp_path / "run", n_trains=3, frames_per_train=4), progress=False)
+    det = run.detector()
+    photons = analysis.photon_count(det["image.data"].sel(gain=0).astype(np.float32), 1000)
+    ds = xd.uniform_dask(det.assign(photons=photons, doubled=det["image.data"] * 2))
+    assert {type(v.data) for v in ds.data_vars.values() if isinstance(v.data, da.Array)} == {da.Array}
+    whole = ds.compute()
+    np.testing.assert_array_equal(whole["image.data"].values, det["image.data"].values)
+    np.testing.assert_array_equal(whole["photons"].values, photons.values)
+    np.testing.assert_array_equal(whole["doubled"].values, 2 * det["image.data"].values)
+    np.testing.assert_array_equal(whole["present"].values, det["present"].values)
+
+
 @pytest.mark.usefixtures("kernels")
 def test_calibrated_and_masked_datasets_compute_whole(tmp_path):
     """calibrate and masked keep the detector's lazy variables beside derived ones; the Dataset still computes."""

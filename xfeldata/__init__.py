@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .export.cxi import write_cxi
     from .export.xarray import open_export, write_netcdf, write_zarr
     from .trains import stack_detector_data
+    from .views import uniform_dask
 
 try:
     __version__ = importlib.metadata.version("xfeldata")
@@ -41,6 +42,7 @@ _LAZY = {
     "Run": ".api", "open_file": ".api", "open_run": ".api",
     "by_id": ".detectors.plan", "by_index": ".detectors.plan",
     "stack_detector_data": ".trains",
+    "uniform_dask": ".views",
     "write_cxi": ".export.cxi",
     "write_netcdf": ".export.xarray", "write_zarr": ".export.xarray", "open_export": ".export.xarray",
 }
@@ -58,6 +60,7 @@ __all__ = [
     "open_file",
     "open_run",
     "stack_detector_data",
+    "uniform_dask",
     "write_cxi",
     "write_netcdf",
     "write_zarr",

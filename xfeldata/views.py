@@ -332,9 +332,11 @@ __all__ = ["control_frame", "key_array", "run_dataset", "source_dataset", "to_da
 def uniform_dask(ds: xr.Dataset) -> xr.Dataset:
     """``ds`` with every :class:`FreshArray` variable (data or coordinate) as a plain dask
     array computed the same way (:func:`handed_over`), so that a Dataset mixing the
-    detector's variables with arrays derived from them can be computed (xarray refuses
-    to compute a Dataset that mixes dask array types).  Only the one-task selections
-    of :class:`FreshArray` are lost.
+    detector's variables with other dask arrays can be computed: xarray refuses to
+    compute a Dataset that mixes dask array types, a subclass and its base included
+    (pydata/xarray issue 11539), e.g. ``run.detector().assign(photons=...)``.  Only the
+    one-task selections of :class:`FreshArray` are lost.  Available as
+    ``xfeldata.uniform_dask``.
 
     >>> ds = xr.Dataset({"a": ("x", da.ones(4, chunks=2))})
     >>> uniform_dask(ds)["a"].data is ds["a"].data
