@@ -307,6 +307,7 @@ def _correct_compiled(frames: np.ndarray, at: np.ndarray, gains: np.ndarray, gai
     nan = np.float32(np.nan)
     invalid = np.uint8(255)
     n_stages, n_pix = offset.shape[2], offset.shape[3]
+    codes = np.empty(n_pix if mode == _LPD else 0, np.uint8)  # LPD's stage codes of a frame
     for k in range(order.shape[0]):
         f = order[k]
         m, c = mods[f], cells[f]
@@ -353,6 +354,30 @@ def _correct_compiled(frames: np.ndarray, at: np.ndarray, gains: np.ndarray, gai
                 stage[p] = s
             continue
         key = gains[gains_at[f]:gains_at[f] + n_pix]
+        if n_stages == 3:  # LPD's and JUNGFRAU's three stages, as AGIPD's: all three corrected, then selects
+            off0, off1, off2, skip0, skip1, skip2 = off[0], off[1], off[2], skip[0], skip[1], skip[2]
+            # each pixel's stage code: LPD's bits 12-13 (stages 0, 1, 2; 3 invalid), JUNGFRAU's gain key
+            # (0, 1, 3; anything else invalid); then one loop for both, which vectorises
+            code, bits, third = key, np.int32(0x3FFF), np.uint8(3)
+            if mode == _LPD:
+                code, bits, third = codes, np.int32(0x0FFF), np.uint8(2)
+                for p in range(n_pix):
+                    code[p] = np.uint8(signal[p] >> 12)
+            for p in range(n_pix):
+                here = code[p]
+                first, second = here == np.uint8(0), here == np.uint8(1)
+                valid = first | second | (here == third)
+                x = np.float32(np.int32(signal[p]) & bits)  # (int32: a conversion that vectorises)
+                x0 = nan if skip0[p] else x - off0[p]
+                x1 = nan if skip1[p] else x - off1[p]
+                x2 = nan if skip2[p] else x - off2[p]
+                x12 = x1 if second else x2
+                x012 = x0 if first else x12
+                corrected[p] = x012 if valid else nan
+                s12 = np.uint8(1) if second else np.uint8(2)
+                s012 = np.uint8(0) if first else s12
+                stage[p] = s012 if valid else invalid
+            continue
         for p in range(n_pix):
             word = signal[p]
             if mode == _LPD:
