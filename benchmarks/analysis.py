@@ -96,7 +96,7 @@ def case_assemble(ctx: Context) -> list[CaseResult]:
     res.notes.append(f"the memory-bandwidth limit allows at most {peer / limit:.1f}x position_modules here")
     res.notes.append("items are frames; assemble copies, mirrors or transposes 8 x 8 blocks of pixels in vector "
                      "registers, planned once per geometry from EXtra-geom's placement (compiled; EXtra-geom's "
-                     "snapped geometry as the numpy twin); the result is new memory each call; "
+                     "snapped geometry as the numpy twin); "
                      "the ceiling reads every frame once and writes fewer bytes than the images hold")
     return [res]
 
