@@ -34,11 +34,17 @@ ENV = "XFELDATA_JIT"
 
 @functools.cache
 def _numba() -> Any:
-    """The numba module, or None when it is not installed."""
+    """The numba module, or None when it is not installed.
+
+    Once imported, numba types a :class:`Jitted` global as its compiled
+    function, so that one kernel calls another.
+    """
     try:
         import numba
+        from numba.extending import typeof_impl
     except ImportError:
         return None
+    typeof_impl.register(Jitted)(lambda kernel, context: numba.core.types.Dispatcher(kernel.compiled()))
     return numba
 
 
