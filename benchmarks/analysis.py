@@ -173,27 +173,49 @@ def _raw_agipd(n: int, rng: np.random.Generator):
     ).chunk({"module": 1})  # as run.detector() chunks: one module, whole trains (up to 128 MiB)
 
 
-def _offsets(rng: np.random.Generator, stages: int):
+def _raw_lpd(n: int, rng: np.random.Generator):
+    """``n`` raw LPD-1M frames (uint16: 12-bit signal, stage 0-2 in bits 12-13, 4 memory cells), labelled
+    and chunked as run.detector() does (one module, whole trains)."""
+    import xarray as xr
+
+    raw = (rng.integers(0, 4096, size=(n // 4, 4, 16, 256, 256), dtype=np.uint16)
+           | (rng.integers(0, 3, size=(n // 4, 4, 16, 256, 256), dtype=np.uint16) << 12))
+    return raw, xr.Dataset(
+        {"image.data": (("trainId", "pulseId", "module", "slow_scan", "fast_scan"), raw),
+         "cellId": (("trainId", "pulseId", "module"), np.broadcast_to(np.arange(4)[None, :, None], raw.shape[:3]))},
+        coords={"trainId": np.arange(n // 4), "pulseId": np.arange(4), "module": np.arange(16)},
+        attrs={"kind": "LPD1M"},
+    ).chunk({"module": 1})
+
+
+def _offsets(rng: np.random.Generator, stages: int, pixels: tuple[int, int] = (512, 128)):
     """Dark constants of 16 modules, 4 cells and ``stages`` gain stages; with more than one stage,
     gain thresholds that put about a third of the raw gain signal (4000-6000) in each stage."""
     import xarray as xr
 
-    shape = (16, 4, stages, 512, 128)
+    shape = (16, 4, stages, *pixels)
     dims = ("module", "cell", "gain_stage", "slow_scan", "fast_scan")
     constants = xr.Dataset({"offset": (dims, rng.normal(5000, 300, shape).astype(np.float32)),
                             "bad_pixels": (dims, rng.random(shape) < 0.01)},
                            coords={"module": np.arange(16), "cell": np.arange(4)})
     if stages > 1:
         limits = np.linspace(4000, 6000, stages + 1)[1:-1].astype(np.float32)
-        shape = (16, 4, stages - 1, 512, 128)
+        shape = (16, 4, stages - 1, *pixels)
         constants["gain_threshold"] = (("module", "cell", "threshold", "slow_scan", "fast_scan"),
                                        np.broadcast_to(limits[None, None, :, None, None], shape))
     return constants
 
 
+def _values(calibrated) -> tuple:
+    """``image.data`` and ``image.gain`` of a calibrated Dataset, computed in one pass."""
+    out = calibrated[["image.data", "image.gain"]].compute()
+    return out["image.data"].values, out["image.gain"].values
+
+
 def case_calibrate(ctx: Context) -> list[CaseResult]:
     """Offset correction of raw uint16 AGIPD frames (gain plane, 4 memory cells) vs a numpy copy:
-    one gain stage, and three stages taken from the gain plane by thresholds (also giving the stage)."""
+    one gain stage, and three stages taken from the gain plane by thresholds (also giving the stage);
+    and of raw LPD frames, whose three stages are in their bits."""
     from xfeldata import analysis
 
     n = _n_frames(ctx)
@@ -201,9 +223,11 @@ def case_calibrate(ctx: Context) -> list[CaseResult]:
     raw, det = _raw_agipd(n, rng)
     single, staged = _offsets(rng, 1), _offsets(rng, 3)
 
+    lpd_raw, lpd = _raw_lpd(n, rng)
+    lpd_constants = _offsets(rng, 3, (256, 256)).drop_vars("gain_threshold")  # LPD's stage is in its bits
+
     def with_stages() -> tuple:
-        out = analysis.calibrate(det, staged)[["image.data", "image.gain"]].compute()  # one pass for both
-        return out["image.data"].values, out["image.gain"].values
+        return _values(analysis.calibrate(det, staged))
 
     return [_vs_copy(ctx, "calibrate", f"offset correction of {n} raw AGIPD-1M frames (uint16, gain plane)",
                      "analysis.calibrate(det, constants)['image.data'].values",
@@ -211,7 +235,10 @@ def case_calibrate(ctx: Context) -> list[CaseResult]:
             _vs_copy(ctx, "calibrate_gain", f"offset correction of {n} raw AGIPD-1M frames in 3 gain stages "
                      "by the gain plane's thresholds",
                      "calibrate(det, constants): 'image.data' and 'image.gain' values",
-                     with_stages, raw)]
+                     with_stages, raw),
+            _vs_copy(ctx, "calibrate_lpd", f"offset correction of {n} raw LPD-1M frames in 3 gain stages by "
+                     "their bits 12-13", "calibrate(lpd, constants): 'image.data' and 'image.gain' values",
+                     lambda: _values(analysis.calibrate(lpd, lpd_constants)), lpd_raw)]
 
 
 CASES: dict[str, Callable[[Context], list[CaseResult]]] = {

@@ -41,7 +41,6 @@ def test_control_key_case_runs_on_both_data_sets(bench_data, tmp_path):
     assert data["cases"][1]["dataset"] == "extra-data"
 
 
-
 def test_analysis_cases_run_against_their_peers_and_ceilings(tmp_path):
     """Every analysis case times xfeldata, its peer or a ceiling it cannot beat, and checks a target."""
     pytest.importorskip("pyFAI")
@@ -50,13 +49,14 @@ def test_analysis_cases_run_against_their_peers_and_ceilings(tmp_path):
     results = main(["--size", "tiny", "--repeat", "1", "--only", "assemble", "--only", "radial_profile",
                     "--only", "photon_count", "--only", "calibrate", "--data-dir", str(tmp_path)])
     assert [r.name for r in results] == ["assemble", "radial_profile", "photon_count", "calibrate",
-                                         "calibrate_gain"]
+                                         "calibrate_gain", "calibrate_lpd"]
     for res in results:
         roles = {t.role for t in res.timings}
         assert {"xfeldata", "ceiling"} <= roles, res.name
         assert all(t.median > 0 for t in res.timings)
         assert res.checks and not res.ceiling_wrong(), res.name
     assert {"peer"} <= {t.role for t in results[0].timings} & {t.role for t in results[1].timings}
+
 
 def _pixel_datasets(run_dir):
     """``(file, [its image/data datasets])`` for each module file of a run."""
