@@ -89,3 +89,23 @@ def test_blocks_that_do_not_tile_their_array_in_place_are_concatenated():
     typed = pooled.view(whole.dtype).reshape(4, 3)
     tiled = into.tiled_base([[typed[:2]], [typed[2:]]], chunks)
     assert tiled.shape == (4, 3) and tiled.dtype == whole.dtype and np.shares_memory(tiled, pooled)
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_computed_together_with_plain_dask_arrays_every_result_is_in_its_place(fresh):
+    """dask.compute groups the collections it is given by their graph optimiser and used to return the
+    groups' results in group order: arrays written into one array must share dask's optimiser, so that
+    results never change places (a Dataset's variables got each other's values)."""
+    x = da.from_array(np.arange(36.0).reshape(6, 6), chunks=(2, 6))
+    doubled, plain, tripled = _doubled(x, fresh), x.sum(axis=1), _doubled(x * 1.5, fresh)
+    for scheduler in ("threads", "sync"):
+        a, b, c = dask.compute(doubled, plain, tripled, scheduler=scheduler)
+        np.testing.assert_array_equal(a, 2 * x.compute())
+        np.testing.assert_array_equal(b, x.compute().sum(axis=1))
+        np.testing.assert_array_equal(c, 3 * x.compute())
+    xr = pytest.importorskip("xarray")
+    ds = xr.Dataset({"doubled": (("a", "b"), doubled), "sum": ("a", plain), "tripled": (("a", "b"), tripled)})
+    if not fresh:  # (xarray refuses to compute a Dataset mixing FreshArray with dask arrays)
+        computed = ds.compute()
+        np.testing.assert_array_equal(computed["sum"].values, x.compute().sum(axis=1))
+        np.testing.assert_array_equal(computed["tripled"].values, 3 * x.compute())

@@ -36,7 +36,7 @@ from .files.index import FileIndex, KeyInfo
 from .files.plain import PlainLayout, pread_rows, pread_rows_to_buffers
 from .files.pool import run_all
 from .fill import default_fill_value
-from .into import into_one, tiled_base
+from .into import tiled_base
 from .run import RunSelection, TrainMap, positions_within
 
 #: Keys with at most this many bytes in the selection are small: one block across
@@ -606,11 +606,6 @@ class FreshArray(da.Array):
     def __dask_postcompute__(self) -> tuple:
         return _postcompute_fresh(self.chunks)
 
-    @staticmethod
-    def __dask_optimize__(dsk: Any, keys: Any, **kwargs: Any) -> Any:
-        """dask's array optimisation, after :func:`~xfeldata.into.into_one` (blocks written into one array)."""
-        return da.Array.__dask_optimize__(into_one(dsk, keys), keys, **kwargs)
-
     def compute(self, **kwargs: Any) -> Any:
         direct = _read_directly(self, kwargs)
         return super().compute(**kwargs) if direct is None else direct
@@ -710,7 +705,6 @@ def handed_over(arr: da.Array) -> da.Array:
     >>> type(handed_over(da.ones(4, chunks=2))) is da.Array
     True
     """
-    arr.__dask_optimize__ = FreshArray.__dask_optimize__
     arr.__dask_postcompute__ = partial(_postcompute_fresh, arr.chunks)
     return arr
 

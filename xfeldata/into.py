@@ -15,6 +15,15 @@ task of that computation, and a copy sent to another process (the
 ``processes`` or distributed schedulers) writes nothing, so there every block
 is new memory and dask concatenates as usual.
 
+:func:`optimize` (dask's array optimisation after :func:`into_one`) is dask's
+``array_optimize`` setting from the import of this module on, the graph
+optimiser of every dask array, unless another one is set: ``dask.compute``
+groups the collections it is given by their optimiser and returns the groups'
+results in group order, so an optimiser of xfeldata's arrays only would put
+results in each other's places when they are computed together with other
+dask arrays (a Dataset's variables, ``dask.compute(a, b, c)``).  It leaves
+graphs without :func:`written_into` arrays as dask's optimisation does.
+
 Examples
 --------
 >>> x = da.arange(6, chunks=2)
@@ -32,13 +41,18 @@ from functools import partial
 from itertools import product
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
+from dask.array.optimization import optimize as dask_optimize
 from dask.base import tokenize
 from dask.core import flatten
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
 from .pool import ArrayPool
+
+#: dask's setting that names the graph optimiser of every dask array.
+OPTIMIZE_SETTING = "array_optimize"
 
 
 class WritesInto:
@@ -225,6 +239,19 @@ def into_one(dsk: Any, keys: Any) -> Any:
     return dsk if layers is None else HighLevelGraph(layers, dsk.dependencies)
 
 
+def optimize(dsk: Any, keys: Any, **kwargs: Any) -> Any:
+    """dask's array optimisation of ``dsk`` after :func:`into_one`: the optimiser of every dask array.
+
+    >>> dask.config.get(OPTIMIZE_SETTING) is optimize
+    True
+    >>> a, total = dask.compute(written_into(lambda b, out=None: np.add(b, 1, out=out), [da.zeros(4, chunks=2)],
+    ...                                      ((2, 2),), float), da.ones(3, chunks=1).sum())
+    >>> a.tolist(), float(total)
+    ([1.0, 1.0, 1.0, 1.0], 3.0)
+    """
+    return dask_optimize(into_one(dsk, keys), keys, **kwargs)
+
+
 def _with_finalized(dsk: HighLevelGraph, keys: Any) -> list:
     """``keys``, and the keys that a requested task of a one-task layer takes (dask computes a
     collection by a task of its own that finalizes the collection's blocks)."""
@@ -272,3 +299,7 @@ def tiled_base(results: Any, chunks: tuple[tuple[int, ...], ...]) -> np.ndarray 
                 or part.__array_interface__["data"][0] != place.__array_interface__["data"][0]:
             return None
     return base
+
+
+if dask.config.get(OPTIMIZE_SETTING, None) is None:  # (a user's own setting stays: then no blocks written into one)
+    dask.config.set({OPTIMIZE_SETTING: optimize})
