@@ -208,3 +208,24 @@ def test_what_is_not_a_detector_dataset_is_refused_by_name(agipd_raw_run, tmp_pa
     with pytest.raises(ValueError, match="module dimension"):
         xd.write_cxi(run.detector().isel(module=0), tmp_path / "x.cxi")
     assert not list(tmp_path.iterdir())
+
+
+def test_calibrated_hits_are_written_with_their_frames_present(analysis_runs, tmp_path):
+    """calibrate makes ``present`` per pixel (False at bad pixels): select_frames of its hits and the whole
+    calibrated Dataset are written, a frame present where any of its pixels is, values as computed."""
+    from xfeldata import analysis
+
+    constants = analysis.dark_constants(xd.open_run(analysis_runs["dark"], progress=False).detector())
+    det = analysis.calibrate(xd.open_run(analysis_runs["data"], progress=False).detector(), constants)
+    lit = analysis.lit_pixels(analysis.photon_count(det, 60), 0)  # per frame, over every module
+    hits = analysis.select_frames(det, lit > float(np.median(lit.values)))
+    path = xd.write_cxi(hits, tmp_path / "hits.cxi", progress=False)
+    with h5py.File(path, "r") as f:
+        data, present = f["entry_1/data_1/data"][()], f["entry_1/present"][()]
+        np.testing.assert_array_equal(f["entry_1/trainId"][()], hits["trainId"].values)
+    expected = hits["image.data"].transpose("frame", "module", ...).values
+    np.testing.assert_array_equal(data, expected)
+    np.testing.assert_array_equal(present.astype(bool), hits["present"].any(["slow_scan", "fast_scan"]).values)
+    whole = xd.write_cxi(det, tmp_path / "all.cxi", progress=False)
+    with h5py.File(whole, "r") as f:
+        assert f["entry_1/data_1/data"].shape[0] == det.sizes["trainId"] * det.sizes["pulseId"]

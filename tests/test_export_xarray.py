@@ -101,3 +101,16 @@ def test_existing_output_needs_overwrite_and_failure_keeps_old(irregular, tmp_pa
     assert [p.name for p in tmp_path.iterdir()] == ["xgm.nc"]
     write_netcdf(ds, path, overwrite=True, progress=False)
     xr.testing.assert_identical(open_export(path).compute(), ds.compute())
+
+
+@pytest.mark.parametrize("store", ["nc", "zarr"])
+def test_scalar_and_non_index_coordinates_and_arrays_of_ones_own_are_written(irregular, tmp_path, store):
+    """A selection keeps scalar coordinates (one module, one train) and a Dataset gets arrays of one's own
+    (plain dask arrays beside the detector's): both are written and read back as they were."""
+    det = irregular.detector()
+    one = det.isel(trainId=0).sel(module=det.module.values[0])
+    one = one.assign(doubled=one["image.data"] * 2).assign_coords(label=("pulseId", np.arange(one.sizes["pulseId"])))
+    assert one["trainId"].ndim == 0 and one["module"].ndim == 0
+    path = WRITERS[store](one, tmp_path / f"one.{store}", progress=False)
+    back = open_export(path)
+    xr.testing.assert_identical(back.compute(), xd.uniform_dask(one).compute())

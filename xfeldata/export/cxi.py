@@ -110,8 +110,12 @@ class _Frames:
         self.names = [n for n, var in PIXEL_VARIABLES.items() if var in det]
 
     def _present(self, ds: xr.Dataset) -> xr.DataArray:
+        """Which frames of each module were recorded; a ``present`` per pixel (calibrated data,
+        False at bad pixels) counts a frame with any pixel present."""
         if "present" in ds:
-            return ds["present"]
+            present = ds["present"]
+            pixels = [d for d in present.dims if d not in ("trainId", self.pulse_dim, "frame", "module")]
+            return present.any(pixels) if pixels else present
         return xr.ones_like(ds["image.data"].isel({d: 0 for d in ds["image.data"].dims
                                                     if d not in ("trainId", self.pulse_dim, "frame", "module")}),
                             dtype=bool)

@@ -43,6 +43,7 @@ from tqdm.dask import TqdmCallback
 from xarray.coding.strings import create_vlen_dtype
 
 from ..files.progress import tqdm
+from ..views import uniform_dask
 from . import names
 from .atomic import atomic_output
 
@@ -109,11 +110,13 @@ def _uniform(var: xr.Variable) -> xr.Variable:
 
 
 def _prepare_dataset(ds: xr.Dataset, store: str) -> xr.Dataset:
+    ds = uniform_dask(ds)  # the detector's arrays beside dask arrays of one's own: xarray writes them together
     variables = {}
     for name, var in ds.variables.items():
         var = _vlen_strings(var)
         variables[name] = _uniform(var) if store == "zarr" else var
-    return ds.copy(data={n: v for n, v in variables.items() if n not in ds.indexes})
+    coords = {n: v for n, v in variables.items() if n in ds.coords and n not in ds.indexes}  # scalar ones too
+    return ds.copy(data={n: variables[n] for n in ds.data_vars}).assign_coords(coords)
 
 
 def _prepare(obj: Obj, store: str) -> Obj:
