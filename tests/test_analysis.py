@@ -414,4 +414,64 @@ def test_run_sel_takes_a_boolean_dataarray_over_trains(analysis_runs):
     np.testing.assert_array_equal(run.isel(trainId=keep.values).train_ids, tids[[0, 2]])
     with pytest.raises(IndexError, match="length 3 for 4 trains"):
         run.isel(trainId=np.array([True, False, True]))
+    with pytest.raises(ValueError, match="needs its trainId coordinate.*isel"):
+        run.sel(trainId=xr.DataArray(np.array([True, False, True, False]), dims="trainId"))
     assert int(tids[0]) == FIRST_TRAIN_ID
+
+
+# -- bad arguments --------------------------------------------------------------
+
+
+def test_radial_profile_masks_of_the_data_the_geometry_or_labelled_give_the_same_profile(agipd_geometry):
+    """A mask of the data's modules, of every module of the geometry (picked by module number) or a
+    labelled DataArray (picked by its module coordinate) leaves out the same pixels; any other shape,
+    a transposed one too, is refused by name."""
+    arr = frames(2, modules=[9, 4, 1])
+    full = np.zeros((16, 512, 128), bool)
+    full[4, :100] = full[9, :, :30] = True
+    args = (agipd_geometry, 0.25, 1.3e-10, 200)
+    of_data = analysis.radial_profile(arr, *args, mask=full[[9, 4, 1]])
+    labelled = xr.DataArray(full, dims=("module", "slow_scan", "fast_scan"), coords={"module": np.arange(16)})
+    for mask in (full, labelled):
+        xr.testing.assert_identical(analysis.radial_profile(arr, *args, mask=mask), of_data)
+    assert not np.array_equal(of_data.values, analysis.radial_profile(arr, *args).values, equal_nan=True)
+    with pytest.raises(ValueError, match=r"the mask is \(3, 128, 512\).*\(3, 512, 128\)"):
+        analysis.radial_profile(arr, *args, mask=full[[9, 4, 1]].transpose(0, 2, 1))
+    with pytest.raises(ValueError, match="cell"):
+        analysis.radial_profile(arr, *args, mask=labelled.expand_dims(cell=2))
+
+
+@pytest.mark.parametrize("bad", [{"npt": 0}, {"npt": -5}, {"npt": 10.5}, {"npt": True}, {"distance": 0},
+                                 {"wavelength": -1e-10}])
+def test_radial_profile_refuses_bins_and_lengths_that_cannot_be(agipd_geometry, bad):
+    kwargs = {"distance": 0.25, "wavelength": 1.3e-10, "npt": 100, **bad}
+    name = next(iter(bad))
+    with pytest.raises(ValueError, match=name):
+        analysis.radial_profile(frames(1), agipd_geometry, **kwargs)
+    with pytest.raises(ValueError, match=name):
+        analysis.radial_profile_2d(frames(1), agipd_geometry, **kwargs)
+    with pytest.raises(ValueError, match="npt_azim"):
+        analysis.radial_profile_2d(frames(1), agipd_geometry, 0.25, 1.3e-10, 100, npt_azim=0)
+
+
+def test_photon_count_refuses_thresholds_that_are_not_a_fraction_of_a_photon():
+    adu = xr.DataArray(np.array([0.0, 5, 60]), dims="x")
+    assert analysis.photon_count(adu, 60, threshold=1).values.tolist() == [0, 0, 1]
+    for threshold in (0, -1, 1.5, np.nan):
+        with pytest.raises(ValueError, match="threshold"):
+            analysis.photon_count(adu, 60, threshold=threshold)
+
+
+def test_raw_agipd_frames_with_their_gain_plane_are_refused_until_calibrated(analysis_runs, agipd_geometry):
+    det = xd.open_run(analysis_runs["data"], progress=False).detector()
+    assert det["image.data"].sizes["gain"] == 2
+    for fn in (lambda: analysis.photon_count(det, 60), lambda: analysis.lit_pixels(det, 100),
+               lambda: analysis.radial_profile(det, agipd_geometry, 0.25, 1.3e-10, 100)):
+        with pytest.raises(ValueError, match=r"'gain' axis.*calibrate.*sel\(gain=0\)"):
+            fn()
+    assert analysis.photon_count(det["image.data"].sel(gain=0).astype(np.float32), 60).dims[-2:] == (
+        "slow_scan", "fast_scan")
+    constants = analysis.dark_constants(xd.open_run(analysis_runs["dark"], progress=False).detector())
+    calibrated = analysis.calibrate(det, constants)
+    with pytest.raises(TypeError, match="float32, corrected data"):
+        analysis.calibrate(calibrated, constants)

@@ -726,6 +726,9 @@ class RunSelection:
         if hasattr(trainId, "dims") and hasattr(trainId, "coords") and trainId.dtype == bool:
             if tuple(trainId.dims) != ("trainId",):
                 raise ValueError(f"a boolean train filter must have the single dim trainId, not {trainId.dims}")
+            if "trainId" not in trainId.coords:
+                raise ValueError("a boolean train filter needs its trainId coordinate (the train IDs it is "
+                                 "True or False for); for a mask by position use run.isel(trainId=...)")
             trainId = trainId["trainId"].values[trainId.values]  # the trains where it is True
         elif np.asarray(trainId).dtype == bool:
             raise TypeError("run.sel takes train IDs; select by a boolean array with run.isel(trainId=...) "

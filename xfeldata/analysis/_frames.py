@@ -17,6 +17,7 @@ from ..into import written_into
 
 MODULE_DIM = "module"
 PIXEL_DIMS = ("slow_scan", "fast_scan")
+GAIN_PLANE_DIM = "gain"  # AGIPD raw frames: plane 0 the signal, plane 1 the gain signal
 
 #: Bytes of one block of whole frames (all modules) that kernels work on.
 BLOCK_BYTES = 64 * 2**20
@@ -37,6 +38,22 @@ def data_array(arr: xr.DataArray | xr.Dataset, var: str = "image.data") -> xr.Da
     if missing:
         raise ValueError(f"{arr.name or 'the array'} has no {missing} dimension(s); "
                          f"a detector array has 'module', 'slow_scan' and 'fast_scan' (it has {arr.dims})")
+    return arr
+
+
+def no_gain_plane(arr: xr.DataArray, what: str) -> xr.DataArray:
+    """``arr``, refused (ValueError) where it is raw AGIPD data (integers) with its two planes
+    (signal, gain signal) on a ``gain`` axis, which ``what`` would take as signal.
+
+    >>> raw = xr.DataArray(np.zeros((2, 1, 1), np.uint16), dims=(GAIN_PLANE_DIM, *PIXEL_DIMS), name="image.data")
+    >>> no_gain_plane(raw.sel(gain=0), "photon_count").dims
+    ('slow_scan', 'fast_scan')
+    """
+    if arr.sizes.get(GAIN_PLANE_DIM) == 2 and arr.dtype.kind in "ui":  # (LPD's gain axis holds its stages)
+        raise ValueError(
+            f"{what} takes calibrated (or one plane of) frames; {arr.name or 'the array'} has a {GAIN_PLANE_DIM!r} "
+            f"axis, raw AGIPD data whose plane 1 is the gain signal: calibrate it first "
+            f"(analysis.calibrate(det, analysis.dark_constants(dark_det))) or take the signal, .sel(gain=0)")
     return arr
 
 

@@ -12,14 +12,13 @@ import numpy as np
 import xarray as xr
 
 from ..views import uniform_dask
-from ._frames import MODULE_DIM, PIXEL_DIMS, data_array, map_frames
+from ._frames import GAIN_PLANE_DIM, MODULE_DIM, PIXEL_DIMS, data_array, map_frames
 from ._jit import contiguous_frames, flat_frames, jitted
 from .gain import _JUNGFRAU_STAGE, _LPD_STAGE, INVALID, STAGES, encoding, split
 
 CELL_DIM = "cell"
 STAGE_DIM = "gain_stage"
 THRESHOLD_DIM = "threshold"
-GAIN_PLANE_DIM = "gain"  # AGIPD raw frames: plane 0 the signal, plane 1 the gain signal
 
 
 def _as_blocks(arr: xr.DataArray) -> da.Array:
@@ -616,6 +615,9 @@ def calibrate(det: xr.Dataset, constants: xr.Dataset | None = None, *, mask_bits
     if constants is None:
         return masked(det, mask_bits)
     arr = data_array(det)
+    if arr.dtype.kind == "f":
+        raise TypeError(f"image.data is {arr.dtype}, corrected data: offsets are subtracted from raw (integer) "
+                        "frames; calibrate(det) without constants applies corrected data's own mask")
     if "cellId" not in det:
         raise KeyError("the detector Dataset has no cellId variable (needed to pick each frame's constants)")
     kind = det.attrs.get("kind", constants.attrs.get("kind"))

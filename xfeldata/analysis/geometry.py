@@ -213,7 +213,7 @@ def assemble(arr: xr.DataArray | xr.Dataset, geom: Any) -> xr.DataArray:
     >>> img.dims, img.shape, int(np.isfinite(img[0]).sum()) == 2 * 512 * 128
     (('pulseId', 'y', 'x'), (3, 1256, 1092), True)
     """
-    arr = data_array(arr)
+    arr = data_array(arr)  # (raw AGIPD's gain axis is a dim like others: an image of each plane)
     modules = _module_positions(arr, geom)
     layout = _layout(geom)
     shape, y, x = layout.shape, layout.y, layout.x

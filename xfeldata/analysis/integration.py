@@ -19,7 +19,7 @@ import numpy as np
 import xarray as xr
 from dask.base import tokenize
 
-from ._frames import MODULE_DIM, PIXEL_DIMS, data_array, map_frames, whole_frames
+from ._frames import MODULE_DIM, PIXEL_DIMS, data_array, map_frames, no_gain_plane, whole_frames
 from ._jit import jitted
 from .geometry import _module_positions
 
@@ -122,6 +122,12 @@ def _binning(geom: Any, modules: np.ndarray, distance: float, wavelength: float,
              q_range: tuple[float, float] | None, npt_azim: int | None = None,
              azimuth_range: tuple[float, float] | None = None) -> _Binning:
     """The cached :class:`_Binning` of these parameters (built on first use)."""
+    for name, n in (("npt", npt), ("npt_azim", npt_azim)):
+        if n is not None and (not isinstance(n, int | np.integer) or isinstance(n, bool) or n < 1):
+            raise ValueError(f"{name} must be a whole number of bins, 1 or more, not {n!r}")
+    for name, value in (("distance", distance), ("wavelength", wavelength)):
+        if not value > 0:
+            raise ValueError(f"{name} must be positive (in metres), not {value!r}")
     key = (tuple(modules.tolist()), float(distance), float(wavelength), unit, int(npt),
            None if q_range is None else tuple(map(float, q_range)), npt_azim,
            None if azimuth_range is None else tuple(map(float, azimuth_range)))
@@ -208,6 +214,31 @@ class _Integrator:
         return out.reshape(lead + self.out_shape)
 
 
+def _left_out(mask: np.ndarray | xr.DataArray, arr: xr.DataArray, geom: Any, modules: np.ndarray) -> np.ndarray:
+    """``mask`` as a boolean ``(module, slow_scan, fast_scan)`` of ``arr``'s modules, in their order.
+
+    A DataArray is selected by its ``module`` coordinate; a numpy array holds
+    either ``arr``'s modules or every module of the geometry (then indexed by module number).
+    """
+    pixels = tuple(arr.sizes[d] for d in PIXEL_DIMS)
+    if isinstance(mask, xr.DataArray):
+        other = [d for d in mask.dims if d not in (MODULE_DIM, *PIXEL_DIMS)]
+        if other or set(PIXEL_DIMS) - set(mask.dims):
+            raise ValueError(f"the mask has dims {mask.dims}: it needs ({MODULE_DIM}, slow_scan, fast_scan) only "
+                             f"(reduce the others, e.g. bad_pixels.any({other[0] if other else 'cell'!r}))")
+        if MODULE_DIM in mask.coords:
+            mask = mask.sel({MODULE_DIM: modules})
+        return np.asarray(mask.transpose(MODULE_DIM, *PIXEL_DIMS).values, bool)
+    mask = np.asarray(mask)
+    if mask.shape == (len(modules), *pixels):
+        return mask.astype(bool, copy=False)
+    if mask.shape == tuple(geom.expected_data_shape):
+        return mask[modules].astype(bool, copy=False)
+    raise ValueError(f"the mask is {mask.shape}: it needs the data's modules {(len(modules), *pixels)} "
+                     f"(modules {modules.tolist()} in that order) or every module of the geometry "
+                     f"{tuple(geom.expected_data_shape)}")
+
+
 def _integrate(arr: xr.DataArray, binning: _Binning, out_dims: list[str],
                out_shape: tuple[int, ...], mask: np.ndarray | None) -> xr.DataArray:
     if mask is not None:  # masked pixels out of every bin, once per call
@@ -256,8 +287,10 @@ def radial_profile(arr: xr.DataArray | xr.Dataset, geom: Any, distance: float, w
     unit
         ``"q_nm^-1"`` (default), ``"q_A^-1"``, ``"2th_deg"`` or ``"r_mm"``.
     mask
-        Optional boolean ``(module, slow_scan, fast_scan)`` of the modules in
-        ``arr``: True leaves a pixel out.
+        Optional boolean ``(module, slow_scan, fast_scan)``: True leaves a pixel
+        out.  numpy: of the modules in ``arr``, in their order, or of every
+        module of the geometry; a DataArray (e.g. ``constants["bad_pixels"].any(
+        ["cell", "gain_stage"])``) is selected by its ``module`` coordinate.
 
     Returns
     -------
@@ -276,12 +309,13 @@ def radial_profile(arr: xr.DataArray | xr.Dataset, geom: Any, distance: float, w
     >>> prof.dims, float(prof.max())
     (('pulseId', 'q'), 1.0)
     """
-    arr = data_array(arr)
+    arr = no_gain_plane(data_array(arr), "radial_profile")
     modules = _module_positions(arr, geom)
     binning = _binning(geom, modules, distance, wavelength, unit, npt, q_range)
     lo, hi = binning.edges
     name, units = UNITS[unit]
-    out = _integrate(arr, binning, [name], (npt,), mask)
+    left_out = None if mask is None else _left_out(mask, arr, geom, modules)
+    out = _integrate(arr, binning, [name], (npt,), left_out)
     centres = lo + (np.arange(npt) + 0.5) * (hi - lo) / npt
     out = out.assign_coords({name: (name, centres, {"units": units})})
     out.attrs.update(distance=float(distance), wavelength=float(wavelength))
@@ -307,12 +341,13 @@ def radial_profile_2d(arr: xr.DataArray | xr.Dataset, geom: Any, distance: float
     >>> radial_profile_2d(frames, geom, 0.2, 1.3e-10, npt=50, npt_azim=8).shape
     (2, 50, 8)
     """
-    arr = data_array(arr)
+    arr = no_gain_plane(data_array(arr), "radial_profile_2d")
     modules = _module_positions(arr, geom)
     binning = _binning(geom, modules, distance, wavelength, unit, npt, q_range, npt_azim, azimuth_range)
     lo, hi, c_lo, c_hi = binning.edges
     name, units = UNITS[unit]
-    out = _integrate(arr, binning, [name, "chi"], (npt, npt_azim), mask)
+    left_out = None if mask is None else _left_out(mask, arr, geom, modules)
+    out = _integrate(arr, binning, [name, "chi"], (npt, npt_azim), left_out)
     out = out.assign_coords({
         name: (name, lo + (np.arange(npt) + 0.5) * (hi - lo) / npt, {"units": units}),
         "chi": ("chi", c_lo + (np.arange(npt_azim) + 0.5) * (c_hi - c_lo) / npt_azim, {"units": "deg"}),

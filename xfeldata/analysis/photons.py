@@ -8,7 +8,7 @@ from functools import partial
 import numpy as np
 import xarray as xr
 
-from ._frames import MODULE_DIM, PIXEL_DIMS, data_array, map_frames
+from ._frames import MODULE_DIM, PIXEL_DIMS, data_array, map_frames, no_gain_plane
 from ._jit import jitted
 
 #: Elements per step of :func:`_count_kernel`: a step's input, float32 scratch and output (1 MiB each)
@@ -154,6 +154,9 @@ def photon_count(arr: xr.DataArray | xr.Dataset, adu_per_photon: float,
         arr = data_array(arr)
     if not adu_per_photon > 0:
         raise ValueError(f"adu_per_photon must be positive, not {adu_per_photon}")
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold is a fraction of a photon, above 0 and at most 1, not {threshold}")
+    no_gain_plane(arr, "photon_count")
     out = xr.apply_ufunc(partial(map_frames, _count_kernel), arr, dask="allowed", keep_attrs=True,
                          kwargs={"core_ndims": [0], "out_core": (), "dtypes": [np.int32], "into": True,
                                  "adu_per_photon": float(adu_per_photon), "threshold": float(threshold)})
@@ -190,6 +193,7 @@ def lit_pixels(arr: xr.DataArray | xr.Dataset, threshold: float,
     """
     if isinstance(arr, xr.Dataset):
         arr = data_array(arr)
+    no_gain_plane(arr, "lit_pixels")
     if dims is None:
         dims = [d for d in (MODULE_DIM, *PIXEL_DIMS, "y", "x") if d in arr.dims]
     out = (arr > threshold).sum(dim=list(dims)).astype(np.int64)
