@@ -405,7 +405,7 @@ def _correct_compiled(frames: np.ndarray, at: np.ndarray, gains: np.ndarray, gai
 
 
 #: Raw dtypes whose float32 cast (and bit fields) the compiled kernel does as numpy; others: the twin.
-_COMPILED_DTYPES = frozenset(np.dtype(t) for t in (np.uint16, np.int16, np.uint8, np.int8, np.float32))
+_COMPILED_DTYPES = frozenset(np.dtype(t) for t in (np.uint16, np.int16, np.uint8, np.int8))
 
 
 def _correct_fast(frames: np.ndarray, gains: np.ndarray | None, mods: np.ndarray, cell_index: np.ndarray,
