@@ -15,6 +15,7 @@ import xfeldata as xd
 from xfeldata import analysis
 from xfeldata.analysis.integration import pixel_radial
 from xfeldata.bridge import LiveBuffer, serve
+from xfeldata.testing import make_example
 from xfeldata.testing import synthetic as syn
 
 DISTANCE, WAVELENGTH = 0.25, 1.3e-10  # m
@@ -128,6 +129,26 @@ def test_assemble_run_and_live_detector_keeps_train_and_pulse_labels(data, live,
 def test_assemble_refuses_modules_outside_the_geometry(agipd_geometry):
     with pytest.raises(ValueError, match=r"modules \[16\] are not in the geometry"):
         analysis.assemble(frames(1, modules=[0, 16]), agipd_geometry)
+
+
+def test_jungfrau_modules_numbered_from_1_are_the_geometrys_from_0(tmp_path):
+    """JUNGFRAU's sources (and module labels) count from JNGFR01; EXtra-geom's modules from 0: module n
+    is the geometry's n - 1, also for a subset of modules; a geometry of another detector is refused."""
+    from extra_geom import AGIPD_1MGeometry, JUNGFRAUGeometry
+
+    run = xd.open_run(make_example(tmp_path / "jf", detector="JUNGFRAU", n_trains=1, frames_per_train=1),
+                      progress=False)
+    det = run.detector().isel(trainId=0, cell=0)
+    assert det.module.values.tolist() == list(range(1, 9))
+    geom = JUNGFRAUGeometry.example(n_modules=8)
+    stack = det["image.data"].values.astype(np.float32)
+    np.testing.assert_array_equal(analysis.assemble(det, geom).values, geom.position_modules(stack)[0])
+    subset = np.full_like(stack, np.nan)
+    subset[[1, 4]] = stack[[1, 4]]
+    np.testing.assert_array_equal(analysis.assemble(det.sel(module=[2, 5]), geom).values,
+                                  geom.position_modules(subset)[0])
+    with pytest.raises(ValueError, match=r"detector is JUNGFRAU, the geometry \(AGIPD_1MGeometry\) is of AGIPD1M"):
+        analysis.assemble(det, AGIPD_1MGeometry.from_quad_positions(quad_pos=[(0, 0)] * 4))
 
 
 # -- radial profiles ----------------------------------------------------------

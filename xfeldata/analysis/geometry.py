@@ -13,6 +13,7 @@ import numpy as np
 import xarray as xr
 from dask.base import tokenize
 
+from ..detectors.kinds import DETECTORS
 from ._frames import MODULE_DIM, PIXEL_DIMS, data_array, map_frames, whole_frames
 from ._jit import contiguous_frames, enabled, flat_frames
 
@@ -101,17 +102,47 @@ def _derived(what: str, layout: _Layout, modules: tuple[int, ...], make: Callabl
         return value
 
 
-def _module_positions(arr: xr.DataArray, geom: Any) -> np.ndarray:
+#: EXtra-geom's geometry classes by name, and the detector kinds (:data:`~xfeldata.detectors.kinds.DETECTORS`)
+#: they describe.
+GEOMETRY_KINDS = {"AGIPD_1MGeometry": "AGIPD1M", "AGIPD_500K2GGeometry": "AGIPD500K", "LPD_1MGeometry": "LPD1M",
+                  "LPD_MiniGeometry": "LPDMINI", "DSSC_1MGeometry": "DSSC1M", "JUNGFRAUGeometry": "JUNGFRAU",
+                  "Epix100Geometry": "EPIX100"}
+
+
+def module_positions(arr: xr.DataArray | xr.Dataset, geom: Any) -> np.ndarray:
+    """Each module of ``arr``: its index in ``geom``'s module stack.
+
+    The ``module`` coordinate holds the detector's module numbers, as its
+    sources are named; EXtra-geom counts a geometry's modules from 0, so for
+    detectors whose numbers start at 1 (JUNGFRAU, LPD Mini) module ``n`` is
+    the geometry's ``n - 1``.  Without a ``module`` coordinate, the modules
+    are the geometry's first ones in order.  Data labelled as another kind of
+    detector than the geometry's (the ``kind`` attribute of
+    ``run.detector()``) is refused.
+
+    >>> from extra_geom import JUNGFRAUGeometry
+    >>> frames = xr.DataArray(np.zeros((2, 512, 1024)), dims=("module", "slow_scan", "fast_scan"),
+    ...                       coords={"module": [2, 1]})
+    >>> module_positions(frames, JUNGFRAUGeometry.example(n_modules=2)).tolist()
+    [1, 0]
+    """
+    kind, geom_kind = arr.attrs.get("kind"), GEOMETRY_KINDS.get(type(geom).__name__)
+    if kind is not None and geom_kind is not None and kind != geom_kind:
+        raise ValueError(f"the data's detector is {kind}, the geometry ({type(geom).__name__}) is of {geom_kind}")
+    arr = data_array(arr)
     n_modules = geom.expected_data_shape[0]
-    modules = np.asarray(arr[MODULE_DIM].values if MODULE_DIM in arr.coords
-                         else np.arange(arr.sizes[MODULE_DIM]), np.int64)
-    bad = modules[(modules < 0) | (modules >= n_modules)]
+    first = DETECTORS[geom_kind].modules[0] if geom_kind in DETECTORS else 0
+    labels = np.asarray(arr[MODULE_DIM].values if MODULE_DIM in arr.coords
+                        else first + np.arange(arr.sizes[MODULE_DIM]), np.int64)
+    positions = labels - first
+    bad = labels[(positions < 0) | (positions >= n_modules)]
     if len(bad):
-        raise ValueError(f"modules {bad.tolist()} are not in the geometry ({n_modules} modules, 0..{n_modules - 1})")
+        raise ValueError(f"modules {bad.tolist()} are not in the geometry ({n_modules} modules, "
+                         f"{first}..{first + n_modules - 1})")
     if tuple(arr.sizes[d] for d in PIXEL_DIMS) != tuple(geom.expected_data_shape[1:]):
         raise ValueError(f"pixel dims {tuple(arr.sizes[d] for d in PIXEL_DIMS)} do not match the "
                          f"geometry's modules {tuple(geom.expected_data_shape[1:])}")
-    return modules
+    return positions
 
 
 #: Image dtypes the compiled kernel writes (others, float16: the twin).
@@ -184,7 +215,8 @@ def assemble(arr: xr.DataArray | xr.Dataset, geom: Any) -> xr.DataArray:
     once per geometry and cached; compiled, whole 8 x 8 blocks of pixels
     are moved at once): NaN in the gaps and where a module is missing
     (not in the ``module`` coordinate, or NaN in the data).  Any subset of
-    modules is placed by its ``module`` coordinate.
+    modules is placed by its ``module`` coordinate (see :func:`module_positions`:
+    JUNGFRAU's and LPD Mini's module numbers count from 1).
 
     Parameters
     ----------
@@ -213,8 +245,8 @@ def assemble(arr: xr.DataArray | xr.Dataset, geom: Any) -> xr.DataArray:
     >>> img.dims, img.shape, int(np.isfinite(img[0]).sum()) == 2 * 512 * 128
     (('pulseId', 'y', 'x'), (3, 1256, 1092), True)
     """
+    modules = module_positions(arr, geom)
     arr = data_array(arr)  # (raw AGIPD's gain axis is a dim like others: an image of each plane)
-    modules = _module_positions(arr, geom)
     layout = _layout(geom)
     shape, y, x = layout.shape, layout.y, layout.x
     dtype = arr.dtype if arr.dtype.kind == "f" else np.dtype(np.float32)

@@ -21,7 +21,7 @@ from dask.base import tokenize
 
 from ._frames import MODULE_DIM, PIXEL_DIMS, data_array, map_frames, no_gain_plane, whole_frames
 from ._jit import jitted
-from .geometry import _module_positions
+from .geometry import module_positions
 
 if TYPE_CHECKING:  # scipy (the analysis extra) is imported where binning needs it
     import scipy.sparse
@@ -309,8 +309,8 @@ def radial_profile(arr: xr.DataArray | xr.Dataset, geom: Any, distance: float, w
     >>> prof.dims, float(prof.max())
     (('pulseId', 'q'), 1.0)
     """
+    modules = module_positions(arr, geom)
     arr = no_gain_plane(data_array(arr), "radial_profile")
-    modules = _module_positions(arr, geom)
     binning = _binning(geom, modules, distance, wavelength, unit, npt, q_range)
     lo, hi = binning.edges
     name, units = UNITS[unit]
@@ -341,8 +341,8 @@ def radial_profile_2d(arr: xr.DataArray | xr.Dataset, geom: Any, distance: float
     >>> radial_profile_2d(frames, geom, 0.2, 1.3e-10, npt=50, npt_azim=8).shape
     (2, 50, 8)
     """
+    modules = module_positions(arr, geom)
     arr = no_gain_plane(data_array(arr), "radial_profile_2d")
-    modules = _module_positions(arr, geom)
     binning = _binning(geom, modules, distance, wavelength, unit, npt, q_range, npt_azim, azimuth_range)
     lo, hi, c_lo, c_hi = binning.edges
     name, units = UNITS[unit]
