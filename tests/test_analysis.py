@@ -496,3 +496,16 @@ def test_raw_agipd_frames_with_their_gain_plane_are_refused_until_calibrated(ana
     calibrated = analysis.calibrate(det, constants)
     with pytest.raises(TypeError, match="float32, corrected data"):
         analysis.calibrate(calibrated, constants)
+
+
+def test_arguments_of_the_wrong_kind_are_refused_saying_what_is_needed(agipd_geometry):
+    arr = frames(1)
+    with pytest.raises(TypeError, match="EXtra-geom geometry.*from_crystfel_geom.*not str"):
+        analysis.assemble(arr, "agipd.geom")
+    with pytest.raises(TypeError, match="EXtra-geom geometry.*not NoneType"):
+        analysis.radial_profile(arr, None, 0.25, 1.3e-10, 100)
+    with pytest.raises(TypeError, match="boolean DataArray over trainId"):
+        analysis.select_frames(arr.expand_dims(trainId=[1]), np.array([True]))
+    det = xr.Dataset({"image.data": arr.astype(np.uint16), "cellId": ("pulseId", [0])})
+    with pytest.raises(TypeError, match="dark_constants"):
+        analysis.calibrate(det, {"offset": 0})

@@ -614,6 +614,8 @@ def calibrate(det: xr.Dataset, constants: xr.Dataset | None = None, *, mask_bits
     """
     if constants is None:
         return masked(det, mask_bits)
+    if not isinstance(constants, xr.Dataset):
+        raise TypeError(f"constants must be the Dataset of dark_constants(dark_det), not {type(constants).__name__}")
     arr = data_array(det)
     if arr.dtype.kind == "f":
         raise TypeError(f"image.data is {arr.dtype}, corrected data: offsets are subtracted from raw (integer) "

@@ -38,6 +38,9 @@ def select_frames(det: xr.Dataset | xr.DataArray, mask: xr.DataArray) -> xr.Data
     >>> hits["v"].values.tolist(), hits["trainId"].values.tolist(), hits["pulseId"].values.tolist()
     ([0, 3], [10, 11], [0, 1])
     """
+    if not isinstance(mask, xr.DataArray):
+        raise TypeError(f"mask must be a boolean DataArray over trainId and/or pulseId (e.g. lit > 100), not "
+                        f"{type(mask).__name__}: it is matched to the frames by those coordinates")
     if mask.dtype != bool:
         raise TypeError(f"mask must be boolean, not {mask.dtype}")
     extra = [d for d in mask.dims if d not in ("trainId", "pulseId")]

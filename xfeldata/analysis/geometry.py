@@ -126,6 +126,9 @@ def module_positions(arr: xr.DataArray | xr.Dataset, geom: Any) -> np.ndarray:
     >>> module_positions(frames, JUNGFRAUGeometry.example(n_modules=2)).tolist()
     [1, 0]
     """
+    if not (hasattr(geom, "expected_data_shape") and hasattr(geom, "position_modules")):
+        raise TypeError(f"geom must be an EXtra-geom geometry (e.g. AGIPD_1MGeometry.from_crystfel_geom(path) "
+                        f"for a CrystFEL .geom file), not {type(geom).__name__}")
     kind, geom_kind = arr.attrs.get("kind"), GEOMETRY_KINDS.get(type(geom).__name__)
     if kind is not None and geom_kind is not None and kind != geom_kind:
         raise ValueError(f"the data's detector is {kind}, the geometry ({type(geom).__name__}) is of {geom_kind}")
