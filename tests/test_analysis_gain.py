@@ -174,5 +174,5 @@ def test_jungfrau_calibrate_needs_the_gain_key(jungfrau):
 
 def test_constants_of_another_detector_kind_are_refused(lpd, jungfrau):
     constants = analysis.dark_constants(lpd["dark"]).compute()
-    with pytest.raises(ValueError, match="constants are of a LPD1M detector, the data of a JUNGFRAU"):
+    with pytest.raises(ValueError, match="constants' detector is LPD1M, the data's is JUNGFRAU"):
         analysis.calibrate(jungfrau["data"], constants)

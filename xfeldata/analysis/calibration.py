@@ -115,6 +115,10 @@ def dark_constants(dark: xr.Dataset | Sequence[xr.Dataset], *,
                    noise_range: tuple[float, float] = (0.2, 5.0)) -> xr.Dataset:
     """Offset and noise per module, memory cell, gain stage and pixel, from dark runs.
 
+    The offset is the mean of a pixel's dark frames of that cell and stage,
+    the noise their standard deviation (population: divided by the number of
+    frames, ``ddof=0``, as one pass over the frames computes it).
+
     Parameters
     ----------
     dark
@@ -624,7 +628,7 @@ def calibrate(det: xr.Dataset, constants: xr.Dataset | None = None, *, mask_bits
         raise KeyError("the detector Dataset has no cellId variable (needed to pick each frame's constants)")
     kind = det.attrs.get("kind", constants.attrs.get("kind"))
     if "kind" in constants.attrs and kind != constants.attrs["kind"]:
-        raise ValueError(f"the constants are of a {constants.attrs['kind']} detector, the data of a {kind}")
+        raise ValueError(f"the constants' detector is {constants.attrs['kind']}, the data's is {kind}")
     enc = _encoding(det, kind)
     missing = np.setdiff1d(det[MODULE_DIM].values, constants[MODULE_DIM].values)
     if len(missing):
