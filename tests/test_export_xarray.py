@@ -114,3 +114,13 @@ def test_scalar_and_non_index_coordinates_and_arrays_of_ones_own_are_written(irr
     path = WRITERS[store](one, tmp_path / f"one.{store}", progress=False)
     back = open_export(path)
     xr.testing.assert_identical(back.compute(), xd.uniform_dask(one).compute())
+
+
+@pytest.mark.parametrize("store", ["nc", "zarr"])
+def test_a_dataarray_is_written_as_a_dataset_of_its_one_variable(tmp_path, store):
+    profile = xr.DataArray(np.arange(6.0).reshape(2, 3), dims=("trainId", "q"),
+                           coords={"trainId": [1, 2], "q": [0.5, 1.5, 2.5]}, name="profile")
+    back = open_export(WRITERS[store](profile, tmp_path / f"p.{store}", progress=False))
+    xr.testing.assert_identical(back.compute()["profile"], profile)
+    unnamed = open_export(WRITERS[store](profile.rename(None), tmp_path / f"u.{store}", progress=False))
+    assert list(unnamed.data_vars) == ["data"]

@@ -283,7 +283,9 @@ def radial_profile(arr: xr.DataArray | xr.Dataset, geom: Any, distance: float, w
     npt
         Number of bins.
     q_range
-        ``(low, high)`` edges of the bins in ``unit`` (default: the pixels' range).
+        ``(low, high)`` edges of the bins in ``unit`` (default: the range of the
+        pixels of the modules in ``arr``, so a subset of modules has its own;
+        give it to compare profiles of different modules).
     unit
         ``"q_nm^-1"`` (default), ``"q_A^-1"``, ``"2th_deg"`` or ``"r_mm"``.
     mask

@@ -49,7 +49,7 @@ from .atomic import atomic_output
 
 __all__ = ["dask_writes", "hdf5_write_errors", "open_export", "write_netcdf", "write_zarr"]
 
-Obj = xr.Dataset | xr.DataTree
+Obj = xr.Dataset | xr.DataArray | xr.DataTree
 
 
 @contextmanager
@@ -128,8 +128,10 @@ def _prepare(obj: Obj, store: str) -> Obj:
 
 def _write(obj: Obj, path: str | os.PathLike, store: Literal["netcdf", "zarr"], overwrite: bool,
            progress: bool | None) -> Path:
+    if isinstance(obj, xr.DataArray):  # (a profile, an image stack): as a Dataset of that one variable
+        obj = obj.to_dataset(name=obj.name if obj.name is not None else "data")
     if not isinstance(obj, xr.Dataset | xr.DataTree):
-        raise TypeError(f"write_{store} takes an xarray Dataset or DataTree, not {type(obj).__name__}")
+        raise TypeError(f"write_{store} takes an xarray Dataset, DataArray or DataTree, not {type(obj).__name__}")
     prepared = _prepare(obj, store)
     path = Path(path)
     with atomic_output(path, overwrite=overwrite, directory=store == "zarr") as tmp, \
@@ -157,7 +159,8 @@ def write_netcdf(obj: Obj, path: str | os.PathLike, *, overwrite: bool = False,
     ----------
     obj
         ``run.dataset()``, ``run.to_datatree()``, ``run.detector()``, or any
-        Dataset/DataTree (lazy or not).
+        Dataset/DataTree (lazy or not); a DataArray is written as a Dataset
+        of its one variable (named as the DataArray, else ``data``).
     path
         The output file.
     overwrite
