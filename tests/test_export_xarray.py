@@ -95,8 +95,8 @@ def test_existing_output_needs_overwrite_and_failure_keeps_old(irregular, tmp_pa
     path.write_bytes(b"old")
     with pytest.raises(FileExistsError, match="overwrite"):
         write_netcdf(ds, path, progress=False)
-    with pytest.raises(TypeError, match="Dataset or DataTree"):
-        write_netcdf(ds["SA1_XTD2_XGM/DOOCS/MAIN/beamPosition.ixPos"], path, overwrite=True)
+    with pytest.raises(TypeError, match="Dataset, DataArray or DataTree, not ndarray"):
+        write_netcdf(ds["SA1_XTD2_XGM/DOOCS/MAIN/beamPosition.ixPos"].values, path, overwrite=True)
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["xgm.nc"]
     write_netcdf(ds, path, overwrite=True, progress=False)
