@@ -129,6 +129,10 @@ def test_assemble_run_and_live_detector_keeps_train_and_pulse_labels(data, live,
 def test_assemble_refuses_modules_outside_the_geometry(agipd_geometry):
     with pytest.raises(ValueError, match=r"modules \[16\] are not in the geometry"):
         analysis.assemble(frames(1, modules=[0, 16]), agipd_geometry)
+    with pytest.raises(ValueError, match=r"modules \[3\] are given more than once"):
+        analysis.assemble(frames(1, modules=[3, 0, 3]), agipd_geometry)
+    with pytest.raises(ValueError, match="more than once"):
+        analysis.radial_profile(frames(1, modules=[3, 3]), agipd_geometry, 0.25, 1.3e-10, 10)
 
 
 def test_jungfrau_modules_numbered_from_1_are_the_geometrys_from_0(tmp_path):

@@ -118,7 +118,7 @@ def module_positions(arr: xr.DataArray | xr.Dataset, geom: Any) -> np.ndarray:
     the geometry's ``n - 1``.  Without a ``module`` coordinate, the modules
     are the geometry's first ones in order.  Data labelled as another kind of
     detector than the geometry's (the ``kind`` attribute of
-    ``run.detector()``) is refused.
+    ``run.detector()``), and a module given twice, are refused.
 
     >>> from extra_geom import JUNGFRAUGeometry
     >>> frames = xr.DataArray(np.zeros((2, 512, 1024)), dims=("module", "slow_scan", "fast_scan"),
@@ -138,6 +138,10 @@ def module_positions(arr: xr.DataArray | xr.Dataset, geom: Any) -> np.ndarray:
     labels = np.asarray(arr[MODULE_DIM].values if MODULE_DIM in arr.coords
                         else first + np.arange(arr.sizes[MODULE_DIM]), np.int64)
     positions = labels - first
+    values, counts = np.unique(labels, return_counts=True)
+    if (counts > 1).any():
+        raise ValueError(f"modules {values[counts > 1].tolist()} are given more than once: a module's pixels "
+                         "have one place in the geometry")
     bad = labels[(positions < 0) | (positions >= n_modules)]
     if len(bad):
         raise ValueError(f"modules {bad.tolist()} are not in the geometry ({n_modules} modules, "
@@ -172,7 +176,7 @@ class _Assembler:
         full = self.layout.source
         per_module = int(np.prod(self.geom.expected_data_shape[1:]))
         position = np.full(self.n_modules, -1, np.int64)
-        position[self.modules] = np.arange(len(self.modules))  # a module given twice: the last
+        position[self.modules] = np.arange(len(self.modules))
         module = position[np.maximum(full, 0) // per_module]
         return np.where((full >= 0) & (module >= 0), module * per_module + full % per_module, -1).astype(np.int32)
 
