@@ -53,6 +53,8 @@ from .pool import ArrayPool
 
 #: dask's setting that names the graph optimiser of every dask array.
 OPTIMIZE_SETTING = "array_optimize"
+#: Start of the names of :func:`written_into` layers (and of their outputs' layers).
+LAYER_PREFIX = "xfeldata-into-"
 
 
 class WritesInto:
@@ -170,7 +172,7 @@ def written_into(fn: Callable[..., Any], inputs: Sequence[da.Array],
     arrays, one per output, each of them written into one array when computed whole.
     """
     dtypes = list(dtype) if isinstance(dtype, list | tuple) else [dtype]
-    name = "xfeldata-into-" + tokenize(fn, chunks, [str(np.dtype(d)) for d in dtypes], *(a.name for a in inputs))
+    name = LAYER_PREFIX + tokenize(fn, chunks, [str(np.dtype(d)) for d in dtypes], *(a.name for a in inputs))
     writer = WritesInto(fn, chunks, dtypes)
     graph: dict = {}
     indices = list(product(*(range(len(c)) for c in chunks)))
@@ -203,8 +205,9 @@ def _block(a: da.Array, index: tuple[int, ...]) -> Any:
 def into_one(dsk: Any, keys: Any) -> Any:
     """``dsk`` with the block tasks of each :func:`written_into` array (or output of one) whose
     blocks are all in ``keys`` writing into one :class:`OneArray` (a task of their layer)."""
-    if not isinstance(dsk, HighLevelGraph):
-        return dsk
+    if not isinstance(dsk, HighLevelGraph) or not any(
+            isinstance(name, str) and name.startswith(LAYER_PREFIX) for name in dsk.layers):
+        return dsk  # (the optimiser of every dask array: other graphs pass at the cost of a look at their layers)
     wanted: dict[str, set] = {}
     for key in _with_finalized(dsk, keys):
         if isinstance(key, tuple) and key and isinstance(key[0], str):

@@ -112,13 +112,13 @@ class _Frames:
     def _present(self, ds: xr.Dataset) -> xr.DataArray:
         """Which frames of each module were recorded; a ``present`` per pixel (calibrated data,
         False at bad pixels) counts a frame with any pixel present."""
+        frame_dims = ("trainId", self.pulse_dim, "frame", "module")
         if "present" in ds:
             present = ds["present"]
-            pixels = [d for d in present.dims if d not in ("trainId", self.pulse_dim, "frame", "module")]
+            pixels = [d for d in present.dims if d not in frame_dims]
             return present.any(pixels) if pixels else present
-        return xr.ones_like(ds["image.data"].isel({d: 0 for d in ds["image.data"].dims
-                                                    if d not in ("trainId", self.pulse_dim, "frame", "module")}),
-                            dtype=bool)
+        data = ds["image.data"]
+        return xr.ones_like(data.isel({d: 0 for d in data.dims if d not in frame_dims}), dtype=bool)
 
     def __len__(self) -> int:
         return len(self.train_ids)
