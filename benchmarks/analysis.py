@@ -202,7 +202,7 @@ def _offsets(rng: np.random.Generator, stages: int, pixels: tuple[int, int] = (5
         limits = np.linspace(4000, 6000, stages + 1)[1:-1].astype(np.float32)
         shape = (16, 4, stages - 1, *pixels)
         constants["gain_threshold"] = (("module", "cell", "threshold", "slow_scan", "fast_scan"),
-                                       np.broadcast_to(limits[None, None, :, None, None], shape))
+                                       np.ascontiguousarray(np.broadcast_to(limits[None, None, :, None, None], shape)))
     return constants
 
 

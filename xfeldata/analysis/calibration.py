@@ -303,9 +303,10 @@ def _three_stages(signal: np.ndarray, bits: np.int32, code: np.ndarray, third: n
         first, second = here == np.uint8(0), here == np.uint8(1)
         valid = first | second | (here == third)
         x = np.float32(np.int32(signal[p]) & bits)  # (int32: a conversion that vectorises)
-        x0 = nan if skip0[p] else x - off0[p]
-        x1 = nan if skip1[p] else x - off1[p]
-        x2 = nan if skip2[p] else x - off2[p]
+        d0, d1, d2 = x - off0[p], x - off1[p], x - off2[p]  # loaded unconditionally: plain vector loads
+        x0 = nan if skip0[p] else d0
+        x1 = nan if skip1[p] else d1
+        x2 = nan if skip2[p] else d2
         x12 = x1 if second else x2
         x012 = x0 if first else x12
         corrected[p] = x012 if valid else nan
@@ -365,9 +366,10 @@ def _correct_compiled(frames: np.ndarray, at: np.ndarray, gains: np.ndarray, gai
                     g = np.float32(gain_signal[p])
                     above_low, above_high = g > low[p], g > high[p]
                     x = np.float32(signal[p])
-                    x0 = nan if skip0[p] else x - off0[p]
-                    x1 = nan if skip1[p] else x - off1[p]
-                    x2 = nan if skip2[p] else x - off2[p]
+                    d0, d1, d2 = x - off0[p], x - off1[p], x - off2[p]  # loaded unconditionally: plain vector loads
+                    x0 = nan if skip0[p] else d0
+                    x1 = nan if skip1[p] else d1
+                    x2 = nan if skip2[p] else d2
                     both, either = above_low & above_high, above_low | above_high  # stage 2; stage 1 or 2
                     x12 = x2 if both else x1
                     corrected[p] = x12 if either else x0
@@ -556,24 +558,27 @@ def _frames(a: np.ndarray, k: int) -> np.ndarray:
     return merged if merged is not None else np.ascontiguousarray(a).reshape(-1, *a.shape[k:])
 
 
-def _constant(values: xr.DataArray, dims: tuple[str, ...], like: xr.DataArray) -> xr.DataArray:
-    """A constant with ``dims`` (its ``module`` labelled as ``like``'s), chunked by ``like``'s modules if lazy.
+def _constant(values: xr.DataArray, dims: tuple[str, ...], module_chunks: tuple[int, ...] | None) -> xr.Variable:
+    """A constant (its modules those of the data, in order) as a Variable with ``dims``, chunked
+    ``module_chunks`` (the data's blocks of modules) if the data is lazy (not None).
 
     numpy constants become dask arrays without hashing or copying their bytes
-    (they can be large), one block (a view) per block of modules of ``like``.
+    (they can be large), one block (a view) per block of modules of the data.
+    A Variable, not a DataArray: its modules are the data's already, so
+    ``apply_ufunc`` need not align it.
     """
     data = values.data
-    if like.chunks is not None and not isinstance(data, da.Array):
+    if module_chunks is not None and not isinstance(data, da.Array):
         data = np.asarray(data)
-        edges = np.cumsum((0, *like.chunksizes[MODULE_DIM]))
-        chunks = (like.chunksizes[MODULE_DIM], *((n,) for n in data.shape[1:]))
+        edges = np.cumsum((0, *module_chunks))
+        chunks = (module_chunks, *((n,) for n in data.shape[1:]))
         name = f"xfeldata-constant-{uuid.uuid4().hex}"
         blocks = {(name, i, *(0,) * (data.ndim - 1)): data[a:b]  # views, held by the graph as data
                   for i, (a, b) in enumerate(zip(edges[:-1], edges[1:], strict=True))}
         data = da.Array(blocks, name, chunks, dtype=data.dtype, meta=np.empty((0,) * data.ndim, data.dtype))
-    elif isinstance(data, da.Array) and like.chunks is not None:
-        data = data.rechunk((like.chunksizes[MODULE_DIM], *(-1 for _ in dims[1:])))
-    return xr.DataArray(data, dims=dims, coords={MODULE_DIM: like[MODULE_DIM].values})
+    elif isinstance(data, da.Array) and module_chunks is not None:
+        data = data.rechunk((module_chunks, *(-1 for _ in dims[1:])))
+    return xr.Variable(dims, data)
 
 
 def calibrate(det: xr.Dataset, constants: xr.Dataset | None = None, *, mask_bits: int = 0xFFFFFFFF
@@ -639,13 +644,15 @@ def calibrate(det: xr.Dataset, constants: xr.Dataset | None = None, *, mask_bits
         arr = arr.chunk({d: -1 for d in core})
     if not np.array_equal(constants[MODULE_DIM].values, det[MODULE_DIM].values):
         constants = constants.sel({MODULE_DIM: det[MODULE_DIM].values})  # a copy: only when needed
+    module_chunks = None if arr.chunks is None else arr.data.chunks[arr.dims.index(MODULE_DIM)]
     cdims = (MODULE_DIM, "_cell", "_stage", *PIXEL_DIMS)
-    args = [arr, det["cellId"], _constant(constants["offset"], cdims, arr),
-            _constant(constants["bad_pixels"], cdims, arr)]
+    args = [arr, det["cellId"], _constant(constants["offset"], cdims, module_chunks),
+            _constant(constants["bad_pixels"], cdims, module_chunks)]
     core_dims = [core, [], list(cdims[1:]), list(cdims[1:])]
     thresholds = has_plane and "gain_threshold" in constants
     if thresholds:
-        args.append(_constant(constants["gain_threshold"], (MODULE_DIM, "_cell", "_threshold", *PIXEL_DIMS), arr))
+        args.append(_constant(constants["gain_threshold"], (MODULE_DIM, "_cell", "_threshold", *PIXEL_DIMS),
+                              module_chunks))
         core_dims.append(["_cell", "_threshold", *PIXEL_DIMS])
     if enc == "jungfrau":
         if "image.gain" not in det:
@@ -670,14 +677,16 @@ def calibrate(det: xr.Dataset, constants: xr.Dataset | None = None, *, mask_bits
         input_core_dims=core_dims, output_core_dims=[list(PIXEL_DIMS)] * n_out, dask="allowed")
     data, stage = results if staged else (results, None)
     dims = tuple(d for d in arr.dims if d not in core or d in PIXEL_DIMS)
-    out = det.drop_vars([v for v in ("image.data", "image.gain", "image.mask") if v in det])
-    out["image.data"] = data if data.dims == dims else data.transpose(*dims)
-    out["image.data"].attrs.update(arr.attrs, units="ADU", calibration="offset")
+    # Variables, not DataArrays: they share det's coordinates, so the Dataset need not align them
+    data = data.variable.transpose(*dims)
+    data.attrs.update(arr.attrs, units="ADU", calibration="offset")
+    new = {"image.data": data}
     if stage is not None:
-        out["image.gain"] = stage if stage.dims == dims else stage.transpose(*dims)
+        new["image.gain"] = stage.variable.transpose(*dims)
     if "present" in det:
-        out["present"] = det["present"] & np.isfinite(out["image.data"])
-    return uniform_dask(out)
+        new["present"] = det["present"].variable & np.isfinite(data)
+    out = det.drop_vars([v for v in ("image.data", "image.gain", "image.mask") if v in det])
+    return uniform_dask(out.assign(new))
 
 
 def masked(det: xr.Dataset, mask_bits: int = 0xFFFFFFFF) -> xr.Dataset:
