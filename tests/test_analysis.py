@@ -479,6 +479,16 @@ def test_radial_profile_refuses_bins_and_lengths_that_cannot_be(agipd_geometry, 
         analysis.radial_profile_2d(frames(1), agipd_geometry, 0.25, 1.3e-10, 100, npt_azim=0)
 
 
+@pytest.mark.parametrize("bad, unit", [({"distance": 250}, "metres"), ({"wavelength": 1.3}, "Angstrom"),
+                                       ({"wavelength": 0.13}, "metres")])  # (in nm)
+def test_radial_profile_refuses_lengths_given_in_other_units(agipd_geometry, bad, unit):
+    kwargs = {"distance": 0.25, "wavelength": 1.3e-10, "npt": 100, **bad}
+    with pytest.raises(ValueError, match=f"{next(iter(bad))}.*{unit}"):
+        analysis.radial_profile(frames(1), agipd_geometry, **kwargs)
+    # the longest flight tubes and soft X-rays still pass
+    analysis.radial_profile(frames(1), agipd_geometry, 30.0, 4.5e-9, 10)
+
+
 def test_photon_count_refuses_thresholds_that_are_not_a_fraction_of_a_photon():
     adu = xr.DataArray(np.array([0.0, 5, 60]), dims="x")
     assert analysis.photon_count(adu, 60, threshold=1).values.tolist() == [0, 0, 1]

@@ -376,6 +376,14 @@ def test_dark_constants_from_running_sums_equal_all_frames_at_once(kind):
         assert got["bad_pixels"].values[..., :4].all()  # noise 0
 
 
+def test_dark_constants_of_numpy_frames_are_numpy_and_of_dask_frames_lazy():
+    det, _ = _raw("LPD1M", n=(4, 3))
+    eager, lazy = analysis.dark_constants(det), analysis.dark_constants(det.chunk({"trainId": 2}))
+    assert all(isinstance(v.data, np.ndarray) for v in eager.data_vars.values())
+    assert all(isinstance(v.data, da.Array) for v in lazy.data_vars.values())
+    xr.testing.assert_identical(eager, lazy.compute())
+
+
 def test_dark_constants_add_each_block_to_one_running_sum_per_module():
     """No task takes the sums of more than one block: memory holds one sums array per module being
     summed, not one per block."""

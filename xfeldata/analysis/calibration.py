@@ -141,7 +141,8 @@ def dark_constants(dark: xr.Dataset | Sequence[xr.Dataset], *,
     Returns
     -------
     xarray.Dataset
-        Lazy ``offset``, ``noise`` (float32, ADU) and ``bad_pixels`` (bool), dims
+        ``offset``, ``noise`` (float32, ADU) and ``bad_pixels`` (bool), lazy if
+        ``dark`` is (numpy arrays if it is numpy), dims
         ``(module, cell, gain_stage, slow_scan, fast_scan)``, with the ``cell``
         coordinate holding the cell IDs; attrs ``kind`` (the detector kind) and
         ``noise_range``.  For AGIPD raw data (a ``gain`` plane):
@@ -206,6 +207,9 @@ def dark_constants(dark: xr.Dataset | Sequence[xr.Dataset], *,
         if n_stages > 1:
             out["gain_threshold"] = ((MODULE_DIM, CELL_DIM, THRESHOLD_DIM, *PIXEL_DIMS),
                                      (level[:, :, 1:] + level[:, :, :-1]) / 2, {"units": "ADU"})
+    if not any(isinstance(d[v].data, da.Array) for d in darks for v in ("image.data", "cellId", "image.gain")
+               if v in d):
+        return out.compute()  # numpy in, numpy out (a live buffer's frames, a hand-made Dataset)
     return out
 
 

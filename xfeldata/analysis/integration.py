@@ -113,6 +113,10 @@ class _Binning:
         return _Binning(np.where(np.asarray(leave_out, bool).ravel(), -1, self.bins), self.n_bins, self.edges)
 
 
+#: Sample-detector distances (m) and wavelengths (m) beyond these are refused as given in other units
+#: (mm, Angstrom, nm): the longest SAXS flight tubes are tens of metres; soft X-rays reach a few nm.
+MAX_DISTANCE, MAX_WAVELENGTH = 100.0, 1e-7
+
 #: Binnings per geometry (dropped with it), keyed by all the other parameters.
 _BINNINGS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _MAX_CACHED = 8  # binnings kept per geometry
@@ -128,6 +132,12 @@ def _binning(geom: Any, modules: np.ndarray, distance: float, wavelength: float,
     for name, value in (("distance", distance), ("wavelength", wavelength)):
         if not value > 0:
             raise ValueError(f"{name} must be positive (in metres), not {value!r}")
+    if distance > MAX_DISTANCE:
+        raise ValueError(f"distance {distance!r} m is beyond any detector ({MAX_DISTANCE:g} m): the distance is "
+                         f"in metres (250 mm is 0.25)")
+    if wavelength > MAX_WAVELENGTH:
+        raise ValueError(f"wavelength {wavelength!r} m is no X-ray wavelength (at most {MAX_WAVELENGTH:g} m): the "
+                         f"wavelength is in metres (1.3 Angstrom is 1.3e-10)")
     key = (tuple(modules.tolist()), float(distance), float(wavelength), unit, int(npt),
            None if q_range is None else tuple(map(float, q_range)), npt_azim,
            None if azimuth_range is None else tuple(map(float, azimuth_range)))
@@ -277,9 +287,9 @@ def radial_profile(arr: xr.DataArray | xr.Dataset, geom: Any, distance: float, w
     geom
         EXtra-geom geometry; the beam is at its origin.
     distance
-        Sample to detector distance in metres.
+        Sample to detector distance in metres (over 100 refused: in mm?).
     wavelength
-        Photon wavelength in metres.
+        Photon wavelength in metres (over 1e-7 refused: in Angstrom or nm?).
     npt
         Number of bins.
     q_range
