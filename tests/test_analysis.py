@@ -466,6 +466,24 @@ def test_radial_profile_masks_of_the_data_the_geometry_or_labelled_give_the_same
         analysis.radial_profile(arr, *args, mask=labelled.expand_dims(cell=2))
 
 
+def test_a_labelled_mask_is_picked_by_module_number_on_detectors_counting_from_one():
+    """JUNGFRAU's modules are numbered from 1, its geometry's from 0: module 3's mask masks module 3."""
+    from extra_geom import JUNGFRAUGeometry
+
+    geom = JUNGFRAUGeometry.example(n_modules=4)
+    dims = ("module", "slow_scan", "fast_scan")
+    data = xr.DataArray(np.ones((2, 512, 1024), np.float32), dims=dims, coords={"module": [2, 3]},
+                        attrs={"kind": "JUNGFRAU"})
+    data[1] = 1000.0  # module 3 bright
+    mask = xr.DataArray(np.zeros((4, 512, 1024), bool), dims=dims, coords={"module": [1, 2, 3, 4]})
+    mask.loc[{"module": 3}] = True
+    for given in (mask, mask.values, mask.sel(module=[2, 3]).values):
+        profile = analysis.radial_profile(data, geom, 0.2, 1.3e-10, npt=50, mask=given)
+        assert float(profile.max()) == 1.0
+    with pytest.raises(ValueError, match=r"no module\(s\) \[3\]"):
+        analysis.radial_profile(data, geom, 0.2, 1.3e-10, npt=50, mask=mask.sel(module=[1, 2]))
+
+
 @pytest.mark.parametrize("bad", [{"npt": 0}, {"npt": -5}, {"npt": 10.5}, {"npt": True}, {"distance": 0},
                                  {"wavelength": -1e-10}])
 def test_radial_profile_refuses_bins_and_lengths_that_cannot_be(agipd_geometry, bad):

@@ -227,8 +227,9 @@ class _Integrator:
 def _left_out(mask: np.ndarray | xr.DataArray, arr: xr.DataArray, geom: Any, modules: np.ndarray) -> np.ndarray:
     """``mask`` as a boolean ``(module, slow_scan, fast_scan)`` of ``arr``'s modules, in their order.
 
-    A DataArray is selected by its ``module`` coordinate; a numpy array holds
-    either ``arr``'s modules or every module of the geometry (then indexed by module number).
+    A DataArray is selected by its ``module`` coordinate (the data's module numbers); a numpy
+    array holds either ``arr``'s modules or every module of the geometry (then indexed by
+    ``modules``, the geometry's indices of ``arr``'s modules).
     """
     pixels = tuple(arr.sizes[d] for d in PIXEL_DIMS)
     if isinstance(mask, xr.DataArray):
@@ -237,7 +238,11 @@ def _left_out(mask: np.ndarray | xr.DataArray, arr: xr.DataArray, geom: Any, mod
             raise ValueError(f"the mask has dims {mask.dims}: it needs ({MODULE_DIM}, slow_scan, fast_scan) only "
                              f"(reduce the others, e.g. bad_pixels.any({other[0] if other else 'cell'!r}))")
         if MODULE_DIM in mask.coords:
-            mask = mask.sel({MODULE_DIM: modules})
+            labels = arr[MODULE_DIM].values if MODULE_DIM in arr.coords else modules
+            missing = np.setdiff1d(labels, mask[MODULE_DIM].values)
+            if len(missing):
+                raise ValueError(f"the mask has no module(s) {missing.tolist()} of the data")
+            mask = mask.sel({MODULE_DIM: labels})
         return np.asarray(mask.transpose(MODULE_DIM, *PIXEL_DIMS).values, bool)
     mask = np.asarray(mask)
     if mask.shape == (len(modules), *pixels):
