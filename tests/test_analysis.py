@@ -466,6 +466,15 @@ def test_radial_profile_masks_of_the_data_the_geometry_or_labelled_give_the_same
         analysis.radial_profile(arr, *args, mask=labelled.expand_dims(cell=2))
 
 
+def test_wide_bins_of_large_values_are_the_float64_mean(agipd_geometry):
+    """Sums in float64: one bin of a whole AGIPD-1M frame of about 5000 ADU is its mean to float32's precision."""
+    values = np.random.default_rng(3).normal(5000, 30, (1, 16, 512, 128)).astype(np.float32)
+    arr = xr.DataArray(values, dims=("pulseId", "module", "slow_scan", "fast_scan"),
+                       coords={"module": np.arange(16)})
+    profile = analysis.radial_profile(arr, agipd_geometry, 0.25, 1.3e-10, npt=1)
+    assert float(profile[0, 0]) == pytest.approx(values.astype(np.float64).mean(), rel=1e-7)
+
+
 def test_a_labelled_mask_is_picked_by_module_number_on_detectors_counting_from_one():
     """JUNGFRAU's modules are numbered from 1, its geometry's from 0: module 3's mask masks module 3."""
     from extra_geom import JUNGFRAUGeometry

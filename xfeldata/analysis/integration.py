@@ -5,7 +5,8 @@ every pixel, worked out once per geometry and parameters and cached, turns each
 frame into the sums of every bin in one pass over the frame as it lies in
 memory: a compiled histogram (:mod:`~xfeldata.analysis._jit`), or, as its numpy
 twin, the product with a sparse bins-by-pixels matrix (CSC), which sums in the
-same (pixel) order in float32 and so gives the same bits.
+same (pixel) order in float64 and so gives the same bits.  The sums are float64:
+in float32, a bin of 10^5 pixels of about 5000 ADU was 0.6 % off.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def _matrix(bins: np.ndarray, n_bins: int) -> scipy.sparse.csc_matrix:
     import scipy.sparse
 
     pixels = np.flatnonzero(bins >= 0)
-    ones = np.ones(len(pixels), np.float32)
+    ones = np.ones(len(pixels), np.float64)
     return scipy.sparse.csc_matrix((ones, (bins[pixels], pixels)), shape=(n_bins, bins.size))
 
 
@@ -105,8 +106,8 @@ class _Binning:
 
     @functools.cached_property
     def pixels_per_bin(self) -> np.ndarray:
-        """(bins,) float32: the counts when no pixel is left out."""
-        return np.bincount(self.bins[self.bins >= 0], minlength=self.n_bins).astype(np.float32)
+        """(bins,) float64: the counts when no pixel is left out."""
+        return np.bincount(self.bins[self.bins >= 0], minlength=self.n_bins).astype(np.float64)
 
     def without(self, leave_out: np.ndarray) -> _Binning:
         """This binning with the pixels where ``leave_out`` is True in no bin."""
@@ -167,39 +168,39 @@ def _binning(geom: Any, modules: np.ndarray, distance: float, wavelength: float,
 @jitted
 def _histogram_compiled(frames: np.ndarray, bins: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> None:
     """Each frame's finite pixels summed into their bins (``bins`` -1: none), in pixel order and in
-    float32 as the twin's matrix product, with the number of them; ``sums``, ``counts`` zeroed
-    ``(frame, bin)``."""
+    float64 as the twin's matrix product, with the number of them; ``sums``, ``counts`` zeroed
+    float64 ``(frame, bin)``."""
     for f in range(frames.shape[0]):
         frame, total, count = frames[f], sums[f], counts[f]
         for p in range(frame.shape[0]):
             b = bins[p]
-            x = np.float32(frame[p])
+            x = np.float64(frame[p])
             if b >= 0 and np.isfinite(x):
                 total[b] += x
-                count[b] += np.float32(1)
+                count[b] += 1.0
 
 
 def _histogram(frames: np.ndarray, binning: _Binning) -> tuple[np.ndarray, np.ndarray]:
-    """Sums and counts of the finite pixels in each bin, ``(frame, bin)`` float32, of ``(frame, pixel)``."""
+    """Sums and counts of the finite pixels in each bin, ``(frame, bin)`` float64, of ``(frame, pixel)``."""
     compiled = _histogram_compiled.compiled()
     if compiled is not None:
-        sums = np.zeros((len(frames), binning.n_bins), np.float32)
+        sums = np.zeros((len(frames), binning.n_bins), np.float64)
         counts = np.zeros_like(sums)
         compiled(frames, binning.bins, sums, counts)
         return sums, counts
     matrix = binning.matrix
-    sums = np.empty((len(frames), binning.n_bins), np.float32)
+    sums = np.empty((len(frames), binning.n_bins), np.float64)
     counts = np.empty_like(sums)
     for i, frame in enumerate(frames):
-        frame = frame if frame.dtype == np.float32 else frame.astype(np.float32)
+        frame = frame if frame.dtype.kind == "f" else frame.astype(np.float64)
         sums[i] = matrix @ frame  # one pass over the frame as it lies in memory
         counts[i] = binning.pixels_per_bin
         # A NaN or infinite pixel makes its bin's sum NaN or infinite, so finite
         # sums mean that no binned pixel is to be left out.
         if not np.isfinite(sums[i]).all():
             valid = np.isfinite(frame)
-            sums[i] = matrix @ np.where(valid, frame, np.float32(0))
-            counts[i] = matrix @ valid.astype(np.float32)
+            sums[i] = matrix @ np.where(valid, frame, 0)
+            counts[i] = matrix @ valid.astype(np.float64)
     return sums, counts
 
 
@@ -221,7 +222,7 @@ class _Integrator:
         with np.errstate(invalid="ignore", divide="ignore"):
             out = np.divide(sums, counts, out=sums)
         out[counts == 0] = np.nan
-        return out.reshape(lead + self.out_shape)
+        return out.astype(np.float32).reshape(lead + self.out_shape)
 
 
 def _left_out(mask: np.ndarray | xr.DataArray, arr: xr.DataArray, geom: Any, modules: np.ndarray) -> np.ndarray:
