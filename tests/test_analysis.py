@@ -466,6 +466,24 @@ def test_radial_profile_masks_of_the_data_the_geometry_or_labelled_give_the_same
         analysis.radial_profile(arr, *args, mask=labelled.expand_dims(cell=2))
 
 
+def test_image_coordinates_are_where_the_placed_pixels_are_on_dssc_hexagons():
+    """DSSC's pixels are 236 um wide and 204 um high: the image's y steps by 204 um, not 236."""
+    from extra_geom import DSSC_1MGeometry
+
+    geom = DSSC_1MGeometry.from_quad_positions([(-124.100, 3.112), (-133.068, -110.604), (0.988, -125.236),
+                                                (4.528, -4.912)])
+    shape = geom.expected_data_shape
+    index = np.arange(np.prod(shape), dtype=np.float64).reshape(shape)
+    image = analysis.assemble(xr.DataArray(index, dims=("module", "slow_scan", "fast_scan")), geom)
+    placed = np.isfinite(image.values)
+    source = image.values[placed].astype(np.int64)
+    positions = geom.get_pixel_positions().reshape(-1, 3)[source]
+    y = np.broadcast_to(image.y.values[:, None], image.shape)[placed]
+    x = np.broadcast_to(image.x.values[None, :], image.shape)[placed]
+    assert np.abs(y - positions[:, 1]).max() < 204e-6  # (was 82 pixels off at the edges)
+    assert np.abs(x - positions[:, 0]).max() < 236e-6  # (hexagon rows are offset by half a pixel)
+
+
 def test_wide_bins_of_large_values_are_the_float64_mean(agipd_geometry):
     """Sums in float64: one bin of a whole AGIPD-1M frame of about 5000 ADU is its mean to float32's precision."""
     values = np.random.default_rng(3).normal(5000, 30, (1, 16, 512, 128)).astype(np.float32)

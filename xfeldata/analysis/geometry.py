@@ -69,9 +69,10 @@ def _layout(geom: Any) -> _Layout:
     snapped = geom._snapped()
     stack = np.arange(np.prod(geom.expected_data_shape), dtype=np.float64).reshape(geom.expected_data_shape)
     image, centre = snapped.position_modules(stack)  # where each pixel goes, tiles overlapping as they do
-    size = geom.pixel_size
-    y = (np.arange(image.shape[0]) - centre[0] + 0.5) * size
-    x = (np.arange(image.shape[1]) - centre[1] + 0.5) * size
+    # the snapped grid's pixel (x, y) size: square but DSSC's hexagons (236 x 204 um), as EXtra-geom plots it
+    size_x, size_y = np.asarray(getattr(geom, "_pixel_shape", (geom.pixel_size, geom.pixel_size)), np.float64)
+    y = (np.arange(image.shape[0]) - centre[0] + 0.5) * size_y
+    x = (np.arange(image.shape[1]) - centre[1] + 0.5) * size_x
     source = np.where(np.isnan(image), -1, image).astype(np.int32).ravel()
     layout = _Layout(snapped, image.shape, y, x, source, tokenize(source, image.shape))
     try:
