@@ -180,6 +180,19 @@ def test_jungfrau_memory_cells_are_frames_as_in_extra_data(detector_runs, tmp_pa
         xd.write_cxi(det, tmp_path / "v.cxi", virtual=True)
 
 
+def test_jungfrau_hits_by_memory_cell_are_written_as_the_frames_they_are(detector_runs, tmp_path):
+    """select_frames takes JUNGFRAU's (trainId, cell) masks; write_cxi labels each hit by its cell."""
+    det = xd.open_run(detector_runs["JUNGFRAU"]).detector()
+    mask = det["present"].any("module") & False
+    mask[1, 1] = mask[3, 0] = True
+    hits = select_frames(det, mask)
+    assert hits.sizes["frame"] == 2 and hits["cell"].values.tolist() == det["cell"].values[[1, 0]].tolist()
+    with h5py.File(xd.write_cxi(hits, tmp_path / "hits.cxi")) as f:
+        assert f["entry_1/trainId"][()].tolist() == det["trainId"].values[[1, 3]].tolist()
+        assert f["entry_1/memoryCell"][()].tolist() == hits["cell"].values.tolist()
+        np.testing.assert_array_equal(f["entry_1/data_1/data"][()], hits["image.data"].values)
+
+
 def test_a_lazily_indexed_dataset_maps_as_the_dask_one(agipd_raw_run, tmp_path):
     run = xd.open_run(agipd_raw_run)
     lazy = xd.write_cxi(run.detector(dask=False).isel(trainId=[1, 6], module=[0, 5]), tmp_path / "l.cxi",

@@ -6,6 +6,8 @@ import numpy as np
 import xarray as xr
 
 FRAME_DIM = "frame"
+#: The dims of a detector's frames within a train: pulses, or JUNGFRAU's memory cells.
+PULSE_DIMS = ("pulseId", "cell")
 
 
 def select_frames(det: xr.Dataset | xr.DataArray, mask: xr.DataArray) -> xr.Dataset | xr.DataArray:
@@ -15,15 +17,18 @@ def select_frames(det: xr.Dataset | xr.DataArray, mask: xr.DataArray) -> xr.Data
     a per-frame figure (``lit_pixels(...) > 100``).  The result carries
     ``trainId`` and ``pulseId`` as coordinates along ``frame`` (and ``cellId``
     per frame and module), ready for a writer of frame lists such as CXI.
+    JUNGFRAU's frames within a train are its memory cells: there ``cell``
+    takes the place of ``pulseId``.
 
     Parameters
     ----------
     det
-        A detector Dataset or DataArray with ``trainId`` and ``pulseId`` dims.
+        A detector Dataset or DataArray with ``trainId`` and ``pulseId`` (or
+        ``cell``) dims.
     mask
-        Boolean ``(trainId, pulseId)`` (or ``(trainId,)``: every frame of the
-        train); aligned on the labels, so it may cover a subset of trains.  It
-        is computed (it is small).
+        Boolean ``(trainId, pulseId)`` (or ``(trainId, cell)``, or
+        ``(trainId,)``: every frame of the train); aligned on the labels, so it
+        may cover a subset of trains.  It is computed (it is small).
 
     Returns
     -------
@@ -43,10 +48,11 @@ def select_frames(det: xr.Dataset | xr.DataArray, mask: xr.DataArray) -> xr.Data
                         f"{type(mask).__name__}: it is matched to the frames by those coordinates")
     if mask.dtype != bool:
         raise TypeError(f"mask must be boolean, not {mask.dtype}")
-    extra = [d for d in mask.dims if d not in ("trainId", "pulseId")]
+    pulse = next((d for d in PULSE_DIMS if d in det.dims), "pulseId")
+    extra = [d for d in mask.dims if d not in ("trainId", pulse)]
     if extra:
-        raise ValueError(f"mask must have dims trainId and/or pulseId, not {extra}")
-    frame_dims = [d for d in ("trainId", "pulseId") if d in det.dims]
+        raise ValueError(f"mask must have dims trainId and/or {pulse} (the data's frames), not {extra}")
+    frame_dims = [d for d in ("trainId", pulse) if d in det.dims]
     if "trainId" not in frame_dims:
         raise ValueError(f"data to select frames of needs a trainId dim (it has {tuple(det.dims)})")
     full = xr.DataArray(np.zeros([det.sizes[d] for d in frame_dims], bool), dims=frame_dims,
