@@ -509,6 +509,12 @@ def test_a_labelled_mask_is_picked_by_module_number_on_detectors_counting_from_o
         assert float(profile.max()) == 1.0
     with pytest.raises(ValueError, match=r"no module\(s\) \[3\]"):
         analysis.radial_profile(data, geom, 0.2, 1.3e-10, npt=50, mask=mask.sel(module=[1, 2]))
+    # every module, in another order than the geometry's: a numpy mask could be in either order
+    every = xr.concat([data, data], "module").assign_coords(module=[4, 3, 2, 1])
+    with pytest.raises(ValueError, match="ambiguous"):
+        analysis.radial_profile(every, geom, 0.2, 1.3e-10, npt=50, mask=mask.values)
+    profile = analysis.radial_profile(every, geom, 0.2, 1.3e-10, npt=50, mask=mask)
+    assert float(profile.max()) == 1000.0  # module 3 masked; module 1 (data[1]) is bright
 
 
 @pytest.mark.parametrize("bad", [{"npt": 0}, {"npt": -5}, {"npt": 10.5}, {"npt": True}, {"distance": 0},

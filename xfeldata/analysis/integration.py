@@ -247,6 +247,10 @@ def _left_out(mask: np.ndarray | xr.DataArray, arr: xr.DataArray, geom: Any, mod
         return np.asarray(mask.transpose(MODULE_DIM, *PIXEL_DIMS).values, bool)
     mask = np.asarray(mask)
     if mask.shape == (len(modules), *pixels):
+        if mask.shape == tuple(geom.expected_data_shape) and not np.array_equal(modules, np.arange(len(modules))):
+            raise ValueError(f"a numpy mask of every module is ambiguous for data holding them in another order "
+                             f"(geometry indices {modules.tolist()}): give it as a DataArray with a module "
+                             f"coordinate, or the data in the geometry's order")
         return mask.astype(bool, copy=False)
     if mask.shape == tuple(geom.expected_data_shape):
         return mask[modules].astype(bool, copy=False)
@@ -307,8 +311,10 @@ def radial_profile(arr: xr.DataArray | xr.Dataset, geom: Any, distance: float, w
     mask
         Optional boolean ``(module, slow_scan, fast_scan)``: True leaves a pixel
         out.  numpy: of the modules in ``arr``, in their order, or of every
-        module of the geometry; a DataArray (e.g. ``constants["bad_pixels"].any(
-        ["cell", "gain_stage"])``) is selected by its ``module`` coordinate.
+        module of the geometry, in its order (refused as ambiguous where ``arr``
+        holds every module in another order); a DataArray (e.g.
+        ``constants["bad_pixels"].any(["cell", "gain_stage"])``) is selected by
+        its ``module`` coordinate, the data's module numbers.
 
     Returns
     -------
