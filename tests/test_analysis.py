@@ -509,6 +509,10 @@ def test_a_labelled_mask_is_picked_by_module_number_on_detectors_counting_from_o
         assert float(profile.max()) == 1.0
     with pytest.raises(ValueError, match=r"no module\(s\) \[3\]"):
         analysis.radial_profile(data, geom, 0.2, 1.3e-10, npt=50, mask=mask.sel(module=[1, 2]))
+    # without a module coordinate the data's modules are the geometry's first ones: numbers 1 and 2
+    unlabelled = data.drop_vars("module")
+    profile = analysis.radial_profile(unlabelled, geom, 0.2, 1.3e-10, npt=50, mask=mask)
+    assert float(profile.max()) == 1000.0  # module 2 (unlabelled[1]) bright and not masked
     # every module, in another order than the geometry's: a numpy mask could be in either order
     every = xr.concat([data, data], "module").assign_coords(module=[4, 3, 2, 1])
     with pytest.raises(ValueError, match="ambiguous"):

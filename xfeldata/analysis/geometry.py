@@ -110,6 +110,25 @@ GEOMETRY_KINDS = {"AGIPD_1MGeometry": "AGIPD1M", "AGIPD_500K2GGeometry": "AGIPD5
                   "Epix100Geometry": "EPIX100"}
 
 
+def _first_module(geom: Any) -> int:
+    """The number of the first module of ``geom``'s detector (1 for JUNGFRAU and LPD Mini)."""
+    kind = GEOMETRY_KINDS.get(type(geom).__name__)
+    return DETECTORS[kind].modules[0] if kind in DETECTORS else 0
+
+
+def module_numbers(arr: xr.DataArray, geom: Any) -> np.ndarray:
+    """The detector's numbers of ``arr``'s modules: its ``module`` coordinate, or the geometry's first ones.
+
+    >>> from extra_geom import JUNGFRAUGeometry
+    >>> frames = xr.DataArray(np.zeros((2, 512, 1024)), dims=("module", "slow_scan", "fast_scan"))
+    >>> module_numbers(frames, JUNGFRAUGeometry.example(n_modules=2)).tolist()
+    [1, 2]
+    """
+    if MODULE_DIM in arr.coords:
+        return np.asarray(arr[MODULE_DIM].values, np.int64)
+    return _first_module(geom) + np.arange(arr.sizes[MODULE_DIM], dtype=np.int64)
+
+
 def module_positions(arr: xr.DataArray | xr.Dataset, geom: Any) -> np.ndarray:
     """Each module of ``arr``: its index in ``geom``'s module stack.
 
@@ -135,9 +154,8 @@ def module_positions(arr: xr.DataArray | xr.Dataset, geom: Any) -> np.ndarray:
         raise ValueError(f"the data's detector is {kind}, the geometry ({type(geom).__name__}) is of {geom_kind}")
     arr = data_array(arr)
     n_modules = geom.expected_data_shape[0]
-    first = DETECTORS[geom_kind].modules[0] if geom_kind in DETECTORS else 0
-    labels = np.asarray(arr[MODULE_DIM].values if MODULE_DIM in arr.coords
-                        else first + np.arange(arr.sizes[MODULE_DIM]), np.int64)
+    first = _first_module(geom)
+    labels = module_numbers(arr, geom)
     positions = labels - first
     values, counts = np.unique(labels, return_counts=True)
     if (counts > 1).any():

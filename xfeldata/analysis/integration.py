@@ -22,7 +22,7 @@ from dask.base import tokenize
 
 from ._frames import MODULE_DIM, PIXEL_DIMS, data_array, map_frames, no_gain_plane, whole_frames
 from ._jit import jitted
-from .geometry import module_positions
+from .geometry import module_numbers, module_positions
 
 if TYPE_CHECKING:  # scipy (the analysis extra) is imported where binning needs it
     import scipy.sparse
@@ -239,7 +239,7 @@ def _left_out(mask: np.ndarray | xr.DataArray, arr: xr.DataArray, geom: Any, mod
             raise ValueError(f"the mask has dims {mask.dims}: it needs ({MODULE_DIM}, slow_scan, fast_scan) only "
                              f"(reduce the others, e.g. bad_pixels.any({other[0] if other else 'cell'!r}))")
         if MODULE_DIM in mask.coords:
-            labels = arr[MODULE_DIM].values if MODULE_DIM in arr.coords else modules
+            labels = module_numbers(arr, geom)
             missing = np.setdiff1d(labels, mask[MODULE_DIM].values)
             if len(missing):
                 raise ValueError(f"the mask has no module(s) {missing.tolist()} of the data")
