@@ -34,6 +34,8 @@ POSITION_DIM = "pulse"
 MODULE_DIM = "module"
 #: JUNGFRAU memory cells: the pulse-like dimension of one-row-per-train detectors.
 CELL_DIM = "cell"
+#: The dims of a detector's frames within a train: pulses, or JUNGFRAU's memory cells.
+PULSE_LIKE_DIMS = (PULSE_DIM, CELL_DIM)
 GAIN_DIM = "gain"
 PIXEL_DIMS = ("slow_scan", "fast_scan")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from ..schema import PULSE_DIM, PULSE_LIKE_DIMS
+
 FRAME_DIM = "frame"
-#: The dims of a detector's frames within a train: pulses, or JUNGFRAU's memory cells.
-PULSE_DIMS = ("pulseId", "cell")
 
 
 def select_frames(det: xr.Dataset | xr.DataArray, mask: xr.DataArray) -> xr.Dataset | xr.DataArray:
@@ -48,7 +48,7 @@ def select_frames(det: xr.Dataset | xr.DataArray, mask: xr.DataArray) -> xr.Data
                         f"{type(mask).__name__}: it is matched to the frames by those coordinates")
     if mask.dtype != bool:
         raise TypeError(f"mask must be boolean, not {mask.dtype}")
-    pulse = next((d for d in PULSE_DIMS if d in det.dims), "pulseId")
+    pulse = next((d for d in PULSE_LIKE_DIMS if d in det.dims), PULSE_DIM)
     extra = [d for d in mask.dims if d not in ("trainId", pulse)]
     if extra:
         raise ValueError(f"mask must have dims trainId and/or {pulse} (the data's frames), not {extra}")

@@ -61,6 +61,7 @@ from ..files.cache import cached_file_index
 from ..files.progress import tqdm
 from ..files.writer import RowWriter
 from ..run import RunFiles, RunSelection, positions_within
+from ..schema import CELL_DIM, PULSE_DIM
 from .atomic import atomic_output
 
 __all__ = ["write_cxi", "BLOCK_BYTES"]
@@ -92,7 +93,7 @@ class _Frames:
             raise ValueError(f"write_cxi needs a module dimension; the Dataset has {tuple(det.dims)}")
         self.det = det
         self.by_frame = "frame" in det.dims
-        self.pulse_dim = "pulseId" if "pulseId" in det.coords else "cell"
+        self.pulse_dim = PULSE_DIM if PULSE_DIM in det.coords else CELL_DIM
         if self.by_frame:
             self.train_ids = np.asarray(det["trainId"].values, np.uint64)
             self.pulse_ids = np.asarray(det[self.pulse_dim].values, np.uint64)
