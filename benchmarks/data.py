@@ -98,7 +98,7 @@ class Size:
 
 
 SIZES = {
-    "tiny": Size("tiny", RunSpec(8, 2, 2), RunSpec(8, 2, 2, True), 4, 8, 4, 1),
+    "tiny": Size("tiny", RunSpec(8, 2, 4), RunSpec(8, 2, 4, True), 4, 8, 4, 1),
     "small": Size("small", RunSpec(24, 8, 6), RunSpec(12, 8, 3, True), 10, 24, 10, 4),
     "default": Size("default", RunSpec(100, 8, 25), RunSpec(40, 8, 10, True), 10, 100, 20, 8),
     # raw run of 100 x 16 x 48 frames x 256 KiB = 18.75 GiB: more than half of 24 GB RAM

@@ -242,6 +242,7 @@ def test_req_client_with_short_timeout_gets_every_train():
                 except TimeoutError:
                     timeouts += 1
         feeder.join(10)
+        assert server.drain(5)  # the last send may still be finishing as the client reads it
         assert got == [0, 1, 2, 3, 4] and server.sent == 5
         assert timeouts >= 5  # the timeouts did happen, and lost nothing
 
@@ -420,17 +421,21 @@ def test_serve_exits_promptly_after_ctrl_c(tmp_path):
     run = make_example(tmp_path / "r0001", n_trains=20, frames_per_train=4, trains_per_sequence=10)
     cmd = [sys.executable, "-m", "xfeldata.cli", "serve", str(run), "--rate", "10", "--loop",
            "--port", "0"]
-    for _ in range(6):
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
+    # Six servers at once, each read and interrupted in turn: a 1-in-2 hang shows up.
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(6)]
+    try:
+        for proc in procs:
             endpoint = re.search(r"tcp://\S+", proc.stdout.readline()).group(0)
             with Client(endpoint, timeout=10) as client:
                 for _ in range(3):
                     client.next()
             proc.send_signal(signal.SIGINT)
-            _, err = proc.communicate(timeout=15)
-        finally:
+        errors = [proc.communicate(timeout=15)[1] for proc in procs]
+    finally:
+        for proc in procs:
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate()
+    for proc, err in zip(procs, errors, strict=True):
         assert proc.returncode == 130 and "stopped after" in err and "Traceback" not in err

@@ -176,6 +176,7 @@ class Server:
         self.dropped = 0
         self.bad_requests = 0
         self._queue: deque[_Item] = deque()
+        self._sending: _Item | None = None  # taken from the queue, not yet sent
         self._cond = threading.Condition()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -299,11 +300,11 @@ class Server:
         """Wait until every fed train is sent; False if ``timeout`` passed first."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._queue and self.running:
+            while (self._queue or self._sending is not None) and self.running:
                 if deadline is not None and time.monotonic() >= deadline:
                     return False
                 self._cond.wait(_POLL_MS / 1000)
-            return not self._queue
+            return not self._queue and self._sending is None
 
     # -- sending thread --------------------------------------------------------
 
@@ -313,7 +314,7 @@ class Server:
                 if self._stopping.is_set():
                     return None
                 self._cond.wait(_POLL_MS / 1000)
-            item = self._queue.popleft()
+            item = self._sending = self._queue.popleft()
             self._cond.notify_all()
             return item
 
@@ -360,10 +361,14 @@ class Server:
                     except zmq.Again:
                         with self._cond:
                             self._queue.appendleft(item)
+                            self._sending = None
                         continue
                 else:
                     self._socket.send_multipart(item.frames, copy=False)
-                self.sent += 1
+                with self._cond:
+                    self.sent += 1
+                    self._sending = None
+                    self._cond.notify_all()
                 item.sent.set()
         except BaseException as exc:  # keep it for feed() to report
             self._error = exc

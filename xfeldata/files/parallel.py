@@ -188,6 +188,8 @@ class _Shared:
                         self._fail(path, f"indexing it in a worker process raised {value}")
                         return
         except TimeoutError:
+            proc.kill()  # hung: no point in asking it to stop
+            proc.wait()
             self._fail(path, f"no index from the worker process after {TIMEOUT:g} s (killed)")
         except (EOFError, OSError) as exc:
             proc.poll()
