@@ -111,6 +111,36 @@ def test_a_mask_per_pixel_counts_pixel_by_pixel(chunks, dtype):
     assert masked_sum(data, "pulseId", present).dtype == (np.int64 if dtype == np.int16 else np.float64)
 
 
+@pytest.mark.parametrize("chunks", [None, {"trainId": 5}])
+@pytest.mark.parametrize("dtype", [np.int64, np.uint64])
+def test_64_bit_integers_near_their_limit_sum_exactly_or_raise_not_wrap(chunks, dtype):
+    """Timestamps in ns (about 1.7e18): six of them pass 2**63; numpy's own sum would wrap."""
+    stamps = [[1_700_000_000_000_000_000 + 100_000_000 * t + 7 * m for m in range(3)] for t in range(12)]
+    seen = np.ones((12, 3), bool)
+    seen[3, 1] = seen[7, 2] = False
+    data = xr.DataArray(np.array(stamps, dtype), dims=("trainId", "module"), name="timestamp")
+    present = xr.DataArray(seen, dims=("trainId", "module"))
+    if chunks:
+        data, present = data.chunk(chunks), present.chunk(chunks)
+    counted = [[stamps[t][m] for t in range(12) if seen[t, m]] for m in range(3)]
+    np.testing.assert_allclose(masked_mean(data, "trainId", present).values,
+                               [sum(c) / len(c) for c in counted], rtol=1e-15, atol=0)
+    with pytest.raises(OverflowError, match=r"'timestamp' \((u)?int64\).*float64"):
+        masked_sum(data, "trainId", present).compute()
+    offsets = data - np.array(1_700_000_000_000_000_000, dtype)
+    total = masked_sum(offsets, "trainId", present)
+    assert total.dtype == dtype
+    assert total.values.tolist() == [sum(c) - len(c) * 1_700_000_000_000_000_000 for c in counted]
+
+
+def test_64_bit_sums_that_fit_are_exact_though_their_parts_pass_the_limit():
+    values = np.array([-2**62, -2**62, -2**62, 2**62, 5], np.int64)
+    for data in (xr.DataArray(values, dims="t"), xr.DataArray(values, dims="t").chunk(2)):
+        assert int(masked_sum(data, "t").values) == -2**63 + 5
+    big = np.array([2**63 + 5, 2**62, 3], np.uint64)
+    assert int(masked_sum(xr.DataArray(big, dims="t").chunk(1), "t").values) == 2**63 + 2**62 + 8
+
+
 def test_bool_data_sums_to_int64_counts_as_numpy_does(det):
     frames = masked_sum(det["present"], "pulseId")
     assert frames.dtype == np.int64 and frames.name == "present"

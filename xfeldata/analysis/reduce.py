@@ -11,6 +11,11 @@ Dtype rules: :func:`masked_sum` of bool and integer data is int64 (uint64 for
 unsigned data), exact; of floating data float64 (float32 summed in float64).
 :func:`masked_mean` is float64, NaN where nothing was counted.  NaN values of
 floating data are not counted (as xarray's ``mean`` skips them by default).
+
+64-bit integers (timestamps in ns, counters) are summed as their high and
+low 32-bit halves, each exactly in int64, so no sum wraps: the mean of
+values near 2**63 is right, and a :func:`masked_sum` that does not fit its
+dtype is an ``OverflowError`` naming the array, not a wrapped number.
 """
 
 from __future__ import annotations
@@ -75,10 +80,25 @@ def _accumulator(dtype: np.dtype, n_summed: int) -> np.dtype:
     return np.dtype(np.uint64 if unsigned else np.int64)
 
 
+def _halves(dtype: np.dtype) -> bool:
+    """Whether integers of ``dtype`` are summed as two 32-bit halves (64-bit integers)."""
+    return dtype.kind in "iu" and dtype.itemsize == 8
+
+
 def _block_sum(x: np.ndarray, mask: np.ndarray | None, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_summed`; for 64-bit integers, the int64 sums of their high and low 32-bit halves on a
+    last axis of 2 (see :func:`_exact_sum`), which cannot wrap."""
+    if not _halves(x.dtype):
+        return _summed(x, mask, axes)
+    high, count = _summed((x >> 32).astype(np.int64), mask, axes)
+    low, _ = _summed((x & 0xFFFFFFFF).astype(np.int64), mask, axes)
+    return np.stack([high, low], axis=-1), count
+
+
+def _summed(x: np.ndarray, mask: np.ndarray | None, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Sum and count of the values of ``x`` over ``axes`` where ``mask`` (broadcast to ``x``) is True.
 
-    Integer and bool data: exact integer sum (int64/uint64).  Float data:
+    Integer and bool data: exact integer sum (int64/uint64; wraps past 64 bits).  Float data:
     float64 sum and count of the non-NaN values.  Where the mask is
     constant over large pieces of ``x`` (one flag per frame), those pieces
     are added one at a time into an accumulator, so nothing of the size
@@ -135,6 +155,32 @@ def _widen(total: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return total.astype(_sum_dtype(dtype), copy=False)
 
 
+def _carried(halves: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(high, low)`` with the sum ``high * 2**32 + low`` and ``0 <= low < 2**32``."""
+    high, low = halves[..., 0], halves[..., 1]
+    return high + (low >> 32), low & 0xFFFFFFFF
+
+
+def _exact_sum(halves: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
+    """The sum of 64-bit integers from their halves' sums, in int64 (uint64 if unsigned), or an
+    ``OverflowError`` where it does not fit."""
+    high, low = _carried(halves)
+    out = np.dtype(np.uint64 if dtype.kind == "u" else np.int64)
+    lo, hi = (0, 2**32) if dtype.kind == "u" else (-(2**31), 2**31)
+    outside = (high < lo) | (high >= hi)
+    if outside.any():
+        at = tuple(int(i) for i in np.argwhere(outside)[0])
+        raise OverflowError(f"a sum of {name} ({dtype}) is {int(high[at]) * 2**32 + int(low[at])}, outside "
+                            f"{out}: convert it to float64 (or subtract an offset) first")
+    return (high.astype(out) << out.type(32)) | low.astype(out)
+
+
+def _float_sum(halves: np.ndarray) -> np.ndarray:
+    """The float64 sum of 64-bit integers from their halves' sums (rounded once, at the end)."""
+    high, low = _carried(halves)
+    return high.astype(np.float64) * 2.0**32 + low.astype(np.float64)
+
+
 def _sum_dtype(dtype: np.dtype) -> np.dtype:
     if dtype.kind == "f":
         return np.dtype(np.float64)
@@ -150,7 +196,7 @@ def _sum_count(data: xr.DataArray, reduced: list[Hashable],
         return _block_sum(np.asarray(data.data), mask, axes)
     x = data.data
     ind = tuple(range(x.ndim))
-    out_dtype = _sum_dtype(x.dtype)
+    out_dtype = np.dtype(np.int64) if _halves(x.dtype) else _sum_dtype(x.dtype)
 
     def sums(block: np.ndarray, mblock: np.ndarray | None = None) -> np.ndarray:
         total, count = _block_sum(block, mblock, axes)
@@ -159,7 +205,7 @@ def _sum_count(data: xr.DataArray, reduced: list[Hashable],
         return np.expand_dims(both, axes)
 
     args = [x, ind] + ([mask, ind] if mask is not None else [])
-    new_axes = {x.ndim: 2} if x.dtype.kind == "f" else {}
+    new_axes = {x.ndim: 2} if x.dtype.kind == "f" or _halves(x.dtype) else {}
     per_block = da.blockwise(sums, ind + tuple(new_axes), *args, new_axes=new_axes,
                              adjust_chunks={a: 1 for a in axes}, dtype=out_dtype,
                              meta=np.empty((0,) * (x.ndim + len(new_axes)), out_dtype))
@@ -210,7 +256,18 @@ def masked_sum(data: xr.DataArray | xr.Dataset, dims: str | Sequence[Hashable] |
     """
     data, reduced, present = _inputs(data, dims, present)
     total, _ = _sum_count(data, reduced, present)
+    if _halves(data.dtype):
+        name = repr(data.name) if data.name is not None else "the array"
+        total = _finished(total, lambda h: _exact_sum(h, data.dtype, name),
+                          np.uint64 if data.dtype.kind == "u" else np.int64)
     return _labelled(total, data, reduced)
+
+
+def _finished(halves: np.ndarray | da.Array, finish, dtype) -> np.ndarray | da.Array:
+    """``finish`` applied to the halves' sums (last axis of 2), lazily if they are."""
+    if isinstance(halves, da.Array):
+        return halves.map_blocks(finish, drop_axis=halves.ndim - 1, dtype=dtype)
+    return finish(halves)
 
 
 def masked_mean(data: xr.DataArray | xr.Dataset, dims: str | Sequence[Hashable] | None = None,
@@ -247,6 +304,8 @@ def masked_mean(data: xr.DataArray | xr.Dataset, dims: str | Sequence[Hashable] 
     """
     data, reduced, present = _inputs(data, dims, present)
     total, count = _sum_count(data, reduced, present)
+    if _halves(data.dtype):
+        total = _finished(total, _float_sum, np.float64)
     where = da.where if isinstance(total, da.Array) or isinstance(count, da.Array) else np.where
     mean = where(count == 0, np.nan, total.astype(np.float64) / where(count == 0, 1, count))
     return _labelled(mean, data, reduced)
