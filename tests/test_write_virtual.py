@@ -65,3 +65,39 @@ def test_a_pulse_selection_maps_only_the_frames_kept(agipd_raw_run, tmp_path):
     out = sel.write_virtual(tmp_path / "first.h5", pulses=xd.by_index[0])
     np.testing.assert_array_equal(xd.open_file(out).detector()["image.data"].values,
                                   sel.detector(pulses=xd.by_index[0])["image.data"].values)
+
+
+def test_utf8_strings_are_mapped_in_their_own_encoding(tmp_path):
+    """EXtra-data's mock writers (and h5py's default string dtype) store UTF-8 strings: HDF5 maps
+    a virtual dataset only onto strings of its own encoding, so the virtual file keeps theirs."""
+    from extra_data.tests import make_examples
+
+    src = tmp_path / "RAW-R0450-DA01-S00000.h5"
+    make_examples.make_fxe_da_file(str(src))
+    out = xd.open_file(src).write_virtual(tmp_path / "virtual.h5")
+    key = "CONTROL/SA1_XTD2_XGM/DOOCS/MAIN/state/value"
+    with h5py.File(src, "r") as f, h5py.File(out, "r") as g:
+        assert h5py.check_string_dtype(g[key].dtype).encoding == "utf-8"
+        assert g[key][:].tolist() == f[key][:].tolist()
+    expected = xd.open_file(src)["SA1_XTD2_XGM/DOOCS/MAIN", "state"].values
+    np.testing.assert_array_equal(xd.open_file(out)["SA1_XTD2_XGM/DOOCS/MAIN", "state"].values, expected)
+    np.testing.assert_array_equal(
+        extra_data.H5File(str(out))["SA1_XTD2_XGM/DOOCS/MAIN", "state.value"].ndarray(), expected)
+
+
+def test_strings_stored_two_ways_across_files_are_an_error_naming_the_key(tmp_path):
+    from xfeldata.testing import make_example
+
+    run_dir = make_example(tmp_path / "r0001", n_trains=4, trains_per_sequence=2, slow_sources=True)
+    run = xd.open_run(run_dir)
+    strings = [(s, k) for s in run.control_sources for k in run.keys(s) if run.key_info(s, k).dtype.kind == "O"]
+    assert strings, "the example run has string control keys"
+    source, key = strings[0]
+    path = run.key_info(source, key).path
+    later = next(p for p in run_dir.glob("*-DA*-S00001.h5") if path in _datasets(p))
+    with h5py.File(later, "r+") as f:  # (this test's own run: its second file now stores UTF-8)
+        values = f[path][:]
+        del f[path]
+        f.create_dataset(path, data=values, dtype=h5py.string_dtype("utf-8"))
+    with pytest.raises(TypeError, match=f"{source} {key}: .*2 different ways.*run.write"):
+        xd.open_run(run_dir).write_virtual(tmp_path / "v.h5")

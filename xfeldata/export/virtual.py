@@ -62,24 +62,42 @@ def _layout(run: RunSelection, source: str, key: str, keep: np.ndarray | None) -
     info = run.key_info(source, key)
     blocks = kept_blocks(run, source, key, keep)
     n_rows = sum(b.shape[0] for b in blocks)
-    dtype = STRING_DTYPE if info.dtype.kind == "O" else info.dtype  # strings: variable-length bytes
-    layout = h5py.VirtualLayout((n_rows, *info.entry_shape), dtype=dtype)
-    sources: dict[tuple[str, str], h5py.VirtualSource] = {}
-    offset = 0
+    on_disk: dict[tuple[str, str], tuple[tuple[int, ...], np.dtype]] = {}
     for block in blocks:
         for read in block.reads:
             if not isinstance(read.target, int | np.integer):
                 raise TypeError(f"{source} {key}: rows scattered in a block cannot be mapped")
-            vsrc = sources.get((read.path, read.dataset))
-            if vsrc is None:
+            if (read.path, read.dataset) not in on_disk:
                 with h5py.File(read.path, "r") as f:
-                    shape = f[read.dataset].shape
-                vsrc = sources[read.path, read.dataset] = h5py.VirtualSource(
-                    read.path, read.dataset, shape=shape, dtype=dtype)
+                    dset = f[read.dataset]
+                    on_disk[read.path, read.dataset] = dset.shape, dset.dtype
+    dtype = _string_dtype(source, key, [d for _, d in on_disk.values()]) if info.dtype.kind == "O" else info.dtype
+    layout = h5py.VirtualLayout((n_rows, *info.entry_shape), dtype=dtype)
+    sources = {where: h5py.VirtualSource(*where, shape=shape, dtype=dtype) for where, (shape, _) in on_disk.items()}
+    offset = 0
+    for block in blocks:
+        for read in block.reads:
             start = offset + int(read.target)
-            layout[start:start + read.stop - read.start] = vsrc[read.start:read.stop]
+            layout[start:start + read.stop - read.start] = sources[read.path, read.dataset][read.start:read.stop]
         offset += block.shape[0]
     return info.path.lstrip("/"), layout
+
+
+def _string_dtype(source: str, key: str, dtypes: list[np.dtype]) -> np.dtype:
+    """The string dtype of a virtual dataset: its files' own (HDF5 converts no string between
+    ASCII and UTF-8, nor between fixed and variable length, in a virtual dataset's mapping).
+
+    >>> _string_dtype("SRC", "state", [h5py.string_dtype()]) == h5py.string_dtype()
+    True
+    """
+    kinds = {h5py.check_string_dtype(d): d for d in dtypes}  # (numpy's == ignores the encoding)
+    if not kinds:
+        return STRING_DTYPE
+    if len(kinds) > 1:
+        raise TypeError(f"{source} {key}: its files store strings in {len(kinds)} different ways "
+                        f"({sorted(str(k) for k in kinds)}), which one virtual dataset cannot map; "
+                        "write a copy instead (run.write)")
+    return next(iter(kinds.values()))
 
 
 def write_virtual(run: RunSelection, path: str | os.PathLike, *, pulses: Any = None,
