@@ -6,6 +6,9 @@ trains, sources, keys and values as the selection of the original run.
 
 from __future__ import annotations
 
+import os
+import stat
+
 import h5py
 import numpy as np
 import pytest
@@ -185,6 +188,17 @@ def test_a_directory_path_gets_a_run_directory_split_per_aggregator_and_sequence
         for key in sel.keys(source):
             np.testing.assert_array_equal(back[source, key].values, sel[source, key].values,
                                           err_msg=f"{source} {key}")
+
+
+def test_a_run_directory_is_as_readable_as_its_files(agipd_raw_run, tmp_path):
+    """Its mode follows the umask, as the files' does (a temporary directory's 0700 kept colleagues out)."""
+    old = os.umask(0o022)
+    try:
+        out = xd.open_run(agipd_raw_run).select(syn.XGM_SOURCE).write(str(tmp_path / "r0001") + "/")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {0o644}
 
 
 def test_an_existing_run_directory_is_kept_unless_overwrite(agipd_raw_run, tmp_path):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -73,8 +74,9 @@ def atomic_output(path: str | os.PathLike, *, overwrite: bool = False,
     """
     path = check_writable(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if directory:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+    if directory:  # (not mkdtemp: its 0700 would keep colleagues out; mkdir follows the umask)
+        tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.part"
+        tmp.mkdir()
     else:
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
         os.close(fd)
