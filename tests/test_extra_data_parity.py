@@ -121,6 +121,17 @@ def test_data_counts_agree(both):
         theirs = ed_run[source, key if source in run.instrument_sources else f"{key}.value"].data_counts()
         group = run.key_info(source, key).group
         np.testing.assert_array_equal(run.data_counts(source, group), theirs.values, err_msg=source)
+        np.testing.assert_array_equal(run.data_counts(source, key), theirs.values, err_msg=source)
+        if "image.data" in run.keys(source):  # a module's frames, not its first group's one row a train
+            np.testing.assert_array_equal(run.data_counts(source, "image.data", labelled=True),
+                                          ed_run[source, "image.data"].data_counts(), err_msg=source)
+
+
+def test_data_counts_of_a_group_or_key_the_source_lacks_name_its_groups(extra_data_runs):
+    run = xd.open_run(extra_data_runs["spb"])
+    source = next(s for s in run.instrument_sources if "image.data" in run.keys(s))
+    with pytest.raises(KeyError, match=r"no index group or key 'image\.nothing'; its index groups: .*image"):
+        run.data_counts(source, "image.nothing")
 
 
 def test_legacy_source_names_read_the_current_source(extra_data_runs):

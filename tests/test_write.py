@@ -166,6 +166,8 @@ def test_frame_selections_that_cannot_apply_are_refused_before_writing(agipd_raw
         run.select(AGIPD3).write(tmp_path / "x.h5", pulses=[999])
     with pytest.raises(TypeError, match="DataArray"):
         run.select(AGIPD3).write(tmp_path / "x.h5", pulses=np.ones(20, bool))
+    with pytest.raises(TypeError, match="not a Dataset.*write_cxi"):
+        run.select(AGIPD3).write(tmp_path / "x.h5", pulses=run.select(AGIPD3).detector())
     assert not list(tmp_path.iterdir())
 
 

@@ -260,13 +260,16 @@ class Run(RunSelection):
                     labelled: bool = False) -> np.ndarray | pd.Series:
         """Rows of data per selected train (0 where the source has none).
 
-        ``group`` defaults to the source's first index group (``""`` for control
-        data); ``labelled=True`` gives a pandas Series indexed by ``trainId``
-        (EXtra-data's ``run[source].data_counts()``).
+        ``group`` is an index group of the source (``"image"``) or one of its
+        keys (``"image.data"``: that key's group, as EXtra-data's
+        ``run[source, key].data_counts()``); it defaults to the source's first
+        index group (``""`` for control data; for a detector module
+        ``"detector"``, one row a train, not its frames).  ``labelled=True``
+        gives a pandas Series indexed by ``trainId``.
 
         Examples
         --------
-        >>> run.data_counts("SPB_DET_AGIPD1M-1/DET/0CH0:xtdf", "image", labelled=True)  # doctest: +SKIP
+        >>> run.data_counts("SPB_DET_AGIPD1M-1/DET/0CH0:xtdf", "image.data", labelled=True)  # doctest: +SKIP
         """
         counts = super().data_counts(source, group)
         if not labelled:

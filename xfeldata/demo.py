@@ -33,7 +33,7 @@ def run_demo(keep: str | None = None, n_trains: int = 20, frames: int = 4) -> No
         print(f"Wrote a synthetic AGIPD-1M run ({n_trains} trains, up to {frames} frames per train, "
               f"2 sequence files) in {time.perf_counter() - t0:.1f} s. It is irregular on purpose, "
               "like real runs: one bogus, flagged train ID (kept as a suspect train, so the run has "
-              "one train more), a train without detector data, a module missing trains and frame "
+              "one train more), trains without detector data, a module missing trains and frame "
               "counts that vary.\n")
 
         t0 = time.perf_counter()

@@ -621,11 +621,20 @@ class RunSelection:
     def data_counts(self, source: str, group: str | None = None) -> np.ndarray:
         """Rows of data per selected train (0 where the source has none).
 
-        ``group`` defaults to the source's first index group (``""`` for control data).
+        ``group`` is an index group of the source (``"image"``) or one of its keys
+        (``"image.data"``: that key's group); it defaults to the source's first
+        index group (``""`` for control data).
         """
         source = self.resolve_source(source)
+        groups = self._files.sources[source].groups
         if group is None:
-            group = self._files.sources[source].groups[0] if self._files.sources[source].groups else ""
+            group = groups[0] if groups else ""
+        elif group not in groups and (group or groups):
+            try:
+                group = self.key_info(source, group).group
+            except KeyError:
+                raise KeyError(f"{source} has no index group or key {group!r}; its index groups: "
+                               f"{', '.join(groups) or '(control data: none)'}") from None
         found = self.rows(source, group)
         counts = np.zeros(len(self._train_ids), np.uint64)
         counts[np.searchsorted(self._train_ids, found.train_ids)] = found.count

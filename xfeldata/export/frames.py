@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import xarray as xr
 
 from ..arrays import read_rows
 from ..detectors.kinds import match_detector_source
@@ -77,6 +78,9 @@ def check_frames(run: RunSelection, pulses: Any) -> list[str]:
     if not sources:
         raise ValueError("pulses= selects frames of detector modules (an 'image' index group with "
                          "image.pulseId); the selection has none: select a detector's sources")
+    if isinstance(pulses, xr.Dataset):
+        raise TypeError("pulses= takes a boolean DataArray (trainId, pulseId[, module]), by_id[...] or "
+                        "by_index[...], not a Dataset (select_frames' result is written with xd.write_cxi)")
     if _is_mask(pulses):
         dims = tuple(pulses.dims)
         if pulses.dtype != bool:
