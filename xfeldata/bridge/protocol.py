@@ -195,6 +195,31 @@ def _np_default(obj: Any) -> Any:
     raise TypeError(f"cannot serialise {type(obj).__name__}")
 
 
+def wire_dtype(dtype: np.dtype) -> str | dict[str, Any]:
+    """A dtype as a 2.2 array header gives it: its name (``"<u2"`` style: ``str(dtype)``), or for a
+    structured dtype the map of numpy's dict form, which ``np.dtype`` (and so the published
+    ``karabo-bridge`` package's ``np.frombuffer``) reads back; ``str()`` of a structured dtype it cannot.
+
+    >>> wire_dtype(np.dtype("uint16"))
+    'uint16'
+    >>> spec = wire_dtype(np.dtype([("x", "<f8"), ("t", "<i4")]))
+    >>> spec["names"], spec["formats"], np.dtype(spec) == np.dtype([("x", "<f8"), ("t", "<i4")])
+    (['x', 't'], ['<f8', '<i4'], True)
+    """
+    if dtype.names is None:
+        return str(dtype)
+    formats: list[Any] = []
+    for name in dtype.names:
+        field = dtype.fields[name][0]
+        if field.subdtype is not None:  # a field of several values: "(3,)<f8"
+            base, shape = field.subdtype
+            formats.append(f"{shape}{base.str}" if base.names is None else [wire_dtype(base), list(shape)])
+        else:
+            formats.append(field.str if field.names is None else wire_dtype(field))
+    return {"names": list(dtype.names), "formats": formats,
+            "offsets": [dtype.fields[n][1] for n in dtype.names], "itemsize": dtype.itemsize}
+
+
 def _wire_bytes(array: np.ndarray):
     return array.data if array.flags["C_CONTIGUOUS"] else array.tobytes()
 
@@ -233,12 +258,14 @@ def encode(data: Mapping[str, Mapping[str, Any]],
     Notes
     -----
     The frames are byte for byte those of ``karabo_bridge.serialize`` for the
-    same train, with three deliberate differences where the published
+    same train, with four deliberate differences where the published
     package fails or sends something wrong: numpy scalars other than
     ``np.number`` (e.g. ``np.bool_``) are sent as plain values, big-endian
-    arrays are converted to little-endian, and with protocol 2.2 a
+    arrays are converted to little-endian, with protocol 2.2 a
     ``"metadata"`` entry of a source's data goes into the header only
-    instead of also into the payload.
+    instead of also into the payload, and a structured array's dtype is
+    sent in numpy's dict form (:func:`wire_dtype`), which the published
+    package decodes, not as ``str(dtype)``, which no client can.
 
     Examples
     --------
@@ -276,7 +303,7 @@ def encode(data: Mapping[str, Mapping[str, Any]],
                 raise TypeError(f"{source} {key}: object arrays cannot be sent")
             array = _wire_array(array)
             frames.append(pack({"source": source, "content": "array", "path": key,
-                                "dtype": str(array.dtype), "shape": array.shape}))
+                                "dtype": wire_dtype(array.dtype), "shape": array.shape}))
             frames.append(array.data)
     return frames
 
@@ -355,8 +382,10 @@ def _parse_dtype(text: Any, where: str) -> np.dtype:
             raise ProtocolError(f"{where}: bad dtype {text[:80]!r}") from None
     elif isinstance(text, (str, list)):
         spec = text
+    elif isinstance(text, dict):  # a structured dtype in numpy's dict form (wire_dtype)
+        spec = _dict_dtype(text, where, 0)
     else:
-        raise ProtocolError(f"{where}: dtype must be a string, got {type(text).__name__}")
+        raise ProtocolError(f"{where}: dtype must be a string or a map, got {type(text).__name__}")
     if isinstance(spec, list):
         spec = [tuple(s) if isinstance(s, list) else s for s in spec]
     try:
@@ -372,6 +401,33 @@ def _parse_dtype(text: Any, where: str) -> np.dtype:
     if dtype.itemsize == 0:
         raise ProtocolError(f"{where}: dtype {dtype} has no size")
     return dtype
+
+
+def _dict_dtype(spec: dict, where: str, depth: int) -> dict[str, Any]:
+    """Numpy's dict form of a structured dtype as :func:`wire_dtype` sends it, checked before numpy
+    sees it: only names, formats, offsets and itemsize, of matching lengths, fields nested at most
+    4 deep, and no format numpy would evaluate as anything but a dtype name."""
+    if depth > 4 or set(spec) - {"names", "formats", "offsets", "itemsize"} or not {"names", "formats"} <= set(spec):
+        raise ProtocolError(f"{where}: bad structured dtype {str(spec)[:80]!r}")
+    names, formats = spec["names"], spec["formats"]
+    offsets = spec.get("offsets", [])
+    if not (isinstance(names, list) and isinstance(formats, list) and isinstance(offsets, list)) \
+            or len(formats) != len(names) or (offsets and len(offsets) != len(names)) \
+            or not all(isinstance(n, str) for n in names) \
+            or not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets) \
+            or not isinstance(spec.get("itemsize", 0), int) or len(str(spec)) > _MAX_DTYPE_TEXT:
+        raise ProtocolError(f"{where}: bad structured dtype {str(spec)[:80]!r}")
+    checked = []
+    for f in formats:
+        if isinstance(f, dict):
+            checked.append(_dict_dtype(f, where, depth + 1))
+        elif isinstance(f, list) and len(f) == 2 and isinstance(f[0], dict):  # [structured base, shape]
+            checked.append((_dict_dtype(f[0], where, depth + 1), tuple(_parse_shape(f[1], where))))
+        elif isinstance(f, str) and not f.startswith(("[", "{")):
+            checked.append(f)
+        else:
+            raise ProtocolError(f"{where}: bad field format {str(f)[:80]!r}")
+    return {**spec, "formats": checked}
 
 
 def _parse_shape(shape: Any, where: str) -> tuple[int, ...]:
