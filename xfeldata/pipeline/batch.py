@@ -23,6 +23,10 @@ Examples
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -48,6 +52,9 @@ SLURM_DEFAULTS: dict[str, Any] = {
     "local_directory": "/scratch",
 }
 
+#: Seconds SLURM may take to say whether it accepts a job script.
+SUBMIT_TEST_TIMEOUT = 60.0
+
 
 def make_cluster(kind: str = "local", *, workers: int | None = None, jobs: int = 1,
                  **slurm: Any) -> Any:
@@ -59,15 +66,33 @@ def make_cluster(kind: str = "local", *, workers: int | None = None, jobs: int =
         ``"local"``: a ``LocalCluster`` of ``workers`` processes (default:
         one per core), one thread each.  ``"slurm"``: a ``SLURMCluster`` that
         submits ``jobs`` jobs (``workers``, if given, is the total number of
-        worker processes instead).
+        worker processes instead).  With ``jobs=0`` and no ``workers``
+        nothing is submitted: the cluster only makes its job script.
     slurm
         ``SLURMCluster`` settings (``queue``, ``cores``, ``processes``,
         ``memory``, ``walltime``, ``local_directory``, ``account``,
         ``job_extra_directives``, ...) over :data:`SLURM_DEFAULTS`.
 
+    Raises
+    ------
+    PipelineError
+        ``"slurm"`` with jobs to submit, before any is submitted: SLURM's
+        submit command (dask-jobqueue's, ``sbatch``) is not on ``PATH`` (not a
+        login node of a SLURM cluster), or SLURM refuses the job script
+        (``sbatch --test-only``, e.g. an unknown partition; its message is
+        quoted) or gives no answer within :data:`SUBMIT_TEST_TIMEOUT` seconds.
+    ValueError
+        An unknown ``kind``.
+
+    Notes
+    -----
+    A job that SLURM accepts but that never starts its workers (it waits in
+    the queue, or fails on its node) is not detected: the scheduler waits for
+    its workers, as dask-jobqueue does.
+
     Examples
     --------
-    >>> with make_cluster("slurm", queue="upex", memory="128GB") as cluster:   # doctest: +SKIP
+    >>> with make_cluster("slurm", queue="upex", memory="128GB", jobs=0) as cluster:   # doctest: +SKIP
     ...     print(cluster.job_script())
     """
     if kind == "local":
@@ -80,13 +105,50 @@ def make_cluster(kind: str = "local", *, workers: int | None = None, jobs: int =
         from dask_jobqueue import SLURMCluster
 
         settings = {**SLURM_DEFAULTS, **{k: v for k, v in slurm.items() if v is not None}}
+        submit = shlex.split(SLURMCluster.job_cls.submit_command)  # ["sbatch"]
+        if (workers or jobs) and shutil.which(submit[0]) is None:
+            raise PipelineError(
+                f"cannot submit SLURM jobs: SLURM's submit command {submit[0]!r} is not found on PATH; "
+                "SLURM jobs are submitted from a login node of the cluster. Here, run on this machine's "
+                "cores (--cluster local, make_cluster('local')) or print the job script without "
+                "submitting it (--dry-run, cluster.job_script())")
         cluster = SLURMCluster(**settings)
+        if workers or jobs:
+            try:
+                _test_submission(cluster.job_script(), submit)
+            except BaseException:
+                cluster.close()
+                raise
         if workers:
             cluster.scale(n=workers)
         elif jobs:
             cluster.scale(jobs=jobs)
         return cluster
     raise ValueError(f"unknown cluster {kind!r}; use 'local' or 'slurm'")
+
+
+def _test_submission(job_script: str, submit: list[str]) -> None:
+    """Ask SLURM whether it would accept ``job_script`` (``sbatch --test-only``; nothing is submitted).
+
+    dask-jobqueue submits jobs in the background: a refused submission (a
+    wrong partition, account or limit) is only logged there, and the cluster
+    waits for workers that never come.  Asked first, SLURM's reason is an error.
+    """
+    timeout = SUBMIT_TEST_TIMEOUT
+    with tempfile.TemporaryDirectory(prefix="xfeldata-slurm-") as tmp:
+        script = Path(tmp) / "job.sh"
+        script.write_text(job_script)
+        command = [*submit, "--test-only", str(script)]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise PipelineError(f"SLURM gave no answer in {timeout:g} s to {submit[0]} --test-only "
+                                "(is its controller reachable from here?); no job was submitted") from None
+    if done.returncode != 0:
+        said = "; ".join(line.strip() for line in (done.stderr or done.stdout).splitlines() if line.strip())
+        raise PipelineError(f"SLURM refused the job script ({submit[0]} --test-only exited with "
+                            f"{done.returncode}: {said or 'no message'}); no job was submitted. Check the "
+                            "partition (--queue), cores, memory and walltime; --dry-run prints the script")
 
 
 def compute_with_progress(result: xr.Dataset | xr.DataArray, client: Any = None,
