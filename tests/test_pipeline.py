@@ -133,6 +133,19 @@ def test_write_results_replaces_atomically_and_keeps_values(tmp_path):
         write_results(ds.rename(x="SRC/key"), tmp_path / "bad.nc")
 
 
+def test_write_results_replaces_an_existing_file_only_with_overwrite(tmp_path):
+    ds = xr.Dataset({"x": ("trainId", np.arange(3.0))}, coords={"trainId": np.arange(10, 13, dtype=np.uint64)})
+    out = write_results(ds, tmp_path / "r.nc")
+    before = out.read_bytes()
+    with pytest.raises(FileExistsError, match=r"r\.nc exists; pass overwrite=True \(--overwrite\) to replace it"):
+        write_results(ds * 2, out)
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["r.nc"]
+    write_results(ds * 2, out, overwrite=True)
+    with xr.open_dataset(out, engine="h5netcdf") as back:
+        np.testing.assert_array_equal(back["x"].values, [0.0, 2.0, 4.0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.nc"]
+
+
 # -- batch ------------------------------------------------------------------------
 
 
@@ -155,6 +168,29 @@ def test_batch_refuses_one_file_for_several_runs(agipd_raw_run, irregular_run, s
     assert status == 2
     assert "gives the same file for several runs: put {run} in it" in capsys.readouterr().err
     assert list(tmp_path.glob("*.nc")) == []
+
+
+def test_batch_refuses_an_existing_results_file_before_computing(agipd_raw_run, tmp_path, capsys):
+    out = tmp_path / "r0001.nc"
+    out.write_text("an hour of work")
+    called = []
+
+    def fn(ds):
+        called.append(True)
+        return ds["present"].sum("module")
+
+    with pytest.raises(FileExistsError, match="r0001.nc exists; pass overwrite=True"):
+        run_batch(fn, tmp_path / "no-such-run", out, progress=False)   # refused before the run is opened
+    path = tmp_path / "reduce.py"
+    path.write_text("def fn(ds):\n    return ds['present'].sum('module')\n")
+    args = ["batch", str(path), str(agipd_raw_run), "--cluster", "none", "--out", str(out), "--quiet"]
+    assert main(args) == 2
+    assert "r0001.nc exists; pass overwrite=True (--overwrite) to replace it" in capsys.readouterr().err
+    assert out.read_text() == "an hour of work" and not called
+    assert main([*args, "--overwrite"]) == 0
+    with xr.open_dataset(out, engine="h5netcdf") as got:
+        assert got.attrs["trains"] == len(xd.open_run(agipd_raw_run).train_ids)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r0001.nc", "reduce.py"]
 
 
 DIES_ONCE = '''

@@ -11,6 +11,8 @@ Failures are never a silent hole: a block that raises stops the run with its
 trains named; a worker that dies is replaced and its blocks retried by the
 scheduler (``distributed.scheduler.allowed-failures`` times), then the run
 stops with ``KilledWorker``.  No results file is left behind by a failed run.
+An existing results file is only replaced with ``overwrite=True``, and
+:func:`run_batch` refuses before it computes anything.
 
 Examples
 --------
@@ -34,6 +36,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ..export.atomic import atomic_output, check_writable
 from .blocks import offline
 from .errors import PipelineError
 from .steps import Inputs, Step
@@ -194,16 +197,37 @@ def _netcdf_attr(value: Any) -> Any:
 
 
 def write_results(result: xr.Dataset | xr.DataArray, path: str | os.PathLike,
-                  attrs: dict[str, Any] | None = None) -> Path:
+                  attrs: dict[str, Any] | None = None, *, overwrite: bool = False) -> Path:
     """Write a computed result as one netCDF-4 file (h5netcdf), atomically.
 
     The file is written under a temporary name in the same directory and
-    renamed when complete, so a file at ``path`` is always whole.  Attributes
-    netCDF cannot hold (None, booleans, mappings) are written as text or
-    integers; ``attrs`` are added to the file's global attributes.
+    renamed when complete, so a file at ``path`` is always whole, as every
+    xfeldata writer does (:func:`xfeldata.export.atomic.atomic_output`).
+    Attributes netCDF cannot hold (None, booleans, mappings) are written as
+    text or integers; ``attrs`` are added to the file's global attributes.
+
+    Parameters
+    ----------
+    result
+        A computed Dataset, or a DataArray (written as one variable named
+        after it, else ``result``).
+    path
+        The results file; missing parent directories are made.
+    attrs
+        Extra global attributes.
+    overwrite
+        Replace an existing file (else :class:`FileExistsError`, and
+        nothing is written).
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
 
     Raises
     ------
+    FileExistsError
+        ``path`` exists and ``overwrite`` is False.
     PipelineError
         A variable name holds ``/`` (netCDF would make it a group).
 
@@ -216,6 +240,7 @@ def write_results(result: xr.Dataset | xr.DataArray, path: str | os.PathLike,
     >>> xr.open_dataset(out, engine="h5netcdf")["sum"].values
     array([1., 2.])
     """
+    check_writable(path, overwrite)
     ds = result.to_dataset(name=result.name or "result") if isinstance(result, xr.DataArray) else result
     bad = [str(name) for name in ds.variables if "/" in str(name)]
     if bad:
@@ -227,39 +252,49 @@ def write_results(result: xr.Dataset | xr.DataArray, path: str | os.PathLike,
         var.attrs = {k: _netcdf_attr(v) for k, v in var.attrs.items() if v is not None}
         var.encoding = {}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        ds.to_netcdf(partial, engine="h5netcdf", invalid_netcdf=True)
-        os.replace(partial, path)
-    finally:
-        if partial.exists():
-            partial.unlink()
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        ds.to_netcdf(tmp, engine="h5netcdf", invalid_netcdf=True)
     return path
 
 
 def run_batch(fn: Step, run: Any, out: str | os.PathLike, *, inputs: Inputs | None = None,
               cluster: Any = None, trains_per_block: int | None = None, progress: bool = True,
-              attrs: dict[str, Any] | None = None) -> Path:
+              attrs: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
     """``offline(fn, run)`` computed on ``cluster`` (or dask's default scheduler) and written to ``out``.
 
     Parameters
     ----------
+    fn, inputs, trains_per_block
+        As for :func:`~xfeldata.pipeline.offline`.
     run
         A Run, or a run directory to open.
+    out
+        The results file (:func:`write_results`).
     cluster
         A ``dask.distributed`` cluster (:func:`make_cluster`), or None.
+    progress
+        Show a progress bar of the blocks.
     attrs
         Extra global attributes; ``run``, ``trains``, ``created`` and the
         xfeldata version are always recorded.
+    overwrite
+        Replace an existing ``out``.  Without it an existing file is a
+        :class:`FileExistsError` before the run is opened or anything is
+        computed.
 
     Returns
     -------
     pathlib.Path
         The results file.
+
+    Raises
+    ------
+    FileExistsError
+        ``out`` exists and ``overwrite`` is False.
     """
     from .. import __version__, open_run
 
+    check_writable(out, overwrite)  # before the hour of computing, not after
     if isinstance(run, (str, os.PathLike)):
         run_path = str(run)
         run = open_run(run)
@@ -278,4 +313,4 @@ def run_batch(fn: Step, run: Any, out: str | os.PathLike, *, inputs: Inputs | No
             client.close()
     info = {"xfeldata_version": __version__, "run": run_path, "trains": int(computed.sizes["trainId"]),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    return write_results(computed, out, {**info, **(attrs or {})})
+    return write_results(computed, out, {**info, **(attrs or {})}, overwrite=overwrite)
