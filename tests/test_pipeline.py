@@ -249,6 +249,10 @@ def test_worker_that_keeps_dying_is_reported_and_no_file_written(agipd_raw_run, 
     assert list(tmp_path.glob("*.nc")) == [] and not list(tmp_path.glob(".r.nc*"))
 
 
+#: SLURMCluster settings of the tests: no dashboard port for test workers to share.
+NO_DASHBOARD = {"dashboard_address": None}
+
+
 def open_slurm_clusters() -> int:
     """How many SLURMClusters are alive in this process (each test closes those it starts)."""
     from dask_jobqueue import SLURMCluster
@@ -290,7 +294,7 @@ def test_slurm_refusing_the_job_script_is_a_clear_error_and_nothing_is_submitted
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(PipelineError, match=r"SLURM refused the job script \(sbatch --test-only exited with 1: "
                                             r"sbatch: error: invalid partition specified: upexx\); no job"):
-        make_cluster("slurm", queue="upexx", jobs=4)
+        make_cluster("slurm", queue="upexx", jobs=4, scheduler_options=NO_DASHBOARD)
     assert open_slurm_clusters() == 0
     (call,) = (tmp_path / "calls").read_text().splitlines()
     assert call.startswith("sbatch --test-only ")
@@ -308,14 +312,15 @@ def test_slurm_that_does_not_answer_is_a_clear_error_not_a_hang(tmp_path, monkey
     monkeypatch.setattr(batch, "SUBMIT_TEST_TIMEOUT", 0.5)
     started = time.monotonic()
     with pytest.raises(PipelineError, match=r"SLURM gave no answer in 0.5 s to sbatch --test-only"):
-        make_cluster("slurm", jobs=1)
+        make_cluster("slurm", jobs=1, scheduler_options=NO_DASHBOARD)
     assert time.monotonic() - started < 10 and open_slurm_clusters() == 0
 
 
 def test_slurm_jobs_are_submitted_after_sbatch_accepts_the_script(tmp_path, monkeypatch):
     fake_slurm(tmp_path, 'case "$1" in --test-only) exit 0;; esac\necho "Submitted batch job 42"')
     monkeypatch.setenv("PATH", str(tmp_path))
-    with make_cluster("slurm", queue="upex", cores=2, processes=2, memory="2GB", workers=4) as cluster:
+    with make_cluster("slurm", queue="upex", cores=2, processes=2, memory="2GB", workers=4,
+                      scheduler_options=NO_DASHBOARD) as cluster:
         deadline = time.monotonic() + TIMEOUT
         while len(cluster.workers) < 2 or any(w.job_id is None for w in cluster.workers.values()):
             assert time.monotonic() < deadline, cluster.workers
