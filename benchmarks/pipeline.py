@@ -129,7 +129,7 @@ def bench_offline(n_trains: int, workers: list[int], data: Path | None) -> None:
             with make_cluster("local", workers=n) as cluster:
                 t0 = time.perf_counter()
                 run_batch(fn, run, Path(tmp) / f"out{n}.nc", inputs=inputs, cluster=cluster,
-                          trains_per_block=2, progress=False)
+                          trains_per_block=2, progress=False, overwrite=True)
                 elapsed = time.perf_counter() - t0
             print(f"offline, {n} worker(s): {n_trains} trains in {elapsed:.1f} s = "
                   f"{n_trains / elapsed:.2f} trains/s, {nbytes / elapsed / 1e9:.2f} GB/s of raw pixels")

@@ -133,6 +133,19 @@ def test_write_results_replaces_atomically_and_keeps_values(tmp_path):
         write_results(ds.rename(x="SRC/key"), tmp_path / "bad.nc")
 
 
+def test_write_results_replaces_an_existing_file_only_with_overwrite(tmp_path):
+    ds = xr.Dataset({"x": ("trainId", np.arange(3.0))}, coords={"trainId": np.arange(10, 13, dtype=np.uint64)})
+    out = write_results(ds, tmp_path / "r.nc")
+    before = out.read_bytes()
+    with pytest.raises(FileExistsError, match=r"r\.nc exists; pass overwrite=True \(--overwrite\) to replace it"):
+        write_results(ds * 2, out)
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["r.nc"]
+    write_results(ds * 2, out, overwrite=True)
+    with xr.open_dataset(out, engine="h5netcdf") as back:
+        np.testing.assert_array_equal(back["x"].values, [0.0, 2.0, 4.0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.nc"]
+
+
 # -- batch ------------------------------------------------------------------------
 
 
@@ -155,6 +168,29 @@ def test_batch_refuses_one_file_for_several_runs(agipd_raw_run, irregular_run, s
     assert status == 2
     assert "gives the same file for several runs: put {run} in it" in capsys.readouterr().err
     assert list(tmp_path.glob("*.nc")) == []
+
+
+def test_batch_refuses_an_existing_results_file_before_computing(agipd_raw_run, tmp_path, capsys):
+    out = tmp_path / "r0001.nc"
+    out.write_text("an hour of work")
+    called = []
+
+    def fn(ds):
+        called.append(True)
+        return ds["present"].sum("module")
+
+    with pytest.raises(FileExistsError, match="r0001.nc exists; pass overwrite=True"):
+        run_batch(fn, tmp_path / "no-such-run", out, progress=False)   # refused before the run is opened
+    path = tmp_path / "reduce.py"
+    path.write_text("def fn(ds):\n    return ds['present'].sum('module')\n")
+    args = ["batch", str(path), str(agipd_raw_run), "--cluster", "none", "--out", str(out), "--quiet"]
+    assert main(args) == 2
+    assert "r0001.nc exists; pass overwrite=True (--overwrite) to replace it" in capsys.readouterr().err
+    assert out.read_text() == "an hour of work" and not called
+    assert main([*args, "--overwrite"]) == 0
+    with xr.open_dataset(out, engine="h5netcdf") as got:
+        assert got.attrs["trains"] == len(xd.open_run(agipd_raw_run).train_ids)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r0001.nc", "reduce.py"]
 
 
 DIES_ONCE = '''
@@ -213,7 +249,91 @@ def test_worker_that_keeps_dying_is_reported_and_no_file_written(agipd_raw_run, 
     assert list(tmp_path.glob("*.nc")) == [] and not list(tmp_path.glob(".r.nc*"))
 
 
-def test_slurm_job_script_holds_the_settings(capsys):
+#: SLURMCluster settings of the tests: no dashboard port for test workers to share.
+NO_DASHBOARD = {"dashboard_address": None}
+
+
+def open_slurm_clusters() -> int:
+    """How many SLURMClusters are alive in this process (each test closes those it starts)."""
+    from dask_jobqueue import SLURMCluster
+    from distributed.core import Status
+    from distributed.deploy.spec import SpecCluster
+
+    return sum(isinstance(c, SLURMCluster) and c.status != Status.closed for c in SpecCluster._instances)
+
+
+def fake_slurm(directory, sbatch: str) -> None:
+    """``sbatch`` (and ``scancel``) scripts in ``directory`` that log their arguments to ``calls``."""
+    log = directory / "calls"
+    for name, body in {"sbatch": sbatch, "scancel": "exit 0"}.items():
+        path = directory / name
+        path.write_text(f'#!/bin/sh\nprintf "{name} %s\\n" "$*" >> "{log}"\n{body}\n')
+        path.chmod(0o755)
+
+
+def test_slurm_without_sbatch_is_a_clear_error_before_anything_starts(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))   # no sbatch here, as on a laptop
+    with pytest.raises(PipelineError, match="submit command 'sbatch' is not found on PATH; SLURM jobs are "
+                                            "submitted from a login node.*--cluster local.*--dry-run"):
+        make_cluster("slurm", queue="upex", jobs=4, memory="256GB")
+    with pytest.raises(PipelineError, match="'sbatch' is not found on PATH"):
+        make_cluster("slurm", workers=2, jobs=0)
+    assert open_slurm_clusters() == 0
+    path = tmp_path / "photons.py"
+    path.write_text("def fn(ds):\n    return ds\n")
+    assert main(["batch", str(path), str(tmp_path / "r0001"), "--cluster", "slurm", "--queue", "upex",
+                 "--jobs", "4", "--memory", "256GB", "--out", str(tmp_path / "{run}.nc")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("xfeldata batch: error: cannot submit SLURM jobs: SLURM's submit command 'sbatch'")
+    assert open_slurm_clusters() == 0 and not list(tmp_path.glob("*.nc"))
+
+
+def test_slurm_refusing_the_job_script_is_a_clear_error_and_nothing_is_submitted(tmp_path, monkeypatch):
+    fake_slurm(tmp_path, 'echo "sbatch: error: invalid partition specified: upexx" >&2\nexit 1')
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(PipelineError, match=r"SLURM refused the job script \(sbatch --test-only exited with 1: "
+                                            r"sbatch: error: invalid partition specified: upexx\); no job"):
+        make_cluster("slurm", queue="upexx", jobs=4, scheduler_options=NO_DASHBOARD)
+    assert open_slurm_clusters() == 0
+    (call,) = (tmp_path / "calls").read_text().splitlines()
+    assert call.startswith("sbatch --test-only ")
+
+
+def test_slurm_that_does_not_answer_is_a_clear_error_not_a_hang(tmp_path, monkeypatch):
+    import sys
+
+    from xfeldata.pipeline import batch
+
+    sbatch = tmp_path / "sbatch"
+    sbatch.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(30)\n")   # killed at the timeout
+    sbatch.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(batch, "SUBMIT_TEST_TIMEOUT", 0.5)
+    started = time.monotonic()
+    with pytest.raises(PipelineError, match=r"SLURM gave no answer in 0.5 s to sbatch --test-only"):
+        make_cluster("slurm", jobs=1, scheduler_options=NO_DASHBOARD)
+    assert time.monotonic() - started < 10 and open_slurm_clusters() == 0
+
+
+def test_slurm_jobs_are_submitted_after_sbatch_accepts_the_script(tmp_path, monkeypatch):
+    fake_slurm(tmp_path, 'case "$1" in --test-only) exit 0;; esac\necho "Submitted batch job 42"')
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with make_cluster("slurm", queue="upex", cores=2, processes=2, memory="2GB", workers=4,
+                      scheduler_options=NO_DASHBOARD) as cluster:
+        deadline = time.monotonic() + TIMEOUT
+        while len(cluster.workers) < 2 or any(w.job_id is None for w in cluster.workers.values()):
+            assert time.monotonic() < deadline, cluster.workers
+            time.sleep(0.05)
+    assert open_slurm_clusters() == 0
+    calls = (tmp_path / "calls").read_text().splitlines()   # asked first, then 2 jobs of 2 workers
+    assert calls[0].startswith("sbatch --test-only ") and len(calls) == 5
+    assert all(c.startswith("sbatch ") and "--test-only" not in c for c in calls[1:3])
+    assert calls[3:] == ["scancel 42", "scancel 42"]
+
+
+def test_slurm_job_script_holds_the_settings(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))   # the job script is made without SLURM
     with make_cluster("slurm", queue="upex", cores=8, processes=4, memory="64GB", walltime="02:00:00",
                       jobs=0) as cluster:
         text = cluster.job_script()

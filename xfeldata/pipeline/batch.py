@@ -11,6 +11,8 @@ Failures are never a silent hole: a block that raises stops the run with its
 trains named; a worker that dies is replaced and its blocks retried by the
 scheduler (``distributed.scheduler.allowed-failures`` times), then the run
 stops with ``KilledWorker``.  No results file is left behind by a failed run.
+An existing results file is only replaced with ``overwrite=True``, and
+:func:`run_batch` refuses before it computes anything.
 
 Examples
 --------
@@ -23,6 +25,10 @@ Examples
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +36,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ..export.atomic import atomic_output, check_writable
 from .blocks import offline
 from .errors import PipelineError
 from .steps import Inputs, Step
@@ -48,6 +55,9 @@ SLURM_DEFAULTS: dict[str, Any] = {
     "local_directory": "/scratch",
 }
 
+#: Seconds SLURM may take to say whether it accepts a job script.
+SUBMIT_TEST_TIMEOUT = 60.0
+
 
 def make_cluster(kind: str = "local", *, workers: int | None = None, jobs: int = 1,
                  **slurm: Any) -> Any:
@@ -59,15 +69,33 @@ def make_cluster(kind: str = "local", *, workers: int | None = None, jobs: int =
         ``"local"``: a ``LocalCluster`` of ``workers`` processes (default:
         one per core), one thread each.  ``"slurm"``: a ``SLURMCluster`` that
         submits ``jobs`` jobs (``workers``, if given, is the total number of
-        worker processes instead).
+        worker processes instead).  With ``jobs=0`` and no ``workers``
+        nothing is submitted: the cluster only makes its job script.
     slurm
         ``SLURMCluster`` settings (``queue``, ``cores``, ``processes``,
         ``memory``, ``walltime``, ``local_directory``, ``account``,
         ``job_extra_directives``, ...) over :data:`SLURM_DEFAULTS`.
 
+    Raises
+    ------
+    PipelineError
+        ``"slurm"`` with jobs to submit, before any is submitted: SLURM's
+        submit command (dask-jobqueue's, ``sbatch``) is not on ``PATH`` (not a
+        login node of a SLURM cluster), or SLURM refuses the job script
+        (``sbatch --test-only``, e.g. an unknown partition; its message is
+        quoted) or gives no answer within :data:`SUBMIT_TEST_TIMEOUT` seconds.
+    ValueError
+        An unknown ``kind``.
+
+    Notes
+    -----
+    A job that SLURM accepts but that never starts its workers (it waits in
+    the queue, or fails on its node) is not detected: the scheduler waits for
+    its workers, as dask-jobqueue does.
+
     Examples
     --------
-    >>> with make_cluster("slurm", queue="upex", memory="128GB") as cluster:   # doctest: +SKIP
+    >>> with make_cluster("slurm", queue="upex", memory="128GB", jobs=0) as cluster:   # doctest: +SKIP
     ...     print(cluster.job_script())
     """
     if kind == "local":
@@ -80,13 +108,50 @@ def make_cluster(kind: str = "local", *, workers: int | None = None, jobs: int =
         from dask_jobqueue import SLURMCluster
 
         settings = {**SLURM_DEFAULTS, **{k: v for k, v in slurm.items() if v is not None}}
+        submit = shlex.split(SLURMCluster.job_cls.submit_command)  # ["sbatch"]
+        if (workers or jobs) and shutil.which(submit[0]) is None:
+            raise PipelineError(
+                f"cannot submit SLURM jobs: SLURM's submit command {submit[0]!r} is not found on PATH; "
+                "SLURM jobs are submitted from a login node of the cluster. Here, run on this machine's "
+                "cores (--cluster local, make_cluster('local')) or print the job script without "
+                "submitting it (--dry-run, cluster.job_script())")
         cluster = SLURMCluster(**settings)
+        if workers or jobs:
+            try:
+                _test_submission(cluster.job_script(), submit)
+            except BaseException:
+                cluster.close()
+                raise
         if workers:
             cluster.scale(n=workers)
         elif jobs:
             cluster.scale(jobs=jobs)
         return cluster
     raise ValueError(f"unknown cluster {kind!r}; use 'local' or 'slurm'")
+
+
+def _test_submission(job_script: str, submit: list[str]) -> None:
+    """Ask SLURM whether it would accept ``job_script`` (``sbatch --test-only``; nothing is submitted).
+
+    dask-jobqueue submits jobs in the background: a refused submission (a
+    wrong partition, account or limit) is only logged there, and the cluster
+    waits for workers that never come.  Asked first, SLURM's reason is an error.
+    """
+    timeout = SUBMIT_TEST_TIMEOUT
+    with tempfile.TemporaryDirectory(prefix="xfeldata-slurm-") as tmp:
+        script = Path(tmp) / "job.sh"
+        script.write_text(job_script)
+        command = [*submit, "--test-only", str(script)]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise PipelineError(f"SLURM gave no answer in {timeout:g} s to {submit[0]} --test-only "
+                                "(is its controller reachable from here?); no job was submitted") from None
+    if done.returncode != 0:
+        said = "; ".join(line.strip() for line in (done.stderr or done.stdout).splitlines() if line.strip())
+        raise PipelineError(f"SLURM refused the job script ({submit[0]} --test-only exited with "
+                            f"{done.returncode}: {said or 'no message'}); no job was submitted. Check the "
+                            "partition (--queue), cores, memory and walltime; --dry-run prints the script")
 
 
 def compute_with_progress(result: xr.Dataset | xr.DataArray, client: Any = None,
@@ -132,16 +197,37 @@ def _netcdf_attr(value: Any) -> Any:
 
 
 def write_results(result: xr.Dataset | xr.DataArray, path: str | os.PathLike,
-                  attrs: dict[str, Any] | None = None) -> Path:
+                  attrs: dict[str, Any] | None = None, *, overwrite: bool = False) -> Path:
     """Write a computed result as one netCDF-4 file (h5netcdf), atomically.
 
     The file is written under a temporary name in the same directory and
-    renamed when complete, so a file at ``path`` is always whole.  Attributes
-    netCDF cannot hold (None, booleans, mappings) are written as text or
-    integers; ``attrs`` are added to the file's global attributes.
+    renamed when complete, so a file at ``path`` is always whole, as every
+    xfeldata writer does (:func:`xfeldata.export.atomic.atomic_output`).
+    Attributes netCDF cannot hold (None, booleans, mappings) are written as
+    text or integers; ``attrs`` are added to the file's global attributes.
+
+    Parameters
+    ----------
+    result
+        A computed Dataset, or a DataArray (written as one variable named
+        after it, else ``result``).
+    path
+        The results file; missing parent directories are made.
+    attrs
+        Extra global attributes.
+    overwrite
+        Replace an existing file (else :class:`FileExistsError`, and
+        nothing is written).
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
 
     Raises
     ------
+    FileExistsError
+        ``path`` exists and ``overwrite`` is False.
     PipelineError
         A variable name holds ``/`` (netCDF would make it a group).
 
@@ -154,6 +240,7 @@ def write_results(result: xr.Dataset | xr.DataArray, path: str | os.PathLike,
     >>> xr.open_dataset(out, engine="h5netcdf")["sum"].values
     array([1., 2.])
     """
+    check_writable(path, overwrite)
     ds = result.to_dataset(name=result.name or "result") if isinstance(result, xr.DataArray) else result
     bad = [str(name) for name in ds.variables if "/" in str(name)]
     if bad:
@@ -165,39 +252,49 @@ def write_results(result: xr.Dataset | xr.DataArray, path: str | os.PathLike,
         var.attrs = {k: _netcdf_attr(v) for k, v in var.attrs.items() if v is not None}
         var.encoding = {}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        ds.to_netcdf(partial, engine="h5netcdf", invalid_netcdf=True)
-        os.replace(partial, path)
-    finally:
-        if partial.exists():
-            partial.unlink()
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        ds.to_netcdf(tmp, engine="h5netcdf", invalid_netcdf=True)
     return path
 
 
 def run_batch(fn: Step, run: Any, out: str | os.PathLike, *, inputs: Inputs | None = None,
               cluster: Any = None, trains_per_block: int | None = None, progress: bool = True,
-              attrs: dict[str, Any] | None = None) -> Path:
+              attrs: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
     """``offline(fn, run)`` computed on ``cluster`` (or dask's default scheduler) and written to ``out``.
 
     Parameters
     ----------
+    fn, inputs, trains_per_block
+        As for :func:`~xfeldata.pipeline.offline`.
     run
         A Run, or a run directory to open.
+    out
+        The results file (:func:`write_results`).
     cluster
         A ``dask.distributed`` cluster (:func:`make_cluster`), or None.
+    progress
+        Show a progress bar of the blocks.
     attrs
         Extra global attributes; ``run``, ``trains``, ``created`` and the
         xfeldata version are always recorded.
+    overwrite
+        Replace an existing ``out``.  Without it an existing file is a
+        :class:`FileExistsError` before the run is opened or anything is
+        computed.
 
     Returns
     -------
     pathlib.Path
         The results file.
+
+    Raises
+    ------
+    FileExistsError
+        ``out`` exists and ``overwrite`` is False.
     """
     from .. import __version__, open_run
 
+    check_writable(out, overwrite)  # before the hour of computing, not after
     if isinstance(run, (str, os.PathLike)):
         run_path = str(run)
         run = open_run(run)
@@ -216,4 +313,4 @@ def run_batch(fn: Step, run: Any, out: str | os.PathLike, *, inputs: Inputs | No
             client.close()
     info = {"xfeldata_version": __version__, "run": run_path, "trains": int(computed.sizes["trainId"]),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    return write_results(computed, out, {**info, **(attrs or {})})
+    return write_results(computed, out, {**info, **(attrs or {})}, overwrite=overwrite)

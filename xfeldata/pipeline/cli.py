@@ -6,6 +6,7 @@ Examples
 
     $ xfeldata batch reduce.py r0001 r0002 --cluster local --workers 2
     $ xfeldata batch reduce.py r0001 --cluster slurm --queue upex --jobs 4 --dry-run
+    $ xfeldata batch reduce.py r0001 --cluster local --overwrite
     $ xfeldata live reduce.py tcp://127.0.0.1:4545 --publish tcp://127.0.0.1:4600
 """
 
@@ -34,6 +35,7 @@ def results_path(template: str, run: str, script: str) -> Path:
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
+    from ..export.atomic import check_writable
     from .batch import make_cluster, run_batch
     from .script import load_script
 
@@ -49,6 +51,8 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     outs = [results_path(args.out, run, script.name) for run in args.runs]
     if len(set(outs)) < len(outs):
         raise ValueError(f"--out {args.out!r} gives the same file for several runs: put {{run}} in it")
+    for out in outs:  # every run's, before any job is submitted or run computed
+        check_writable(out, args.overwrite)
     cluster = None if args.cluster == "none" else make_cluster(
         args.cluster, workers=args.workers, jobs=args.jobs, **slurm)
     try:
@@ -56,7 +60,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
             started = time.perf_counter()
             path = run_batch(script.fn, run, out, inputs=script.inputs, cluster=cluster,
                              trains_per_block=args.trains_per_block, progress=not args.quiet,
-                             attrs={"script": str(script.path)})
+                             attrs={"script": str(script.path)}, overwrite=args.overwrite)
             print(f"{run}: wrote {path} in {time.perf_counter() - started:.1f} s")
     finally:
         if cluster is not None:
@@ -111,7 +115,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trains-per-block", type=int, default=None, help="trains per task (default ~256 MiB)")
     p.add_argument("--out", default=DEFAULT_OUT,
                    help="results file, {run} and {script} filled in (default %(default)s)")
-    p.add_argument("--dry-run", action="store_true", help="print the SLURM job script and exit (default: run)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing results files (default: refuse before computing)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the SLURM job script and exit, submitting nothing (default: run)")
     p.add_argument("--quiet", action="store_true", help="no progress bar (default: a bar on a terminal)")
     p.set_defaults(func=_cmd_batch)
 
