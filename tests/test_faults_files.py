@@ -470,3 +470,23 @@ def test_fuzzed_index_arrays_give_an_error_naming_the_file_or_the_rows_on_disk(f
 
     check()
     assert len(examples) >= 40
+
+
+def test_a_key_some_files_of_its_source_lack_is_an_error_naming_the_file_without_it(tmp_path):
+    """keys() lists every key any file of the source has; reading one that a file lacks names that file
+    (it said "key onlylater is not in source ...; did you mean: onlylater?")."""
+    from xfeldata.testing import make_example
+
+    run_dir = make_example(tmp_path / "r0001", detector=None, n_trains=4, trains_per_sequence=2)
+    source = "SA1_XTD2_XGM/DOOCS/MAIN"
+    later = run_dir / "RAW-R0001-DA01-S00001.h5"
+    with h5py.File(later, "r+") as f:  # (this test's own run)
+        n = len(f["INDEX/trainId"])
+        f.create_dataset(f"CONTROL/{source}/onlylater/value", data=np.arange(n, dtype=np.float32))
+        f.create_dataset(f"CONTROL/{source}/onlylater/timestamp", data=np.zeros(n, np.uint64))
+    run = xd.open_run(run_dir)
+    assert "onlylater" in run.keys(source)
+    with pytest.raises(FileFormatError, match=r"S00000\.h5.*key onlylater is missing from this file, though other"):
+        run[source, "onlylater"].compute()
+    with pytest.raises(KeyError, match="not in source"):  # a key no file has: still the usual error
+        run[source, "nowhere"]

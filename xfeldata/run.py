@@ -573,7 +573,14 @@ class RunSelection:
         """Where a key is stored in one particular file of the run."""
         source = self.resolve_source(source)
         fi = self._files.files[file_no]
-        return self._file_key_info(fi.sources[source].keys, source, key)
+        try:
+            return self._file_key_info(fi.sources[source].keys, source, key)
+        except PropertyNameError:
+            self.key_info(source, key)  # not a key of the source at all: that error
+            raise FileFormatError(fi.path, f"source {source}: key {key} is missing from this file, though "
+                                  "other files of the source have it (a key must be in every file of its "
+                                  "source to be read; deselect it, or select the trains of the files that "
+                                  "have it)") from None
 
     def _selected_groups(self, source: str) -> tuple[str, ...]:
         """The index groups that hold the selected keys of a source."""
