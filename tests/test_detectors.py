@@ -322,6 +322,21 @@ def test_stack_detector_data_matches_the_dataset(agipd_raw_run):
     np.testing.assert_array_equal(stacked, ds["image.data"].sel(trainId=tid).values)
 
 
+def test_stack_detector_data_places_modules_of_per_frame_keys_as_extra_data_does():
+    """The default axis -3 counts modulo the stacked dims: 1-d keys (one value a frame) get the
+    modules last, as EXtra-data's function gives them."""
+    extra_data = pytest.importorskip("extra_data")
+    train = {f"SPB_DET_AGIPD1M-1/DET/{m}CH0:xtdf": {"image.cellId": np.arange(5, dtype=np.uint16) + m,
+                                                    "image.data": np.full((5, 2, 4, 3), m, np.uint16)}
+             for m in (0, 2, 3)}
+    for key in ("image.cellId", "image.data"):
+        ours, theirs = xd.stack_detector_data(train, key), extra_data.stack_detector_data(train, key)
+        assert ours.shape == theirs.shape
+        np.testing.assert_array_equal(ours, theirs, err_msg=key)
+    with pytest.raises(ValueError, match="axis 2 is out of range for 2-d"):
+        xd.stack_detector_data(train, "image.cellId", axis=2)
+
+
 # ----- choosing a detector, bad input ----------------------------------------------
 def test_detector_name_picks_among_several(detector_runs):
     paths = sorted(detector_runs["AGIPD1M"].glob("*.h5")) + sorted(detector_runs["LPD1M"].glob("*.h5"))

@@ -408,13 +408,18 @@ class TrainModules:
     def module_axis(self, axis: int) -> int:
         """``axis`` as a non-negative position in the stacked array.
 
+        A negative axis counts from the end modulo the stacked array's dims, as
+        EXtra-data's ``stack_detector_data`` counts it: the default -3 puts the
+        modules of a per-frame key (``image.cellId``, one value a frame) last,
+        ``(frames, modules)``.
+
         Raises
         ------
         ValueError
-            If the stacked array has no such axis.
+            If ``axis`` is past the stacked array's last axis.
         """
         ndim = len(self.shape) + 1
-        if not -ndim <= axis < ndim:
+        if axis >= ndim:
             raise ValueError(f"axis {axis} is out of range for {ndim}-d stacked data")
         return axis % ndim
 
