@@ -120,6 +120,32 @@ def detector_runs(tmp_path_factory) -> dict[str, Path]:
     return runs
 
 
+def with_junk_pulse_ids(run_dir: Path, dst: Path, junk: str = "shifted") -> Path:
+    """A copy of an LPD parallel-gain run whose gain stages 1 and 2 record junk pulse and cell IDs.
+
+    The synthetic writer gives every gain stage the pulse IDs of the first;
+    real LPD files record them only in the first third of each train
+    (EXtra-data: "the remaining 2/3 are junk").  ``junk="shifted"``: those
+    rows' IDs become ``1000 + ID + 100 * stage`` (no ID repeats within a train);
+    ``"zeros"``: 0 (IDs repeat).
+    """
+    copy_run(run_dir, dst)
+    for path in sorted(dst.glob("*LPD*.h5")):
+        with h5py.File(path, "r+") as f:
+            for source in f["INSTRUMENT/FXE_DET_LPD1M-1/DET"]:
+                base = f"FXE_DET_LPD1M-1/DET/{source}"
+                counts = f[f"INDEX/{base}/image/count"][()].astype(np.int64)
+                position = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+                stage = position // np.repeat(counts // 3, counts)
+                for key in ("pulseId", "cellId"):
+                    ids = f[f"INSTRUMENT/{base}/image/{key}"]
+                    values = ids[()]
+                    shifted = 1000 + values[:, 0].astype(np.int64) + 100 * stage
+                    values[stage > 0, 0] = 0 if junk == "zeros" else shifted[stage > 0]
+                    ids[...] = values
+    return dst
+
+
 @pytest.fixture(scope="session")
 def slow_only_run(tmp_path_factory) -> Path:
     """A run without detector: slow and instrument sources only (``DA01`` and ``DA02``).
@@ -242,6 +268,40 @@ def extra_data_runs(tmp_path_factory) -> dict[str, Path]:
         _fill_with_values(run_dir, EXTRA_DATA_FILLED_ELEMENTS)
         runs[name] = run_dir
     return runs
+
+
+#: Modules and trains of ``extra_data_lpd_parallel_gain`` that hold values (every frame of them).
+LPD_PARALLEL_GAIN_MODULES, LPD_PARALLEL_GAIN_TRAINS = [0, 9], 2
+
+
+def lpd_parallel_gain_frames(module: int, rows: np.ndarray) -> np.ndarray:
+    """The frames ``(len(rows), 1, 256, 256)`` that ``extra_data_lpd_parallel_gain`` writes in
+    ``rows`` of ``module``: a value of each row's own plus a pixel pattern."""
+    ss, fs = np.ogrid[:256, :256]
+    pattern = ((ss + 2 * fs) % 5 * 10000).astype(np.uint16)
+    code = (1 + module * 1000 + np.asarray(rows)).astype(np.uint16)
+    return (pattern + code[:, None, None])[:, None]
+
+
+@pytest.fixture(scope="session")
+def extra_data_lpd_parallel_gain(tmp_path_factory) -> Path:
+    """EXtra-data's mock LPD-1M parallel-gain run (``make_lpd_parallelgain_run``): run dir.
+
+    16 modules, 100 trains of 300 frames (100 pulses x 3 gain stages, stage by
+    stage), pulse and cell IDs 0..299 in every train as in real files (only the
+    first third is valid).  Every frame of the first
+    :data:`LPD_PARALLEL_GAIN_TRAINS` trains of :data:`LPD_PARALLEL_GAIN_MODULES`
+    holds :func:`lpd_parallel_gain_frames`; the rest stays 0.
+    """
+    make_examples = pytest.importorskip("extra_data.tests.make_examples")
+    run_dir = tmp_path_factory.mktemp("extra_data_lpd_parallel_gain")
+    make_examples.make_lpd_parallelgain_run(str(run_dir))
+    rows = np.arange(300 * LPD_PARALLEL_GAIN_TRAINS)
+    for module in LPD_PARALLEL_GAIN_MODULES:
+        with h5py.File(run_dir / f"RAW-R0450-LPD{module:02d}-S00000.h5", "r+") as f:
+            f[f"INSTRUMENT/FXE_DET_LPD1M-1/DET/{module}CH0:xtdf/image/data"][rows] = \
+                lpd_parallel_gain_frames(module, rows)
+    return run_dir
 
 
 #: Parameters of the ``analysis_runs`` pair: AGIPD-1M modules with a gap in the numbering.

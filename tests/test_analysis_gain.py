@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import FIRST_TRAIN_ID
+from conftest import FIRST_TRAIN_ID, with_junk_pulse_ids
 
 import xfeldata as xd
 from xfeldata import analysis
@@ -23,18 +23,27 @@ JF_MODULES, JF_CELLS = [1, 2], 2
 SHIFT = 100  # ADU per stage
 
 
-def _run(factory, name, detector, **kwargs):
-    path = make_example(factory.mktemp(name) / "r0001", detector=detector, first_train_id=FIRST_TRAIN_ID,
+def _path(factory, name, detector, **kwargs):
+    return make_example(factory.mktemp(name) / "r0001", detector=detector, first_train_id=FIRST_TRAIN_ID,
                         slow_sources=False, **kwargs)
-    return xd.open_run(path).detector()
+
+
+def _run(factory, name, detector, **kwargs):
+    return xd.open_run(_path(factory, name, detector, **kwargs)).detector()
 
 
 @pytest.fixture(scope="module")
-def lpd(tmp_path_factory):
-    """LPD-1M in parallel-gain mode (3 stages per pulse): ``{"dark": det, "data": det}``."""
+def lpd_dirs(tmp_path_factory):
+    """LPD-1M runs in parallel-gain mode (3 stages per pulse): ``{"dark": dir, "data": dir}``."""
     common = dict(modules=LPD_MODULES, frames_per_train=LPD_PULSES, lpd_parallel_gain=True)
-    return {"dark": _run(tmp_path_factory, "lpd_dark", "LPD1M", n_trains=8, dark=True, **common),
-            "data": _run(tmp_path_factory, "lpd_data", "LPD1M", n_trains=3, **common)}
+    return {"dark": _path(tmp_path_factory, "lpd_dark", "LPD1M", n_trains=8, dark=True, **common),
+            "data": _path(tmp_path_factory, "lpd_data", "LPD1M", n_trains=3, **common)}
+
+
+@pytest.fixture(scope="module")
+def lpd(lpd_dirs):
+    """The detector Datasets of ``lpd_dirs``: ``{"dark": det, "data": det}``."""
+    return {name: xd.open_run(path).detector() for name, path in lpd_dirs.items()}
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +117,21 @@ def test_lpd_invalid_stage_bits_are_nan_and_not_present(lpd):
     assert not frame["present"].values[:10].any() and (frame["image.gain"].values[:10] == 255).all()
     bad = constants["bad_pixels"].sel(module=LPD_MODULES[0], cell=1, gain_stage=2).values
     np.testing.assert_array_equal(frame["present"].values[10:], ~bad[10:])
+
+
+def test_lpd_files_with_junk_ids_given_parallel_gain_give_the_same_constants_and_corrections(
+        lpd, lpd_dirs, tmp_path):
+    """Real LPD files record valid pulse and cell IDs only in each train's first third:
+    read with ``parallel_gain=True`` they give the constants and corrected frames of
+    files whose stages repeat the IDs."""
+    trains = {"dark": slice(0, 3), "data": [0]}   # a few trains are enough to tell
+    junk = {name: xd.open_run(with_junk_pulse_ids(path, tmp_path / name)).isel(trainId=trains[name])
+            .detector(parallel_gain=True) for name, path in lpd_dirs.items()}
+    clean = {name: lpd[name].isel(trainId=trains[name]) for name in lpd}
+    constants = analysis.dark_constants(junk["dark"]).compute()
+    xr.testing.assert_identical(constants, analysis.dark_constants(clean["dark"]).compute())
+    xr.testing.assert_identical(analysis.calibrate(junk["data"], constants).compute(),
+                                analysis.calibrate(clean["data"], constants).compute())
 
 
 @pytest.mark.usefixtures("kernels")

@@ -14,7 +14,8 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-from conftest import DETECTOR_RUN_MODULES, FIRST_TRAIN_ID
+import xarray as xr
+from conftest import DETECTOR_RUN_MODULES, FIRST_TRAIN_ID, with_junk_pulse_ids
 from h5ref import h5_rows
 
 import xfeldata as xd
@@ -160,6 +161,79 @@ def test_lpd_parallel_gain_has_a_gain_dimension_of_three(detector_runs):
             order = np.argsort(pids[: len(pids) // 3])
             for stage in range(3):
                 np.testing.assert_array_equal(values[ti, :, mi, stage], stages[stage][order])
+
+
+# ----- LPD parallel gain: which frames are which gain stage -------------------------
+# Real LPD files record valid pulse and cell IDs only in the first third of each
+# train (``with_junk_pulse_ids``); ``parallel_gain=True`` says the thirds are the
+# gain stages, None recognises them where the thirds repeat the same IDs.
+LPD = "FXE_DET_LPD1M-1"
+
+
+@pytest.fixture(scope="module")
+def lpd_junk_ids(tmp_path_factory, detector_runs):
+    """``detector_runs["LPD1M-parallel"]`` with junk IDs in gain stages 1 and 2: ``{"shifted", "zeros"}`` -> dir."""
+    return {junk: with_junk_pulse_ids(detector_runs["LPD1M-parallel"], tmp_path_factory.mktemp(f"lpd_{junk}"), junk)
+            for junk in ("shifted", "zeros")}
+
+
+@pytest.mark.parametrize("dask", [True, False])
+def test_parallel_gain_true_labels_all_three_stages_by_the_first_thirds_ids(detector_runs, lpd_junk_ids, dask):
+    """With junk IDs, ``parallel_gain=True`` gives the Dataset the clean files give: values,
+    ``present``, ``cellId`` and the ``gain`` axis; without it the junk IDs become pulses."""
+    clean = xd.open_run(detector_runs["LPD1M-parallel"]).detector(dask=dask)
+    assert clean.sizes["gain"] == 3 and clean["pulseId"].values.tolist() == [0, 1]
+    junk = xd.open_run(lpd_junk_ids["shifted"])
+    xr.testing.assert_identical(junk.detector(parallel_gain=True, dask=dask).compute(), clean.compute())
+    xr.testing.assert_identical(
+        xd.open_run(detector_runs["LPD1M-parallel"]).detector(parallel_gain=True, dask=dask).compute(),
+        clean.compute())
+    mixed = junk.detector(dask=dask)   # not recognised: 6 "pulses" mixing the stages
+    assert "gain" not in mixed.dims and mixed.sizes["pulseId"] == 6
+    assert junk.detector(parallel_gain=False, dask=dask).sizes == mixed.sizes
+
+
+def test_a_repeated_lpd_pulse_id_suggests_parallel_gain(lpd_junk_ids, detector_runs):
+    run = xd.open_run(lpd_junk_ids["zeros"])
+    with pytest.raises(ValueError, match=r"0CH0:xtdf: a pulse ID repeats within a train; .*parallel_gain=True"):
+        run.detector()
+    assert run.detector(parallel_gain=True).sizes["gain"] == 3
+    with pytest.raises(ValueError, match="repeats within a train; cannot label frames by pulse ID$"):
+        xd.open_run(detector_runs["LPD1M-parallel"]).detector(parallel_gain=False)   # never split
+
+
+def test_parallel_gain_needs_a_multiple_of_three_frames_in_every_train(detector_runs):
+    """``detector_runs["LPD1M"]`` has 2 frames per train."""
+    with pytest.raises(ValueError, match=f"{LPD}/DET/0CH0:xtdf: train {FIRST_TRAIN_ID} has 2 frames, "
+                                         "not a multiple of 3"):
+        xd.open_run(detector_runs["LPD1M"]).detector(parallel_gain=True)
+
+
+@pytest.mark.parametrize("kind", ["AGIPD1M", "DSSC1M", "JUNGFRAU"])
+def test_parallel_gain_is_only_for_lpd(detector_runs, kind):
+    run = xd.open_run(detector_runs[kind])
+    with pytest.raises(ValueError, match=f"parallel_gain=True is for LPD detectors.*{kind} has no such"):
+        run.detector(parallel_gain=True)
+    xr.testing.assert_identical(run.detector(parallel_gain=False), run.detector())
+    with pytest.raises(TypeError, match="parallel_gain must be None, True or False"):
+        run.detector(parallel_gain="yes")
+
+
+def test_parallel_gain_pulse_selections_keep_every_stage_of_the_pulses_chosen(lpd_junk_ids, detector_runs):
+    """By ID (the first third's IDs) and by position within a stage, as without junk IDs."""
+    run = xd.open_run(lpd_junk_ids["shifted"])
+    full = run.detector(parallel_gain=True).compute()
+    for pulses, expected in [(by_id[[1]], [1]), (by_id[0:0], [0]), (by_index[-1], [1]), (by_index[:1], [0])]:
+        part = run.detector(parallel_gain=True, pulses=pulses)
+        xr.testing.assert_identical(part.compute(), full.sel(pulseId=expected))
+        assert part["present"].values.all()
+    with pytest.raises(ValueError, match="pulse ID 1000 is not in"):   # a junk ID labels nothing
+        run.detector(parallel_gain=True, pulses=by_id[[1000]])
+    with pytest.raises(ValueError, match="position 2 is beyond every train"):
+        run.detector(parallel_gain=True, pulses=by_index[[2]])
+    # recognised without the option, a position counts within a stage too
+    clean = xd.open_run(detector_runs["LPD1M-parallel"])
+    xr.testing.assert_identical(clean.detector(pulses=by_index[:1]).compute(), full.sel(pulseId=[0]))
 
 
 # ----- raw and corrected, names and files ------------------------------------------

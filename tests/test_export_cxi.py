@@ -11,6 +11,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
+from conftest import with_junk_pulse_ids
 
 import xfeldata as xd
 from xfeldata.analysis import select_frames
@@ -212,6 +213,19 @@ def test_raw_lpd_and_dssc_frames_map_without_their_length_one_axis(detector_runs
             data = f["entry_1/data_1/data"]
             assert data.is_virtual == virtual and data.attrs["axes"] == "experiment_identifier:module_identifier:y:x"
             np.testing.assert_array_equal(data[:], det["image.data"].values.reshape(data.shape))
+
+
+def test_lpd_parallel_gain_is_written_with_its_stages_but_not_as_virtual_rows(detector_runs, tmp_path):
+    """Each pulse is 3 rows of the files (one per gain stage), which one virtual frame cannot map;
+    real files' junk IDs in stages 1 and 2 (``parallel_gain=True``) make no difference."""
+    junk = with_junk_pulse_ids(detector_runs["LPD1M-parallel"], tmp_path / "junk")
+    for run_dir, options in ((detector_runs["LPD1M-parallel"], {}), (junk, {"parallel_gain": True})):
+        det = xd.open_run(run_dir).detector(**options)
+        with pytest.raises(ValueError, match="several rows .*use virtual=False"):
+            xd.write_cxi(det, tmp_path / "v.cxi", virtual=True)
+        with h5py.File(xd.write_cxi(det, tmp_path / "f.cxi", overwrite=True)) as f:
+            frames = det["image.data"].values.reshape(-1, 2, 3, 256, 256)   # (train, pulse) frames
+            np.testing.assert_array_equal(f["entry_1/data_1/data"][:], frames)
 
 
 def test_what_is_not_a_detector_dataset_is_refused_by_name(agipd_raw_run, tmp_path):

@@ -11,8 +11,11 @@ dimensions where a component gives ``train``/``pulse``.
 
 from __future__ import annotations
 
+import h5py
 import numpy as np
 import pytest
+import xarray as xr
+from conftest import LPD_PARALLEL_GAIN_MODULES, LPD_PARALLEL_GAIN_TRAINS, lpd_parallel_gain_frames
 
 import xfeldata as xd
 
@@ -278,3 +281,70 @@ def test_trains_has_a_length_for_progress_bars(extra_data_runs):
     assert len(run.trains(train_range=xd.by_id[10001:10003])) == 3
     trains = run.select("FXE_DET_LPD1M-1/DET/1CH0:xtdf").trains(require_all=True)
     assert len(trains) == 4 == len(list(trains))  # module 1 misses train 10002
+
+
+# ----- LPD parallel gain: 3 gain stages per pulse, junk IDs after the first third ----
+#: Rows of pixels compared (the frames are large; the fixture's pixel pattern varies within them).
+LPD_ROI = slice(0, 16)
+
+
+def test_lpd_parallel_gain_agrees_with_the_component_and_the_rows_on_disk(extra_data_lpd_parallel_gain):
+    """``parallel_gain=True`` reads real LPD parallel-gain files as ``LPD1M(..., parallel_gain=True)``.
+
+    Each train stores 300 frames: pulses 0..99 in high, then medium, then low
+    gain, with pulse and cell IDs 0..299 (only the first 100 are valid).  Both
+    libraries give a gain axis of 3 and pulses 0..99, the same frames in the
+    same places, and those are the rows on disk: row ``stage * 100 + i`` of a
+    train is pulse ``i`` in gain stage ``stage``.
+    """
+    path, modules, n_trains = extra_data_lpd_parallel_gain, LPD_PARALLEL_GAIN_MODULES, LPD_PARALLEL_GAIN_TRAINS
+    ed_run = ed.RunDirectory(str(path), include="*LPD0[09]*").select_trains(np.s_[:n_trains])
+    theirs = components.LPD1M(ed_run, modules=modules, parallel_gain=True).get_array(
+        "image.data", roi=np.s_[LPD_ROI])
+    run = xd.open_run(path).isel(trainId=slice(0, n_trains))
+    ds = run.detector("FXE_DET_LPD1M-1", modules=modules, parallel_gain=True)
+    assert ds["image.data"].dims == ("trainId", "pulseId", "module", "gain", "slow_scan", "fast_scan")
+    assert ds["image.data"].shape == (n_trains, 100, len(modules), 3, 256, 256)
+    assert ds.attrs["frames_per_pulse"] == 3
+    np.testing.assert_array_equal(ds.pulseId, theirs.pulse)
+    np.testing.assert_array_equal(ds.pulseId, np.arange(100))
+    np.testing.assert_array_equal(ds.trainId, theirs.train)
+    ours = ds["image.data"].isel(slow_scan=LPD_ROI).transpose("module", "trainId", "gain", "pulseId", ...)
+    values = ours.values
+    assert values.dtype == theirs.dtype and values.shape == theirs.shape
+    assert np.array_equal(values, theirs.values)
+    assert ds["present"].values.all()
+
+    for j, module in enumerate(modules):
+        group = f"FXE_DET_LPD1M-1/DET/{module}CH0:xtdf/image"
+        with h5py.File(path / f"RAW-R0450-LPD{module:02d}-S00000.h5", "r") as f:
+            first, count = f[f"INDEX/{group}/first"][:n_trains], f[f"INDEX/{group}/count"][:n_trains]
+            for t in range(n_trains):
+                lo, hi = int(first[t]), int(first[t] + count[t])
+                pulse_ids = f[f"INSTRUMENT/{group}/pulseId"][lo:hi, 0]
+                cell_ids = f[f"INSTRUMENT/{group}/cellId"][lo:hi, 0]
+                assert len(np.unique(pulse_ids)) == 300   # junk IDs after the first third
+                np.testing.assert_array_equal(ds.pulseId, pulse_ids[:100])
+                np.testing.assert_array_equal(ds["cellId"].values[t, :, j], cell_ids[:100])
+                frames = f[f"INSTRUMENT/{group}/data"][lo:hi, 0, LPD_ROI]
+                assert np.array_equal(values[j, t], frames.reshape(3, 100, *frames.shape[1:]))
+                assert np.array_equal(frames, lpd_parallel_gain_frames(module, np.arange(lo, hi))[:, 0, LPD_ROI])
+
+    numpy = run.detector("FXE_DET_LPD1M-1", modules=modules, parallel_gain=True, dask=False)
+    picked = {"pulseId": [0, 57, 99], "slow_scan": LPD_ROI}
+    xr.testing.assert_identical(numpy.isel(picked).load(), ds.isel(picked).compute())
+
+
+def test_lpd_parallel_gain_pulse_selections_agree_with_the_component(extra_data_lpd_parallel_gain):
+    """A pulse selection picks pulses by the first third's IDs (or positions) and keeps all 3 stages."""
+    path, modules = extra_data_lpd_parallel_gain, LPD_PARALLEL_GAIN_MODULES[:1]
+    ed_run = ed.RunDirectory(str(path), include="*LPD00*").select_trains(np.s_[:1])
+    run = xd.open_run(path).isel(trainId=slice(0, 1))
+    for ours_sel, their_sel in [(xd.by_id[[3, 98]], ed.by_id[[3, 98]]), (xd.by_index[10:13], ed.by_index[10:13])]:
+        theirs = components.LPD1M(ed_run, modules=modules, parallel_gain=True).get_array(
+            "image.data", pulses=their_sel, roi=np.s_[:4, :4])
+        ds = run.detector("FXE_DET_LPD1M-1", modules=modules, parallel_gain=True, pulses=ours_sel)
+        np.testing.assert_array_equal(ds.pulseId, theirs.pulse)
+        ours = ds["image.data"].isel(slow_scan=slice(0, 4), fast_scan=slice(0, 4))
+        np.testing.assert_array_equal(ours.transpose("module", "trainId", "gain", "pulseId", ...), theirs)
+        assert ds["present"].values.all() and ds.sizes["gain"] == 3

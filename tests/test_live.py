@@ -308,9 +308,10 @@ def test_reordered_and_missing_frames_are_placed_by_pulse_id():
                             ds.compute().isel(trainId=[0], pulseId=[1, 3]))
 
 
-def parallel_gain(train, order) -> tuple[dict, dict]:
+def parallel_gain(train, order, junk_ids: bool = False) -> tuple[dict, dict]:
     """An LPD train whose frames are stored three times (gain stages 0, 1, 2: data + stage),
-    each stage with the frames ``order``."""
+    each stage with the frames ``order``; with ``junk_ids`` stages 1 and 2 record pulse and
+    cell IDs 500 + stage (as real LPD files record junk IDs after the first third)."""
     data, meta = train
     out = {}
     for source, props in data.items():
@@ -318,6 +319,9 @@ def parallel_gain(train, order) -> tuple[dict, dict]:
         for s in range(3):
             stage = {k: v[order] for k, v in props.items() if k.startswith("image.")}
             stage["image.data"] = stage["image.data"] + np.uint16(s)
+            if junk_ids and s:
+                for key in ("image.pulseId", "image.cellId"):
+                    stage[key] = np.full_like(stage[key], 500 + s)
             stages.append(stage)
         out[source] = {**props, **{k: np.concatenate([st[k] for st in stages]) for k in stages[0]}}
     return out, meta
@@ -336,6 +340,21 @@ def test_lpd_parallel_gain_in_order_and_reordered():
     reordered = fed([parallel_gain(sim.train(tids[0]), [2, 0, 1]),
                      parallel_gain(sim.train(tids[1]), [0, 1, 2])]).detector(modules=[0, 3])
     xr.testing.assert_identical(reordered, ds)
+
+
+def test_lpd_parallel_gain_with_junk_ids_is_stacked_by_the_first_thirds_ids():
+    """``parallel_gain=True`` as for files: the buffer gives the Dataset of trains whose
+    stages repeat their pulse IDs; without it the junk IDs repeat, and the error says what to pass."""
+    sim = Simulator("LPD", modules=[0, 3], frames=3, slow=False)
+    tids = [sim.first_train_id + i for i in range(2)]
+    clean = fed([parallel_gain(sim.train(t), [2, 0, 1]) for t in tids])
+    junk = fed([parallel_gain(sim.train(t), [2, 0, 1], junk_ids=True) for t in tids])
+    for kw in ({}, {"dask": False}, {"pulses": xd.by_index[1:]}, {"pulses": xd.by_id[[0, 2]]}):
+        xr.testing.assert_identical(junk.detector(parallel_gain=True, **kw).compute(),
+                                    clean.detector(**kw).compute())
+    assert clean.detector(pulses=xd.by_index[1:])["present"].values.all()
+    with pytest.raises(ValueError, match="repeats within a train.*pass parallel_gain=True"):
+        junk.detector()
 
 
 def _streams() -> dict[str, tuple[list, dict]]:

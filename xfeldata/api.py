@@ -189,13 +189,46 @@ class Run(RunSelection):
         """A multi-module detector as one stacked, lazy Dataset.
 
         See :func:`xfeldata.detectors.stacking.detector_dataset` for the options
-        (``modules``, ``fill_value``, ``require_all_modules``, ``pulses``, ``keys``,
-        ``target_bytes``).
+        and what they mean.
+
+        Parameters
+        ----------
+        name
+            The detector's device name, a glob or a part of it; None picks the only one.
+        **options
+            ``modules``, ``fill_value``, ``require_all_modules``, ``pulses``,
+            ``keys``, ``target_bytes``, ``dask`` and ``parallel_gain``: LPD's
+            parallel-gain mode, 3 gain stages of each pulse stored in sequence
+            in each train (a ``gain`` dimension of 3).  None (default)
+            recognises it where the three parts of each train repeat the same
+            pulse IDs; True splits every train's frames into 3 equal parts,
+            labelled by the first part's pulse and cell IDs (real LPD files
+            record junk IDs in the other two, as EXtra-data's
+            ``LPD1M(run, parallel_gain=True)`` reads them); False never splits.
+
+        Returns
+        -------
+        xarray.Dataset
+            ``image.data`` (and ``image.mask``, ``image.gain``) with dims
+            ``(trainId, pulseId, module, [gain,] slow_scan, fast_scan)``,
+            ``present (trainId, pulseId, module)`` and ``cellId``.
+
+        Raises
+        ------
+        KeyError
+            If the detector is not in the run.
+        ValueError
+            For inconsistent modules, pulses that no module has, a pulse ID
+            repeated within a train (for LPD the message suggests
+            ``parallel_gain=True``), ``parallel_gain=True`` for a detector
+            other than LPD or with a train whose frames are not a multiple of 3.
 
         Examples
         --------
         >>> ds = run.detector()                                   # doctest: +SKIP
         >>> ds["image.data"].sel(trainId=10000, module=3)         # doctest: +SKIP
+        >>> lpd = run.detector("FXE_DET_LPD1M-1", parallel_gain=True)   # doctest: +SKIP
+        >>> lpd["image.data"].isel(gain=0)                        # doctest: +SKIP
         """
         return detector_dataset(self, name, **options)
 

@@ -523,11 +523,13 @@ class LiveBuffer:
     def detector(self, name: str | None = None, *, modules: Sequence[int] | None = None,
                  fill_value: Any = None, require_all_modules: bool = False,
                  pulses: Any = None, keys: Sequence[str] | None = None,
-                 dask: bool = True, last: int | None = None) -> xr.Dataset:
+                 dask: bool = True, last: int | None = None,
+                 parallel_gain: bool | None = None) -> xr.Dataset:
         """The buffered trains of a multi-module detector, stacked as ``run.detector()`` does.
 
         Parameters are those of :func:`xfeldata.detectors.stacking.detector_dataset`
-        (``modules``, ``pulses``, ``require_all_modules``, ``fill_value``, ``keys``);
+        (``modules``, ``pulses``, ``require_all_modules``, ``fill_value``, ``keys``,
+        ``parallel_gain``);
         ``dask=False`` gives numpy variables, each frame copied once straight
         into place (the trains are in memory already), in the memory of
         earlier such arrays that nothing uses any more (the buffer keeps up
@@ -556,7 +558,7 @@ class LiveBuffer:
         >>> frames = buf.detector(last=1, dask=False)["image.data"][0].values   # doctest: +SKIP
         """
         return _detector(self._snapshot(last), name, modules, fill_value, require_all_modules, keys,
-                         pulses, dask, self._pool)
+                         pulses, dask, self._pool, parallel_gain)
 
     def dataset(self, sources: str = "*", keys: str = "*", last: int | None = None) -> xr.Dataset:
         """Every matching key of the buffered trains, as ``run.select(sources, keys).dataset()``.
@@ -828,7 +830,8 @@ def _cell_ids(frames: _Frames, cell_key: str) -> np.ndarray:
 
 def _detector(trains: list[tuple[int, TrainData]], name: str | None, modules: Sequence[int] | None,
               fill_value: Any, require_all_modules: bool, keys: Sequence[str] | None,
-              pulses: Any = None, dask: bool = True, pool: ArrayPool | None = None) -> xr.Dataset:
+              pulses: Any = None, dask: bool = True, pool: ArrayPool | None = None,
+              parallel_gain: bool | None = None) -> xr.Dataset:
     found = group_detector_sources({s for _, data in trains for s in data})
     device, sources = choose_detector(found, name, "the buffered trains")
     kind = detector_kind(device, list(sources)) or generic_kind(
@@ -884,10 +887,11 @@ def _detector(trains: list[tuple[int, TrainData]], name: str | None, modules: Se
         if m in mods and mods[m][0]]) for m in present_sources} if xtdf else {}
     first_info = infos.get(data_key) or next(iter(infos.values()))
     plan = plan_frames(kind, all_modules, counts, ids, pulses, kind.cells_in_row(first_info[0]),
-                       present_sources)
+                       present_sources, parallel_gain, train_ids)
     pulse_coord = plan.pulse_coord
     pids: dict[int, list[tuple[int, np.ndarray]]] = {}
     stages: dict[int, list[np.ndarray]] | None = {} if plan.stages else None
+    ids = plan.pulse_ids  # the IDs labelling the rows (parallel_gain=True: the first stage's)
     for m in ids:  # per train: the selected frames, their pulse IDs and gain stages
         pids[m] = []
         if stages is not None:

@@ -226,6 +226,10 @@ class FramePlan:
     cells_selected
         A row per train: which memory cells the pulse selection keeps (select
         them after stacking); None for a row per frame.
+    pulse_ids
+        Per module, the pulse ID that labels each row (a row per frame): the
+        recorded one, or with ``parallel_gain=True`` that of the row's pulse
+        in the train's first gain stage; empty for a row per train.
     """
 
     pulse_coord: np.ndarray
@@ -236,10 +240,20 @@ class FramePlan:
     n_stages: int
     present: np.ndarray
     cells_selected: np.ndarray | None
+    pulse_ids: dict[int, np.ndarray]
 
 
 def _parallel_gain_stages(counts: np.ndarray, pulse_ids: np.ndarray, stages: int) -> np.ndarray | None:
-    """Gain stage per row if every train stores its pulses ``stages`` times in sequence."""
+    """Gain stage per row if every train stores its pulses ``stages`` times in sequence.
+
+    Recognised only where the parts of every train repeat the same pulse IDs
+    (``parallel_gain=None``).
+
+    >>> _parallel_gain_stages(np.array([6, 0]), np.array([4, 6, 4, 6, 4, 6]), 3).tolist()
+    [0, 0, 1, 1, 2, 2]
+    >>> _parallel_gain_stages(np.array([6]), np.arange(6), 3) is None
+    True
+    """
     stage = np.zeros(len(pulse_ids), np.int64)
     start = 0
     for n in counts.tolist():
@@ -252,6 +266,40 @@ def _parallel_gain_stages(counts: np.ndarray, pulse_ids: np.ndarray, stages: int
             stage[start:start + n] = np.repeat(np.arange(stages), n // stages)
         start += n
     return stage
+
+
+def split_gain_stages(counts: np.ndarray, pulse_ids: np.ndarray, stages: int, what: str = "the module",
+                      train_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Gain stage and pulse ID of every row, each train's rows being ``stages`` equal parts.
+
+    What ``parallel_gain=True`` means: part ``s`` of a train's rows holds gain
+    stage ``s`` of every pulse, and the pulse IDs of the first part label all
+    parts (LPD records junk pulse and cell IDs in the other parts).
+
+    >>> stage, ids = split_gain_stages(np.array([6]), np.array([4, 6, 0, 0, 9, 9]), 3)
+    >>> stage.tolist(), ids.tolist()
+    ([0, 0, 1, 1, 2, 2], [4, 6, 4, 6, 4, 6])
+
+    Raises
+    ------
+    ValueError
+        If a train's row count is not a multiple of ``stages`` (the message
+        names ``what`` and the train's ID, from ``train_ids`` where given).
+    """
+    counts = np.asarray(counts, np.int64)
+    odd = np.flatnonzero(counts % stages)
+    if len(odd):
+        i = int(odd[0])
+        train = f"train {int(train_ids[i])}" if train_ids is not None else f"train at position {i}"
+        raise ValueError(f"{what}: {train} has {int(counts[i])} frames, not a multiple of {stages}; "
+                         f"parallel_gain=True needs every train to store {stages} gain stages of each "
+                         "pulse in sequence")
+    per_stage = np.repeat(counts // stages, counts)              # per row: pulses in its train
+    position = positions_within(counts)
+    stage = position // np.maximum(per_stage, 1)
+    first_row = np.repeat(np.cumsum(counts) - counts, counts)     # per row: its train's first row
+    ids = np.asarray(pulse_ids, np.int64)[first_row + position % np.maximum(per_stage, 1)]
+    return stage, ids
 
 
 def repeats_within_trains(counts: np.ndarray, pulse_ids: np.ndarray) -> bool:
@@ -274,7 +322,8 @@ def repeats_within_trains(counts: np.ndarray, pulse_ids: np.ndarray) -> bool:
 
 def plan_frames(kind: DetectorKind, modules: Sequence[int], counts: Mapping[int, np.ndarray],
                 pulse_ids: Mapping[int, np.ndarray], pulses: Any = None, n_cells: int = 1,
-                sources: Mapping[int, str] | None = None) -> FramePlan:
+                sources: Mapping[int, str] | None = None, parallel_gain: bool | None = None,
+                train_ids: np.ndarray | None = None) -> FramePlan:
     """The plan of the rows of the modules found, on the kept train axis.
 
     Parameters
@@ -294,14 +343,33 @@ def plan_frames(kind: DetectorKind, modules: Sequence[int], counts: Mapping[int,
         Memory cells in a row (a row per train).
     sources
         Module sources, for error messages.
+    parallel_gain
+        Gain stages stored in sequence (LPD's parallel-gain mode): None
+        recognises them where each train's rows are ``kind.gain_stages`` parts
+        repeating the same pulse IDs; True splits every train's rows into that
+        many equal parts, gain stages 0, 1, 2, labelled by the first part's
+        pulse IDs (see :func:`split_gain_stages`); False never splits.  With
+        gain stages, ``by_index`` positions count within a stage and a pulse
+        selected keeps all of its stages.
+    train_ids
+        The kept trains' IDs, for error messages.
 
     Raises
     ------
     ValueError
-        If a pulse ID repeats within a train (outside LPD's parallel gain), or
-        ``pulses`` names pulse IDs or positions that no module has (see
-        :func:`check_pulse_selection`).
+        If a pulse ID repeats within a train (within a gain stage), ``pulses``
+        names pulse IDs or positions that no module has (see
+        :func:`check_pulse_selection`), ``parallel_gain=True`` is given for a
+        kind without gain stages stored in sequence, or a train's rows cannot
+        be split into them.
+    TypeError
+        If ``parallel_gain`` is not None, True or False.
     """
+    if parallel_gain is not None and not isinstance(parallel_gain, bool | np.bool_):
+        raise TypeError(f"parallel_gain must be None, True or False, not {parallel_gain!r}")
+    if parallel_gain and kind.gain_stages == 1:
+        raise ValueError(f"parallel_gain=True is for LPD detectors, which can store 3 gain stages of "
+                         f"each pulse in sequence; {kind.name} has no such gain stages")
     n_trains = len(next(iter(counts.values()))) if counts else 0
     what = f"the {kind.name} modules"
     positions = {m: positions_within(c) for m, c in counts.items()}
@@ -315,23 +383,37 @@ def plan_frames(kind: DetectorKind, modules: Sequence[int], counts: Mapping[int,
         check_pulse_selection(pulses, {0: pulse_coord}, {0: pulse_coord}, what, "cell")
         return FramePlan(pulse_coord, 1, {m: np.ones(len(p), bool) for m, p in positions.items()},
                          {m: np.zeros(len(p), np.int64) for m, p in positions.items()}, None, 1,
-                         present, cells_selected)
+                         present, cells_selected, {})
 
+    def source(m: int) -> str:
+        return sources[m] if sources else f"module {m}"
+
+    n = kind.gain_stages
     ids = {m: np.asarray(pulse_ids[m], np.int64) for m in counts}
-    selected = {m: select_pulses(ids[m], positions[m], pulses) for m in counts}
-    check_pulse_selection(pulses, ids, positions, what)
     stages = None
-    if kind.gain_stages > 1:
-        found = {m: _parallel_gain_stages(counts[m], ids[m], kind.gain_stages) for m in counts}
+    if parallel_gain:
+        split = {m: split_gain_stages(counts[m], ids[m], n, source(m), train_ids) for m in counts}
+        stages, ids = {m: st for m, (st, _) in split.items()}, {m: i for m, (_, i) in split.items()}
+    elif parallel_gain is None and n > 1:
+        found = {m: _parallel_gain_stages(counts[m], ids[m], n) for m in counts}
         if all(s is not None for s in found.values()) and any(c.any() for c in counts.values()) \
                 and not all((s == 0).all() for s in found.values()):
             stages = found  # (all zero: each train's pulses stored once, not parallel gain)
-    if stages is None:
-        for m in counts:
-            if repeats_within_trains(counts[m], ids[m]):
-                what = sources[m] if sources else f"module {m}"
-                raise ValueError(f"{what}: a pulse ID repeats within a train; "
-                                 "cannot label frames by pulse ID")
+    if stages is not None:  # positions count within a gain stage: by_index selects pulses
+        positions = {m: p % np.maximum(np.repeat(np.asarray(counts[m], np.int64) // n, counts[m]), 1)
+                     for m, p in positions.items()}
+    selected = {m: select_pulses(ids[m], positions[m], pulses) for m in counts}
+    check_pulse_selection(pulses, ids, positions, what)
+    for m in counts:
+        first = stages[m] == 0 if stages is not None else slice(None)
+        if repeats_within_trains(np.asarray(counts[m]) // (n if stages is not None else 1), ids[m][first]):
+            where = "a gain stage of a train" if stages is not None else "a train"
+            hint = ""
+            if parallel_gain is None and n > 1 and stages is None:
+                hint = (f" (if this is parallel-gain data, {n} gain stages of each pulse stored in "
+                        "sequence, pass parallel_gain=True)")
+            raise ValueError(f"{source(m)}: a pulse ID repeats within {where}; "
+                             f"cannot label frames by pulse ID{hint}")
     chosen = [ids[m][selected[m]] for m in counts]
     pulse_coord = np.unique(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
     slots = {m: np.searchsorted(pulse_coord, ids[m]) for m in counts}
@@ -341,7 +423,7 @@ def plan_frames(kind: DetectorKind, modules: Sequence[int], counts: Mapping[int,
             row_train = np.repeat(np.arange(n_trains), counts[m])
             present[row_train[selected[m]], slots[m][selected[m]], j] = True
     return FramePlan(pulse_coord, len(pulse_coord), selected, slots, stages,
-                     kind.gain_stages if stages else 1, present, None)
+                     n if stages is not None else 1, present, None, ids)
 
 
 # ----- one train's modules side by side --------------------------------------

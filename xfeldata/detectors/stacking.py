@@ -146,7 +146,7 @@ def detector_dataset(
     run: RunSelection, name: str | None = None, *, modules: Sequence[int] | None = None,
     fill_value: Any = None, require_all_modules: bool = False, pulses: Any = None,
     keys: Sequence[str] | None = None, target_bytes: int = CHUNK_BYTES,
-    dask: bool = True,
+    dask: bool = True, parallel_gain: bool | None = None,
 ) -> xr.Dataset:
     """A multi-module detector as one lazy Dataset.
 
@@ -181,6 +181,17 @@ def detector_dataset(
         ``xarray.open_dataset`` gives without ``chunks``): selecting stays lazy
         and ``.values`` / ``.load()`` read the selection straight into one array,
         the fastest way to get a selection that fits in memory (``cellId`` too).
+    parallel_gain
+        LPD's parallel-gain mode, where each train stores every pulse 3 times
+        in sequence (high, medium, low gain) and a ``gain`` dimension of 3
+        holds the stages.  None (default): recognised where the three parts of
+        every train repeat the same pulse IDs.  True: each train's frames are
+        3 equal parts, gain stages 0, 1 and 2, labelled by the pulse and cell
+        IDs of the first part (real LPD files record junk IDs in the other
+        two, as EXtra-data's ``LPD1M(..., parallel_gain=True)`` reads them).
+        False: never split.  With gain stages, ``pulses`` selects pulses (by
+        ID, or ``by_index`` by position within a stage) and keeps all three
+        stages of each.
 
     Returns
     -------
@@ -192,15 +203,19 @@ def detector_dataset(
         train is ``present.any("pulseId")``), and
         ``cellId`` where recorded.  JUNGFRAU's ``data.adc``/``data.gain`` (and
         ``data.mask``) become ``image.data``/``image.gain`` (``image.mask``), as
-        the attr ``renamed_keys`` says.
+        the attr ``renamed_keys`` says.  The attr ``frames_per_pulse`` is 3
+        with LPD gain stages, else 1.
 
     Raises
     ------
     KeyError
         If the detector is not in the data (the message names those that are).
     ValueError
-        If the modules' data differ in dtype or shape, or ``pulses`` names pulse
-        IDs or positions that no module has.
+        If the modules' data differ in dtype or shape, ``pulses`` names pulse
+        IDs or positions that no module has, a pulse ID repeats within a train
+        (within a gain stage), ``parallel_gain=True`` is given for a detector
+        other than LPD, or a train's frames are not a multiple of 3 with it
+        (the message names the source and train ID).
     """
     device, sources = choose_detector(detector_sources(run), name)
     kind = detector_kind(device, list(sources)) or generic_kind(
@@ -240,7 +255,8 @@ def detector_dataset(
     first_info = infos[data_key] if data_key in infos else next(iter(infos.values()))
     n_cells = kind.cells_in_row(first_info.entry_shape)
     plan = plan_frames(kind, all_modules, {m: r.counts for m, r in rows.items()},
-                       {m: r.pulse_ids for m, r in rows.items()}, pulses, n_cells, present_sources)
+                       {m: r.pulse_ids for m, r in rows.items()}, pulses, n_cells, present_sources,
+                       parallel_gain, train_ids)
     selected, slots, stages = plan.selected, plan.slots, plan.stages
     n_slots = plan.n_slots
 

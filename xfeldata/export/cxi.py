@@ -337,6 +337,11 @@ def _virtual_layouts(frames: _Frames) -> dict[str, h5py.VirtualLayout]:
     if frames.pulse_dim != "pulseId":
         raise ValueError("write_cxi(virtual=True) maps frames by pulse ID: it needs an XTDF detector "
                          "(AGIPD, LPD, DSSC), not one with memory cells in a row; use virtual=False")
+    det = frames.det
+    if det.attrs.get("frames_per_pulse", 1) > 1 or (
+            str(det.attrs.get("kind", "")).startswith("LPD") and "gain" in det["image.data"].dims):
+        raise ValueError("write_cxi(virtual=True) maps a frame to one row of the files; LPD parallel gain "
+                         "stores each pulse in several rows (one per gain stage); use virtual=False")
     reads = {name: [r for b in _block_reads(frames.variable(name), name) for r in b.reads]
              for name in frames.names}
     paths = sorted({r.path for rs in reads.values() for r in rs})
