@@ -12,6 +12,7 @@ import stat
 import h5py
 import numpy as np
 import pytest
+import xarray as xr
 
 import xfeldata as xd
 from xfeldata.testing import synthetic as syn
@@ -252,3 +253,27 @@ def test_a_run_directory_keeps_a_pulse_selection_in_every_sequence_file(agipd_ra
     theirs = extra_data.RunDirectory(str(out))
     np.testing.assert_array_equal(theirs[AGIPD3, "image.data"].ndarray(),
                                   back[AGIPD3, "image.data"].values.reshape(-1, 2, 512, 128))
+
+
+@pytest.mark.parametrize("virtual", [False, True])
+def test_lpd_parallel_gain_frames_are_selected_by_pulse_with_all_their_stages(detector_runs, tmp_path, virtual):
+    """Real parallel-gain files record junk pulse IDs in gain stages 1 and 2: with parallel_gain=True
+    pulses= picks by the first stage's IDs (and positions within a stage) and keeps every stage."""
+    from conftest import with_junk_pulse_ids
+
+    run = xd.open_run(with_junk_pulse_ids(detector_runs["LPD1M-parallel"], tmp_path / "junk"))
+    full = run.detector(parallel_gain=True).compute()
+    for name, pulses, expected in [("id", xd.by_id[[1]], [1]), ("index", xd.by_index[:1], [0])]:
+        out = tmp_path / f"{name}.h5"
+        if virtual:
+            run.write_virtual(out, pulses=pulses, parallel_gain=True)
+        else:
+            run.write(out, pulses=pulses, parallel_gain=True)
+        back = xd.open_file(out).detector(parallel_gain=True).compute()
+        xr.testing.assert_equal(back["image.data"], full["image.data"].sel(pulseId=expected))
+    clean = xd.open_run(detector_runs["LPD1M-parallel"])  # stages recognised: a position counts within one
+    clean.write(tmp_path / "clean.h5", pulses=xd.by_index[:1])
+    xr.testing.assert_equal(xd.open_file(tmp_path / "clean.h5").detector()["image.data"].compute(),
+                            clean.detector(pulses=xd.by_index[:1])["image.data"].compute())
+    with pytest.raises(ValueError, match="parallel_gain=True is for LPD"):
+        xd.open_run(detector_runs["AGIPD1M"]).write(tmp_path / "a.h5", pulses=xd.by_index[:1], parallel_gain=True)

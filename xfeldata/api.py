@@ -154,15 +154,16 @@ class Run(RunSelection):
         return views.to_datatree(self)
 
     def write(self, path: PathLike, *, pulses: Any = None, trains_per_file: int | None = None,
-              overwrite: bool = False, progress: bool | None = None) -> Path:
+              overwrite: bool = False, progress: bool | None = None,
+              parallel_gain: bool | None = None) -> Path:
         """Write the selection in the facility's format (1.3), which EXtra-data and
         xfeldata open with the same trains and values: one file, or with a path
         ending in ``/`` (or an existing directory) a run directory split per
         aggregator and sequence.
 
         ``pulses`` keeps only some detector frames (as ``detector(pulses=...)``, or a
-        boolean ``(trainId, pulseId)`` DataArray).  See
-        :func:`xfeldata.export.facility.write_run`.
+        boolean ``(trainId, pulseId)`` DataArray; ``parallel_gain`` as for
+        :meth:`detector`).  See :func:`xfeldata.export.facility.write_run`.
 
         >>> run.select("SA1_XTD2_XGM/*").isel(trainId=slice(0, 10)).write("xgm.h5")  # doctest: +SKIP
         >>> run.write("r0001-hits/", pulses=hits)                                    # doctest: +SKIP
@@ -170,10 +171,10 @@ class Run(RunSelection):
         from .export.facility import TRAINS_PER_FILE, write_run
 
         return write_run(self, path, pulses=pulses, trains_per_file=trains_per_file or TRAINS_PER_FILE,
-                         overwrite=overwrite, progress=progress)
+                         overwrite=overwrite, progress=progress, parallel_gain=parallel_gain)
 
     def write_virtual(self, path: PathLike, *, pulses: Any = None, overwrite: bool = False,
-                      progress: bool | None = None) -> Path:
+                      progress: bool | None = None, parallel_gain: bool | None = None) -> Path:
         """Write one file of HDF5 virtual datasets over the run's files (no data copied),
         with real INDEX, METADATA and RUN sections; h5py and EXtra-data read it.
 
@@ -183,7 +184,8 @@ class Run(RunSelection):
         """
         from .export.virtual import write_virtual
 
-        return write_virtual(self, path, pulses=pulses, overwrite=overwrite, progress=progress)
+        return write_virtual(self, path, pulses=pulses, overwrite=overwrite, progress=progress,
+                             parallel_gain=parallel_gain)
 
     def detector(self, name: str | None = None, **options: Any) -> xr.Dataset:
         """A multi-module detector as one stacked, lazy Dataset.

@@ -243,15 +243,15 @@ class FramePlan:
     pulse_ids: dict[int, np.ndarray]
 
 
-def _parallel_gain_stages(counts: np.ndarray, pulse_ids: np.ndarray, stages: int) -> np.ndarray | None:
+def repeated_gain_stages(counts: np.ndarray, pulse_ids: np.ndarray, stages: int) -> np.ndarray | None:
     """Gain stage per row if every train stores its pulses ``stages`` times in sequence.
 
     Recognised only where the parts of every train repeat the same pulse IDs
     (``parallel_gain=None``).
 
-    >>> _parallel_gain_stages(np.array([6, 0]), np.array([4, 6, 4, 6, 4, 6]), 3).tolist()
+    >>> repeated_gain_stages(np.array([6, 0]), np.array([4, 6, 4, 6, 4, 6]), 3).tolist()
     [0, 0, 1, 1, 2, 2]
-    >>> _parallel_gain_stages(np.array([6]), np.arange(6), 3) is None
+    >>> repeated_gain_stages(np.array([6]), np.arange(6), 3) is None
     True
     """
     stage = np.zeros(len(pulse_ids), np.int64)
@@ -395,7 +395,7 @@ def plan_frames(kind: DetectorKind, modules: Sequence[int], counts: Mapping[int,
         split = {m: split_gain_stages(counts[m], ids[m], n, source(m), train_ids) for m in counts}
         stages, ids = {m: st for m, (st, _) in split.items()}, {m: i for m, (_, i) in split.items()}
     elif parallel_gain is None and n > 1:
-        found = {m: _parallel_gain_stages(counts[m], ids[m], n) for m in counts}
+        found = {m: repeated_gain_stages(counts[m], ids[m], n) for m in counts}
         if all(s is not None for s in found.values()) and any(c.any() for c in counts.values()) \
                 and not all((s == 0).all() for s in found.values()):
             stages = found  # (all zero: each train's pulses stored once, not parallel gain)

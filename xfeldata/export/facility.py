@@ -161,7 +161,7 @@ def new_file(run: RunSelection, path: Path, train_ids: np.ndarray, sequence: int
 
 def write_run(run: RunSelection, path: str | os.PathLike, *, pulses: Any = None,
               trains_per_file: int = TRAINS_PER_FILE, overwrite: bool = False,
-              progress: bool | None = None) -> Path:
+              progress: bool | None = None, parallel_gain: bool | None = None) -> Path:
     """Write the selection of ``run`` in the facility's format (1.3): one file, or a run directory.
 
     Parameters
@@ -176,12 +176,17 @@ def write_run(run: RunSelection, path: str | os.PathLike, *, pulses: Any = None,
         Keep only these frames of the detector modules: pulse IDs, ``by_id[...]``,
         ``by_index[...]`` (as ``run.detector(pulses=...)``), or a boolean DataArray
         with dims ``(trainId, pulseId[, module])``, True for the frames to keep.
+        Every gain stage of a kept LPD pulse is kept.
     trains_per_file
         Trains per sequence file of a run directory.
     overwrite
         Replace an existing output (else :class:`FileExistsError`).
     progress
         Show a progress bar (one step per key and file); default on a terminal.
+    parallel_gain
+        LPD's gain stages stored in sequence, for ``pulses``: as for
+        ``run.detector(parallel_gain=...)`` (True for real parallel-gain files,
+        whose later stages record junk pulse IDs).
 
     Returns
     -------
@@ -198,7 +203,7 @@ def write_run(run: RunSelection, path: str | os.PathLike, *, pulses: Any = None,
     """
     if trains_per_file < 1:
         raise ValueError(f"trains_per_file must be at least 1, not {trains_per_file}")
-    framed = check_frames(run, pulses) if pulses is not None else []
+    framed = check_frames(run, pulses, parallel_gain) if pulses is not None else []
     directory = is_directory_target(path)
     path = Path(path)
     if directory and path.is_dir() and not any(path.iterdir()):
@@ -216,7 +221,7 @@ def write_run(run: RunSelection, path: str | os.PathLike, *, pulses: Any = None,
             sub = run.sel(trainId=train_ids) if directory else run
             with new_file(run, target, train_ids, sequence) as f:
                 for source in sources:
-                    keep = kept_rows(sub, source, pulses) if source in framed else None
+                    keep = kept_rows(sub, source, pulses, parallel_gain) if source in framed else None
                     writers = _add_source(f, sub, source, keep)
                     for key, rows in writers.items():
                         group_keep = keep[0] if keep is not None and _group(key) == FRAME_GROUP else None

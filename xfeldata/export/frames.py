@@ -25,8 +25,8 @@ import numpy as np
 import xarray as xr
 
 from ..arrays import read_rows
-from ..detectors.kinds import match_detector_source
-from ..detectors.plan import check_pulse_selection, select_pulses
+from ..detectors.kinds import detector_kind_of_device, match_detector_source
+from ..detectors.plan import check_pulse_selection, repeated_gain_stages, select_pulses, split_gain_stages
 from ..run import RunSelection, positions_within
 
 __all__ = ["FRAME_GROUP", "frame_sources", "check_frames", "kept_rows"]
@@ -55,15 +55,36 @@ def _module(source: str) -> int:
     return match_detector_source(source)[1]
 
 
-def _frame_rows(run: RunSelection, source: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every ``image`` row of the source in the selected trains: train ID, pulse ID, position in its train."""
+def _frame_rows(run: RunSelection, source: str, parallel_gain: bool | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every ``image`` row of the source in the selected trains: train ID, pulse ID, position in its train.
+
+    LPD's gain stages stored in sequence (``parallel_gain`` as for
+    ``run.detector``): each row's pulse is that of the train's first stage,
+    and its position counts within its stage, as the detector plan labels them.
+    """
     pids, found = read_rows(run.select(source), source, "image.pulseId")
-    pids = pids.reshape(len(pids), -1)[:, 0] if pids.ndim > 1 else pids
+    pids = (pids.reshape(len(pids), -1)[:, 0] if pids.ndim > 1 else pids).astype(np.int64)
     counts = found.count.astype(np.int64)
-    return (np.repeat(found.train_ids, counts), pids.astype(np.int64), positions_within(counts))
+    positions = positions_within(counts)
+    n = _gain_stages(source)
+    stage = None
+    if parallel_gain:
+        stage, pids = split_gain_stages(counts, pids, n, source, found.train_ids)
+    elif parallel_gain is None and n > 1:
+        stage = repeated_gain_stages(counts, pids, n)
+    if stage is not None and stage.any():
+        positions = positions % np.maximum(np.repeat(counts // n, counts), 1)
+    return np.repeat(found.train_ids, counts), pids, positions
 
 
-def check_frames(run: RunSelection, pulses: Any) -> list[str]:
+def _gain_stages(source: str) -> int:
+    """Gain stages a module of this source's detector can store in sequence (LPD: 3; others 1)."""
+    kind = detector_kind_of_device(match_detector_source(source)[0])
+    return kind.gain_stages if kind is not None else 1
+
+
+def check_frames(run: RunSelection, pulses: Any, parallel_gain: bool | None = None) -> list[str]:
     """Check a frame selection against the selection; return the sources it applies to.
 
     Raises
@@ -78,6 +99,9 @@ def check_frames(run: RunSelection, pulses: Any) -> list[str]:
     if not sources:
         raise ValueError("pulses= selects frames of detector modules (an 'image' index group with "
                          "image.pulseId); the selection has none: select a detector's sources")
+    if parallel_gain and any(_gain_stages(s) == 1 for s in sources):
+        raise ValueError("parallel_gain=True is for LPD detectors, which can store 3 gain stages of each "
+                         "pulse in sequence; the selection has modules of another detector")
     if isinstance(pulses, xr.Dataset):
         raise TypeError("pulses= takes a boolean DataArray (trainId, pulseId[, module]), by_id[...] or "
                         "by_index[...], not a Dataset (select_frames' result is written with xd.write_cxi)")
@@ -93,7 +117,7 @@ def check_frames(run: RunSelection, pulses: Any) -> list[str]:
                         "so that its frames are labelled")
     ids, positions = {}, {}
     for source in sources:
-        _, ids[_module(source)], positions[_module(source)] = _frame_rows(run, source)
+        _, ids[_module(source)], positions[_module(source)] = _frame_rows(run, source, parallel_gain)
     device = match_detector_source(sources[0])[0]
     check_pulse_selection(pulses, ids, positions, f"the modules of {device} selected")
     return sources
@@ -124,8 +148,10 @@ def _mask_rows(mask: Any, module: int, train_ids: np.ndarray, pulse_ids: np.ndar
     return keep
 
 
-def kept_rows(run: RunSelection, source: str, pulses: Any) -> tuple[np.ndarray, np.ndarray]:
-    """The frames of ``source`` that ``pulses`` keeps in the selected trains.
+def kept_rows(run: RunSelection, source: str, pulses: Any, parallel_gain: bool | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """The frames of ``source`` that ``pulses`` keeps in the selected trains (every gain stage of a
+    pulse kept, for LPD's stages stored in sequence: ``parallel_gain`` as for ``run.detector``).
 
     Returns
     -------
@@ -135,7 +161,7 @@ def kept_rows(run: RunSelection, source: str, pulses: Any) -> tuple[np.ndarray, 
     counts
         Kept rows per selected train (zeros included).
     """
-    tids, pids, positions = _frame_rows(run, source)
+    tids, pids, positions = _frame_rows(run, source, parallel_gain)
     if _is_mask(pulses):
         keep = _mask_rows(pulses, _module(source), tids, pids)
     else:

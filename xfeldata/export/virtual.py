@@ -101,7 +101,8 @@ def _string_dtype(source: str, key: str, dtypes: list[np.dtype]) -> np.dtype:
 
 
 def write_virtual(run: RunSelection, path: str | os.PathLike, *, pulses: Any = None,
-                  overwrite: bool = False, progress: bool | None = None) -> Path:
+                  overwrite: bool = False, progress: bool | None = None,
+                  parallel_gain: bool | None = None) -> Path:
     """Write the selection of ``run`` as one file of virtual datasets over its files.
 
     Parameters
@@ -116,13 +117,15 @@ def write_virtual(run: RunSelection, path: str | os.PathLike, *, pulses: Any = N
         Replace an existing file (else :class:`FileExistsError`).
     progress
         Show a progress bar (one step per source); default on a terminal.
+    parallel_gain
+        LPD's gain stages stored in sequence, for ``pulses`` (as for write_run).
 
     Returns
     -------
     pathlib.Path
         The file written.
     """
-    framed = check_frames(run, pulses) if pulses is not None else []
+    framed = check_frames(run, pulses, parallel_gain) if pulses is not None else []
     path = Path(path)
     with atomic_output(path, overwrite=overwrite) as tmp, \
             new_file(run, tmp, run.train_ids, writer=_VirtualFileWriter) as f, \
@@ -130,7 +133,7 @@ def write_virtual(run: RunSelection, path: str | os.PathLike, *, pulses: Any = N
                  disable=not progress if progress is not None else None) as bar:
         f.file.attrs["virtual"] = "HDF5 virtual datasets over the run's files"
         for source in run.sources:
-            keep = kept_rows(run, source, pulses) if source in framed else None
+            keep = kept_rows(run, source, pulses, parallel_gain) if source in framed else None
             f.layouts = dict(
                 _layout(run, source, key, keep[0] if keep is not None and key.startswith(FRAME_GROUP + ".")
                         else None)
