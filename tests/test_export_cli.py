@@ -56,6 +56,17 @@ def test_detector_option_writes_the_stacked_dataset(irregular_run, tmp_path):
     xr.testing.assert_identical(open_export(tmp_path / "det.nc").compute(), det.compute())
 
 
+def test_parallel_gain_option_stacks_lpd_stages_by_the_first_thirds_ids(detector_runs, tmp_path, capsys):
+    from conftest import with_junk_pulse_ids
+
+    run_dir = with_junk_pulse_ids(detector_runs["LPD1M-parallel"], tmp_path / "junk")
+    assert export(run_dir, tmp_path / "det.nc", "nc", "--detector", "FXE_DET_LPD1M-1", "--parallel-gain") == 0
+    det = xd.open_run(run_dir).detector("FXE_DET_LPD1M-1", parallel_gain=True)
+    xr.testing.assert_identical(open_export(tmp_path / "det.nc").compute(), det.compute())
+    assert export(run_dir, tmp_path / "x.csv", "csv", "--parallel-gain") == 2
+    assert "--parallel-gain is for a detector's Dataset" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("fmt", ["csv", "json"])
 def test_tables_hold_the_control_values_exactly(irregular_run, picked, tmp_path, fmt):
     out = tmp_path / f"xgm.{fmt}"

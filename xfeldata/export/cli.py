@@ -95,6 +95,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--detector", default=None, metavar="NAME",
                    help="the detector (device name) for cxi and png (default: the only one); "
                         "for zarr, nc, npy, mat: write its stacked Dataset instead of the sources")
+    p.add_argument("--parallel-gain", action="store_true",
+                   help="LPD parallel-gain files: each train's frames are 3 gain stages of its pulses, "
+                        "labelled by the first third's pulse IDs (run.detector(parallel_gain=True))")
     p.add_argument("--geometry", default=None, metavar="FILE",
                    help="png: assemble the modules with this CrystFEL .geom file (default: module tiles side by side)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -107,6 +110,8 @@ def _check_options(args: argparse.Namespace) -> None:
                          "(use --select with the detector's sources)")
     if args.geometry is not None and args.fmt != "png":
         raise ValueError("--geometry is for --format png")
+    if args.parallel_gain and not (args.fmt in DETECTOR_FORMATS or args.detector is not None):
+        raise ValueError("--parallel-gain is for a detector's Dataset: --format cxi or png, or --detector")
 
 
 def _selection(args: argparse.Namespace) -> Any:
@@ -148,7 +153,7 @@ def _export(run: Any, args: argparse.Namespace, progress: bool) -> Any:
         table = run if args.select else formats.table_selection(run)
         return formats.write_table(table, args.out, fmt, **opts)
     if fmt in DETECTOR_FORMATS or args.detector is not None:
-        det = run.detector(args.detector)
+        det = run.detector(args.detector, **({"parallel_gain": True} if args.parallel_gain else {}))
         if fmt == "cxi":
             import xfeldata as xd
 
