@@ -199,6 +199,9 @@ def wire_dtype(dtype: np.dtype) -> str | dict[str, Any]:
     """A dtype as a 2.2 array header gives it: its name (``"<u2"`` style: ``str(dtype)``), or for a
     structured dtype the map of numpy's dict form, which ``np.dtype`` (and so the published
     ``karabo-bridge`` package's ``np.frombuffer``) reads back; ``str()`` of a structured dtype it cannot.
+    A field that is an array of a nested structure goes as ``[map, shape]``, which only
+    :func:`decode` reads (numpy takes no list for it; plain fields and their arrays, and nested
+    structures, the published package decodes too).
 
     >>> wire_dtype(np.dtype("uint16"))
     'uint16'

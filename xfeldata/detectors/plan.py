@@ -491,9 +491,10 @@ class TrainModules:
         """``axis`` as a non-negative position in the stacked array.
 
         A negative axis counts from the end modulo the stacked array's dims, as
-        EXtra-data's ``stack_detector_data`` counts it: the default -3 puts the
-        modules of a per-frame key (``image.cellId``, one value a frame) last,
-        ``(frames, modules)``.
+        EXtra-data's ``stack_detector_data`` counts the ones it takes: the
+        default -3 puts the modules of a per-frame key (``image.cellId``, one
+        value a frame) last, ``(frames, modules)``.  (EXtra-data refuses some
+        negative axes far below the first; they wrap here.)
 
         Raises
         ------
