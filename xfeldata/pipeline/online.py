@@ -41,6 +41,7 @@ import xarray as xr
 
 from ..bridge import LiveBuffer, Server
 from ..bridge.protocol import make_metadata
+from ..detectors.kinds import group_detector_sources
 from .steps import Inputs, Step, apply_step, default_inputs
 
 __all__ = ["Live", "LiveStats", "live", "result_train"]
@@ -147,6 +148,7 @@ class Live:
         self._done: deque[tuple[float, float]] = deque(maxlen=WINDOW)  # (publish time, lag)
         self._thread = threading.Thread(target=self._process, daemon=True, name="live-process")
         self._failure: BaseException | None = None
+        self._module_sources: dict[str, None] = {}  # detector modules of the trains seen, in order
 
     def start(self) -> Live:
         self._server.start()
@@ -179,7 +181,7 @@ class Live:
     def _apply(self, data: dict, metadata: dict, received: float) -> None:
         try:
             buf = LiveBuffer(self.input_endpoint, maxlen=1)  # this train only, never started
-            buf.add(data, metadata)
+            buf.add(self._with_every_module(data), metadata)
             result = apply_step(self.fn, self.inputs, buf)
             tid = int(buf.train_ids[-1])
             message = result_train(result.compute(), self.source, tid,
@@ -198,6 +200,15 @@ class Live:
             self._counts.published += 1
             self._done.append((now, now - received))
             self._cond.notify_all()
+
+    def _with_every_module(self, data: dict) -> dict:
+        """The train with every detector module seen so far, those it lacks as sources without
+        data: its Dataset then has their module slots (not present), as a run's has, so a
+        per-module result keeps its place (a module missing from one message shifted the rest)."""
+        for sources in group_detector_sources(data).values():
+            self._module_sources.update(dict.fromkeys(sources.values()))
+        missing = [s for s in self._module_sources if s not in data]
+        return {**data, **{s: {} for s in missing}} if missing else data
 
     # -- state -----------------------------------------------------------------
 
