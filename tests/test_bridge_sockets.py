@@ -417,6 +417,23 @@ def test_serve_stack_detector():
     assert meta[name]["source"] == name and "SA1_XTD2_XGM/DOOCS/MAIN" in data
 
 
+def test_serve_stack_detector_skips_a_train_whose_modules_cannot_stack_and_goes_on(caplog):
+    """One train whose modules hold different frame counts cannot be one array: that train is
+    left out with a warning naming it, and the stream goes on (it ended there)."""
+    sim = Simulator("AGIPD", modules=[0, 3], frames=2, slow=False)
+    trains = [sim.train(tid) for tid in (100, 101, 102)]
+    odd = trains[1][0]["SPB_DET_AGIPD1M-1/DET/3CH0:xtdf"]
+    for key in [k for k in odd if k.startswith("image.")]:
+        odd[key] = odd[key][:1]  # module 3: one frame of train 101, module 0 two
+    with caplog.at_level("WARNING", logger="xfeldata.bridge.server"), \
+            serve(trains, background=True, stack_detector=True) as handle:
+        with Client(handle.endpoint, timeout=10) as client:
+            got = [client.next()[1]["SPB_DET_AGIPD1M-1/CAL/APPEND"]["timestamp.tid"] for _ in range(2)]
+        assert handle.join(5)
+    assert got == [100, 102] and handle.unstackable == 1 and handle.error is None
+    assert "train 101 not sent: its modules cannot be stacked" in caplog.text
+
+
 @pytest.mark.parametrize(("detector", "kind", "modules", "key"),
                          [("AGIPD", "AGIPD1M", [0, 3], "image.data"),
                           ("JUNGFRAU", "JUNGFRAU", [1, 3], "data.adc")])

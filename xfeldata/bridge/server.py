@@ -51,7 +51,7 @@ import zmq
 from ..detectors.kinds import detector_kind_of_device, group_detector_sources
 from ..detectors.plan import plan_train_modules
 from ..run import RunSelection
-from .protocol import ENCODE_VERSIONS, ProtocolError, encode, make_metadata
+from .protocol import ENCODE_VERSIONS, ProtocolError, encode, make_metadata, train_id_of
 from .sockets import Throttle, limit_frames, recv_message
 
 __all__ = ["POLICIES", "Server", "ServerBusy", "ServerClosed", "Streamer",
@@ -531,6 +531,11 @@ class Streamer:
         The server (``endpoint``, ``sent``, ``dropped``).
     fed : int
         Trains handed to the server so far.
+    unstackable : int
+        Trains not sent with ``stack_detector=True`` because their modules could
+        not be stacked (frame counts or dtypes differing between modules; each
+        logged as a warning naming the train), where a run's ``detector()``
+        marks the frames a module lacks in ``present``.
 
     Examples
     --------
@@ -547,6 +552,7 @@ class Streamer:
                  rate: float | None, loop: bool, ntrains: int | None, stack_detector: bool) -> None:
         self.server = server
         self.fed = 0
+        self.unstackable = 0
         self.error: BaseException | None = None
         self._trains = trains
         self._rate = rate
@@ -585,7 +591,13 @@ class Streamer:
             if self._stop.is_set() or (self._ntrains is not None and self.fed >= self._ntrains):
                 return True
             if self._stack:
-                data, metadata = append_detector_modules(data, metadata)
+                try:
+                    data, metadata = append_detector_modules(data, metadata)
+                except ValueError as exc:  # one train's modules differ: that train, not the stream
+                    self.unstackable += 1
+                    log.warning("serve: train %s not sent: its modules cannot be stacked (%s)",
+                                train_id_of(metadata), exc)
+                    continue
             if self._rate:
                 delay = due - time.monotonic()
                 if delay > 0 and self._stop.wait(delay):
