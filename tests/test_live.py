@@ -110,6 +110,14 @@ def test_dropped_trains_evicted_and_gaps():
     assert list(ds.cell.values) == [0, 1]
 
 
+def test_trains_arriving_out_of_order_are_not_counted_missed():
+    """101 comes after 102: counted missed when 102 came, taken back when it arrives; 104 never comes."""
+    sim = Simulator("JUNGFRAU", modules=[1], frames=2, slow=False)
+    buf = receive([sim.train(t) for t in (100, 102, 101, 103, 105, 106)], 6, maxlen=10)
+    assert sorted(buf.train_ids) == [100, 101, 102, 103, 105, 106]
+    assert buf.trains_missed == 1 and buf.restarts == 0 and buf.trains_discarded == 0
+
+
 def test_live_jungfrau_detector_says_which_keys_it_renames():
     sim = Simulator("JUNGFRAU", modules=[1, 2], frames=2, slow=False)
     ds = receive([sim.train(t) for t in (100, 101)], 2).detector()

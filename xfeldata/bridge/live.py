@@ -35,7 +35,7 @@ import numbers
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +78,8 @@ DEFAULT_MAX_BYTES = 2 * 2**30
 #: A jump forward of more train IDs than this is counted in ``trains_missed``
 #: only once the next message confirms it (one bogus ID must not count 1.8e19).
 _LONG_JUMP = 1000
+#: Ranges of train IDs counted missed that a late arrival can still take back.
+_GAPS_KEPT = 64
 _VALUE_BYTES = 64  # what a non-array value is counted as in max_bytes
 
 
@@ -166,7 +168,8 @@ class LiveBuffer:
     discarded and counted in ``trains_discarded``.  A jump forward of more
     than 1000 train IDs counts as missed trains only if the next message
     goes on from it; a single bogus ID (e.g. 2**64-1) is evicted like any
-    other train.
+    other train.  A train counted missed that arrives later (out of order) is
+    filed and taken back from ``trains_missed``.
 
     Attributes
     ----------
@@ -226,8 +229,9 @@ class LiveBuffer:
         # In the order received (eviction order), with each train's byte count.
         self._trains: dict[int, tuple[TrainData, TrainData]] = {}
         self._sizes: dict[int, int] = {}
-        self._last: int | None = None  # train ID of the previous message
+        self._last: int | None = None  # the newest train ID of the messages so far
         self._jump: tuple[int, int] | None = None  # (ID before, gap) of an unconfirmed long jump
+        self._gaps: deque[tuple[int, int]] = deque(maxlen=_GAPS_KEPT)  # [first, stop) counted missed
         self._throttles = {kind: Throttle(log.warning)
                            for kind in ("malformed", "mismatched", "restart", "discarded")}
         self._cond = threading.Condition()
@@ -369,9 +373,12 @@ class LiveBuffer:
             before, gap = self._jump
             self._jump = None
             if tid > last:
-                self.trains_missed += gap  # the stream went on from the jump
+                self._missed(before + 1, last)  # the stream went on from the jump: gap IDs missed
             else:
                 last = before  # the jump was one bogus ID: go on from the ID before it
+        if tid < last and self._arrived_late(tid):
+            self._last = last  # a train counted missed came after all: the newest ID stays
+            return
         if tid < last:
             below = not self._trains or tid < min(self._trains)
             repeated = tid in self._trains and any(s in self._trains[tid][0] for s in data)
@@ -383,12 +390,33 @@ class LiveBuffer:
                            f"({len(self._trains)} buffered trains dropped)")
                 self._trains.clear()
                 self._sizes.clear()
+                self._gaps.clear()
+            else:
+                self._last = last  # a late train: the newest ID stays
         elif tid > last + 1:
             gap = tid - last - 1
             if gap <= _LONG_JUMP:
-                self.trains_missed += gap
+                self._missed(last + 1, tid)
             else:
                 self._jump = (last, gap)
+
+    def _missed(self, first: int, stop: int) -> None:
+        """Count train IDs ``first`` to ``stop - 1`` as missed (a later arrival takes one back)."""
+        if stop > first:
+            self.trains_missed += stop - first
+            self._gaps.append((first, stop))
+
+    def _arrived_late(self, tid: int) -> bool:
+        """If ``tid`` was counted missed, take it back (it came, out of order): True."""
+        for i, (first, stop) in enumerate(self._gaps):
+            if first <= tid < stop:
+                self.trains_missed -= 1
+                del self._gaps[i]
+                for part in ((first, tid), (tid + 1, stop)):
+                    if part[1] > part[0]:
+                        self._gaps.append(part)
+                return True
+        return False
 
     def _file(self, tid: int, source: str, props: Mapping[str, Any], meta: Mapping[str, Any]) -> bool:
         """Put one source in its train; False if the train is too old for the full buffer."""
