@@ -376,13 +376,11 @@ class LiveBuffer:
                 self._missed(before + 1, last)  # the stream went on from the jump: gap IDs missed
             else:
                 last = before  # the jump was one bogus ID: go on from the ID before it
-        if tid < last and self._arrived_late(tid):
-            self._last = last  # a train counted missed came after all: the newest ID stays
-            return
         if tid < last:
+            late = self._arrived_late(tid)  # a train counted missed, come after all
             below = not self._trains or tid < min(self._trains)
             repeated = tid in self._trains and any(s in self._trains[tid][0] for s in data)
-            if (below and tid < last - self.maxlen) or repeated:
+            if not late and ((below and tid < last - self.maxlen) or repeated):
                 self.restarts += 1
                 self.trains_evicted += len(self._trains)
                 self._warn("restart", f"live buffer: train IDs from {self.endpoint} went back from {last} "

@@ -264,6 +264,18 @@ def match_detector_source(source: str) -> tuple[str, int] | None:
     return None
 
 
+def detector_kind_of_source(source: str) -> DetectorKind | None:
+    """The detector kind of a module source, by its device's name; None for other sources.
+
+    >>> detector_kind_of_source("FXE_DET_LPD1M-1/DET/3CH0:xtdf").name
+    'LPD1M'
+    >>> detector_kind_of_source("SA1_XTD2_XGM/DOOCS/MAIN") is None
+    True
+    """
+    match = match_detector_source(source)
+    return detector_kind_of_device(match[0]) if match else None
+
+
 def group_detector_sources(sources: Iterable[str]) -> dict[str, dict[int, str]]:
     """The detector module sources among ``sources``: ``{device: {module: source}}``, sorted.
 

@@ -294,12 +294,53 @@ def split_gain_stages(counts: np.ndarray, pulse_ids: np.ndarray, stages: int, wh
         raise ValueError(f"{what}: {train} has {int(counts[i])} frames, not a multiple of {stages}; "
                          f"parallel_gain=True needs every train to store {stages} gain stages of each "
                          "pulse in sequence")
-    per_stage = np.repeat(counts // stages, counts)              # per row: pulses in its train
-    position = positions_within(counts)
-    stage = position // np.maximum(per_stage, 1)
-    first_row = np.repeat(np.cumsum(counts) - counts, counts)     # per row: its train's first row
-    ids = np.asarray(pulse_ids, np.int64)[first_row + position % np.maximum(per_stage, 1)]
+    per_stage = np.maximum(np.repeat(counts // stages, counts), 1)  # per row: pulses in its train
+    stage = positions_within(counts) // per_stage
+    first_row = np.repeat(np.cumsum(counts) - counts, counts)        # per row: its train's first row
+    ids = np.asarray(pulse_ids, np.int64)[first_row + positions_in_stage(counts, stages)]
     return stage, ids
+
+
+def positions_in_stage(counts: np.ndarray, stages: int) -> np.ndarray:
+    """0, 1, ... within each gain stage of each train's rows (``stages`` equal parts of a train):
+    what ``by_index`` counts with gain stages stored in sequence.
+
+    >>> positions_in_stage(np.array([6, 3]), 3).tolist()
+    [0, 1, 0, 1, 0, 1, 0, 0, 0]
+    """
+    counts = np.asarray(counts, np.int64)
+    return positions_within(counts) % np.maximum(np.repeat(counts // stages, counts), 1)
+
+
+def check_parallel_gain(kind: DetectorKind | None, parallel_gain: Any) -> None:
+    """Refuse a ``parallel_gain`` that is not None/True/False, or True for a detector without gain
+    stages stored in sequence (all but LPD)."""
+    if parallel_gain is not None and not isinstance(parallel_gain, bool | np.bool_):
+        raise TypeError(f"parallel_gain must be None, True or False, not {parallel_gain!r}")
+    if parallel_gain and (kind is None or kind.gain_stages == 1):
+        raise ValueError(f"parallel_gain=True is for LPD detectors, which can store 3 gain stages of "
+                         f"each pulse in sequence; {kind.name if kind else 'this detector'} has no such "
+                         "gain stages")
+
+
+def gain_stage_rows(counts: np.ndarray, pulse_ids: np.ndarray, stages: int, parallel_gain: bool | None,
+                    what: str = "the module", train_ids: np.ndarray | None = None
+                    ) -> tuple[np.ndarray | None, np.ndarray]:
+    """One module's rows: the gain stage of each (None where its train's rows are not gain stages
+    stored in sequence) and the pulse ID labelling each, as ``parallel_gain`` says (see
+    :func:`plan_frames`): True splits (:func:`split_gain_stages`), None recognises repeated
+    IDs (:func:`repeated_gain_stages`; may be all stage 0), False never splits.
+
+    >>> stage, ids = gain_stage_rows(np.array([3]), np.array([5, 6, 7]), 3, None)
+    >>> stage is None, ids.tolist()
+    (True, [5, 6, 7])
+    """
+    ids = np.asarray(pulse_ids, np.int64)
+    if parallel_gain:
+        return split_gain_stages(counts, ids, stages, what, train_ids)
+    if parallel_gain is None and stages > 1:
+        return repeated_gain_stages(counts, ids, stages), ids
+    return None, ids
 
 
 def repeats_within_trains(counts: np.ndarray, pulse_ids: np.ndarray) -> bool:
@@ -365,11 +406,7 @@ def plan_frames(kind: DetectorKind, modules: Sequence[int], counts: Mapping[int,
     TypeError
         If ``parallel_gain`` is not None, True or False.
     """
-    if parallel_gain is not None and not isinstance(parallel_gain, bool | np.bool_):
-        raise TypeError(f"parallel_gain must be None, True or False, not {parallel_gain!r}")
-    if parallel_gain and kind.gain_stages == 1:
-        raise ValueError(f"parallel_gain=True is for LPD detectors, which can store 3 gain stages of "
-                         f"each pulse in sequence; {kind.name} has no such gain stages")
+    check_parallel_gain(kind, parallel_gain)
     n_trains = len(next(iter(counts.values()))) if counts else 0
     what = f"the {kind.name} modules"
     positions = {m: positions_within(c) for m, c in counts.items()}
@@ -389,19 +426,15 @@ def plan_frames(kind: DetectorKind, modules: Sequence[int], counts: Mapping[int,
         return sources[m] if sources else f"module {m}"
 
     n = kind.gain_stages
-    ids = {m: np.asarray(pulse_ids[m], np.int64) for m in counts}
+    rows = {m: gain_stage_rows(counts[m], pulse_ids[m], n, parallel_gain, source(m), train_ids) for m in counts}
+    ids = {m: i for m, (_, i) in rows.items()}
+    found = {m: st for m, (st, _) in rows.items()}
     stages = None
-    if parallel_gain:
-        split = {m: split_gain_stages(counts[m], ids[m], n, source(m), train_ids) for m in counts}
-        stages, ids = {m: st for m, (st, _) in split.items()}, {m: i for m, (_, i) in split.items()}
-    elif parallel_gain is None and n > 1:
-        found = {m: repeated_gain_stages(counts[m], ids[m], n) for m in counts}
-        if all(s is not None for s in found.values()) and any(c.any() for c in counts.values()) \
-                and not all((s == 0).all() for s in found.values()):
-            stages = found  # (all zero: each train's pulses stored once, not parallel gain)
+    if parallel_gain or (all(s is not None for s in found.values()) and any(c.any() for c in counts.values())
+                         and not all((s == 0).all() for s in found.values())):
+        stages = found  # (recognised all zero: each train's pulses stored once, not parallel gain)
     if stages is not None:  # positions count within a gain stage: by_index selects pulses
-        positions = {m: p % np.maximum(np.repeat(np.asarray(counts[m], np.int64) // n, counts[m]), 1)
-                     for m, p in positions.items()}
+        positions = {m: positions_in_stage(counts[m], n) for m in counts}
     selected = {m: select_pulses(ids[m], positions[m], pulses) for m in counts}
     check_pulse_selection(pulses, ids, positions, what)
     for m in counts:

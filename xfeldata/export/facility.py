@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from ..arrays import BlockRead, execute_block, flat_rows_blocks
-from ..detectors.kinds import detector_kind_of_device, match_detector_source
+from ..detectors.kinds import detector_kind_of_source, match_detector_source
 from ..files.index import KeyInfo
 from ..files.layout import file_name, parse_file_name
 from ..files.progress import tqdm
@@ -240,9 +240,8 @@ def _aggregator(run: RunSelection, source: str) -> tuple[str, str]:
         parsed = parse_file_name(fi.name)
         if source in fi.sources and parsed:
             return parsed.data_class, parsed.aggregator
-    match = match_detector_source(source)
-    kind = detector_kind_of_device(match[0]) if match else None
-    return "RAW", kind.aggregator(match[1]) if kind else "DA01"
+    kind = detector_kind_of_source(source)
+    return "RAW", kind.aggregator(match_detector_source(source)[1]) if kind else "DA01"
 
 
 def _directory_plan(run: RunSelection, trains_per_file: int

@@ -25,8 +25,14 @@ import numpy as np
 import xarray as xr
 
 from ..arrays import read_rows
-from ..detectors.kinds import detector_kind_of_device, match_detector_source
-from ..detectors.plan import check_pulse_selection, repeated_gain_stages, select_pulses, split_gain_stages
+from ..detectors.kinds import detector_kind_of_source, match_detector_source
+from ..detectors.plan import (
+    check_parallel_gain,
+    check_pulse_selection,
+    gain_stage_rows,
+    positions_in_stage,
+    select_pulses,
+)
 from ..run import RunSelection, positions_within
 
 __all__ = ["FRAME_GROUP", "frame_sources", "check_frames", "kept_rows"]
@@ -64,24 +70,13 @@ def _frame_rows(run: RunSelection, source: str, parallel_gain: bool | None = Non
     and its position counts within its stage, as the detector plan labels them.
     """
     pids, found = read_rows(run.select(source), source, "image.pulseId")
-    pids = (pids.reshape(len(pids), -1)[:, 0] if pids.ndim > 1 else pids).astype(np.int64)
+    pids = pids.reshape(len(pids), -1)[:, 0] if pids.ndim > 1 else pids
     counts = found.count.astype(np.int64)
-    positions = positions_within(counts)
-    n = _gain_stages(source)
-    stage = None
-    if parallel_gain:
-        stage, pids = split_gain_stages(counts, pids, n, source, found.train_ids)
-    elif parallel_gain is None and n > 1:
-        stage = repeated_gain_stages(counts, pids, n)
-    if stage is not None and stage.any():
-        positions = positions % np.maximum(np.repeat(counts // n, counts), 1)
+    kind = detector_kind_of_source(source)
+    n = kind.gain_stages if kind is not None else 1
+    stage, pids = gain_stage_rows(counts, pids, n, parallel_gain, source, found.train_ids)
+    positions = positions_in_stage(counts, n) if stage is not None and stage.any() else positions_within(counts)
     return np.repeat(found.train_ids, counts), pids, positions
-
-
-def _gain_stages(source: str) -> int:
-    """Gain stages a module of this source's detector can store in sequence (LPD: 3; others 1)."""
-    kind = detector_kind_of_device(match_detector_source(source)[0])
-    return kind.gain_stages if kind is not None else 1
 
 
 def check_frames(run: RunSelection, pulses: Any, parallel_gain: bool | None = None) -> list[str]:
@@ -99,9 +94,8 @@ def check_frames(run: RunSelection, pulses: Any, parallel_gain: bool | None = No
     if not sources:
         raise ValueError("pulses= selects frames of detector modules (an 'image' index group with "
                          "image.pulseId); the selection has none: select a detector's sources")
-    if parallel_gain and any(_gain_stages(s) == 1 for s in sources):
-        raise ValueError("parallel_gain=True is for LPD detectors, which can store 3 gain stages of each "
-                         "pulse in sequence; the selection has modules of another detector")
+    for source in sources:
+        check_parallel_gain(detector_kind_of_source(source), parallel_gain)
     if isinstance(pulses, xr.Dataset):
         raise TypeError("pulses= takes a boolean DataArray (trainId, pulseId[, module]), by_id[...] or "
                         "by_index[...], not a Dataset (select_frames' result is written with xd.write_cxi)")
