@@ -147,6 +147,14 @@ def with_junk_pulse_ids(run_dir: Path, dst: Path, junk: str = "shifted") -> Path
 
 
 @pytest.fixture(scope="session")
+def lpd_junk_ids(tmp_path_factory, detector_runs) -> dict[str, Path]:
+    """``detector_runs["LPD1M-parallel"]`` with junk IDs in gain stages 1 and 2 (:func:`with_junk_pulse_ids`):
+    ``{"shifted", "zeros"}`` -> run dir."""
+    return {junk: with_junk_pulse_ids(detector_runs["LPD1M-parallel"], tmp_path_factory.mktemp(f"lpd_{junk}"), junk)
+            for junk in ("shifted", "zeros")}
+
+
+@pytest.fixture(scope="session")
 def slow_only_run(tmp_path_factory) -> Path:
     """A run without detector: slow and instrument sources only (``DA01`` and ``DA02``).
 

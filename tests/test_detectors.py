@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import DETECTOR_RUN_MODULES, FIRST_TRAIN_ID, with_junk_pulse_ids
+from conftest import DETECTOR_RUN_MODULES, FIRST_TRAIN_ID
 from h5ref import h5_rows
 
 import xfeldata as xd
@@ -168,13 +168,6 @@ def test_lpd_parallel_gain_has_a_gain_dimension_of_three(detector_runs):
 # train (``with_junk_pulse_ids``); ``parallel_gain=True`` says the thirds are the
 # gain stages, None recognises them where the thirds repeat the same IDs.
 LPD = "FXE_DET_LPD1M-1"
-
-
-@pytest.fixture(scope="module")
-def lpd_junk_ids(tmp_path_factory, detector_runs):
-    """``detector_runs["LPD1M-parallel"]`` with junk IDs in gain stages 1 and 2: ``{"shifted", "zeros"}`` -> dir."""
-    return {junk: with_junk_pulse_ids(detector_runs["LPD1M-parallel"], tmp_path_factory.mktemp(f"lpd_{junk}"), junk)
-            for junk in ("shifted", "zeros")}
 
 
 @pytest.mark.parametrize("dask", [True, False])

@@ -56,10 +56,8 @@ def test_detector_option_writes_the_stacked_dataset(irregular_run, tmp_path):
     xr.testing.assert_identical(open_export(tmp_path / "det.nc").compute(), det.compute())
 
 
-def test_parallel_gain_option_stacks_lpd_stages_by_the_first_thirds_ids(detector_runs, tmp_path, capsys):
-    from conftest import with_junk_pulse_ids
-
-    run_dir = with_junk_pulse_ids(detector_runs["LPD1M-parallel"], tmp_path / "junk")
+def test_parallel_gain_option_stacks_lpd_stages_by_the_first_thirds_ids(lpd_junk_ids, tmp_path, capsys):
+    run_dir = lpd_junk_ids["shifted"]
     assert export(run_dir, tmp_path / "det.nc", "nc", "--detector", "FXE_DET_LPD1M-1", "--parallel-gain") == 0
     det = xd.open_run(run_dir).detector("FXE_DET_LPD1M-1", parallel_gain=True)
     xr.testing.assert_identical(open_export(tmp_path / "det.nc").compute(), det.compute())

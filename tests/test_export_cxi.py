@@ -11,7 +11,6 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
-from conftest import with_junk_pulse_ids
 
 import xfeldata as xd
 from xfeldata.analysis import select_frames
@@ -215,10 +214,10 @@ def test_raw_lpd_and_dssc_frames_map_without_their_length_one_axis(detector_runs
             np.testing.assert_array_equal(data[:], det["image.data"].values.reshape(data.shape))
 
 
-def test_lpd_parallel_gain_is_written_with_its_stages_but_not_as_virtual_rows(detector_runs, tmp_path):
+def test_lpd_parallel_gain_is_written_with_its_stages_but_not_as_virtual_rows(detector_runs, lpd_junk_ids, tmp_path):
     """Each pulse is 3 rows of the files (one per gain stage), which one virtual frame cannot map;
     real files' junk IDs in stages 1 and 2 (``parallel_gain=True``) make no difference."""
-    junk = with_junk_pulse_ids(detector_runs["LPD1M-parallel"], tmp_path / "junk")
+    junk = lpd_junk_ids["shifted"]
     for run_dir, options in ((detector_runs["LPD1M-parallel"], {}), (junk, {"parallel_gain": True})):
         det = xd.open_run(run_dir).detector(**options)
         with pytest.raises(ValueError, match="several rows .*use virtual=False"):

@@ -256,12 +256,11 @@ def test_a_run_directory_keeps_a_pulse_selection_in_every_sequence_file(agipd_ra
 
 
 @pytest.mark.parametrize("virtual", [False, True])
-def test_lpd_parallel_gain_frames_are_selected_by_pulse_with_all_their_stages(detector_runs, tmp_path, virtual):
+def test_lpd_parallel_gain_frames_are_selected_by_pulse_with_all_their_stages(detector_runs, lpd_junk_ids, tmp_path,
+                                                                              virtual):
     """Real parallel-gain files record junk pulse IDs in gain stages 1 and 2: with parallel_gain=True
     pulses= picks by the first stage's IDs (and positions within a stage) and keeps every stage."""
-    from conftest import with_junk_pulse_ids
-
-    run = xd.open_run(with_junk_pulse_ids(detector_runs["LPD1M-parallel"], tmp_path / "junk"))
+    run = xd.open_run(lpd_junk_ids["shifted"])
     full = run.detector(parallel_gain=True).compute()
     for name, pulses, expected in [("id", xd.by_id[[1]], [1]), ("index", xd.by_index[:1], [0])]:
         out = tmp_path / f"{name}.h5"
