@@ -17,6 +17,7 @@ from h5ref import h5_rows
 
 import xfeldata as xd
 from xfeldata.analysis import masked_mean, masked_sum
+from xfeldata.testing import synthetic as syn
 
 FRAMES = ["trainId", "pulseId"]
 MODULES = IRREGULAR_RUN["modules"]
@@ -131,6 +132,19 @@ def test_64_bit_integers_near_their_limit_sum_exactly_or_raise_not_wrap(chunks, 
     total = masked_sum(offsets, "trainId", present)
     assert total.dtype == dtype
     assert total.values.tolist() == [sum(c) - len(c) * 1_700_000_000_000_000_000 for c in counted]
+
+
+def test_the_mean_of_uint64_timestamps_on_disk_is_exact(irregular_run):
+    """A control key's ``.timestamp`` (uint64 ns since 1970, about 1.7e18): its mean over the
+    trains the files record, against the rows read with h5py and summed in Python integers."""
+    key = "pulseEnergy.photonFlux.timestamp"
+    on_disk = [int(v) for rows in h5_rows(irregular_run, syn.XGM_SOURCE, key).values() for v in rows]
+    stamps = xd.open_run(irregular_run)[syn.XGM_SOURCE, key]
+    assert stamps.dtype == np.uint64 and sum(on_disk) >= 2**64  # numpy's sum would wrap
+    for data in (stamps, stamps.compute()):
+        assert float(masked_mean(data).values) == pytest.approx(sum(on_disk) / len(on_disk), rel=1e-15)
+        with pytest.raises(OverflowError, match="uint64"):
+            masked_sum(data).compute()
 
 
 def test_64_bit_sums_that_fit_are_exact_though_their_parts_pass_the_limit():
